@@ -1,0 +1,158 @@
+//! The `Broker` trait: bytes in, bytes out, the contract both backends keep.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use tokio::sync::watch;
+
+use crate::{Headers, Result};
+
+/// A message as the broker carries it: subject, optional reply subject, headers, payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// The concrete subject (never a wildcard).
+    pub subject: String,
+    /// Where a reply should go, for requests.
+    pub reply: Option<String>,
+    /// Headers, possibly empty.
+    pub headers: Headers,
+    /// The payload bytes.
+    pub payload: Bytes,
+}
+
+impl RawMessage {
+    /// A message with no reply subject and no headers.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        RawMessage {
+            subject: subject.into(),
+            reply: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+        }
+    }
+
+    /// Sets the headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Payload plus encoded headers: what counts against a broker's max_payload.
+    pub fn wire_size(&self) -> usize {
+        self.payload.len() + self.headers.wire_len()
+    }
+}
+
+/// Counters a subscription keeps; shared between the broker and the subscriber.
+#[derive(Debug, Default)]
+pub struct SubscriptionStats {
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl SubscriptionStats {
+    /// Messages handed to the subscriber.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+    /// Messages dropped because the subscriber fell behind (a slow consumer).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+    /// Counts `n` delivered messages.
+    pub fn add_delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts `n` dropped messages.
+    pub fn add_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A live subscription on a broker: a stream of messages and its counters.
+///
+/// Dropping it unsubscribes.
+pub struct RawSubscription {
+    /// The pattern it was made with.
+    pub pattern: String,
+    /// The messages, in the order the broker delivered them.
+    pub messages: BoxStream<'static, RawMessage>,
+    /// Delivered and dropped counts.
+    pub stats: Arc<SubscriptionStats>,
+}
+
+impl fmt::Debug for RawSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawSubscription")
+            .field("pattern", &self.pattern)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the broker can be reached right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Not connected yet, or reconnecting after a disconnect.
+    Disconnected,
+    /// Connected; publishes go through.
+    Connected,
+    /// The server announced it is shutting down (lame duck mode); a reconnect will follow.
+    LameDuck,
+    /// Closed for good: the `Bus` was shut down.
+    Closed,
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectionState::Disconnected => "disconnected",
+            ConnectionState::Connected => "connected",
+            ConnectionState::LameDuck => "lame duck",
+            ConnectionState::Closed => "closed",
+        })
+    }
+}
+
+/// The contract both backends ([`LocalBroker`](crate::LocalBroker) and
+/// [`NatsBroker`](crate::NatsBroker)) keep, checked by one conformance suite.
+///
+/// Semantics are NATS's: subjects are dot-separated tokens; in a pattern `*` matches one token and
+/// a final `>` one or more; subscribers in the same queue group share messages (each message goes to
+/// one member); a request with no subscriber fails fast with [`Error::NoResponders`](crate::Error);
+/// publishers are never blocked by a slow subscriber, whose overflow is counted in its
+/// [`SubscriptionStats`]. The trait is object safe: the [`Bus`](crate::Bus) holds a `dyn Broker`.
+pub trait Broker: Send + Sync + 'static {
+    /// Sends one message. `Ok` means the broker accepted it for sending, not that it was processed:
+    /// use [`confirm`](Broker::confirm) for that. Refuses a message over [`max_payload`](Broker::max_payload).
+    fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>>;
+
+    /// A barrier: returns once the broker has processed every message this handle published
+    /// before the call (on NATS, a round trip through the server).
+    fn confirm(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Subscribes to `pattern`, optionally as a member of queue group `queue`.
+    fn subscribe(
+        &self,
+        pattern: &str,
+        queue: Option<&str>,
+    ) -> BoxFuture<'_, Result<RawSubscription>>;
+
+    /// Sends a request and waits up to `timeout` for the first reply.
+    fn request(&self, msg: RawMessage, timeout: Duration) -> BoxFuture<'_, Result<RawMessage>>;
+
+    /// The connection state, as a watch that changes when it does.
+    fn state(&self) -> watch::Receiver<ConnectionState>;
+
+    /// The largest payload plus headers the broker accepts, in bytes.
+    fn max_payload(&self) -> usize;
+
+    /// A short name for logs: `"local"` or `"nats"`.
+    fn kind(&self) -> &'static str;
+}

@@ -1,0 +1,163 @@
+//! The one error type of `bus`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `bus`. Each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A placeholder value is not exactly one safe subject token. Nothing was queued or sent.
+    #[error("invalid value {value:?} for subject placeholder `<{field}>`: {reason}; a placeholder value must be exactly one token (no `.`, `*`, `>`, white space or control characters, not empty)")]
+    InvalidSubjectToken {
+        /// The placeholder (field) name.
+        field: &'static str,
+        /// The refused value.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// A raw subject or subscription pattern is not valid NATS syntax.
+    #[error("invalid subject {subject:?}: {reason}")]
+    InvalidSubject {
+        /// The subject or pattern.
+        subject: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// A message could not be encoded to MessagePack.
+    #[error("cannot encode `{type_name}` as MessagePack: {source}")]
+    Encode {
+        /// The Rust type.
+        type_name: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+
+    /// A payload did not decode into the expected type. The stream goes on after this item.
+    #[error("cannot decode message on {subject:?} (msg id {msg_id:?}) as `{type_name}`: {source}; is the publisher sending a different type or format?")]
+    Decode {
+        /// The subject the message arrived on.
+        subject: String,
+        /// Its `Bus-Msg-Id`, if it had one.
+        msg_id: Option<String>,
+        /// The type it was decoded as.
+        type_name: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+
+    /// Payload plus headers exceed what the broker accepts. Nothing was sent.
+    #[error("message on {subject:?} is {size} bytes (payload and headers), over the broker's max_payload of {max} bytes; split it or raise max_payload on the server")]
+    PayloadTooLarge {
+        /// The subject.
+        subject: String,
+        /// Payload plus encoded headers, in bytes.
+        size: usize,
+        /// The broker's limit.
+        max: usize,
+    },
+
+    /// A request found nobody subscribed to its subject.
+    #[error("no responders for request on {subject:?}; is the service running and subscribed?")]
+    NoResponders {
+        /// The request subject.
+        subject: String,
+    },
+
+    /// A request got no reply in time.
+    #[error("request on {subject:?} timed out after {timeout:?}")]
+    Timeout {
+        /// The request subject.
+        subject: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+
+    /// The responder's handler returned an error (carried in the `Bus-Error` reply header).
+    #[error("responder for {subject:?} failed: {message}")]
+    Remote {
+        /// The request subject.
+        subject: String,
+        /// The handler's error message.
+        message: String,
+    },
+
+    /// A subscriber was too slow and the broker dropped messages for it.
+    #[error("slow consumer on {pattern:?}: {dropped} message(s) dropped; process faster, or raise the subscription capacity")]
+    SlowConsumer {
+        /// The subscription's pattern.
+        pattern: String,
+        /// How many were dropped since the last report.
+        dropped: u64,
+    },
+
+    /// The broker is closed (the `Bus` was shut down).
+    #[error("the broker connection is closed")]
+    Closed,
+
+    /// A NATS client error.
+    #[error("NATS {op} failed: {source}")]
+    Nats {
+        /// What was being done.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The configuration is inconsistent or incomplete.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The outbox file cannot be opened, created or written.
+    #[error("outbox {path:?}: {detail}")]
+    Outbox {
+        /// The outbox file.
+        path: PathBuf,
+        /// What happened and what to do.
+        detail: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// An operation needs an outbox but this `Bus` has none.
+    #[error("this bus has no outbox; configure one with `Bus::builder().outbox_path(..)`")]
+    NoOutbox,
+
+    /// A dead letter with this id does not exist.
+    #[error("no dead letter with id {0}")]
+    DeadLetterNotFound(i64),
+}
+
+impl Error {
+    pub(crate) fn nats(
+        op: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Nats {
+            op,
+            source: Box::new(e),
+        }
+    }
+
+    pub(crate) fn outbox(
+        path: impl Into<PathBuf>,
+        detail: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Outbox {
+            path: path.into(),
+            detail: detail.into(),
+            source,
+        }
+    }
+}

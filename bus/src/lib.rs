@@ -1,0 +1,83 @@
+//! # bus: a typed, durable event bus for plugins and agents
+//!
+//! Derive [`Message`] on a struct with a `#[subject("…")]` template, and `bus` generates typed
+//! `publish`, `subscribe`, `filter` (and, with `#[reply(T)]`, `request` and `serve`) methods that
+//! carry it as MessagePack over NATS or over an embedded in-process broker. A misspelled subject
+//! fails at compile time; a placeholder value that would widen a subject fails at run time; on
+//! NATS every publish goes through a SQLite outbox first, so a server restart loses nothing.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), bus::Error> {
+//! use bus::{Bus, Message};
+//! use futures::StreamExt;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
+//! #[subject("plugin.outbound.<channel>.<instance>")]
+//! pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
+//! #[subject("agent.route.<agent>")]
+//! #[reply(RouteReply)]
+//! pub struct Delegate { pub agent: String, pub task: String }
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! pub struct RouteReply { pub accepted: bool }
+//!
+//! let bus = Bus::local().await?;
+//!
+//! // plugin.outbound.slack.*
+//! let mut sub = Outbound::subscribe(&bus, Outbound::filter().channel("slack")).await?;
+//! Outbound { channel: "slack".into(), instance: "a1".into(), text: "hi".into() }
+//!     .publish(&bus)
+//!     .await?;
+//! let env = sub.next().await.unwrap()?;
+//! assert_eq!(env.subject(), "plugin.outbound.slack.a1");
+//!
+//! Delegate::serve(&bus, Delegate::filter(), |req| async move {
+//!     Ok::<_, bus::Error>(RouteReply { accepted: req.task == "t" })
+//! })
+//! .await?;
+//! let reply = Delegate { agent: "planner".into(), task: "t".into() }.request(&bus).await?;
+//! assert!(reply.accepted);
+//! # Ok(()) }
+//! ```
+//!
+//! See the README for the subject rules, the wire format and the outbox guarantees.
+
+#![forbid(unsafe_code)]
+
+mod broker;
+mod builder;
+mod bus;
+pub mod codec;
+mod envelope;
+mod error;
+pub mod headers;
+mod local;
+mod message;
+mod msg_id;
+mod nats;
+mod outbox;
+mod subscription;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
+pub use crate::builder::{BusBuilder, DEFAULT_OUTBOX_PATH};
+pub use crate::bus::{Bus, ServeHandle, DEFAULT_REQUEST_TIMEOUT};
+pub use crate::envelope::Envelope;
+pub use crate::error::{Error, Result};
+pub use crate::headers::Headers;
+pub use crate::local::{LocalBroker, LocalOptions};
+pub use crate::message::{Filter, Message, Request, SubjectToken};
+pub use crate::msg_id::new_msg_id;
+pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
+pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
+pub use crate::subscription::Subscription;
+/// The derive: `#[derive(Message)]` with `#[subject("…")]` and optional `#[reply(T)]`.
+pub use bus_macros::Message;
+/// The subject grammar shared with the derive macro.
+pub use bus_subject as subject;
