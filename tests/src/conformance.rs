@@ -1,0 +1,1 @@
+//! The broker conformance suite: free async functions taking `&dyn Broker`. (to be written)

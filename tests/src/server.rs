@@ -1,0 +1,1 @@
+//! The nats-server test harness. (to be written)
