@@ -292,3 +292,57 @@ async fn configuration_errors_fail_connect() {
     let err = NatsBroker::connect(o).await.unwrap_err();
     assert!(err.to_string().contains("credentials file"), "{err}");
 }
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, bus::Message)]
+#[subject("agent.events.<n>")]
+struct Flood {
+    n: String,
+}
+
+#[tokio::test]
+async fn typed_stream_reports_slow_consumer_and_goes_on() {
+    let server = NatsServer::start();
+    let bus = bus::Bus::builder()
+        .nats([server.url()])
+        .no_outbox()
+        .subscription_capacity(4)
+        .connect()
+        .await
+        .unwrap();
+    let mut state = bus.watch_state();
+    tokio::time::timeout(GUARD, state.wait_for(|s| *s == ConnectionState::Connected))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut sub = Flood::subscribe(&bus, Flood::filter()).await.unwrap();
+    bus.broker().confirm().await.unwrap();
+    for i in 0..500 {
+        Flood { n: i.to_string() }.publish(&bus).await.unwrap();
+    }
+    bus.broker().confirm().await.unwrap();
+    tokio::time::timeout(GUARD, async {
+        while sub.stats().dropped() + 4 < 500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("drops not counted");
+    let mut reported = 0;
+    let mut received = 0;
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        match item {
+            Ok(env) => {
+                assert!(env.subject().starts_with("agent.events."));
+                received += 1;
+            }
+            Err(Error::SlowConsumer { dropped, .. }) => reported += dropped,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(received, 4);
+    assert_eq!(
+        reported + received,
+        500,
+        "every drop is reported by the typed stream"
+    );
+}
