@@ -137,6 +137,21 @@ async fn request_reply_no_responders_and_timeout() {
 }
 
 #[tokio::test]
+async fn confirm_works_despite_a_catch_all_subscriber() {
+    let server = NatsServer::start();
+    let broker = connected(options(&server.url())).await;
+    // Another client taps everything and never answers anything.
+    let tap = connected(options(&server.url())).await;
+    let _all = tap.subscribe(">", None).await.unwrap();
+    tap.confirm().await.unwrap();
+    let mut sub = broker.subscribe("c.x", None).await.unwrap();
+    broker.publish(RawMessage::new("c.x", "1")).await.unwrap();
+    broker.confirm().await.unwrap();
+    broker.confirm().await.unwrap();
+    assert_eq!(next(&mut sub).await.payload, "1");
+}
+
+#[tokio::test]
 async fn queue_group_members_share_messages() {
     let server = NatsServer::start();
     let broker = connected(options(&server.url())).await;

@@ -2,7 +2,7 @@
 //! drops attributed to the subscription they hit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub(crate) struct Shared {
     pub(crate) state: watch::Sender<ConnectionState>,
     /// The server's advertised max_payload; [`DEFAULT_MAX_PAYLOAD`] until the first connect.
     pub(crate) max_payload: AtomicUsize,
+    /// How many times the connection was lost; `confirm` compares it across confirmations.
+    pub(crate) disconnects: AtomicU64,
     /// Live subscriptions by async-nats subscription id (sid), for `Event::SlowConsumer(sid)`.
     pub(crate) subscriptions: Mutex<HashMap<u64, Registered>>,
     /// Set right after `connect` returns; events that come earlier only skip the max_payload read.
@@ -36,6 +38,7 @@ impl Shared {
         Arc::new(Shared {
             state: watch::Sender::new(ConnectionState::Disconnected),
             max_payload: AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
+            disconnects: AtomicU64::new(0),
             subscriptions: Mutex::new(HashMap::new()),
             client: OnceLock::new(),
         })
@@ -87,6 +90,7 @@ impl Shared {
             }
             Event::Disconnected => {
                 tracing::warn!("NATS disconnected; reconnecting (publishes wait in the outbox)");
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
                 self.state.send_replace(ConnectionState::Disconnected);
             }
             Event::LameDuckMode => {

@@ -7,19 +7,20 @@
 //! - drop accounting: async-nats's full subscription buffer drops with only a lossy
 //!   `Event::SlowConsumer(sid)`; the SDK keeps its own buffer per subscription, fed by a pump
 //!   task, and counts every drop in that subscription's `SubscriptionStats`;
-//! - `confirm`, a round trip proving the server processed what was published before it.
+//! - `confirm`, an echo through the server proving it processed what was published before it.
 
 mod convert;
 mod events;
 mod options;
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -36,18 +37,32 @@ use crate::{Error, Result};
 /// [`NatsBroker::connect`].
 ///
 /// # Confirmation subject
-/// [`confirm`](Broker::confirm) sends an empty request to [`NatsOptions::confirm_subject`]
-/// (default `_bus.confirm`). Nobody should subscribe to it: the server's immediate
-/// "no responders" answer is the proof that it processed everything this connection sent
-/// before. The client therefore needs **publish** permission on that subject (and, as for every
-/// request, subscribe permission on `_INBOX.>`). If someone does answer, that counts as proof
-/// too; a subscriber that never answers turns every confirmation into a timeout.
+/// [`confirm`](Broker::confirm) publishes a small token to `<confirm_subject>.<unique id>`
+/// (default prefix `_bus.confirm`, see [`NatsOptions::confirm_subject`]), a subject only this
+/// connection subscribes to, and waits until the token comes back. NATS processes one
+/// connection's messages in order, so the echo proves the server processed everything this
+/// connection published before. The client therefore needs **publish and subscribe** permission
+/// on `_bus.confirm.>` (or `<confirm_subject>.>`). Subscribers to `>` see these tokens, as they
+/// see every `_INBOX` reply.
+///
+/// A confirmation fails if the connection was lost since the previous confirmation (or during
+/// this one): messages published in between may be lost even if the echo came back after the
+/// reconnect.
+///
+/// An echo rather than a request answered by "no responders": any `>` subscriber on the system
+/// would receive such a request and, never answering, turn every confirmation into a timeout.
 #[derive(Debug)]
 pub struct NatsBroker {
     client: Client,
     shared: Arc<Shared>,
     request_timeout: Duration,
-    confirm_subject: String,
+    /// `<confirm_subject>.<unique id>`: only this connection subscribes to it.
+    confirm_echo_subject: String,
+    /// The echo subscription, made on the first confirmation.
+    confirm_echo: tokio::sync::Mutex<Option<async_nats::Subscriber>>,
+    confirm_seq: AtomicU64,
+    /// `Shared::disconnects` as of the last confirmation.
+    confirmed_disconnects: AtomicU64,
     subscription_capacity: usize,
 }
 
@@ -86,11 +101,14 @@ impl NatsBroker {
         shared.refresh_max_payload();
         tracing::debug!(urls = ?options.urls, "NATS client started");
         Ok(NatsBroker {
-            client,
             shared,
             request_timeout: options.request_timeout,
             subscription_capacity: options.effective_subscription_capacity(),
-            confirm_subject: options.confirm_subject,
+            confirm_echo_subject: confirm_echo_subject(&options.confirm_subject, &client),
+            confirm_echo: tokio::sync::Mutex::new(None),
+            confirm_seq: AtomicU64::new(0),
+            confirmed_disconnects: AtomicU64::new(0),
+            client,
         })
     }
 
@@ -164,23 +182,69 @@ impl NatsBroker {
     }
 
     async fn confirm_inner(&self) -> Result<()> {
-        let req = async_nats::Request::new().timeout(Some(self.request_timeout));
-        match self
-            .client
-            .send_request(self.confirm_subject.clone(), req)
+        let timeout = self.request_timeout;
+        let timed_out = || Error::Timeout {
+            subject: self.confirm_echo_subject.clone(),
+            timeout,
+        };
+        // One confirmation at a time: they share the echo subscription.
+        let mut echo = self.confirm_echo.lock().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        if echo.is_none() {
+            let sub = tokio::time::timeout_at(
+                deadline,
+                self.client.subscribe(self.confirm_echo_subject.clone()),
+            )
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match e.kind() {
-                // The expected answer: the server saw the request, hence everything before it.
-                RequestErrorKind::NoResponders => Ok(()),
-                RequestErrorKind::TimedOut => Err(Error::Timeout {
-                    subject: self.confirm_subject.clone(),
-                    timeout: self.request_timeout,
-                }),
-                RequestErrorKind::Other => Err(Error::nats("confirm", e)),
-            },
+            .map_err(|_| timed_out())?
+            .map_err(|e| Error::nats("subscribe to the confirm subject", e))?;
+            *echo = Some(sub);
         }
+        let Some(sub) = echo.as_mut() else {
+            unreachable!("set above")
+        };
+        let token = self.next_confirm_token();
+        let wait = async {
+            self.client
+                .publish(
+                    self.confirm_echo_subject.clone(),
+                    Bytes::from(token.to_be_bytes().to_vec()),
+                )
+                .await
+                .map_err(|e| Error::nats("confirm", e))?;
+            // Tokens of earlier confirmations that timed out may still arrive: skip them.
+            while let Some(msg) = sub.next().await {
+                if msg.payload.as_ref() == token.to_be_bytes() {
+                    return Ok(());
+                }
+            }
+            Err(Error::Closed)
+        };
+        let seen = self.confirmed_disconnects.load(Ordering::Relaxed);
+        let outcome = tokio::time::timeout_at(deadline, wait)
+            .await
+            .map_err(|_| timed_out())
+            .and_then(|r| r);
+        // A connection lost since the last confirmation may have taken messages with it that
+        // async-nats had already written or buffered, even if the echo made it after the
+        // reconnect: then nothing is proven and the caller must send its batch again.
+        let now = self.shared.disconnects.load(Ordering::Relaxed);
+        self.confirmed_disconnects.store(now, Ordering::Relaxed);
+        outcome?;
+        if now != seen {
+            return Err(Error::nats(
+                "confirm",
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the connection to NATS was lost since the last confirmation; messages published before it may be lost, publish them again",
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_confirm_token(&self) -> u64 {
+        self.confirm_seq.fetch_add(1, Ordering::Relaxed)
     }
 
     async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>) -> Result<RawSubscription> {
@@ -235,6 +299,14 @@ impl NatsBroker {
             stats,
         })
     }
+}
+
+/// `<prefix>.<unique token>`: the inbox async-nats makes is `_INBOX.<nuid>`; its nuid part is
+/// unique across clients and processes.
+fn confirm_echo_subject(prefix: &str, client: &Client) -> String {
+    let inbox = client.new_inbox();
+    let unique = inbox.rsplit('.').next().unwrap_or(&inbox);
+    format!("{prefix}.{unique}")
 }
 
 fn check_subject(subject: &str) -> Result<()> {
@@ -339,9 +411,9 @@ impl Broker for NatsBroker {
         self.publish_inner(msg).boxed()
     }
 
-    /// A request to the confirm subject (see [`NatsBroker`]): the server's no-responders answer
-    /// (or any reply) proves it processed everything published before on this connection.
-    /// Fails with [`Error::Timeout`] after the request timeout when the server is unreachable.
+    /// An echo through the server on the confirm subject (see [`NatsBroker`]): proves it
+    /// processed everything published before on this connection. Fails with
+    /// [`Error::Timeout`] after the request timeout when the server is unreachable.
     fn confirm(&self) -> BoxFuture<'_, Result<()>> {
         self.confirm_inner().boxed()
     }
