@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_nats::{Client, Event};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::options::DEFAULT_MAX_PAYLOAD;
 use crate::broker::{ConnectionState, SubscriptionStats};
@@ -20,7 +20,8 @@ pub(crate) struct Shared {
     pub(crate) max_payload: AtomicUsize,
     /// How many times the connection was lost; `confirm` compares it across confirmations.
     pub(crate) disconnects: AtomicU64,
-    /// Live subscriptions by async-nats subscription id (sid), for `Event::SlowConsumer(sid)`.
+    /// Live subscriptions by async-nats subscription id (sid), for `Event::SlowConsumer(sid)`
+    /// and for `confirm`'s pump barrier.
     pub(crate) subscriptions: Mutex<HashMap<u64, Registered>>,
     /// Set right after `connect` returns; events that come earlier only skip the max_payload read.
     pub(crate) client: OnceLock<Client>,
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
 pub(crate) struct Registered {
     pub(crate) pattern: String,
     pub(crate) stats: Arc<SubscriptionStats>,
+    /// Asks the subscription's pump to move everything async-nats holds, then answer.
+    pub(crate) sync: mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
 
 impl Shared {

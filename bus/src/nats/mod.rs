@@ -13,6 +13,7 @@ mod convert;
 mod events;
 mod options;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::options::{NatsAuth, NatsOptions};
 
@@ -213,12 +214,30 @@ impl NatsBroker {
                 .await
                 .map_err(|e| Error::nats("confirm", e))?;
             // Tokens of earlier confirmations that timed out may still arrive: skip them.
-            while let Some(msg) = sub.next().await {
-                if msg.payload.as_ref() == token.to_be_bytes() {
-                    return Ok(());
+            loop {
+                match sub.next().await {
+                    Some(msg) if msg.payload.as_ref() == token.to_be_bytes() => break,
+                    Some(_) => {}
+                    None => return Err(Error::Closed),
                 }
             }
-            Err(Error::Closed)
+            // async-nats handed every earlier message to its subscription buffers before the
+            // echo; make each pump move them into the SDK's buffers, so that after `confirm`
+            // they are ready to read (or counted as dropped).
+            let waits: Vec<_> = self
+                .shared
+                .subscriptions()
+                .values()
+                .filter_map(|reg| {
+                    let (done, wait) = oneshot::channel();
+                    reg.sync.send(done).ok().map(|()| wait)
+                })
+                .collect();
+            for wait in waits {
+                // An error means the pump ended: nothing left to move.
+                let _ = wait.await;
+            }
+            Ok(())
         };
         let seen = self.confirmed_disconnects.load(Ordering::Relaxed);
         let outcome = tokio::time::timeout_at(deadline, wait)
@@ -270,27 +289,39 @@ impl NatsBroker {
         .map_err(|e| Error::nats("subscribe", e))?;
         let stats = Arc::new(SubscriptionStats::default());
         let sid = subscriber_sid(&sub);
-        match sid {
-            Some(sid) => {
-                self.shared.subscriptions().insert(
-                    sid,
-                    Registered {
-                        pattern: pattern_owned.clone(),
-                        stats: Arc::clone(&stats),
-                    },
-                );
-            }
-            None => tracing::error!(
+        if sid.is_none() {
+            tracing::error!(
                 pattern,
                 "cannot read the async-nats subscription id; drops inside async-nats on this subscription will not be counted"
-            ),
+            );
         }
+        // Without a sid (never seen with 0.35) the entry still serves `confirm`'s barrier, under
+        // a key async-nats never uses (its sids count up from 1).
+        let key =
+            sid.unwrap_or_else(|| u64::MAX - self.confirm_seq.fetch_add(1, Ordering::Relaxed));
+        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+        self.shared.subscriptions().insert(
+            key,
+            Registered {
+                pattern: pattern_owned.clone(),
+                stats: Arc::clone(&stats),
+                sync: sync_tx,
+            },
+        );
         let (tx, rx) = mpsc::channel(self.subscription_capacity);
-        tokio::spawn(pump(sub, tx, Arc::clone(&stats), pattern_owned.clone()));
+        let sub: SharedSubscriber = Arc::new(std::sync::Mutex::new(Some(sub)));
+        tokio::spawn(pump(
+            Arc::clone(&sub),
+            tx,
+            sync_rx,
+            Arc::clone(&stats),
+            pattern_owned.clone(),
+        ));
         let stream = NatsStream {
+            sub,
             rx,
             stats: Arc::clone(&stats),
-            sid,
+            key,
             shared: Arc::clone(&self.shared),
         };
         Ok(RawSubscription {
@@ -338,35 +369,72 @@ fn subscriber_sid(sub: &async_nats::Subscriber) -> Option<u64> {
 /// was undercounted by half in tests. Here every drop is counted exactly. async-nats's own buffer
 /// is several times larger (see `options.rs`) and this loop never waits on the subscriber, so it
 /// only overflows if this task is starved; those drops are still counted from the events.
+/// The async-nats subscriber, shared by the pump (which reads it) and the stream (which takes it
+/// out on drop to unsubscribe at once).
+type SharedSubscriber = Arc<std::sync::Mutex<Option<async_nats::Subscriber>>>;
+
+fn lock_sub(sub: &SharedSubscriber) -> std::sync::MutexGuard<'_, Option<async_nats::Subscriber>> {
+    sub.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The next message of the shared subscriber; `None` once it was taken out or ended.
+fn next_message(sub: &SharedSubscriber) -> impl Future<Output = Option<async_nats::Message>> + '_ {
+    std::future::poll_fn(move |cx| match lock_sub(sub).as_mut() {
+        Some(s) => s.poll_next_unpin(cx),
+        None => Poll::Ready(None),
+    })
+}
+
 async fn pump(
-    mut sub: async_nats::Subscriber,
+    sub: SharedSubscriber,
     tx: mpsc::Sender<async_nats::Message>,
+    mut sync: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stats: Arc<SubscriptionStats>,
     pattern: String,
 ) {
+    let mut dropped_in_burst = 0u64;
+    let mut forward = |msg: async_nats::Message| -> bool {
+        match tx.try_send(msg) {
+            Ok(()) => {
+                if dropped_in_burst > 0 {
+                    tracing::warn!(%pattern, dropped = dropped_in_burst, "NATS slow consumer: messages dropped");
+                    dropped_in_burst = 0;
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.add_dropped(1);
+                dropped_in_burst += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    };
     let closed = tx.closed();
     tokio::pin!(closed);
-    let mut dropped_in_burst = 0u64;
     loop {
         tokio::select! {
             biased;
-            msg = sub.next() => match msg {
-                Some(msg) => match tx.try_send(msg) {
-                    Ok(()) => {
-                        if dropped_in_burst > 0 {
-                            tracing::warn!(%pattern, dropped = dropped_in_burst, "NATS slow consumer: messages dropped");
-                            dropped_in_burst = 0;
-                        }
+            msg = next_message(&sub) => match msg {
+                Some(msg) => {
+                    if !forward(msg) {
+                        break;
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        stats.add_dropped(1);
-                        dropped_in_burst += 1;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                },
+                }
                 // The client was dropped; the subscriber sees the end of its stream.
                 None => break,
             },
+            Some(done) = sync.recv() => {
+                // `confirm`'s barrier: move everything async-nats already holds. `unconstrained`
+                // because tokio's cooperative budget would report an empty channel early.
+                while let Some(Some(msg)) = tokio::task::unconstrained(next_message(&sub)).now_or_never() {
+                    if !forward(msg) {
+                        return;
+                    }
+                }
+                let _ = done.send(());
+            }
             // The subscriber dropped its stream: dropping `sub` unsubscribes.
             () = &mut closed => break,
         }
@@ -376,9 +444,10 @@ async fn pump(
 /// The message stream of one subscription; unregisters its sid when dropped (the pump then
 /// ends and unsubscribes).
 struct NatsStream {
+    sub: SharedSubscriber,
     rx: mpsc::Receiver<async_nats::Message>,
     stats: Arc<SubscriptionStats>,
-    sid: Option<u64>,
+    key: u64,
     shared: Arc<Shared>,
 }
 
@@ -400,8 +469,12 @@ impl Stream for NatsStream {
 
 impl Drop for NatsStream {
     fn drop(&mut self) {
-        if let Some(sid) = self.sid {
-            self.shared.subscriptions().remove(&sid);
+        self.shared.subscriptions().remove(&self.key);
+        // Queue the UNSUB now, ahead of anything this task sends next (a request to the same
+        // subject must find no responder). async-nats's own `Drop` only spawns a task for it.
+        // If its command channel is full this gives up and that spawned task does it.
+        if let Some(mut sub) = lock_sub(&self.sub).take() {
+            let _ = tokio::task::unconstrained(sub.unsubscribe()).now_or_never();
         }
     }
 }
