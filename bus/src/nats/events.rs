@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::{Client, Event};
@@ -23,8 +23,10 @@ pub(crate) struct Shared {
     /// Live subscriptions by async-nats subscription id (sid), for `Event::SlowConsumer(sid)`
     /// and for `confirm`'s pump barrier.
     pub(crate) subscriptions: Mutex<HashMap<u64, Registered>>,
-    /// Set right after `connect` returns; events that come earlier only skip the max_payload read.
-    pub(crate) client: OnceLock<Client>,
+    /// Set right after `connect` returns (events that come earlier only skip the max_payload
+    /// read) and cleared when the broker is dropped: the event callback holds this `Shared`, so
+    /// a client kept here for good would keep the connection open forever.
+    pub(crate) client: Mutex<Option<Client>>,
 }
 
 /// A subscription as the event handler knows it.
@@ -43,7 +45,7 @@ impl Shared {
             max_payload: AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
             disconnects: AtomicU64::new(0),
             subscriptions: Mutex::new(HashMap::new()),
-            client: OnceLock::new(),
+            client: Mutex::new(None),
         })
     }
 
@@ -55,10 +57,9 @@ impl Shared {
 
     /// Copies the server's max_payload if the client knows it (0 means "not yet").
     pub(crate) fn refresh_max_payload(&self) -> bool {
-        let Some(client) = self.client.get() else {
+        let Some(max) = self.server_info(|i| i.max_payload) else {
             return false;
         };
-        let max = client.server_info().max_payload;
         if max == 0 {
             return false;
         }
@@ -67,6 +68,12 @@ impl Shared {
             tracing::debug!(max_payload = max, "NATS server max_payload");
         }
         true
+    }
+
+    /// Reads the client's copy of the server's INFO, if there is a client.
+    fn server_info<T>(&self, f: impl FnOnce(&async_nats::ServerInfo) -> T) -> Option<T> {
+        let guard = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().map(|c| f(&c.server_info()))
     }
 
     /// Handles one async-nats event. Runs on async-nats's event task, so it must stay quick:
@@ -80,10 +87,10 @@ impl Shared {
                 // read it a moment later, off this task.
                 let shared = Arc::clone(self);
                 tokio::spawn(async move {
-                    let before = shared.client.get().map(|c| c.server_info().server_id);
+                    let before = shared.server_info(|i| i.server_id.clone());
                     for _ in 0..200 {
                         tokio::time::sleep(Duration::from_millis(1)).await;
-                        let now = shared.client.get().map(|c| c.server_info().server_id);
+                        let now = shared.server_info(|i| i.server_id.clone());
                         if now != before && shared.refresh_max_payload() {
                             return;
                         }

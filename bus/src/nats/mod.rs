@@ -98,7 +98,10 @@ impl NatsBroker {
             .connect(urls)
             .await
             .map_err(|e| Error::nats("connect", e))?;
-        let _ = shared.client.set(client.clone());
+        *shared
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client.clone());
         shared.refresh_max_payload();
         tracing::debug!(urls = ?options.urls, "NATS client started");
         Ok(NatsBroker {
@@ -476,6 +479,19 @@ impl Drop for NatsStream {
         if let Some(mut sub) = lock_sub(&self.sub).take() {
             let _ = tokio::task::unconstrained(sub.unsubscribe()).now_or_never();
         }
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        // Break the cycle client -> event callback -> `Shared` -> client, so the connection
+        // closes once the remaining handles (live subscriptions) are gone.
+        self.shared
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        self.shared.state.send_replace(ConnectionState::Closed);
     }
 }
 
