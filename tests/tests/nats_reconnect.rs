@@ -141,3 +141,12 @@ async fn confirm_fails_once_after_a_lost_connection() {
     // ... and the next one, with nothing lost in between, succeeds.
     broker.confirm().await.expect("confirm after the reconnect");
 }
+
+#[tokio::test]
+async fn lame_duck_mode_is_reported() {
+    let server = NatsServer::start();
+    let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
+    wait_state(&broker, ConnectionState::Connected).await;
+    server.lame_duck();
+    wait_state(&broker, ConnectionState::LameDuck).await;
+}
