@@ -1,0 +1,127 @@
+//! Connection events: the state watch, tracing, the server's max_payload, and slow-consumer
+//! drops attributed to the subscription they hit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::{Client, Event};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::options::DEFAULT_MAX_PAYLOAD;
+use crate::broker::{ConnectionState, SubscriptionStats};
+
+/// What the event callback and the broker share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) state: watch::Sender<ConnectionState>,
+    /// The server's advertised max_payload; [`DEFAULT_MAX_PAYLOAD`] until the first connect.
+    pub(crate) max_payload: AtomicUsize,
+    /// How many times the connection was lost; `confirm` compares it across confirmations.
+    pub(crate) disconnects: AtomicU64,
+    /// Live subscriptions by async-nats subscription id (sid), for `Event::SlowConsumer(sid)`
+    /// and for `confirm`'s pump barrier.
+    pub(crate) subscriptions: Mutex<HashMap<u64, Registered>>,
+    /// Set right after `connect` returns (events that come earlier only skip the max_payload
+    /// read) and cleared when the broker is dropped: the event callback holds this `Shared`, so
+    /// a client kept here for good would keep the connection open forever.
+    pub(crate) client: Mutex<Option<Client>>,
+}
+
+/// A subscription as the event handler knows it.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    pub(crate) pattern: String,
+    pub(crate) stats: Arc<SubscriptionStats>,
+    /// Asks the subscription's pump to move everything async-nats holds, then answer.
+    pub(crate) sync: mpsc::UnboundedSender<oneshot::Sender<()>>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            state: watch::Sender::new(ConnectionState::Disconnected),
+            max_payload: AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
+            disconnects: AtomicU64::new(0),
+            subscriptions: Mutex::new(HashMap::new()),
+            client: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Registered>> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Copies the server's max_payload if the client knows it (0 means "not yet").
+    pub(crate) fn refresh_max_payload(&self) -> bool {
+        let Some(max) = self.server_info(|i| i.max_payload) else {
+            return false;
+        };
+        if max == 0 {
+            return false;
+        }
+        let old = self.max_payload.swap(max, Ordering::Relaxed);
+        if old != max {
+            tracing::debug!(max_payload = max, "NATS server max_payload");
+        }
+        true
+    }
+
+    /// Reads the client's copy of the server's INFO, if there is a client.
+    fn server_info<T>(&self, f: impl FnOnce(&async_nats::ServerInfo) -> T) -> Option<T> {
+        let guard = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().map(|c| f(&c.server_info()))
+    }
+
+    /// Handles one async-nats event. Runs on async-nats's event task, so it must stay quick:
+    /// that task's channel holds 128 events and drops the rest.
+    pub(crate) fn on_event(self: &Arc<Self>, event: Event) {
+        match event {
+            Event::Connected => {
+                tracing::info!("NATS connected");
+                self.state.send_replace(ConnectionState::Connected);
+                // async-nats emits `Connected` just before it stores the new server's INFO;
+                // read it a moment later, off this task.
+                let shared = Arc::clone(self);
+                tokio::spawn(async move {
+                    let before = shared.server_info(|i| i.server_id.clone());
+                    for _ in 0..200 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        let now = shared.server_info(|i| i.server_id.clone());
+                        if now != before && shared.refresh_max_payload() {
+                            return;
+                        }
+                    }
+                    shared.refresh_max_payload();
+                });
+            }
+            Event::Disconnected => {
+                tracing::warn!("NATS disconnected; reconnecting (publishes wait in the outbox)");
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
+                self.state.send_replace(ConnectionState::Disconnected);
+            }
+            Event::LameDuckMode => {
+                tracing::warn!(
+                    "NATS server entered lame duck mode; a reconnect to another server will follow"
+                );
+                self.state.send_replace(ConnectionState::LameDuck);
+            }
+            Event::SlowConsumer(sid) => {
+                // async-nats sends one event per message its full subscription buffer refused.
+                let subs = self.subscriptions();
+                match subs.get(&sid) {
+                    Some(reg) => {
+                        reg.stats.add_dropped(1);
+                        tracing::debug!(pattern = %reg.pattern, sid, "NATS slow consumer: message dropped");
+                    }
+                    None => tracing::warn!(sid, "NATS slow consumer on an unknown subscription"),
+                }
+            }
+            Event::ServerError(e) => tracing::error!(error = %e, "NATS server error"),
+            Event::ClientError(e) => tracing::error!(error = %e, "NATS client error"),
+        }
+    }
+}
