@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
 #[subject("plugin.outbound.<channel>.<instance>")]
 pub struct Outbound {
+    /// Fills `<channel>`.
     pub channel: String,
+    /// Fills `<instance>`.
     pub instance: String,
+    /// The text to send.
     pub text: String,
 }
 
@@ -25,13 +28,18 @@ pub struct Outbound {
 #[subject("agent.route.<agent>")]
 #[reply(RouteReply)]
 pub struct Delegate {
+    /// Fills `<agent>`: which agent gets the task.
     pub agent: String,
+    /// What to do.
     pub task: String,
 }
 
+/// The agent's answer to a `Delegate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteReply {
+    /// Whether the agent took the task.
     pub accepted: bool,
+    /// A word about it.
     pub note: String,
 }
 
