@@ -242,7 +242,9 @@ impl Drainer {
             }
             let Some(e) = failure else { continue };
             let counted = self.stayed_connected();
-            let Some(row) = rows.front_mut() else { continue };
+            let Some(row) = rows.front_mut() else {
+                continue;
+            };
             if !counted {
                 tracing::debug!(error = %e, id = row.id, "outbox send failed while the connection changed; not counted");
                 tokio::time::sleep(UNCOUNTED_RETRY).await;

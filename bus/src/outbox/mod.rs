@@ -137,13 +137,16 @@ impl Outbox {
     pub(crate) async fn flush(&self) -> Result<()> {
         let target = *self.committed.borrow();
         let mut done = self.done.clone();
-        done.wait_for(|d| *d >= target).await.map(|_| ()).map_err(|_| {
-            Error::outbox(
-                self.writer.path(),
-                "the outbox drainer stopped before the flush completed",
-                None,
-            )
-        })
+        done.wait_for(|d| *d >= target)
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                Error::outbox(
+                    self.writer.path(),
+                    "the outbox drainer stopped before the flush completed",
+                    None,
+                )
+            })
     }
 
     pub(crate) fn dead_letters(&self) -> DeadLetters {

@@ -150,8 +150,9 @@ pub(crate) fn encode_headers(h: &Headers) -> Vec<u8> {
 }
 
 fn decode_headers(blob: &[u8]) -> rusqlite::Result<Headers> {
-    let pairs: Vec<(String, String)> = rmp_serde::from_slice(blob)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e)))?;
+    let pairs: Vec<(String, String)> = rmp_serde::from_slice(blob).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })?;
     Ok(pairs.into_iter().collect())
 }
 
