@@ -186,6 +186,17 @@ impl Drainer {
             }
             if sent > 0 {
                 match self.broker.confirm().await {
+                    Ok(()) if self.state.has_changed().unwrap_or(true) => {
+                        // The connection dropped during the batch: the confirmation may have gone
+                        // through the new connection while part of the batch died in the old one.
+                        // Send it again (at-least-once: duplicates carry the same msg id).
+                        tracing::debug!(
+                            n = sent,
+                            "outbox batch crossed a reconnect; sending it again"
+                        );
+                        tokio::time::sleep(UNCOUNTED_RETRY).await;
+                        continue;
+                    }
                     Ok(()) => {
                         let ids: Vec<i64> = rows.drain(..sent).map(|r| r.id).collect();
                         let ids = Arc::new(ids);
