@@ -178,12 +178,13 @@ async fn sigkilled_publisher_leaves_everything_acknowledged_to_the_next_process(
     assert_eq!(bus.outbox_stats().await.unwrap().unwrap().depth, 0);
 }
 
-/// Kills the server once `received` reaches `at`, restarts it after a pause.
+/// Kills the server once `received` reaches `at`, restarts it after a pause; returns how many
+/// had been received when it was killed.
 fn kill_and_restart_at(
     server: Arc<NatsServer>,
     received: Arc<Mutex<usize>>,
     at: usize,
-) -> std::thread::JoinHandle<()> {
+) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + GUARD;
         while *received.lock().unwrap() < at {
@@ -194,8 +195,10 @@ fn kill_and_restart_at(
             std::thread::sleep(Duration::from_millis(1));
         }
         server.kill();
+        let at_kill = *received.lock().unwrap();
         std::thread::sleep(Duration::from_millis(500));
         server.start_again();
+        at_kill
     })
 }
 
@@ -204,7 +207,7 @@ fn kill_and_restart_at(
 /// situation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_burst_loses_nothing_acknowledged() {
-    const N: u64 = 10_000;
+    const N: u64 = 20_000;
     let dir = tempfile::tempdir().unwrap();
     let server = Arc::new(NatsServer::start());
 
@@ -214,22 +217,26 @@ async fn server_killed_mid_burst_loses_nothing_acknowledged() {
     let mut sub = bus.broker().subscribe("c.seq", None).await.unwrap();
     let received = Arc::new(Mutex::new(0usize));
     let killer = kill_and_restart_at(server.clone(), received.clone(), N as usize / 4);
-    let publisher = {
-        let bus = bus.clone();
-        tokio::spawn(async move {
-            let mut ids = BTreeMap::new();
-            for i in 0..N {
-                let id = bus::new_msg_id();
-                let mut h = Headers::new();
-                h.append(MSG_ID, id.clone());
-                bus.publish_raw(RawMessage::new("c.seq", i.to_string()).with_headers(h))
-                    .await
-                    .unwrap();
-                ids.insert(i, id); // acknowledged
-            }
-            ids
+    // Several publishers, so that the queue runs ahead of the drain and full batches are in
+    // flight when the server dies.
+    let publishers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let mut ids = BTreeMap::new();
+                for i in (t..N).step_by(4) {
+                    let id = bus::new_msg_id();
+                    let mut h = Headers::new();
+                    h.append(MSG_ID, id.clone());
+                    bus.publish_raw(RawMessage::new("c.seq", i.to_string()).with_headers(h))
+                        .await
+                        .unwrap();
+                    ids.insert(i, id); // acknowledged
+                }
+                ids
+            })
         })
-    };
+        .collect();
     let mut got: Vec<RawMessage> = Vec::new();
     let collector = {
         let received = received.clone();
@@ -249,8 +256,12 @@ async fn server_killed_mid_burst_loses_nothing_acknowledged() {
     let got = tokio::time::timeout(GUARD, collector)
         .await
         .expect("not every acknowledged message arrived");
-    let acked = publisher.await.unwrap();
-    killer.join().unwrap();
+    let mut acked = BTreeMap::new();
+    for p in publishers {
+        acked.extend(p.await.unwrap());
+    }
+    let at_kill = killer.join().unwrap();
+    assert!(at_kill < N as usize, "the kill did not land mid-burst");
     flush(&bus).await;
     let mut seen: BTreeMap<u64, &str> = BTreeMap::new();
     let mut duplicates = 0;
@@ -284,8 +295,7 @@ async fn server_killed_mid_burst_loses_nothing_acknowledged() {
                     reported_sent += 1;
                 }
                 if i % 100 == 99 {
-                    // The same pace as the outbox drain, so that the kill lands mid-burst.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::task::yield_now().await;
                 }
             }
             let flushed = client.flush().await.is_ok();
@@ -301,12 +311,13 @@ async fn server_killed_mid_burst_loses_nothing_acknowledged() {
     })
     .await;
     let (reported_sent, flushed) = raw_publisher.await.unwrap();
-    killer.join().unwrap();
+    let raw_at_kill = killer.join().unwrap();
     let raw_lost = reported_sent - raw_seen.len() as u64;
     eprintln!(
         "outbox (c): server SIGKILLed mid-burst of {N}: outbox acknowledged {} and lost 0 \
          ({duplicates} duplicate deliveries, same msg id); raw async-nats reported {reported_sent} \
-         sent (flush ok: {flushed}) and the server lost {raw_lost}",
+         sent (flush ok: {flushed}) and the server lost {raw_lost} (killed at {at_kill} and \
+         {raw_at_kill} received)",
         acked.len()
     );
 }
