@@ -377,4 +377,25 @@ async fn oversize_message_is_dead_lettered_and_the_queue_goes_on() {
         "the oversize message caused a reconnect"
     );
     assert_eq!(bus.state(), ConnectionState::Connected);
+
+    // A server that accepts it takes the place of the old one: the replayed dead letter is
+    // delivered, with its msg id.
+    let port = server.port();
+    drop(server);
+    let _bigger = NatsServer::builder().port(port).start();
+    tokio::time::timeout(GUARD, async {
+        while bus.broker().max_payload() <= 5000 || bus.state() != ConnectionState::Connected {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("never reconnected to the bigger server");
+    bus.dead_letters().replay(dead[0].id).await.unwrap();
+    flush(&bus).await;
+    let got = collect(&mut sub, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].subject, "d.big");
+    assert_eq!(got[0].payload.len(), 5000);
+    assert_eq!(got[0].headers.get(MSG_ID), dead[0].headers.get(MSG_ID));
+    assert_eq!(bus.dead_letters().count().await.unwrap(), 0);
 }
