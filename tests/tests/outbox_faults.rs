@@ -1,5 +1,10 @@
 //! Fault tests of the outbox on the real nats-server: publishing while the server is down, a
 //! publisher killed with SIGKILL, a server killed mid-burst, an oversize message.
+//!
+//! (b) and (c) print their figures (acknowledged, lost, duplicates; and what raw async-nats loses
+//! in the same kill) to stderr: run with `--nocapture` to read them.
+
+#![allow(clippy::print_stderr)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};

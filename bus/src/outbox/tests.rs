@@ -455,3 +455,106 @@ async fn bad_files_are_refused_never_reset() {
     let err = outbox_err(open(&dir.path().join("missing/dir/o.db"), &broker).await);
     assert!(err.contains("create the directory"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_share_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    let all = (0..1000).map(|i| outbox.enqueue(msg("g", format!("{i}"))));
+    for r in futures::future::join_all(all).await {
+        r.unwrap();
+    }
+    let commits = outbox.writer.call(|ctx| Ok(ctx.commits)).await.unwrap();
+    assert!(
+        commits < 1000,
+        "1000 concurrent enqueues took {commits} commits"
+    );
+    flush(&outbox).await;
+    assert_eq!(broker.confirmed().len(), 1000);
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_publish_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Disconnected);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    // The file may not grow past its current size: the same SQLITE_FULL a full disk gives.
+    outbox
+        .writer
+        .call(|ctx| {
+            let pages: i64 = ctx
+                .store
+                .conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap();
+            ctx.store
+                .conn
+                .pragma_update(None, "max_page_count", pages + 2)
+                .unwrap();
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    let mut failure = None;
+    for i in 0..100 {
+        match outbox.enqueue(msg("full", format!("{i:0>900}"))).await {
+            Ok(()) => acked.push(format!("{i:0>900}")),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let err = failure.expect("the file never filled up").to_string();
+    assert!(err.contains("disk is full"), "{err}");
+    assert_eq!(outbox.stats().await.unwrap().depth, acked.len() as u64);
+    broker.set_state(ConnectionState::Connected);
+    flush(&outbox).await;
+    assert_eq!(
+        broker.payloads(),
+        acked,
+        "every acknowledged message, and only those"
+    );
+}
+
+#[tokio::test]
+async fn power_loss_durability_syncs_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let mut options = OutboxOptions::default();
+    options.durability = Durability::PowerLoss;
+    let outbox = Outbox::open(
+        dir.path().join("o.db"),
+        options,
+        broker.clone() as Arc<dyn Broker>,
+    )
+    .await
+    .unwrap();
+    let sync: i64 = outbox
+        .writer
+        .call(|ctx| {
+            Ok(ctx
+                .store
+                .conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(sync, 2, "FULL");
+    let default = open(&dir.path().join("p.db"), &broker).await.unwrap();
+    let sync: i64 = default
+        .writer
+        .call(|ctx| {
+            Ok(ctx
+                .store
+                .conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(sync, 1, "NORMAL");
+}
