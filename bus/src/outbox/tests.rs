@@ -523,8 +523,9 @@ async fn a_full_disk_fails_the_publish_and_loses_nothing_acknowledged() {
 async fn power_loss_durability_syncs_every_commit() {
     let dir = tempfile::tempdir().unwrap();
     let broker = FakeBroker::new(ConnectionState::Connected);
-    let mut options = OutboxOptions::default();
-    options.durability = Durability::PowerLoss;
+    let options = OutboxOptions {
+        durability: Durability::PowerLoss,
+    };
     let outbox = Outbox::open(
         dir.path().join("o.db"),
         options,
