@@ -310,10 +310,19 @@ async fn restart_drains_what_the_previous_outbox_left() {
             outbox.enqueue(m).await.unwrap();
         }
     }
+    {
+        let outbox = open(&path, &down).await.unwrap();
+        let mut m = msg("a", "with reply");
+        m.reply = Some("_INBOX.x".into());
+        ids.push(m.headers.get(MSG_ID).unwrap().to_string());
+        outbox.enqueue(m).await.unwrap();
+    }
     let up = FakeBroker::new(ConnectionState::Connected);
     let outbox = open(&path, &up).await.unwrap();
     flush(&outbox).await;
     let got = up.confirmed();
+    assert_eq!(got.last().unwrap().reply.as_deref(), Some("_INBOX.x"));
+    assert!(got[..50].iter().all(|m| m.reply.is_none()));
     let got_ids: Vec<&str> = got.iter().map(|m| m.headers.get(MSG_ID).unwrap()).collect();
     assert_eq!(got_ids, ids, "same msg ids, same order");
     // The new outbox keeps numbering after the old rows.
