@@ -12,7 +12,7 @@ use super::store::{sql_err, Row};
 use super::writer::{Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
 use crate::headers;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Rows sent between two confirmations.
 pub(crate) const BATCH: usize = 512;
@@ -216,11 +216,15 @@ impl Drainer {
                         tracing::trace!(n = sent, "outbox batch confirmed");
                     }
                     Err(e) => {
-                        let counted = self.stayed_connected();
-                        tracing::debug!(error = %e, counted, n = sent, "outbox confirm failed");
+                        // A timeout says nothing about the messages: most often the connection is
+                        // dead and the client has not noticed yet. Counting it would dead-letter
+                        // a whole batch of good messages after three such timeouts.
+                        let timed_out = matches!(e, Error::Timeout { .. });
+                        let counted = !timed_out && self.stayed_connected();
+                        tracing::warn!(error = %e, counted, n = sent, "outbox confirm failed; the batch will be sent again");
                         if counted {
-                            // The server answered but not with a confirmation: every message of the
-                            // batch is suspect. Count one attempt each; a dropped connection
+                            // The server answered, but not with a confirmation: every message of
+                            // the batch is suspect. Count one attempt each; a dropped connection
                             // (not counted) never dead-letters good messages.
                             let mut dead = Vec::new();
                             for row in rows.iter_mut().take(sent) {
