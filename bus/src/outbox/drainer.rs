@@ -40,6 +40,8 @@ pub(crate) struct Drainer {
     pub(crate) last_taken: i64,
     /// Read from SQLite instead of the in-memory handoff (at startup, and after an overflow).
     pub(crate) paging: bool,
+    /// The connection changed since the last confirmation (or none was made yet).
+    pub(crate) reconnected: bool,
 }
 
 impl Drainer {
@@ -152,6 +154,11 @@ impl Drainer {
     }
 
     async fn wait_connected(&mut self) {
+        if self.state.has_changed().unwrap_or(true)
+            || *self.state.borrow() != ConnectionState::Connected
+        {
+            self.reconnected = true;
+        }
         loop {
             if *self.state.borrow_and_update() == ConnectionState::Connected {
                 return;
@@ -198,6 +205,7 @@ impl Drainer {
                         continue;
                     }
                     Ok(()) => {
+                        self.reconnected = false;
                         let ids: Vec<i64> = rows.drain(..sent).map(|r| r.id).collect();
                         let ids = Arc::new(ids);
                         self.retry_store("delete confirmed messages", |w| {
@@ -220,7 +228,10 @@ impl Drainer {
                         // dead and the client has not noticed yet. Counting it would dead-letter
                         // a whole batch of good messages after three such timeouts.
                         let timed_out = matches!(e, Error::Timeout { .. });
-                        let counted = !timed_out && self.stayed_connected();
+                        // Nor does a failure on the first confirmation after a reconnect: the
+                        // broker may refuse it because of messages lost with the old connection.
+                        let counted = !timed_out && !self.reconnected && self.stayed_connected();
+                        self.reconnected = false;
                         tracing::warn!(error = %e, counted, n = sent, "outbox confirm failed; the batch will be sent again");
                         if counted {
                             // The server answered, but not with a confirmation: every message of

@@ -139,6 +139,7 @@ impl Outbox {
             state,
             last_taken: 0,
             paging: true,
+            reconnected: true,
         };
         let drainer = tokio::spawn(drainer.run());
         tracing::debug!(path = %started.writer.path().display(), committed = started.watermarks.committed, done = started.watermarks.done, "outbox open");
