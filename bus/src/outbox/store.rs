@@ -194,6 +194,17 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| sql_err(path, "cannot open the outbox file", e))?;
+        // SQLite quietly opens a write-protected file read-only; every publish would then fail.
+        if conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(false)
+        {
+            return Err(Error::outbox(
+                path,
+                "the outbox file is read-only; it must be writable by this process",
+                None,
+            ));
+        }
         let store = Store {
             conn,
             path: path.to_path_buf(),
