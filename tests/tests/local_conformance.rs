@@ -43,3 +43,27 @@ async fn all_on_one_broker() {
         "every check's subscriptions are gone once dropped"
     );
 }
+
+/// `close` ends every stream, reports `Closed` and refuses further use.
+#[tokio::test]
+async fn close_ends_streams_and_refuses_use() {
+    use futures::StreamExt;
+    let broker = LocalBroker::new();
+    let mut sub = broker.subscribe("a.>", None).await.unwrap();
+    let mut state = broker.state();
+    assert_eq!(*state.borrow(), bus::ConnectionState::Connected);
+    broker.close();
+    assert_eq!(*state.borrow_and_update(), bus::ConnectionState::Closed);
+    let end = tokio::time::timeout(conformance::RECV_TIMEOUT, sub.messages.next()).await;
+    assert!(matches!(end, Ok(None)), "the stream must end on close");
+    assert!(matches!(
+        broker.publish(bus::RawMessage::new("a.b", "x")).await,
+        Err(bus::Error::Closed)
+    ));
+    assert!(matches!(
+        broker.subscribe("a.b", None).await,
+        Err(bus::Error::Closed)
+    ));
+    assert!(matches!(broker.confirm().await, Err(bus::Error::Closed)));
+    assert_eq!(broker.subscription_count(), 0);
+}

@@ -210,6 +210,9 @@ impl LocalBroker {
         });
         {
             let mut trie = self.shared.write_trie();
+            // Checked again under the lock: `close` empties the trie after setting the flag, so a
+            // subscription can never be installed into a closed broker.
+            self.check_open()?;
             trie.insert(pattern, queue, sub.clone());
             self.shared.write_cache().clear();
         }
