@@ -604,14 +604,13 @@ fn peak_rss_kib() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Slow in a debug build (a million SQLite inserts): run with
-/// `cargo test -p bus --release --lib outbox::tests::a_million -- --ignored`.
+/// A queue far larger than the in-memory handoff drains without ever being loaded. (The bench's
+/// `outbox_1m_rss_mib` scenario measures the same with 1,000,000 messages in a release build.)
 #[cfg(target_os = "linux")]
-#[ignore]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_million_queued_messages_are_never_loaded_into_memory() {
-    const N: usize = 1_000_000;
-    const PAYLOAD: usize = 200;
+async fn a_large_queue_is_never_loaded_into_memory() {
+    const N: usize = 200_000;
+    const PAYLOAD: usize = 1_000;
     let dir = tempfile::tempdir().unwrap();
     let broker = FakeBroker::build(ConnectionState::Disconnected, false);
     let outbox = Arc::new(open(&dir.path().join("o.db"), &broker).await.unwrap());
@@ -632,7 +631,7 @@ async fn a_million_queued_messages_are_never_loaded_into_memory() {
     }
     assert_eq!(outbox.stats().await.unwrap().depth, N as u64);
     broker.set_state(ConnectionState::Connected);
-    tokio::time::timeout(Duration::from_secs(600), outbox.flush())
+    tokio::time::timeout(Duration::from_secs(300), outbox.flush())
         .await
         .unwrap()
         .unwrap();
@@ -640,5 +639,5 @@ async fn a_million_queued_messages_are_never_loaded_into_memory() {
     let grown_mib = (peak_rss_kib() - before) / 1024;
     // Loaded, the queue would take well over 200 MiB (payloads alone are 190 MiB); the in-memory
     // handoff is bounded at 32 MiB of payload.
-    assert!(grown_mib < 120, "peak memory grew by {grown_mib} MiB");
+    assert!(grown_mib < 100, "peak memory grew by {grown_mib} MiB");
 }
