@@ -1,0 +1,233 @@
+//! The NATS scenarios: `nats_pubsub_typed`, `nats_pubsub_durable`, `nats_request_p50`,
+//! `drain_after_outage`. Baselines are raw async-nats written the way one would by hand.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::ConnectOptions;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::msgs::{self, PATTERN, PAYLOAD_BYTES, REQUEST_SUBJECT, SUBJECT, WARM_SUBJECT};
+use crate::runner::{fail, quantile_us, rate, within, BenchResult, Rounds, Sample};
+use crate::sdk;
+use crate::server::Server;
+
+/// How long any wait for messages may take before the round counts as lost messages.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// Extra subscription capacity over the messages of a round, for probes.
+pub const SLACK: usize = 1024;
+
+/// `nats_pubsub_typed` (outbox off) and `nats_pubsub_durable` (outbox on).
+pub struct PubSub {
+    /// The server URL.
+    pub url: String,
+    /// Outbox on.
+    pub durable: bool,
+    /// In-flight publishes of the durable bus side (group commit needs concurrent publishes).
+    pub window: usize,
+}
+
+impl Rounds for PubSub {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_pubsub(&self.url, n).await.map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        if self.durable {
+            sdk::pubsub_durable(&self.url, n, self.window).await
+        } else {
+            sdk::pubsub_typed(&self.url, n).await
+        }
+        .map(Sample::value)
+    }
+}
+
+/// Raw async-nats, end to end: one connection publishes, another subscribes (publisher and
+/// subscriber are different processes in real use; the bus side has the same shape). The
+/// subscriber's buffer holds the whole round, so nothing can be dropped; it counts exactly `n`.
+async fn raw_pubsub(url: &str, n: usize) -> BenchResult<f64> {
+    let payload = msgs::outbound_bytes();
+    let publisher = async_nats::connect(url).await?;
+    let sub_client = ConnectOptions::new()
+        .subscription_capacity(n + SLACK)
+        .connect(url)
+        .await?;
+    let sub = sub_client.subscribe(PATTERN).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_raw_counter(sub, n, warm.clone());
+    raw_probe(&publisher, &warm).await?;
+
+    let start = Instant::now();
+    for _ in 0..n {
+        publisher.publish(SUBJECT, payload.clone()).await?;
+    }
+    publisher.flush().await?;
+    let end = within(WAIT, "the raw subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// Counts `n` measured messages on a raw subscription and returns when the last arrived.
+/// Probes (on [`WARM_SUBJECT`]) wake `warm` and are not counted.
+pub fn spawn_raw_counter(
+    mut sub: async_nats::Subscriber,
+    n: usize,
+    warm: Arc<Notify>,
+) -> JoinHandle<BenchResult<Instant>> {
+    tokio::spawn(async move {
+        let mut count = 0usize;
+        while let Some(m) = sub.next().await {
+            if m.subject.as_str() == WARM_SUBJECT {
+                warm.notify_one();
+                continue;
+            }
+            if m.payload.len() != PAYLOAD_BYTES {
+                return Err(fail(format!("raw payload of {} bytes", m.payload.len())));
+            }
+            count += 1;
+            if count == n {
+                return Ok(Instant::now());
+            }
+        }
+        Err(fail(format!("raw subscription ended after {count} of {n}")))
+    })
+}
+
+/// Publishes probes until the subscriber saw one: then its subscription is live at the server.
+async fn raw_probe(client: &async_nats::Client, warm: &Notify) -> BenchResult<()> {
+    let probe = Bytes::from_static(b"probe");
+    for _ in 0..200 {
+        client.publish(WARM_SUBJECT, probe.clone()).await?;
+        client.flush().await?;
+        if tokio::time::timeout(Duration::from_millis(50), warm.notified())
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(fail("the subscription never saw a probe"))
+}
+
+/// `nats_request_p50`: sequential requests, latency of each; p50 and p99 in µs.
+pub struct Request {
+    /// The server URL.
+    pub url: String,
+}
+
+impl Rounds for Request {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_request(&self.url, n).await
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::request(&self.url, n).await
+    }
+}
+
+/// Requests made before timing starts, so connection setup and first-use costs stay out.
+pub const REQUEST_WARMUP: usize = 200;
+
+/// Raw async-nats: a responder connection answering every request with the encoded reply, a
+/// requester connection calling `request` one at a time.
+async fn raw_request(url: &str, n: usize) -> BenchResult<Sample> {
+    let request = Bytes::from(rmp_serde::to_vec_named(&msgs::delegate())?);
+    let reply = Bytes::from(rmp_serde::to_vec_named(&msgs::RouteReply {
+        accepted: true,
+    })?);
+    let responder = async_nats::connect(url).await?;
+    let mut sub = responder.subscribe(REQUEST_SUBJECT).await?;
+    responder.flush().await?;
+    let serve = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(to) = m.reply {
+                if responder.publish(to, reply.clone()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+
+    let client = async_nats::connect(url).await?;
+    // The first requests can race the responder's SUB reaching the server: retry those.
+    let mut ok = 0;
+    for _ in 0..1000 {
+        if client
+            .request(REQUEST_SUBJECT, request.clone())
+            .await
+            .is_ok()
+        {
+            ok += 1;
+            if ok == REQUEST_WARMUP {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let m = client.request(REQUEST_SUBJECT, request.clone()).await?;
+        lat.push(t.elapsed());
+        if m.payload.is_empty() {
+            return Err(fail("empty raw reply"));
+        }
+    }
+    serve.abort();
+    Ok(latency_sample(lat))
+}
+
+/// p50 (headline) and p99 of latencies, in µs.
+pub fn latency_sample(mut lat: Vec<Duration>) -> Sample {
+    lat.sort_unstable();
+    Sample {
+        value: quantile_us(&lat, 0.5),
+        p99: Some(quantile_us(&lat, 0.99)),
+    }
+}
+
+/// `drain_after_outage`: the bus queues `n` messages in its outbox while the server is down, then
+/// drains them once it is back (msg/s from reconnect to the last message received); the
+/// baseline is raw async-nats publishing the same `n` messages with the server up.
+pub struct Drain<'a> {
+    /// The server, stopped and restarted by the bus rounds.
+    pub server: &'a mut Server,
+    /// In-flight publishes while queueing.
+    pub window: usize,
+}
+
+impl Rounds for Drain<'_> {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_publish_rate(&self.server.client_url(), n)
+            .await
+            .map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::drain(self.server, n, self.window)
+            .await
+            .map(Sample::value)
+    }
+}
+
+/// Raw async-nats publish rate, counted end to end by a subscriber on the same connection (the
+/// bus side drains into a subscriber on its own connection too).
+async fn raw_publish_rate(url: &str, n: usize) -> BenchResult<f64> {
+    let payload = msgs::outbound_bytes();
+    let client = ConnectOptions::new()
+        .subscription_capacity(n + SLACK)
+        .connect(url)
+        .await?;
+    let sub = client.subscribe(PATTERN).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_raw_counter(sub, n, warm.clone());
+    raw_probe(&client, &warm).await?;
+    let start = Instant::now();
+    for _ in 0..n {
+        client.publish(SUBJECT, payload.clone()).await?;
+    }
+    client.flush().await?;
+    let end = within(WAIT, "the raw subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
