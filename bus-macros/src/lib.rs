@@ -1,7 +1,35 @@
-//! stub
+//! Derive macros for `bus`. Use them through the `bus` crate (`bus::Message`), which re-exports them;
+//! the generated code refers to `::bus::__private` only.
+//!
+//! The pipeline has one file per stage, after `serde_derive`:
+//! [`ast`] reads the struct, [`attr`] reads `#[subject]` and `#[reply]`, [`check`] applies the rules
+//! (the subject grammar itself lives in `bus-subject`), and [`expand`] writes the tokens. Every
+//! problem is collected in a [`ctxt::Ctxt`] so the user sees all of them at once, and the expansion
+//! still runs on what could be understood so call sites do not fail in turn.
+
+mod ast;
+mod attr;
+mod check;
+mod ctxt;
+mod expand;
+
 use proc_macro::TokenStream;
-/// Derive.
+use syn::{parse_macro_input, DeriveInput};
+
+/// Derives `bus::Message` for a struct with named fields.
+///
+/// ```ignore
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[subject("plugin.outbound.<channel>.<instance>")]
+/// #[reply(OutboundReply)] // optional: makes the type a request
+/// pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
+/// ```
+///
+/// Generates the `Message` impl, a filter type `OutboundFilter` (one method per placeholder, plus
+/// `queue`), and the inherent methods `filter`, `publish`, `subscribe` (and `request`, `serve` for
+/// `#[reply]` types). The template is checked at compile time.
 #[proc_macro_derive(Message, attributes(subject, reply))]
-pub fn derive_message(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn derive_message(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::derive(&input).into()
 }

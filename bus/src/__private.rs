@@ -1,7 +1,7 @@
 //! Support for generated code. Not public API: names here may change in any release.
 
 pub use crate::message::{Filter, Message, Request, SubjectToken};
-pub use crate::{Bus, Envelope, Error, Result, Subscription};
+pub use crate::{Bus, Envelope, Error, Result, ServeHandle, Subscription};
 pub use core::default::Default;
 pub use core::option::Option;
 pub use core::result::Result as StdResult;
