@@ -1,112 +1,346 @@
-//! `NatsBroker`: the NATS backend on async-nats 0.35. (STUB: to be implemented)
+//! `NatsBroker`: the NATS backend on async-nats 0.35.
+//!
+//! What async-nats 0.35 does not do and this module adds (DESIGN.md section 6):
+//! - the size check on every publish (payload plus headers against the server's max_payload);
+//!   only plain `publish` checks it there, and an oversize message makes the server close the
+//!   connection;
+//! - drop accounting: a full subscription buffer drops silently except for an
+//!   `Event::SlowConsumer(sid)`; each is added to that subscription's `SubscriptionStats`;
+//! - `confirm`, a round trip proving the server processed what was published before it.
 
-use std::path::PathBuf;
+mod convert;
+mod events;
+mod options;
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_nats::{Client, RequestErrorKind};
 use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
 use tokio::sync::watch;
 
-use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
-use crate::Result;
+pub use self::options::{NatsAuth, NatsOptions};
 
-/// How to authenticate to NATS.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub enum NatsAuth {
-    /// No credentials.
-    #[default]
-    None,
-    /// A token.
-    Token(String),
-    /// User and password.
-    UserPassword(String, String),
-    /// An NKey seed.
-    NKey(String),
-    /// A `.creds` file.
-    CredentialsFile(PathBuf),
+use self::events::{Registered, Shared};
+use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
+use crate::{Error, Result};
+
+/// The NATS backend: one async-nats connection, reconnecting forever.
+///
+/// Made by [`BusBuilder::nats`](crate::BusBuilder::nats), or directly with
+/// [`NatsBroker::connect`].
+///
+/// # Confirmation subject
+/// [`confirm`](Broker::confirm) sends an empty request to [`NatsOptions::confirm_subject`]
+/// (default `_bus.confirm`). Nobody should subscribe to it: the server's immediate
+/// "no responders" answer is the proof that it processed everything this connection sent
+/// before. The client therefore needs **publish** permission on that subject (and, as for every
+/// request, subscribe permission on `_INBOX.>`). If someone does answer, that counts as proof
+/// too; a subscriber that never answers turns every confirmation into a timeout.
+#[derive(Debug)]
+pub struct NatsBroker {
+    client: Client,
+    shared: Arc<Shared>,
+    request_timeout: Duration,
+    confirm_subject: String,
 }
 
-/// Connection options of the NATS backend. Set them through [`BusBuilder`](crate::BusBuilder).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct NatsOptions {
-    /// Server URLs.
-    pub urls: Vec<String>,
-    /// Client name.
-    pub name: Option<String>,
-    /// Credentials.
-    pub auth: NatsAuth,
-    /// Root CA to trust (PEM).
-    pub tls_root_certificate: Option<PathBuf>,
-    /// Client certificate and key (PEM).
-    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
-    /// Refuse plain connections.
-    pub require_tls: bool,
-    /// Timeout of one connection attempt.
-    pub connect_timeout: Duration,
-    /// Default request timeout.
-    pub request_timeout: Duration,
-    /// Longest delay between reconnect attempts.
-    pub reconnect_delay: Duration,
-    /// Subscription buffer size (`None`: the SDK's default).
-    pub subscription_capacity: Option<usize>,
-    /// Subject of the confirmation round trip.
-    pub confirm_subject: String,
+impl NatsBroker {
+    /// Connects (succeeds while the server is still down; reconnects forever).
+    ///
+    /// Fails only on configuration errors: no or unparsable URL, unreadable credentials file,
+    /// invalid confirm subject. Watch [`state`](Broker::state) to know when the server is reached.
+    pub async fn connect(options: NatsOptions) -> Result<NatsBroker> {
+        options.validate()?;
+        let shared = Shared::new();
+        let on_event = Arc::clone(&shared);
+        let connect = options
+            .to_connect_options()
+            .await?
+            .event_callback(move |event| {
+                on_event.on_event(event);
+                std::future::ready(())
+            });
+        let urls = options
+            .urls
+            .iter()
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    Error::Config(format!(
+                        "invalid NATS server URL {u:?}: {e}; expected e.g. nats://host:4222"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let client = connect
+            .connect(urls)
+            .await
+            .map_err(|e| Error::nats("connect", e))?;
+        let _ = shared.client.set(client.clone());
+        shared.refresh_max_payload();
+        tracing::debug!(urls = ?options.urls, "NATS client started");
+        Ok(NatsBroker {
+            client,
+            shared,
+            request_timeout: options.request_timeout,
+            confirm_subject: options.confirm_subject,
+        })
+    }
+
+    /// Refuses a message the server would answer by closing the connection.
+    #[inline]
+    fn check_size(&self, msg: &RawMessage) -> Result<()> {
+        let max = self.shared.max_payload.load(Ordering::Relaxed);
+        let size = msg.wire_size();
+        if size > max {
+            return Err(Error::PayloadTooLarge {
+                subject: msg.subject.clone(),
+                size,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    async fn publish_inner(&self, msg: RawMessage) -> Result<()> {
+        check_subject(&msg.subject)?;
+        self.check_size(&msg)?;
+        let RawMessage {
+            subject,
+            reply,
+            headers,
+            payload,
+        } = msg;
+        let result = match (reply, headers.is_empty()) {
+            (None, true) => self.client.publish(subject, payload).await,
+            (None, false) => {
+                let h = convert::to_header_map(&headers)?;
+                self.client.publish_with_headers(subject, h, payload).await
+            }
+            (Some(reply), true) => {
+                self.client
+                    .publish_with_reply(subject, reply, payload)
+                    .await
+            }
+            (Some(reply), false) => {
+                let h = convert::to_header_map(&headers)?;
+                self.client
+                    .publish_with_reply_and_headers(subject, reply, h, payload)
+                    .await
+            }
+        };
+        result.map_err(|e| Error::nats("publish", e))
+    }
+
+    async fn request_inner(&self, msg: RawMessage, timeout: Duration) -> Result<RawMessage> {
+        check_subject(&msg.subject)?;
+        self.check_size(&msg)?;
+        let mut req = async_nats::Request::new()
+            .payload(msg.payload)
+            .timeout(Some(timeout));
+        if !msg.headers.is_empty() {
+            req = req.headers(convert::to_header_map(&msg.headers)?);
+        }
+        match self.client.send_request(msg.subject.clone(), req).await {
+            Ok(reply) => Ok(convert::from_nats(reply)),
+            Err(e) => Err(match e.kind() {
+                RequestErrorKind::NoResponders => Error::NoResponders {
+                    subject: msg.subject,
+                },
+                RequestErrorKind::TimedOut => Error::Timeout {
+                    subject: msg.subject,
+                    timeout,
+                },
+                RequestErrorKind::Other => Error::nats("request", e),
+            }),
+        }
+    }
+
+    async fn confirm_inner(&self) -> Result<()> {
+        let req = async_nats::Request::new().timeout(Some(self.request_timeout));
+        match self
+            .client
+            .send_request(self.confirm_subject.clone(), req)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind() {
+                // The expected answer: the server saw the request, hence everything before it.
+                RequestErrorKind::NoResponders => Ok(()),
+                RequestErrorKind::TimedOut => Err(Error::Timeout {
+                    subject: self.confirm_subject.clone(),
+                    timeout: self.request_timeout,
+                }),
+                RequestErrorKind::Other => Err(Error::nats("confirm", e)),
+            },
+        }
+    }
+
+    async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>) -> Result<RawSubscription> {
+        bus_subject::check_pattern(pattern).map_err(|e| Error::InvalidSubject {
+            subject: pattern.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if let Some(q) = queue {
+            bus_subject::check_token(q).map_err(|e| Error::InvalidSubject {
+                subject: q.to_owned(),
+                reason: format!("invalid queue group name: {e}"),
+            })?;
+        }
+        let pattern_owned = pattern.to_owned();
+        let sub = match queue {
+            None => self.client.subscribe(pattern_owned.clone()).await,
+            Some(q) => {
+                self.client
+                    .queue_subscribe(pattern_owned.clone(), q.to_owned())
+                    .await
+            }
+        }
+        .map_err(|e| Error::nats("subscribe", e))?;
+        let stats = Arc::new(SubscriptionStats::default());
+        let sid = subscriber_sid(&sub);
+        match sid {
+            Some(sid) => {
+                self.shared.subscriptions().insert(
+                    sid,
+                    Registered {
+                        pattern: pattern_owned.clone(),
+                        stats: Arc::clone(&stats),
+                    },
+                );
+            }
+            None => tracing::error!(
+                pattern,
+                "cannot read the async-nats subscription id; slow-consumer drops on this subscription will not be counted"
+            ),
+        }
+        let stream = NatsStream {
+            sub,
+            stats: Arc::clone(&stats),
+            sid,
+            shared: Arc::clone(&self.shared),
+        };
+        Ok(RawSubscription {
+            pattern: pattern_owned,
+            messages: Box::pin(stream),
+            stats,
+        })
+    }
 }
 
-impl Default for NatsOptions {
-    fn default() -> Self {
-        NatsOptions {
-            urls: Vec::new(),
-            name: None,
-            auth: NatsAuth::None,
-            tls_root_certificate: None,
-            tls_client_cert: None,
-            require_tls: false,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
-            reconnect_delay: Duration::from_secs(2),
-            subscription_capacity: None,
-            confirm_subject: "_bus.confirm".to_string(),
+fn check_subject(subject: &str) -> Result<()> {
+    bus_subject::check_subject(subject).map_err(|e| Error::InvalidSubject {
+        subject: subject.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The subscription id (sid) async-nats 0.35 gave `sub`, the key of its `Event::SlowConsumer`.
+///
+/// 0.35 keeps the field private but derives `Debug` (`Subscriber { sid: 7, .. }`), so the id is
+/// read from there; exact, because the sid is the first field. A test in this module fails if
+/// a future async-nats changes that.
+fn subscriber_sid(sub: &async_nats::Subscriber) -> Option<u64> {
+    let debug = format!("{sub:?}");
+    let rest = debug.split_once("sid: ")?.1;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// The message stream of one subscription; unregisters its sid when dropped (async-nats
+/// unsubscribes when the `Subscriber` inside is dropped).
+struct NatsStream {
+    sub: async_nats::Subscriber,
+    stats: Arc<SubscriptionStats>,
+    sid: Option<u64>,
+    shared: Arc<Shared>,
+}
+
+impl Stream for NatsStream {
+    type Item = RawMessage;
+
+    #[inline]
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RawMessage>> {
+        match Pin::new(&mut self.sub).poll_next(cx) {
+            Poll::Ready(Some(msg)) => {
+                self.stats.add_delivered(1);
+                Poll::Ready(Some(convert::from_nats(msg)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
 
-/// The NATS backend.
-#[derive(Debug)]
-pub struct NatsBroker {}
-
-impl NatsBroker {
-    /// Connects (succeeds while the server is still down; reconnects forever).
-    pub async fn connect(_options: NatsOptions) -> Result<NatsBroker> {
-        todo!()
+impl Drop for NatsStream {
+    fn drop(&mut self) {
+        if let Some(sid) = self.sid {
+            self.shared.subscriptions().remove(&sid);
+        }
     }
 }
 
 impl Broker for NatsBroker {
-    fn publish(&self, _msg: RawMessage) -> BoxFuture<'_, Result<()>> {
-        todo!()
+    fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>> {
+        self.publish_inner(msg).boxed()
     }
+
+    /// A request to the confirm subject (see [`NatsBroker`]): the server's no-responders answer
+    /// (or any reply) proves it processed everything published before on this connection.
+    /// Fails with [`Error::Timeout`] after the request timeout when the server is unreachable.
     fn confirm(&self) -> BoxFuture<'_, Result<()>> {
-        todo!()
+        self.confirm_inner().boxed()
     }
+
     fn subscribe(
         &self,
-        _pattern: &str,
-        _queue: Option<&str>,
+        pattern: &str,
+        queue: Option<&str>,
     ) -> BoxFuture<'_, Result<RawSubscription>> {
-        todo!()
+        let pattern = pattern.to_owned();
+        let queue = queue.map(str::to_owned);
+        async move { self.subscribe_inner(&pattern, queue.as_deref()).await }.boxed()
     }
-    fn request(&self, _msg: RawMessage, _timeout: Duration) -> BoxFuture<'_, Result<RawMessage>> {
-        todo!()
+
+    fn request(&self, msg: RawMessage, timeout: Duration) -> BoxFuture<'_, Result<RawMessage>> {
+        self.request_inner(msg, timeout).boxed()
     }
+
     fn state(&self) -> watch::Receiver<ConnectionState> {
-        todo!()
+        self.shared.state.subscribe()
     }
+
     fn max_payload(&self) -> usize {
-        todo!()
+        self.shared.max_payload.load(Ordering::Relaxed)
     }
+
     fn kind(&self) -> &'static str {
         "nats"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscriber_sid_is_readable() {
+        // No server needed: with retry_on_initial_connect the client hands out subscribers
+        // while it is still connecting, and sids count up from 1.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .unwrap();
+        let a = client.subscribe("a").await.unwrap();
+        let b = client.subscribe("b").await.unwrap();
+        assert_eq!(subscriber_sid(&a), Some(1));
+        assert_eq!(subscriber_sid(&b), Some(2));
     }
 }
