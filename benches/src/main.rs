@@ -15,7 +15,6 @@ mod msgs;
 mod report;
 mod runner;
 mod scenarios;
-#[path = "sdk_stub.rs"]
 mod sdk;
 mod server;
 
@@ -23,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use report::{Better, Line, Target};
-use runner::{interleave, BenchResult, Outcome, Sample};
+use runner::{interleave, BenchResult, Outcome, Sample, Sides};
 use scenarios::{local, nats, rss};
 use server::Server;
 
@@ -52,6 +51,8 @@ struct Plan {
     rss_n: usize,
     /// In-flight publishes where a producer lets the outbox group-commit.
     window: usize,
+    /// Which sides run (`--side`, for profiling one alone).
+    sides: Sides,
 }
 
 impl Plan {
@@ -67,6 +68,7 @@ impl Plan {
             drain_rounds: 3,
             rss_n: 1_000_000,
             window: 1024,
+            sides: Sides::Both,
         }
     }
     fn quick() -> Plan {
@@ -81,6 +83,7 @@ impl Plan {
             drain_rounds: 2,
             rss_n: 1_000_000,
             window: 1024,
+            sides: Sides::Both,
         }
     }
 }
@@ -90,12 +93,14 @@ struct Args {
     only: Vec<String>,
 }
 
-const USAGE: &str = "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--rounds N]\n\
+const USAGE: &str =
+    "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--rounds N] [--side both|bus|baseline]\n\
 scenarios: nats_pubsub_typed nats_pubsub_durable nats_request_p50 local_pubsub_typed \
 local_10k_subs drain_after_outage outbox_1m_rss_mib";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut plan = Plan::full();
+    let mut sides = Sides::Both;
     let mut rounds = None;
     let mut only = Vec::new();
     let mut it = args.iter();
@@ -105,6 +110,14 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--only" => {
                 let v = it.next().ok_or("--only needs scenario names")?;
                 only.extend(v.split(',').map(str::to_string));
+            }
+            "--side" => {
+                sides = match it.next().map(String::as_str) {
+                    Some("both") => Sides::Both,
+                    Some("bus") => Sides::Bus,
+                    Some("baseline") => Sides::Baseline,
+                    _ => return Err(format!("--side needs both, bus or baseline\n{USAGE}")),
+                };
             }
             "--rounds" => {
                 let v = it.next().ok_or("--rounds needs a number")?;
@@ -117,6 +130,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
+    plan.sides = sides;
     if let Some(r) = rounds {
         plan.rounds = r;
         plan.drain_rounds = r;
@@ -199,6 +213,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         };
         let o = interleave(
             "nats_pubsub_typed",
+            plan.sides,
             rounds,
             plan.pubsub_n,
             warm(plan.pubsub_n),
@@ -221,6 +236,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         };
         let o = interleave(
             "nats_pubsub_durable",
+            plan.sides,
             rounds,
             plan.durable_n,
             warm(plan.durable_n),
@@ -237,7 +253,15 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
     }
     if selected("nats_request_p50") {
         let mut s = nats::Request { url: url.clone() };
-        let o = interleave("nats_request_p50", rounds, plan.request_n, 0, &mut s).await;
+        let o = interleave(
+            "nats_request_p50",
+            plan.sides,
+            rounds,
+            plan.request_n,
+            0,
+            &mut s,
+        )
+        .await;
         emit(line(
             "nats_request_p50",
             "us",
@@ -249,6 +273,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
     if selected("local_pubsub_typed") {
         let o = interleave(
             "local_pubsub_typed",
+            plan.sides,
             rounds,
             plan.local_n,
             warm(plan.local_n),
@@ -267,6 +292,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         let mut s = local::ManySubs { subs: 10_000 };
         let o = interleave(
             "local_10k_subs",
+            plan.sides,
             rounds,
             plan.subs_n,
             warm(plan.subs_n),
@@ -289,6 +315,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             };
             let o = interleave(
                 "drain_after_outage",
+                plan.sides,
                 plan.drain_rounds,
                 plan.drain_n,
                 0,

@@ -44,6 +44,17 @@ pub trait Rounds {
     fn bus(&mut self, n: usize) -> impl Future<Output = BenchResult<Sample>> + Send;
 }
 
+/// Which sides to run: both normally; one alone to profile it (`--side`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sides {
+    /// Baseline and bus, interleaved.
+    Both,
+    /// Only the baseline.
+    Baseline,
+    /// Only the bus.
+    Bus,
+}
+
 /// The medians of the interleaved rounds of each side, or why a side could not be measured.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -58,13 +69,21 @@ pub struct Outcome {
 /// (its error is kept) while the other goes on, so a broken SDK still shows its baseline.
 pub async fn interleave<R: Rounds>(
     name: &str,
+    sides: Sides,
     rounds: usize,
     n: usize,
     warmup_n: usize,
     r: &mut R,
 ) -> Outcome {
-    let mut base: Result<Vec<Sample>, String> = Ok(Vec::with_capacity(rounds));
-    let mut bus: Result<Vec<Sample>, String> = Ok(Vec::with_capacity(rounds));
+    let skipped = |on: bool| {
+        if on {
+            Ok(Vec::with_capacity(rounds))
+        } else {
+            Err("skipped (--side)".to_string())
+        }
+    };
+    let mut base: Result<Vec<Sample>, String> = skipped(sides != Sides::Bus);
+    let mut bus: Result<Vec<Sample>, String> = skipped(sides != Sides::Baseline);
     let plan = (warmup_n > 0)
         .then_some(("warm-up".to_string(), warmup_n, false))
         .into_iter()

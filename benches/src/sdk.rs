@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus::{Bus, ConnectionState, Message, Subscription};
+use bus::{Bus, ConnectionState, Subscription};
 use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -36,7 +36,9 @@ fn spawn_typed_counter(
                 return Ok(Instant::now());
             }
         }
-        Err(fail(format!("typed subscription ended after {count} of {n}")))
+        Err(fail(format!(
+            "typed subscription ended after {count} of {n}"
+        )))
     })
 }
 
@@ -235,7 +237,11 @@ pub async fn queue_while_down(
     window: usize,
     rss: impl Fn() -> BenchResult<f64>,
 ) -> BenchResult<(f64, u64)> {
-    let bus = Bus::builder().nats([url]).outbox_path(path).connect().await?;
+    let bus = Bus::builder()
+        .nats([url])
+        .outbox_path(path)
+        .connect()
+        .await?;
     let before = rss()?;
     let msg = msgs::outbound(INSTANCE);
     publish_windowed(&bus, &msg, count, window).await?;

@@ -1,73 +1,47 @@
-//! The nats-server the bench runs against. (Interim: replaced by the bus-tests harness.)
+//! The nats-server the bench runs against: the `bus-tests` harness, wrapped for async callers.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use bus_tests::server::NatsServer;
 
-use crate::runner::{fail, BenchResult};
+use crate::runner::{fail, panic_text, BenchResult};
 
-/// A nats-server child process on a fixed loopback port, stoppable and restartable on that port.
+/// A nats-server child process on a loopback port kept across restarts; killed on drop.
 pub struct Server {
-    port: u16,
-    child: Option<Child>,
+    inner: NatsServer,
 }
 
 impl Server {
-    /// Starts a server on a free port.
+    /// Starts a server on a free port. Fails (instead of panicking) with the harness's message,
+    /// which says how to install nats-server when the binary is missing.
     pub async fn start() -> BenchResult<Server> {
-        let port = free_port()?;
-        let mut s = Server { port, child: None };
-        s.resume().await?;
-        Ok(s)
+        tokio::task::spawn_blocking(|| {
+            std::panic::catch_unwind(NatsServer::start)
+                .map(|inner| Server { inner })
+                .map_err(|p| fail(format!("cannot start nats-server: {}", panic_text(&*p))))
+        })
+        .await?
     }
 
     /// The client URL.
     pub fn client_url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.inner.url()
     }
 
-    /// Kills the server (an outage).
+    /// Kills the server at once (SIGKILL), as in a crash: the outage of `drain_after_outage`.
     pub async fn stop(&mut self) -> BenchResult<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
+        tokio::task::block_in_place(|| self.inner.kill());
         Ok(())
     }
 
-    /// Starts it again on the same port.
+    /// Starts it again on the same port and waits until it is ready.
     pub async fn resume(&mut self) -> BenchResult<()> {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| fail(format!("cannot start nats-server ({e}); install it (apt-get install nats-server) or put it on PATH")))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                return Err(fail("nats-server did not listen within 10 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.start_again()))
+                .map_err(|p| fail(format!("cannot restart nats-server: {}", panic_text(&*p))))
+        })
     }
 }
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> BenchResult<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(bus_tests::server::free_port())
 }
