@@ -37,6 +37,10 @@ const SCENARIOS: [&str; 7] = [
     "outbox_1m_rss_mib",
 ];
 
+/// Diagnostics, run only when named in `--only`: they explain a gap rather than measure the SDK.
+/// `diag_raw_headers`: raw async-nats with the wire format's four headers ("bus") vs without.
+const DIAGNOSTICS: [&str; 1] = ["diag_raw_headers"];
+
 /// Sizes of one run. `--quick` keeps the whole run under 5 minutes on a 2-core machine.
 #[derive(Debug, Clone)]
 struct Plan {
@@ -135,7 +139,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         plan.rounds = r;
         plan.drain_rounds = r;
     }
-    if let Some(bad) = only.iter().find(|n| !SCENARIOS.contains(&n.as_str())) {
+    if let Some(bad) = only
+        .iter()
+        .find(|n| !SCENARIOS.contains(&n.as_str()) && !DIAGNOSTICS.contains(&n.as_str()))
+    {
         return Err(format!("unknown scenario `{bad}`\n{USAGE}"));
     }
     Ok(Args { plan, only })
@@ -188,6 +195,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
     let needs_server = SCENARIOS[..3]
         .iter()
         .chain(&SCENARIOS[5..6])
+        .chain(&DIAGNOSTICS)
         .any(|s| selected(s));
     let mut server = if needs_server {
         Some(Server::start().await?)
@@ -222,6 +230,25 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         .await;
         emit(line(
             "nats_pubsub_typed",
+            "msg/s",
+            Better::Higher,
+            Target::RatioAtLeast(0.90),
+            o,
+        ));
+    }
+    if args.only.iter().any(|o| o == "diag_raw_headers") {
+        let mut s = nats::HeadersDiag { url: url.clone() };
+        let o = interleave(
+            "diag_raw_headers",
+            plan.sides,
+            rounds,
+            plan.pubsub_n,
+            warm(plan.pubsub_n),
+            &mut s,
+        )
+        .await;
+        emit(line(
+            "diag_raw_headers",
             "msg/s",
             Better::Higher,
             Target::RatioAtLeast(0.90),

@@ -69,6 +69,64 @@ async fn raw_pubsub(url: &str, n: usize) -> BenchResult<f64> {
     Ok(rate(n, start, end))
 }
 
+/// Diagnostic (`--only diag_raw_headers`): raw async-nats as [`raw_pubsub`] but carrying the
+/// wire format's four headers (two ids, content type, type name), built per message as a hand
+/// writer of the same wire format would. Separates the cost of the wire format inside async-nats
+/// from the cost of the SDK's own code.
+pub async fn raw_pubsub_headers(url: &str, n: usize) -> BenchResult<f64> {
+    let payload = msgs::outbound_bytes();
+    let publisher = async_nats::connect(url).await?;
+    let sub_client = ConnectOptions::new()
+        .subscription_capacity(n + SLACK)
+        .connect(url)
+        .await?;
+    let sub = sub_client.subscribe(PATTERN).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_raw_counter(sub, n, warm.clone());
+    raw_probe(&publisher, &warm).await?;
+
+    let k: usize = std::env::var("DIAG_HEADERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let start = Instant::now();
+    for i in 0..n {
+        let id = format!("{:016x}{i:016x}", 0x5eed_u64);
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", id.as_str());
+        if k > 1 {
+            h.insert("Bus-Msg-Id", id.as_str());
+        }
+        if k > 2 {
+            h.insert("Content-Type", "application/msgpack");
+        }
+        if k > 3 {
+            h.insert("Bus-Type", "bus_bench::msgs::Outbound");
+        }
+        publisher
+            .publish_with_headers(SUBJECT, h, payload.clone())
+            .await?;
+    }
+    publisher.flush().await?;
+    let end = within(WAIT, "the raw subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// The diagnostic of [`raw_pubsub_headers`] against plain [`raw_pubsub`].
+pub struct HeadersDiag {
+    /// The server URL.
+    pub url: String,
+}
+
+impl Rounds for HeadersDiag {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_pubsub(&self.url, n).await.map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_pubsub_headers(&self.url, n).await.map(Sample::value)
+    }
+}
+
 /// Counts `n` measured messages on a raw subscription and returns when the last arrived.
 /// Probes (on [`WARM_SUBJECT`]) wake `warm` and are not counted.
 pub fn spawn_raw_counter(
