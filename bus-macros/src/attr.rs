@@ -115,12 +115,12 @@ fn reply(cx: &Ctxt, attr: &Attribute) -> Option<Type> {
         }
         Meta::NameValue(nv) => {
             cx.error(attr, "`#[reply = ...]` is not the attribute's form", hint);
-            // Keep a type path so `request`/`serve` call sites still resolve.
+            // Rust only allows a literal there; keep the type it names, if any, so `request` and
+            // `serve` call sites still resolve.
             match &nv.value {
-                Expr::Path(p) => Some(Type::Path(syn::TypePath {
-                    qself: p.qself.clone(),
-                    path: p.path.clone(),
-                })),
+                Expr::Lit(syn::ExprLit {
+                    lit: Lit::Str(s), ..
+                }) => s.parse::<Type>().ok(),
                 _ => None,
             }
         }

@@ -21,6 +21,8 @@ pub struct Plan<'a> {
     pub segments: Vec<PlanSegment>,
     /// The placeholders, in order of appearance.
     pub placeholders: Vec<Placeholder<'a>>,
+    /// Extra filter methods emitted only when an error was reported (see [`run`]).
+    pub fallback_methods: Vec<Ident>,
     /// Whether the type's generics prevent implementing `Message` (then only the filter is emitted).
     pub generic: bool,
 }
@@ -76,10 +78,25 @@ pub fn run<'a>(cx: &Ctxt, input: &'a Input<'a>, attrs: &Attrs) -> Plan<'a> {
             name,
         });
     }
+    // Once something is reported, the placeholders may not be what the user meant (a typo, a
+    // template that did not parse, no template at all). Filter methods for the other fields then
+    // keep call sites such as `T::filter().channel("x")` from failing in turn; they exist only
+    // in a build that fails anyway.
+    let fallback_methods = if cx.has_errors() {
+        input
+            .fields
+            .iter()
+            .filter(|f| !placeholders.iter().any(|p| p.name == f.name))
+            .filter_map(|f| method_ident(&f.name))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Plan {
         template,
         segments,
         placeholders,
+        fallback_methods,
         generic,
     }
 }
@@ -133,9 +150,35 @@ fn subject_present(cx: &Ctxt, input: &Input, attrs: &Attrs) {
 fn template_grammar(cx: &Ctxt, lit: &LitStr, template: &str) {
     if let Err(errors) = parse_template(template) {
         for e in errors {
-            cx.error(lit, e.message(), e.hint());
+            let message = match pointer(template, &e.span) {
+                Some(pointer) => format!("{}\n{pointer}", e.message()),
+                None => e.message(),
+            };
+            cx.error(lit, message, e.hint());
         }
     }
+}
+
+/// Two lines showing where in the template the problem is, since a span cannot point inside a
+/// string literal on stable Rust. `None` when the template holds characters that would not line
+/// up (control characters, wide characters), or when the problem is the whole template.
+fn pointer(template: &str, span: &std::ops::Range<usize>) -> Option<String> {
+    if span.start == 0 && span.end >= template.len() {
+        return None;
+    }
+    if !template
+        .chars()
+        .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\')
+    {
+        return None;
+    }
+    let start = span.start.min(template.len());
+    let width = span.end.saturating_sub(start).max(1);
+    Some(format!(
+        "  \"{template}\"\n   {}{}",
+        " ".repeat(start),
+        "^".repeat(width)
+    ))
 }
 
 /// A placeholder must name a field of the struct.
@@ -320,5 +363,78 @@ struct SpanTokens(Span);
 impl quote::ToTokens for SpanTokens {
     fn to_tokens(&self, tokens: &mut proc_macro2::TokenStream) {
         tokens.extend([proc_macro2::TokenTree::Ident(Ident::new("x", self.0))]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(template: &str) -> Vec<String> {
+        segments(template).1
+    }
+
+    #[test]
+    fn lenient_segments_recover_placeholders_from_a_bad_template() {
+        assert_eq!(names("plugin.outbound.<a>.<b>"), ["a", "b"]);
+        // Unknown root, empty token, wildcard: the placeholders are still found.
+        assert_eq!(names("plugin.outbond..<a>.*.<b>"), ["a", "b"]);
+        // Repeated and malformed placeholders are not.
+        assert_eq!(names("agent.events.<a>.<a>.x<b>.<1c>"), ["a"]);
+        assert!(names("").is_empty());
+        let (segs, _) = segments("agent.route.<a>.v1");
+        assert!(matches!(segs[3], PlanSegment::Literal(ref l) if l == "v1"));
+        assert!(matches!(segs[2], PlanSegment::Placeholder(0)));
+    }
+
+    #[test]
+    fn pointer_marks_the_offending_part() {
+        let p = pointer("plugin.outbond..x", &(14..14)).unwrap();
+        let lines: Vec<&str> = p.lines().collect();
+        assert_eq!(lines[0], "  \"plugin.outbond..x\"");
+        // Three columns for the indent and the opening quote, then the offset.
+        assert_eq!(lines[1].find('^'), Some(3 + 14));
+        assert!(pointer("agent.route", &(0..11)).is_none());
+        assert!(pointer("agent.events.a\nb", &(13..16)).is_none());
+    }
+
+    #[test]
+    fn obvious_non_tokens() {
+        let bad = [
+            "Option<String>",
+            "std::option::Option<u8>",
+            "Vec<String>",
+            "HashMap<String, u8>",
+            "f64",
+            "(u8, u8)",
+            "()",
+            "[u8; 4]",
+            "&[u8]",
+            "Box<Vec<u8>>",
+        ];
+        for ty in bad {
+            let ty: Type = syn::parse_str(ty).unwrap();
+            assert!(obvious_non_token(&ty).is_some(), "{}", quote::quote!(#ty));
+        }
+        let good = [
+            "String",
+            "&'static str",
+            "u64",
+            "Box<str>",
+            "MyId",
+            "Option",
+        ];
+        for ty in good {
+            let ty: Type = syn::parse_str(ty).unwrap();
+            assert!(obvious_non_token(&ty).is_none(), "{}", quote::quote!(#ty));
+        }
+    }
+
+    #[test]
+    fn method_names() {
+        assert_eq!(method_ident("channel").unwrap().to_string(), "channel");
+        assert_eq!(method_ident("type").unwrap().to_string(), "r#type");
+        assert!(method_ident("queue").is_none());
+        assert!(method_ident("self").is_none());
     }
 }

@@ -15,21 +15,26 @@ pub struct Ctxt {
 impl Ctxt {
     /// Records an error spanned at `tokens`, with a hint that says how to fix it.
     ///
-    /// The hint goes on its own line as `help:` so it reads like a rustc suggestion.
+    /// The hint goes on its own line as `= help:` so it reads like a rustc suggestion (rustc
+    /// indents the continuation lines of a message itself).
     pub fn error(&self, tokens: impl ToTokens, message: impl Display, hint: impl Display) {
         self.errors.borrow_mut().push(syn::Error::new_spanned(
             tokens,
-            format!("{message}\n       = help: {hint}"),
+            format!("{message}\n= help: {hint}"),
         ));
+    }
+
+    /// Whether an error was recorded.
+    pub fn has_errors(&self) -> bool {
+        !self.errors.borrow().is_empty()
     }
 
     /// Records an error already built (e.g. by `syn` while parsing an attribute), adding a hint.
     pub fn syn_error(&self, error: syn::Error, hint: impl Display) {
         let span = error.span();
-        self.errors.borrow_mut().push(syn::Error::new(
-            span,
-            format!("{error}\n       = help: {hint}"),
-        ));
+        self.errors
+            .borrow_mut()
+            .push(syn::Error::new(span, format!("{error}\n= help: {hint}")));
     }
 
     /// The errors as `compile_error!` invocations, each at its own span.

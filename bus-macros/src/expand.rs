@@ -33,7 +33,7 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
     let type_name = ty.unraw().to_string();
     let filter = format_ident!("{}Filter", type_name, span = ty.span());
     let vis = input.vis;
-    let n = plan.placeholders.len();
+    let n = plan.placeholders.len() + plan.fallback_methods.len();
     let template = &plan.template;
 
     let filter_doc = format!(
@@ -153,7 +153,10 @@ fn subject_fn(plan: &Plan) -> TokenStream {
             let name = &p.name;
             match p.field {
                 Some(f) => {
-                    let ident = f.ident;
+                    // The whole expression carries the type's span, so the error underlines
+                    // the type only.
+                    let mut ident = f.ident.clone();
+                    ident.set_span(f.ty.span());
                     quote_spanned! {f.ty.span()=>
                         __subject.token(#name, &self.#ident)?;
                     }
@@ -191,6 +194,17 @@ fn filter_impls(filter: &Ident, type_name: &str, plan: &Plan) -> TokenStream {
             }
         })
     });
+    let fallback = plan.fallback_methods.iter().enumerate().map(|(i, method)| {
+        let slot = plan.placeholders.len() + i;
+        let name = method.unraw().to_string();
+        quote! {
+            #[doc(hidden)]
+            pub fn #method(mut self, value: impl ::bus::__private::SubjectToken) -> Self {
+                self.parts.set(#slot, #name, &value);
+                self
+            }
+        }
+    });
     let pattern = plan.segments.iter().map(|s| match s {
         PlanSegment::Literal(l) => quote! { ::core::option::Option::Some(#l) },
         PlanSegment::Placeholder(_) => quote! { ::core::option::Option::None },
@@ -199,6 +213,7 @@ fn filter_impls(filter: &Ident, type_name: &str, plan: &Plan) -> TokenStream {
     quote! {
         impl #filter {
             #(#methods)*
+            #(#fallback)*
 
             /// Joins the queue group `group`: each message goes to one member of the group
             /// instead of to every subscriber. The name must be one token, like a placeholder

@@ -18,7 +18,7 @@ use syn::{parse_macro_input, DeriveInput};
 
 /// Derives `bus::Message` for a struct with named fields.
 ///
-/// ```ignore
+/// ```text
 /// #[derive(Serialize, Deserialize, Message)]
 /// #[subject("plugin.outbound.<channel>.<instance>")]
 /// #[reply(OutboundReply)] // optional: makes the type a request

@@ -37,6 +37,11 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
 }
 
 /// A message that expects a reply: `#[reply(T)]` implements it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a request type: it has no `#[reply(..)]`",
+    label = "not a request type",
+    note = "add `#[reply(YourReply)]` under `#[subject(..)]` on `{Self}` to make it a request; `request` and `serve` exist only for request types"
+)]
 pub trait Request: Message {
     /// The reply type.
     type Reply: Serialize + DeserializeOwned + Send + Sync + 'static;

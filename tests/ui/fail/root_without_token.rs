@@ -1,0 +1,18 @@
+use bus::Message;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Message)]
+#[subject("plugin.outbound")]
+pub struct Outbound {
+    pub channel: String,
+    pub instance: String,
+    pub text: String,
+}
+
+#[allow(dead_code)]
+async fn call_sites(bus: &bus::Bus, m: Outbound) -> Result<(), bus::Error> {
+    let _sub = Outbound::subscribe(bus, Outbound::filter().channel("slack").queue("q")).await?;
+    m.publish(bus).await
+}
+
+fn main() {}
