@@ -1,12 +1,34 @@
-//! `LocalBroker`: the embedded in-process broker with NATS semantics. (STUB: to be implemented)
+//! `LocalBroker`: the embedded in-process broker with NATS semantics.
+//!
+//! Subscriptions live in a trie (after nats-server's sublist) behind a `RwLock`; a small cache of
+//! match results keyed by subject makes a repeated subject one hash lookup. Each subscription owns
+//! a bounded tokio channel: publishing is synchronous `try_send`, so a publisher never waits for a
+//! subscriber, and a full buffer drops the message for that subscriber only and counts it.
 
-use std::time::Duration;
+mod trie;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use tokio::sync::watch;
+use futures::{FutureExt, Stream};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
-use crate::Result;
+use self::trie::{Entry, MatchResult, Trie};
+use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
+use crate::{Error, Result};
+
+/// Distinct subjects whose match results are cached; the cache is emptied when it is full, and
+/// on every subscribe and unsubscribe.
+const CACHE_CAPACITY: usize = 4096;
+
+/// At most one slow-consumer warning per subscription per this many milliseconds.
+const SLOW_WARN_INTERVAL_MS: u64 = 1000;
 
 /// Options of the local broker.
 #[derive(Debug, Clone)]
@@ -26,9 +48,71 @@ impl Default for LocalOptions {
     }
 }
 
-/// The embedded in-process broker.
+/// The embedded in-process broker: NATS semantics (`*`, `>`, queue groups, request/reply with
+/// fast [`Error::NoResponders`]) over tokio channels, with no server and nothing on disk.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), bus::Error> {
+/// use bus::{Broker, LocalBroker, RawMessage};
+/// use futures::StreamExt;
+///
+/// let broker = LocalBroker::new();
+/// let mut sub = broker.subscribe("agent.events.*", None).await?;
+/// broker.publish(RawMessage::new("agent.events.planner", "hi")).await?;
+/// let msg = sub.messages.next().await.unwrap();
+/// assert_eq!(msg.subject, "agent.events.planner");
+/// # Ok(()) }
+/// ```
+pub struct LocalBroker {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalBroker")
+            .field("options", &self.shared.options)
+            .field("subscriptions", &self.shared.read_trie().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One subscription as the broker holds it.
 #[derive(Debug)]
-pub struct LocalBroker {}
+struct Sub {
+    id: u64,
+    pattern: Box<str>,
+    queue: Option<Box<str>>,
+    tx: mpsc::Sender<RawMessage>,
+    stats: Arc<SubscriptionStats>,
+    /// Milliseconds since the broker started before which no new slow-consumer warning is logged.
+    next_warn_ms: AtomicU64,
+}
+
+impl Entry for Sub {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// What the broker, its subscription streams and its requests share.
+#[derive(Debug)]
+struct Shared {
+    options: LocalOptions,
+    trie: RwLock<Trie<Sub>>,
+    /// Match results by subject. Lock order: `trie` before `cache`, so an entry computed under
+    /// the trie's read lock cannot be inserted after a subscribe or unsubscribe emptied the cache.
+    cache: RwLock<HashMap<Box<str>, Arc<MatchResult<Sub>>>>,
+    next_id: AtomicU64,
+    /// Round robin position for queue groups.
+    round_robin: AtomicUsize,
+    /// `_INBOX.<random>.`: reply subjects of this broker's requests.
+    inbox_prefix: String,
+    /// Requests waiting for their first reply, by the number ending their reply subject.
+    pending: Mutex<HashMap<u64, oneshot::Sender<RawMessage>>>,
+    state: watch::Sender<ConnectionState>,
+    started: Instant,
+}
 
 impl Default for LocalBroker {
     fn default() -> Self {
@@ -41,35 +125,375 @@ impl LocalBroker {
     pub fn new() -> Self {
         Self::with_options(LocalOptions::default())
     }
-    /// A broker with these options.
-    pub fn with_options(_options: LocalOptions) -> Self {
-        todo!()
+
+    /// A broker with these options. A `subscription_capacity` of 0 is taken as 1.
+    pub fn with_options(options: LocalOptions) -> Self {
+        let options = LocalOptions {
+            subscription_capacity: options.subscription_capacity.max(1),
+            ..options
+        };
+        LocalBroker {
+            shared: Arc::new(Shared {
+                options,
+                trie: RwLock::new(Trie::default()),
+                cache: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                round_robin: AtomicUsize::new(0),
+                inbox_prefix: format!("_INBOX.{}.", crate::msg_id::new_msg_id()),
+                pending: Mutex::new(HashMap::new()),
+                state: watch::Sender::new(ConnectionState::Connected),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.shared.read_trie().len()
+    }
+
+    /// Closes the broker: the state becomes [`ConnectionState::Closed`], every subscription
+    /// stream ends, and publishes, subscribes and requests fail with [`Error::Closed`].
+    pub fn close(&self) {
+        self.shared.state.send_replace(ConnectionState::Closed);
+        *self.shared.write_trie() = Trie::default();
+        self.shared.write_cache().clear();
+        self.shared.lock_pending().clear();
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if *self.shared.state.borrow() == ConnectionState::Closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn publish_now(&self, msg: RawMessage) -> Result<usize> {
+        self.check_open()?;
+        let max = self.shared.options.max_payload;
+        let size = msg.wire_size();
+        if size > max {
+            return Err(Error::PayloadTooLarge {
+                subject: msg.subject,
+                size,
+                max,
+            });
+        }
+        bus_subject::check_subject(&msg.subject).map_err(|e| Error::InvalidSubject {
+            subject: msg.subject.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(self.shared.deliver(msg))
+    }
+
+    fn subscribe_now(&self, pattern: &str, queue: Option<&str>) -> Result<RawSubscription> {
+        self.check_open()?;
+        bus_subject::check_pattern(pattern).map_err(|e| Error::InvalidSubject {
+            subject: pattern.to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Some(q) = queue {
+            bus_subject::check_token(q).map_err(|e| Error::InvalidSubject {
+                subject: q.to_string(),
+                reason: format!("invalid queue group name: {e}"),
+            })?;
+        }
+        let (tx, rx) = mpsc::channel(self.shared.options.subscription_capacity);
+        let stats = Arc::new(SubscriptionStats::default());
+        let sub = Arc::new(Sub {
+            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+            pattern: pattern.into(),
+            queue: queue.map(Into::into),
+            tx,
+            stats: stats.clone(),
+            next_warn_ms: AtomicU64::new(0),
+        });
+        {
+            let mut trie = self.shared.write_trie();
+            trie.insert(pattern, queue, sub.clone());
+            self.shared.write_cache().clear();
+        }
+        tracing::debug!(pattern, queue, id = sub.id, "local subscribe");
+        Ok(RawSubscription {
+            pattern: pattern.to_string(),
+            messages: Box::pin(LocalStream {
+                rx,
+                // Holds no sender: the stream ends once the broker drops its `Sub`.
+                _unsubscribe: Unsubscribe {
+                    shared: Arc::downgrade(&self.shared),
+                    id: sub.id,
+                    pattern: sub.pattern.clone(),
+                    queue: sub.queue.clone(),
+                },
+            }),
+            stats,
+        })
+    }
+
+    async fn request_inner(&self, mut msg: RawMessage, timeout: Duration) -> Result<RawMessage> {
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock_pending().insert(n, tx);
+        // Removes the pending entry however this future ends (reply, timeout, cancellation).
+        let _pending = PendingGuard {
+            shared: &self.shared,
+            n,
+        };
+        msg.reply = Some(format!("{}{n}", self.shared.inbox_prefix));
+        let subject = msg.subject.clone();
+        if self.publish_now(msg)? == 0 {
+            return Err(Error::NoResponders { subject });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            // The sender went away: the broker was closed.
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout { subject, timeout }),
+        }
+    }
+}
+
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    n: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.lock_pending().remove(&self.n);
+    }
+}
+
+impl Shared {
+    fn read_trie(&self) -> std::sync::RwLockReadGuard<'_, Trie<Sub>> {
+        self.trie.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_trie(&self) -> std::sync::RwLockWriteGuard<'_, Trie<Sub>> {
+        self.trie.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_cache(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Arc<MatchResult<Sub>>>> {
+        self.cache.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<RawMessage>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The subscriptions matching `subject`, from the cache when possible.
+    fn lookup(&self, subject: &str) -> Arc<MatchResult<Sub>> {
+        if let Some(hit) = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(subject)
+        {
+            return hit.clone();
+        }
+        let trie = self.read_trie();
+        let result = Arc::new(trie.matches(subject));
+        // Reply subjects are used once: caching them would only evict useful entries.
+        if !subject.starts_with("_INBOX.") {
+            let mut cache = self.write_cache();
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(subject.into(), result.clone());
+        }
+        drop(trie);
+        result
+    }
+
+    /// Hands `msg` to every matching subscription (one member per queue group) and to the
+    /// request waiting on it, if `msg` is a reply. Returns how many subscriptions matched.
+    fn deliver(&self, msg: RawMessage) -> usize {
+        let matched = self.lookup(&msg.subject);
+        let waiting = self
+            .reply_number(&msg.subject)
+            .and_then(|n| self.lock_pending().remove(&n));
+        let msg = match waiting {
+            // Later replies to the same request find no entry: the first reply wins.
+            Some(tx) if matched.is_empty() => {
+                let _ = tx.send(msg);
+                return 0;
+            }
+            Some(tx) => {
+                let _ = tx.send(msg.clone());
+                msg
+            }
+            None => msg,
+        };
+        if matched.is_empty() {
+            tracing::trace!(subject = %msg.subject, "no subscribers");
+            return 0;
+        }
+        let receivers = matched.plain.len() + matched.groups.len();
+        tracing::trace!(subject = %msg.subject, receivers, "deliver");
+        let mut remaining = receivers;
+        let mut msg = Some(msg);
+        // Clones for all receivers but the last, which takes the message itself.
+        let mut next = |remaining: &mut usize| -> RawMessage {
+            *remaining -= 1;
+            if *remaining == 0 {
+                msg.take().expect("one message per receiver")
+            } else {
+                msg.as_ref().expect("one message per receiver").clone()
+            }
+        };
+        for sub in &matched.plain {
+            let m = next(&mut remaining);
+            self.offer(sub, m);
+        }
+        for group in &matched.groups {
+            let m = next(&mut remaining);
+            self.offer_group(&group.members, m);
+        }
+        matched.plain.len()
+            + matched
+                .groups
+                .iter()
+                .map(|g| g.members.len())
+                .sum::<usize>()
+    }
+
+    fn reply_number(&self, subject: &str) -> Option<u64> {
+        subject.strip_prefix(&self.inbox_prefix)?.parse().ok()
+    }
+
+    fn offer(&self, sub: &Sub, msg: RawMessage) {
+        match sub.tx.try_send(msg) {
+            Ok(()) => sub.stats.add_delivered(1),
+            Err(mpsc::error::TrySendError::Full(msg)) => self.dropped(sub, &msg),
+            // The stream was dropped and is being unsubscribed right now.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Gives `msg` to one member, starting at the round robin position and moving on past
+    /// members whose buffer is full, so a queue group only drops when every member is full.
+    fn offer_group(&self, members: &[Arc<Sub>], msg: RawMessage) {
+        let start = self.round_robin.fetch_add(1, Ordering::Relaxed) % members.len();
+        let mut msg = msg;
+        let mut first_full: Option<&Sub> = None;
+        for i in 0..members.len() {
+            let sub = &members[(start + i) % members.len()];
+            match sub.tx.try_send(msg) {
+                Ok(()) => {
+                    sub.stats.add_delivered(1);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    first_full.get_or_insert(sub);
+                    msg = m;
+                }
+                Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
+            }
+        }
+        if let Some(sub) = first_full {
+            self.dropped(sub, &msg);
+        }
+    }
+
+    fn dropped(&self, sub: &Sub, msg: &RawMessage) {
+        sub.stats.add_dropped(1);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = sub.next_warn_ms.load(Ordering::Relaxed);
+        if now >= next
+            && sub
+                .next_warn_ms
+                .compare_exchange(
+                    next,
+                    now + SLOW_WARN_INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                pattern = %sub.pattern,
+                queue = sub.queue.as_deref(),
+                subject = %msg.subject,
+                dropped_total = sub.stats.dropped(),
+                capacity = self.options.subscription_capacity,
+                "slow consumer: subscription buffer full, message dropped; read faster or raise subscription_capacity"
+            );
+        }
+    }
+
+    fn unsubscribe(&self, pattern: &str, queue: Option<&str>, id: u64) {
+        let mut trie = self.write_trie();
+        if trie.remove(pattern, queue, id) {
+            self.write_cache().clear();
+            tracing::debug!(pattern, queue, id, "local unsubscribe");
+        }
+    }
+}
+
+/// Removes its subscription from the trie when the stream is dropped.
+struct Unsubscribe {
+    shared: Weak<Shared>,
+    id: u64,
+    pattern: Box<str>,
+    queue: Option<Box<str>>,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.unsubscribe(&self.pattern, self.queue.as_deref(), self.id);
+        }
+    }
+}
+
+struct LocalStream {
+    rx: mpsc::Receiver<RawMessage>,
+    _unsubscribe: Unsubscribe,
+}
+
+impl Stream for LocalStream {
+    type Item = RawMessage;
+
+    #[inline]
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RawMessage>> {
+        self.rx.poll_recv(cx)
     }
 }
 
 impl Broker for LocalBroker {
-    fn publish(&self, _msg: RawMessage) -> BoxFuture<'_, Result<()>> {
-        todo!()
+    /// Delivers synchronously: when the returned future resolves, the message is in the buffer
+    /// of every matching subscription that had room.
+    fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>> {
+        futures::future::ready(self.publish_now(msg).map(drop)).boxed()
     }
+
+    /// Publishing is synchronous, so everything published before is already delivered.
     fn confirm(&self) -> BoxFuture<'_, Result<()>> {
-        todo!()
+        futures::future::ready(self.check_open()).boxed()
     }
+
     fn subscribe(
         &self,
-        _pattern: &str,
-        _queue: Option<&str>,
+        pattern: &str,
+        queue: Option<&str>,
     ) -> BoxFuture<'_, Result<RawSubscription>> {
-        todo!()
+        futures::future::ready(self.subscribe_now(pattern, queue)).boxed()
     }
-    fn request(&self, _msg: RawMessage, _timeout: Duration) -> BoxFuture<'_, Result<RawMessage>> {
-        todo!()
+
+    fn request(&self, msg: RawMessage, timeout: Duration) -> BoxFuture<'_, Result<RawMessage>> {
+        self.request_inner(msg, timeout).boxed()
     }
+
     fn state(&self) -> watch::Receiver<ConnectionState> {
-        todo!()
+        self.shared.state.subscribe()
     }
+
     fn max_payload(&self) -> usize {
-        todo!()
+        self.shared.options.max_payload
     }
+
     fn kind(&self) -> &'static str {
         "local"
     }
