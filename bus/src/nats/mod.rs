@@ -4,8 +4,9 @@
 //! - the size check on every publish (payload plus headers against the server's max_payload);
 //!   only plain `publish` checks it there, and an oversize message makes the server close the
 //!   connection;
-//! - drop accounting: a full subscription buffer drops silently except for an
-//!   `Event::SlowConsumer(sid)`; each is added to that subscription's `SubscriptionStats`;
+//! - drop accounting: async-nats's full subscription buffer drops with only a lossy
+//!   `Event::SlowConsumer(sid)`; the SDK keeps its own buffer per subscription, fed by a pump
+//!   task, and counts every drop in that subscription's `SubscriptionStats`;
 //! - `confirm`, a round trip proving the server processed what was published before it.
 
 mod convert;
@@ -20,8 +21,8 @@ use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream};
-use tokio::sync::watch;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
 
 pub use self::options::{NatsAuth, NatsOptions};
 
@@ -47,6 +48,7 @@ pub struct NatsBroker {
     shared: Arc<Shared>,
     request_timeout: Duration,
     confirm_subject: String,
+    subscription_capacity: usize,
 }
 
 impl NatsBroker {
@@ -87,6 +89,7 @@ impl NatsBroker {
             client,
             shared,
             request_timeout: options.request_timeout,
+            subscription_capacity: options.effective_subscription_capacity(),
             confirm_subject: options.confirm_subject,
         })
     }
@@ -215,11 +218,13 @@ impl NatsBroker {
             }
             None => tracing::error!(
                 pattern,
-                "cannot read the async-nats subscription id; slow-consumer drops on this subscription will not be counted"
+                "cannot read the async-nats subscription id; drops inside async-nats on this subscription will not be counted"
             ),
         }
+        let (tx, rx) = mpsc::channel(self.subscription_capacity);
+        tokio::spawn(pump(sub, tx, Arc::clone(&stats), pattern_owned.clone()));
         let stream = NatsStream {
-            sub,
+            rx,
             stats: Arc::clone(&stats),
             sid,
             shared: Arc::clone(&self.shared),
@@ -253,10 +258,53 @@ fn subscriber_sid(sub: &async_nats::Subscriber) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-/// The message stream of one subscription; unregisters its sid when dropped (async-nats
-/// unsubscribes when the `Subscriber` inside is dropped).
+/// Moves one subscription's messages from async-nats's buffer into ours, counting every message
+/// our full buffer refuses.
+///
+/// Why a task and not async-nats's buffer alone: async-nats reports each drop only as an
+/// `Event::SlowConsumer` on an event channel of 128 that itself drops events, so a burst of drops
+/// was undercounted by half in tests. Here every drop is counted exactly. async-nats's own buffer
+/// is several times larger (see `options.rs`) and this loop never waits on the subscriber, so it
+/// only overflows if this task is starved; those drops are still counted from the events.
+async fn pump(
+    mut sub: async_nats::Subscriber,
+    tx: mpsc::Sender<async_nats::Message>,
+    stats: Arc<SubscriptionStats>,
+    pattern: String,
+) {
+    let closed = tx.closed();
+    tokio::pin!(closed);
+    let mut dropped_in_burst = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            msg = sub.next() => match msg {
+                Some(msg) => match tx.try_send(msg) {
+                    Ok(()) => {
+                        if dropped_in_burst > 0 {
+                            tracing::warn!(%pattern, dropped = dropped_in_burst, "NATS slow consumer: messages dropped");
+                            dropped_in_burst = 0;
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        stats.add_dropped(1);
+                        dropped_in_burst += 1;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                },
+                // The client was dropped; the subscriber sees the end of its stream.
+                None => break,
+            },
+            // The subscriber dropped its stream: dropping `sub` unsubscribes.
+            () = &mut closed => break,
+        }
+    }
+}
+
+/// The message stream of one subscription; unregisters its sid when dropped (the pump then
+/// ends and unsubscribes).
 struct NatsStream {
-    sub: async_nats::Subscriber,
+    rx: mpsc::Receiver<async_nats::Message>,
     stats: Arc<SubscriptionStats>,
     sid: Option<u64>,
     shared: Arc<Shared>,
@@ -267,7 +315,7 @@ impl Stream for NatsStream {
 
     #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RawMessage>> {
-        match Pin::new(&mut self.sub).poll_next(cx) {
+        match self.rx.poll_recv(cx) {
             Poll::Ready(Some(msg)) => {
                 self.stats.add_delivered(1);
                 Poll::Ready(Some(convert::from_nats(msg)))

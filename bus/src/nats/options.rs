@@ -97,6 +97,15 @@ impl NatsOptions {
             .max(1)
     }
 
+    /// async-nats's own buffer per subscription, in front of the SDK's: several times larger, so
+    /// it overflows only if the pump task draining it is starved (tokio's channel allocates it
+    /// lazily, so the size costs nothing until used).
+    pub(crate) fn async_nats_capacity(&self) -> usize {
+        self.effective_subscription_capacity()
+            .saturating_mul(4)
+            .max(1 << 18)
+    }
+
     /// Checks what can be checked without a server.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.urls.is_empty() {
@@ -155,7 +164,7 @@ impl NatsOptions {
         Ok(o.require_tls(self.require_tls)
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(self.request_timeout))
-            .subscription_capacity(self.effective_subscription_capacity())
+            .subscription_capacity(self.async_nats_capacity())
             .max_reconnects(None)
             .retry_on_initial_connect()
             .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, cap)))

@@ -1,0 +1,119 @@
+//! Reconnects: a subscriber survives a server restart on the same port; the state watch follows;
+//! `connect` succeeds before the server exists.
+
+use std::time::Duration;
+
+use bus::{Broker, ConnectionState, NatsBroker, NatsOptions, RawMessage, RawSubscription};
+use bus_tests::server::{free_port, NatsServer};
+use futures::StreamExt;
+
+const GUARD: Duration = Duration::from_secs(30);
+
+fn options(url: &str) -> NatsOptions {
+    let mut o = NatsOptions::new([url]);
+    o.reconnect_delay = Duration::from_millis(100);
+    o.request_timeout = Duration::from_secs(2);
+    o
+}
+
+async fn wait_state(broker: &NatsBroker, want: ConnectionState) {
+    let mut rx = broker.state();
+    tokio::time::timeout(GUARD, rx.wait_for(|s| *s == want))
+        .await
+        .unwrap_or_else(|_| panic!("state never became {want}"))
+        .expect("state watch closed");
+}
+
+/// Publishes and confirms until the subscriber gets a message: after a reconnect the client
+/// re-subscribes asynchronously, so the first publishes may precede the interest.
+async fn publish_until_received(broker: &NatsBroker, sub: &mut RawSubscription, subject: &str) {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            broker
+                .publish(RawMessage::new(subject, "after"))
+                .await
+                .unwrap();
+            if broker.confirm().await.is_ok() {
+                if let Ok(Some(msg)) =
+                    tokio::time::timeout(Duration::from_millis(300), sub.messages.next()).await
+                {
+                    assert_eq!(msg.subject, subject);
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the subscriber got nothing after the restart");
+}
+
+#[tokio::test]
+async fn subscriber_survives_a_restart_on_the_same_port() {
+    let server = NatsServer::start();
+    let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
+    wait_state(&broker, ConnectionState::Connected).await;
+    let mut sub = broker.subscribe("r.>", None).await.unwrap();
+    broker
+        .publish(RawMessage::new("r.before", "x"))
+        .await
+        .unwrap();
+    broker.confirm().await.unwrap();
+    let first = tokio::time::timeout(GUARD, sub.messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.subject, "r.before");
+
+    let mut state = broker.state();
+    server.kill();
+    wait_state(&broker, ConnectionState::Disconnected).await;
+    assert!(state.has_changed().unwrap());
+    state.mark_unchanged();
+    server.start_again();
+    wait_state(&broker, ConnectionState::Connected).await;
+    publish_until_received(&broker, &mut sub, "r.after").await;
+    assert_eq!(sub.stats.dropped(), 0);
+}
+
+#[tokio::test]
+async fn graceful_stop_then_start_also_reconnects() {
+    let server = NatsServer::start();
+    let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
+    wait_state(&broker, ConnectionState::Connected).await;
+    let mut sub = broker.subscribe("g.x", None).await.unwrap();
+    server.stop();
+    wait_state(&broker, ConnectionState::Disconnected).await;
+    server.start_again();
+    wait_state(&broker, ConnectionState::Connected).await;
+    publish_until_received(&broker, &mut sub, "g.x").await;
+}
+
+#[tokio::test]
+async fn connect_succeeds_before_the_server_starts() {
+    let port = free_port();
+    let broker = NatsBroker::connect(options(&format!("nats://127.0.0.1:{port}")))
+        .await
+        .expect("connect must succeed while the server is down");
+    assert_eq!(*broker.state().borrow(), ConnectionState::Disconnected);
+    // Subscribing while down works; the client subscribes once connected.
+    let mut sub = broker.subscribe("late.x", None).await.unwrap();
+
+    let _server = NatsServer::builder().port(port).start();
+    wait_state(&broker, ConnectionState::Connected).await;
+    publish_until_received(&broker, &mut sub, "late.x").await;
+}
+
+#[tokio::test]
+async fn fails_over_between_cluster_nodes() {
+    let cluster = bus_tests::server::Cluster::start(3);
+    let broker = NatsBroker::connect(options(&cluster.urls()[0]))
+        .await
+        .unwrap();
+    wait_state(&broker, ConnectionState::Connected).await;
+    let mut sub = broker.subscribe("f.x", None).await.unwrap();
+    // Kill node 0: the client learned the others from the cluster's INFO and moves there.
+    cluster.node(0).kill();
+    wait_state(&broker, ConnectionState::Disconnected).await;
+    wait_state(&broker, ConnectionState::Connected).await;
+    publish_until_received(&broker, &mut sub, "f.x").await;
+}
