@@ -1,0 +1,308 @@
+//! The drainer: the one task per outbox that sends queued rows in FIFO order, confirms them with
+//! the broker, and only then deletes them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::store::{sql_err, Row};
+use super::writer::{Shared, Writer};
+use crate::broker::{Broker, ConnectionState};
+use crate::headers;
+use crate::Result;
+
+/// Rows sent between two confirmations.
+pub(crate) const BATCH: usize = 512;
+/// Failed attempts (while connected) after which a message is dead-lettered.
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
+/// Wait after a failure that did not count (the connection changed under the batch), so that a
+/// flapping connection does not turn into a busy loop.
+const UNCOUNTED_RETRY: Duration = Duration::from_millis(100);
+/// Wait before retrying a failed SQLite operation of the drainer (a full disk, say).
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// Backoff after the `attempts`-th failed attempt: 100 ms, 400 ms, 1.6 s, …
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(4u64.saturating_pow(attempts.saturating_sub(1))))
+}
+
+pub(crate) struct Drainer {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) writer: Writer,
+    pub(crate) shared: Arc<Shared>,
+    /// Every queue id up to this one is confirmed or dead-lettered.
+    pub(crate) done: watch::Sender<i64>,
+    pub(crate) state: watch::Receiver<ConnectionState>,
+    /// The highest id taken from the queue so far.
+    pub(crate) last_taken: i64,
+    /// Read from SQLite instead of the in-memory handoff (at startup, and after an overflow).
+    pub(crate) paging: bool,
+}
+
+impl Drainer {
+    pub(crate) async fn run(mut self) {
+        loop {
+            let batch = self.next_batch().await;
+            let (first, last) = match (batch.front(), batch.back()) {
+                (Some(f), Some(l)) => (f.id, l.id),
+                _ => continue,
+            };
+            let span = tracing::debug_span!("outbox_drain", first_id = first, n = batch.len());
+            self.send_batch(batch).instrument(span).await;
+            self.done.send_if_modified(|d| {
+                let moved = last > *d;
+                if moved {
+                    *d = last;
+                }
+                moved
+            });
+        }
+    }
+
+    /// The next rows to send, in id order: from memory when the writer handed them over, from
+    /// SQLite (one page at a time, so memory stays flat) when it could not.
+    async fn next_batch(&mut self) -> VecDeque<Row> {
+        loop {
+            if self.paging {
+                let rows = self.page().await;
+                if rows.len() < BATCH {
+                    // Near the end of the queue: from now on the writer hands rows over again.
+                    // Re-read after clearing the flag so no row committed in between is missed;
+                    // rows both read here and handed over are skipped by id below.
+                    {
+                        let mut h = self.shared.lock();
+                        h.overflowed = false;
+                        h.rows.clear();
+                        h.bytes = 0;
+                    }
+                    let rows = self.page().await;
+                    if rows.len() < BATCH {
+                        self.paging = false;
+                    }
+                    if let Some(last) = rows.last() {
+                        self.last_taken = last.id;
+                        return rows.into();
+                    }
+                    continue;
+                }
+                if let Some(last) = rows.last() {
+                    self.last_taken = last.id;
+                }
+                return rows.into();
+            }
+            {
+                let mut h = self.shared.lock();
+                if h.overflowed {
+                    // Rows are in SQLite that were never handed over: page until caught up.
+                    h.rows.clear();
+                    h.bytes = 0;
+                    self.paging = true;
+                    continue;
+                }
+                while h.rows.front().is_some_and(|r| r.id <= self.last_taken) {
+                    if let Some(r) = h.rows.pop_front() {
+                        h.bytes -= r.msg.payload.len();
+                    }
+                }
+                if !h.rows.is_empty() {
+                    let n = h.rows.len().min(BATCH);
+                    let batch: VecDeque<Row> = h.rows.drain(..n).collect();
+                    h.bytes -= batch.iter().map(|r| r.msg.payload.len()).sum::<usize>();
+                    self.last_taken = batch.back().map_or(self.last_taken, |r| r.id);
+                    return batch;
+                }
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
+    async fn page(&self) -> Vec<Row> {
+        let after = self.last_taken;
+        self.retry_store("read the queue", move |w| async move {
+            w.call(move |ctx| {
+                let path = ctx.store.path.clone();
+                ctx.store
+                    .page(after, BATCH)
+                    .map_err(|e| sql_err(&path, "cannot read the outbox queue", e))
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Retries a store operation until it succeeds: the drainer has nowhere to report an error
+    /// to, and giving up would strand the queue.
+    async fn retry_store<T, F, Fut>(&self, what: &'static str, f: F) -> T
+    where
+        F: Fn(Writer) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        loop {
+            match f(self.writer.clone()).await {
+                Ok(v) => return v,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox drainer cannot {what}; retrying");
+                    tokio::time::sleep(STORE_RETRY).await;
+                }
+            }
+        }
+    }
+
+    async fn wait_connected(&mut self) {
+        loop {
+            if *self.state.borrow_and_update() == ConnectionState::Connected {
+                return;
+            }
+            if self.state.changed().await.is_err() {
+                // The broker is gone: nothing will ever be sent again; wait to be aborted.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Whether a failure happened on a connection that stayed up since the batch started: only
+    /// such a failure is the message's fault and counts as an attempt.
+    fn stayed_connected(&self) -> bool {
+        !self.state.has_changed().unwrap_or(true)
+            && *self.state.borrow() == ConnectionState::Connected
+    }
+
+    async fn send_batch(&mut self, mut rows: VecDeque<Row>) {
+        while !rows.is_empty() {
+            self.wait_connected().await;
+            let mut sent = 0;
+            let mut failure = None;
+            for row in rows.iter() {
+                match self.broker.publish(row.msg.clone()).await {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if sent > 0 {
+                match self.broker.confirm().await {
+                    Ok(()) => {
+                        let ids: Vec<i64> = rows.drain(..sent).map(|r| r.id).collect();
+                        let ids = Arc::new(ids);
+                        self.retry_store("delete confirmed messages", |w| {
+                            let ids = ids.clone();
+                            async move {
+                                w.call(move |ctx| {
+                                    let path = ctx.store.path.clone();
+                                    ctx.store.delete(&ids).map_err(|e| {
+                                        sql_err(&path, "cannot delete confirmed messages", e)
+                                    })
+                                })
+                                .await
+                            }
+                        })
+                        .await;
+                        tracing::trace!(n = sent, "outbox batch confirmed");
+                    }
+                    Err(e) => {
+                        let counted = self.stayed_connected();
+                        tracing::debug!(error = %e, counted, n = sent, "outbox confirm failed");
+                        if counted {
+                            // The server answered but not with a confirmation: every message of the
+                            // batch is suspect. Count one attempt each; a dropped connection
+                            // (not counted) never dead-letters good messages.
+                            let mut dead = Vec::new();
+                            for row in rows.iter_mut().take(sent) {
+                                row.attempts += 1;
+                                self.record_failure(row, &e.to_string()).await;
+                                if row.attempts >= MAX_ATTEMPTS {
+                                    dead.push(row.id);
+                                }
+                            }
+                            if !dead.is_empty() {
+                                let mut kept = VecDeque::with_capacity(rows.len());
+                                for row in rows.drain(..) {
+                                    if dead.contains(&row.id) {
+                                        self.dead_letter(row, &e.to_string()).await;
+                                    } else {
+                                        kept.push_back(row);
+                                    }
+                                }
+                                rows = kept;
+                                continue;
+                            }
+                            let n = rows.front().map_or(1, |r| r.attempts);
+                            tokio::time::sleep(backoff(n)).await;
+                        } else {
+                            tokio::time::sleep(UNCOUNTED_RETRY).await;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(e) = failure else { continue };
+            let counted = self.stayed_connected();
+            let Some(row) = rows.front_mut() else {
+                continue;
+            };
+            if !counted {
+                tracing::debug!(error = %e, id = row.id, "outbox send failed while the connection changed; not counted");
+                tokio::time::sleep(UNCOUNTED_RETRY).await;
+                continue;
+            }
+            row.attempts += 1;
+            let error = e.to_string();
+            if row.attempts >= MAX_ATTEMPTS {
+                if let Some(row) = rows.pop_front() {
+                    self.dead_letter(row, &error).await;
+                }
+            } else {
+                tracing::debug!(error = %error, id = row.id, attempts = row.attempts, "outbox send failed; will retry");
+                let row = row.clone();
+                self.record_failure(&row, &error).await;
+                tokio::time::sleep(backoff(row.attempts)).await;
+            }
+        }
+    }
+
+    async fn record_failure(&self, row: &Row, error: &str) {
+        let (id, attempts, error) = (row.id, row.attempts, Arc::new(error.to_string()));
+        self.retry_store("record a failed attempt", |w| {
+            let error = error.clone();
+            async move {
+                w.call(move |ctx| {
+                    let path = ctx.store.path.clone();
+                    ctx.store
+                        .record_failure(id, attempts, &error)
+                        .map_err(|e| sql_err(&path, "cannot record a failed attempt", e))
+                })
+                .await
+            }
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, row: Row, error: &str) {
+        let (id, attempts, err) = (row.id, row.attempts, Arc::new(error.to_string()));
+        self.retry_store("move a message to the dead letters", |w| {
+            let err = err.clone();
+            async move {
+                w.call(move |ctx| {
+                    let path = ctx.store.path.clone();
+                    ctx.store
+                        .dead_letter(id, attempts, &err)
+                        .map_err(|e| sql_err(&path, "cannot move a message to the dead letters", e))
+                })
+                .await
+            }
+        })
+        .await;
+        tracing::warn!(
+            subject = %row.msg.subject,
+            msg_id = row.msg.headers.get(headers::MSG_ID).unwrap_or(""),
+            attempts,
+            error,
+            "outbox message dead-lettered after {attempts} failed attempts; the queue goes on (see Bus::dead_letters)"
+        );
+    }
+}

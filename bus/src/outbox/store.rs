@@ -1,0 +1,458 @@
+//! The SQLite side of the outbox: opening (lock, mode, pragmas, schema version) and every query.
+//!
+//! Only the writer thread touches the connection, so nothing here is shared or locked.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use super::{DeadLetter, Durability};
+use crate::broker::RawMessage;
+use crate::headers::{self, Headers};
+use crate::{Error, Result};
+
+/// The schema version this build writes and understands (`PRAGMA user_version`).
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+// AUTOINCREMENT, not a plain rowid: ids must never be reused once the queue empties, because the
+// drainer pages with `id > last_seen` and a replayed dead letter must land at the end of the queue.
+const SCHEMA: &str = "
+CREATE TABLE outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject    TEXT    NOT NULL,
+    headers    BLOB    NOT NULL,
+    payload    BLOB    NOT NULL,
+    msg_id     TEXT,
+    created_at INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE dead_letters (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject    TEXT    NOT NULL,
+    headers    BLOB    NOT NULL,
+    payload    BLOB    NOT NULL,
+    msg_id     TEXT,
+    created_at INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL,
+    last_error TEXT    NOT NULL,
+    failed_at  INTEGER NOT NULL
+);
+";
+
+/// A queued message as the drainer sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub(crate) id: i64,
+    pub(crate) msg: RawMessage,
+    pub(crate) attempts: u32,
+}
+
+/// What the writer learns about the queue when it opens it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watermarks {
+    /// The highest id ever given to a queued row (0 for a new file).
+    pub(crate) committed: i64,
+    /// Every id up to this one is already confirmed or dead-lettered.
+    pub(crate) done: i64,
+}
+
+/// The open outbox file: the SQLite connection and the lock file that keeps other processes out.
+pub(crate) struct Store {
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+    /// Held (locked) for as long as the store lives; the OS releases the lock with the descriptor.
+    _lock: File,
+}
+
+/// `<path>.lock`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+fn create_private(path: &Path, create_new: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    if create_new {
+        o.create_new(true);
+    } else {
+        o.create(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // The queue holds message payloads: readable by its owner only.
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "; the directory must exist and be writable by this process"
+        }
+        std::io::ErrorKind::NotFound => "; create the directory first",
+        std::io::ErrorKind::StorageFull => "; the disk is full, free some space",
+        _ => "",
+    };
+    Error::outbox(path, format!("{what}: {e}{hint}"), Some(Box::new(e)))
+}
+
+/// Maps a SQLite error to an [`Error::Outbox`] that says what to do.
+pub(crate) fn sql_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    Error::outbox(path, sql_detail(what, &e), Some(Box::new(e)))
+}
+
+/// The text of [`sql_err`]: what failed, why, and what to do.
+pub(crate) fn sql_detail(what: &str, e: &rusqlite::Error) -> String {
+    let hint = match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => {
+            "; the disk is full: free some space (the message was NOT queued)"
+        }
+        Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => {
+            "; the file or its directory is not writable by this process"
+        }
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+            "; the file is not a SQLite database or is corrupt: move it aside (it may still hold \
+             unsent messages; it is never reset automatically) and point outbox_path elsewhere"
+        }
+        Some(ErrorCode::CannotOpen) => "; check that the directory exists and is writable",
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
+            "; another process holds the file"
+        }
+        _ => "",
+    };
+    format!("{what}: {e}{hint}")
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// Headers as a MessagePack array of `[name, value]` pairs: compact and order-preserving.
+pub(crate) fn encode_headers(h: &Headers) -> Vec<u8> {
+    let pairs: Vec<(&str, &str)> = h.iter().collect();
+    // Encoding a list of string pairs into a Vec cannot fail.
+    rmp_serde::to_vec(&pairs).unwrap_or_default()
+}
+
+fn decode_headers(blob: &[u8]) -> rusqlite::Result<Headers> {
+    let pairs: Vec<(String, String)> = rmp_serde::from_slice(blob).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })?;
+    Ok(pairs.into_iter().collect())
+}
+
+impl Store {
+    /// Takes the lock, creates the file `0600` if needed, sets the pragmas and checks the schema.
+    pub(crate) fn open(path: &Path, durability: Durability) -> Result<Store> {
+        let lock_file = lock_path(path);
+        let lock = create_private(&lock_file, false)
+            .map_err(|e| io_err(&lock_file, "cannot create the outbox lock file", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::outbox(
+                    path,
+                    format!(
+                        "the outbox is in use by another Bus (lock {} is held); two processes must \
+                         never drain the same queue: give each process its own outbox_path, or \
+                         drop the other Bus first",
+                        lock_file.display()
+                    ),
+                    None,
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_err(&lock_file, "cannot lock the outbox lock file", e))
+            }
+        }
+        // Create the file ourselves so that it is born 0600 (SQLite would use the umask); the
+        // -wal and -shm files SQLite creates take the mode of the main file.
+        match create_private(path, true) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(path, "cannot create the outbox file", e)),
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_err(path, "cannot open the outbox file", e))?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+            _lock: lock,
+        };
+        store.configure(durability)?;
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn configure(&self, durability: Durability) -> Result<()> {
+        let p = &self.path;
+        // The first statement that reads the file: a non-SQLite or corrupt file fails here.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| sql_err(p, "cannot read the outbox file", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::outbox(
+                p,
+                format!("cannot switch the outbox to WAL mode (got {mode:?}); is the file on a filesystem that supports shared memory?"),
+                None,
+            ));
+        }
+        let sync = match durability {
+            Durability::ProcessCrash => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        };
+        self.conn
+            .execute_batch(&format!(
+                "PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;"
+            ))
+            .map_err(|e| sql_err(p, "cannot configure the outbox file", e))?;
+        Ok(())
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let p = &self.path;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sql_err(p, "cannot read the outbox schema version", e))?;
+        match version {
+            0 => {
+                let tables: i64 = self
+                    .conn
+                    .query_row(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| sql_err(p, "cannot read the outbox schema", e))?;
+                if tables > 0 {
+                    return Err(Error::outbox(
+                        p,
+                        "this SQLite file is not a bus outbox (it has tables but no outbox schema \
+                         version); point outbox_path at a new file",
+                        None,
+                    ));
+                }
+                self.conn
+                    .execute_batch(&format!(
+                        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    ))
+                    .map_err(|e| sql_err(p, "cannot create the outbox schema", e))?;
+                Ok(())
+            }
+            SCHEMA_VERSION => Ok(()),
+            v => Err(Error::outbox(
+                p,
+                format!(
+                    "unknown outbox schema version {v} (this build of bus understands version \
+                     {SCHEMA_VERSION}); the file was written by a newer bus: upgrade bus, or point \
+                     outbox_path at another file (the queued messages are left untouched)"
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// The committed and done watermarks of a freshly opened queue.
+    pub(crate) fn watermarks(&self) -> Result<Watermarks> {
+        let p = &self.path;
+        let committed: i64 = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| sql_err(p, "cannot read the outbox", e))?
+            .unwrap_or(0);
+        let first: Option<i64> = self
+            .conn
+            .query_row("SELECT min(id) FROM outbox", [], |r| r.get(0))
+            .map_err(|e| sql_err(p, "cannot read the outbox", e))?;
+        Ok(Watermarks {
+            committed,
+            done: first.map_or(committed, |f| f - 1),
+        })
+    }
+
+    /// Inserts `msgs` in one transaction; returns their ids, in order.
+    pub(crate) fn insert_all<'a>(
+        &mut self,
+        msgs: impl Iterator<Item = &'a RawMessage>,
+    ) -> rusqlite::Result<Vec<i64>> {
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO outbox (subject, headers, payload, msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let now = now_ms();
+            for m in msgs {
+                stmt.execute(params![
+                    m.subject,
+                    encode_headers(&m.headers),
+                    &m.payload[..],
+                    m.headers.get(headers::MSG_ID),
+                    now
+                ])?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Up to `limit` queued rows with an id above `after`, oldest first.
+    pub(crate) fn page(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, subject, headers, payload, attempts FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            let headers: Vec<u8> = r.get(2)?;
+            let payload: Vec<u8> = r.get(3)?;
+            Ok(Row {
+                id: r.get(0)?,
+                msg: RawMessage {
+                    subject: r.get(1)?,
+                    reply: None,
+                    headers: decode_headers(&headers)?,
+                    payload: Bytes::from(payload),
+                },
+                attempts: r.get(4)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Deletes confirmed rows.
+    pub(crate) fn delete(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Records a failed attempt on a queued row.
+    pub(crate) fn record_failure(
+        &mut self,
+        id: i64,
+        attempts: u32,
+        error: &str,
+    ) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET attempts = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, attempts, error],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a queued row to the dead-letter table, in one transaction.
+    pub(crate) fn dead_letter(
+        &mut self,
+        id: i64,
+        attempts: u32,
+        error: &str,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO dead_letters (subject, headers, payload, msg_id, created_at, attempts, last_error, failed_at)
+             SELECT subject, headers, payload, msg_id, created_at, ?2, ?3, ?4 FROM outbox WHERE id = ?1",
+            params![id, attempts, error, now_ms()],
+        )?;
+        tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+        tx.commit()
+    }
+
+    /// Every dead letter, oldest first.
+    pub(crate) fn dead_letters(&self) -> rusqlite::Result<Vec<DeadLetter>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, subject, headers, payload, attempts, last_error, failed_at FROM dead_letters ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let headers: Vec<u8> = r.get(2)?;
+            let payload: Vec<u8> = r.get(3)?;
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                subject: r.get(1)?,
+                headers: decode_headers(&headers)?,
+                payload: Bytes::from(payload),
+                attempts: r.get(4)?,
+                last_error: r.get(5)?,
+                failed_at: from_ms(r.get(6)?),
+            })
+        })?;
+        rows.collect()
+    }
+
+    pub(crate) fn dead_letter_count(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+    }
+
+    /// Moves a dead letter to the end of the queue with fresh attempts; returns its new queue id,
+    /// or `None` if there is no such dead letter.
+    pub(crate) fn replay(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "INSERT INTO outbox (subject, headers, payload, msg_id, created_at, attempts)
+             SELECT subject, headers, payload, msg_id, ?2, 0 FROM dead_letters WHERE id = ?1",
+            params![id, now_ms()],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let new_id = tx.last_insert_rowid();
+        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(Some(new_id))
+    }
+
+    pub(crate) fn purge(&mut self) -> rusqlite::Result<u64> {
+        Ok(self.conn.execute("DELETE FROM dead_letters", [])? as u64)
+    }
+
+    /// Depth, created_at of the oldest queued row (unix ms), dead-letter count.
+    pub(crate) fn stats(&self) -> rusqlite::Result<(u64, Option<i64>, u64)> {
+        let depth: u64 = self
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        let oldest: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT created_at FROM outbox ORDER BY id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((depth, oldest, self.dead_letter_count()?))
+    }
+}
+
+/// How old a row created at `created_ms` is now.
+pub(crate) fn age_of(created_ms: i64) -> Duration {
+    Duration::from_millis((now_ms() - created_ms).max(0) as u64)
+}

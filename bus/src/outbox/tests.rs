@@ -1,0 +1,457 @@
+//! Unit tests of the outbox against a small recording broker of our own (a test double of the
+//! `Broker` trait, not of NATS; the real-server tests are in `tests/tests/outbox_faults.rs`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use super::*;
+use crate::broker::{ConnectionState, RawSubscription};
+use crate::headers::MSG_ID;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Records what it was sent; publish checks max_payload; confirm can be told to fail.
+struct FakeBroker {
+    state: watch::Sender<ConnectionState>,
+    /// Published since the last confirm.
+    unconfirmed: Mutex<Vec<RawMessage>>,
+    confirmed: Mutex<Vec<RawMessage>>,
+    /// Publish calls per subject.
+    publish_calls: Mutex<HashMap<String, u32>>,
+    /// Confirms that fail while the connection stays up.
+    fail_confirms: AtomicU32,
+    /// Confirms that fail because the connection drops (it comes back shortly after).
+    drop_on_confirms: AtomicU32,
+    max_payload: usize,
+}
+
+impl FakeBroker {
+    fn new(state: ConnectionState) -> Arc<FakeBroker> {
+        Arc::new(FakeBroker {
+            state: watch::channel(state).0,
+            unconfirmed: Mutex::default(),
+            confirmed: Mutex::default(),
+            publish_calls: Mutex::default(),
+            fail_confirms: AtomicU32::new(0),
+            drop_on_confirms: AtomicU32::new(0),
+            max_payload: 1024,
+        })
+    }
+    fn set_state(&self, s: ConnectionState) {
+        self.state.send_replace(s);
+    }
+    fn confirmed(&self) -> Vec<RawMessage> {
+        self.confirmed.lock().unwrap().clone()
+    }
+    fn payloads(&self) -> Vec<String> {
+        self.confirmed()
+            .iter()
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect()
+    }
+    fn calls(&self, subject: &str) -> u32 {
+        *self
+            .publish_calls
+            .lock()
+            .unwrap()
+            .get(subject)
+            .unwrap_or(&0)
+    }
+}
+
+fn take_one(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+impl Broker for FakeBroker {
+    fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            *self
+                .publish_calls
+                .lock()
+                .unwrap()
+                .entry(msg.subject.clone())
+                .or_default() += 1;
+            if *self.state.borrow() != ConnectionState::Connected {
+                return Err(Error::Closed);
+            }
+            if msg.wire_size() > self.max_payload {
+                return Err(Error::PayloadTooLarge {
+                    subject: msg.subject.clone(),
+                    size: msg.wire_size(),
+                    max: self.max_payload,
+                });
+            }
+            self.unconfirmed.lock().unwrap().push(msg);
+            Ok(())
+        })
+    }
+    fn confirm(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let pending = std::mem::take(&mut *self.unconfirmed.lock().unwrap());
+            if take_one(&self.drop_on_confirms) {
+                // The connection died with the batch in it; it comes back a moment later.
+                self.set_state(ConnectionState::Disconnected);
+                let state = self.state.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    state.send_replace(ConnectionState::Connected);
+                });
+                return Err(Error::Closed);
+            }
+            if take_one(&self.fail_confirms) {
+                return Err(Error::Config("confirm refused".into()));
+            }
+            if *self.state.borrow() != ConnectionState::Connected {
+                return Err(Error::Closed);
+            }
+            self.confirmed.lock().unwrap().extend(pending);
+            Ok(())
+        })
+    }
+    fn subscribe(
+        &self,
+        _pattern: &str,
+        _queue: Option<&str>,
+    ) -> BoxFuture<'_, Result<RawSubscription>> {
+        Box::pin(async { Err(Error::Config("not supported by the fake".into())) })
+    }
+    fn request(&self, _msg: RawMessage, _timeout: Duration) -> BoxFuture<'_, Result<RawMessage>> {
+        Box::pin(async { Err(Error::Config("not supported by the fake".into())) })
+    }
+    fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.subscribe()
+    }
+    fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+}
+
+fn msg(subject: &str, payload: impl Into<String>) -> RawMessage {
+    let mut h = Headers::new();
+    h.append(MSG_ID, crate::msg_id::new_msg_id());
+    RawMessage::new(subject, payload.into()).with_headers(h)
+}
+
+async fn open(path: &Path, broker: &Arc<FakeBroker>) -> Result<Outbox> {
+    Outbox::open(
+        path.to_path_buf(),
+        OutboxOptions::default(),
+        broker.clone() as Arc<dyn Broker>,
+    )
+    .await
+}
+
+async fn flush(outbox: &Outbox) {
+    tokio::time::timeout(LIMIT, outbox.flush())
+        .await
+        .expect("flush hung")
+        .expect("flush failed");
+}
+
+fn outbox_err(r: Result<Outbox>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => {
+            assert!(matches!(e, Error::Outbox { .. }), "{e:?}");
+            e.to_string()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_commit_and_drain_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = Arc::new(open(&dir.path().join("o.db"), &broker).await.unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..10 {
+        let outbox = outbox.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                outbox
+                    .enqueue(msg(&format!("t.{t}"), format!("{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    flush(&outbox).await;
+    let got = broker.confirmed();
+    assert_eq!(got.len(), 1000);
+    for t in 0..10 {
+        let seq: Vec<String> = got
+            .iter()
+            .filter(|m| m.subject == format!("t.{t}"))
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect();
+        let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        assert_eq!(seq, want, "per-publisher FIFO order of t.{t}");
+    }
+    assert_eq!(outbox.stats().await.unwrap().depth, 0);
+}
+
+#[tokio::test]
+async fn waits_while_disconnected_then_drains_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Disconnected);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    for i in 0..100 {
+        outbox.enqueue(msg("a", format!("{i}"))).await.unwrap();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), outbox.flush())
+            .await
+            .is_err(),
+        "flush cannot complete while disconnected"
+    );
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(stats.depth, 100);
+    assert!(stats.oldest_age.is_some());
+    assert!(broker.confirmed().is_empty());
+    broker.set_state(ConnectionState::Connected);
+    flush(&outbox).await;
+    let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(broker.payloads(), want);
+    // Time spent disconnected is no attempt.
+    assert_eq!(outbox.dead_letters().count().await.unwrap(), 0);
+    assert_eq!(outbox.stats().await.unwrap().depth, 0);
+}
+
+#[tokio::test]
+async fn oversize_is_dead_lettered_after_exactly_three_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    let big = msg("big", "x".repeat(4096));
+    let big_id = big.headers.get(MSG_ID).unwrap().to_string();
+    outbox.enqueue(msg("a", "before")).await.unwrap();
+    outbox.enqueue(big).await.unwrap();
+    for i in 0..10 {
+        outbox
+            .enqueue(msg("a", format!("after {i}")))
+            .await
+            .unwrap();
+    }
+    flush(&outbox).await;
+    assert_eq!(broker.calls("big"), 3);
+    let mut want = vec!["before".to_string()];
+    want.extend((0..10).map(|i| format!("after {i}")));
+    assert_eq!(broker.payloads(), want);
+    let dlq = outbox.dead_letters();
+    let list = dlq.list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].subject, "big");
+    assert_eq!(list[0].attempts, 3);
+    assert_eq!(list[0].payload.len(), 4096);
+    assert_eq!(list[0].headers.get(MSG_ID), Some(big_id.as_str()));
+    assert!(
+        list[0].last_error.contains("max_payload"),
+        "{}",
+        list[0].last_error
+    );
+    assert_eq!(outbox.stats().await.unwrap().dead_letters, 1);
+}
+
+#[tokio::test]
+async fn confirm_refused_while_connected_counts_dropped_connection_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    // Five dropped connections (more than 3) must not dead-letter good messages.
+    broker.drop_on_confirms.store(5, Ordering::SeqCst);
+    for i in 0..5 {
+        outbox.enqueue(msg("a", format!("{i}"))).await.unwrap();
+    }
+    flush(&outbox).await;
+    assert_eq!(outbox.dead_letters().count().await.unwrap(), 0);
+    assert_eq!(broker.payloads(), ["0", "1", "2", "3", "4"]);
+    // Two refusals while connected count, the third attempt succeeds.
+    broker.fail_confirms.store(2, Ordering::SeqCst);
+    outbox.enqueue(msg("a", "5")).await.unwrap();
+    flush(&outbox).await;
+    assert_eq!(outbox.dead_letters().count().await.unwrap(), 0);
+    assert_eq!(broker.payloads().last().map(String::as_str), Some("5"));
+    // Three refusals while connected: dead-lettered.
+    broker.fail_confirms.store(3, Ordering::SeqCst);
+    outbox.enqueue(msg("a", "6")).await.unwrap();
+    flush(&outbox).await;
+    let list = outbox.dead_letters().list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(&list[0].payload[..], b"6");
+    assert!(list[0].last_error.contains("confirm refused"));
+}
+
+#[tokio::test]
+async fn restart_drains_what_the_previous_outbox_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let down = FakeBroker::new(ConnectionState::Disconnected);
+    let mut ids = Vec::new();
+    {
+        let outbox = open(&path, &down).await.unwrap();
+        for i in 0..50 {
+            let m = msg("a", format!("{i}"));
+            ids.push(m.headers.get(MSG_ID).unwrap().to_string());
+            outbox.enqueue(m).await.unwrap();
+        }
+    }
+    let up = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&path, &up).await.unwrap();
+    flush(&outbox).await;
+    let got = up.confirmed();
+    let got_ids: Vec<&str> = got.iter().map(|m| m.headers.get(MSG_ID).unwrap()).collect();
+    assert_eq!(got_ids, ids, "same msg ids, same order");
+    // The new outbox keeps numbering after the old rows.
+    outbox.enqueue(msg("a", "new")).await.unwrap();
+    flush(&outbox).await;
+    assert_eq!(up.payloads().last().map(String::as_str), Some("new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_longer_than_the_handoff_is_paged_from_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Disconnected);
+    let outbox = Arc::new(open(&dir.path().join("o.db"), &broker).await.unwrap());
+    let n = writer::HANDOFF_MAX_ROWS + 6000;
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let outbox = outbox.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..n).step_by(4) {
+                outbox
+                    .enqueue(msg(&format!("t.{t}"), format!("{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    // Connect once more is queued than the in-memory handoff holds (so the drainer must page
+    // from SQLite) while publishes keep coming (so it must switch back to memory).
+    tokio::time::timeout(LIMIT, async {
+        while outbox.stats().await.unwrap().depth <= writer::HANDOFF_MAX_ROWS as u64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the queue never grew past the handoff");
+    broker.set_state(ConnectionState::Connected);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    flush(&outbox).await;
+    let got = broker.confirmed();
+    assert_eq!(got.len(), n, "every message exactly once");
+    for t in 0..4 {
+        let seq: Vec<usize> = got
+            .iter()
+            .filter(|m| m.subject == format!("t.{t}"))
+            .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(seq, (t..n).step_by(4).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn replay_list_count_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    outbox.enqueue(msg("big", "x".repeat(2000))).await.unwrap();
+    outbox.enqueue(msg("big", "y".repeat(2000))).await.unwrap();
+    flush(&outbox).await;
+    let dlq = outbox.dead_letters();
+    let list = dlq.list().await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(
+        list[0].id < list[1].id && list[0].payload[0] == b'x',
+        "oldest first"
+    );
+    assert!(matches!(
+        dlq.replay(-5).await,
+        Err(Error::DeadLetterNotFound(-5))
+    ));
+    // A replayed message goes to the end of the queue with fresh attempts and the same id.
+    let first = list[0].clone();
+    dlq.replay(first.id).await.unwrap();
+    assert_eq!(dlq.count().await.unwrap(), 1);
+    flush(&outbox).await;
+    assert_eq!(broker.calls("big"), 9);
+    let again = dlq.list().await.unwrap();
+    assert_eq!(again.len(), 2);
+    assert_eq!(again[1].headers.get(MSG_ID), first.headers.get(MSG_ID));
+    assert_eq!(again[1].attempts, 3);
+    assert_eq!(dlq.purge().await.unwrap(), 2);
+    assert_eq!(dlq.count().await.unwrap(), 0);
+    assert!(matches!(
+        DeadLetters::none().count().await,
+        Err(Error::NoOutbox)
+    ));
+}
+
+#[tokio::test]
+async fn file_is_private_and_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&path, &broker).await.unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let err = outbox_err(open(&path, &broker).await);
+    assert!(err.contains("in use by another Bus"), "{err}");
+    drop(outbox);
+    // Dropping the outbox releases the lock at once.
+    open(&path, &broker).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_files_are_refused_never_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+
+    let garbage = dir.path().join("garbage.db");
+    let junk = vec![0x5au8; 8192];
+    std::fs::write(&garbage, &junk).unwrap();
+    let err = outbox_err(open(&garbage, &broker).await);
+    assert!(err.contains("not a SQLite database"), "{err}");
+    assert_eq!(std::fs::read(&garbage).unwrap(), junk, "left untouched");
+
+    let newer = dir.path().join("newer.db");
+    {
+        let c = rusqlite::Connection::open(&newer).unwrap();
+        c.execute_batch("CREATE TABLE outbox (id INTEGER); PRAGMA user_version = 99;")
+            .unwrap();
+    }
+    let err = outbox_err(open(&newer, &broker).await);
+    assert!(err.contains("unknown outbox schema version 99"), "{err}");
+
+    let foreign = dir.path().join("foreign.db");
+    {
+        let c = rusqlite::Connection::open(&foreign).unwrap();
+        c.execute_batch("CREATE TABLE customers (id INTEGER)")
+            .unwrap();
+    }
+    let err = outbox_err(open(&foreign, &broker).await);
+    assert!(err.contains("not a bus outbox"), "{err}");
+
+    let err = outbox_err(open(&dir.path().join("missing/dir/o.db"), &broker).await);
+    assert!(err.contains("create the directory"), "{err}");
+}

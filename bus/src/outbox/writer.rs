@@ -1,0 +1,283 @@
+//! The writer thread: the one owner of the SQLite connection.
+//!
+//! rusqlite is synchronous, so the connection lives on a dedicated thread. Every enqueue that is
+//! waiting when the thread looks at its channel goes into one transaction (group commit); each
+//! caller is answered once that transaction is committed. Everything else (deletes after a
+//! confirm, dead-lettering, reads for the API) is a closure run on the same thread, in order.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{oneshot, watch, Notify};
+
+use super::store::{sql_detail, Row, Store, Watermarks};
+use super::Durability;
+use crate::broker::RawMessage;
+use crate::{Error, Result};
+
+/// Most enqueues committed in one transaction; bounds the latency of the first one.
+const MAX_GROUP: usize = 4096;
+/// Rows the writer hands to the drainer in memory before it falls back to paging from SQLite.
+pub(crate) const HANDOFF_MAX_ROWS: usize = 8192;
+/// Payload bytes the writer hands to the drainer in memory before the same fallback.
+pub(crate) const HANDOFF_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Newly committed rows on their way to the drainer, so it need not read back what it just wrote.
+#[derive(Debug, Default)]
+pub(crate) struct Handoff {
+    pub(crate) rows: VecDeque<Row>,
+    pub(crate) bytes: usize,
+    /// Some committed rows were not handed over (the buffer was full, or a dead letter was
+    /// replayed): the drainer must page from SQLite until it catches up.
+    pub(crate) overflowed: bool,
+}
+
+/// The handoff buffer and the bell the drainer waits on.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) handoff: Mutex<Handoff>,
+    pub(crate) notify: Notify,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        // A panic while holding this lock leaves only plain data behind; keep going.
+        self.handoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the drainer to look in SQLite for rows it was not handed.
+    pub(crate) fn mark_overflowed(&self) {
+        self.lock().overflowed = true;
+        self.notify.notify_one();
+    }
+}
+
+/// What the writer thread owns besides the connection.
+pub(crate) struct Ctx {
+    pub(crate) store: Store,
+    pub(crate) shared: Arc<Shared>,
+    /// The highest committed queue id.
+    pub(crate) committed: watch::Sender<i64>,
+}
+
+type Op = Box<dyn FnOnce(&mut Ctx) + Send>;
+
+enum Command {
+    Enqueue(RawMessage, oneshot::Sender<Result<()>>),
+    Op(Op),
+    Shutdown,
+}
+
+/// A handle on the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Command>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("path", &self.path).finish()
+    }
+}
+
+/// What [`spawn`] returns: the handle, its thread, and the state it starts from.
+pub(crate) struct Started {
+    pub(crate) writer: Writer,
+    pub(crate) thread: JoinHandle<()>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) committed: watch::Receiver<i64>,
+    pub(crate) watermarks: Watermarks,
+}
+
+/// Opens the store on a new thread and returns once it is open (or failed to open).
+pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Started> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel::<Command>();
+    let shared = Arc::new(Shared::default());
+    let thread_shared = shared.clone();
+    let thread_path = path.clone();
+    let thread = std::thread::Builder::new()
+        .name("bus-outbox-writer".into())
+        .spawn(move || {
+            let opened = Store::open(&thread_path, durability)
+                .and_then(|store| store.watermarks().map(|w| (store, w)));
+            let (store, w) = match opened {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let (committed_tx, committed_rx) = watch::channel(w.committed);
+            if ready_tx.send(Ok((committed_rx, w))).is_err() {
+                return;
+            }
+            run(
+                rx,
+                Ctx {
+                    store,
+                    shared: thread_shared,
+                    committed: committed_tx,
+                },
+            );
+        })
+        .map_err(|e| {
+            Error::outbox(
+                &path,
+                "cannot start the outbox writer thread",
+                Some(Box::new(e)),
+            )
+        })?;
+    let (committed, watermarks) = match ready_rx.await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(Error::outbox(
+                &path,
+                "the outbox writer thread died while opening the file",
+                None,
+            ));
+        }
+    };
+    Ok(Started {
+        writer: Writer {
+            tx,
+            path: Arc::new(path),
+        },
+        thread,
+        shared,
+        committed,
+        watermarks,
+    })
+}
+
+fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
+    let mut group: Vec<(RawMessage, oneshot::Sender<Result<()>>)> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        // Take everything already waiting: that is what makes the commit a group commit.
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Enqueue(msg, reply) => {
+                    group.push((msg, reply));
+                    if group.len() >= MAX_GROUP {
+                        commit_group(&mut ctx, &mut group);
+                    }
+                }
+                Command::Op(op) => {
+                    // Keep the order of commands: what was enqueued before this op is committed first.
+                    commit_group(&mut ctx, &mut group);
+                    op(&mut ctx);
+                }
+                Command::Shutdown => {
+                    commit_group(&mut ctx, &mut group);
+                    return;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        commit_group(&mut ctx, &mut group);
+    }
+}
+
+fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Result<()>>)>) {
+    if group.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(group);
+    let _span = tracing::trace_span!("outbox_commit", n = batch.len()).entered();
+    match ctx.store.insert_all(batch.iter().map(|(m, _)| m)) {
+        Ok(ids) => {
+            let last = *ids.last().unwrap_or(&0);
+            ctx.committed.send_replace(last);
+            let mut replies = Vec::with_capacity(batch.len());
+            {
+                let mut h = ctx.shared.lock();
+                for (id, (msg, reply)) in ids.into_iter().zip(batch) {
+                    let size = msg.payload.len();
+                    if !h.overflowed
+                        && h.rows.len() < HANDOFF_MAX_ROWS
+                        && h.bytes + size <= HANDOFF_MAX_BYTES
+                    {
+                        h.bytes += size;
+                        h.rows.push_back(Row {
+                            id,
+                            msg,
+                            attempts: 0,
+                        });
+                    } else {
+                        // The row is safe in SQLite; the drainer will page it from there.
+                        h.overflowed = true;
+                    }
+                    replies.push(reply);
+                }
+            }
+            ctx.shared.notify.notify_one();
+            for reply in replies {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let path = ctx.store.path.clone();
+            tracing::error!(path = %path.display(), error = %e, n = batch.len(), "outbox commit failed; the messages were not queued");
+            let detail = sql_detail("cannot queue the message", &e);
+            let mut first = Some(e);
+            for (_, reply) in batch {
+                // rusqlite errors are not Clone: the first caller gets the source, all get the text.
+                let source = first
+                    .take()
+                    .map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+                let _ = reply.send(Err(Error::outbox(&path, detail.clone(), source)));
+            }
+        }
+    }
+}
+
+impl Writer {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn closed(&self) -> Error {
+        Error::outbox(
+            self.path.as_path(),
+            "the outbox is closed (its Bus was dropped)",
+            None,
+        )
+    }
+
+    /// Queues `msg`; returns once it is committed.
+    pub(crate) async fn enqueue(&self, msg: RawMessage) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Enqueue(msg, tx))
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Runs `f` on the writer thread and returns its result.
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ctx) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op: Op = Box::new(move |ctx| {
+            let _ = tx.send(f(ctx));
+        });
+        self.tx.send(Command::Op(op)).map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Asks the thread to commit what it holds and stop.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
