@@ -62,7 +62,7 @@ struct Plan {
 impl Plan {
     fn full() -> Plan {
         Plan {
-            rounds: 5,
+            rounds: 9,
             pubsub_n: 500_000,
             durable_n: 200_000,
             request_n: 10_000,
@@ -77,7 +77,7 @@ impl Plan {
     }
     fn quick() -> Plan {
         Plan {
-            rounds: 3,
+            rounds: 5,
             pubsub_n: 200_000,
             durable_n: 100_000,
             request_n: 3_000,
