@@ -39,7 +39,13 @@ const SCENARIOS: [&str; 7] = [
 
 /// Diagnostics, run only when named in `--only`: they explain a gap rather than measure the SDK.
 /// `diag_raw_headers`: raw async-nats with the wire format's four headers ("bus") vs without.
-const DIAGNOSTICS: [&str; 1] = ["diag_raw_headers"];
+/// `diag_request_headers`, `diag_request_spawn`: raw request/reply with the bus's headers, or
+/// answered on a task per request as `Bus::serve` does ("bus"), vs plain raw.
+const DIAGNOSTICS: [&str; 3] = [
+    "diag_raw_headers",
+    "diag_request_headers",
+    "diag_request_spawn",
+];
 
 /// Sizes of one run. `--quick` keeps the whole run under 5 minutes on a 2-core machine.
 #[derive(Debug, Clone)]
@@ -279,7 +285,10 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         ));
     }
     if selected("nats_request_p50") {
-        let mut s = nats::Request { url: url.clone() };
+        let mut s = nats::Request {
+            url: url.clone(),
+            pending_bus: None,
+        };
         let o = interleave(
             "nats_request_p50",
             plan.sides,
@@ -296,6 +305,38 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             Target::RatioAtLeast(0.90),
             o,
         ));
+    }
+    for (name, shape) in [
+        (
+            "diag_request_headers",
+            nats::RawRequestShape {
+                headers: true,
+                spawn: false,
+            },
+        ),
+        (
+            "diag_request_spawn",
+            nats::RawRequestShape {
+                headers: false,
+                spawn: true,
+            },
+        ),
+    ] {
+        if args.only.iter().any(|o| o == name) {
+            let mut s = nats::RequestDiag {
+                url: url.clone(),
+                shape,
+                pending: None,
+            };
+            let o = interleave(name, plan.sides, rounds, plan.request_n, 0, &mut s).await;
+            emit(line(
+                name,
+                "us",
+                Better::Lower,
+                Target::RatioAtLeast(0.90),
+                o,
+            ));
+        }
     }
     if selected("local_pubsub_typed") {
         let o = interleave(

@@ -5,14 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus::{Bus, ConnectionState, Subscription};
+use bus::{Bus, ConnectionState, ServeHandle, Subscription};
 use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::msgs::{self, Delegate, Outbound, RouteReply, CHANNEL, INSTANCE, WARM};
-use crate::runner::{fail, rate, within, BenchResult, Sample};
-use crate::scenarios::nats::{latency_sample, REQUEST_WARMUP, SLACK, WAIT};
+use crate::runner::{fail, rate, within, BenchResult};
+use crate::scenarios::nats::{REQUEST_WARMUP, SLACK, WAIT};
 use crate::server::Server;
 
 /// Counts `n` measured messages on a typed subscription and returns when the last arrived.
@@ -120,37 +120,61 @@ pub async fn pubsub_durable(url: &str, n: usize, window: usize) -> BenchResult<f
     Ok(rate(n, start, end))
 }
 
-/// `nats_request_p50`: a serving bus and a requesting bus, sequential typed requests.
-pub async fn request(url: &str, n: usize) -> BenchResult<Sample> {
-    let server_bus = Bus::builder().nats([url]).no_outbox().connect().await?;
-    let serve = Delegate::serve(&server_bus, Delegate::filter(), |_req| async {
-        Ok::<_, Infallible>(RouteReply { accepted: true })
-    })
-    .await?;
-    let client = Bus::builder().nats([url]).no_outbox().connect().await?;
-    let req = msgs::delegate();
-    let mut ok = 0;
-    for _ in 0..1000 {
-        if req.request(&client).await.is_ok() {
-            ok += 1;
-            if ok == REQUEST_WARMUP {
-                break;
+/// `nats_request_p50`: a serving bus and a requesting bus (two connections, as the baseline),
+/// sequential typed requests.
+pub struct BusRequester {
+    client: Bus,
+    req: Delegate,
+    serve: Option<ServeHandle>,
+    _server_bus: Bus,
+}
+
+impl BusRequester {
+    /// Starts the typed responder, connects the requester and warms both up.
+    pub async fn start(url: &str) -> BenchResult<BusRequester> {
+        let server_bus = Bus::builder().nats([url]).no_outbox().connect().await?;
+        let serve = Delegate::serve(&server_bus, Delegate::filter(), |_req| async {
+            Ok::<_, Infallible>(RouteReply { accepted: true })
+        })
+        .await?;
+        let r = BusRequester {
+            client: Bus::builder().nats([url]).no_outbox().connect().await?,
+            req: msgs::delegate(),
+            serve: Some(serve),
+            _server_bus: server_bus,
+        };
+        let mut ok = 0;
+        for _ in 0..1000 {
+            if r.req.request(&r.client).await.is_ok() {
+                ok += 1;
+                if ok == REQUEST_WARMUP {
+                    break;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        } else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        Ok(r)
     }
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
+
+    /// One timed request.
+    pub async fn once(&self) -> BenchResult<Duration> {
         let t = Instant::now();
-        let reply = req.request(&client).await?;
-        lat.push(t.elapsed());
+        let reply = self.req.request(&self.client).await?;
+        let took = t.elapsed();
         if !reply.accepted {
             return Err(fail("typed reply says not accepted"));
         }
+        Ok(took)
     }
-    serve.stop();
-    Ok(latency_sample(lat))
+}
+
+impl Drop for BusRequester {
+    fn drop(&mut self) {
+        if let Some(s) = self.serve.take() {
+            s.stop();
+        }
+    }
 }
 
 /// `local_pubsub_typed` (`subs` = 1) and `local_10k_subs`: a local bus with `subs - 1`

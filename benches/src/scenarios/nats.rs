@@ -170,71 +170,191 @@ async fn raw_probe(client: &async_nats::Client, warm: &Notify) -> BenchResult<()
 }
 
 /// `nats_request_p50`: sequential requests, latency of each; p50 and p99 in µs.
+///
+/// Latency on a shared machine drifts by tens of percent within seconds, so one round sets up
+/// both sides and alternates them request by request (raw, bus, bus, raw, …): both see the same
+/// machine. The bus figures of a round are kept for the bus call that follows it.
 pub struct Request {
     /// The server URL.
     pub url: String,
+    /// The bus side of the last paired round.
+    pub pending_bus: Option<Sample>,
 }
 
 impl Rounds for Request {
     async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
-        raw_request(&self.url, n).await
+        let raw = RawRequester::start(&self.url, RawRequestShape::default()).await?;
+        let bus = sdk::BusRequester::start(&self.url).await?;
+        let (mut raw_lat, mut bus_lat) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            if i % 2 == 0 {
+                raw_lat.push(raw.once(i).await?);
+                bus_lat.push(bus.once().await?);
+            } else {
+                bus_lat.push(bus.once().await?);
+                raw_lat.push(raw.once(i).await?);
+            }
+        }
+        self.pending_bus = Some(latency_sample(bus_lat));
+        Ok(latency_sample(raw_lat))
     }
     async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
-        sdk::request(&self.url, n).await
+        if let Some(s) = self.pending_bus.take() {
+            return Ok(s);
+        }
+        // Alone (`--side bus`): a round of the bus only.
+        let bus = sdk::BusRequester::start(&self.url).await?;
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            lat.push(bus.once().await?);
+        }
+        Ok(latency_sample(lat))
     }
 }
 
 /// Requests made before timing starts, so connection setup and first-use costs stay out.
 pub const REQUEST_WARMUP: usize = 200;
 
-/// Raw async-nats: a responder connection answering every request with the encoded reply, a
-/// requester connection calling `request` one at a time.
-async fn raw_request(url: &str, n: usize) -> BenchResult<Sample> {
-    let request = Bytes::from(rmp_serde::to_vec_named(&msgs::delegate())?);
-    let reply = Bytes::from(rmp_serde::to_vec_named(&msgs::RouteReply {
-        accepted: true,
-    })?);
-    let responder = async_nats::connect(url).await?;
-    let mut sub = responder.subscribe(REQUEST_SUBJECT).await?;
-    responder.flush().await?;
-    let serve = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(to) = m.reply {
-                if responder.publish(to, reply.clone()).await.is_err() {
+/// Variations of the raw request/reply, for the diagnostics that explain the bus's latency.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawRequestShape {
+    /// Carry the wire format's headers (five on the request, two on the reply) as the bus does.
+    pub headers: bool,
+    /// Answer each request on a task of its own, as `Bus::serve` does.
+    pub spawn: bool,
+}
+
+/// Raw async-nats request/reply written by hand: a responder connection answering every request
+/// with the encoded reply, a requester connection calling `request` one at a time.
+pub struct RawRequester {
+    client: async_nats::Client,
+    request: Bytes,
+    shape: RawRequestShape,
+    serve: JoinHandle<()>,
+}
+
+impl RawRequester {
+    /// Starts the responder, connects the requester and warms both up.
+    pub async fn start(url: &str, shape: RawRequestShape) -> BenchResult<RawRequester> {
+        let request = Bytes::from(rmp_serde::to_vec_named(&msgs::delegate())?);
+        let reply = Bytes::from(rmp_serde::to_vec_named(&msgs::RouteReply {
+            accepted: true,
+        })?);
+        let responder = async_nats::connect(url).await?;
+        let mut sub = responder.subscribe(REQUEST_SUBJECT).await?;
+        responder.flush().await?;
+        let serve = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let Some(to) = m.reply else { continue };
+                let (client, reply) = (responder.clone(), reply.clone());
+                let answer = async move {
+                    if shape.headers {
+                        let mut h = async_nats::HeaderMap::new();
+                        if let Some(c) =
+                            m.headers.as_ref().and_then(|h| h.get("Bus-Correlation-Id"))
+                        {
+                            h.insert("Bus-Correlation-Id", c.as_str());
+                        }
+                        h.insert("Content-Type", "application/msgpack");
+                        client.publish_with_headers(to, h, reply).await
+                    } else {
+                        client.publish(to, reply).await
+                    }
+                };
+                if shape.spawn {
+                    tokio::spawn(answer);
+                } else if answer.await.is_err() {
                     break;
                 }
             }
-        }
-    });
-
-    let client = async_nats::connect(url).await?;
-    // The first requests can race the responder's SUB reaching the server: retry those.
-    let mut ok = 0;
-    for _ in 0..1000 {
-        if client
-            .request(REQUEST_SUBJECT, request.clone())
-            .await
-            .is_ok()
-        {
-            ok += 1;
-            if ok == REQUEST_WARMUP {
-                break;
+        });
+        let r = RawRequester {
+            client: async_nats::connect(url).await?,
+            request,
+            shape,
+            serve,
+        };
+        // The first requests can race the responder's SUB reaching the server: retry those.
+        let mut ok = 0;
+        for i in 0..1000 {
+            if r.send(i).await.is_ok() {
+                ok += 1;
+                if ok == REQUEST_WARMUP {
+                    break;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        } else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        Ok(r)
     }
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
+
+    async fn send(&self, i: usize) -> Result<async_nats::Message, async_nats::RequestError> {
+        let mut req = async_nats::Request::new().payload(self.request.clone());
+        if self.shape.headers {
+            let id = format!("{:016x}{i:016x}", 0x5eed_u64);
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", id.as_str());
+            h.insert("Bus-Msg-Id", id.as_str());
+            h.insert("Content-Type", "application/msgpack");
+            h.insert("Bus-Type", "bus_bench::msgs::Delegate");
+            h.insert("Bus-Correlation-Id", id.as_str());
+            req = req.headers(h);
+        }
+        self.client.send_request(REQUEST_SUBJECT, req).await
+    }
+
+    /// One timed request.
+    pub async fn once(&self, i: usize) -> BenchResult<Duration> {
         let t = Instant::now();
-        let m = client.request(REQUEST_SUBJECT, request.clone()).await?;
-        lat.push(t.elapsed());
+        let m = self.send(i).await?;
+        let took = t.elapsed();
         if m.payload.is_empty() {
             return Err(fail("empty raw reply"));
         }
+        Ok(took)
     }
-    serve.abort();
-    Ok(latency_sample(lat))
+}
+
+impl Drop for RawRequester {
+    fn drop(&mut self) {
+        self.serve.abort();
+    }
+}
+
+/// Diagnostic: plain raw request/reply (baseline) vs raw in another shape ("bus"), paired
+/// request by request as in [`Request`].
+pub struct RequestDiag {
+    /// The server URL.
+    pub url: String,
+    /// The shape of the "bus" side.
+    pub shape: RawRequestShape,
+    /// The other side of the last paired round.
+    pub pending: Option<Sample>,
+}
+
+impl Rounds for RequestDiag {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        let plain = RawRequester::start(&self.url, RawRequestShape::default()).await?;
+        let other = RawRequester::start(&self.url, self.shape).await?;
+        let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            if i % 2 == 0 {
+                a.push(plain.once(i).await?);
+                b.push(other.once(i).await?);
+            } else {
+                b.push(other.once(i).await?);
+                a.push(plain.once(i).await?);
+            }
+        }
+        self.pending = Some(latency_sample(b));
+        Ok(latency_sample(a))
+    }
+    async fn bus(&mut self, _n: usize) -> BenchResult<Sample> {
+        self.pending
+            .take()
+            .ok_or_else(|| fail("diagnostics run only with --side both"))
+    }
 }
 
 /// p50 (headline) and p99 of latencies, in µs.
