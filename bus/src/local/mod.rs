@@ -10,7 +10,7 @@ mod trie;
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,8 +23,8 @@ use self::trie::{Entry, MatchResult, Trie};
 use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
 use crate::{Error, Result};
 
-/// Distinct subjects whose match results are cached; the cache is emptied when it is full, and
-/// on every subscribe and unsubscribe.
+/// Distinct subjects whose match results are cached. When full, one entry makes room for each
+/// new one; every subscribe and unsubscribe empties it.
 const CACHE_CAPACITY: usize = 4096;
 
 /// At most one slow-consumer warning per subscription per this many milliseconds.
@@ -102,7 +102,7 @@ struct Shared {
     trie: RwLock<Trie<Sub>>,
     /// Match results by subject. Lock order: `trie` before `cache`, so an entry computed under
     /// the trie's read lock cannot be inserted after a subscribe or unsubscribe emptied the cache.
-    cache: RwLock<HashMap<Box<str>, Arc<MatchResult<Sub>>>>,
+    cache: RwLock<Cache>,
     next_id: AtomicU64,
     /// Round robin position for queue groups.
     round_robin: AtomicUsize,
@@ -111,6 +111,7 @@ struct Shared {
     /// Requests waiting for their first reply, by the number ending their reply subject.
     pending: Mutex<HashMap<u64, oneshot::Sender<RawMessage>>>,
     state: watch::Sender<ConnectionState>,
+    closed: AtomicBool,
     started: Instant,
 }
 
@@ -136,12 +137,13 @@ impl LocalBroker {
             shared: Arc::new(Shared {
                 options,
                 trie: RwLock::new(Trie::default()),
-                cache: RwLock::new(HashMap::new()),
+                cache: RwLock::new(Cache::default()),
                 next_id: AtomicU64::new(1),
                 round_robin: AtomicUsize::new(0),
                 inbox_prefix: format!("_INBOX.{}.", crate::msg_id::new_msg_id()),
                 pending: Mutex::new(HashMap::new()),
                 state: watch::Sender::new(ConnectionState::Connected),
+                closed: AtomicBool::new(false),
                 started: Instant::now(),
             }),
         }
@@ -155,6 +157,7 @@ impl LocalBroker {
     /// Closes the broker: the state becomes [`ConnectionState::Closed`], every subscription
     /// stream ends, and publishes, subscribes and requests fail with [`Error::Closed`].
     pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.state.send_replace(ConnectionState::Closed);
         *self.shared.write_trie() = Trie::default();
         self.shared.write_cache().clear();
@@ -162,7 +165,8 @@ impl LocalBroker {
     }
 
     fn check_open(&self) -> Result<()> {
-        if *self.shared.state.borrow() == ConnectionState::Closed {
+        // An atomic, not the state watch: its `borrow` takes a lock on every publish.
+        if self.shared.closed.load(Ordering::Relaxed) {
             return Err(Error::Closed);
         }
         Ok(())
@@ -179,11 +183,7 @@ impl LocalBroker {
                 max,
             });
         }
-        bus_subject::check_subject(&msg.subject).map_err(|e| Error::InvalidSubject {
-            subject: msg.subject.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(self.shared.deliver(msg))
+        self.shared.deliver(msg)
     }
 
     fn subscribe_now(&self, pattern: &str, queue: Option<&str>) -> Result<RawSubscription> {
@@ -210,6 +210,9 @@ impl LocalBroker {
         });
         {
             let mut trie = self.shared.write_trie();
+            // Checked again under the lock: `close` empties the trie after setting the flag, so a
+            // subscription can never be installed into a closed broker.
+            self.check_open()?;
             trie.insert(pattern, queue, sub.clone());
             self.shared.write_cache().clear();
         }
@@ -253,6 +256,66 @@ impl LocalBroker {
     }
 }
 
+/// The common case of a valid subject, checked in one pass over the bytes: tokens of ASCII
+/// letters, digits, `-` and `_`. Anything else goes through [`bus_subject::check_subject`].
+fn is_plain_subject(subject: &str) -> bool {
+    let mut token_len = 0usize;
+    for &b in subject.as_bytes() {
+        if b == b'.' {
+            if token_len == 0 {
+                return false;
+            }
+            token_len = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            token_len += 1;
+        } else {
+            return false;
+        }
+    }
+    token_len > 0
+}
+
+/// FxHash (rustc's hasher): the cache is keyed by subjects, short strings for which SipHash's
+/// DoS resistance costs more than the whole lookup. A flood of crafted subjects can at worst
+/// slow the cache, which is emptied when full.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write(&[i]);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+/// Match results keyed by the FxHash of the subject; the entry keeps the subject to rule out
+/// collisions (a colliding subject simply replaces the entry: it is a cache).
+type Cache = HashMap<u64, (Box<str>, Arc<MatchResult<Sub>>), FxBuild>;
+
+fn subject_hash(subject: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = FxHasher::default();
+    h.write(subject.as_bytes());
+    h.finish()
+}
+
 struct PendingGuard<'a> {
     shared: &'a Shared,
     n: u64,
@@ -273,9 +336,7 @@ impl Shared {
         self.trie.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_cache(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Arc<MatchResult<Sub>>>> {
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
         self.cache.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -283,34 +344,51 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The subscriptions matching `subject`, from the cache when possible.
-    fn lookup(&self, subject: &str) -> Arc<MatchResult<Sub>> {
-        if let Some(hit) = self
+    /// The subscriptions matching `subject`, from the cache when possible. Only valid subjects
+    /// enter the cache, so a hit needs no validation: the hot path is one hash lookup.
+    fn lookup(&self, subject: &str) -> Result<Arc<MatchResult<Sub>>> {
+        let hash = subject_hash(subject);
+        if let Some((cached, hit)) = self
             .cache
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(subject)
+            .get(&hash)
         {
-            return hit.clone();
+            if **cached == *subject {
+                return Ok(hit.clone());
+            }
+        }
+        if !is_plain_subject(subject) {
+            bus_subject::check_subject(subject).map_err(|e| Error::InvalidSubject {
+                subject: subject.to_string(),
+                reason: e.to_string(),
+            })?;
         }
         let trie = self.read_trie();
         let result = Arc::new(trie.matches(subject));
         // Reply subjects are used once: caching them would only evict useful entries.
-        if !subject.starts_with("_INBOX.") {
+        if CACHE_CAPACITY > 0 && !subject.starts_with("_INBOX.") {
             let mut cache = self.write_cache();
             if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
+                // Evict an arbitrary eighth: emptying the whole cache would make a working set
+                // slightly larger than it miss every time, and one entry at a time would rescan
+                // the table on every miss.
+                let mut i = 0u32;
+                cache.retain(|_, _| {
+                    i = i.wrapping_add(1);
+                    i % 8 != 0
+                });
             }
-            cache.insert(subject.into(), result.clone());
+            cache.insert(hash, (subject.into(), result.clone()));
         }
         drop(trie);
-        result
+        Ok(result)
     }
 
     /// Hands `msg` to every matching subscription (one member per queue group) and to the
     /// request waiting on it, if `msg` is a reply. Returns how many subscriptions matched.
-    fn deliver(&self, msg: RawMessage) -> usize {
-        let matched = self.lookup(&msg.subject);
+    fn deliver(&self, msg: RawMessage) -> Result<usize> {
+        let matched = self.lookup(&msg.subject)?;
         let waiting = self
             .reply_number(&msg.subject)
             .and_then(|n| self.lock_pending().remove(&n));
@@ -318,7 +396,7 @@ impl Shared {
             // Later replies to the same request find no entry: the first reply wins.
             Some(tx) if matched.is_empty() => {
                 let _ = tx.send(msg);
-                return 0;
+                return Ok(0);
             }
             Some(tx) => {
                 let _ = tx.send(msg.clone());
@@ -328,35 +406,33 @@ impl Shared {
         };
         if matched.is_empty() {
             tracing::trace!(subject = %msg.subject, "no subscribers");
-            return 0;
+            return Ok(0);
         }
         let receivers = matched.plain.len() + matched.groups.len();
         tracing::trace!(subject = %msg.subject, receivers, "deliver");
+        // Clones for all receivers but the last, which takes the message itself.
         let mut remaining = receivers;
         let mut msg = Some(msg);
-        // Clones for all receivers but the last, which takes the message itself.
-        let mut next = |remaining: &mut usize| -> RawMessage {
-            *remaining -= 1;
-            if *remaining == 0 {
+        let mut take = || {
+            remaining -= 1;
+            if remaining == 0 {
                 msg.take().expect("one message per receiver")
             } else {
-                msg.as_ref().expect("one message per receiver").clone()
+                msg.clone().expect("one message per receiver")
             }
         };
         for sub in &matched.plain {
-            let m = next(&mut remaining);
-            self.offer(sub, m);
+            self.offer(sub, take());
         }
         for group in &matched.groups {
-            let m = next(&mut remaining);
-            self.offer_group(&group.members, m);
+            self.offer_group(&group.members, take());
         }
-        matched.plain.len()
+        Ok(matched.plain.len()
             + matched
                 .groups
                 .iter()
                 .map(|g| g.members.len())
-                .sum::<usize>()
+                .sum::<usize>())
     }
 
     fn reply_number(&self, subject: &str) -> Option<u64> {

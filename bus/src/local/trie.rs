@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::FxBuild;
+
 /// What the trie stores for one subscription; `S` is the broker's subscription record.
 pub(crate) trait Entry {
     /// Unique id, used to remove it.
@@ -57,7 +59,7 @@ impl<S> MatchResult<S> {
 
 #[derive(Debug)]
 struct Level<S> {
-    literals: HashMap<Box<str>, Node<S>>,
+    literals: HashMap<Box<str>, Node<S>, FxBuild>,
     star: Option<Box<Node<S>>>,
     full: Option<Box<Node<S>>>,
 }
@@ -65,7 +67,7 @@ struct Level<S> {
 impl<S> Default for Level<S> {
     fn default() -> Self {
         Level {
-            literals: HashMap::new(),
+            literals: HashMap::default(),
             star: None,
             full: None,
         }
@@ -167,9 +169,12 @@ impl<S: Entry> Trie<S> {
     }
 }
 
+#[inline]
 fn split_first(s: &str) -> (&str, Option<&str>) {
-    match s.split_once('.') {
-        Some((t, rest)) => (t, Some(rest)),
+    // A byte scan: `str::split_once(char)` goes through the generic char searcher, measurably
+    // slower on short tokens. `.` is ASCII, so the split is on a char boundary.
+    match s.bytes().position(|b| b == b'.') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     }
 }
