@@ -169,9 +169,9 @@ impl BusBuilder {
         self
     }
 
-    /// NATS: the subject of the confirmation round trip the outbox drainer makes after each batch
-    /// (default `_bus.confirm`). Nobody may subscribe to it; the client needs publish permission
-    /// on it.
+    /// NATS: the subject prefix of the confirmation round trip the outbox drainer makes after
+    /// each batch (default `_bus.confirm`): the client echoes a token through the server on
+    /// `<prefix>.<unique id>`, so it needs publish and subscribe permission on `<prefix>.>`.
     pub fn confirm_subject(mut self, subject: impl Into<String>) -> Self {
         self.nats.confirm_subject = subject.into();
         self

@@ -281,6 +281,16 @@ impl NatsServer {
         }
     }
 
+    /// Puts the server in lame duck mode (SIGUSR2): it tells its clients to move elsewhere, then
+    /// closes their connections over `lame_duck_duration` and exits.
+    pub fn lame_duck(&self) {
+        if let Some(child) = self.child().as_ref() {
+            let _ = Command::new("kill")
+                .args(["-USR2", &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Starts the server again on the same ports with the same config (after `stop` or `kill`),
     /// and waits until it is ready.
     pub fn start_again(&self) {

@@ -120,3 +120,22 @@ fn finds_the_installed_binary() {
     let path = find_binary(None).expect("nats-server must be installed for these tests");
     assert!(path.is_file());
 }
+
+#[test]
+fn a_server_that_cannot_start_fails_with_its_output() {
+    let panic = std::panic::catch_unwind(|| {
+        NatsServer::builder()
+            .config("max_payload: \"not a size\"")
+            .start()
+    })
+    .expect_err("a bad config must fail the start");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("nats-server exited during startup"),
+        "{message}"
+    );
+    assert!(
+        message.contains("max_payload"),
+        "the config and the server's complaint are shown: {message}"
+    );
+}

@@ -56,3 +56,19 @@ async fn user_and_password() {
     let bad = NatsAuth::UserPassword("alice".into(), "nope".into());
     assert_never_connects(&connect(&server.url(), bad).await).await;
 }
+
+/// A test-only user NKey pair (never use it anywhere else).
+const NKEY_SEED: &str = "SUAAG5V7ZXS6RRI4JCJRRLZDICIMTGKTAXJXWFSSF4PGZHUBKJQMWHQQXE";
+const NKEY_PUBLIC: &str = "UDFBW64ZQED22ZTSF3O75GRKSNTDRNTDTY3GBSRPBECMM5T2L473M5W2";
+
+#[tokio::test]
+async fn nkey() {
+    let server = NatsServer::builder()
+        .config(format!(
+            "authorization {{ users: [ {{ nkey: {NKEY_PUBLIC:?} }} ] }}"
+        ))
+        .start();
+    assert_works(&connect(&server.url(), NatsAuth::NKey(NKEY_SEED.into())).await).await;
+    assert_never_connects(&connect(&server.url(), NatsAuth::Token("not-an-nkey".into())).await)
+        .await;
+}

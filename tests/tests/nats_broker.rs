@@ -137,6 +137,21 @@ async fn request_reply_no_responders_and_timeout() {
 }
 
 #[tokio::test]
+async fn confirm_works_despite_a_catch_all_subscriber() {
+    let server = NatsServer::start();
+    let broker = connected(options(&server.url())).await;
+    // Another client taps everything and never answers anything.
+    let tap = connected(options(&server.url())).await;
+    let _all = tap.subscribe(">", None).await.unwrap();
+    tap.confirm().await.unwrap();
+    let mut sub = broker.subscribe("c.x", None).await.unwrap();
+    broker.publish(RawMessage::new("c.x", "1")).await.unwrap();
+    broker.confirm().await.unwrap();
+    broker.confirm().await.unwrap();
+    assert_eq!(next(&mut sub).await.payload, "1");
+}
+
+#[tokio::test]
 async fn queue_group_members_share_messages() {
     let server = NatsServer::start();
     let broker = connected(options(&server.url())).await;
@@ -345,4 +360,37 @@ async fn typed_stream_reports_slow_consumer_and_goes_on() {
         500,
         "every drop is reported by the typed stream"
     );
+}
+
+/// `"num_connections": N` in a `/connz` body.
+fn connections(server: &NatsServer) -> usize {
+    let body = server.monitor("/connz").unwrap();
+    body.split_once("\"num_connections\":")
+        .and_then(|(_, rest)| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .expect("num_connections in /connz")
+}
+
+#[tokio::test]
+async fn dropping_the_broker_closes_its_connection() {
+    let server = NatsServer::start();
+    let broker = connected(options(&server.url())).await;
+    let sub = broker.subscribe("d.x", None).await.unwrap();
+    broker.confirm().await.unwrap();
+    assert_eq!(connections(&server), 1);
+    let mut state = broker.state();
+    drop(sub);
+    drop(broker);
+    assert_eq!(*state.borrow_and_update(), ConnectionState::Closed);
+    tokio::time::timeout(GUARD, async {
+        while connections(&server) != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the connection stayed open after the broker was dropped");
 }

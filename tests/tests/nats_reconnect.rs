@@ -117,3 +117,36 @@ async fn fails_over_between_cluster_nodes() {
     wait_state(&broker, ConnectionState::Connected).await;
     publish_until_received(&broker, &mut sub, "f.x").await;
 }
+
+#[tokio::test]
+async fn confirm_fails_once_after_a_lost_connection() {
+    let server = NatsServer::start();
+    let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
+    wait_state(&broker, ConnectionState::Connected).await;
+    broker.confirm().await.expect("confirm while connected");
+    broker
+        .publish(RawMessage::new("c.x", "maybe lost"))
+        .await
+        .unwrap();
+    server.kill();
+    wait_state(&broker, ConnectionState::Disconnected).await;
+    server.start_again();
+    wait_state(&broker, ConnectionState::Connected).await;
+    // The message published before the outage is unproven: the confirmation says so ...
+    let err = broker.confirm().await.unwrap_err();
+    assert!(
+        matches!(err, bus::Error::Nats { op: "confirm", .. }),
+        "{err}"
+    );
+    // ... and the next one, with nothing lost in between, succeeds.
+    broker.confirm().await.expect("confirm after the reconnect");
+}
+
+#[tokio::test]
+async fn lame_duck_mode_is_reported() {
+    let server = NatsServer::start();
+    let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
+    wait_state(&broker, ConnectionState::Connected).await;
+    server.lame_duck();
+    wait_state(&broker, ConnectionState::LameDuck).await;
+}

@@ -10,7 +10,9 @@ use bus_tests::server::NatsServer;
 const GUARD: Duration = Duration::from_secs(20);
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tls")
+        .join(name)
 }
 
 fn tls_server(verify_clients: bool) -> NatsServer {

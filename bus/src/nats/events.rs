@@ -2,12 +2,12 @@
 //! drops attributed to the subscription they hit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::{Client, Event};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::options::DEFAULT_MAX_PAYLOAD;
 use crate::broker::{ConnectionState, SubscriptionStats};
@@ -18,10 +18,15 @@ pub(crate) struct Shared {
     pub(crate) state: watch::Sender<ConnectionState>,
     /// The server's advertised max_payload; [`DEFAULT_MAX_PAYLOAD`] until the first connect.
     pub(crate) max_payload: AtomicUsize,
-    /// Live subscriptions by async-nats subscription id (sid), for `Event::SlowConsumer(sid)`.
+    /// How many times the connection was lost; `confirm` compares it across confirmations.
+    pub(crate) disconnects: AtomicU64,
+    /// Live subscriptions by async-nats subscription id (sid), for `Event::SlowConsumer(sid)`
+    /// and for `confirm`'s pump barrier.
     pub(crate) subscriptions: Mutex<HashMap<u64, Registered>>,
-    /// Set right after `connect` returns; events that come earlier only skip the max_payload read.
-    pub(crate) client: OnceLock<Client>,
+    /// Set right after `connect` returns (events that come earlier only skip the max_payload
+    /// read) and cleared when the broker is dropped: the event callback holds this `Shared`, so
+    /// a client kept here for good would keep the connection open forever.
+    pub(crate) client: Mutex<Option<Client>>,
 }
 
 /// A subscription as the event handler knows it.
@@ -29,6 +34,8 @@ pub(crate) struct Shared {
 pub(crate) struct Registered {
     pub(crate) pattern: String,
     pub(crate) stats: Arc<SubscriptionStats>,
+    /// Asks the subscription's pump to move everything async-nats holds, then answer.
+    pub(crate) sync: mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
 
 impl Shared {
@@ -36,8 +43,9 @@ impl Shared {
         Arc::new(Shared {
             state: watch::Sender::new(ConnectionState::Disconnected),
             max_payload: AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
+            disconnects: AtomicU64::new(0),
             subscriptions: Mutex::new(HashMap::new()),
-            client: OnceLock::new(),
+            client: Mutex::new(None),
         })
     }
 
@@ -49,10 +57,9 @@ impl Shared {
 
     /// Copies the server's max_payload if the client knows it (0 means "not yet").
     pub(crate) fn refresh_max_payload(&self) -> bool {
-        let Some(client) = self.client.get() else {
+        let Some(max) = self.server_info(|i| i.max_payload) else {
             return false;
         };
-        let max = client.server_info().max_payload;
         if max == 0 {
             return false;
         }
@@ -61,6 +68,12 @@ impl Shared {
             tracing::debug!(max_payload = max, "NATS server max_payload");
         }
         true
+    }
+
+    /// Reads the client's copy of the server's INFO, if there is a client.
+    fn server_info<T>(&self, f: impl FnOnce(&async_nats::ServerInfo) -> T) -> Option<T> {
+        let guard = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().map(|c| f(&c.server_info()))
     }
 
     /// Handles one async-nats event. Runs on async-nats's event task, so it must stay quick:
@@ -74,10 +87,10 @@ impl Shared {
                 // read it a moment later, off this task.
                 let shared = Arc::clone(self);
                 tokio::spawn(async move {
-                    let before = shared.client.get().map(|c| c.server_info().server_id);
+                    let before = shared.server_info(|i| i.server_id.clone());
                     for _ in 0..200 {
                         tokio::time::sleep(Duration::from_millis(1)).await;
-                        let now = shared.client.get().map(|c| c.server_info().server_id);
+                        let now = shared.server_info(|i| i.server_id.clone());
                         if now != before && shared.refresh_max_payload() {
                             return;
                         }
@@ -87,6 +100,7 @@ impl Shared {
             }
             Event::Disconnected => {
                 tracing::warn!("NATS disconnected; reconnecting (publishes wait in the outbox)");
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
                 self.state.send_replace(ConnectionState::Disconnected);
             }
             Event::LameDuckMode => {

@@ -7,22 +7,24 @@
 //! - drop accounting: async-nats's full subscription buffer drops with only a lossy
 //!   `Event::SlowConsumer(sid)`; the SDK keeps its own buffer per subscription, fed by a pump
 //!   task, and counts every drop in that subscription's `SubscriptionStats`;
-//! - `confirm`, a round trip proving the server processed what was published before it.
+//! - `confirm`, an echo through the server proving it processed what was published before it.
 
 mod convert;
 mod events;
 mod options;
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::options::{NatsAuth, NatsOptions};
 
@@ -36,18 +38,32 @@ use crate::{Error, Result};
 /// [`NatsBroker::connect`].
 ///
 /// # Confirmation subject
-/// [`confirm`](Broker::confirm) sends an empty request to [`NatsOptions::confirm_subject`]
-/// (default `_bus.confirm`). Nobody should subscribe to it: the server's immediate
-/// "no responders" answer is the proof that it processed everything this connection sent
-/// before. The client therefore needs **publish** permission on that subject (and, as for every
-/// request, subscribe permission on `_INBOX.>`). If someone does answer, that counts as proof
-/// too; a subscriber that never answers turns every confirmation into a timeout.
+/// [`confirm`](Broker::confirm) publishes a small token to `<confirm_subject>.<unique id>`
+/// (default prefix `_bus.confirm`, see [`NatsOptions::confirm_subject`]), a subject only this
+/// connection subscribes to, and waits until the token comes back. NATS processes one
+/// connection's messages in order, so the echo proves the server processed everything this
+/// connection published before. The client therefore needs **publish and subscribe** permission
+/// on `_bus.confirm.>` (or `<confirm_subject>.>`). Subscribers to `>` see these tokens, as they
+/// see every `_INBOX` reply.
+///
+/// A confirmation fails if the connection was lost since the previous confirmation (or during
+/// this one): messages published in between may be lost even if the echo came back after the
+/// reconnect.
+///
+/// An echo rather than a request answered by "no responders": any `>` subscriber on the system
+/// would receive such a request and, never answering, turn every confirmation into a timeout.
 #[derive(Debug)]
 pub struct NatsBroker {
     client: Client,
     shared: Arc<Shared>,
     request_timeout: Duration,
-    confirm_subject: String,
+    /// `<confirm_subject>.<unique id>`: only this connection subscribes to it.
+    confirm_echo_subject: String,
+    /// The echo subscription, made on the first confirmation.
+    confirm_echo: tokio::sync::Mutex<Option<async_nats::Subscriber>>,
+    confirm_seq: AtomicU64,
+    /// `Shared::disconnects` as of the last confirmation.
+    confirmed_disconnects: AtomicU64,
     subscription_capacity: usize,
 }
 
@@ -82,15 +98,21 @@ impl NatsBroker {
             .connect(urls)
             .await
             .map_err(|e| Error::nats("connect", e))?;
-        let _ = shared.client.set(client.clone());
+        *shared
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client.clone());
         shared.refresh_max_payload();
         tracing::debug!(urls = ?options.urls, "NATS client started");
         Ok(NatsBroker {
-            client,
             shared,
             request_timeout: options.request_timeout,
             subscription_capacity: options.effective_subscription_capacity(),
-            confirm_subject: options.confirm_subject,
+            confirm_echo_subject: confirm_echo_subject(&options.confirm_subject, &client),
+            confirm_echo: tokio::sync::Mutex::new(None),
+            confirm_seq: AtomicU64::new(0),
+            confirmed_disconnects: AtomicU64::new(0),
+            client,
         })
     }
 
@@ -164,23 +186,87 @@ impl NatsBroker {
     }
 
     async fn confirm_inner(&self) -> Result<()> {
-        let req = async_nats::Request::new().timeout(Some(self.request_timeout));
-        match self
-            .client
-            .send_request(self.confirm_subject.clone(), req)
+        let timeout = self.request_timeout;
+        let timed_out = || Error::Timeout {
+            subject: self.confirm_echo_subject.clone(),
+            timeout,
+        };
+        // One confirmation at a time: they share the echo subscription.
+        let mut echo = self.confirm_echo.lock().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        if echo.is_none() {
+            let sub = tokio::time::timeout_at(
+                deadline,
+                self.client.subscribe(self.confirm_echo_subject.clone()),
+            )
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match e.kind() {
-                // The expected answer: the server saw the request, hence everything before it.
-                RequestErrorKind::NoResponders => Ok(()),
-                RequestErrorKind::TimedOut => Err(Error::Timeout {
-                    subject: self.confirm_subject.clone(),
-                    timeout: self.request_timeout,
-                }),
-                RequestErrorKind::Other => Err(Error::nats("confirm", e)),
-            },
+            .map_err(|_| timed_out())?
+            .map_err(|e| Error::nats("subscribe to the confirm subject", e))?;
+            *echo = Some(sub);
         }
+        let Some(sub) = echo.as_mut() else {
+            unreachable!("set above")
+        };
+        let token = self.next_confirm_token();
+        let wait = async {
+            self.client
+                .publish(
+                    self.confirm_echo_subject.clone(),
+                    Bytes::from(token.to_be_bytes().to_vec()),
+                )
+                .await
+                .map_err(|e| Error::nats("confirm", e))?;
+            // Tokens of earlier confirmations that timed out may still arrive: skip them.
+            loop {
+                match sub.next().await {
+                    Some(msg) if msg.payload.as_ref() == token.to_be_bytes() => break,
+                    Some(_) => {}
+                    None => return Err(Error::Closed),
+                }
+            }
+            // async-nats handed every earlier message to its subscription buffers before the
+            // echo; make each pump move them into the SDK's buffers, so that after `confirm`
+            // they are ready to read (or counted as dropped).
+            let waits: Vec<_> = self
+                .shared
+                .subscriptions()
+                .values()
+                .filter_map(|reg| {
+                    let (done, wait) = oneshot::channel();
+                    reg.sync.send(done).ok().map(|()| wait)
+                })
+                .collect();
+            for wait in waits {
+                // An error means the pump ended: nothing left to move.
+                let _ = wait.await;
+            }
+            Ok(())
+        };
+        let seen = self.confirmed_disconnects.load(Ordering::Relaxed);
+        let outcome = tokio::time::timeout_at(deadline, wait)
+            .await
+            .map_err(|_| timed_out())
+            .and_then(|r| r);
+        // A connection lost since the last confirmation may have taken messages with it that
+        // async-nats had already written or buffered, even if the echo made it after the
+        // reconnect: then nothing is proven and the caller must send its batch again.
+        let now = self.shared.disconnects.load(Ordering::Relaxed);
+        self.confirmed_disconnects.store(now, Ordering::Relaxed);
+        outcome?;
+        if now != seen {
+            return Err(Error::nats(
+                "confirm",
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the connection to NATS was lost since the last confirmation; messages published before it may be lost, publish them again",
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_confirm_token(&self) -> u64 {
+        self.confirm_seq.fetch_add(1, Ordering::Relaxed)
     }
 
     async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>) -> Result<RawSubscription> {
@@ -206,27 +292,39 @@ impl NatsBroker {
         .map_err(|e| Error::nats("subscribe", e))?;
         let stats = Arc::new(SubscriptionStats::default());
         let sid = subscriber_sid(&sub);
-        match sid {
-            Some(sid) => {
-                self.shared.subscriptions().insert(
-                    sid,
-                    Registered {
-                        pattern: pattern_owned.clone(),
-                        stats: Arc::clone(&stats),
-                    },
-                );
-            }
-            None => tracing::error!(
+        if sid.is_none() {
+            tracing::error!(
                 pattern,
                 "cannot read the async-nats subscription id; drops inside async-nats on this subscription will not be counted"
-            ),
+            );
         }
+        // Without a sid (never seen with 0.35) the entry still serves `confirm`'s barrier, under
+        // a key async-nats never uses (its sids count up from 1).
+        let key =
+            sid.unwrap_or_else(|| u64::MAX - self.confirm_seq.fetch_add(1, Ordering::Relaxed));
+        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+        self.shared.subscriptions().insert(
+            key,
+            Registered {
+                pattern: pattern_owned.clone(),
+                stats: Arc::clone(&stats),
+                sync: sync_tx,
+            },
+        );
         let (tx, rx) = mpsc::channel(self.subscription_capacity);
-        tokio::spawn(pump(sub, tx, Arc::clone(&stats), pattern_owned.clone()));
+        let sub: SharedSubscriber = Arc::new(std::sync::Mutex::new(Some(sub)));
+        tokio::spawn(pump(
+            Arc::clone(&sub),
+            tx,
+            sync_rx,
+            Arc::clone(&stats),
+            pattern_owned.clone(),
+        ));
         let stream = NatsStream {
+            sub,
             rx,
             stats: Arc::clone(&stats),
-            sid,
+            key,
             shared: Arc::clone(&self.shared),
         };
         Ok(RawSubscription {
@@ -235,6 +333,14 @@ impl NatsBroker {
             stats,
         })
     }
+}
+
+/// `<prefix>.<unique token>`: the inbox async-nats makes is `_INBOX.<nuid>`; its nuid part is
+/// unique across clients and processes.
+fn confirm_echo_subject(prefix: &str, client: &Client) -> String {
+    let inbox = client.new_inbox();
+    let unique = inbox.rsplit('.').next().unwrap_or(&inbox);
+    format!("{prefix}.{unique}")
 }
 
 fn check_subject(subject: &str) -> Result<()> {
@@ -266,35 +372,72 @@ fn subscriber_sid(sub: &async_nats::Subscriber) -> Option<u64> {
 /// was undercounted by half in tests. Here every drop is counted exactly. async-nats's own buffer
 /// is several times larger (see `options.rs`) and this loop never waits on the subscriber, so it
 /// only overflows if this task is starved; those drops are still counted from the events.
+/// The async-nats subscriber, shared by the pump (which reads it) and the stream (which takes it
+/// out on drop to unsubscribe at once).
+type SharedSubscriber = Arc<std::sync::Mutex<Option<async_nats::Subscriber>>>;
+
+fn lock_sub(sub: &SharedSubscriber) -> std::sync::MutexGuard<'_, Option<async_nats::Subscriber>> {
+    sub.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The next message of the shared subscriber; `None` once it was taken out or ended.
+fn next_message(sub: &SharedSubscriber) -> impl Future<Output = Option<async_nats::Message>> + '_ {
+    std::future::poll_fn(move |cx| match lock_sub(sub).as_mut() {
+        Some(s) => s.poll_next_unpin(cx),
+        None => Poll::Ready(None),
+    })
+}
+
 async fn pump(
-    mut sub: async_nats::Subscriber,
+    sub: SharedSubscriber,
     tx: mpsc::Sender<async_nats::Message>,
+    mut sync: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     stats: Arc<SubscriptionStats>,
     pattern: String,
 ) {
+    let mut dropped_in_burst = 0u64;
+    let mut forward = |msg: async_nats::Message| -> bool {
+        match tx.try_send(msg) {
+            Ok(()) => {
+                if dropped_in_burst > 0 {
+                    tracing::warn!(%pattern, dropped = dropped_in_burst, "NATS slow consumer: messages dropped");
+                    dropped_in_burst = 0;
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.add_dropped(1);
+                dropped_in_burst += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    };
     let closed = tx.closed();
     tokio::pin!(closed);
-    let mut dropped_in_burst = 0u64;
     loop {
         tokio::select! {
             biased;
-            msg = sub.next() => match msg {
-                Some(msg) => match tx.try_send(msg) {
-                    Ok(()) => {
-                        if dropped_in_burst > 0 {
-                            tracing::warn!(%pattern, dropped = dropped_in_burst, "NATS slow consumer: messages dropped");
-                            dropped_in_burst = 0;
-                        }
+            msg = next_message(&sub) => match msg {
+                Some(msg) => {
+                    if !forward(msg) {
+                        break;
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        stats.add_dropped(1);
-                        dropped_in_burst += 1;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                },
+                }
                 // The client was dropped; the subscriber sees the end of its stream.
                 None => break,
             },
+            Some(done) = sync.recv() => {
+                // `confirm`'s barrier: move everything async-nats already holds. `unconstrained`
+                // because tokio's cooperative budget would report an empty channel early.
+                while let Some(Some(msg)) = tokio::task::unconstrained(next_message(&sub)).now_or_never() {
+                    if !forward(msg) {
+                        return;
+                    }
+                }
+                let _ = done.send(());
+            }
             // The subscriber dropped its stream: dropping `sub` unsubscribes.
             () = &mut closed => break,
         }
@@ -304,9 +447,10 @@ async fn pump(
 /// The message stream of one subscription; unregisters its sid when dropped (the pump then
 /// ends and unsubscribes).
 struct NatsStream {
+    sub: SharedSubscriber,
     rx: mpsc::Receiver<async_nats::Message>,
     stats: Arc<SubscriptionStats>,
-    sid: Option<u64>,
+    key: u64,
     shared: Arc<Shared>,
 }
 
@@ -328,9 +472,26 @@ impl Stream for NatsStream {
 
 impl Drop for NatsStream {
     fn drop(&mut self) {
-        if let Some(sid) = self.sid {
-            self.shared.subscriptions().remove(&sid);
+        self.shared.subscriptions().remove(&self.key);
+        // Queue the UNSUB now, ahead of anything this task sends next (a request to the same
+        // subject must find no responder). async-nats's own `Drop` only spawns a task for it.
+        // If its command channel is full this gives up and that spawned task does it.
+        if let Some(mut sub) = lock_sub(&self.sub).take() {
+            let _ = tokio::task::unconstrained(sub.unsubscribe()).now_or_never();
         }
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        // Break the cycle client -> event callback -> `Shared` -> client, so the connection
+        // closes once the remaining handles (live subscriptions) are gone.
+        self.shared
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        self.shared.state.send_replace(ConnectionState::Closed);
     }
 }
 
@@ -339,9 +500,9 @@ impl Broker for NatsBroker {
         self.publish_inner(msg).boxed()
     }
 
-    /// A request to the confirm subject (see [`NatsBroker`]): the server's no-responders answer
-    /// (or any reply) proves it processed everything published before on this connection.
-    /// Fails with [`Error::Timeout`] after the request timeout when the server is unreachable.
+    /// An echo through the server on the confirm subject (see [`NatsBroker`]): proves it
+    /// processed everything published before on this connection. Fails with
+    /// [`Error::Timeout`] after the request timeout when the server is unreachable.
     fn confirm(&self) -> BoxFuture<'_, Result<()>> {
         self.confirm_inner().boxed()
     }

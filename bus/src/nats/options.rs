@@ -55,7 +55,8 @@ pub struct NatsOptions {
     pub reconnect_delay: Duration,
     /// Subscription buffer size (`None`: 262,144).
     pub subscription_capacity: Option<usize>,
-    /// Subject of the confirmation round trip (see [`Broker::confirm`](crate::Broker::confirm)).
+    /// Subject prefix of the confirmation echo, `<prefix>.<unique id>` (see
+    /// [`NatsBroker`](crate::NatsBroker)); needs publish and subscribe permission on `<prefix>.>`.
     pub confirm_subject: String,
 }
 
