@@ -12,7 +12,7 @@ use super::store::{sql_err, Row};
 use super::writer::{Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
 use crate::headers;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Rows sent between two confirmations.
 pub(crate) const BATCH: usize = 512;
@@ -40,6 +40,8 @@ pub(crate) struct Drainer {
     pub(crate) last_taken: i64,
     /// Read from SQLite instead of the in-memory handoff (at startup, and after an overflow).
     pub(crate) paging: bool,
+    /// The connection changed since the last confirmation (or none was made yet).
+    pub(crate) reconnected: bool,
 }
 
 impl Drainer {
@@ -152,6 +154,11 @@ impl Drainer {
     }
 
     async fn wait_connected(&mut self) {
+        if self.state.has_changed().unwrap_or(true)
+            || *self.state.borrow() != ConnectionState::Connected
+        {
+            self.reconnected = true;
+        }
         loop {
             if *self.state.borrow_and_update() == ConnectionState::Connected {
                 return;
@@ -186,7 +193,19 @@ impl Drainer {
             }
             if sent > 0 {
                 match self.broker.confirm().await {
+                    Ok(()) if self.state.has_changed().unwrap_or(true) => {
+                        // The connection dropped during the batch: the confirmation may have gone
+                        // through the new connection while part of the batch died in the old one.
+                        // Send it again (at-least-once: duplicates carry the same msg id).
+                        tracing::debug!(
+                            n = sent,
+                            "outbox batch crossed a reconnect; sending it again"
+                        );
+                        tokio::time::sleep(UNCOUNTED_RETRY).await;
+                        continue;
+                    }
                     Ok(()) => {
+                        self.reconnected = false;
                         let ids: Vec<i64> = rows.drain(..sent).map(|r| r.id).collect();
                         let ids = Arc::new(ids);
                         self.retry_store("delete confirmed messages", |w| {
@@ -205,11 +224,18 @@ impl Drainer {
                         tracing::trace!(n = sent, "outbox batch confirmed");
                     }
                     Err(e) => {
-                        let counted = self.stayed_connected();
-                        tracing::debug!(error = %e, counted, n = sent, "outbox confirm failed");
+                        // A timeout says nothing about the messages: most often the connection is
+                        // dead and the client has not noticed yet. Counting it would dead-letter
+                        // a whole batch of good messages after three such timeouts.
+                        let timed_out = matches!(e, Error::Timeout { .. });
+                        // Nor does a failure on the first confirmation after a reconnect: the
+                        // broker may refuse it because of messages lost with the old connection.
+                        let counted = !timed_out && !self.reconnected && self.stayed_connected();
+                        self.reconnected = false;
+                        tracing::warn!(error = %e, counted, n = sent, "outbox confirm failed; the batch will be sent again");
                         if counted {
-                            // The server answered but not with a confirmation: every message of the
-                            // batch is suspect. Count one attempt each; a dropped connection
+                            // The server answered, but not with a confirmation: every message of
+                            // the batch is suspect. Count one attempt each; a dropped connection
                             // (not counted) never dead-letters good messages.
                             let mut dead = Vec::new();
                             for row in rows.iter_mut().take(sent) {

@@ -1,13 +1,36 @@
 //! The durable outbox: a SQLite disk queue in front of every publish.
 //!
-//! `publish` returns once its message is committed to the file (`store`), by the one writer
-//! thread that owns the connection and commits concurrent publishes together (`writer`). One
-//! drainer task sends the queue in FIFO order, confirms each batch with the broker and only then
-//! deletes it, counting failed attempts and moving a message that failed three times to the
-//! dead-letter table (`drainer`, `dead_letters`).
+//! # Guarantees
+//!
+//! - `publish().await` returns `Ok` once the message is committed to the outbox file. From then
+//!   on it survives a crash of the process (default, [`Durability::ProcessCrash`]: WAL with
+//!   `synchronous=NORMAL`) or also a power loss ([`Durability::PowerLoss`]: `synchronous=FULL`,
+//!   an fsync per commit). A file that cannot be written (read-only, full, corrupt) makes
+//!   `publish` or `connect` fail; it is never reset and a message is never acknowledged and lost.
+//! - Delivery is at-least-once and in publish order (FIFO by queue id). A row is deleted only
+//!   after the broker confirmed it (on NATS, a round trip through the server after each batch);
+//!   a batch whose confirmation fails, or that crossed a reconnect, is sent again. Duplicates
+//!   carry the same `Bus-Msg-Id`/`Nats-Msg-Id`, so a JetStream stream dedupes them.
+//! - Time spent disconnected costs nothing. A send or confirmation that fails while the
+//!   connection stays up counts one attempt; after 3 (with 100 ms, then 400 ms backoff) the
+//!   message moves to the dead-letter table with its last error and the queue goes on behind it.
+//!   A payload over the broker's max_payload is refused before anything is sent, so it ends
+//!   there without ever disturbing the connection. [`DeadLetters`] lists, counts, replays (to
+//!   the end of the queue, same msg id, fresh attempts) and purges them.
+//! - Memory stays flat however long the queue is: new rows reach the drainer in memory up to a
+//!   bound; beyond it the drainer pages through the file by id. A restarted process on the same
+//!   file drains what the previous one left, oldest first. One process at a time: a
+//!   `<path>.lock` file is held while the outbox is open.
+//!
+//! # Shape
+//!
+//! `publish` hands its message to the one writer thread that owns the connection and commits
+//! concurrent publishes together (`writer`, `store`). One drainer task sends the queue in FIFO
+//! order, confirms each batch with the broker and only then deletes it (`drainer`); the
+//! dead-letter API runs on the writer thread too (`dead_letters`).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -84,7 +107,7 @@ pub(crate) struct Outbox {
     /// Every queue id up to this one is confirmed or dead-lettered.
     done: watch::Receiver<i64>,
     drainer: tokio::task::JoinHandle<()>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -116,6 +139,7 @@ impl Outbox {
             state,
             last_taken: 0,
             paging: true,
+            reconnected: true,
         };
         let drainer = tokio::spawn(drainer.run());
         tracing::debug!(path = %started.writer.path().display(), committed = started.watermarks.committed, done = started.watermarks.done, "outbox open");
@@ -124,7 +148,7 @@ impl Outbox {
             committed: started.committed,
             done: done_rx,
             drainer,
-            thread: Mutex::new(Some(started.thread)),
+            thread: Some(started.thread),
         })
     }
 
@@ -180,8 +204,7 @@ impl Drop for Outbox {
         // Wait for the writer so that its lock is released when the Bus is gone: a new Bus on
         // the same file right after must not find it held. It only finishes its current
         // transaction, so this is short.
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }

@@ -23,6 +23,7 @@ const SCHEMA: &str = "
 CREATE TABLE outbox (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     subject    TEXT    NOT NULL,
+    reply      TEXT,
     headers    BLOB    NOT NULL,
     payload    BLOB    NOT NULL,
     msg_id     TEXT,
@@ -33,6 +34,7 @@ CREATE TABLE outbox (
 CREATE TABLE dead_letters (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     subject    TEXT    NOT NULL,
+    reply      TEXT,
     headers    BLOB    NOT NULL,
     payload    BLOB    NOT NULL,
     msg_id     TEXT,
@@ -192,6 +194,17 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| sql_err(path, "cannot open the outbox file", e))?;
+        // SQLite quietly opens a write-protected file read-only; every publish would then fail.
+        if conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(false)
+        {
+            return Err(Error::outbox(
+                path,
+                "the outbox file is read-only; it must be writable by this process",
+                None,
+            ));
+        }
         let store = Store {
             conn,
             path: path.to_path_buf(),
@@ -304,12 +317,13 @@ impl Store {
         let mut ids = Vec::new();
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO outbox (subject, headers, payload, msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO outbox (subject, reply, headers, payload, msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let now = now_ms();
             for m in msgs {
                 stmt.execute(params![
                     m.subject,
+                    m.reply,
                     encode_headers(&m.headers),
                     &m.payload[..],
                     m.headers.get(headers::MSG_ID),
@@ -325,20 +339,20 @@ impl Store {
     /// Up to `limit` queued rows with an id above `after`, oldest first.
     pub(crate) fn page(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, subject, headers, payload, attempts FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, subject, reply, headers, payload, attempts FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, limit as i64], |r| {
-            let headers: Vec<u8> = r.get(2)?;
-            let payload: Vec<u8> = r.get(3)?;
+            let headers: Vec<u8> = r.get(3)?;
+            let payload: Vec<u8> = r.get(4)?;
             Ok(Row {
                 id: r.get(0)?,
                 msg: RawMessage {
                     subject: r.get(1)?,
-                    reply: None,
+                    reply: r.get(2)?,
                     headers: decode_headers(&headers)?,
                     payload: Bytes::from(payload),
                 },
-                attempts: r.get(4)?,
+                attempts: r.get(5)?,
             })
         })?;
         rows.collect()
@@ -379,8 +393,8 @@ impl Store {
     ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO dead_letters (subject, headers, payload, msg_id, created_at, attempts, last_error, failed_at)
-             SELECT subject, headers, payload, msg_id, created_at, ?2, ?3, ?4 FROM outbox WHERE id = ?1",
+            "INSERT INTO dead_letters (subject, reply, headers, payload, msg_id, created_at, attempts, last_error, failed_at)
+             SELECT subject, reply, headers, payload, msg_id, created_at, ?2, ?3, ?4 FROM outbox WHERE id = ?1",
             params![id, attempts, error, now_ms()],
         )?;
         tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
@@ -418,8 +432,8 @@ impl Store {
     pub(crate) fn replay(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
         let tx = self.conn.transaction()?;
         let n = tx.execute(
-            "INSERT INTO outbox (subject, headers, payload, msg_id, created_at, attempts)
-             SELECT subject, headers, payload, msg_id, ?2, 0 FROM dead_letters WHERE id = ?1",
+            "INSERT INTO outbox (subject, reply, headers, payload, msg_id, created_at, attempts)
+             SELECT subject, reply, headers, payload, msg_id, ?2, 0 FROM dead_letters WHERE id = ?1",
             params![id, now_ms()],
         )?;
         if n == 0 {

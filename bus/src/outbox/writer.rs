@@ -60,6 +60,8 @@ pub(crate) struct Ctx {
     pub(crate) shared: Arc<Shared>,
     /// The highest committed queue id.
     pub(crate) committed: watch::Sender<i64>,
+    /// Group commits so far (a test checks that concurrent publishes share them).
+    pub(crate) commits: u64,
 }
 
 type Op = Box<dyn FnOnce(&mut Ctx) + Send>;
@@ -121,6 +123,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     store,
                     shared: thread_shared,
                     committed: committed_tx,
+                    commits: 0,
                 },
             );
         })
@@ -195,6 +198,7 @@ fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Resu
     let _span = tracing::trace_span!("outbox_commit", n = batch.len()).entered();
     match ctx.store.insert_all(batch.iter().map(|(m, _)| m)) {
         Ok(ids) => {
+            ctx.commits += 1;
             let last = *ids.last().unwrap_or(&0);
             ctx.committed.send_replace(last);
             let mut replies = Vec::with_capacity(batch.len());
