@@ -187,7 +187,7 @@ impl Rounds for Request {
         let bus = sdk::BusRequester::start(&self.url).await?;
         let (mut raw_lat, mut bus_lat) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for i in 0..n {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 raw_lat.push(raw.once(i).await?);
                 bus_lat.push(bus.once().await?);
             } else {
@@ -339,7 +339,7 @@ impl Rounds for RequestDiag {
         let other = RawRequester::start(&self.url, self.shape).await?;
         let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for i in 0..n {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 a.push(plain.once(i).await?);
                 b.push(other.once(i).await?);
             } else {
