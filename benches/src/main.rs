@@ -1,1 +1,458 @@
-fn main() {}
+//! `bus-bench`: the SDK measured against raw async-nats and raw tokio, side by side in one run.
+//!
+//! ```text
+//! cargo run --release -p bus-bench -- [--quick] [--only NAME[,NAME…]] [--rounds N]
+//! ```
+//!
+//! Starts its own nats-server, runs each scenario's baseline and bus rounds interleaved, prints
+//! one JSON object per scenario per line on stdout, then a table. Progress goes to stderr.
+//! See `benches/README.md` for what each scenario measures and what `ratio` means.
+
+// A benchmark's output is its report: printing to stdout/stderr is the point of this binary.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod msgs;
+mod report;
+mod runner;
+mod scenarios;
+mod sdk;
+mod server;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use report::{Better, Line, Target};
+use runner::{interleave, BenchResult, Outcome, Sample, Sides};
+use scenarios::{local, nats, rss};
+use server::Server;
+
+/// Every scenario, in run order. The names are the contract of the report.
+const SCENARIOS: [&str; 7] = [
+    "nats_pubsub_typed",
+    "nats_pubsub_durable",
+    "nats_request_p50",
+    "local_pubsub_typed",
+    "local_10k_subs",
+    "drain_after_outage",
+    "outbox_1m_rss_mib",
+];
+
+/// Diagnostics, run only when named in `--only`: they explain a gap rather than measure the SDK.
+/// `diag_raw_headers`: raw async-nats with the wire format's four headers ("bus") vs without.
+/// `diag_request_headers`, `diag_request_spawn`: raw request/reply with the bus's headers, or
+/// answered on a task per request as `Bus::serve` does ("bus"), vs plain raw.
+const DIAGNOSTICS: [&str; 3] = [
+    "diag_raw_headers",
+    "diag_request_headers",
+    "diag_request_spawn",
+];
+
+/// Sizes of one run. `--quick` keeps the whole run under 5 minutes on a 2-core machine.
+#[derive(Debug, Clone)]
+struct Plan {
+    rounds: usize,
+    pubsub_n: usize,
+    durable_n: usize,
+    request_n: usize,
+    local_n: usize,
+    subs_n: usize,
+    drain_n: usize,
+    drain_rounds: usize,
+    rss_n: usize,
+    /// In-flight publishes where a producer lets the outbox group-commit.
+    window: usize,
+    /// Which sides run (`--side`, for profiling one alone).
+    sides: Sides,
+}
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            rounds: 9,
+            pubsub_n: 500_000,
+            durable_n: 200_000,
+            request_n: 10_000,
+            local_n: 1_000_000,
+            subs_n: 500_000,
+            drain_n: 100_000,
+            drain_rounds: 3,
+            rss_n: 1_000_000,
+            window: 1024,
+            sides: Sides::Both,
+        }
+    }
+    fn quick() -> Plan {
+        Plan {
+            rounds: 5,
+            pubsub_n: 200_000,
+            durable_n: 100_000,
+            request_n: 3_000,
+            local_n: 300_000,
+            subs_n: 200_000,
+            drain_n: 100_000,
+            drain_rounds: 2,
+            rss_n: 1_000_000,
+            window: 1024,
+            sides: Sides::Both,
+        }
+    }
+}
+
+struct Args {
+    plan: Plan,
+    only: Vec<String>,
+}
+
+const USAGE: &str =
+    "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--rounds N] [--side both|bus|baseline]\n\
+scenarios: nats_pubsub_typed nats_pubsub_durable nats_request_p50 local_pubsub_typed \
+local_10k_subs drain_after_outage outbox_1m_rss_mib";
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut plan = Plan::full();
+    let mut sides = Sides::Both;
+    let mut rounds = None;
+    let mut only = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => plan = Plan::quick(),
+            "--only" => {
+                let v = it.next().ok_or("--only needs scenario names")?;
+                only.extend(v.split(',').map(str::to_string));
+            }
+            "--side" => {
+                sides = match it.next().map(String::as_str) {
+                    Some("both") => Sides::Both,
+                    Some("bus") => Sides::Bus,
+                    Some("baseline") => Sides::Baseline,
+                    _ => return Err(format!("--side needs both, bus or baseline\n{USAGE}")),
+                };
+            }
+            "--rounds" => {
+                let v = it.next().ok_or("--rounds needs a number")?;
+                rounds = Some(
+                    v.parse()
+                        .map_err(|_| format!("--rounds {v}: not a number"))?,
+                );
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    plan.sides = sides;
+    if let Some(r) = rounds {
+        plan.rounds = r;
+        plan.drain_rounds = r;
+    }
+    if let Some(bad) = only
+        .iter()
+        .find(|n| !SCENARIOS.contains(&n.as_str()) && !DIAGNOSTICS.contains(&n.as_str()))
+    {
+        return Err(format!("unknown scenario `{bad}`\n{USAGE}"));
+    }
+    Ok(Args { plan, only })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(rss::CHILD_COMMAND) {
+        return match rss::child_main(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args(&args) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(lines) => {
+            println!();
+            print!("{}", report::table(&lines));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bus-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> BenchResult<Vec<Line>> {
+    let plan = args.plan;
+    let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let needs_server = SCENARIOS[..3]
+        .iter()
+        .chain(&SCENARIOS[5..6])
+        .chain(&DIAGNOSTICS)
+        .any(|s| selected(s));
+    let mut server = if needs_server {
+        Some(Server::start().await?)
+    } else {
+        None
+    };
+    let url = server.as_ref().map(Server::client_url).unwrap_or_default();
+    let started = Instant::now();
+    eprintln!("bus-bench: {plan:?}");
+    let mut lines = Vec::new();
+    let mut emit = |line: Line| {
+        println!("{}", line.to_json());
+        lines.push(line);
+    };
+    let rounds = plan.rounds;
+    let warm = |n: usize| n / 5;
+
+    if selected("nats_pubsub_typed") {
+        let mut s = nats::PubSub {
+            url: url.clone(),
+            durable: false,
+            window: plan.window,
+        };
+        let o = interleave(
+            "nats_pubsub_typed",
+            plan.sides,
+            rounds,
+            plan.pubsub_n,
+            warm(plan.pubsub_n),
+            &mut s,
+        )
+        .await;
+        emit(line(
+            "nats_pubsub_typed",
+            "msg/s",
+            Better::Higher,
+            Target::RatioAtLeast(0.90),
+            o,
+        ));
+    }
+    if args.only.iter().any(|o| o == "diag_raw_headers") {
+        let mut s = nats::HeadersDiag { url: url.clone() };
+        let o = interleave(
+            "diag_raw_headers",
+            plan.sides,
+            rounds,
+            plan.pubsub_n,
+            warm(plan.pubsub_n),
+            &mut s,
+        )
+        .await;
+        emit(line(
+            "diag_raw_headers",
+            "msg/s",
+            Better::Higher,
+            Target::RatioAtLeast(0.90),
+            o,
+        ));
+    }
+    if selected("nats_pubsub_durable") {
+        let mut s = nats::PubSub {
+            url: url.clone(),
+            durable: true,
+            window: plan.window,
+        };
+        let o = interleave(
+            "nats_pubsub_durable",
+            plan.sides,
+            rounds,
+            plan.durable_n,
+            warm(plan.durable_n),
+            &mut s,
+        )
+        .await;
+        emit(line(
+            "nats_pubsub_durable",
+            "msg/s",
+            Better::Higher,
+            Target::RatioAtLeast(0.50),
+            o,
+        ));
+    }
+    if selected("nats_request_p50") {
+        let mut s = nats::Request {
+            url: url.clone(),
+            pending_bus: None,
+        };
+        let o = interleave(
+            "nats_request_p50",
+            plan.sides,
+            rounds,
+            plan.request_n,
+            0,
+            &mut s,
+        )
+        .await;
+        emit(line(
+            "nats_request_p50",
+            "us",
+            Better::Lower,
+            Target::RatioAtLeast(0.90),
+            o,
+        ));
+    }
+    for (name, shape) in [
+        (
+            "diag_request_headers",
+            nats::RawRequestShape {
+                headers: true,
+                spawn: false,
+            },
+        ),
+        (
+            "diag_request_spawn",
+            nats::RawRequestShape {
+                headers: false,
+                spawn: true,
+            },
+        ),
+    ] {
+        if args.only.iter().any(|o| o == name) {
+            let mut s = nats::RequestDiag {
+                url: url.clone(),
+                shape,
+                pending: None,
+            };
+            let o = interleave(name, plan.sides, rounds, plan.request_n, 0, &mut s).await;
+            emit(line(
+                name,
+                "us",
+                Better::Lower,
+                Target::RatioAtLeast(0.90),
+                o,
+            ));
+        }
+    }
+    if selected("local_pubsub_typed") {
+        let o = interleave(
+            "local_pubsub_typed",
+            plan.sides,
+            rounds,
+            plan.local_n,
+            warm(plan.local_n),
+            &mut local::PubSub,
+        )
+        .await;
+        emit(line(
+            "local_pubsub_typed",
+            "msg/s",
+            Better::Higher,
+            Target::RatioAtLeast(0.80),
+            o,
+        ));
+    }
+    if selected("local_10k_subs") {
+        let mut s = local::ManySubs { subs: 10_000 };
+        let o = interleave(
+            "local_10k_subs",
+            plan.sides,
+            rounds,
+            plan.subs_n,
+            warm(plan.subs_n),
+            &mut s,
+        )
+        .await;
+        emit(line(
+            "local_10k_subs",
+            "msg/s",
+            Better::Higher,
+            Target::RatioAtLeast(0.50),
+            o,
+        ));
+    }
+    if selected("drain_after_outage") {
+        if let Some(server) = server.as_mut() {
+            let mut s = nats::Drain {
+                server,
+                window: plan.window,
+            };
+            let o = interleave(
+                "drain_after_outage",
+                plan.sides,
+                plan.drain_rounds,
+                plan.drain_n,
+                0,
+                &mut s,
+            )
+            .await;
+            emit(line(
+                "drain_after_outage",
+                "msg/s",
+                Better::Higher,
+                Target::RatioAtLeast(0.50),
+                o,
+            ));
+        }
+    }
+    if selected("outbox_1m_rss_mib") {
+        let (rss_n, window) = (plan.rss_n, plan.window);
+        let measured = tokio::task::spawn_blocking(move || {
+            rss::measure(rss_n, window).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        eprintln!("  outbox_1m_rss_mib    {measured:?}");
+        let o = Outcome {
+            baseline: measured
+                .as_ref()
+                .map(|r| Sample::value(r.before))
+                .map_err(Clone::clone),
+            bus: measured.map(|r| Sample::value(r.peak)),
+        };
+        emit(line(
+            "outbox_1m_rss_mib",
+            "MiB",
+            Better::Lower,
+            Target::BusAtMost(64.0),
+            o,
+        ));
+    }
+    eprintln!(
+        "bus-bench: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(server);
+    Ok(lines)
+}
+
+fn line(
+    scenario: &'static str,
+    unit: &'static str,
+    better: Better,
+    target: Target,
+    o: Outcome,
+) -> Line {
+    let error = match (&o.baseline, &o.bus) {
+        (Err(b), Err(s)) => Some(format!("baseline: {b}; bus: {s}")),
+        (Err(b), Ok(_)) => Some(format!("baseline: {b}")),
+        (Ok(_), Err(s)) => Some(format!("bus: {s}")),
+        (Ok(_), Ok(_)) => None,
+    };
+    Line {
+        scenario,
+        unit,
+        better,
+        target,
+        bus: o.bus.as_ref().ok().map(|s| s.value),
+        baseline: o.baseline.as_ref().ok().map(|s| s.value),
+        bus_p99: o.bus.as_ref().ok().and_then(|s| s.p99),
+        baseline_p99: o.baseline.as_ref().ok().and_then(|s| s.p99),
+        error,
+    }
+}

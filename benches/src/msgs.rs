@@ -1,0 +1,81 @@
+//! The message types both sides carry, and their 128-byte encoding.
+
+use bus::Message;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The pub/sub message: the subject's placeholders plus a text sized so that the whole
+/// MessagePack body (named fields) is exactly [`PAYLOAD_BYTES`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
+#[subject("plugin.outbound.<channel>.<instance>")]
+pub struct Outbound {
+    /// First placeholder.
+    pub channel: String,
+    /// Second placeholder.
+    pub instance: String,
+    /// Filler.
+    pub text: String,
+}
+
+/// The request type of `nats_request_p50`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
+#[subject("agent.route.<agent>")]
+#[reply(RouteReply)]
+pub struct Delegate {
+    /// The placeholder.
+    pub agent: String,
+    /// A short task.
+    pub task: String,
+}
+
+/// The reply type of `nats_request_p50`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteReply {
+    /// Always true here.
+    pub accepted: bool,
+}
+
+/// The body size of the pub/sub scenarios.
+pub const PAYLOAD_BYTES: usize = 128;
+/// The channel every measured message goes to.
+pub const CHANNEL: &str = "bench";
+/// The instance of measured messages.
+pub const INSTANCE: &str = "i0";
+/// The instance of warm-up probes (same pattern, told apart by the subscriber).
+pub const WARM: &str = "warm";
+/// The subject of measured messages: what the derive makes of `CHANNEL` and `INSTANCE`.
+pub const SUBJECT: &str = "plugin.outbound.bench.i0";
+/// The subject of probes.
+pub const WARM_SUBJECT: &str = "plugin.outbound.bench.warm";
+/// The pattern subscribers use (`Outbound::filter().channel(CHANNEL)`).
+pub const PATTERN: &str = "plugin.outbound.bench.*";
+/// The subject of requests.
+pub const REQUEST_SUBJECT: &str = "agent.route.bench";
+
+/// An [`Outbound`] on `instance` whose MessagePack body is [`PAYLOAD_BYTES`] long (for the
+/// measured instance; a probe is a few bytes longer or shorter, which does not matter).
+pub fn outbound(instance: &str) -> Outbound {
+    // fixmap(3) + "channel" + "bench" + "instance" + "i0" + "text" = 32 bytes; the text is a
+    // str8 (2-byte header) of the rest.
+    let text_len = PAYLOAD_BYTES - 32 - 2;
+    Outbound {
+        channel: CHANNEL.into(),
+        instance: instance.into(),
+        text: "x".repeat(text_len),
+    }
+}
+
+/// The encoded body of [`outbound`]`(INSTANCE)`: the bytes the raw baselines send.
+pub fn outbound_bytes() -> Bytes {
+    let bytes = rmp_serde::to_vec_named(&outbound(INSTANCE)).expect("a plain struct encodes");
+    assert_eq!(bytes.len(), PAYLOAD_BYTES, "payload sizing drifted");
+    Bytes::from(bytes)
+}
+
+/// The request every side sends.
+pub fn delegate() -> Delegate {
+    Delegate {
+        agent: "bench".into(),
+        task: "summarise the thread".into(),
+    }
+}

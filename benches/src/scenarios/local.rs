@@ -1,0 +1,71 @@
+//! The in-process scenarios: `local_pubsub_typed` and `local_10k_subs`.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::msgs::{self, Outbound};
+use crate::runner::{fail, rate, within, BenchResult, Rounds, Sample};
+use crate::scenarios::nats::{SLACK, WAIT};
+use crate::sdk;
+
+/// `local_pubsub_typed`: the local broker vs a hand-written tokio mpsc carrying the same struct
+/// as MessagePack.
+pub struct PubSub;
+
+impl Rounds for PubSub {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        mpsc_rmp(n).await.map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::local_typed(n, 1).await.map(Sample::value)
+    }
+}
+
+/// The hand-written bus: encode with `rmp_serde::to_vec_named`, send the bytes through a bounded
+/// mpsc sized for the whole round (so the sender never waits, as a bus publisher never waits for
+/// a subscriber), decode on the receiving task and count.
+async fn mpsc_rmp(n: usize) -> BenchResult<f64> {
+    let msg = msgs::outbound(msgs::INSTANCE);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(n + SLACK);
+    let counter = tokio::spawn(async move {
+        let mut count = 0usize;
+        while let Some(bytes) = rx.recv().await {
+            let m: Outbound = rmp_serde::from_slice(&bytes)?;
+            if m.instance != msgs::INSTANCE {
+                return Err(fail("decoded the wrong message"));
+            }
+            count += 1;
+            if count == n {
+                return Ok(Instant::now());
+            }
+        }
+        Err::<Instant, crate::runner::BoxError>(fail(format!(
+            "channel closed after {count} of {n}"
+        )))
+    });
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.send(rmp_serde::to_vec_named(&msg)?)
+            .await
+            .map_err(|_| fail("receiver gone"))?;
+    }
+    let end = within(WAIT, "the mpsc receiver", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// `local_10k_subs`: publish throughput (end to end, at the one matching subscriber) with 10,000
+/// distinct subscriptions installed vs with only that one.
+pub struct ManySubs {
+    /// Subscriptions installed on the bus side (the baseline has 1).
+    pub subs: usize,
+}
+
+impl Rounds for ManySubs {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::local_typed(n, 1).await.map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::local_typed(n, self.subs).await.map(Sample::value)
+    }
+}

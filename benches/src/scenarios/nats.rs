@@ -1,0 +1,411 @@
+//! The NATS scenarios: `nats_pubsub_typed`, `nats_pubsub_durable`, `nats_request_p50`,
+//! `drain_after_outage`. Baselines are raw async-nats written the way one would by hand.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::ConnectOptions;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::msgs::{self, PATTERN, PAYLOAD_BYTES, REQUEST_SUBJECT, SUBJECT, WARM_SUBJECT};
+use crate::runner::{fail, quantile_us, rate, within, BenchResult, Rounds, Sample};
+use crate::sdk;
+use crate::server::Server;
+
+/// How long any wait for messages may take before the round counts as lost messages.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// Extra subscription capacity over the messages of a round, for probes.
+pub const SLACK: usize = 1024;
+
+/// `nats_pubsub_typed` (outbox off) and `nats_pubsub_durable` (outbox on).
+pub struct PubSub {
+    /// The server URL.
+    pub url: String,
+    /// Outbox on.
+    pub durable: bool,
+    /// In-flight publishes of the durable bus side (group commit needs concurrent publishes).
+    pub window: usize,
+}
+
+impl Rounds for PubSub {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_pubsub(&self.url, n).await.map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        if self.durable {
+            sdk::pubsub_durable(&self.url, n, self.window).await
+        } else {
+            sdk::pubsub_typed(&self.url, n).await
+        }
+        .map(Sample::value)
+    }
+}
+
+/// Raw async-nats, end to end: one connection publishes, another subscribes (publisher and
+/// subscriber are different processes in real use; the bus side has the same shape). The
+/// subscriber's buffer holds the whole round, so nothing can be dropped; it counts exactly `n`.
+async fn raw_pubsub(url: &str, n: usize) -> BenchResult<f64> {
+    let payload = msgs::outbound_bytes();
+    let publisher = async_nats::connect(url).await?;
+    let sub_client = ConnectOptions::new()
+        .subscription_capacity(n + SLACK)
+        .connect(url)
+        .await?;
+    let sub = sub_client.subscribe(PATTERN).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_raw_counter(sub, n, warm.clone());
+    raw_probe(&publisher, &warm).await?;
+
+    let start = Instant::now();
+    for _ in 0..n {
+        publisher.publish(SUBJECT, payload.clone()).await?;
+    }
+    publisher.flush().await?;
+    let end = within(WAIT, "the raw subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// Diagnostic (`--only diag_raw_headers`): raw async-nats as [`raw_pubsub`] but carrying the
+/// wire format's four headers (two ids, content type, type name), built per message as a hand
+/// writer of the same wire format would. Separates the cost of the wire format inside async-nats
+/// from the cost of the SDK's own code.
+pub async fn raw_pubsub_headers(url: &str, n: usize) -> BenchResult<f64> {
+    let payload = msgs::outbound_bytes();
+    let publisher = async_nats::connect(url).await?;
+    let sub_client = ConnectOptions::new()
+        .subscription_capacity(n + SLACK)
+        .connect(url)
+        .await?;
+    let sub = sub_client.subscribe(PATTERN).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_raw_counter(sub, n, warm.clone());
+    raw_probe(&publisher, &warm).await?;
+
+    let k: usize = std::env::var("DIAG_HEADERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let start = Instant::now();
+    for i in 0..n {
+        let id = format!("{:016x}{i:016x}", 0x5eed_u64);
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", id.as_str());
+        if k > 1 {
+            h.insert("Bus-Msg-Id", id.as_str());
+        }
+        if k > 2 {
+            h.insert("Content-Type", "application/msgpack");
+        }
+        if k > 3 {
+            h.insert("Bus-Type", "bus_bench::msgs::Outbound");
+        }
+        publisher
+            .publish_with_headers(SUBJECT, h, payload.clone())
+            .await?;
+    }
+    publisher.flush().await?;
+    let end = within(WAIT, "the raw subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// The diagnostic of [`raw_pubsub_headers`] against plain [`raw_pubsub`].
+pub struct HeadersDiag {
+    /// The server URL.
+    pub url: String,
+}
+
+impl Rounds for HeadersDiag {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_pubsub(&self.url, n).await.map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_pubsub_headers(&self.url, n).await.map(Sample::value)
+    }
+}
+
+/// Counts `n` measured messages on a raw subscription and returns when the last arrived.
+/// Probes (on [`WARM_SUBJECT`]) wake `warm` and are not counted.
+pub fn spawn_raw_counter(
+    mut sub: async_nats::Subscriber,
+    n: usize,
+    warm: Arc<Notify>,
+) -> JoinHandle<BenchResult<Instant>> {
+    tokio::spawn(async move {
+        let mut count = 0usize;
+        while let Some(m) = sub.next().await {
+            if m.subject.as_str() == WARM_SUBJECT {
+                warm.notify_one();
+                continue;
+            }
+            if m.payload.len() != PAYLOAD_BYTES {
+                return Err(fail(format!("raw payload of {} bytes", m.payload.len())));
+            }
+            count += 1;
+            if count == n {
+                return Ok(Instant::now());
+            }
+        }
+        Err(fail(format!("raw subscription ended after {count} of {n}")))
+    })
+}
+
+/// Publishes probes until the subscriber saw one: then its subscription is live at the server.
+async fn raw_probe(client: &async_nats::Client, warm: &Notify) -> BenchResult<()> {
+    let probe = Bytes::from_static(b"probe");
+    for _ in 0..200 {
+        client.publish(WARM_SUBJECT, probe.clone()).await?;
+        client.flush().await?;
+        if tokio::time::timeout(Duration::from_millis(50), warm.notified())
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(fail("the subscription never saw a probe"))
+}
+
+/// `nats_request_p50`: sequential requests, latency of each; p50 and p99 in µs.
+///
+/// Latency on a shared machine drifts by tens of percent within seconds, so one round sets up
+/// both sides and alternates them request by request (raw, bus, bus, raw, …): both see the same
+/// machine. The bus figures of a round are kept for the bus call that follows it.
+pub struct Request {
+    /// The server URL.
+    pub url: String,
+    /// The bus side of the last paired round.
+    pub pending_bus: Option<Sample>,
+}
+
+impl Rounds for Request {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        let raw = RawRequester::start(&self.url, RawRequestShape::default()).await?;
+        let bus = sdk::BusRequester::start(&self.url).await?;
+        let (mut raw_lat, mut bus_lat) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            if i.is_multiple_of(2) {
+                raw_lat.push(raw.once(i).await?);
+                bus_lat.push(bus.once().await?);
+            } else {
+                bus_lat.push(bus.once().await?);
+                raw_lat.push(raw.once(i).await?);
+            }
+        }
+        self.pending_bus = Some(latency_sample(bus_lat));
+        Ok(latency_sample(raw_lat))
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        if let Some(s) = self.pending_bus.take() {
+            return Ok(s);
+        }
+        // Alone (`--side bus`): a round of the bus only.
+        let bus = sdk::BusRequester::start(&self.url).await?;
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            lat.push(bus.once().await?);
+        }
+        Ok(latency_sample(lat))
+    }
+}
+
+/// Requests made before timing starts, so connection setup and first-use costs stay out.
+pub const REQUEST_WARMUP: usize = 200;
+
+/// Variations of the raw request/reply, for the diagnostics that explain the bus's latency.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawRequestShape {
+    /// Carry the wire format's headers (five on the request, two on the reply) as the bus does.
+    pub headers: bool,
+    /// Answer each request on a task of its own, as `Bus::serve` does.
+    pub spawn: bool,
+}
+
+/// Raw async-nats request/reply written by hand: a responder connection answering every request
+/// with the encoded reply, a requester connection calling `request` one at a time.
+pub struct RawRequester {
+    client: async_nats::Client,
+    request: Bytes,
+    shape: RawRequestShape,
+    serve: JoinHandle<()>,
+}
+
+impl RawRequester {
+    /// Starts the responder, connects the requester and warms both up.
+    pub async fn start(url: &str, shape: RawRequestShape) -> BenchResult<RawRequester> {
+        let request = Bytes::from(rmp_serde::to_vec_named(&msgs::delegate())?);
+        let reply = Bytes::from(rmp_serde::to_vec_named(&msgs::RouteReply {
+            accepted: true,
+        })?);
+        let responder = async_nats::connect(url).await?;
+        let mut sub = responder.subscribe(REQUEST_SUBJECT).await?;
+        responder.flush().await?;
+        let serve = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let Some(to) = m.reply else { continue };
+                let (client, reply) = (responder.clone(), reply.clone());
+                let answer = async move {
+                    if shape.headers {
+                        let mut h = async_nats::HeaderMap::new();
+                        if let Some(c) =
+                            m.headers.as_ref().and_then(|h| h.get("Bus-Correlation-Id"))
+                        {
+                            h.insert("Bus-Correlation-Id", c.as_str());
+                        }
+                        h.insert("Content-Type", "application/msgpack");
+                        client.publish_with_headers(to, h, reply).await
+                    } else {
+                        client.publish(to, reply).await
+                    }
+                };
+                if shape.spawn {
+                    tokio::spawn(answer);
+                } else if answer.await.is_err() {
+                    break;
+                }
+            }
+        });
+        let r = RawRequester {
+            client: async_nats::connect(url).await?,
+            request,
+            shape,
+            serve,
+        };
+        // The first requests can race the responder's SUB reaching the server: retry those.
+        let mut ok = 0;
+        for i in 0..1000 {
+            if r.send(i).await.is_ok() {
+                ok += 1;
+                if ok == REQUEST_WARMUP {
+                    break;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(r)
+    }
+
+    async fn send(&self, i: usize) -> Result<async_nats::Message, async_nats::RequestError> {
+        let mut req = async_nats::Request::new().payload(self.request.clone());
+        if self.shape.headers {
+            let id = format!("{:016x}{i:016x}", 0x5eed_u64);
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", id.as_str());
+            h.insert("Bus-Msg-Id", id.as_str());
+            h.insert("Content-Type", "application/msgpack");
+            h.insert("Bus-Type", "bus_bench::msgs::Delegate");
+            h.insert("Bus-Correlation-Id", id.as_str());
+            req = req.headers(h);
+        }
+        self.client.send_request(REQUEST_SUBJECT, req).await
+    }
+
+    /// One timed request.
+    pub async fn once(&self, i: usize) -> BenchResult<Duration> {
+        let t = Instant::now();
+        let m = self.send(i).await?;
+        let took = t.elapsed();
+        if m.payload.is_empty() {
+            return Err(fail("empty raw reply"));
+        }
+        Ok(took)
+    }
+}
+
+impl Drop for RawRequester {
+    fn drop(&mut self) {
+        self.serve.abort();
+    }
+}
+
+/// Diagnostic: plain raw request/reply (baseline) vs raw in another shape ("bus"), paired
+/// request by request as in [`Request`].
+pub struct RequestDiag {
+    /// The server URL.
+    pub url: String,
+    /// The shape of the "bus" side.
+    pub shape: RawRequestShape,
+    /// The other side of the last paired round.
+    pub pending: Option<Sample>,
+}
+
+impl Rounds for RequestDiag {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        let plain = RawRequester::start(&self.url, RawRequestShape::default()).await?;
+        let other = RawRequester::start(&self.url, self.shape).await?;
+        let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            if i.is_multiple_of(2) {
+                a.push(plain.once(i).await?);
+                b.push(other.once(i).await?);
+            } else {
+                b.push(other.once(i).await?);
+                a.push(plain.once(i).await?);
+            }
+        }
+        self.pending = Some(latency_sample(b));
+        Ok(latency_sample(a))
+    }
+    async fn bus(&mut self, _n: usize) -> BenchResult<Sample> {
+        self.pending
+            .take()
+            .ok_or_else(|| fail("diagnostics run only with --side both"))
+    }
+}
+
+/// p50 (headline) and p99 of latencies, in µs.
+pub fn latency_sample(mut lat: Vec<Duration>) -> Sample {
+    lat.sort_unstable();
+    Sample {
+        value: quantile_us(&lat, 0.5),
+        p99: Some(quantile_us(&lat, 0.99)),
+    }
+}
+
+/// `drain_after_outage`: the bus queues `n` messages in its outbox while the server is down, then
+/// drains them once it is back (msg/s from reconnect to the last message received); the
+/// baseline is raw async-nats publishing the same `n` messages with the server up.
+pub struct Drain<'a> {
+    /// The server, stopped and restarted by the bus rounds.
+    pub server: &'a mut Server,
+    /// In-flight publishes while queueing.
+    pub window: usize,
+}
+
+impl Rounds for Drain<'_> {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_publish_rate(&self.server.client_url(), n)
+            .await
+            .map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::drain(self.server, n, self.window)
+            .await
+            .map(Sample::value)
+    }
+}
+
+/// Raw async-nats publish rate, counted end to end by a subscriber on the same connection (the
+/// bus side drains into a subscriber on its own connection too).
+async fn raw_publish_rate(url: &str, n: usize) -> BenchResult<f64> {
+    let payload = msgs::outbound_bytes();
+    let client = ConnectOptions::new()
+        .subscription_capacity(n + SLACK)
+        .connect(url)
+        .await?;
+    let sub = client.subscribe(PATTERN).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_raw_counter(sub, n, warm.clone());
+    raw_probe(&client, &warm).await?;
+    let start = Instant::now();
+    for _ in 0..n {
+        client.publish(SUBJECT, payload.clone()).await?;
+    }
+    client.flush().await?;
+    let end = within(WAIT, "the raw subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
