@@ -154,11 +154,8 @@ async fn main() -> Result<(), bus::Error> {
     });
 
     // The Slack plugin, instance `eu-1`: posts what is addressed to it, forwards what users say.
-    let mut outbox = Outbound::subscribe(
-        &bus,
-        Outbound::filter().channel("slack").instance("eu-1"),
-    )
-    .await?;
+    let mut outbox =
+        Outbound::subscribe(&bus, Outbound::filter().channel("slack").instance("eu-1")).await?;
     Health {
         plugin: "slack".into(),
         healthy: true,
@@ -195,7 +192,8 @@ async fn main() -> Result<(), bus::Error> {
         beat.subject()
     );
     for _ in said {
-        if let Ok(Some(Ok(ev))) = tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+        if let Ok(Some(Ok(ev))) = tokio::time::timeout(Duration::from_secs(5), events.next()).await
+        {
             println!("monitor: event     {} {}", ev.subject(), ev.detail);
         }
     }

@@ -93,13 +93,17 @@ async fn main() -> Result<(), bus::Error> {
     );
 
     // 4. Request/reply: an agent serves delegations; another asks it for one.
-    Delegate::serve(&bus, Delegate::filter().agent("planner"), |req| async move {
-        let accepted = !req.task.is_empty();
-        Ok::<_, bus::Error>(RouteReply {
-            accepted,
-            note: format!("planner took {:?}", req.task),
-        })
-    })
+    Delegate::serve(
+        &bus,
+        Delegate::filter().agent("planner"),
+        |req| async move {
+            let accepted = !req.task.is_empty();
+            Ok::<_, bus::Error>(RouteReply {
+                accepted,
+                note: format!("planner took {:?}", req.task),
+            })
+        },
+    )
     .await?;
     let reply = Delegate {
         agent: "planner".into(),

@@ -376,7 +376,7 @@ impl Shared {
                 let mut i = 0u32;
                 cache.retain(|_, _| {
                     i = i.wrapping_add(1);
-                    i % 8 != 0
+                    !i.is_multiple_of(8)
                 });
             }
             cache.insert(hash, (subject.into(), result.clone()));

@@ -164,10 +164,8 @@ impl Store {
         let lock_file = lock_path(path);
         let lock = create_private(&lock_file, false)
             .map_err(|e| io_err(&lock_file, "cannot create the outbox lock file", e))?;
-        // `File::try_lock` is stable since Rust 1.89, newer than the workspace's declared
-        // rust-version (1.80): building `bus` really needs 1.89, and rust-version should say so
-        // once the rest of the workspace is clean under the lints 1.89 enables.
-        #[allow(clippy::incompatible_msrv)]
+        // `File::try_lock` (Rust 1.89, the workspace's rust-version) is an OS advisory lock: it
+        // is released when the process dies, so a crashed publisher never leaves the file locked.
         let locked = lock.try_lock();
         match locked {
             Ok(()) => {}
