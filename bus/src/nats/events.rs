@@ -81,21 +81,29 @@ impl Shared {
     pub(crate) fn on_event(self: &Arc<Self>, event: Event) {
         match event {
             Event::Connected => {
-                tracing::info!("NATS connected");
-                self.state.send_replace(ConnectionState::Connected);
-                // async-nats emits `Connected` just before it stores the new server's INFO;
-                // read it a moment later, off this task.
+                // async-nats emits `Connected` just before it stores the new server's INFO. Report
+                // the state only once that INFO (and so the server's max_payload) is known:
+                // whoever waits for `Connected` (the outbox drainer) must not send with the
+                // previous server's limit, or an oversize message would make this server close
+                // the connection instead of being refused by the SDK.
                 let shared = Arc::clone(self);
+                let generation = self.disconnects.load(Ordering::Relaxed);
                 tokio::spawn(async move {
                     let before = shared.server_info(|i| i.server_id.clone());
                     for _ in 0..200 {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         let now = shared.server_info(|i| i.server_id.clone());
                         if now != before && shared.refresh_max_payload() {
-                            return;
+                            break;
                         }
                     }
+                    // Same server id after 200 ms: a reconnect to the same server process, whose
+                    // INFO did not change.
                     shared.refresh_max_payload();
+                    if shared.disconnects.load(Ordering::Relaxed) == generation {
+                        tracing::info!("NATS connected");
+                        shared.state.send_replace(ConnectionState::Connected);
+                    }
                 });
             }
             Event::Disconnected => {
