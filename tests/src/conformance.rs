@@ -114,7 +114,7 @@ pub async fn all(broker: &dyn Broker, caps: Caps) {
 
 /// One `#[tokio::test]` per conformance check. `$setup` is an `async fn() -> impl Fixture`.
 ///
-/// ```ignore
+/// ```text
 /// async fn local() -> LocalFixture { .. }
 /// bus_tests::conformance_tests!(local);
 /// ```
