@@ -4,7 +4,7 @@
 //! [`run`] returns a [`Plan`] even when rules fail: the expansion then still produces the items
 //! call sites use, so one mistake yields one error.
 
-use bus_subject::{nearest, parse_template, Segment, ROOTS};
+use bus_subject::{nearest, parse_template, roots_list, Segment, ROOTS};
 use proc_macro2::Span;
 use quote::format_ident;
 use syn::{GenericArgument, Ident, LitStr, PathArguments, Type};
@@ -347,14 +347,6 @@ fn method_ident(name: &str) -> Option<Ident> {
         "self" | "Self" | "super" | "crate" | "_" => None,
         _ => Some(Ident::new_raw(name, Span::call_site())),
     }
-}
-
-fn roots_list() -> String {
-    ROOTS
-        .iter()
-        .map(|r| format!("`{r}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A bare span as something `syn::Error::new_spanned` accepts.

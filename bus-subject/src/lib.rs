@@ -191,7 +191,8 @@ impl fmt::Display for TemplateError {
 
 impl std::error::Error for TemplateError {}
 
-fn roots_list() -> String {
+/// The five roots, formatted for error messages: `` `plugin.inbound`, `plugin.outbound`, … ``.
+pub fn roots_list() -> String {
     ROOTS
         .iter()
         .map(|r| format!("`{r}`"))
