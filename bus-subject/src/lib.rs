@@ -415,7 +415,39 @@ impl fmt::Display for PatternError {
 
 impl std::error::Error for PatternError {}
 
+/// One pass over the bytes: this runs on every publish. A string with a non-ASCII byte goes
+/// through [`check_tokens_chars`], where white space and control characters are Unicode's.
 fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for i in 0..=bytes.len() {
+        let b = bytes.get(i).copied().unwrap_or(b'.');
+        if b == b'.' {
+            match &bytes[start..i] {
+                [] => return Err(PatternError::EmptyToken),
+                [w @ (b'*' | b'>')] => {
+                    if !allow_wildcards {
+                        return Err(PatternError::WildcardInSubject);
+                    }
+                    if *w == b'>' && i != bytes.len() {
+                        return Err(PatternError::MisplacedWildcard);
+                    }
+                }
+                _ => {}
+            }
+            start = i + 1;
+        } else if b <= b' ' || b == 0x7f {
+            // ASCII control characters and the space.
+            return Err(PatternError::Whitespace);
+        } else if b >= 0x80 {
+            return check_tokens_chars(s, allow_wildcards);
+        }
+    }
+    Ok(())
+}
+
+/// The reference rules over `char`s, for subjects with non-ASCII characters.
+fn check_tokens_chars(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
     let count = s.split('.').count();
     for (i, token) in s.split('.').enumerate() {
         if token.is_empty() {
@@ -593,6 +625,50 @@ mod tests {
         }
         for good in ["slack", "a-1", "a_b", "42", "ünï"] {
             assert!(check_token(good).is_ok(), "{good:?} must be accepted");
+        }
+    }
+
+    #[test]
+    fn the_byte_pass_agrees_with_the_char_rules() {
+        let cases = [
+            "",
+            ".",
+            "a",
+            "a.",
+            ".a",
+            "a..b",
+            "a.b",
+            "*",
+            ">",
+            "a.*",
+            "a.>",
+            "a.>.b",
+            ">.a",
+            "a.*.>",
+            "a*",
+            "a.b*",
+            "x>",
+            "a b",
+            "a\tb",
+            "a\u{7f}b",
+            "a\u{0}",
+            "a.\u{1f}",
+            "ünï.b",
+            "a.\u{a0}",
+            "a.\u{85}",
+            "é..b",
+            "é.*",
+            "é.>.x",
+            "plugin.outbound.slack.a1",
+        ];
+        for s in cases {
+            for wild in [false, true] {
+                assert_eq!(
+                    check_tokens(s, wild),
+                    check_tokens_chars(s, wild),
+                    "{s:?} (wildcards allowed: {wild})"
+                );
+            }
         }
     }
 

@@ -131,7 +131,9 @@ impl NatsBroker {
         Ok(())
     }
 
-    async fn publish_inner(&self, msg: RawMessage) -> Result<()> {
+    /// [`Broker::publish`] without the boxed future: what a [`Bus`](crate::Bus) calls. The only
+    /// subject check of a direct publish.
+    pub(crate) async fn publish_checked(&self, msg: RawMessage) -> Result<()> {
         check_subject(&msg.subject)?;
         self.check_size(&msg)?;
         let RawMessage {
@@ -497,7 +499,7 @@ impl Drop for NatsBroker {
 
 impl Broker for NatsBroker {
     fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>> {
-        self.publish_inner(msg).boxed()
+        self.publish_checked(msg).boxed()
     }
 
     /// An echo through the server on the confirm subject (see [`NatsBroker`]): proves it
