@@ -369,10 +369,7 @@ pub fn check_token(value: &str) -> Result<(), TokenError> {
         return Err(TokenError::Empty);
     }
     // Fast path: the common case is short ASCII made of safe characters.
-    if value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if value.bytes().all(|b| PLAIN[b as usize]) {
         return Ok(());
     }
     for c in value.chars() {
@@ -415,38 +412,38 @@ impl fmt::Display for PatternError {
 
 impl std::error::Error for PatternError {}
 
-/// One pass over the bytes: this runs on every publish. A string with a non-ASCII byte goes
-/// through [`check_tokens_chars`], where white space and control characters are Unicode's.
+/// The bytes of a plain token: ASCII letters, digits, `_` and `-`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+        b += 1;
+    }
+    t
+};
+
+/// This runs on every publish, so the common case (tokens of [`PLAIN`] bytes) is one pass with
+/// a table lookup per byte; anything else (wildcards, other characters, errors) takes
+/// [`check_tokens_chars`], the rules as written.
 fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for i in 0..=bytes.len() {
-        let b = bytes.get(i).copied().unwrap_or(b'.');
-        if b == b'.' {
-            match &bytes[start..i] {
-                [] => return Err(PatternError::EmptyToken),
-                [w @ (b'*' | b'>')] => {
-                    if !allow_wildcards {
-                        return Err(PatternError::WildcardInSubject);
-                    }
-                    if *w == b'>' && i != bytes.len() {
-                        return Err(PatternError::MisplacedWildcard);
-                    }
-                }
-                _ => {}
-            }
-            start = i + 1;
-        } else if b <= b' ' || b == 0x7f {
-            // ASCII control characters and the space.
-            return Err(PatternError::Whitespace);
-        } else if b >= 0x80 {
+    let mut after_dot = true;
+    for &b in s.as_bytes() {
+        let dot = b == b'.';
+        if !(dot || PLAIN[b as usize]) || (dot && after_dot) {
             return check_tokens_chars(s, allow_wildcards);
         }
+        after_dot = dot;
+    }
+    if after_dot {
+        // Empty, or a trailing dot.
+        return Err(PatternError::EmptyToken);
     }
     Ok(())
 }
 
-/// The reference rules over `char`s, for subjects with non-ASCII characters.
+/// The rules as written, over `char`s.
 fn check_tokens_chars(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
     let count = s.split('.').count();
     for (i, token) in s.split('.').enumerate() {
@@ -660,6 +657,11 @@ mod tests {
             "é.*",
             "é.>.x",
             "plugin.outbound.slack.a1",
+            "a-b_c.D9",
+            "a.b.",
+            "..",
+            "a.$",
+            "a.é",
         ];
         for s in cases {
             for wild in [false, true] {

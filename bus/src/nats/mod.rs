@@ -391,6 +391,37 @@ fn next_message(sub: &SharedSubscriber) -> impl Future<Output = Option<async_nat
     })
 }
 
+/// Waits for a message of the shared subscriber, then hands it and every other one async-nats
+/// already holds to `forward`, under one lock and in one wake-up (a message at a time cost a
+/// lock and a trip through `select!` each). `false` once the subscriber ended or was taken out,
+/// or `forward` refused (our side closed).
+fn forward_ready<'a>(
+    sub: &'a SharedSubscriber,
+    forward: &'a mut impl FnMut(async_nats::Message) -> bool,
+) -> impl Future<Output = bool> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut guard = lock_sub(sub);
+        let Some(s) = guard.as_mut() else {
+            return Poll::Ready(false);
+        };
+        let mut moved = false;
+        loop {
+            match s.poll_next_unpin(cx) {
+                Poll::Ready(Some(msg)) => {
+                    moved = true;
+                    if !forward(msg) {
+                        return Poll::Ready(false);
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(false),
+                // The waker is registered; come back with what was moved, if anything.
+                Poll::Pending if moved => return Poll::Ready(true),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+}
+
 async fn pump(
     sub: SharedSubscriber,
     tx: mpsc::Sender<async_nats::Message>,
@@ -421,14 +452,10 @@ async fn pump(
     loop {
         tokio::select! {
             biased;
-            msg = next_message(&sub) => match msg {
-                Some(msg) => {
-                    if !forward(msg) {
-                        break;
-                    }
-                }
-                // The client was dropped; the subscriber sees the end of its stream.
-                None => break,
+            // `false`: the client was dropped (the subscriber sees the end of its stream), or
+            // the subscriber dropped its stream.
+            more = forward_ready(&sub, &mut forward) => if !more {
+                break;
             },
             Some(done) = sync.recv() => {
                 // `confirm`'s barrier: move everything async-nats already holds. `unconstrained`
