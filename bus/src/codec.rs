@@ -2,44 +2,50 @@
 
 use std::cell::RefCell;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::{Error, Result};
 
-/// The size of the per-thread blocks payloads are encoded into.
+/// The size of the per-thread blocks payloads are copied into.
 const BLOCK: usize = 16 * 1024;
 
-/// Below this much room left in the block, a new block is started before encoding.
-const MIN_ROOM: usize = 512;
+/// The starting size of the scratch buffer.
+const SCRATCH: usize = 512;
+
+/// Per thread: a scratch `Vec` to encode into (rmp writes a byte at a time, which a `Vec` does
+/// fastest), and the block the finished payloads are copied into.
+struct Buffers {
+    scratch: Vec<u8>,
+    block: BytesMut,
+}
 
 thread_local! {
-    /// Payloads are encoded into a shared block and split off it: one allocation per block
+    /// Payloads are copied into a shared block and split off it: one allocation per block
     /// instead of one per message, and the `Bytes` they become clone by a reference count.
     /// (A `Bytes` made from a `Vec` allocates again on its first clone, which async-nats makes
     /// of every payload it sends.) A block is freed when the last payload in it is dropped, so
     /// a payload kept for long keeps at most one block alive.
-    static BLOCKS: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers {
+        scratch: Vec::with_capacity(SCRATCH),
+        block: BytesMut::new(),
+    });
 }
 
 /// Encodes `value` as MessagePack with named fields (`rmp_serde::to_vec_named`).
 pub fn encode<T: Serialize>(value: &T, type_name: &'static str) -> Result<Bytes> {
-    let encoded = BLOCKS.with(|blocks| match blocks.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.capacity() - buf.len() < MIN_ROOM {
-                // The old block lives on in the payloads split off it.
-                *buf = BytesMut::with_capacity(BLOCK);
+    let encoded = BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
+        Ok(mut buffers) => {
+            let Buffers { scratch, block } = &mut *buffers;
+            scratch.clear();
+            value.serialize(&mut rmp_serde::Serializer::new(&mut *scratch).with_struct_map())?;
+            let payload = copy_into(block, scratch);
+            if scratch.capacity() > BLOCK {
+                // An unusually large payload does not keep its memory.
+                *scratch = Vec::with_capacity(SCRATCH);
             }
-            let written = value
-                .serialize(&mut rmp_serde::Serializer::new((&mut *buf).writer()).with_struct_map());
-            match written {
-                Ok(()) => Ok(buf.split().freeze()),
-                Err(e) => {
-                    buf.clear();
-                    Err(e)
-                }
-            }
+            Ok(payload)
         }
         // A `Serialize` impl that publishes while it is being encoded: encode on the side.
         Err(_) => {
@@ -50,6 +56,25 @@ pub fn encode<T: Serialize>(value: &T, type_name: &'static str) -> Result<Bytes>
         }
     });
     encoded.map_err(|source| Error::Encode { type_name, source })
+}
+
+/// `bytes` split off the current block.
+fn copy_into(block: &mut BytesMut, bytes: &[u8]) -> Bytes {
+    if block.capacity() < bytes.len() {
+        // The old block lives on in the payloads split off it.
+        *block = BytesMut::with_capacity(BLOCK.max(bytes.len()));
+    }
+    block.extend_from_slice(bytes);
+    block.split().freeze()
+}
+
+/// A copy of `bytes` in this thread's block: a `Bytes` that clones by a reference count, with
+/// no allocation of its own (async-nats clones every subject it is given).
+pub(crate) fn shared_copy(bytes: &[u8]) -> Bytes {
+    BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
+        Ok(mut buffers) => copy_into(&mut buffers.block, bytes),
+        Err(_) => Bytes::copy_from_slice(bytes),
+    })
 }
 
 /// Decodes MessagePack into `T`; struct fields may be given as a map (named) or an array.
