@@ -329,6 +329,8 @@ impl NatsBroker {
         let stream = NatsStream {
             sub,
             rx,
+            batch: Vec::new(),
+            batch_limit: (self.subscription_capacity / 8).clamp(1, MAX_BATCH),
             stats: Arc::clone(&stats),
             key,
             shared: Arc::clone(&self.shared),
@@ -477,11 +479,20 @@ async fn pump(
     }
 }
 
+/// The most messages a subscription stream takes from its channel at once.
+const MAX_BATCH: usize = 64;
+
 /// The message stream of one subscription; unregisters its sid when dropped (the pump then
 /// ends and unsubscribes).
 struct NatsStream {
     sub: SharedSubscriber,
     rx: mpsc::Receiver<async_nats::Message>,
+    /// Messages taken from `rx` in one go, in reverse order (the next one is last): the
+    /// channel's per-message cost (a lock to give back each slot) is paid once per batch.
+    /// They count as delivered when handed out; a subscription therefore buffers up to
+    /// `batch_limit` (at most an eighth of its capacity) beyond its capacity.
+    batch: Vec<async_nats::Message>,
+    batch_limit: usize,
     stats: Arc<SubscriptionStats>,
     key: u64,
     shared: Arc<Shared>,
@@ -492,13 +503,24 @@ impl Stream for NatsStream {
 
     #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RawMessage>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(msg)) => {
-                self.stats.add_delivered(1);
+        let this = &mut *self;
+        if this.batch.is_empty() {
+            match this
+                .rx
+                .poll_recv_many(cx, &mut this.batch, this.batch_limit)
+            {
+                // 0: the channel is closed and empty.
+                Poll::Ready(0) => return Poll::Ready(None),
+                Poll::Ready(_) => this.batch.reverse(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match this.batch.pop() {
+            Some(msg) => {
+                this.stats.add_delivered(1);
                 Poll::Ready(Some(convert::from_nats(msg)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            None => Poll::Ready(None),
         }
     }
 }
