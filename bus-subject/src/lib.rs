@@ -428,20 +428,41 @@ const PLAIN: [bool; 256] = {
 /// a table lookup per byte; anything else (wildcards, other characters, errors) takes
 /// [`check_tokens_chars`], the rules as written.
 fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
-    let mut after_dot = true;
+    // Branch-free: accumulate "not plain" and "dot after dot" over all bytes, decide once.
+    let mut odd = 0u8;
+    let mut prev = DOT;
     for &b in s.as_bytes() {
-        let dot = b == b'.';
-        if !(dot || PLAIN[b as usize]) || (dot && after_dot) {
-            return check_tokens_chars(s, allow_wildcards);
-        }
-        after_dot = dot;
+        let class = CLASS[b as usize];
+        odd |= (class & OTHER) | (class & prev);
+        prev = class;
     }
-    if after_dot {
+    if odd != 0 {
+        return check_tokens_chars(s, allow_wildcards);
+    }
+    if prev == DOT {
         // Empty, or a trailing dot.
         return Err(PatternError::EmptyToken);
     }
     Ok(())
 }
+
+const DOT: u8 = 1;
+const OTHER: u8 = 2;
+
+/// Each byte's class for [`check_tokens`]: 0 (a [`PLAIN`] byte), [`DOT`] or [`OTHER`].
+const CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        if PLAIN[b] {
+            t[b] = 0;
+        } else if b == b'.' as usize {
+            t[b] = DOT;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// The rules as written, over `char`s.
 fn check_tokens_chars(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
