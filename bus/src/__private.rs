@@ -9,16 +9,7 @@ pub use std::string::String;
 
 use bus_subject::check_token;
 
-thread_local! {
-    /// The buffer subjects are written into; reused, so building a subject allocates once.
-    static SCRATCH: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
-}
-
 /// Builds a concrete subject, checking each placeholder value as it is written.
-///
-/// It writes into a reused per-thread buffer and [`finish`](SubjectBuilder::finish) copies the
-/// result into a `String` of exactly its length: on NATS the subject becomes `Bytes`, which
-/// costs a second allocation when a `Vec`'s capacity is larger than its length.
 #[derive(Debug)]
 pub struct SubjectBuilder {
     out: String,
@@ -28,9 +19,7 @@ impl SubjectBuilder {
     /// Starts with the literal prefix (the root and any literal tokens before the first placeholder).
     #[inline]
     pub fn new(prefix: &'static str, capacity: usize) -> Self {
-        let mut out = SCRATCH.take();
-        out.clear();
-        out.reserve(capacity);
+        let mut out = String::with_capacity(capacity);
         out.push_str(prefix);
         SubjectBuilder { out }
     }
@@ -62,17 +51,7 @@ impl SubjectBuilder {
     /// The subject.
     #[inline]
     pub fn finish(self) -> String {
-        self.out.as_str().to_owned()
-    }
-}
-
-impl Drop for SubjectBuilder {
-    #[inline]
-    fn drop(&mut self) {
-        // Gives the buffer back; an unusually long subject does not keep its memory.
-        if self.out.capacity() <= 1024 {
-            SCRATCH.set(std::mem::take(&mut self.out));
-        }
+        self.out
     }
 }
 

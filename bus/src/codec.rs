@@ -68,15 +68,6 @@ fn copy_into(block: &mut BytesMut, bytes: &[u8]) -> Bytes {
     block.split().freeze()
 }
 
-/// A copy of `bytes` in this thread's block: a `Bytes` that clones by a reference count, with
-/// no allocation of its own (async-nats clones every subject it is given).
-pub(crate) fn shared_copy(bytes: &[u8]) -> Bytes {
-    BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
-        Ok(mut buffers) => copy_into(&mut buffers.block, bytes),
-        Err(_) => Bytes::copy_from_slice(bytes),
-    })
-}
-
 /// Decodes MessagePack into `T`; struct fields may be given as a map (named) or an array.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, rmp_serde::decode::Error> {
     rmp_serde::from_slice(payload)

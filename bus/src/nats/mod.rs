@@ -142,10 +142,6 @@ impl NatsBroker {
             headers,
             payload,
         } = msg;
-        // async-nats copies a `String` subject into a new allocation, and clones a `Subject`:
-        // one made from a shared block clones by a reference count.
-        let subject = async_nats::Subject::from_utf8(crate::codec::shared_copy(subject.as_bytes()))
-            .map_err(|e| Error::nats("publish", e))?;
         let result = match (reply, headers.is_empty()) {
             (None, true) => self.client.publish(subject, payload).await,
             (None, false) => {
