@@ -370,10 +370,7 @@ pub fn check_token(value: &str) -> Result<(), TokenError> {
         return Err(TokenError::Empty);
     }
     // Fast path: the common case is short ASCII made of safe characters.
-    if value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if value.bytes().all(|b| PLAIN[b as usize]) {
         return Ok(());
     }
     for c in value.chars() {
@@ -416,7 +413,60 @@ impl fmt::Display for PatternError {
 
 impl std::error::Error for PatternError {}
 
+/// The bytes of a plain token: ASCII letters, digits, `_` and `-`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+        b += 1;
+    }
+    t
+};
+
+/// This runs on every publish, so the common case (tokens of [`PLAIN`] bytes) is one pass with
+/// a table lookup per byte; anything else (wildcards, other characters, errors) takes
+/// [`check_tokens_chars`], the rules as written.
 fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
+    // Branch-free: accumulate "not plain" and "dot after dot" over all bytes, decide once.
+    let mut odd = 0u8;
+    let mut prev = DOT;
+    for &b in s.as_bytes() {
+        let class = CLASS[b as usize];
+        odd |= (class & OTHER) | (class & prev);
+        prev = class;
+    }
+    if odd != 0 {
+        return check_tokens_chars(s, allow_wildcards);
+    }
+    if prev == DOT {
+        // Empty, or a trailing dot.
+        return Err(PatternError::EmptyToken);
+    }
+    Ok(())
+}
+
+const DOT: u8 = 1;
+const OTHER: u8 = 2;
+
+/// Each byte's class for [`check_tokens`]: 0 (a [`PLAIN`] byte), [`DOT`] or [`OTHER`].
+const CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        if PLAIN[b] {
+            t[b] = 0;
+        } else if b == b'.' as usize {
+            t[b] = DOT;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The rules as written, over `char`s.
+fn check_tokens_chars(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
     let count = s.split('.').count();
     for (i, token) in s.split('.').enumerate() {
         if token.is_empty() {
@@ -594,6 +644,55 @@ mod tests {
         }
         for good in ["slack", "a-1", "a_b", "42", "ünï"] {
             assert!(check_token(good).is_ok(), "{good:?} must be accepted");
+        }
+    }
+
+    #[test]
+    fn the_byte_pass_agrees_with_the_char_rules() {
+        let cases = [
+            "",
+            ".",
+            "a",
+            "a.",
+            ".a",
+            "a..b",
+            "a.b",
+            "*",
+            ">",
+            "a.*",
+            "a.>",
+            "a.>.b",
+            ">.a",
+            "a.*.>",
+            "a*",
+            "a.b*",
+            "x>",
+            "a b",
+            "a\tb",
+            "a\u{7f}b",
+            "a\u{0}",
+            "a.\u{1f}",
+            "ünï.b",
+            "a.\u{a0}",
+            "a.\u{85}",
+            "é..b",
+            "é.*",
+            "é.>.x",
+            "plugin.outbound.slack.a1",
+            "a-b_c.D9",
+            "a.b.",
+            "..",
+            "a.$",
+            "a.é",
+        ];
+        for s in cases {
+            for wild in [false, true] {
+                assert_eq!(
+                    check_tokens(s, wild),
+                    check_tokens_chars(s, wild),
+                    "{s:?} (wildcards allowed: {wild})"
+                );
+            }
         }
     }
 

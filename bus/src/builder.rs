@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::Broker;
-use crate::bus::DEFAULT_REQUEST_TIMEOUT;
+use crate::bus::{DirectBroker, DEFAULT_REQUEST_TIMEOUT};
+use crate::headers::WireHeaders;
 use crate::local::{LocalBroker, LocalOptions};
 use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 use crate::outbox::{Durability, Outbox, OutboxOptions};
@@ -52,6 +52,7 @@ pub struct BusBuilder {
     outbox: OutboxChoice,
     outbox_options: OutboxOptions,
     request_timeout: Option<Duration>,
+    wire_headers: WireHeaders,
     nats: NatsOptions,
     local: LocalOptions,
 }
@@ -92,6 +93,15 @@ impl BusBuilder {
     /// How much the outbox survives: a process crash (the default) or a power loss.
     pub fn durability(mut self, durability: Durability) -> Self {
         self.outbox_options.durability = durability;
+        self
+    }
+
+    /// Which headers typed messages carry on the wire: [`WireHeaders::Minimal`] (the default:
+    /// only the ids of messages that go through the outbox, and the correlation id of requests)
+    /// or [`WireHeaders::Full`] (ids, `Content-Type` and `Bus-Type` on every typed message).
+    /// See [`WireHeaders`] for why, with the measured cost.
+    pub fn wire_headers(mut self, wire_headers: WireHeaders) -> Self {
+        self.wire_headers = wire_headers;
         self
     }
 
@@ -181,8 +191,11 @@ impl BusBuilder {
     /// outbox and drain once it is up. Fails on bad configuration or an unusable outbox file.
     pub async fn connect(self) -> Result<Bus> {
         let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-        let (broker, default_outbox): (Arc<dyn Broker>, bool) = match self.backend {
-            Backend::Local => (Arc::new(LocalBroker::with_options(self.local)), false),
+        let (direct, default_outbox) = match self.backend {
+            Backend::Local => (
+                DirectBroker::Local(Arc::new(LocalBroker::with_options(self.local))),
+                false,
+            ),
             Backend::Nats => {
                 if self.nats.urls.is_empty() {
                     return Err(Error::Config(
@@ -191,7 +204,10 @@ impl BusBuilder {
                 }
                 let mut opts = self.nats;
                 opts.request_timeout = request_timeout;
-                (Arc::new(NatsBroker::connect(opts).await?), true)
+                (
+                    DirectBroker::Nats(Arc::new(NatsBroker::connect(opts).await?)),
+                    true,
+                )
             }
         };
         let path = match self.outbox {
@@ -200,9 +216,14 @@ impl BusBuilder {
             OutboxChoice::Default | OutboxChoice::Off => None,
         };
         let outbox = match path {
-            Some(path) => Some(Outbox::open(path, self.outbox_options, broker.clone()).await?),
+            Some(path) => Some(Outbox::open(path, self.outbox_options, direct.as_dyn()).await?),
             None => None,
         };
-        Ok(Bus::from_parts(broker, outbox, request_timeout))
+        Ok(Bus::from_parts(
+            direct,
+            outbox,
+            request_timeout,
+            self.wire_headers,
+        ))
     }
 }

@@ -10,10 +10,12 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::broker::{Broker, ConnectionState, RawMessage};
-use crate::headers::{self, Headers};
+use crate::headers::{self, Headers, WireHeaders};
 use crate::message::{Filter, Message, Request};
 use crate::outbox::{DeadLetters, Outbox, OutboxStats};
-use crate::{codec, msg_id, BusBuilder, Envelope, Error, LocalBroker, Result, Subscription};
+use crate::{
+    codec, msg_id, BusBuilder, Envelope, Error, LocalBroker, NatsBroker, Result, Subscription,
+};
 
 /// The default time a request waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,8 +48,28 @@ pub struct Bus {
 
 struct Inner {
     broker: Arc<dyn Broker>,
+    /// The same broker by its concrete type: a publish calls it directly, without the boxed
+    /// future of the `Broker` trait.
+    direct: DirectBroker,
     outbox: Option<Outbox>,
     request_timeout: Duration,
+    wire: WireHeaders,
+}
+
+/// The broker of a [`Bus`], by its concrete type.
+#[derive(Clone)]
+pub(crate) enum DirectBroker {
+    Local(Arc<LocalBroker>),
+    Nats(Arc<NatsBroker>),
+}
+
+impl DirectBroker {
+    pub(crate) fn as_dyn(&self) -> Arc<dyn Broker> {
+        match self {
+            DirectBroker::Local(b) => b.clone(),
+            DirectBroker::Nats(b) => b.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for Bus {
@@ -64,9 +86,10 @@ impl Bus {
     /// A bus on the embedded in-process broker, with no outbox: no server, nothing on disk.
     pub async fn local() -> Result<Bus> {
         Ok(Bus::from_parts(
-            Arc::new(LocalBroker::new()),
+            DirectBroker::Local(Arc::new(LocalBroker::new())),
             None,
             DEFAULT_REQUEST_TIMEOUT,
+            WireHeaders::default(),
         ))
     }
 
@@ -86,17 +109,25 @@ impl Bus {
     }
 
     pub(crate) fn from_parts(
-        broker: Arc<dyn Broker>,
+        broker: DirectBroker,
         outbox: Option<Outbox>,
         request_timeout: Duration,
+        wire: WireHeaders,
     ) -> Bus {
         Bus {
             inner: Arc::new(Inner {
-                broker,
+                broker: broker.as_dyn(),
+                direct: broker,
                 outbox,
                 request_timeout,
+                wire,
             }),
         }
+    }
+
+    /// Which headers typed messages carry on the wire (see [`WireHeaders`]).
+    pub fn wire_headers(&self) -> WireHeaders {
+        self.inner.wire
     }
 
     /// The broker underneath, for raw (untyped) use.
@@ -116,33 +147,68 @@ impl Bus {
 
     /// Publishes a typed message. Returns once it is committed to the outbox (when there is one)
     /// or handed to the broker (when there is none).
+    ///
+    /// Its headers follow the bus's [`WireHeaders`]: by default a message through the outbox
+    /// carries its `Bus-Msg-Id` (and `Nats-Msg-Id`), a direct one no header at all.
     pub async fn publish<M: Message>(&self, msg: &M) -> Result<()> {
         self.publish_with_headers(msg, Headers::new()).await
     }
 
-    /// Publishes a typed message with extra headers of your own.
+    /// Publishes a typed message with extra headers of your own (always sent, in this order,
+    /// before those of the [`WireHeaders`] policy). A `Bus-Msg-Id` among them is kept as the
+    /// message's id.
     pub async fn publish_with_headers<M: Message>(&self, msg: &M, headers: Headers) -> Result<()> {
-        let raw = encode_message(msg, headers, None)?;
-        self.publish_raw(raw).await
+        // The derive builds the subject token by token and checks each placeholder value as it
+        // is written (the template's literals were checked at compile time): it is not checked
+        // again here. The broker, or the outbox before queueing, checks it once.
+        let mut raw = RawMessage {
+            subject: msg.subject()?,
+            reply: None,
+            headers,
+            payload: codec::encode(msg, M::TYPE_NAME)?,
+        };
+        if self.inner.wire == WireHeaders::Full {
+            full_headers::<M>(&mut raw.headers);
+        }
+        self.send(raw).await
     }
 
     /// Publishes raw bytes to a concrete subject, through the outbox if there is one.
     ///
-    /// Adds a `Bus-Msg-Id` (and `Nats-Msg-Id`) header if the message has none.
+    /// Through the outbox (or with [`WireHeaders::Full`]) it adds a `Bus-Msg-Id` and a
+    /// `Nats-Msg-Id` header if the message has no `Bus-Msg-Id`.
     pub async fn publish_raw(&self, mut msg: RawMessage) -> Result<()> {
-        bus_subject::check_subject(&msg.subject).map_err(|e| Error::InvalidSubject {
-            subject: msg.subject.clone(),
-            reason: e.to_string(),
-        })?;
-        if msg.headers.get(headers::MSG_ID).is_none() {
-            let id = msg_id::new_msg_id();
-            msg.headers.append(headers::NATS_MSG_ID, id.clone());
-            msg.headers.append(headers::MSG_ID, id);
+        if self.inner.wire == WireHeaders::Full {
+            stamp_msg_id(&mut msg.headers);
         }
-        let span = tracing::trace_span!("publish", subject = %msg.subject);
+        self.send(msg).await
+    }
+
+    /// The one place a message leaves the bus: into the outbox, or straight to the broker.
+    async fn send(&self, mut msg: RawMessage) -> Result<()> {
         match &self.inner.outbox {
-            Some(outbox) => outbox.enqueue(msg).instrument(span).await,
-            None => self.inner.broker.publish(msg).instrument(span).await,
+            Some(outbox) => {
+                // Checked before queueing: a bad subject must fail this call, not become a dead
+                // letter later.
+                check_subject(&msg.subject)?;
+                // A message from the outbox may be sent more than once: the id lets consumers
+                // (and JetStream, through `Nats-Msg-Id`) drop the duplicate.
+                stamp_msg_id(&mut msg.headers);
+                match publish_span(&msg.subject) {
+                    Some(span) => outbox.enqueue(msg).instrument(span).await,
+                    None => outbox.enqueue(msg).await,
+                }
+            }
+            None => match &self.inner.direct {
+                DirectBroker::Local(local) => {
+                    let _entered = publish_span(&msg.subject).map(tracing::Span::entered);
+                    local.publish_now(msg).map(drop)
+                }
+                DirectBroker::Nats(nats) => match publish_span(&msg.subject) {
+                    Some(span) => nats.publish_checked(msg).instrument(span).await,
+                    None => nats.publish_checked(msg).await,
+                },
+            },
         }
     }
 
@@ -171,8 +237,20 @@ impl Bus {
         req: &M,
         timeout: Duration,
     ) -> Result<Envelope<M::Reply>> {
-        let id = msg_id::new_msg_id();
-        let raw = encode_message(req, Headers::new(), Some(&id))?;
+        let mut headers = Headers::with_capacity(match self.inner.wire {
+            WireHeaders::Full => 5,
+            _ => 1,
+        });
+        if self.inner.wire == WireHeaders::Full {
+            full_headers::<M>(&mut headers);
+        }
+        headers.append(headers::CORRELATION_ID, msg_id::new_msg_id());
+        let raw = RawMessage {
+            subject: req.subject()?,
+            reply: None,
+            headers,
+            payload: codec::encode(req, M::TYPE_NAME)?,
+        };
         let subject = raw.subject.clone();
         let reply = self
             .inner
@@ -221,6 +299,7 @@ impl Bus {
             .subscribe(&pattern, filter.queue_group())
             .await?;
         let broker = self.inner.broker.clone();
+        let wire = self.inner.wire;
         let handler = Arc::new(handler);
         let task = tokio::spawn(async move {
             let mut messages = raw.messages;
@@ -237,7 +316,7 @@ impl Bus {
                             .headers
                             .get(headers::CORRELATION_ID)
                             .or_else(|| msg.headers.get(headers::MSG_ID))
-                            .map(str::to_string);
+                            .map(str::to_owned);
                         let outcome = match codec::decode::<M>(&msg.payload) {
                             Ok(body) => {
                                 let env = Envelope::new(body, msg.subject, msg.reply, msg.headers);
@@ -247,7 +326,7 @@ impl Bus {
                                 Err(format!("cannot decode request as `{}`: {e}", M::TYPE_NAME))
                             }
                         };
-                        let reply = build_reply::<M>(reply_to, correlation, outcome);
+                        let reply = build_reply::<M>(reply_to, correlation, outcome, wire);
                         if let Err(e) = broker.publish(reply).await {
                             tracing::warn!(error = %e, "cannot send reply");
                         }
@@ -289,8 +368,9 @@ fn build_reply<M: Request>(
     reply_to: String,
     correlation: Option<String>,
     outcome: std::result::Result<M::Reply, String>,
+    wire: WireHeaders,
 ) -> RawMessage {
-    let mut h = Headers::with_capacity(4);
+    let mut h = Headers::with_capacity(2);
     if let Some(c) = correlation {
         h.append(headers::CORRELATION_ID, c);
     }
@@ -298,7 +378,9 @@ fn build_reply<M: Request>(
         codec::encode(&r, std::any::type_name::<M::Reply>()).map_err(|e| e.to_string())
     }) {
         Ok(bytes) => {
-            h.append(headers::CONTENT_TYPE, headers::MSGPACK);
+            if wire == WireHeaders::Full {
+                h.append(headers::CONTENT_TYPE, headers::MSGPACK);
+            }
             bytes
         }
         Err(message) => {
@@ -314,28 +396,38 @@ fn build_reply<M: Request>(
     }
 }
 
-/// Encodes a typed message with the standard headers of the wire format.
-pub(crate) fn encode_message<M: Message>(
-    msg: &M,
-    mut headers: Headers,
-    correlation: Option<&str>,
-) -> Result<RawMessage> {
-    let subject = msg.subject()?;
-    let payload = codec::encode(msg, M::TYPE_NAME)?;
-    let id = msg_id::new_msg_id();
-    headers.append(headers::NATS_MSG_ID, id.clone());
-    headers.append(headers::MSG_ID, id);
+/// The headers [`WireHeaders::Full`] adds to a typed message, after the caller's.
+fn full_headers<M: Message>(headers: &mut Headers) {
+    stamp_msg_id(headers);
     headers.append(headers::CONTENT_TYPE, headers::MSGPACK);
     headers.append(headers::TYPE, M::TYPE_NAME);
-    if let Some(c) = correlation {
-        headers.append(headers::CORRELATION_ID, c.to_string());
+}
+
+/// Gives the message an id (as `Bus-Msg-Id` and `Nats-Msg-Id`) unless it has one.
+fn stamp_msg_id(headers: &mut Headers) {
+    if headers.get(headers::MSG_ID).is_none() {
+        let id = msg_id::new_msg_id();
+        headers.append(headers::NATS_MSG_ID, id.clone());
+        headers.append(headers::MSG_ID, id);
     }
-    Ok(RawMessage {
-        subject,
-        reply: None,
-        headers,
-        payload,
+}
+
+fn check_subject(subject: &str) -> Result<()> {
+    bus_subject::check_subject(subject).map_err(|e| Error::InvalidSubject {
+        subject: subject.to_owned(),
+        reason: e.to_string(),
     })
+}
+
+/// The `publish` span, made only when a subscriber wants TRACE: even a disabled span cost a
+/// visible share of a local publish.
+#[inline]
+fn publish_span(subject: &str) -> Option<tracing::Span> {
+    if tracing::enabled!(tracing::Level::TRACE) {
+        Some(tracing::trace_span!("publish", subject))
+    } else {
+        None
+    }
 }
 
 /// A running [`Bus::serve`] responder. Dropping the handle leaves it running; call

@@ -42,6 +42,11 @@ impl<T> Envelope<T> {
     }
 
     /// Its `Bus-Msg-Id`: unique per message, stable across retries (use it to dedupe).
+    ///
+    /// `None` for a message sent without one: by default ([`WireHeaders::Minimal`]) only
+    /// messages that went through an outbox, the ones that can arrive twice, carry an id.
+    ///
+    /// [`WireHeaders::Minimal`]: crate::WireHeaders::Minimal
     pub fn msg_id(&self) -> Option<&str> {
         self.headers.get(headers::MSG_ID)
     }

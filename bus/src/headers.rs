@@ -17,6 +17,47 @@ pub const CORRELATION_ID: &str = "Bus-Correlation-Id";
 /// Set on a reply when the responder's handler failed; the value is its error message.
 pub const ERROR: &str = "Bus-Error";
 
+/// Which headers a typed message carries on the wire; set with
+/// [`BusBuilder::wire_headers`](crate::BusBuilder::wire_headers).
+///
+/// Why a choice: on async-nats 0.35 headers are the largest cost of a NATS message. The client
+/// builds a SipHash `HashMap` of owned strings to send them and parses every header back into one
+/// on receive. Measured here (`bus-bench`, 128-byte messages, end to end): raw async-nats sending
+/// the four headers of [`Full`](WireHeaders::Full) by hand reached 0.18 of its own speed without
+/// headers; with one header, 0.45. So the default sends only what a guarantee of the SDK needs.
+///
+/// Headers given to [`Bus::publish_with_headers`](crate::Bus::publish_with_headers) are always
+/// sent, and a request always carries [`CORRELATION_ID`] (its reply copies it back).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), bus::Error> {
+/// let bus = bus::Bus::builder()
+///     .nats(["nats://127.0.0.1:4222"])
+///     .wire_headers(bus::WireHeaders::Full)
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WireHeaders {
+    /// Only the headers a guarantee needs (the default):
+    /// - through the outbox, [`MSG_ID`] and [`NATS_MSG_ID`]: such a message may be sent more
+    ///   than once (a retry after a lost confirmation), so consumers and JetStream dedupe on
+    ///   its id;
+    /// - on a direct publish (no outbox), none: it is sent once, there is nothing to dedupe;
+    ///   [`Envelope::msg_id`](crate::Envelope::msg_id) is then `None` at the receiver;
+    /// - a request carries [`CORRELATION_ID`], and its reply copies it.
+    ///
+    /// Receivers identify the type by the subject, and the payload is always MessagePack.
+    #[default]
+    Minimal,
+    /// Every typed message carries [`MSG_ID`], [`NATS_MSG_ID`], [`CONTENT_TYPE`]
+    /// (`application/msgpack`) and [`TYPE`]; replies carry [`CONTENT_TYPE`]. For peers that
+    /// route or dedupe on these headers, at the cost measured above.
+    Full,
+}
+
 /// Message headers: an ordered list of name/value pairs; a name may appear more than once.
 ///
 /// Names compare case-sensitively, as in NATS.
@@ -26,9 +67,12 @@ pub const ERROR: &str = "Bus-Error";
 /// h.insert("Tenant", "acme");
 /// assert_eq!(h.get("Tenant"), Some("acme"));
 /// ```
+///
+/// Names and values are `Cow<'static, str>`: the constant ones (`application/msgpack`, a type
+/// name, your own literals) are never copied, which matters on a path that runs per message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    entries: Vec<(Cow<'static, str>, String)>,
+    entries: Vec<(Cow<'static, str>, Cow<'static, str>)>,
 }
 
 impl Headers {
@@ -45,14 +89,22 @@ impl Headers {
     }
 
     /// Sets `name` to `value`, replacing any previous values.
-    pub fn insert(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
+    pub fn insert(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) {
         let name = name.into();
         self.entries.retain(|(n, _)| *n != name);
         self.entries.push((name, value.into()));
     }
 
     /// Adds a value for `name`, keeping previous ones.
-    pub fn append(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
+    pub fn append(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) {
         self.entries.push((name.into(), value.into()));
     }
 
@@ -61,7 +113,7 @@ impl Headers {
         self.entries
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Every value of `name`, in order.
@@ -69,7 +121,7 @@ impl Headers {
         self.entries
             .iter()
             .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Removes every value of `name`.
@@ -79,7 +131,12 @@ impl Headers {
 
     /// All entries, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
+        self.entries.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+    }
+
+    /// All entries as stored, for conversions that avoid copying `'static` names and values.
+    pub(crate) fn entries(&self) -> &[(Cow<'static, str>, Cow<'static, str>)] {
+        &self.entries
     }
 
     /// Number of entries.
@@ -116,7 +173,7 @@ impl<'a> IntoIterator for &'a Headers {
     }
 }
 
-impl<N: Into<Cow<'static, str>>, V: Into<String>> FromIterator<(N, V)> for Headers {
+impl<N: Into<Cow<'static, str>>, V: Into<Cow<'static, str>>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         Headers {
             entries: iter

@@ -70,7 +70,7 @@ pub use crate::builder::{BusBuilder, DEFAULT_OUTBOX_PATH};
 pub use crate::bus::{Bus, ServeHandle, DEFAULT_REQUEST_TIMEOUT};
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
-pub use crate::headers::Headers;
+pub use crate::headers::{Headers, WireHeaders};
 pub use crate::local::{LocalBroker, LocalOptions};
 pub use crate::message::{Filter, Message, Request, SubjectToken};
 pub use crate::msg_id::new_msg_id;

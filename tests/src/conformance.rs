@@ -560,9 +560,12 @@ pub async fn request_reply(b: &dyn Broker) {
             let mut h = Headers::new();
             h.insert(
                 "Bus-Correlation-Id",
-                req.headers.get("Bus-Correlation-Id").unwrap_or("none"),
+                req.headers
+                    .get("Bus-Correlation-Id")
+                    .unwrap_or("none")
+                    .to_owned(),
             );
-            h.append("X-Echo", text(req));
+            h.append("X-Echo", text(req).to_owned());
             RawMessage::new("", format!("{}-pong", text(req))).with_headers(h)
         })
     );

@@ -115,7 +115,10 @@ async fn request_reply_no_responders_and_timeout() {
         let mut h = Headers::new();
         h.insert(
             "Bus-Correlation-Id",
-            req.headers.get("Bus-Correlation-Id").unwrap_or("-"),
+            req.headers
+                .get("Bus-Correlation-Id")
+                .unwrap_or("-")
+                .to_owned(),
         );
         let mut reply = RawMessage::new(
             req.reply.expect("a request has a reply subject"),

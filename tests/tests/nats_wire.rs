@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bus::{Bus, ConnectionState, Message};
+use bus::{Bus, ConnectionState, Message, WireHeaders};
 use bus_tests::server::NatsServer;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -53,12 +53,11 @@ async fn sync(peer: &async_nats::Client) {
 }
 
 async fn bus(url: &str) -> Bus {
-    let bus = Bus::builder()
-        .nats([url])
-        .no_outbox()
-        .connect()
-        .await
-        .unwrap();
+    connected(Bus::builder().nats([url]).no_outbox()).await
+}
+
+async fn connected(builder: bus::BusBuilder) -> Bus {
+    let bus = builder.connect().await.unwrap();
     let mut state = bus.watch_state();
     tokio::time::timeout(GUARD, state.wait_for(|s| *s == ConnectionState::Connected))
         .await
@@ -101,9 +100,15 @@ async fn a_foreign_peer_publishes_and_the_typed_subscriber_decodes() {
 }
 
 #[tokio::test]
-async fn a_foreign_peer_decodes_what_the_sdk_publishes() {
+async fn a_foreign_peer_decodes_what_the_sdk_publishes_with_full_headers() {
     let server = NatsServer::start();
-    let bus = bus(&server.url()).await;
+    let bus = connected(
+        Bus::builder()
+            .nats([server.url()])
+            .no_outbox()
+            .wire_headers(WireHeaders::Full),
+    )
+    .await;
     let peer = async_nats::connect(server.url()).await.unwrap();
     let mut sub = peer.subscribe("plugin.outbound.>").await.unwrap();
     sync(&peer).await;
@@ -121,7 +126,8 @@ async fn a_foreign_peer_decodes_what_the_sdk_publishes() {
         .unwrap()
         .unwrap();
     assert_eq!(msg.subject.as_str(), "plugin.outbound.irc.b2");
-    let h = msg.headers.expect("the SDK sends headers");
+    let h = msg.headers.expect("WireHeaders::Full sends headers");
+    assert_eq!(h.iter().map(|(_, v)| v.len()).sum::<usize>(), 4, "{h:?}");
     assert_eq!(
         h.get("Content-Type").unwrap().as_str(),
         "application/msgpack"
@@ -140,6 +146,60 @@ async fn a_foreign_peer_decodes_what_the_sdk_publishes() {
         ["channel", "instance", "retries", "text"]
     );
     assert_eq!(map["text"], rmpv_like::Value::Str("hello".into()));
+}
+
+/// The default policy (`WireHeaders::Minimal`) as a peer sees it: nothing but the payload on a
+/// direct publish; through the outbox, the two id headers a deduplicating consumer needs.
+#[tokio::test]
+async fn minimal_wire_headers_as_a_foreign_peer_sees_them() {
+    let server = NatsServer::start();
+    let direct = bus(&server.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let durable = connected(
+        Bus::builder()
+            .nats([server.url()])
+            .outbox_path(dir.path().join("outbox.sqlite3")),
+    )
+    .await;
+    let peer = async_nats::connect(server.url()).await.unwrap();
+    let mut sub = peer.subscribe("plugin.outbound.>").await.unwrap();
+    sync(&peer).await;
+    let msg = |instance: &str| Outbound {
+        channel: "irc".into(),
+        instance: instance.into(),
+        text: "hello".into(),
+        retries: 0,
+    };
+
+    msg("direct").publish(&direct).await.unwrap();
+    let got = tokio::time::timeout(GUARD, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.subject.as_str(), "plugin.outbound.irc.direct");
+    assert!(
+        got.headers.as_ref().is_none_or(|h| h.is_empty()),
+        "a direct publish sends no header: {:?}",
+        got.headers
+    );
+    let body: Outbound = rmp_serde::from_slice(&got.payload).unwrap();
+    assert_eq!(body, msg("direct"));
+
+    msg("queued").publish(&durable).await.unwrap();
+    durable.flush().await.unwrap();
+    let got = tokio::time::timeout(GUARD, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.subject.as_str(), "plugin.outbound.irc.queued");
+    let h = got.headers.expect("the outbox sends the id headers");
+    let mut names: Vec<String> = h.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["Bus-Msg-Id", "Nats-Msg-Id"]);
+    assert_eq!(
+        h.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str(),
+        h.get("Bus-Msg-Id").unwrap().as_str()
+    );
 }
 
 #[tokio::test]

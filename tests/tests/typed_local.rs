@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bus::{headers, Bus, Envelope, Error, Message, RawMessage, Subscription};
+use bus::{headers, Bus, Envelope, Error, Headers, Message, RawMessage, Subscription, WireHeaders};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -95,17 +95,175 @@ async fn publish_subscribe_with_filters() {
     assert_eq!(texts(drain(&mut a1)), ["1", "2"]);
     assert_eq!(texts(drain(&mut exact)), ["4"]);
 
-    // The envelope carries the subject, the body and the wire-format headers.
+    // The envelope carries the subject and the body; the headers are those of the bus's
+    // `WireHeaders` (tested below).
     outbound("slack", "a1", "5").publish(&bus).await.unwrap();
     let env = next(&mut slack).await.unwrap();
     assert_eq!(env.subject(), "plugin.outbound.slack.a1");
     assert_eq!(*env.body(), outbound("slack", "a1", "5"));
-    assert!(env.msg_id().is_some(), "every message has a Bus-Msg-Id");
+}
+
+/// Every header of an envelope, in order, with the id values replaced by `<id>` (after checking
+/// that `Bus-Msg-Id` and `Nats-Msg-Id` agree).
+fn header_shape<T>(env: &Envelope<T>) -> Vec<(String, String)> {
+    let h = env.headers();
     assert_eq!(
-        env.headers().get(headers::CONTENT_TYPE),
-        Some(headers::MSGPACK)
+        h.get(headers::MSG_ID),
+        h.get(headers::NATS_MSG_ID),
+        "the two id headers carry the same id"
     );
-    assert_eq!(env.headers().get(headers::TYPE), Some("Outbound"));
+    h.iter()
+        .map(|(n, v)| {
+            let v = match n {
+                headers::MSG_ID | headers::NATS_MSG_ID | headers::CORRELATION_ID => "<id>",
+                _ => v,
+            };
+            (n.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn shape(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn minimal_wire_headers_send_nothing_on_a_direct_publish() {
+    let bus = Bus::local().await.unwrap();
+    assert_eq!(bus.wire_headers(), WireHeaders::Minimal, "the default");
+    let mut sub = Outbound::subscribe(&bus, Outbound::filter()).await.unwrap();
+    outbound("slack", "a1", "bare").publish(&bus).await.unwrap();
+    let env = next(&mut sub).await.unwrap();
+    assert_eq!(env.text, "bare");
+    assert!(env.headers().is_empty(), "{:?}", env.headers());
+    assert_eq!(env.msg_id(), None);
+
+    // Headers of your own are always sent, and only they.
+    let mut mine = Headers::new();
+    mine.insert("Tenant", "acme");
+    bus.publish_with_headers(&outbound("slack", "a1", "mine"), mine)
+        .await
+        .unwrap();
+    let env = next(&mut sub).await.unwrap();
+    assert_eq!(header_shape(&env), shape(&[("Tenant", "acme")]));
+
+    // Requests carry their correlation id, and replies copy it, with nothing else.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_by_handler = seen.clone();
+    Delegate::serve(&bus, Delegate::filter(), move |req| {
+        seen_by_handler.lock().unwrap().push(header_shape(&req));
+        async move {
+            Ok::<_, Error>(RouteReply {
+                accepted: true,
+                by: req.agent.clone(),
+            })
+        }
+    })
+    .await
+    .unwrap();
+    let reply = Delegate {
+        agent: "planner".into(),
+        task: "t".into(),
+    }
+    .request(&bus)
+    .await
+    .unwrap();
+    let correlation = shape(&[(headers::CORRELATION_ID, "<id>")]);
+    assert_eq!(*seen.lock().unwrap(), std::slice::from_ref(&correlation));
+    assert_eq!(header_shape(&reply), correlation);
+    assert!(reply.correlation_id().is_some());
+}
+
+#[tokio::test]
+async fn minimal_wire_headers_send_the_ids_through_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::builder()
+        .local()
+        .outbox_path(dir.path().join("o.db"))
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = Outbound::subscribe(&bus, Outbound::filter()).await.unwrap();
+    outbound("slack", "a1", "1").publish(&bus).await.unwrap();
+    outbound("slack", "a1", "2").publish(&bus).await.unwrap();
+    bus.flush().await.unwrap();
+    let first = next(&mut sub).await.unwrap();
+    let second = next(&mut sub).await.unwrap();
+    let ids = shape(&[(headers::NATS_MSG_ID, "<id>"), (headers::MSG_ID, "<id>")]);
+    assert_eq!(header_shape(&first), ids);
+    assert_eq!(header_shape(&second), ids);
+    assert_ne!(first.msg_id(), second.msg_id(), "one id per message");
+}
+
+#[tokio::test]
+async fn full_wire_headers_describe_every_typed_message() {
+    let bus = Bus::builder()
+        .local()
+        .wire_headers(WireHeaders::Full)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(bus.wire_headers(), WireHeaders::Full);
+    let mut sub = Outbound::subscribe(&bus, Outbound::filter()).await.unwrap();
+    let mut mine = Headers::new();
+    mine.insert("Tenant", "acme");
+    bus.publish_with_headers(&outbound("slack", "a1", "5"), mine)
+        .await
+        .unwrap();
+    let env = next(&mut sub).await.unwrap();
+    assert!(env.msg_id().is_some());
+    assert_eq!(
+        header_shape(&env),
+        shape(&[
+            ("Tenant", "acme"),
+            (headers::NATS_MSG_ID, "<id>"),
+            (headers::MSG_ID, "<id>"),
+            (headers::CONTENT_TYPE, headers::MSGPACK),
+            (headers::TYPE, "Outbound"),
+        ])
+    );
+
+    // Requests add their correlation id; replies say what their payload is.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_by_handler = seen.clone();
+    Delegate::serve(&bus, Delegate::filter(), move |req| {
+        seen_by_handler.lock().unwrap().push(header_shape(&req));
+        async move {
+            Ok::<_, Error>(RouteReply {
+                accepted: true,
+                by: req.agent.clone(),
+            })
+        }
+    })
+    .await
+    .unwrap();
+    let reply = Delegate {
+        agent: "planner".into(),
+        task: "t".into(),
+    }
+    .request(&bus)
+    .await
+    .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [shape(&[
+            (headers::NATS_MSG_ID, "<id>"),
+            (headers::MSG_ID, "<id>"),
+            (headers::CONTENT_TYPE, headers::MSGPACK),
+            (headers::TYPE, "Delegate"),
+            (headers::CORRELATION_ID, "<id>"),
+        ])]
+    );
+    assert_eq!(
+        header_shape(&reply),
+        shape(&[
+            (headers::CORRELATION_ID, "<id>"),
+            (headers::CONTENT_TYPE, headers::MSGPACK),
+        ])
+    );
 }
 
 #[tokio::test]

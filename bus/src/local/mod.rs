@@ -172,7 +172,9 @@ impl LocalBroker {
         Ok(())
     }
 
-    fn publish_now(&self, msg: RawMessage) -> Result<usize> {
+    /// Delivers `msg` now; returns how many subscriptions matched. [`Broker::publish`] without
+    /// the boxed future: what a [`Bus`](crate::Bus) calls.
+    pub(crate) fn publish_now(&self, msg: RawMessage) -> Result<usize> {
         self.check_open()?;
         let max = self.shared.options.max_payload;
         let size = msg.wire_size();

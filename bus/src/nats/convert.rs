@@ -1,39 +1,88 @@
 //! `bus` types <-> async-nats types, kept allocation-lean: both sit on the hot path.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::broker::RawMessage;
-use crate::{Error, Headers, Result};
+use crate::headers::{self as names, Headers};
+use crate::{Error, Result};
+
+/// The names `bus` itself puts on the wire: received, they are stored without a copy.
+const KNOWN_NAMES: [&str; 6] = [
+    names::MSG_ID,
+    names::NATS_MSG_ID,
+    names::CONTENT_TYPE,
+    names::TYPE,
+    names::CORRELATION_ID,
+    names::ERROR,
+];
 
 /// `Headers` -> `HeaderMap`, keeping every value of a multi-valued name in order. Refuses names
 /// and values NATS cannot carry (a `:`, a control character or white space in a name; CR or LF
 /// in a value), which async-nats would otherwise put on the wire and corrupt the protocol.
+///
+/// Per message on the publish path, so: a `&'static` name (every name `bus` sends, and your
+/// literals) becomes a `HeaderName` without a copy, and a name not seen before in these headers
+/// is `insert`ed (one hash) rather than `append`ed (a lookup, then an insert).
 pub(crate) fn to_header_map(headers: &Headers) -> Result<HeaderMap> {
     let mut map = HeaderMap::new();
-    for (name, value) in headers.iter() {
-        let n = HeaderName::from_str(name).map_err(|e| Error::Config(format!(
-            "header name {name:?} cannot be sent over NATS ({e}); use printable ASCII without ':' or spaces"
-        )))?;
-        let v = HeaderValue::from_str(value).map_err(|e| {
-            Error::Config(format!(
-                "value of header {name:?} cannot be sent over NATS ({e}); remove CR/LF"
-            ))
-        })?;
-        map.append(n, v);
+    let entries = headers.entries();
+    for (i, (name, value)) in entries.iter().enumerate() {
+        let n = header_name(name)?;
+        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(Error::Config(format!(
+                "value of header {name:?} cannot be sent over NATS (it contains CR or LF); remove CR/LF"
+            )));
+        }
+        let v = HeaderValue::from(value.as_ref());
+        if entries[..i].iter().any(|(earlier, _)| earlier == name) {
+            map.append(n, v);
+        } else {
+            map.insert(n, v);
+        }
     }
     Ok(map)
+}
+
+// The `Cow` itself is the point: its variant decides whether the name is copied.
+#[allow(clippy::ptr_arg)]
+fn header_name(name: &Cow<'static, str>) -> Result<HeaderName> {
+    // async-nats's `from_str` rule (printable ASCII but `:`) on bytes, so that a non-ASCII
+    // character (which that rule truncates to its low byte) and an empty name are refused too;
+    // `from_static` checks nothing.
+    if name.is_empty() || name.bytes().any(|b| b == b':' || !(33..=126).contains(&b)) {
+        return Err(Error::Config(format!(
+            "header name {name:?} cannot be sent over NATS; use printable ASCII without ':' or spaces"
+        )));
+    }
+    Ok(match name {
+        Cow::Borrowed(name) => HeaderName::from_static(name),
+        Cow::Owned(name) => HeaderName::from_str(name).map_err(|e| {
+            Error::Config(format!(
+                "header name {name:?} cannot be sent over NATS ({e})"
+            ))
+        })?,
+    })
 }
 
 /// `HeaderMap` -> `Headers`. Names keep their order per name; the order across names is the
 /// map's (NATS gives no meaning to it).
 pub(crate) fn from_header_map(map: &HeaderMap) -> Headers {
-    let mut headers = Headers::new();
+    let mut headers = Headers::with_capacity(map.iter().map(|(_, v)| v.len()).sum());
     for (name, values) in map.iter() {
         let name: &str = name.as_ref();
+        let name: Cow<'static, str> = match KNOWN_NAMES.iter().find(|k| **k == name) {
+            Some(known) => Cow::Borrowed(known),
+            None => Cow::Owned(name.to_owned()),
+        };
         for value in values {
-            headers.append(name.to_owned(), value.as_str());
+            let value: Cow<'static, str> = match value.as_str() {
+                names::MSGPACK => Cow::Borrowed(names::MSGPACK),
+                other => Cow::Owned(other.to_owned()),
+            };
+            headers.append(name.clone(), value);
         }
     }
     headers
@@ -42,13 +91,12 @@ pub(crate) fn from_header_map(map: &HeaderMap) -> Headers {
 /// An async-nats message as a `RawMessage`.
 pub(crate) fn from_nats(msg: async_nats::Message) -> RawMessage {
     RawMessage {
-        subject: msg.subject.as_str().to_owned(),
-        reply: msg.reply.map(|r| r.as_str().to_owned()),
-        headers: msg
-            .headers
-            .as_ref()
-            .map(from_header_map)
-            .unwrap_or_default(),
+        subject: msg.subject.into_string(),
+        reply: msg.reply.map(async_nats::Subject::into_string),
+        headers: match &msg.headers {
+            Some(map) if !map.is_empty() => from_header_map(map),
+            _ => Headers::new(),
+        },
         payload: msg.payload,
     }
 }
@@ -70,6 +118,21 @@ mod tests {
     }
 
     #[test]
+    fn known_names_and_values_come_back_without_a_copy() {
+        let mut h = Headers::new();
+        h.insert(names::CONTENT_TYPE, names::MSGPACK);
+        h.insert("Custom".to_owned(), "x".to_owned());
+        let back = from_header_map(&to_header_map(&h).unwrap());
+        let entries = back.entries();
+        let ct = entries
+            .iter()
+            .find(|(n, _)| n == names::CONTENT_TYPE)
+            .unwrap();
+        assert!(matches!(ct, (Cow::Borrowed(_), Cow::Borrowed(_))));
+        assert_eq!(back.get("Custom"), Some("x"));
+    }
+
+    #[test]
     fn refuses_headers_nats_cannot_carry() {
         let mut h = Headers::new();
         h.insert("Bad Name", "v");
@@ -77,5 +140,20 @@ mod tests {
         let mut h = Headers::new();
         h.insert("Name", "a\r\nPUB x 1");
         assert!(matches!(to_header_map(&h), Err(Error::Config(_))));
+        // Owned names go through async-nats's own check, static ones through ours: same rule.
+        for bad in ["", "a:b", "a b", "a\u{7f}", "\u{e9}", "\u{141}"] {
+            let mut h = Headers::new();
+            h.insert(bad, "v");
+            assert!(
+                matches!(to_header_map(&h), Err(Error::Config(_))),
+                "{bad:?}"
+            );
+            let mut h = Headers::new();
+            h.insert(bad.to_owned(), "v");
+            assert!(
+                matches!(to_header_map(&h), Err(Error::Config(_))),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -131,7 +131,9 @@ impl NatsBroker {
         Ok(())
     }
 
-    async fn publish_inner(&self, msg: RawMessage) -> Result<()> {
+    /// [`Broker::publish`] without the boxed future: what a [`Bus`](crate::Bus) calls. The only
+    /// subject check of a direct publish.
+    pub(crate) async fn publish_checked(&self, msg: RawMessage) -> Result<()> {
         check_subject(&msg.subject)?;
         self.check_size(&msg)?;
         let RawMessage {
@@ -323,6 +325,8 @@ impl NatsBroker {
         let stream = NatsStream {
             sub,
             rx,
+            batch: Vec::new(),
+            batch_limit: (self.subscription_capacity / 8).clamp(1, MAX_BATCH),
             stats: Arc::clone(&stats),
             key,
             shared: Arc::clone(&self.shared),
@@ -389,6 +393,37 @@ fn next_message(sub: &SharedSubscriber) -> impl Future<Output = Option<async_nat
     })
 }
 
+/// Waits for a message of the shared subscriber, then hands it and every other one async-nats
+/// already holds to `forward`, under one lock and in one wake-up (a message at a time cost a
+/// lock and a trip through `select!` each). `false` once the subscriber ended or was taken out,
+/// or `forward` refused (our side closed).
+fn forward_ready<'a>(
+    sub: &'a SharedSubscriber,
+    forward: &'a mut impl FnMut(async_nats::Message) -> bool,
+) -> impl Future<Output = bool> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut guard = lock_sub(sub);
+        let Some(s) = guard.as_mut() else {
+            return Poll::Ready(false);
+        };
+        let mut moved = false;
+        loop {
+            match s.poll_next_unpin(cx) {
+                Poll::Ready(Some(msg)) => {
+                    moved = true;
+                    if !forward(msg) {
+                        return Poll::Ready(false);
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(false),
+                // The waker is registered; come back with what was moved, if anything.
+                Poll::Pending if moved => return Poll::Ready(true),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+}
+
 async fn pump(
     sub: SharedSubscriber,
     tx: mpsc::Sender<async_nats::Message>,
@@ -419,14 +454,10 @@ async fn pump(
     loop {
         tokio::select! {
             biased;
-            msg = next_message(&sub) => match msg {
-                Some(msg) => {
-                    if !forward(msg) {
-                        break;
-                    }
-                }
-                // The client was dropped; the subscriber sees the end of its stream.
-                None => break,
+            // `false`: the client was dropped (the subscriber sees the end of its stream), or
+            // the subscriber dropped its stream.
+            more = forward_ready(&sub, &mut forward) => if !more {
+                break;
             },
             Some(done) = sync.recv() => {
                 // `confirm`'s barrier: move everything async-nats already holds. `unconstrained`
@@ -444,11 +475,20 @@ async fn pump(
     }
 }
 
+/// The most messages a subscription stream takes from its channel at once.
+const MAX_BATCH: usize = 64;
+
 /// The message stream of one subscription; unregisters its sid when dropped (the pump then
 /// ends and unsubscribes).
 struct NatsStream {
     sub: SharedSubscriber,
     rx: mpsc::Receiver<async_nats::Message>,
+    /// Messages taken from `rx` in one go, in reverse order (the next one is last): the
+    /// channel's per-message cost (a lock to give back each slot) is paid once per batch.
+    /// They count as delivered when handed out; a subscription therefore buffers up to
+    /// `batch_limit` (at most an eighth of its capacity) beyond its capacity.
+    batch: Vec<async_nats::Message>,
+    batch_limit: usize,
     stats: Arc<SubscriptionStats>,
     key: u64,
     shared: Arc<Shared>,
@@ -459,13 +499,24 @@ impl Stream for NatsStream {
 
     #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RawMessage>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(msg)) => {
-                self.stats.add_delivered(1);
+        let this = &mut *self;
+        if this.batch.is_empty() {
+            match this
+                .rx
+                .poll_recv_many(cx, &mut this.batch, this.batch_limit)
+            {
+                // 0: the channel is closed and empty.
+                Poll::Ready(0) => return Poll::Ready(None),
+                Poll::Ready(_) => this.batch.reverse(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match this.batch.pop() {
+            Some(msg) => {
+                this.stats.add_delivered(1);
                 Poll::Ready(Some(convert::from_nats(msg)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            None => Poll::Ready(None),
         }
     }
 }
@@ -497,7 +548,7 @@ impl Drop for NatsBroker {
 
 impl Broker for NatsBroker {
     fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>> {
-        self.publish_inner(msg).boxed()
+        self.publish_checked(msg).boxed()
     }
 
     /// An echo through the server on the confirm subject (see [`NatsBroker`]): proves it
