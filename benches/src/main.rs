@@ -38,10 +38,13 @@ const SCENARIOS: [&str; 7] = [
 ];
 
 /// Diagnostics, run only when named in `--only`: they explain a gap rather than measure the SDK.
+/// `diag_pubsub_bytes`: the typed bus vs raw async-nats moving pre-encoded bytes (no encode, no
+/// decode): the SDK's whole cost, serialisation included.
 /// `diag_raw_headers`: raw async-nats with the wire format's four headers ("bus") vs without.
 /// `diag_request_headers`, `diag_request_spawn`: raw request/reply with the bus's headers, or
 /// answered on a task per request as `Bus::serve` does ("bus"), vs plain raw.
-const DIAGNOSTICS: [&str; 3] = [
+const DIAGNOSTICS: [&str; 4] = [
+    "diag_pubsub_bytes",
     "diag_raw_headers",
     "diag_request_headers",
     "diag_request_spawn",
@@ -236,6 +239,25 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         .await;
         emit(line(
             "nats_pubsub_typed",
+            "msg/s",
+            Better::Higher,
+            Target::RatioAtLeast(0.90),
+            o,
+        ));
+    }
+    if args.only.iter().any(|o| o == "diag_pubsub_bytes") {
+        let mut s = nats::BytesDiag { url: url.clone() };
+        let o = interleave(
+            "diag_pubsub_bytes",
+            plan.sides,
+            rounds,
+            plan.pubsub_n,
+            warm(plan.pubsub_n),
+            &mut s,
+        )
+        .await;
+        emit(line(
+            "diag_pubsub_bytes",
             "msg/s",
             Better::Higher,
             Target::RatioAtLeast(0.90),

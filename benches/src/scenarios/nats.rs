@@ -33,7 +33,7 @@ pub struct PubSub {
 
 impl Rounds for PubSub {
     async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
-        raw_pubsub(&self.url, n).await.map(Sample::value)
+        raw_pubsub_typed(&self.url, n).await.map(Sample::value)
     }
     async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
         if self.durable {
@@ -67,6 +67,77 @@ async fn raw_pubsub(url: &str, n: usize) -> BenchResult<f64> {
     publisher.flush().await?;
     let end = within(WAIT, "the raw subscriber", counter).await???;
     Ok(rate(n, start, end))
+}
+
+/// The hand-written typed baseline of `nats_pubsub_typed` and `nats_pubsub_durable`: what an
+/// engineer writes with async-nats and rmp-serde instead of the SDK. Per message the publisher
+/// builds the subject from the struct's fields and encodes the struct (`to_vec_named`), and the
+/// subscriber decodes it back (`from_slice`): the same work the typed API does, by hand, with the
+/// same 128 bytes on the wire. Connections and buffers as in [`raw_pubsub`].
+async fn raw_pubsub_typed(url: &str, n: usize) -> BenchResult<f64> {
+    let msg = msgs::outbound(msgs::INSTANCE);
+    let publisher = async_nats::connect(url).await?;
+    let sub_client = ConnectOptions::new()
+        .subscription_capacity(n + SLACK)
+        .connect(url)
+        .await?;
+    let sub = sub_client.subscribe(PATTERN).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_typed_counter(sub, n, warm.clone());
+    raw_probe(&publisher, &warm).await?;
+
+    let start = Instant::now();
+    for _ in 0..n {
+        let subject = format!("plugin.outbound.{}.{}", msg.channel, msg.instance);
+        let payload = rmp_serde::to_vec_named(&msg)?;
+        publisher.publish(subject, payload.into()).await?;
+    }
+    publisher.flush().await?;
+    let end = within(WAIT, "the raw subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// Like [`spawn_raw_counter`], decoding every measured message into an [`msgs::Outbound`].
+fn spawn_typed_counter(
+    mut sub: async_nats::Subscriber,
+    n: usize,
+    warm: Arc<Notify>,
+) -> JoinHandle<BenchResult<Instant>> {
+    tokio::spawn(async move {
+        let mut count = 0usize;
+        while let Some(m) = sub.next().await {
+            if m.subject.as_str() == WARM_SUBJECT {
+                warm.notify_one();
+                continue;
+            }
+            let body: msgs::Outbound = rmp_serde::from_slice(&m.payload)?;
+            if body.instance != msgs::INSTANCE {
+                return Err(fail(format!("raw message for {:?}", body.instance)));
+            }
+            count += 1;
+            if count == n {
+                return Ok(Instant::now());
+            }
+        }
+        Err(fail(format!("raw subscription ended after {count} of {n}")))
+    })
+}
+
+/// Diagnostic (`--only diag_pubsub_bytes`): the typed bus against raw async-nats sending
+/// pre-encoded bytes that the subscriber never decodes: the SDK's whole cost, encoding and
+/// decoding included, against moving bytes.
+pub struct BytesDiag {
+    /// The server URL.
+    pub url: String,
+}
+
+impl Rounds for BytesDiag {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_pubsub(&self.url, n).await.map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::pubsub_typed(&self.url, n).await.map(Sample::value)
+    }
 }
 
 /// Diagnostic (`--only diag_raw_headers`): raw async-nats as [`raw_pubsub`] but carrying the
