@@ -5,17 +5,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::store::{sql_err, Row};
-use super::writer::{Shared, Writer};
+use super::writer::{footprint, Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
 use crate::headers;
 use crate::{Error, Result};
 
-/// Rows sent between two confirmations.
-pub(crate) const BATCH: usize = 512;
+/// Rows sent between two confirmations (and read per page). Large, so that the confirmation
+/// round trip is amortised over many messages; a page of this many rows is a few MiB at most.
+pub(crate) const BATCH: usize = 4096;
 /// Failed attempts (while connected) after which a message is dead-lettered.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
 /// Wait after a failure that did not count (the connection changed under the batch), so that a
@@ -42,6 +43,9 @@ pub(crate) struct Drainer {
     pub(crate) paging: bool,
     /// The connection changed since the last confirmation (or none was made yet).
     pub(crate) reconnected: bool,
+    /// The next page, being read on the writer thread while the current batch is sent: the id
+    /// it starts after, and where its rows arrive.
+    pub(crate) prefetch: Option<(i64, oneshot::Receiver<Result<Vec<Row>>>)>,
 }
 
 impl Drainer {
@@ -81,11 +85,15 @@ impl Drainer {
                         h.bytes = 0;
                     }
                     let rows = self.page().await;
-                    if rows.len() < BATCH {
+                    let full = rows.len() >= BATCH;
+                    if !full {
                         self.paging = false;
                     }
                     if let Some(last) = rows.last() {
                         self.last_taken = last.id;
+                        if full {
+                            self.start_prefetch();
+                        }
                         return rows.into();
                     }
                     continue;
@@ -93,6 +101,7 @@ impl Drainer {
                 if let Some(last) = rows.last() {
                     self.last_taken = last.id;
                 }
+                self.start_prefetch();
                 return rows.into();
             }
             {
@@ -106,13 +115,13 @@ impl Drainer {
                 }
                 while h.rows.front().is_some_and(|r| r.id <= self.last_taken) {
                     if let Some(r) = h.rows.pop_front() {
-                        h.bytes -= r.msg.payload.len();
+                        h.bytes -= footprint(&r.msg);
                     }
                 }
                 if !h.rows.is_empty() {
                     let n = h.rows.len().min(BATCH);
                     let batch: VecDeque<Row> = h.rows.drain(..n).collect();
-                    h.bytes -= batch.iter().map(|r| r.msg.payload.len()).sum::<usize>();
+                    h.bytes -= batch.iter().map(|r| footprint(&r.msg)).sum::<usize>();
                     self.last_taken = batch.back().map_or(self.last_taken, |r| r.id);
                     return batch;
                 }
@@ -121,8 +130,33 @@ impl Drainer {
         }
     }
 
-    async fn page(&self) -> Vec<Row> {
+    /// Starts reading the page after `last_taken` on the writer thread, so that it is ready (or
+    /// nearly) when the batch about to be sent is confirmed.
+    fn start_prefetch(&mut self) {
         let after = self.last_taken;
+        let started = self.writer.start(move |ctx| {
+            let path = ctx.store.path.clone();
+            ctx.store
+                .page(after, BATCH)
+                .map_err(|e| sql_err(&path, "cannot read the outbox queue", e))
+        });
+        self.prefetch = started.ok().map(|rx| (after, rx));
+    }
+
+    async fn page(&mut self) -> Vec<Row> {
+        let after = self.last_taken;
+        if let Some((at, rx)) = self.prefetch.take() {
+            match rx.await {
+                Ok(Ok(rows)) if at == after => return rows,
+                // Read for another position (cannot happen: only the drainer moves it), or
+                // failed: read again below, retrying until it works.
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "outbox drainer cannot read the queue; retrying")
+                }
+                Err(_) => {}
+            }
+        }
         self.retry_store("read the queue", move |w| async move {
             w.call(move |ctx| {
                 let path = ctx.store.path.clone();
@@ -206,21 +240,16 @@ impl Drainer {
                     }
                     Ok(()) => {
                         self.reconnected = false;
-                        let ids: Vec<i64> = rows.drain(..sent).map(|r| r.id).collect();
-                        let ids = Arc::new(ids);
-                        self.retry_store("delete confirmed messages", |w| {
-                            let ids = ids.clone();
-                            async move {
-                                w.call(move |ctx| {
-                                    let path = ctx.store.path.clone();
-                                    ctx.store.delete(&ids).map_err(|e| {
-                                        sql_err(&path, "cannot delete confirmed messages", e)
-                                    })
-                                })
-                                .await
-                            }
-                        })
-                        .await;
+                        let first = rows.front().map_or(0, |r| r.id);
+                        let last = rows.get(sent - 1).map_or(first, |r| r.id);
+                        rows.drain(..sent);
+                        // Confirmed: delete them, without waiting. The writer thread runs this
+                        // in order, before anything asked of it later (a stats call after a
+                        // flush sees the rows gone); the next batch goes out meanwhile. A crash
+                        // before the delete commits only means these are sent again, same ids.
+                        let _ = self
+                            .writer
+                            .submit(move |ctx| ctx.delete_confirmed(first, last));
                         tracing::trace!(n = sent, "outbox batch confirmed");
                     }
                     Err(e) => {

@@ -140,6 +140,7 @@ impl Outbox {
             last_taken: 0,
             paging: true,
             reconnected: true,
+            prefetch: None,
         };
         let drainer = tokio::spawn(drainer.run());
         tracing::debug!(path = %started.writer.path().display(), committed = started.watermarks.committed, done = started.watermarks.done, "outbox open");

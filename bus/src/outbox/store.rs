@@ -2,6 +2,7 @@
 //!
 //! Only the writer thread touches the connection, so nothing here is shared or locked.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,29 +16,34 @@ use crate::headers::{self, Headers};
 use crate::{Error, Result};
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+///
+/// Version 2: headers in the length-prefixed encoding of [`encode_headers`], queue ids from
+/// `outbox_seq` instead of AUTOINCREMENT, no separate `msg_id` column (it is in the headers).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
-// AUTOINCREMENT, not a plain rowid: ids must never be reused once the queue empties, because the
-// drainer pages with `id > last_seen` and a replayed dead letter must land at the end of the queue.
+// Queue ids are assigned by the writer from `outbox_seq`, not by AUTOINCREMENT (which rewrites
+// `sqlite_sequence` once per inserted row): ids must never be reused once the queue empties,
+// because the drainer pages with `id > last_seen` and a replayed dead letter must land at the end
+// of the queue, so the highest id ever given is kept in `outbox_seq`, updated once per commit.
 const SCHEMA: &str = "
 CREATE TABLE outbox (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         INTEGER PRIMARY KEY,
     subject    TEXT    NOT NULL,
     reply      TEXT,
     headers    BLOB    NOT NULL,
     payload    BLOB    NOT NULL,
-    msg_id     TEXT,
     created_at INTEGER NOT NULL,
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
+CREATE TABLE outbox_seq (last INTEGER NOT NULL);
+INSERT INTO outbox_seq (last) VALUES (0);
 CREATE TABLE dead_letters (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     subject    TEXT    NOT NULL,
     reply      TEXT,
     headers    BLOB    NOT NULL,
     payload    BLOB    NOT NULL,
-    msg_id     TEXT,
     created_at INTEGER NOT NULL,
     attempts   INTEGER NOT NULL,
     last_error TEXT    NOT NULL,
@@ -66,6 +72,10 @@ pub(crate) struct Watermarks {
 pub(crate) struct Store {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
+    /// The highest queue id ever given (mirrors `outbox_seq` as of the last commit).
+    last_id: i64,
+    /// Reused buffer for encoding headers.
+    scratch: Vec<u8>,
     /// Held (locked) for as long as the store lives; the OS releases the lock with the descriptor.
     _lock: File,
 }
@@ -144,18 +154,63 @@ fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
-/// Headers as a MessagePack array of `[name, value]` pairs: compact and order-preserving.
-pub(crate) fn encode_headers(h: &Headers) -> Vec<u8> {
-    let pairs: Vec<(&str, &str)> = h.iter().collect();
-    // Encoding a list of string pairs into a Vec cannot fail.
-    rmp_serde::to_vec(&pairs).unwrap_or_default()
+/// Headers as `[u16 name length][name][u32 value length][value]`, repeated, little-endian:
+/// order-preserving, and cheap to write and read on the hot path (no serde).
+pub(crate) fn encode_headers(h: &Headers, out: &mut Vec<u8>) {
+    out.clear();
+    for (name, value) in h.iter() {
+        // Header names are short tokens; values are bounded by the broker's max_payload.
+        out.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_le_bytes());
+        out.extend_from_slice(&name.as_bytes()[..name.len().min(u16::MAX as usize)]);
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+}
+
+/// The name as a `'static` string when it is one of ours, so decoding does not allocate it.
+fn known_name(name: &str) -> Cow<'static, str> {
+    for k in [
+        headers::MSG_ID,
+        headers::NATS_MSG_ID,
+        headers::CONTENT_TYPE,
+        headers::TYPE,
+        headers::CORRELATION_ID,
+        headers::ERROR,
+    ] {
+        if k == name {
+            return Cow::Borrowed(k);
+        }
+    }
+    Cow::Owned(name.to_owned())
 }
 
 fn decode_headers(blob: &[u8]) -> rusqlite::Result<Headers> {
-    let pairs: Vec<(String, String)> = rmp_serde::from_slice(blob).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
-    })?;
-    Ok(pairs.into_iter().collect())
+    fn bad(what: &str) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            format!("corrupt outbox headers: {what}").into(),
+        )
+    }
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> rusqlite::Result<&'a [u8]> {
+        if rest.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head)
+    }
+    let mut h = Headers::with_capacity(2);
+    let mut rest = blob;
+    while !rest.is_empty() {
+        let n = u16::from_le_bytes(take(&mut rest, 2)?.try_into().map_err(|_| bad("length"))?);
+        let name = std::str::from_utf8(take(&mut rest, n as usize)?).map_err(|_| bad("name"))?;
+        let name = known_name(name);
+        let n = u32::from_le_bytes(take(&mut rest, 4)?.try_into().map_err(|_| bad("length"))?);
+        let value = std::str::from_utf8(take(&mut rest, n as usize)?).map_err(|_| bad("value"))?;
+        h.append(name, value);
+    }
+    Ok(h)
 }
 
 impl Store {
@@ -208,13 +263,19 @@ impl Store {
                 None,
             ));
         }
-        let store = Store {
+        let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            last_id: 0,
+            scratch: Vec::new(),
             _lock: lock,
         };
         store.configure(durability)?;
         store.check_schema()?;
+        store.last_id = store
+            .conn
+            .query_row("SELECT last FROM outbox_seq", [], |r| r.get(0))
+            .map_err(|e| sql_err(path, "cannot read the outbox", e))?;
         Ok(store)
     }
 
@@ -291,16 +352,7 @@ impl Store {
     /// The committed and done watermarks of a freshly opened queue.
     pub(crate) fn watermarks(&self) -> Result<Watermarks> {
         let p = &self.path;
-        let committed: i64 = self
-            .conn
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| sql_err(p, "cannot read the outbox", e))?
-            .unwrap_or(0);
+        let committed = self.last_id;
         let first: Option<i64> = self
             .conn
             .query_row("SELECT min(id) FROM outbox", [], |r| r.get(0))
@@ -311,32 +363,37 @@ impl Store {
         })
     }
 
-    /// Inserts `msgs` in one transaction; returns their ids, in order.
+    /// Inserts `msgs` in one transaction; returns the id of the first (the others follow it).
     pub(crate) fn insert_all<'a>(
         &mut self,
         msgs: impl Iterator<Item = &'a RawMessage>,
-    ) -> rusqlite::Result<Vec<i64>> {
+    ) -> rusqlite::Result<i64> {
+        let first = self.last_id + 1;
+        let mut id = self.last_id;
         let tx = self.conn.transaction()?;
-        let mut ids = Vec::new();
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO outbox (subject, reply, headers, payload, msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO outbox (id, subject, reply, headers, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let now = now_ms();
             for m in msgs {
+                id += 1;
+                encode_headers(&m.headers, &mut self.scratch);
                 stmt.execute(params![
+                    id,
                     m.subject,
                     m.reply,
-                    encode_headers(&m.headers),
+                    &self.scratch[..],
                     &m.payload[..],
-                    m.headers.get(headers::MSG_ID),
                     now
                 ])?;
-                ids.push(tx.last_insert_rowid());
             }
+            tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
+                .execute([id])?;
         }
         tx.commit()?;
-        Ok(ids)
+        self.last_id = id;
+        Ok(first)
     }
 
     /// Up to `limit` queued rows with an id above `after`, oldest first.
@@ -344,33 +401,34 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, subject, reply, headers, payload, attempts FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after, limit as i64], |r| {
-            let headers: Vec<u8> = r.get(3)?;
-            let payload: Vec<u8> = r.get(4)?;
-            Ok(Row {
+        let mut rows = stmt.query(params![after, limit as i64])?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        while let Some(r) = rows.next()? {
+            // Borrow the blobs from SQLite's buffer instead of copying them into a Vec first.
+            let headers = decode_headers(r.get_ref(3)?.as_blob()?)?;
+            let payload = Bytes::copy_from_slice(r.get_ref(4)?.as_blob()?);
+            out.push(Row {
                 id: r.get(0)?,
                 msg: RawMessage {
                     subject: r.get(1)?,
                     reply: r.get(2)?,
-                    headers: decode_headers(&headers)?,
-                    payload: Bytes::from(payload),
+                    headers,
+                    payload,
                 },
                 attempts: r.get(5)?,
-            })
-        })?;
-        rows.collect()
+            });
+        }
+        Ok(out)
     }
 
-    /// Deletes confirmed rows.
-    pub(crate) fn delete(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-            for id in ids {
-                stmt.execute([id])?;
-            }
-        }
-        tx.commit()
+    /// Deletes the confirmed rows `first..=last`: one range delete per batch. Every row in that
+    /// range is confirmed, because batches are contiguous runs of the queue in id order and the
+    /// rows of a batch that were not confirmed were dead-lettered (already gone).
+    pub(crate) fn delete_range(&mut self, first: i64, last: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM outbox WHERE id >= ?1 AND id <= ?2")?
+            .execute([first, last])?;
+        Ok(())
     }
 
     /// Records a failed attempt on a queued row.
@@ -396,8 +454,8 @@ impl Store {
     ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO dead_letters (subject, reply, headers, payload, msg_id, created_at, attempts, last_error, failed_at)
-             SELECT subject, reply, headers, payload, msg_id, created_at, ?2, ?3, ?4 FROM outbox WHERE id = ?1",
+            "INSERT INTO dead_letters (subject, reply, headers, payload, created_at, attempts, last_error, failed_at)
+             SELECT subject, reply, headers, payload, created_at, ?2, ?3, ?4 FROM outbox WHERE id = ?1",
             params![id, attempts, error, now_ms()],
         )?;
         tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
@@ -433,18 +491,20 @@ impl Store {
     /// Moves a dead letter to the end of the queue with fresh attempts; returns its new queue id,
     /// or `None` if there is no such dead letter.
     pub(crate) fn replay(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
+        let new_id = self.last_id + 1;
         let tx = self.conn.transaction()?;
         let n = tx.execute(
-            "INSERT INTO outbox (subject, reply, headers, payload, msg_id, created_at, attempts)
-             SELECT subject, reply, headers, payload, msg_id, ?2, 0 FROM dead_letters WHERE id = ?1",
-            params![id, now_ms()],
+            "INSERT INTO outbox (id, subject, reply, headers, payload, created_at, attempts)
+             SELECT ?3, subject, reply, headers, payload, ?2, 0 FROM dead_letters WHERE id = ?1",
+            params![id, now_ms(), new_id],
         )?;
         if n == 0 {
             return Ok(None);
         }
-        let new_id = tx.last_insert_rowid();
+        tx.execute("UPDATE outbox_seq SET last = ?1", [new_id])?;
         tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
         tx.commit()?;
+        self.last_id = new_id;
         Ok(Some(new_id))
     }
 

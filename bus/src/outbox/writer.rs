@@ -20,9 +20,32 @@ use crate::{Error, Result};
 /// Most enqueues committed in one transaction; bounds the latency of the first one.
 const MAX_GROUP: usize = 4096;
 /// Rows the writer hands to the drainer in memory before it falls back to paging from SQLite.
+///
+/// In practice the byte bound below is the one that bites; paging costs a read and a decode per
+/// row on the writer thread, so the handoff should absorb any backlog a fast producer builds up
+/// while the broker is reachable. The tests use a small bound to exercise the paging path.
+#[cfg(not(test))]
+pub(crate) const HANDOFF_MAX_ROWS: usize = 1 << 20;
+#[cfg(test)]
 pub(crate) const HANDOFF_MAX_ROWS: usize = 8192;
-/// Payload bytes the writer hands to the drainer in memory before the same fallback.
-pub(crate) const HANDOFF_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Estimated memory (see [`footprint`]) the writer hands to the drainer in memory before the
+/// same fallback. This is what keeps the process flat however long the queue is.
+pub(crate) const HANDOFF_MAX_BYTES: usize = 24 * 1024 * 1024;
+
+/// What a queued message costs in memory while it waits in the handoff: its strings and payload
+/// plus the `Row` itself, its allocations and the allocator's overhead (measured roughly).
+pub(crate) fn footprint(msg: &RawMessage) -> usize {
+    const ROW_OVERHEAD: usize = 224;
+    msg.payload.len()
+        + msg.subject.len()
+        + msg.reply.as_ref().map_or(0, String::len)
+        + msg
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+        + ROW_OVERHEAD
+}
 
 /// Newly committed rows on their way to the drainer, so it need not read back what it just wrote.
 #[derive(Debug, Default)]
@@ -62,6 +85,28 @@ pub(crate) struct Ctx {
     pub(crate) committed: watch::Sender<i64>,
     /// Group commits so far (a test checks that concurrent publishes share them).
     pub(crate) commits: u64,
+    /// Confirmed ranges whose delete failed (a full disk, say); retried before the next delete.
+    /// Until then they would only be sent again by a restarted process (same msg id).
+    pub(crate) failed_deletes: Vec<(i64, i64)>,
+}
+
+impl Ctx {
+    /// Deletes the confirmed rows `first..=last` (and any range whose delete failed before).
+    /// Nobody awaits this: a failure is logged and the range retried with the next one.
+    pub(crate) fn delete_confirmed(&mut self, first: i64, last: i64) {
+        self.failed_deletes.push((first, last));
+        while let Some(&(f, l)) = self.failed_deletes.first() {
+            match self.store.delete_range(f, l) {
+                Ok(()) => {
+                    self.failed_deletes.remove(0);
+                }
+                Err(e) => {
+                    tracing::error!(path = %self.store.path.display(), error = %e, first = f, last = l, "cannot delete confirmed outbox messages; will retry with the next batch (a restart would send them again)");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 type Op = Box<dyn FnOnce(&mut Ctx) + Send>;
@@ -124,6 +169,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     shared: thread_shared,
                     committed: committed_tx,
                     commits: 0,
+                    failed_deletes: Vec::new(),
                 },
             );
         })
@@ -197,15 +243,15 @@ fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Resu
     let batch = std::mem::take(group);
     let _span = tracing::trace_span!("outbox_commit", n = batch.len()).entered();
     match ctx.store.insert_all(batch.iter().map(|(m, _)| m)) {
-        Ok(ids) => {
+        Ok(first) => {
             ctx.commits += 1;
-            let last = *ids.last().unwrap_or(&0);
+            let last = first + batch.len() as i64 - 1;
             ctx.committed.send_replace(last);
             let mut replies = Vec::with_capacity(batch.len());
             {
                 let mut h = ctx.shared.lock();
-                for (id, (msg, reply)) in ids.into_iter().zip(batch) {
-                    let size = msg.payload.len();
+                for (id, (msg, reply)) in (first..).zip(batch) {
+                    let size = footprint(&msg);
                     if !h.overflowed
                         && h.rows.len() < HANDOFF_MAX_ROWS
                         && h.bytes + size <= HANDOFF_MAX_BYTES
@@ -278,6 +324,30 @@ impl Writer {
         });
         self.tx.send(Command::Op(op)).map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Runs `f` on the writer thread without waiting for it (in order with everything else).
+    pub(crate) fn submit<F>(&self, f: F) -> Result<()>
+    where
+        F: FnOnce(&mut Ctx) + Send + 'static,
+    {
+        self.tx
+            .send(Command::Op(Box::new(f)))
+            .map_err(|_| self.closed())
+    }
+
+    /// Runs `f` on the writer thread; the answer arrives on the returned receiver, so the caller
+    /// can do something else meanwhile (the drainer reads its next page this way).
+    pub(crate) fn start<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ctx) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit(move |ctx| {
+            let _ = tx.send(f(ctx));
+        })?;
+        Ok(rx)
     }
 
     /// Asks the thread to commit what it holds and stop.
