@@ -17,8 +17,8 @@ use crate::{Error, Result};
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).
 ///
-/// Version 2: headers in the length-prefixed encoding of [`encode_headers`], queue ids from
-/// `outbox_seq` instead of AUTOINCREMENT, no separate `msg_id` column (it is in the headers).
+/// Version 2: the whole message in one blob (see [`encode_msg`]), queue ids from `outbox_seq`
+/// instead of AUTOINCREMENT.
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 // Queue ids are assigned by the writer from `outbox_seq`, not by AUTOINCREMENT (which rewrites
@@ -28,10 +28,7 @@ pub(crate) const SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = "
 CREATE TABLE outbox (
     id         INTEGER PRIMARY KEY,
-    subject    TEXT    NOT NULL,
-    reply      TEXT,
-    headers    BLOB    NOT NULL,
-    payload    BLOB    NOT NULL,
+    msg        BLOB    NOT NULL,
     created_at INTEGER NOT NULL,
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
@@ -40,10 +37,7 @@ CREATE TABLE outbox_seq (last INTEGER NOT NULL);
 INSERT INTO outbox_seq (last) VALUES (0);
 CREATE TABLE dead_letters (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    subject    TEXT    NOT NULL,
-    reply      TEXT,
-    headers    BLOB    NOT NULL,
-    payload    BLOB    NOT NULL,
+    msg        BLOB    NOT NULL,
     created_at INTEGER NOT NULL,
     attempts   INTEGER NOT NULL,
     last_error TEXT    NOT NULL,
@@ -154,17 +148,34 @@ fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
-/// Headers as `[u16 name length][name][u32 value length][value]`, repeated, little-endian:
-/// order-preserving, and cheap to write and read on the hot path (no serde).
-pub(crate) fn encode_headers(h: &Headers, out: &mut Vec<u8>) {
+/// A message as one blob, so that a queued row is one bound value and one read:
+/// `[u32 subject length][subject][u32 reply length + 1, 0 for none][reply][u32 headers length]`
+/// `[headers][payload]`, little-endian; headers are `[u16 name length][name][u32 value length]`
+/// `[value]`, repeated. Cheap to write and read on the hot path (no serde), order-preserving.
+pub(crate) fn encode_msg(m: &RawMessage, out: &mut Vec<u8>) {
     out.clear();
-    for (name, value) in h.iter() {
-        // Header names are short tokens; values are bounded by the broker's max_payload.
-        out.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_le_bytes());
-        out.extend_from_slice(&name.as_bytes()[..name.len().min(u16::MAX as usize)]);
+    out.extend_from_slice(&(m.subject.len() as u32).to_le_bytes());
+    out.extend_from_slice(m.subject.as_bytes());
+    match &m.reply {
+        Some(r) => {
+            out.extend_from_slice(&(r.len() as u32 + 1).to_le_bytes());
+            out.extend_from_slice(r.as_bytes());
+        }
+        None => out.extend_from_slice(&0u32.to_le_bytes()),
+    }
+    let at = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for (name, value) in m.headers.iter() {
+        // Header names are short tokens; anything longer could not be sent anyway.
+        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name);
         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
         out.extend_from_slice(value.as_bytes());
     }
+    let n = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&m.payload);
 }
 
 /// The name as a `'static` string when it is one of ours, so decoding does not allocate it.
@@ -184,33 +195,57 @@ fn known_name(name: &str) -> Cow<'static, str> {
     Cow::Owned(name.to_owned())
 }
 
-fn decode_headers(blob: &[u8]) -> rusqlite::Result<Headers> {
-    fn bad(what: &str) -> rusqlite::Error {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Blob,
-            format!("corrupt outbox headers: {what}").into(),
-        )
+fn corrupt(what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Blob,
+        format!("corrupt outbox message: {what}").into(),
+    )
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> rusqlite::Result<&'a [u8]> {
+    if rest.len() < n {
+        return Err(corrupt("truncated"));
     }
-    fn take<'a>(rest: &mut &'a [u8], n: usize) -> rusqlite::Result<&'a [u8]> {
-        if rest.len() < n {
-            return Err(bad("truncated"));
-        }
-        let (head, tail) = rest.split_at(n);
-        *rest = tail;
-        Ok(head)
-    }
-    let mut h = Headers::with_capacity(2);
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn take_u32(rest: &mut &[u8]) -> rusqlite::Result<usize> {
+    let b = take(rest, 4)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+fn take_str<'a>(rest: &mut &'a [u8], n: usize) -> rusqlite::Result<&'a str> {
+    std::str::from_utf8(take(rest, n)?).map_err(|_| corrupt("invalid UTF-8"))
+}
+
+/// The inverse of [`encode_msg`].
+pub(crate) fn decode_msg(blob: &[u8]) -> rusqlite::Result<RawMessage> {
     let mut rest = blob;
-    while !rest.is_empty() {
-        let n = u16::from_le_bytes(take(&mut rest, 2)?.try_into().map_err(|_| bad("length"))?);
-        let name = std::str::from_utf8(take(&mut rest, n as usize)?).map_err(|_| bad("name"))?;
-        let name = known_name(name);
-        let n = u32::from_le_bytes(take(&mut rest, 4)?.try_into().map_err(|_| bad("length"))?);
-        let value = std::str::from_utf8(take(&mut rest, n as usize)?).map_err(|_| bad("value"))?;
-        h.append(name, value);
+    let n = take_u32(&mut rest)?;
+    let subject = take_str(&mut rest, n)?.to_owned();
+    let reply = match take_u32(&mut rest)? {
+        0 => None,
+        n => Some(take_str(&mut rest, n - 1)?.to_owned()),
+    };
+    let n = take_u32(&mut rest)?;
+    let mut hs = take(&mut rest, n)?;
+    let mut headers = Headers::with_capacity(2);
+    while !hs.is_empty() {
+        let b = take(&mut hs, 2)?;
+        let n = u16::from_le_bytes([b[0], b[1]]) as usize;
+        let name = known_name(take_str(&mut hs, n)?);
+        let n = take_u32(&mut hs)?;
+        headers.append(name, take_str(&mut hs, n)?);
     }
-    Ok(h)
+    Ok(RawMessage {
+        subject,
+        reply,
+        headers,
+        payload: Bytes::copy_from_slice(rest),
+    })
 }
 
 impl Store {
@@ -372,21 +407,13 @@ impl Store {
         let mut id = self.last_id;
         let tx = self.conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO outbox (id, subject, reply, headers, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO outbox (id, msg, created_at) VALUES (?1, ?2, ?3)")?;
             let now = now_ms();
             for m in msgs {
                 id += 1;
-                encode_headers(&m.headers, &mut self.scratch);
-                stmt.execute(params![
-                    id,
-                    m.subject,
-                    m.reply,
-                    &self.scratch[..],
-                    &m.payload[..],
-                    now
-                ])?;
+                encode_msg(m, &mut self.scratch);
+                stmt.execute(params![id, &self.scratch[..], now])?;
             }
             tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
                 .execute([id])?;
@@ -399,23 +426,16 @@ impl Store {
     /// Up to `limit` queued rows with an id above `after`, oldest first.
     pub(crate) fn page(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, subject, reply, headers, payload, attempts FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, msg, attempts FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let mut rows = stmt.query(params![after, limit as i64])?;
         let mut out = Vec::with_capacity(limit.min(4096));
         while let Some(r) = rows.next()? {
-            // Borrow the blobs from SQLite's buffer instead of copying them into a Vec first.
-            let headers = decode_headers(r.get_ref(3)?.as_blob()?)?;
-            let payload = Bytes::copy_from_slice(r.get_ref(4)?.as_blob()?);
             out.push(Row {
                 id: r.get(0)?,
-                msg: RawMessage {
-                    subject: r.get(1)?,
-                    reply: r.get(2)?,
-                    headers,
-                    payload,
-                },
-                attempts: r.get(5)?,
+                // Decoded straight from SQLite's buffer, without copying the blob first.
+                msg: decode_msg(r.get_ref(1)?.as_blob()?)?,
+                attempts: r.get(2)?,
             });
         }
         Ok(out)
@@ -454,8 +474,8 @@ impl Store {
     ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO dead_letters (subject, reply, headers, payload, created_at, attempts, last_error, failed_at)
-             SELECT subject, reply, headers, payload, created_at, ?2, ?3, ?4 FROM outbox WHERE id = ?1",
+            "INSERT INTO dead_letters (msg, created_at, attempts, last_error, failed_at)
+             SELECT msg, created_at, ?2, ?3, ?4 FROM outbox WHERE id = ?1",
             params![id, attempts, error, now_ms()],
         )?;
         tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
@@ -465,19 +485,18 @@ impl Store {
     /// Every dead letter, oldest first.
     pub(crate) fn dead_letters(&self) -> rusqlite::Result<Vec<DeadLetter>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, subject, headers, payload, attempts, last_error, failed_at FROM dead_letters ORDER BY id",
+            "SELECT id, msg, attempts, last_error, failed_at FROM dead_letters ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
-            let headers: Vec<u8> = r.get(2)?;
-            let payload: Vec<u8> = r.get(3)?;
+            let msg = decode_msg(r.get_ref(1)?.as_blob()?)?;
             Ok(DeadLetter {
                 id: r.get(0)?,
-                subject: r.get(1)?,
-                headers: decode_headers(&headers)?,
-                payload: Bytes::from(payload),
-                attempts: r.get(4)?,
-                last_error: r.get(5)?,
-                failed_at: from_ms(r.get(6)?),
+                subject: msg.subject,
+                headers: msg.headers,
+                payload: msg.payload,
+                attempts: r.get(2)?,
+                last_error: r.get(3)?,
+                failed_at: from_ms(r.get(4)?),
             })
         })?;
         rows.collect()
@@ -494,8 +513,8 @@ impl Store {
         let new_id = self.last_id + 1;
         let tx = self.conn.transaction()?;
         let n = tx.execute(
-            "INSERT INTO outbox (id, subject, reply, headers, payload, created_at, attempts)
-             SELECT ?3, subject, reply, headers, payload, ?2, 0 FROM dead_letters WHERE id = ?1",
+            "INSERT INTO outbox (id, msg, created_at, attempts)
+             SELECT ?3, msg, ?2, 0 FROM dead_letters WHERE id = ?1",
             params![id, now_ms(), new_id],
         )?;
         if n == 0 {

@@ -641,3 +641,28 @@ async fn a_large_queue_is_never_loaded_into_memory() {
     // handoff is bounded at 32 MiB of payload.
     assert!(grown_mib < 100, "peak memory grew by {grown_mib} MiB");
 }
+
+#[test]
+fn the_row_encoding_round_trips_and_rejects_truncation() {
+    let mut h = Headers::new();
+    h.append(MSG_ID, "id-1");
+    h.append("X-Custom", "a: b");
+    h.append("X-Custom", "");
+    let with_reply = RawMessage {
+        subject: "a.b".into(),
+        reply: Some("_INBOX.x".into()),
+        headers: h,
+        payload: Bytes::from_static(b"\x00payload\xff"),
+    };
+    let bare = RawMessage::new("c", Bytes::new());
+    let mut buf = Vec::new();
+    for m in [with_reply, bare] {
+        store::encode_msg(&m, &mut buf);
+        assert_eq!(store::decode_msg(&buf).unwrap(), m);
+        // Every strict prefix that cuts into the length-prefixed part is refused, never misread.
+        let fixed = buf.len() - m.payload.len();
+        for n in 0..fixed {
+            assert!(store::decode_msg(&buf[..n]).is_err(), "prefix {n} accepted");
+        }
+    }
+}
