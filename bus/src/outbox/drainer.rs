@@ -240,16 +240,13 @@ impl Drainer {
                     }
                     Ok(()) => {
                         self.reconnected = false;
-                        let first = rows.front().map_or(0, |r| r.id);
-                        let last = rows.get(sent - 1).map_or(first, |r| r.id);
+                        let last = rows.get(sent - 1).map_or(0, |r| r.id);
                         rows.drain(..sent);
-                        // Confirmed: delete them, without waiting. The writer thread runs this
-                        // in order, before anything asked of it later (a stats call after a
-                        // flush sees the rows gone); the next batch goes out meanwhile. A crash
-                        // before the delete commits only means these are sent again, same ids.
-                        let _ = self
-                            .writer
-                            .submit(move |ctx| ctx.delete_confirmed(first, last));
+                        // Confirmed: record it without waiting. The writer thread runs this in
+                        // order, before anything asked of it later (a stats call after a flush
+                        // sees the rows gone); the next batch goes out meanwhile. A crash before
+                        // it commits only means these are sent again, with the same msg ids.
+                        let _ = self.writer.submit(move |ctx| ctx.confirmed(last));
                         tracing::trace!(n = sent, "outbox batch confirmed");
                     }
                     Err(e) => {

@@ -18,13 +18,18 @@ use crate::{Error, Result};
 /// The schema version this build writes and understands (`PRAGMA user_version`).
 ///
 /// Version 2: the whole message in one blob (see [`encode_msg`]), queue ids from `outbox_seq`
-/// instead of AUTOINCREMENT.
+/// instead of AUTOINCREMENT, and the confirmed watermark `outbox_seq.done`.
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 // Queue ids are assigned by the writer from `outbox_seq`, not by AUTOINCREMENT (which rewrites
 // `sqlite_sequence` once per inserted row): ids must never be reused once the queue empties,
 // because the drainer pages with `id > last_seen` and a replayed dead letter must land at the end
 // of the queue, so the highest id ever given is kept in `outbox_seq`, updated once per commit.
+//
+// Confirmed rows are not deleted one by one on the hot path: `outbox_seq.done` (every id up to it
+// is confirmed or dead-lettered) moves with one single-row update per confirmed batch, and the
+// rows at or below it are deleted when the writer is idle (or once too many have piled up). A
+// row at or below `done` is never read as queued.
 const SCHEMA: &str = "
 CREATE TABLE outbox (
     id         INTEGER PRIMARY KEY,
@@ -33,8 +38,8 @@ CREATE TABLE outbox (
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
-CREATE TABLE outbox_seq (last INTEGER NOT NULL);
-INSERT INTO outbox_seq (last) VALUES (0);
+CREATE TABLE outbox_seq (last INTEGER NOT NULL, done INTEGER NOT NULL);
+INSERT INTO outbox_seq (last, done) VALUES (0, 0);
 CREATE TABLE dead_letters (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     msg        BLOB    NOT NULL,
@@ -68,6 +73,10 @@ pub(crate) struct Store {
     pub(crate) path: PathBuf,
     /// The highest queue id ever given (mirrors `outbox_seq` as of the last commit).
     last_id: i64,
+    /// Every id up to this one is confirmed or dead-lettered (mirrors `outbox_seq.done`).
+    done_id: i64,
+    /// Every row up to this id is physically deleted (at most `done_id`).
+    deleted_upto: i64,
     /// Reused buffer for encoding headers.
     scratch: Vec<u8>,
     /// Held (locked) for as long as the store lives; the OS releases the lock with the descriptor.
@@ -302,15 +311,25 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             last_id: 0,
+            done_id: 0,
+            deleted_upto: 0,
             scratch: Vec::new(),
             _lock: lock,
         };
         store.configure(durability)?;
         store.check_schema()?;
-        store.last_id = store
+        (store.last_id, store.done_id) = store
             .conn
-            .query_row("SELECT last FROM outbox_seq", [], |r| r.get(0))
+            .query_row("SELECT last, done FROM outbox_seq", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .map_err(|e| sql_err(path, "cannot read the outbox", e))?;
+        // Whatever a previous process left at or below `done` is deleted when the writer is idle.
+        let first: Option<i64> = store
+            .conn
+            .query_row("SELECT min(id) FROM outbox", [], |r| r.get(0))
+            .map_err(|e| sql_err(path, "cannot read the outbox", e))?;
+        store.deleted_upto = first.map_or(store.done_id, |f| (f - 1).min(store.done_id));
         Ok(store)
     }
 
@@ -390,11 +409,15 @@ impl Store {
         let committed = self.last_id;
         let first: Option<i64> = self
             .conn
-            .query_row("SELECT min(id) FROM outbox", [], |r| r.get(0))
+            .query_row(
+                "SELECT min(id) FROM outbox WHERE id > ?1",
+                [self.done_id],
+                |r| r.get(0),
+            )
             .map_err(|e| sql_err(p, "cannot read the outbox", e))?;
         Ok(Watermarks {
             committed,
-            done: first.map_or(committed, |f| f - 1),
+            done: first.map_or(committed, |f| f - 1).max(self.done_id),
         })
     }
 
@@ -428,6 +451,8 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, msg, attempts FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
+        // Rows at or below `done` may still be in the table; they are confirmed, never resent.
+        let after = after.max(self.done_id);
         let mut rows = stmt.query(params![after, limit as i64])?;
         let mut out = Vec::with_capacity(limit.min(4096));
         while let Some(r) = rows.next()? {
@@ -441,14 +466,46 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes the confirmed rows `first..=last`: one range delete per batch. Every row in that
-    /// range is confirmed, because batches are contiguous runs of the queue in id order and the
-    /// rows of a batch that were not confirmed were dead-lettered (already gone).
-    pub(crate) fn delete_range(&mut self, first: i64, last: i64) -> rusqlite::Result<()> {
+    /// Records that every row up to `last` is confirmed or dead-lettered: one single-row update
+    /// (batches are confirmed in id order, and the rows of a batch that were not confirmed were
+    /// dead-lettered, so everything below a confirmed batch is done). The rows themselves are
+    /// deleted later by [`Store::tidy`].
+    pub(crate) fn mark_done(&mut self, last: i64) -> rusqlite::Result<()> {
+        if last <= self.done_id {
+            return Ok(());
+        }
         self.conn
-            .prepare_cached("DELETE FROM outbox WHERE id >= ?1 AND id <= ?2")?
-            .execute([first, last])?;
+            .prepare_cached("UPDATE outbox_seq SET done = ?1")?
+            .execute([last])?;
+        self.done_id = last;
         Ok(())
+    }
+
+    /// Confirmed rows still in the table (an upper bound).
+    pub(crate) fn undeleted(&self) -> i64 {
+        self.done_id - self.deleted_upto
+    }
+
+    /// Deletes up to `chunk` confirmed rows; returns whether any may remain. When the whole queue
+    /// is confirmed, the table is emptied at once (SQLite then frees its pages without visiting
+    /// each row, which is far cheaper than deleting them one by one).
+    pub(crate) fn tidy(&mut self, chunk: i64) -> rusqlite::Result<bool> {
+        if self.deleted_upto >= self.done_id {
+            return Ok(false);
+        }
+        if self.done_id >= self.last_id {
+            self.conn
+                .prepare_cached("DELETE FROM outbox")?
+                .execute([])?;
+            self.deleted_upto = self.done_id;
+            return Ok(false);
+        }
+        let upto = self.done_id.min(self.deleted_upto.saturating_add(chunk));
+        self.conn
+            .prepare_cached("DELETE FROM outbox WHERE id <= ?1")?
+            .execute([upto])?;
+        self.deleted_upto = upto;
+        Ok(upto < self.done_id)
     }
 
     /// Records a failed attempt on a queued row.
@@ -533,14 +590,16 @@ impl Store {
 
     /// Depth, created_at of the oldest queued row (unix ms), dead-letter count.
     pub(crate) fn stats(&self) -> rusqlite::Result<(u64, Option<i64>, u64)> {
-        let depth: u64 = self
-            .conn
-            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        let depth: u64 = self.conn.query_row(
+            "SELECT count(*) FROM outbox WHERE id > ?1",
+            [self.done_id],
+            |r| r.get(0),
+        )?;
         let oldest: Option<i64> = self
             .conn
             .query_row(
-                "SELECT created_at FROM outbox ORDER BY id LIMIT 1",
-                [],
+                "SELECT created_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT 1",
+                [self.done_id],
                 |r| r.get(0),
             )
             .optional()?;

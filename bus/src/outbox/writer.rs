@@ -85,25 +85,37 @@ pub(crate) struct Ctx {
     pub(crate) committed: watch::Sender<i64>,
     /// Group commits so far (a test checks that concurrent publishes share them).
     pub(crate) commits: u64,
-    /// Confirmed ranges whose delete failed (a full disk, say); retried before the next delete.
-    /// Until then they would only be sent again by a restarted process (same msg id).
-    pub(crate) failed_deletes: Vec<(i64, i64)>,
 }
 
+/// Confirmed rows deleted per step when the writer is idle: small enough that a publish arriving
+/// meanwhile waits little.
+const TIDY_CHUNK: i64 = 1024;
+/// Confirmed rows allowed to pile up in the file before the writer deletes them even while busy
+/// (bounds the file under a sustained load with no idle moment; each is a few hundred bytes).
+const MAX_UNDELETED: i64 = 256 * 1024;
+
 impl Ctx {
-    /// Deletes the confirmed rows `first..=last` (and any range whose delete failed before).
-    /// Nobody awaits this: a failure is logged and the range retried with the next one.
-    pub(crate) fn delete_confirmed(&mut self, first: i64, last: i64) {
-        self.failed_deletes.push((first, last));
-        while let Some(&(f, l)) = self.failed_deletes.first() {
-            match self.store.delete_range(f, l) {
-                Ok(()) => {
-                    self.failed_deletes.remove(0);
-                }
-                Err(e) => {
-                    tracing::error!(path = %self.store.path.display(), error = %e, first = f, last = l, "cannot delete confirmed outbox messages; will retry with the next batch (a restart would send them again)");
-                    return;
-                }
+    /// Records that every row up to `last` is confirmed or dead-lettered. Nobody awaits this: a
+    /// failure is logged and the watermark moved with the next batch (until then a restarted
+    /// process would send these again, same msg ids).
+    pub(crate) fn confirmed(&mut self, last: i64) {
+        if let Err(e) = self.store.mark_done(last) {
+            tracing::error!(path = %self.store.path.display(), error = %e, last, "cannot record confirmed outbox messages; will retry with the next batch (a restart would send them again)");
+            return;
+        }
+        if self.store.undeleted() > MAX_UNDELETED {
+            self.tidy();
+        }
+    }
+
+    /// Deletes a chunk of confirmed rows; returns whether there is more to delete.
+    fn tidy(&mut self) -> bool {
+        match self.store.tidy(TIDY_CHUNK) {
+            Ok(more) => more,
+            Err(e) => {
+                // Only space is at stake: the rows are already marked done and never resent.
+                tracing::warn!(path = %self.store.path.display(), error = %e, "cannot delete confirmed outbox messages; will retry");
+                false
             }
         }
     }
@@ -169,7 +181,6 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     shared: thread_shared,
                     committed: committed_tx,
                     commits: 0,
-                    failed_deletes: Vec::new(),
                 },
             );
         })
@@ -209,7 +220,21 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
 
 fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
     let mut group: Vec<(RawMessage, oneshot::Sender<Result<()>>)> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        // Delete confirmed rows only when nothing is waiting, so publishes never wait for it.
+        let first = match rx.try_recv() {
+            Ok(cmd) => cmd,
+            Err(mpsc::TryRecvError::Empty) => {
+                if ctx.tidy() {
+                    continue;
+                }
+                match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => return,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => return,
+        };
         let mut next = Some(first);
         // Take everything already waiting: that is what makes the commit a group commit.
         while let Some(cmd) = next.take() {
