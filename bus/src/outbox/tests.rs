@@ -666,3 +666,39 @@ fn the_row_encoding_round_trips_and_rejects_truncation() {
         }
     }
 }
+
+#[test]
+fn confirmed_rows_left_in_the_file_are_never_resent() {
+    // The writer deletes confirmed rows lazily; the watermark alone must keep them from being
+    // read as queued, also by a new process on the same file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    {
+        let mut st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
+        let msgs: Vec<RawMessage> = (0..10).map(|i| msg("a", format!("{i}"))).collect();
+        assert_eq!(st.insert_all(msgs.iter()).unwrap(), 1);
+        st.mark_done(6).unwrap();
+        assert_eq!(st.page(0, 100).unwrap().first().map(|r| r.id), Some(7));
+        assert_eq!(st.stats().unwrap().0, 4);
+    }
+    let mut st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
+    let w = st.watermarks().unwrap();
+    assert_eq!((w.committed, w.done), (10, 6));
+    let ids: Vec<i64> = st.page(0, 100).unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [7, 8, 9, 10]);
+    assert_eq!(st.stats().unwrap().0, 4);
+    // Tidying deletes only what is done; once all is done the table empties at once.
+    let rows_in_file = |st: &store::Store| -> i64 {
+        st.conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(rows_in_file(&st), 10);
+    while st.tidy(2).unwrap() {}
+    assert_eq!(rows_in_file(&st), 4);
+    st.mark_done(10).unwrap();
+    assert!(!st.tidy(2).unwrap());
+    assert_eq!(rows_in_file(&st), 0);
+    // Ids keep counting after the queue emptied.
+    assert_eq!(st.insert_all([msg("a", "x")].iter()).unwrap(), 11);
+}
