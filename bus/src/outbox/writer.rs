@@ -2,8 +2,9 @@
 //!
 //! rusqlite is synchronous, so the connection lives on a dedicated thread. Every enqueue that is
 //! waiting when the thread looks at its channel goes into one transaction (group commit); each
-//! caller is answered once that transaction is committed. Everything else (deletes after a
-//! confirm, dead-lettering, reads for the API) is a closure run on the same thread, in order.
+//! caller is answered once that transaction is committed. Everything else (the confirmed
+//! watermark, dead-lettering, pages for the drainer, reads for the API) is a closure run on the
+//! same thread, in order; confirmed rows are deleted when nothing else is waiting.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ pub(crate) const HANDOFF_MAX_ROWS: usize = 1 << 20;
 pub(crate) const HANDOFF_MAX_ROWS: usize = 8192;
 /// Estimated memory (see [`footprint`]) the writer hands to the drainer in memory before the
 /// same fallback. This is what keeps the process flat however long the queue is.
-pub(crate) const HANDOFF_MAX_BYTES: usize = 24 * 1024 * 1024;
+pub(crate) const HANDOFF_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a queued message costs in memory while it waits in the handoff: its strings and payload
 /// plus the `Row` itself, its allocations and the allocator's overhead (measured roughly).
