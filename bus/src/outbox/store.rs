@@ -486,6 +486,11 @@ impl Store {
         self.done_id - self.deleted_upto
     }
 
+    /// Whether every queued row is confirmed (then [`Store::tidy`] empties the table at once).
+    pub(crate) fn caught_up(&self) -> bool {
+        self.done_id >= self.last_id
+    }
+
     /// Deletes up to `chunk` confirmed rows; returns whether any may remain. When the whole queue
     /// is confirmed, the table is emptied at once (SQLite then frees its pages without visiting
     /// each row, which is far cheaper than deleting them one by one).

@@ -91,6 +91,10 @@ pub(crate) struct Ctx {
 /// Confirmed rows deleted per step when the writer is idle: small enough that a publish arriving
 /// meanwhile waits little.
 const TIDY_CHUNK: i64 = 1024;
+/// Confirmed rows left in the file before an idle writer deletes them row by row. Below this it
+/// waits until the drainer has caught up and empties the table at once, which costs almost
+/// nothing, instead of spending CPU the drainer (on the same cores) could use.
+const TIDY_THRESHOLD: i64 = 64 * 1024;
 /// Confirmed rows allowed to pile up in the file before the writer deletes them even while busy
 /// (bounds the file under a sustained load with no idle moment; each is a few hundred bytes).
 const MAX_UNDELETED: i64 = 256 * 1024;
@@ -107,6 +111,18 @@ impl Ctx {
         if self.store.undeleted() > MAX_UNDELETED {
             self.tidy();
         }
+    }
+
+    /// Called when nothing is waiting: deletes confirmed rows if that is cheap (the queue is
+    /// caught up) or overdue; returns whether to call again.
+    fn tidy_idle(&mut self) -> bool {
+        if self.store.undeleted() == 0 {
+            return false;
+        }
+        if !self.store.caught_up() && self.store.undeleted() < TIDY_THRESHOLD {
+            return false;
+        }
+        self.tidy()
     }
 
     /// Deletes a chunk of confirmed rows; returns whether there is more to delete.
@@ -226,7 +242,7 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
         let first = match rx.try_recv() {
             Ok(cmd) => cmd,
             Err(mpsc::TryRecvError::Empty) => {
-                if ctx.tidy() {
+                if ctx.tidy_idle() {
                     continue;
                 }
                 match rx.recv() {
