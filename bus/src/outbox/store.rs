@@ -157,12 +157,20 @@ fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
+/// Rows per multi-row `INSERT` (3 parameters each, well under SQLite's limit of 32766).
+const ROWS_PER_INSERT: usize = 64;
+
+static INSERT_MULTI: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let rows = vec!["(?, ?, ?)"; ROWS_PER_INSERT].join(", ");
+    format!("INSERT INTO outbox (id, msg, created_at) VALUES {rows}")
+});
+
 /// A message as one blob, so that a queued row is one bound value and one read:
 /// `[u32 subject length][subject][u32 reply length + 1, 0 for none][reply][u32 headers length]`
 /// `[headers][payload]`, little-endian; headers are `[u16 name length][name][u32 value length]`
 /// `[value]`, repeated. Cheap to write and read on the hot path (no serde), order-preserving.
+/// Appended to `out`.
 pub(crate) fn encode_msg(m: &RawMessage, out: &mut Vec<u8>) {
-    out.clear();
     out.extend_from_slice(&(m.subject.len() as u32).to_le_bytes());
     out.extend_from_slice(m.subject.as_bytes());
     match &m.reply {
@@ -428,15 +436,40 @@ impl Store {
     ) -> rusqlite::Result<i64> {
         let first = self.last_id + 1;
         let mut id = self.last_id;
+        let now = now_ms();
         let tx = self.conn.transaction()?;
         {
-            let mut stmt =
+            // Many rows per statement: SQLite's per-statement work (bind, step, reset) is a good
+            // part of a small insert. The encoded rows of one statement sit in one buffer.
+            let mut multi = tx.prepare_cached(&INSERT_MULTI)?;
+            let mut single =
                 tx.prepare_cached("INSERT INTO outbox (id, msg, created_at) VALUES (?1, ?2, ?3)")?;
-            let now = now_ms();
-            for m in msgs {
-                id += 1;
-                encode_msg(m, &mut self.scratch);
-                stmt.execute(params![id, &self.scratch[..], now])?;
+            let mut ends: Vec<usize> = Vec::with_capacity(ROWS_PER_INSERT);
+            let mut msgs = msgs.peekable();
+            while msgs.peek().is_some() {
+                self.scratch.clear();
+                ends.clear();
+                for m in msgs.by_ref().take(ROWS_PER_INSERT) {
+                    encode_msg(m, &mut self.scratch);
+                    ends.push(self.scratch.len());
+                }
+                let mut start = 0;
+                if ends.len() == ROWS_PER_INSERT {
+                    for (i, &end) in ends.iter().enumerate() {
+                        id += 1;
+                        multi.raw_bind_parameter(3 * i + 1, id)?;
+                        multi.raw_bind_parameter(3 * i + 2, &self.scratch[start..end])?;
+                        multi.raw_bind_parameter(3 * i + 3, now)?;
+                        start = end;
+                    }
+                    multi.raw_execute()?;
+                } else {
+                    for &end in &ends {
+                        id += 1;
+                        single.execute(params![id, &self.scratch[start..end], now])?;
+                        start = end;
+                    }
+                }
             }
             tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
                 .execute([id])?;

@@ -657,6 +657,7 @@ fn the_row_encoding_round_trips_and_rejects_truncation() {
     let bare = RawMessage::new("c", Bytes::new());
     let mut buf = Vec::new();
     for m in [with_reply, bare] {
+        buf.clear();
         store::encode_msg(&m, &mut buf);
         assert_eq!(store::decode_msg(&buf).unwrap(), m);
         // Every strict prefix that cuts into the length-prefixed part is refused, never misread.
@@ -701,4 +702,23 @@ fn confirmed_rows_left_in_the_file_are_never_resent() {
     assert_eq!(rows_in_file(&st), 0);
     // Ids keep counting after the queue emptied.
     assert_eq!(st.insert_all([msg("a", "x")].iter()).unwrap(), 11);
+}
+
+#[test]
+fn a_large_group_is_stored_in_order_and_intact() {
+    // More rows than one multi-row statement holds, and a remainder: every row comes back in
+    // order with its own id, subject, headers and payload.
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = store::Store::open(&dir.path().join("o.db"), Durability::ProcessCrash).unwrap();
+    let msgs: Vec<RawMessage> = (0..150)
+        .map(|i| msg(&format!("s.{i}"), "x".repeat(i)))
+        .collect();
+    assert_eq!(st.insert_all(msgs.iter()).unwrap(), 1);
+    assert_eq!(st.insert_all(msgs[..3].iter()).unwrap(), 151);
+    let rows = st.page(0, 1000).unwrap();
+    assert_eq!(rows.len(), 153);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.id, i as i64 + 1);
+        assert_eq!(row.msg, msgs[if i < 150 { i } else { i - 150 }]);
+    }
 }
