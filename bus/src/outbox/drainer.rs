@@ -5,17 +5,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::store::{sql_err, Row};
-use super::writer::{Shared, Writer};
+use super::writer::{footprint, Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
 use crate::headers;
 use crate::{Error, Result};
 
-/// Rows sent between two confirmations.
-pub(crate) const BATCH: usize = 512;
+/// Rows sent between two confirmations (and read per page). Large, so that the confirmation
+/// round trip is amortised over many messages; a page of this many rows is a few MiB at most.
+pub(crate) const BATCH: usize = 4096;
 /// Failed attempts (while connected) after which a message is dead-lettered.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
 /// Wait after a failure that did not count (the connection changed under the batch), so that a
@@ -42,18 +43,25 @@ pub(crate) struct Drainer {
     pub(crate) paging: bool,
     /// The connection changed since the last confirmation (or none was made yet).
     pub(crate) reconnected: bool,
+    /// The next page, being read on the writer thread while the current batch is sent: the id
+    /// it starts after, and where its rows arrive.
+    pub(crate) prefetch: Option<(i64, oneshot::Receiver<Result<Vec<Row>>>)>,
 }
 
 impl Drainer {
     pub(crate) async fn run(mut self) {
+        // One buffer for every batch (swapped with the handoff's), so that sending does not
+        // allocate (and free) a large block per batch.
+        let mut batch = VecDeque::with_capacity(BATCH);
         loop {
-            let batch = self.next_batch().await;
+            batch.clear();
+            self.next_batch(&mut batch).await;
             let (first, last) = match (batch.front(), batch.back()) {
                 (Some(f), Some(l)) => (f.id, l.id),
                 _ => continue,
             };
             let span = tracing::debug_span!("outbox_drain", first_id = first, n = batch.len());
-            self.send_batch(batch).instrument(span).await;
+            self.send_batch(&mut batch).instrument(span).await;
             self.done.send_if_modified(|d| {
                 let moved = last > *d;
                 if moved {
@@ -66,7 +74,7 @@ impl Drainer {
 
     /// The next rows to send, in id order: from memory when the writer handed them over, from
     /// SQLite (one page at a time, so memory stays flat) when it could not.
-    async fn next_batch(&mut self) -> VecDeque<Row> {
+    async fn next_batch(&mut self, out: &mut VecDeque<Row>) {
         loop {
             if self.paging {
                 let rows = self.page().await;
@@ -81,19 +89,26 @@ impl Drainer {
                         h.bytes = 0;
                     }
                     let rows = self.page().await;
-                    if rows.len() < BATCH {
+                    let full = rows.len() >= BATCH;
+                    if !full {
                         self.paging = false;
                     }
                     if let Some(last) = rows.last() {
                         self.last_taken = last.id;
-                        return rows.into();
+                        if full {
+                            self.start_prefetch();
+                        }
+                        *out = rows.into();
+                        return;
                     }
                     continue;
                 }
                 if let Some(last) = rows.last() {
                     self.last_taken = last.id;
                 }
-                return rows.into();
+                self.start_prefetch();
+                *out = rows.into();
+                return;
             }
             {
                 let mut h = self.shared.lock();
@@ -106,23 +121,53 @@ impl Drainer {
                 }
                 while h.rows.front().is_some_and(|r| r.id <= self.last_taken) {
                     if let Some(r) = h.rows.pop_front() {
-                        h.bytes -= r.msg.payload.len();
+                        h.bytes -= footprint(&r.msg);
                     }
                 }
                 if !h.rows.is_empty() {
-                    let n = h.rows.len().min(BATCH);
-                    let batch: VecDeque<Row> = h.rows.drain(..n).collect();
-                    h.bytes -= batch.iter().map(|r| r.msg.payload.len()).sum::<usize>();
-                    self.last_taken = batch.back().map_or(self.last_taken, |r| r.id);
-                    return batch;
+                    if h.rows.len() <= BATCH {
+                        // Take them all: swap buffers (`out` is empty) instead of moving rows.
+                        std::mem::swap(&mut h.rows, out);
+                        h.bytes = 0;
+                    } else {
+                        out.extend(h.rows.drain(..BATCH));
+                        h.bytes -= out.iter().map(|r| footprint(&r.msg)).sum::<usize>();
+                    }
+                    self.last_taken = out.back().map_or(self.last_taken, |r| r.id);
+                    return;
                 }
             }
             self.shared.notify.notified().await;
         }
     }
 
-    async fn page(&self) -> Vec<Row> {
+    /// Starts reading the page after `last_taken` on the writer thread, so that it is ready (or
+    /// nearly) when the batch about to be sent is confirmed.
+    fn start_prefetch(&mut self) {
         let after = self.last_taken;
+        let started = self.writer.start(move |ctx| {
+            let path = ctx.store.path.clone();
+            ctx.store
+                .page(after, BATCH)
+                .map_err(|e| sql_err(&path, "cannot read the outbox queue", e))
+        });
+        self.prefetch = started.ok().map(|rx| (after, rx));
+    }
+
+    async fn page(&mut self) -> Vec<Row> {
+        let after = self.last_taken;
+        if let Some((at, rx)) = self.prefetch.take() {
+            match rx.await {
+                Ok(Ok(rows)) if at == after => return rows,
+                // Read for another position (cannot happen: only the drainer moves it), or
+                // failed: read again below, retrying until it works.
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "outbox drainer cannot read the queue; retrying")
+                }
+                Err(_) => {}
+            }
+        }
         self.retry_store("read the queue", move |w| async move {
             w.call(move |ctx| {
                 let path = ctx.store.path.clone();
@@ -177,13 +222,60 @@ impl Drainer {
             && *self.state.borrow() == ConnectionState::Connected
     }
 
-    async fn send_batch(&mut self, mut rows: VecDeque<Row>) {
+    /// Puts back, from SQLite, the messages of `rows` that were handed to the broker (moved out
+    /// rather than cloned: a failure is rare, a clone per message is not). The rows are still
+    /// there: nothing of this batch past the confirmed prefix has been marked done.
+    async fn reload(&self, rows: &mut VecDeque<Row>) {
+        let (Some(front), n) = (rows.front(), rows.len()) else {
+            return;
+        };
+        let after = front.id - 1;
+        let fresh = self
+            .retry_store("read the queue", move |w| async move {
+                w.call(move |ctx| {
+                    let path = ctx.store.path.clone();
+                    ctx.store
+                        .page(after, n)
+                        .map_err(|e| sql_err(&path, "cannot read the outbox queue", e))
+                })
+                .await
+            })
+            .await;
+        let same = fresh.len() == n && fresh.iter().zip(rows.iter()).all(|(f, r)| f.id == r.id);
+        if same {
+            for (row, f) in rows.iter_mut().zip(fresh) {
+                row.msg = f.msg;
+            }
+        } else {
+            // Cannot happen (the batch is a contiguous run of the queue and only this task
+            // removes rows from it); if it did, the file is the truth.
+            tracing::warn!(
+                n,
+                got = fresh.len(),
+                "outbox batch differs from the file; resending what the file holds"
+            );
+            *rows = fresh.into();
+        }
+    }
+
+    async fn send_batch(&mut self, rows: &mut VecDeque<Row>) {
+        // Whether some messages of `rows` were moved into the broker and must be read back
+        // before the batch (or what is left of it) is handled again.
+        let mut moved = false;
         while !rows.is_empty() {
+            if std::mem::take(&mut moved) {
+                self.reload(rows).await;
+                if rows.is_empty() {
+                    return;
+                }
+            }
             self.wait_connected().await;
             let mut sent = 0;
             let mut failure = None;
-            for row in rows.iter() {
-                match self.broker.publish(row.msg.clone()).await {
+            moved = true;
+            for row in rows.iter_mut() {
+                let msg = std::mem::replace(&mut row.msg, empty_message());
+                match self.broker.publish(msg).await {
                     Ok(()) => sent += 1,
                     Err(e) => {
                         failure = Some(e);
@@ -204,23 +296,23 @@ impl Drainer {
                         tokio::time::sleep(UNCOUNTED_RETRY).await;
                         continue;
                     }
+                    Ok(()) if sent == rows.len() => {
+                        self.reconnected = false;
+                        let last = rows.back().map_or(0, |r| r.id);
+                        rows.clear();
+                        let _ = self.writer.submit(move |ctx| ctx.confirmed(last));
+                        tracing::trace!(n = sent, "outbox batch confirmed");
+                        return;
+                    }
                     Ok(()) => {
                         self.reconnected = false;
-                        let ids: Vec<i64> = rows.drain(..sent).map(|r| r.id).collect();
-                        let ids = Arc::new(ids);
-                        self.retry_store("delete confirmed messages", |w| {
-                            let ids = ids.clone();
-                            async move {
-                                w.call(move |ctx| {
-                                    let path = ctx.store.path.clone();
-                                    ctx.store.delete(&ids).map_err(|e| {
-                                        sql_err(&path, "cannot delete confirmed messages", e)
-                                    })
-                                })
-                                .await
-                            }
-                        })
-                        .await;
+                        let last = rows.get(sent - 1).map_or(0, |r| r.id);
+                        rows.drain(..sent);
+                        // Confirmed: record it without waiting. The writer thread runs this in
+                        // order, before anything asked of it later (a stats call after a flush
+                        // sees the rows gone); the next batch goes out meanwhile. A crash before
+                        // it commits only means these are sent again, with the same msg ids.
+                        let _ = self.writer.submit(move |ctx| ctx.confirmed(last));
                         tracing::trace!(n = sent, "outbox batch confirmed");
                     }
                     Err(e) => {
@@ -233,6 +325,9 @@ impl Drainer {
                         let counted = !timed_out && !self.reconnected && self.stayed_connected();
                         self.reconnected = false;
                         tracing::warn!(error = %e, counted, n = sent, "outbox confirm failed; the batch will be sent again");
+                        // The messages are needed again (and for the dead-letter log).
+                        self.reload(rows).await;
+                        moved = false;
                         if counted {
                             // The server answered, but not with a confirmation: every message of
                             // the batch is suspect. Count one attempt each; a dropped connection
@@ -254,7 +349,7 @@ impl Drainer {
                                         kept.push_back(row);
                                     }
                                 }
-                                rows = kept;
+                                *rows = kept;
                                 continue;
                             }
                             let n = rows.front().map_or(1, |r| r.attempts);
@@ -267,6 +362,9 @@ impl Drainer {
                 }
             }
             let Some(e) = failure else { continue };
+            // The failed message went into the broker too: read the rest back first.
+            self.reload(rows).await;
+            moved = false;
             let counted = self.stayed_connected();
             let Some(row) = rows.front_mut() else {
                 continue;
@@ -330,5 +428,15 @@ impl Drainer {
             error,
             "outbox message dead-lettered after {attempts} failed attempts; the queue goes on (see Bus::dead_letters)"
         );
+    }
+}
+
+/// What is left in a row whose message was handed to the broker: allocates nothing.
+fn empty_message() -> crate::broker::RawMessage {
+    crate::broker::RawMessage {
+        subject: String::new(),
+        reply: None,
+        headers: crate::Headers::new(),
+        payload: bytes::Bytes::new(),
     }
 }

@@ -10,7 +10,9 @@
 //! - Delivery is at-least-once and in publish order (FIFO by queue id). A row is deleted only
 //!   after the broker confirmed it (on NATS, a round trip through the server after each batch);
 //!   a batch whose confirmation fails, or that crossed a reconnect, is sent again. Duplicates
-//!   carry the same `Bus-Msg-Id`/`Nats-Msg-Id`, so a JetStream stream dedupes them.
+//!   carry the same `Bus-Msg-Id`/`Nats-Msg-Id`, so a JetStream stream dedupes them. A confirmed
+//!   batch moves a watermark in the file (one small update); the rows behind it are deleted
+//!   when the writer is idle, so a restarted process never resends them.
 //! - Time spent disconnected costs nothing. A send or confirmation that fails while the
 //!   connection stays up counts one attempt; after 3 (with 100 ms, then 400 ms backoff) the
 //!   message moves to the dead-letter table with its last error and the queue goes on behind it.
@@ -26,8 +28,9 @@
 //!
 //! `publish` hands its message to the one writer thread that owns the connection and commits
 //! concurrent publishes together (`writer`, `store`). One drainer task sends the queue in FIFO
-//! order, confirms each batch with the broker and only then deletes it (`drainer`); the
-//! dead-letter API runs on the writer thread too (`dead_letters`).
+//! order, confirms each batch with the broker and only then marks it done (`drainer`), while
+//! the next page is read on the writer thread; the dead-letter API runs on the writer thread
+//! too (`dead_letters`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -140,6 +143,7 @@ impl Outbox {
             last_taken: 0,
             paging: true,
             reconnected: true,
+            prefetch: None,
         };
         let drainer = tokio::spawn(drainer.run());
         tracing::debug!(path = %started.writer.path().display(), committed = started.watermarks.committed, done = started.watermarks.done, "outbox open");

@@ -2,8 +2,9 @@
 //!
 //! rusqlite is synchronous, so the connection lives on a dedicated thread. Every enqueue that is
 //! waiting when the thread looks at its channel goes into one transaction (group commit); each
-//! caller is answered once that transaction is committed. Everything else (deletes after a
-//! confirm, dead-lettering, reads for the API) is a closure run on the same thread, in order.
+//! caller is answered once that transaction is committed. Everything else (the confirmed
+//! watermark, dead-lettering, pages for the drainer, reads for the API) is a closure run on the
+//! same thread, in order; confirmed rows are deleted when nothing else is waiting.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -20,9 +21,32 @@ use crate::{Error, Result};
 /// Most enqueues committed in one transaction; bounds the latency of the first one.
 const MAX_GROUP: usize = 4096;
 /// Rows the writer hands to the drainer in memory before it falls back to paging from SQLite.
+///
+/// In practice the byte bound below is the one that bites; paging costs a read and a decode per
+/// row on the writer thread, so the handoff should absorb any backlog a fast producer builds up
+/// while the broker is reachable. The tests use a small bound to exercise the paging path.
+#[cfg(not(test))]
+pub(crate) const HANDOFF_MAX_ROWS: usize = 1 << 20;
+#[cfg(test)]
 pub(crate) const HANDOFF_MAX_ROWS: usize = 8192;
-/// Payload bytes the writer hands to the drainer in memory before the same fallback.
-pub(crate) const HANDOFF_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Estimated memory (see [`footprint`]) the writer hands to the drainer in memory before the
+/// same fallback. This is what keeps the process flat however long the queue is.
+pub(crate) const HANDOFF_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a queued message costs in memory while it waits in the handoff: its strings and payload
+/// plus the `Row` itself, its allocations and the allocator's overhead (measured roughly).
+pub(crate) fn footprint(msg: &RawMessage) -> usize {
+    const ROW_OVERHEAD: usize = 224;
+    msg.payload.len()
+        + msg.subject.len()
+        + msg.reply.as_ref().map_or(0, String::len)
+        + msg
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+        + ROW_OVERHEAD
+}
 
 /// Newly committed rows on their way to the drainer, so it need not read back what it just wrote.
 #[derive(Debug, Default)]
@@ -62,6 +86,59 @@ pub(crate) struct Ctx {
     pub(crate) committed: watch::Sender<i64>,
     /// Group commits so far (a test checks that concurrent publishes share them).
     pub(crate) commits: u64,
+}
+
+/// Confirmed rows deleted per step when the writer is idle: small enough that a publish arriving
+/// meanwhile waits little.
+const TIDY_CHUNK: i64 = 1024;
+/// Confirmed rows left in the file before an idle writer deletes them row by row. Below this it
+/// waits until the drainer has caught up and empties the table at once, which costs almost
+/// nothing, instead of spending CPU the drainer (on the same cores) could use.
+const TIDY_THRESHOLD: i64 = 64 * 1024;
+/// Confirmed rows allowed to pile up in the file before the writer deletes them even while busy
+/// (bounds the file under a sustained load with no idle moment; each is a few hundred bytes).
+const MAX_UNDELETED: i64 = 256 * 1024;
+
+impl Ctx {
+    /// Records that every row up to `last` is confirmed or dead-lettered. Nobody awaits this: a
+    /// failure is logged and the watermark moved with the next batch (until then a restarted
+    /// process would send these again, same msg ids).
+    pub(crate) fn confirmed(&mut self, last: i64) {
+        if let Err(e) = self.store.mark_done(last) {
+            tracing::error!(path = %self.store.path.display(), error = %e, last, "cannot record confirmed outbox messages; will retry with the next batch (a restart would send them again)");
+            return;
+        }
+        // Under a load that never leaves the writer idle, delete down to the bound right here.
+        while self.store.undeleted() > MAX_UNDELETED {
+            if !self.tidy() {
+                break;
+            }
+        }
+    }
+
+    /// Called when nothing is waiting: deletes confirmed rows if that is cheap (the queue is
+    /// caught up) or overdue; returns whether to call again.
+    fn tidy_idle(&mut self) -> bool {
+        if self.store.undeleted() == 0 {
+            return false;
+        }
+        if !self.store.caught_up() && self.store.undeleted() < TIDY_THRESHOLD {
+            return false;
+        }
+        self.tidy()
+    }
+
+    /// Deletes a chunk of confirmed rows; returns whether there is more to delete.
+    fn tidy(&mut self) -> bool {
+        match self.store.tidy(TIDY_CHUNK) {
+            Ok(more) => more,
+            Err(e) => {
+                // Only space is at stake: the rows are already marked done and never resent.
+                tracing::warn!(path = %self.store.path.display(), error = %e, "cannot delete confirmed outbox messages; will retry");
+                false
+            }
+        }
+    }
 }
 
 type Op = Box<dyn FnOnce(&mut Ctx) + Send>;
@@ -163,7 +240,21 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
 
 fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
     let mut group: Vec<(RawMessage, oneshot::Sender<Result<()>>)> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        // Delete confirmed rows only when nothing is waiting, so publishes never wait for it.
+        let first = match rx.try_recv() {
+            Ok(cmd) => cmd,
+            Err(mpsc::TryRecvError::Empty) => {
+                if ctx.tidy_idle() {
+                    continue;
+                }
+                match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => return,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => return,
+        };
         let mut next = Some(first);
         // Take everything already waiting: that is what makes the commit a group commit.
         while let Some(cmd) = next.take() {
@@ -197,15 +288,15 @@ fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Resu
     let batch = std::mem::take(group);
     let _span = tracing::trace_span!("outbox_commit", n = batch.len()).entered();
     match ctx.store.insert_all(batch.iter().map(|(m, _)| m)) {
-        Ok(ids) => {
+        Ok(first) => {
             ctx.commits += 1;
-            let last = *ids.last().unwrap_or(&0);
+            let last = first + batch.len() as i64 - 1;
             ctx.committed.send_replace(last);
             let mut replies = Vec::with_capacity(batch.len());
             {
                 let mut h = ctx.shared.lock();
-                for (id, (msg, reply)) in ids.into_iter().zip(batch) {
-                    let size = msg.payload.len();
+                for (id, (msg, reply)) in (first..).zip(batch) {
+                    let size = footprint(&msg);
                     if !h.overflowed
                         && h.rows.len() < HANDOFF_MAX_ROWS
                         && h.bytes + size <= HANDOFF_MAX_BYTES
@@ -278,6 +369,30 @@ impl Writer {
         });
         self.tx.send(Command::Op(op)).map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Runs `f` on the writer thread without waiting for it (in order with everything else).
+    pub(crate) fn submit<F>(&self, f: F) -> Result<()>
+    where
+        F: FnOnce(&mut Ctx) + Send + 'static,
+    {
+        self.tx
+            .send(Command::Op(Box::new(f)))
+            .map_err(|_| self.closed())
+    }
+
+    /// Runs `f` on the writer thread; the answer arrives on the returned receiver, so the caller
+    /// can do something else meanwhile (the drainer reads its next page this way).
+    pub(crate) fn start<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ctx) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit(move |ctx| {
+            let _ = tx.send(f(ctx));
+        })?;
+        Ok(rx)
     }
 
     /// Asks the thread to commit what it holds and stop.
