@@ -255,7 +255,7 @@ pub(crate) fn decode_msg(blob: &[u8]) -> rusqlite::Result<RawMessage> {
         let n = u16::from_le_bytes([b[0], b[1]]) as usize;
         let name = known_name(take_str(&mut hs, n)?);
         let n = take_u32(&mut hs)?;
-        headers.append(name, take_str(&mut hs, n)?);
+        headers.append(name, take_str(&mut hs, n)?.to_owned());
     }
     Ok(RawMessage {
         subject,
