@@ -45,8 +45,9 @@ async fn connect(name: &str, url: &str) -> Result<Bus, bus::Error> {
         .nats([url])
         .name(name)
         .request_timeout(Duration::from_secs(5))
-        // Requests and replies never go through the outbox; events here are best effort.
-        .no_outbox()
+        // Events go through each agent's own durable outbox (one file per process: the file is
+        // locked); requests and replies are conversations and never queue.
+        .outbox_path(std::env::temp_dir().join(format!("bus-nats-agents-{name}.sqlite3")))
         .connect()
         .await
 }
