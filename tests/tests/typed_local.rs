@@ -4,16 +4,9 @@
 use std::time::Duration;
 
 use bus::{headers, Bus, Envelope, Error, Headers, Message, RawMessage, Subscription, WireHeaders};
+use bus_tests::msgs::{outbound, Outbound};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
-#[subject("plugin.outbound.<channel>.<instance>")]
-struct Outbound {
-    channel: String,
-    instance: String,
-    text: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
 #[subject("agent.route.<agent>")]
@@ -30,14 +23,6 @@ struct RouteReply {
 }
 
 const RECV_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn outbound(channel: &str, instance: &str, text: &str) -> Outbound {
-    Outbound {
-        channel: channel.into(),
-        instance: instance.into(),
-        text: text.into(),
-    }
-}
 
 async fn next<T: Message>(sub: &mut Subscription<T>) -> bus::Result<Envelope<T>> {
     tokio::time::timeout(RECV_TIMEOUT, sub.next())
