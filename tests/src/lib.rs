@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod msgs;
 pub mod server;
+pub mod support;
 
 /// The README's Rust examples, compiled and run as doc tests so they cannot rot.
 #[cfg(doctest)]
