@@ -388,14 +388,10 @@ fn rate(name: &'static str, plan: &Plan, n: usize, ratio: f64) -> Scenario {
 /// warm-up (each request stands alone).
 fn latency(name: &'static str, plan: &Plan, n: usize) -> Scenario {
     Scenario {
-        name,
         unit: "us",
         better: Better::Lower,
-        target: Target::RatioAtLeast(0.90),
-        sides: plan.sides,
-        rounds: plan.rounds,
-        n,
         warmup_n: 0,
+        ..rate(name, plan, n, 0.90)
     }
 }
 

@@ -115,6 +115,33 @@ fn shape(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Serves `Delegate` on `bus` and makes one request: the header shapes the responder saw, and
+/// the reply.
+async fn request_seen(bus: &Bus) -> (Vec<Vec<(String, String)>>, Envelope<RouteReply>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_by_handler = seen.clone();
+    Delegate::serve(bus, Delegate::filter(), move |req| {
+        seen_by_handler.lock().unwrap().push(header_shape(&req));
+        async move {
+            Ok::<_, Error>(RouteReply {
+                accepted: true,
+                by: req.agent.clone(),
+            })
+        }
+    })
+    .await
+    .unwrap();
+    let reply = Delegate {
+        agent: "planner".into(),
+        task: "t".into(),
+    }
+    .request(bus)
+    .await
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    (seen, reply)
+}
+
 #[tokio::test]
 async fn minimal_wire_headers_send_nothing_on_a_direct_publish() {
     let bus = Bus::local().await.unwrap();
@@ -136,28 +163,9 @@ async fn minimal_wire_headers_send_nothing_on_a_direct_publish() {
     assert_eq!(header_shape(&env), shape(&[("Tenant", "acme")]));
 
     // Requests carry their correlation id, and replies copy it, with nothing else.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen_by_handler = seen.clone();
-    Delegate::serve(&bus, Delegate::filter(), move |req| {
-        seen_by_handler.lock().unwrap().push(header_shape(&req));
-        async move {
-            Ok::<_, Error>(RouteReply {
-                accepted: true,
-                by: req.agent.clone(),
-            })
-        }
-    })
-    .await
-    .unwrap();
-    let reply = Delegate {
-        agent: "planner".into(),
-        task: "t".into(),
-    }
-    .request(&bus)
-    .await
-    .unwrap();
+    let (seen, reply) = request_seen(&bus).await;
     let correlation = shape(&[(headers::CORRELATION_ID, "<id>")]);
-    assert_eq!(*seen.lock().unwrap(), std::slice::from_ref(&correlation));
+    assert_eq!(seen, std::slice::from_ref(&correlation));
     assert_eq!(header_shape(&reply), correlation);
     assert!(reply.correlation_id().is_some());
 }
@@ -212,28 +220,9 @@ async fn full_wire_headers_describe_every_typed_message() {
     );
 
     // Requests add their correlation id; replies say what their payload is.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen_by_handler = seen.clone();
-    Delegate::serve(&bus, Delegate::filter(), move |req| {
-        seen_by_handler.lock().unwrap().push(header_shape(&req));
-        async move {
-            Ok::<_, Error>(RouteReply {
-                accepted: true,
-                by: req.agent.clone(),
-            })
-        }
-    })
-    .await
-    .unwrap();
-    let reply = Delegate {
-        agent: "planner".into(),
-        task: "t".into(),
-    }
-    .request(&bus)
-    .await
-    .unwrap();
+    let (seen, reply) = request_seen(&bus).await;
     assert_eq!(
-        *seen.lock().unwrap(),
+        seen,
         [shape(&[
             (headers::NATS_MSG_ID, "<id>"),
             (headers::MSG_ID, "<id>"),
