@@ -43,3 +43,24 @@ pub async fn collect(sub: &mut RawSubscription, n: usize, idle: Duration) -> Vec
     }
     got
 }
+
+/// Publishes `before` on `<prefix>.small`, `big` on `<prefix>.big`, then `after 0` … `after
+/// {after - 1}` on `<prefix>.small`, each raw: an oversize message in the middle of a queue.
+/// Returns the small payloads in publish order, which is what a subscriber must see.
+pub async fn publish_around(bus: &Bus, prefix: &str, big: Vec<u8>, after: usize) -> Vec<String> {
+    let small = format!("{prefix}.small");
+    bus.publish_raw(RawMessage::new(small.as_str(), "before"))
+        .await
+        .unwrap();
+    bus.publish_raw(RawMessage::new(format!("{prefix}.big").as_str(), big))
+        .await
+        .unwrap();
+    for i in 0..after {
+        bus.publish_raw(RawMessage::new(small.as_str(), format!("after {i}")))
+            .await
+            .unwrap();
+    }
+    let mut want = vec!["before".to_string()];
+    want.extend((0..after).map(|i| format!("after {i}")));
+    want
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bus::headers::MSG_ID;
 use bus::{Bus, ConnectionState, Headers, RawMessage};
 use bus_tests::server::{free_port, NatsServer};
-use bus_tests::support::{collect, flush};
+use bus_tests::support::{collect, flush, publish_around};
 use futures::StreamExt;
 
 /// Guards against hangs; never a timing assertion.
@@ -330,21 +330,9 @@ async fn oversize_message_is_dead_lettered_and_the_queue_goes_on() {
     let mut state = bus.watch_state();
     state.mark_unchanged();
     let mut sub = bus.broker().subscribe("d.>", None).await.unwrap();
-    bus.publish_raw(RawMessage::new("d.small", "before"))
-        .await
-        .unwrap();
-    bus.publish_raw(RawMessage::new("d.big", vec![7u8; 5000]))
-        .await
-        .unwrap();
-    for i in 0..100 {
-        bus.publish_raw(RawMessage::new("d.small", format!("after {i}")))
-            .await
-            .unwrap();
-    }
+    let want = publish_around(&bus, "d", vec![7u8; 5000], 100).await;
     flush(&bus, GUARD).await;
     let got = collect(&mut sub, 101, Duration::from_secs(5)).await;
-    let mut want = vec!["before".to_string()];
-    want.extend((0..100).map(|i| format!("after {i}")));
     let got: Vec<String> = got
         .iter()
         .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())

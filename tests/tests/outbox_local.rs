@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bus::headers::MSG_ID;
 use bus::{Bus, Error, Headers, Message, RawMessage, RawSubscription};
-use bus_tests::support::{collect, flush};
+use bus_tests::support::{collect, flush, publish_around};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -151,21 +151,9 @@ async fn oversize_goes_to_the_dead_letters_after_exactly_three_attempts() {
     let bus = local(&dir.path().join("o.db")).await;
     let mut sub = bus.broker().subscribe("dl.>", None).await.unwrap();
     let max = bus.broker().max_payload();
-    bus.publish_raw(RawMessage::new("dl.small", "before"))
-        .await
-        .unwrap();
-    bus.publish_raw(RawMessage::new("dl.big", vec![1u8; max + 1]))
-        .await
-        .unwrap();
-    for i in 0..20 {
-        bus.publish_raw(RawMessage::new("dl.small", format!("after {i}")))
-            .await
-            .unwrap();
-    }
+    let want = publish_around(&bus, "dl", vec![1u8; max + 1], 20).await;
     flush(&bus, GUARD).await;
     let got: Vec<String> = drain(&mut sub, 21).await.iter().map(text).collect();
-    let mut want = vec!["before".to_string()];
-    want.extend((0..20).map(|i| format!("after {i}")));
     assert_eq!(got, want, "the queue went on behind the dead letter");
 
     let dlq = bus.dead_letters();
