@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bus::{Broker, ConnectionState, Error, Headers, NatsBroker, NatsOptions, RawMessage};
-use bus_tests::server::NatsServer;
+use bus_tests::server::{monitor_count, NatsServer};
 use bus_tests::support::{nats_options, wait_state};
 use futures::StreamExt;
 
@@ -358,14 +358,7 @@ async fn typed_stream_reports_slow_consumer_and_goes_on() {
 /// `"num_connections": N` in a `/connz` body.
 fn connections(server: &NatsServer) -> usize {
     let body = server.monitor("/connz").unwrap();
-    body.split_once("\"num_connections\":")
-        .and_then(|(_, rest)| {
-            rest.trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse().ok())
-        })
-        .expect("num_connections in /connz")
+    monitor_count(&body, "num_connections").expect("num_connections in /connz")
 }
 
 #[tokio::test]
