@@ -24,6 +24,15 @@ pub async fn wait_state(broker: &NatsBroker, want: ConnectionState, guard: Durat
         .expect("state watch closed");
 }
 
+/// Whether `broker` stays short of `Connected` for the whole of `window`.
+pub async fn stays_unconnected(broker: &NatsBroker, window: Duration) -> bool {
+    let mut rx = broker.state();
+    let connected = tokio::time::timeout(window, rx.wait_for(|s| *s == ConnectionState::Connected))
+        .await
+        .is_ok();
+    !connected
+}
+
 /// Flushes `bus`; panics if the flush fails or takes longer than `guard`.
 pub async fn flush(bus: &Bus, guard: Duration) {
     tokio::time::timeout(guard, bus.flush())
