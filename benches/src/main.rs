@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use report::{Better, Line, Target};
-use runner::{interleave, BenchResult, Outcome, Sample, Sides};
+use runner::{interleave, BenchResult, Outcome, Rounds, Sample, Sides};
 use scenarios::{local, nats, rss};
 use server::Server;
 
@@ -201,6 +201,8 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> BenchResult<Vec<Line>> {
     let plan = args.plan;
     let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    // Diagnostics run only when named: an empty `--only` does not select them.
+    let named = |name: &str| args.only.iter().any(|o| o == name);
     let needs_server = SCENARIOS[..3]
         .iter()
         .chain(&SCENARIOS[5..6])
@@ -219,8 +221,6 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         println!("{}", line.to_json());
         lines.push(line);
     };
-    let rounds = plan.rounds;
-    let warm = |n: usize| n / 5;
 
     if selected("nats_pubsub_typed") {
         let mut s = nats::PubSub {
@@ -228,60 +228,27 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             durable: false,
             window: plan.window,
         };
-        let o = interleave(
-            "nats_pubsub_typed",
-            plan.sides,
-            rounds,
-            plan.pubsub_n,
-            warm(plan.pubsub_n),
-            &mut s,
-        )
-        .await;
-        emit(line(
-            "nats_pubsub_typed",
-            "msg/s",
-            Better::Higher,
-            Target::RatioAtLeast(0.90),
-            o,
-        ));
+        emit(
+            rate("nats_pubsub_typed", &plan, plan.pubsub_n, 0.90)
+                .run(&mut s)
+                .await,
+        );
     }
-    if args.only.iter().any(|o| o == "diag_pubsub_bytes") {
+    if named("diag_pubsub_bytes") {
         let mut s = nats::BytesDiag { url: url.clone() };
-        let o = interleave(
-            "diag_pubsub_bytes",
-            plan.sides,
-            rounds,
-            plan.pubsub_n,
-            warm(plan.pubsub_n),
-            &mut s,
-        )
-        .await;
-        emit(line(
-            "diag_pubsub_bytes",
-            "msg/s",
-            Better::Higher,
-            Target::RatioAtLeast(0.90),
-            o,
-        ));
+        emit(
+            rate("diag_pubsub_bytes", &plan, plan.pubsub_n, 0.90)
+                .run(&mut s)
+                .await,
+        );
     }
-    if args.only.iter().any(|o| o == "diag_raw_headers") {
+    if named("diag_raw_headers") {
         let mut s = nats::HeadersDiag { url: url.clone() };
-        let o = interleave(
-            "diag_raw_headers",
-            plan.sides,
-            rounds,
-            plan.pubsub_n,
-            warm(plan.pubsub_n),
-            &mut s,
-        )
-        .await;
-        emit(line(
-            "diag_raw_headers",
-            "msg/s",
-            Better::Higher,
-            Target::RatioAtLeast(0.90),
-            o,
-        ));
+        emit(
+            rate("diag_raw_headers", &plan, plan.pubsub_n, 0.90)
+                .run(&mut s)
+                .await,
+        );
     }
     if selected("nats_pubsub_durable") {
         let mut s = nats::PubSub {
@@ -289,113 +256,51 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             durable: true,
             window: plan.window,
         };
-        let o = interleave(
-            "nats_pubsub_durable",
-            plan.sides,
-            rounds,
-            plan.durable_n,
-            warm(plan.durable_n),
-            &mut s,
-        )
-        .await;
-        emit(line(
-            "nats_pubsub_durable",
-            "msg/s",
-            Better::Higher,
-            Target::RatioAtLeast(0.50),
-            o,
-        ));
+        emit(
+            rate("nats_pubsub_durable", &plan, plan.durable_n, 0.50)
+                .run(&mut s)
+                .await,
+        );
     }
     if selected("nats_request_p50") {
         let mut s = nats::Request {
             url: url.clone(),
             pending_bus: None,
         };
-        let o = interleave(
-            "nats_request_p50",
-            plan.sides,
-            rounds,
-            plan.request_n,
-            0,
-            &mut s,
-        )
-        .await;
-        emit(line(
-            "nats_request_p50",
-            "us",
-            Better::Lower,
-            Target::RatioAtLeast(0.90),
-            o,
-        ));
+        emit(
+            latency("nats_request_p50", &plan, plan.request_n)
+                .run(&mut s)
+                .await,
+        );
     }
-    for (name, shape) in [
-        (
-            "diag_request_headers",
-            nats::RawRequestShape {
-                headers: true,
-                spawn: false,
-            },
-        ),
-        (
-            "diag_request_spawn",
-            nats::RawRequestShape {
-                headers: false,
-                spawn: true,
-            },
-        ),
+    for (name, headers, spawn) in [
+        ("diag_request_headers", true, false),
+        ("diag_request_spawn", false, true),
     ] {
-        if args.only.iter().any(|o| o == name) {
+        if named(name) {
             let mut s = nats::RequestDiag {
                 url: url.clone(),
-                shape,
+                shape: nats::RawRequestShape { headers, spawn },
                 pending: None,
             };
-            let o = interleave(name, plan.sides, rounds, plan.request_n, 0, &mut s).await;
-            emit(line(
-                name,
-                "us",
-                Better::Lower,
-                Target::RatioAtLeast(0.90),
-                o,
-            ));
+            emit(latency(name, &plan, plan.request_n).run(&mut s).await);
         }
     }
     if selected("local_pubsub_typed") {
-        let o = interleave(
-            "local_pubsub_typed",
-            plan.sides,
-            rounds,
-            plan.local_n,
-            warm(plan.local_n),
-            &mut local::PubSub,
-        )
-        .await;
-        emit(line(
-            "local_pubsub_typed",
-            "msg/s",
-            Better::Higher,
-            Target::RatioAtLeast(0.80),
-            o,
-        ));
+        let mut s = local::PubSub;
+        emit(
+            rate("local_pubsub_typed", &plan, plan.local_n, 0.80)
+                .run(&mut s)
+                .await,
+        );
     }
     if selected("local_10k_subs") {
         let mut s = local::ManySubs { subs: 10_000 };
-        let o = interleave(
-            "local_10k_subs",
-            plan.sides,
-            rounds,
-            plan.subs_n,
-            warm(plan.subs_n),
-            &mut s,
-        )
-        .await;
-        emit(line(
-            "local_10k_subs",
-            "msg/s",
-            Better::Higher,
-            Target::RatioAtLeast(0.50),
-            o,
-        ));
+        emit(
+            rate("local_10k_subs", &plan, plan.subs_n, 0.50)
+                .run(&mut s)
+                .await,
+        );
     }
     if selected("drain_after_outage") {
         if let Some(server) = server.as_mut() {
@@ -403,22 +308,13 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
                 server,
                 window: plan.window,
             };
-            let o = interleave(
-                "drain_after_outage",
-                plan.sides,
-                plan.drain_rounds,
-                plan.drain_n,
-                0,
-                &mut s,
-            )
-            .await;
-            emit(line(
-                "drain_after_outage",
-                "msg/s",
-                Better::Higher,
-                Target::RatioAtLeast(0.50),
-                o,
-            ));
+            // Every round drains a fresh backlog: a warm-up would only drain one more.
+            let spec = Scenario {
+                rounds: plan.drain_rounds,
+                warmup_n: 0,
+                ..rate("drain_after_outage", &plan, plan.drain_n, 0.50)
+            };
+            emit(spec.run(&mut s).await);
         }
     }
     if selected("outbox_1m_rss_mib") {
@@ -451,6 +347,52 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
     );
     drop(server);
     Ok(lines)
+}
+
+/// One interleaved scenario: what its line reports and how much work its rounds do.
+struct Scenario {
+    name: &'static str,
+    unit: &'static str,
+    better: Better,
+    target: Target,
+    sides: Sides,
+    rounds: usize,
+    n: usize,
+    warmup_n: usize,
+}
+
+impl Scenario {
+    /// Runs `r`'s baseline and bus rounds interleaved and turns the outcome into the report line.
+    async fn run<R: Rounds>(self, r: &mut R) -> Line {
+        let o = interleave(self.name, self.sides, self.rounds, self.n, self.warmup_n, r).await;
+        line(self.name, self.unit, self.better, self.target, o)
+    }
+}
+
+/// A throughput scenario: msg/s, higher is better, bus at least `ratio` of the baseline, and a
+/// fifth of `n` as warm-up so connections and caches are hot before the first timed round.
+fn rate(name: &'static str, plan: &Plan, n: usize, ratio: f64) -> Scenario {
+    Scenario {
+        name,
+        unit: "msg/s",
+        better: Better::Higher,
+        target: Target::RatioAtLeast(ratio),
+        sides: plan.sides,
+        rounds: plan.rounds,
+        n,
+        warmup_n: n / 5,
+    }
+}
+
+/// A request latency scenario: p50 in µs, lower is better, bus within 0.90 of the baseline, no
+/// warm-up (each request stands alone).
+fn latency(name: &'static str, plan: &Plan, n: usize) -> Scenario {
+    Scenario {
+        unit: "us",
+        better: Better::Lower,
+        warmup_n: 0,
+        ..rate(name, plan, n, 0.90)
+    }
 }
 
 fn line(

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::msgs::{self, Delegate, Outbound, RouteReply, CHANNEL, INSTANCE, WARM};
 use crate::runner::{fail, rate, within, BenchResult};
-use crate::scenarios::nats::{REQUEST_WARMUP, SLACK, WAIT};
+use crate::scenarios::nats::{warm_up, SLACK, WAIT};
 use crate::server::Server;
 
 /// Counts `n` measured messages on a typed subscription and returns when the last arrived.
@@ -57,6 +57,37 @@ async fn probe(bus: &Bus, warm: &Notify) -> BenchResult<()> {
     Err(fail("the typed subscription never saw a probe"))
 }
 
+/// Subscribes `subscriber` to the measured channel, counts there, and probes from `publisher`
+/// until the subscription is live at the server.
+async fn start_counter(
+    publisher: &Bus,
+    subscriber: &Bus,
+    n: usize,
+) -> BenchResult<JoinHandle<BenchResult<Instant>>> {
+    let sub = Outbound::subscribe(subscriber, Outbound::filter().channel(CHANNEL)).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_typed_counter(sub, n, warm.clone());
+    probe(publisher, &warm).await?;
+    Ok(counter)
+}
+
+/// A subscribing bus on its own connection (outbox off, a buffer that holds the whole round),
+/// its counter live for `publisher`'s messages. The bus is returned so it outlives the round.
+async fn typed_subscriber(
+    url: &str,
+    n: usize,
+    publisher: &Bus,
+) -> BenchResult<(Bus, JoinHandle<BenchResult<Instant>>)> {
+    let subscriber = Bus::builder()
+        .nats([url])
+        .no_outbox()
+        .subscription_capacity(n + SLACK)
+        .connect()
+        .await?;
+    let counter = start_counter(publisher, &subscriber, n).await?;
+    Ok((subscriber, counter))
+}
+
 /// Publishes `n` copies of `msg` with up to `window` publishes in flight.
 async fn publish_windowed(bus: &Bus, msg: &Outbound, n: usize, window: usize) -> BenchResult<()> {
     let mut in_flight = futures::stream::iter(0..n)
@@ -72,16 +103,7 @@ async fn publish_windowed(bus: &Bus, msg: &Outbound, n: usize, window: usize) ->
 /// baseline), outbox off, publishes awaited one after the other.
 pub async fn pubsub_typed(url: &str, n: usize) -> BenchResult<f64> {
     let publisher = Bus::builder().nats([url]).no_outbox().connect().await?;
-    let subscriber = Bus::builder()
-        .nats([url])
-        .no_outbox()
-        .subscription_capacity(n + SLACK)
-        .connect()
-        .await?;
-    let sub = Outbound::subscribe(&subscriber, Outbound::filter().channel(CHANNEL)).await?;
-    let warm = Arc::new(Notify::new());
-    let counter = spawn_typed_counter(sub, n, warm.clone());
-    probe(&publisher, &warm).await?;
+    let (_subscriber, counter) = typed_subscriber(url, n, &publisher).await?;
 
     let msg = msgs::outbound(INSTANCE);
     let start = Instant::now();
@@ -101,16 +123,7 @@ pub async fn pubsub_durable(url: &str, n: usize, window: usize) -> BenchResult<f
         .outbox_path(dir.path().join("outbox.sqlite3"))
         .connect()
         .await?;
-    let subscriber = Bus::builder()
-        .nats([url])
-        .no_outbox()
-        .subscription_capacity(n + SLACK)
-        .connect()
-        .await?;
-    let sub = Outbound::subscribe(&subscriber, Outbound::filter().channel(CHANNEL)).await?;
-    let warm = Arc::new(Notify::new());
-    let counter = spawn_typed_counter(sub, n, warm.clone());
-    probe(&publisher, &warm).await?;
+    let (_subscriber, counter) = typed_subscriber(url, n, &publisher).await?;
 
     let msg = msgs::outbound(INSTANCE);
     let start = Instant::now();
@@ -143,17 +156,8 @@ impl BusRequester {
             serve: Some(serve),
             _server_bus: server_bus,
         };
-        let mut ok = 0;
-        for _ in 0..1000 {
-            if r.req.request(&r.client).await.is_ok() {
-                ok += 1;
-                if ok == REQUEST_WARMUP {
-                    break;
-                }
-            } else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        let requester = &r;
+        warm_up(|_| async move { requester.req.request(&requester.client).await.is_ok() }).await;
         Ok(r)
     }
 
@@ -215,10 +219,7 @@ pub async fn drain(server: &mut Server, n: usize, window: usize) -> BenchResult<
         .reconnect_delay(Duration::from_millis(100))
         .connect()
         .await?;
-    let sub = Outbound::subscribe(&bus, Outbound::filter().channel(CHANNEL)).await?;
-    let warm = Arc::new(Notify::new());
-    let counter = spawn_typed_counter(sub, n, warm.clone());
-    probe(&bus, &warm).await?;
+    let counter = start_counter(&bus, &bus, n).await?;
     bus.flush().await?;
 
     server.stop().await?;

@@ -1,7 +1,10 @@
-//! Shared test support for `bus`: the nats-server harness and the broker conformance suite.
+//! Shared test support for `bus`: the nats-server harness, the broker conformance
+//! suite, and the message types several test files share.
 
 pub mod conformance;
+pub mod msgs;
 pub mod server;
+pub mod support;
 
 /// The README's Rust examples, compiled and run as doc tests so they cannot rot.
 #[cfg(doctest)]

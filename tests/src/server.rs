@@ -456,14 +456,19 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 
 /// `"num_routes": N` in a `/routez` body.
 fn count_routes(body: &str) -> usize {
-    body.split_once("\"num_routes\":")
+    monitor_count(body, "num_routes").unwrap_or(0)
+}
+
+/// The number after `"key":` in a monitoring endpoint's JSON body (`num_routes` in `/routez`,
+/// `num_connections` in `/connz`), without a JSON parser; `None` if the key is absent.
+pub fn monitor_count(body: &str, key: &str) -> Option<usize> {
+    body.split_once(&format!("\"{key}\":"))
         .and_then(|(_, rest)| {
             rest.trim_start()
                 .split(|c: char| !c.is_ascii_digit())
                 .next()
                 .and_then(|n| n.parse().ok())
         })
-        .unwrap_or(0)
 }
 
 fn tail(text: &str, lines: usize) -> String {

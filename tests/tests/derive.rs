@@ -2,28 +2,8 @@
 //! filter patterns, queue groups, and refusal of placeholder values that would widen a subject.
 
 use bus::{Error, Filter, Message, Request, SubjectToken};
+use bus_tests::msgs::{self, Delegate, Outbound};
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
-#[subject("plugin.outbound.<channel>.<instance>")]
-struct Outbound {
-    channel: String,
-    instance: String,
-    text: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
-#[subject("agent.route.<agent>")]
-#[reply(RouteReply)]
-struct Delegate {
-    agent: String,
-    task: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RouteReply {
-    accepted: bool,
-}
 
 /// Literals after and between placeholders, an integer and a custom token type.
 #[derive(Debug, Serialize, Deserialize, Message)]
@@ -64,11 +44,7 @@ struct Keyword {
 }
 
 fn outbound(channel: &str, instance: &str) -> Outbound {
-    Outbound {
-        channel: channel.into(),
-        instance: instance.into(),
-        text: "hi".into(),
-    }
+    msgs::outbound(channel, instance, "hi")
 }
 
 #[test]

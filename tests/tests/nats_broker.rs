@@ -4,30 +4,20 @@
 use std::time::Duration;
 
 use bus::{Broker, ConnectionState, Error, Headers, NatsBroker, NatsOptions, RawMessage};
-use bus_tests::server::NatsServer;
+use bus_tests::server::{monitor_count, NatsServer};
+use bus_tests::support::{nats_options, wait_state};
 use futures::StreamExt;
 
 const GUARD: Duration = Duration::from_secs(20);
 
 fn options(url: &str) -> NatsOptions {
-    let mut o = NatsOptions::new([url]);
-    o.reconnect_delay = Duration::from_millis(100);
-    o.request_timeout = Duration::from_secs(5);
-    o
+    nats_options(url, Duration::from_secs(5))
 }
 
 async fn connected(o: NatsOptions) -> NatsBroker {
     let broker = NatsBroker::connect(o).await.expect("connect");
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     broker
-}
-
-async fn wait_state(broker: &NatsBroker, want: ConnectionState) {
-    let mut rx = broker.state();
-    tokio::time::timeout(GUARD, rx.wait_for(|s| *s == want))
-        .await
-        .unwrap_or_else(|_| panic!("state never became {want}"))
-        .expect("state watch closed");
 }
 
 async fn next(sub: &mut bus::RawSubscription) -> RawMessage {
@@ -368,14 +358,7 @@ async fn typed_stream_reports_slow_consumer_and_goes_on() {
 /// `"num_connections": N` in a `/connz` body.
 fn connections(server: &NatsServer) -> usize {
     let body = server.monitor("/connz").unwrap();
-    body.split_once("\"num_connections\":")
-        .and_then(|(_, rest)| {
-            rest.trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse().ok())
-        })
-        .expect("num_connections in /connz")
+    monitor_count(&body, "num_connections").expect("num_connections in /connz")
 }
 
 #[tokio::test]

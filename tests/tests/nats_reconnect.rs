@@ -5,23 +5,13 @@ use std::time::Duration;
 
 use bus::{Broker, ConnectionState, NatsBroker, NatsOptions, RawMessage, RawSubscription};
 use bus_tests::server::{free_port, NatsServer};
+use bus_tests::support::{nats_options, wait_state};
 use futures::StreamExt;
 
 const GUARD: Duration = Duration::from_secs(30);
 
 fn options(url: &str) -> NatsOptions {
-    let mut o = NatsOptions::new([url]);
-    o.reconnect_delay = Duration::from_millis(100);
-    o.request_timeout = Duration::from_secs(2);
-    o
-}
-
-async fn wait_state(broker: &NatsBroker, want: ConnectionState) {
-    let mut rx = broker.state();
-    tokio::time::timeout(GUARD, rx.wait_for(|s| *s == want))
-        .await
-        .unwrap_or_else(|_| panic!("state never became {want}"))
-        .expect("state watch closed");
+    nats_options(url, Duration::from_secs(2))
 }
 
 /// Publishes and confirms until the subscriber gets a message: after a reconnect the client
@@ -51,7 +41,7 @@ async fn publish_until_received(broker: &NatsBroker, sub: &mut RawSubscription, 
 async fn subscriber_survives_a_restart_on_the_same_port() {
     let server = NatsServer::start();
     let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     let mut sub = broker.subscribe("r.>", None).await.unwrap();
     broker
         .publish(RawMessage::new("r.before", "x"))
@@ -66,11 +56,11 @@ async fn subscriber_survives_a_restart_on_the_same_port() {
 
     let mut state = broker.state();
     server.kill();
-    wait_state(&broker, ConnectionState::Disconnected).await;
+    wait_state(&broker, ConnectionState::Disconnected, GUARD).await;
     assert!(state.has_changed().unwrap());
     state.mark_unchanged();
     server.start_again();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     publish_until_received(&broker, &mut sub, "r.after").await;
     assert_eq!(sub.stats.dropped(), 0);
 }
@@ -79,12 +69,12 @@ async fn subscriber_survives_a_restart_on_the_same_port() {
 async fn graceful_stop_then_start_also_reconnects() {
     let server = NatsServer::start();
     let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     let mut sub = broker.subscribe("g.x", None).await.unwrap();
     server.stop();
-    wait_state(&broker, ConnectionState::Disconnected).await;
+    wait_state(&broker, ConnectionState::Disconnected, GUARD).await;
     server.start_again();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     publish_until_received(&broker, &mut sub, "g.x").await;
 }
 
@@ -99,7 +89,7 @@ async fn connect_succeeds_before_the_server_starts() {
     let mut sub = broker.subscribe("late.x", None).await.unwrap();
 
     let _server = NatsServer::builder().port(port).start();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     publish_until_received(&broker, &mut sub, "late.x").await;
 }
 
@@ -109,12 +99,12 @@ async fn fails_over_between_cluster_nodes() {
     let broker = NatsBroker::connect(options(&cluster.urls()[0]))
         .await
         .unwrap();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     let mut sub = broker.subscribe("f.x", None).await.unwrap();
     // Kill node 0: the client learned the others from the cluster's INFO and moves there.
     cluster.node(0).kill();
-    wait_state(&broker, ConnectionState::Disconnected).await;
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Disconnected, GUARD).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     publish_until_received(&broker, &mut sub, "f.x").await;
 }
 
@@ -122,16 +112,16 @@ async fn fails_over_between_cluster_nodes() {
 async fn confirm_fails_once_after_a_lost_connection() {
     let server = NatsServer::start();
     let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     broker.confirm().await.expect("confirm while connected");
     broker
         .publish(RawMessage::new("c.x", "maybe lost"))
         .await
         .unwrap();
     server.kill();
-    wait_state(&broker, ConnectionState::Disconnected).await;
+    wait_state(&broker, ConnectionState::Disconnected, GUARD).await;
     server.start_again();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     // The message published before the outage is unproven: the confirmation says so ...
     let err = broker.confirm().await.unwrap_err();
     assert!(
@@ -146,7 +136,7 @@ async fn confirm_fails_once_after_a_lost_connection() {
 async fn lame_duck_mode_is_reported() {
     let server = NatsServer::start();
     let broker = NatsBroker::connect(options(&server.url())).await.unwrap();
-    wait_state(&broker, ConnectionState::Connected).await;
+    wait_state(&broker, ConnectionState::Connected, GUARD).await;
     server.lame_duck();
-    wait_state(&broker, ConnectionState::LameDuck).await;
+    wait_state(&broker, ConnectionState::LameDuck, GUARD).await;
 }

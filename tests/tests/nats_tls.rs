@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bus::{Broker, ConnectionState, NatsBroker, NatsOptions, RawMessage};
 use bus_tests::server::NatsServer;
+use bus_tests::support::stays_unconnected;
 
 const GUARD: Duration = Duration::from_secs(20);
 
@@ -52,13 +53,10 @@ async fn assert_connects(o: NatsOptions) {
 
 async fn assert_never_connects(o: NatsOptions) {
     let broker = NatsBroker::connect(o).await.unwrap();
-    let mut rx = broker.state();
-    let r = tokio::time::timeout(
-        Duration::from_secs(2),
-        rx.wait_for(|s| *s == ConnectionState::Connected),
-    )
-    .await;
-    assert!(r.is_err(), "connected although TLS should have failed");
+    assert!(
+        stays_unconnected(&broker, Duration::from_secs(2)).await,
+        "connected although TLS should have failed"
+    );
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bus::{Bus, ConnectionState, Message, WireHeaders};
+use bus_tests::msgs::Delegate;
 use bus_tests::server::NatsServer;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -18,19 +19,6 @@ struct Outbound {
     instance: String,
     text: String,
     retries: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
-#[subject("agent.route.<agent>")]
-#[reply(RouteReply)]
-struct Delegate {
-    agent: String,
-    task: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RouteReply {
-    accepted: bool,
 }
 
 /// What a foreign peer builds: a map from field name to value, any key order.

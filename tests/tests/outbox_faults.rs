@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus::headers::MSG_ID;
-use bus::{Bus, ConnectionState, Headers, RawMessage, RawSubscription};
+use bus::{Bus, ConnectionState, Headers, RawMessage};
 use bus_tests::server::{free_port, NatsServer};
+use bus_tests::support::{collect, flush, publish_around};
 use futures::StreamExt;
 
 /// Guards against hangs; never a timing assertion.
@@ -31,31 +32,12 @@ async fn nats_bus(url: &str, outbox: &std::path::Path) -> Bus {
         .expect("connect must succeed, even with the server down")
 }
 
-async fn flush(bus: &Bus) {
-    tokio::time::timeout(GUARD, bus.flush())
-        .await
-        .expect("flush hung")
-        .expect("flush failed");
-}
-
 async fn wait_connected(bus: &Bus) {
     let mut rx = bus.watch_state();
     tokio::time::timeout(GUARD, rx.wait_for(|s| *s == ConnectionState::Connected))
         .await
         .expect("never connected")
         .expect("state watch closed");
-}
-
-/// Takes messages until `n` arrived, or none arrived for `idle`.
-async fn collect(sub: &mut RawSubscription, n: usize, idle: Duration) -> Vec<RawMessage> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match tokio::time::timeout(idle, sub.messages.next()).await {
-            Ok(Some(m)) => got.push(m),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    got
 }
 
 fn seqs(msgs: &[RawMessage]) -> Vec<u64> {
@@ -92,7 +74,7 @@ async fn publishes_while_down_arrive_in_order_once_the_server_starts() {
     assert_eq!(stats.depth, N, "everything waits in the outbox");
 
     let _server = NatsServer::builder().port(port).start();
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let got = collect(&mut sub, N as usize, Duration::from_secs(5)).await;
     assert_eq!(
         seqs(&got),
@@ -155,7 +137,7 @@ async fn sigkilled_publisher_leaves_everything_acknowledged_to_the_next_process(
     let mut sub = client.subscribe("b.seq").await.unwrap();
     client.flush().await.unwrap(); // the server has the subscription before anything drains
     let bus = nats_bus(&url, &path).await;
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let mut got = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
         got.push(
@@ -267,7 +249,7 @@ async fn server_killed_mid_burst_loses_nothing_acknowledged() {
     }
     let at_kill = killer.join().unwrap();
     assert!(at_kill < N as usize, "the kill did not land mid-burst");
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let mut seen: BTreeMap<u64, &str> = BTreeMap::new();
     let mut duplicates = 0;
     for (seq, m) in seqs(&got).into_iter().zip(&got) {
@@ -348,21 +330,9 @@ async fn oversize_message_is_dead_lettered_and_the_queue_goes_on() {
     let mut state = bus.watch_state();
     state.mark_unchanged();
     let mut sub = bus.broker().subscribe("d.>", None).await.unwrap();
-    bus.publish_raw(RawMessage::new("d.small", "before"))
-        .await
-        .unwrap();
-    bus.publish_raw(RawMessage::new("d.big", vec![7u8; 5000]))
-        .await
-        .unwrap();
-    for i in 0..100 {
-        bus.publish_raw(RawMessage::new("d.small", format!("after {i}")))
-            .await
-            .unwrap();
-    }
-    flush(&bus).await;
+    let want = publish_around(&bus, "d", vec![7u8; 5000], 100).await;
+    flush(&bus, GUARD).await;
     let got = collect(&mut sub, 101, Duration::from_secs(5)).await;
-    let mut want = vec!["before".to_string()];
-    want.extend((0..100).map(|i| format!("after {i}")));
     let got: Vec<String> = got
         .iter()
         .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
@@ -396,7 +366,7 @@ async fn oversize_message_is_dead_lettered_and_the_queue_goes_on() {
     .await
     .expect("never reconnected to the bigger server");
     bus.dead_letters().replay(dead[0].id).await.unwrap();
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let got = collect(&mut sub, 1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].subject, "d.big");

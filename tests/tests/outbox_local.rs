@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bus::headers::MSG_ID;
 use bus::{Bus, Error, Headers, Message, RawMessage, RawSubscription};
+use bus_tests::support::{collect, flush, publish_around};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -28,23 +29,9 @@ async fn local(path: &Path) -> Bus {
         .expect("local bus with an outbox")
 }
 
-async fn flush(bus: &Bus) {
-    tokio::time::timeout(GUARD, bus.flush())
-        .await
-        .expect("flush hung")
-        .expect("flush failed");
-}
-
 /// Everything already delivered to `sub` (after a flush), up to `n`.
 async fn drain(sub: &mut RawSubscription, n: usize) -> Vec<RawMessage> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match tokio::time::timeout(Duration::from_secs(2), sub.messages.next()).await {
-            Ok(Some(m)) => got.push(m),
-            _ => break,
-        }
-    }
-    got
+    collect(sub, n, Duration::from_secs(2)).await
 }
 
 fn text(m: &RawMessage) -> String {
@@ -81,7 +68,7 @@ async fn a_thousand_concurrent_publishes_are_committed_and_delivered_in_fifo_ord
         }
     });
     futures::future::join_all(publishers).await;
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let mut next = vec![0u64; 10];
     for _ in 0..1000 {
         let env = tokio::time::timeout(GUARD, sub.next())
@@ -109,7 +96,7 @@ async fn concurrent_raw_publishes_all_commit() {
     for r in futures::future::join_all(all).await {
         r.unwrap();
     }
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let got = drain(&mut sub, 1000).await;
     let mut seen: Vec<u32> = got.iter().map(|m| text(m).parse().unwrap()).collect();
     seen.sort_unstable();
@@ -151,7 +138,7 @@ async fn a_new_bus_on_the_same_file_drains_what_the_last_one_left() {
     // the subscription exists before anything is delivered.
     let bus = local(&path).await;
     let mut sub = bus.broker().subscribe("left.>", None).await.unwrap();
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let got = drain(&mut sub, 100).await;
     let got_ids: Vec<&str> = got.iter().map(|m| m.headers.get(MSG_ID).unwrap()).collect();
     assert_eq!(got_ids, ids, "all of them, in order, with their msg ids");
@@ -164,21 +151,9 @@ async fn oversize_goes_to_the_dead_letters_after_exactly_three_attempts() {
     let bus = local(&dir.path().join("o.db")).await;
     let mut sub = bus.broker().subscribe("dl.>", None).await.unwrap();
     let max = bus.broker().max_payload();
-    bus.publish_raw(RawMessage::new("dl.small", "before"))
-        .await
-        .unwrap();
-    bus.publish_raw(RawMessage::new("dl.big", vec![1u8; max + 1]))
-        .await
-        .unwrap();
-    for i in 0..20 {
-        bus.publish_raw(RawMessage::new("dl.small", format!("after {i}")))
-            .await
-            .unwrap();
-    }
-    flush(&bus).await;
+    let want = publish_around(&bus, "dl", vec![1u8; max + 1], 20).await;
+    flush(&bus, GUARD).await;
     let got: Vec<String> = drain(&mut sub, 21).await.iter().map(text).collect();
-    let mut want = vec!["before".to_string()];
-    want.extend((0..20).map(|i| format!("after {i}")));
     assert_eq!(got, want, "the queue went on behind the dead letter");
 
     let dlq = bus.dead_letters();
@@ -210,7 +185,7 @@ async fn dead_letters_list_count_replay_purge() {
     bus.publish_raw(RawMessage::new("dl.b", vec![b'b'; max + 1]))
         .await
         .unwrap();
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let dlq = bus.dead_letters();
     assert_eq!(dlq.count().await.unwrap(), 2);
     let list = dlq.list().await.unwrap();
@@ -232,7 +207,7 @@ async fn dead_letters_list_count_replay_purge() {
         dlq.replay(a.id).await,
         Err(Error::DeadLetterNotFound(_))
     ));
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let list = dlq.list().await.unwrap();
     assert_eq!(list.len(), 2);
     assert_eq!(list[1].subject, "dl.a");
@@ -245,7 +220,7 @@ async fn dead_letters_list_count_replay_purge() {
     bus.publish_raw(RawMessage::new("dl.ok", "fine"))
         .await
         .unwrap();
-    flush(&bus).await;
+    flush(&bus, GUARD).await;
     let got = drain(&mut sub, 1).await;
     assert_eq!(got.iter().map(text).collect::<Vec<_>>(), ["fine"]);
 

@@ -4,16 +4,9 @@
 use std::time::Duration;
 
 use bus::{headers, Bus, Envelope, Error, Headers, Message, RawMessage, Subscription, WireHeaders};
+use bus_tests::msgs::{outbound, Outbound};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
-#[subject("plugin.outbound.<channel>.<instance>")]
-struct Outbound {
-    channel: String,
-    instance: String,
-    text: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
 #[subject("agent.route.<agent>")]
@@ -30,14 +23,6 @@ struct RouteReply {
 }
 
 const RECV_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn outbound(channel: &str, instance: &str, text: &str) -> Outbound {
-    Outbound {
-        channel: channel.into(),
-        instance: instance.into(),
-        text: text.into(),
-    }
-}
 
 async fn next<T: Message>(sub: &mut Subscription<T>) -> bus::Result<Envelope<T>> {
     tokio::time::timeout(RECV_TIMEOUT, sub.next())
@@ -130,6 +115,33 @@ fn shape(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Serves `Delegate` on `bus` and makes one request: the header shapes the responder saw, and
+/// the reply.
+async fn request_seen(bus: &Bus) -> (Vec<Vec<(String, String)>>, Envelope<RouteReply>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_by_handler = seen.clone();
+    Delegate::serve(bus, Delegate::filter(), move |req| {
+        seen_by_handler.lock().unwrap().push(header_shape(&req));
+        async move {
+            Ok::<_, Error>(RouteReply {
+                accepted: true,
+                by: req.agent.clone(),
+            })
+        }
+    })
+    .await
+    .unwrap();
+    let reply = Delegate {
+        agent: "planner".into(),
+        task: "t".into(),
+    }
+    .request(bus)
+    .await
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    (seen, reply)
+}
+
 #[tokio::test]
 async fn minimal_wire_headers_send_nothing_on_a_direct_publish() {
     let bus = Bus::local().await.unwrap();
@@ -151,28 +163,9 @@ async fn minimal_wire_headers_send_nothing_on_a_direct_publish() {
     assert_eq!(header_shape(&env), shape(&[("Tenant", "acme")]));
 
     // Requests carry their correlation id, and replies copy it, with nothing else.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen_by_handler = seen.clone();
-    Delegate::serve(&bus, Delegate::filter(), move |req| {
-        seen_by_handler.lock().unwrap().push(header_shape(&req));
-        async move {
-            Ok::<_, Error>(RouteReply {
-                accepted: true,
-                by: req.agent.clone(),
-            })
-        }
-    })
-    .await
-    .unwrap();
-    let reply = Delegate {
-        agent: "planner".into(),
-        task: "t".into(),
-    }
-    .request(&bus)
-    .await
-    .unwrap();
+    let (seen, reply) = request_seen(&bus).await;
     let correlation = shape(&[(headers::CORRELATION_ID, "<id>")]);
-    assert_eq!(*seen.lock().unwrap(), std::slice::from_ref(&correlation));
+    assert_eq!(seen, std::slice::from_ref(&correlation));
     assert_eq!(header_shape(&reply), correlation);
     assert!(reply.correlation_id().is_some());
 }
@@ -227,28 +220,9 @@ async fn full_wire_headers_describe_every_typed_message() {
     );
 
     // Requests add their correlation id; replies say what their payload is.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen_by_handler = seen.clone();
-    Delegate::serve(&bus, Delegate::filter(), move |req| {
-        seen_by_handler.lock().unwrap().push(header_shape(&req));
-        async move {
-            Ok::<_, Error>(RouteReply {
-                accepted: true,
-                by: req.agent.clone(),
-            })
-        }
-    })
-    .await
-    .unwrap();
-    let reply = Delegate {
-        agent: "planner".into(),
-        task: "t".into(),
-    }
-    .request(&bus)
-    .await
-    .unwrap();
+    let (seen, reply) = request_seen(&bus).await;
     assert_eq!(
-        *seen.lock().unwrap(),
+        seen,
         [shape(&[
             (headers::NATS_MSG_ID, "<id>"),
             (headers::MSG_ID, "<id>"),

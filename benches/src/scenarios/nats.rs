@@ -1,6 +1,7 @@
 //! The NATS scenarios: `nats_pubsub_typed`, `nats_pubsub_durable`, `nats_request_p50`,
 //! `drain_after_outage`. Baselines are raw async-nats written the way one would by hand.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,23 +51,14 @@ impl Rounds for PubSub {
 /// subscriber's buffer holds the whole round, so nothing can be dropped; it counts exactly `n`.
 async fn raw_pubsub(url: &str, n: usize) -> BenchResult<f64> {
     let payload = msgs::outbound_bytes();
-    let publisher = async_nats::connect(url).await?;
-    let sub_client = ConnectOptions::new()
-        .subscription_capacity(n + SLACK)
-        .connect(url)
-        .await?;
-    let sub = sub_client.subscribe(PATTERN).await?;
-    let warm = Arc::new(Notify::new());
-    let counter = spawn_raw_counter(sub, n, warm.clone());
-    raw_probe(&publisher, &warm).await?;
+    let pair = RawPair::connect(url, n, check_bytes).await?;
+    let publisher = &pair.publisher;
 
     let start = Instant::now();
     for _ in 0..n {
         publisher.publish(SUBJECT, payload.clone()).await?;
     }
-    publisher.flush().await?;
-    let end = within(WAIT, "the raw subscriber", counter).await???;
-    Ok(rate(n, start, end))
+    pair.finish(n, start).await
 }
 
 /// The hand-written typed baseline of `nats_pubsub_typed` and `nats_pubsub_durable`: what an
@@ -76,15 +68,8 @@ async fn raw_pubsub(url: &str, n: usize) -> BenchResult<f64> {
 /// same 128 bytes on the wire. Connections and buffers as in [`raw_pubsub`].
 async fn raw_pubsub_typed(url: &str, n: usize) -> BenchResult<f64> {
     let msg = msgs::outbound(msgs::INSTANCE);
-    let publisher = async_nats::connect(url).await?;
-    let sub_client = ConnectOptions::new()
-        .subscription_capacity(n + SLACK)
-        .connect(url)
-        .await?;
-    let sub = sub_client.subscribe(PATTERN).await?;
-    let warm = Arc::new(Notify::new());
-    let counter = spawn_typed_counter(sub, n, warm.clone());
-    raw_probe(&publisher, &warm).await?;
+    let pair = RawPair::connect(url, n, check_typed).await?;
+    let publisher = &pair.publisher;
 
     let start = Instant::now();
     for _ in 0..n {
@@ -92,35 +77,17 @@ async fn raw_pubsub_typed(url: &str, n: usize) -> BenchResult<f64> {
         let payload = rmp_serde::to_vec_named(&msg)?;
         publisher.publish(subject, payload.into()).await?;
     }
-    publisher.flush().await?;
-    let end = within(WAIT, "the raw subscriber", counter).await???;
-    Ok(rate(n, start, end))
+    pair.finish(n, start).await
 }
 
-/// Like [`spawn_raw_counter`], decoding every measured message into an [`msgs::Outbound`].
-fn spawn_typed_counter(
-    mut sub: async_nats::Subscriber,
-    n: usize,
-    warm: Arc<Notify>,
-) -> JoinHandle<BenchResult<Instant>> {
-    tokio::spawn(async move {
-        let mut count = 0usize;
-        while let Some(m) = sub.next().await {
-            if m.subject.as_str() == WARM_SUBJECT {
-                warm.notify_one();
-                continue;
-            }
-            let body: msgs::Outbound = rmp_serde::from_slice(&m.payload)?;
-            if body.instance != msgs::INSTANCE {
-                return Err(fail(format!("raw message for {:?}", body.instance)));
-            }
-            count += 1;
-            if count == n {
-                return Ok(Instant::now());
-            }
-        }
-        Err(fail(format!("raw subscription ended after {count} of {n}")))
-    })
+/// Decodes a measured message into an [`msgs::Outbound`], as the typed baseline's subscriber
+/// does by hand.
+fn check_typed(m: &async_nats::Message) -> BenchResult<()> {
+    let body: msgs::Outbound = rmp_serde::from_slice(&m.payload)?;
+    if body.instance != msgs::INSTANCE {
+        return Err(fail(format!("raw message for {:?}", body.instance)));
+    }
+    Ok(())
 }
 
 /// Diagnostic (`--only diag_pubsub_bytes`): the typed bus against raw async-nats sending
@@ -146,15 +113,8 @@ impl Rounds for BytesDiag {
 /// from the cost of the SDK's own code.
 pub async fn raw_pubsub_headers(url: &str, n: usize) -> BenchResult<f64> {
     let payload = msgs::outbound_bytes();
-    let publisher = async_nats::connect(url).await?;
-    let sub_client = ConnectOptions::new()
-        .subscription_capacity(n + SLACK)
-        .connect(url)
-        .await?;
-    let sub = sub_client.subscribe(PATTERN).await?;
-    let warm = Arc::new(Notify::new());
-    let counter = spawn_raw_counter(sub, n, warm.clone());
-    raw_probe(&publisher, &warm).await?;
+    let pair = RawPair::connect(url, n, check_bytes).await?;
+    let publisher = &pair.publisher;
 
     let k: usize = std::env::var("DIAG_HEADERS")
         .ok()
@@ -178,9 +138,7 @@ pub async fn raw_pubsub_headers(url: &str, n: usize) -> BenchResult<f64> {
             .publish_with_headers(SUBJECT, h, payload.clone())
             .await?;
     }
-    publisher.flush().await?;
-    let end = within(WAIT, "the raw subscriber", counter).await???;
-    Ok(rate(n, start, end))
+    pair.finish(n, start).await
 }
 
 /// The diagnostic of [`raw_pubsub_headers`] against plain [`raw_pubsub`].
@@ -198,12 +156,88 @@ impl Rounds for HeadersDiag {
     }
 }
 
-/// Counts `n` measured messages on a raw subscription and returns when the last arrived.
-/// Probes (on [`WARM_SUBJECT`]) wake `warm` and are not counted.
-pub fn spawn_raw_counter(
+/// A raw round's two connections (publisher and subscriber are different processes in real
+/// use), with the subscriber's counting task already seeing messages.
+struct RawPair {
+    publisher: async_nats::Client,
+    /// Held so the subscriber's connection lives as long as the round.
+    _subscriber: async_nats::Client,
+    counter: JoinHandle<BenchResult<Instant>>,
+}
+
+impl RawPair {
+    /// Connects the publisher and the subscriber sized for `n`, starts the counter with `check`
+    /// and probes until its subscription is live.
+    async fn connect(url: &str, n: usize, check: Check) -> BenchResult<RawPair> {
+        let publisher = async_nats::connect(url).await?;
+        let subscriber = subscriber_client(url, n).await?;
+        let counter = start_counter(&publisher, &subscriber, n, check).await?;
+        Ok(RawPair {
+            publisher,
+            _subscriber: subscriber,
+            counter,
+        })
+    }
+
+    /// Flushes the publisher and waits for the counter: the round's rate from `start`.
+    async fn finish(self, n: usize, start: Instant) -> BenchResult<f64> {
+        finish(&self.publisher, self.counter, n, start).await
+    }
+}
+
+/// A raw connection whose subscription buffer holds a whole round of `n`, so nothing drops.
+async fn subscriber_client(url: &str, n: usize) -> BenchResult<async_nats::Client> {
+    Ok(ConnectOptions::new()
+        .subscription_capacity(n + SLACK)
+        .connect(url)
+        .await?)
+}
+
+/// Subscribes `sub_client` to [`PATTERN`], counts there with `check`, and probes from
+/// `publisher` until the subscription is live at the server.
+async fn start_counter(
+    publisher: &async_nats::Client,
+    sub_client: &async_nats::Client,
+    n: usize,
+    check: Check,
+) -> BenchResult<JoinHandle<BenchResult<Instant>>> {
+    let sub = sub_client.subscribe(PATTERN).await?;
+    let warm = Arc::new(Notify::new());
+    let counter = spawn_counter(sub, n, warm.clone(), check);
+    raw_probe(publisher, &warm).await?;
+    Ok(counter)
+}
+
+/// Flushes the publisher and waits for the counter: the round's rate from `start`.
+async fn finish(
+    publisher: &async_nats::Client,
+    counter: JoinHandle<BenchResult<Instant>>,
+    n: usize,
+    start: Instant,
+) -> BenchResult<f64> {
+    publisher.flush().await?;
+    let end = within(WAIT, "the raw subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// Checks one measured raw message; an `Err` fails the round.
+type Check = fn(&async_nats::Message) -> BenchResult<()>;
+
+/// Checks that a measured message carries the payload's bytes, without decoding them.
+fn check_bytes(m: &async_nats::Message) -> BenchResult<()> {
+    if m.payload.len() != PAYLOAD_BYTES {
+        return Err(fail(format!("raw payload of {} bytes", m.payload.len())));
+    }
+    Ok(())
+}
+
+/// Counts `n` measured messages on a raw subscription, each passing `check`, and returns when
+/// the last arrived. Probes (on [`WARM_SUBJECT`]) wake `warm` and are not counted.
+fn spawn_counter(
     mut sub: async_nats::Subscriber,
     n: usize,
     warm: Arc<Notify>,
+    check: Check,
 ) -> JoinHandle<BenchResult<Instant>> {
     tokio::spawn(async move {
         let mut count = 0usize;
@@ -212,9 +246,7 @@ pub fn spawn_raw_counter(
                 warm.notify_one();
                 continue;
             }
-            if m.payload.len() != PAYLOAD_BYTES {
-                return Err(fail(format!("raw payload of {} bytes", m.payload.len())));
-            }
+            check(&m)?;
             count += 1;
             if count == n {
                 return Ok(Instant::now());
@@ -286,6 +318,26 @@ impl Rounds for Request {
 /// Requests made before timing starts, so connection setup and first-use costs stay out.
 pub const REQUEST_WARMUP: usize = 200;
 
+/// Makes requests with `send` (given the attempt's index, answering whether it succeeded) until
+/// [`REQUEST_WARMUP`] succeeded, pausing after a failure, at most 1000 attempts.
+pub async fn warm_up<F, Fut>(mut send: F)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut ok = 0;
+    for i in 0..1000 {
+        if send(i).await {
+            ok += 1;
+            if ok == REQUEST_WARMUP {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// Variations of the raw request/reply, for the diagnostics that explain the bus's latency.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawRequestShape {
@@ -346,17 +398,8 @@ impl RawRequester {
             serve,
         };
         // The first requests can race the responder's SUB reaching the server: retry those.
-        let mut ok = 0;
-        for i in 0..1000 {
-            if r.send(i).await.is_ok() {
-                ok += 1;
-                if ok == REQUEST_WARMUP {
-                    break;
-                }
-            } else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        let requester = &r;
+        warm_up(|i| async move { requester.send(i).await.is_ok() }).await;
         Ok(r)
     }
 
@@ -464,19 +507,11 @@ impl Rounds for Drain<'_> {
 /// bus side drains into a subscriber on its own connection too).
 async fn raw_publish_rate(url: &str, n: usize) -> BenchResult<f64> {
     let payload = msgs::outbound_bytes();
-    let client = ConnectOptions::new()
-        .subscription_capacity(n + SLACK)
-        .connect(url)
-        .await?;
-    let sub = client.subscribe(PATTERN).await?;
-    let warm = Arc::new(Notify::new());
-    let counter = spawn_raw_counter(sub, n, warm.clone());
-    raw_probe(&client, &warm).await?;
+    let client = subscriber_client(url, n).await?;
+    let counter = start_counter(&client, &client, n, check_bytes).await?;
     let start = Instant::now();
     for _ in 0..n {
         client.publish(SUBJECT, payload.clone()).await?;
     }
-    client.flush().await?;
-    let end = within(WAIT, "the raw subscriber", counter).await???;
-    Ok(rate(n, start, end))
+    finish(&client, counter, n, start).await
 }
