@@ -569,20 +569,14 @@ async fn power_loss_durability_syncs_every_commit() {
     )
     .await
     .unwrap();
-    let sync: i64 = outbox
-        .writer
-        .call(|ctx| {
-            Ok(ctx
-                .store
-                .conn
-                .query_row("PRAGMA synchronous", [], |r| r.get(0))
-                .unwrap())
-        })
-        .await
-        .unwrap();
-    assert_eq!(sync, 2, "FULL");
+    assert_eq!(synchronous(&outbox).await, 2, "FULL");
     let default = open(&dir.path().join("p.db"), &broker).await.unwrap();
-    let sync: i64 = default
+    assert_eq!(synchronous(&default).await, 1, "NORMAL");
+}
+
+/// The connection's `PRAGMA synchronous` (1 = NORMAL, 2 = FULL).
+async fn synchronous(outbox: &Outbox) -> i64 {
+    outbox
         .writer
         .call(|ctx| {
             Ok(ctx
@@ -592,8 +586,7 @@ async fn power_loss_durability_syncs_every_commit() {
                 .unwrap())
         })
         .await
-        .unwrap();
-    assert_eq!(sync, 1, "NORMAL");
+        .unwrap()
 }
 
 /// Peak resident memory of this process, from `/proc/self/status`.
