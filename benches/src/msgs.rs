@@ -1,39 +1,10 @@
 //! The message types both sides carry, and their 128-byte encoding.
 
-use bus::Message;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
-/// The pub/sub message: the subject's placeholders plus a text sized so that the whole
-/// MessagePack body (named fields) is exactly [`PAYLOAD_BYTES`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
-#[subject("plugin.outbound.<channel>.<instance>")]
-pub struct Outbound {
-    /// First placeholder.
-    pub channel: String,
-    /// Second placeholder.
-    pub instance: String,
-    /// Filler.
-    pub text: String,
-}
-
-/// The request type of `nats_request_p50`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
-#[subject("agent.route.<agent>")]
-#[reply(RouteReply)]
-pub struct Delegate {
-    /// The placeholder.
-    pub agent: String,
-    /// A short task.
-    pub task: String,
-}
-
-/// The reply type of `nats_request_p50`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RouteReply {
-    /// Always true here.
-    pub accepted: bool,
-}
+/// The messages are the test suite's (`bus_tests::msgs`): the README's `Outbound`, and the
+/// `Delegate` request with its `RouteReply`.
+pub use bus_tests::msgs::{Delegate, Outbound, RouteReply};
 
 /// The body size of the pub/sub scenarios.
 pub const PAYLOAD_BYTES: usize = 128;
