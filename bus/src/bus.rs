@@ -47,9 +47,8 @@ pub struct Bus {
 }
 
 struct Inner {
-    broker: Arc<dyn Broker>,
-    /// The same broker by its concrete type: a publish calls it directly, without the boxed
-    /// future of the `Broker` trait.
+    /// The broker by its concrete type: a publish calls it directly, without the boxed future
+    /// of the `Broker` trait.
     direct: DirectBroker,
     outbox: Option<Outbox>,
     request_timeout: Duration,
@@ -70,12 +69,20 @@ impl DirectBroker {
             DirectBroker::Nats(b) => b.clone(),
         }
     }
+
+    /// The broker through the `Broker` trait, borrowed.
+    fn as_broker(&self) -> &dyn Broker {
+        match self {
+            DirectBroker::Local(b) => &**b,
+            DirectBroker::Nats(b) => &**b,
+        }
+    }
 }
 
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
-            .field("broker", &self.inner.broker.kind())
+            .field("broker", &self.inner.direct.as_broker().kind())
             .field("outbox", &self.inner.outbox.is_some())
             .field("state", &self.state())
             .finish()
@@ -116,7 +123,6 @@ impl Bus {
     ) -> Bus {
         Bus {
             inner: Arc::new(Inner {
-                broker: broker.as_dyn(),
                 direct: broker,
                 outbox,
                 request_timeout,
@@ -131,18 +137,18 @@ impl Bus {
     }
 
     /// The broker underneath, for raw (untyped) use.
-    pub fn broker(&self) -> &Arc<dyn Broker> {
-        &self.inner.broker
+    pub fn broker(&self) -> Arc<dyn Broker> {
+        self.inner.direct.as_dyn()
     }
 
     /// Whether the broker is reachable right now.
     pub fn state(&self) -> ConnectionState {
-        *self.inner.broker.state().borrow()
+        *self.inner.direct.as_broker().state().borrow()
     }
 
     /// A watch of the connection state, to wait for a change or react to one.
     pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
-        self.inner.broker.state()
+        self.inner.direct.as_broker().state()
     }
 
     /// Publishes a typed message. Returns once it is committed to the outbox (when there is one)
@@ -217,7 +223,8 @@ impl Bus {
         let pattern = filter.pattern()?;
         let raw = self
             .inner
-            .broker
+            .direct
+            .as_broker()
             .subscribe(&pattern, filter.queue_group())
             .await?;
         Ok(Subscription::new(raw))
@@ -254,7 +261,8 @@ impl Bus {
         let subject = raw.subject.clone();
         let reply = self
             .inner
-            .broker
+            .direct
+            .as_broker()
             .request(raw, timeout)
             .instrument(tracing::trace_span!("request", subject = %subject))
             .await?;
@@ -295,10 +303,11 @@ impl Bus {
         let pattern = filter.pattern()?;
         let raw = self
             .inner
-            .broker
+            .direct
+            .as_broker()
             .subscribe(&pattern, filter.queue_group())
             .await?;
-        let broker = self.inner.broker.clone();
+        let broker = self.inner.direct.as_dyn();
         let wire = self.inner.wire;
         let handler = Arc::new(handler);
         let task = tokio::spawn(async move {
@@ -343,7 +352,7 @@ impl Bus {
     pub async fn flush(&self) -> Result<()> {
         match &self.inner.outbox {
             Some(outbox) => outbox.flush().await,
-            None => self.inner.broker.confirm().await,
+            None => self.inner.direct.as_broker().confirm().await,
         }
     }
 
