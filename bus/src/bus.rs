@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::broker::{Broker, ConnectionState, RawMessage};
+use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::message::{Filter, Message, Request};
 use crate::outbox::{DeadLetters, Outbox, OutboxStats};
@@ -220,14 +220,17 @@ impl Bus {
 
     /// Subscribes to the messages of type `M` that `filter` selects.
     pub async fn subscribe<M: Message>(&self, filter: M::Filter) -> Result<Subscription<M>> {
+        self.subscribe_raw(&filter).await.map(Subscription::new)
+    }
+
+    /// The raw subscription a filter stands for (its pattern and queue group).
+    async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
         let pattern = filter.pattern()?;
-        let raw = self
-            .inner
+        self.inner
             .direct
             .as_broker()
             .subscribe(&pattern, filter.queue_group())
-            .await?;
-        Ok(Subscription::new(raw))
+            .await
     }
 
     /// Sends a request and waits for its typed reply, up to the bus's request timeout.
@@ -300,13 +303,7 @@ impl Bus {
         Fut: Future<Output = std::result::Result<M::Reply, E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let pattern = filter.pattern()?;
-        let raw = self
-            .inner
-            .direct
-            .as_broker()
-            .subscribe(&pattern, filter.queue_group())
-            .await?;
+        let raw = self.subscribe_raw(&filter).await?;
         let broker = self.inner.direct.as_dyn();
         let wire = self.inner.wire;
         let handler = Arc::new(handler);
