@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::sync::watch;
 
-use crate::{Headers, Result};
+use crate::{Error, Headers, Result};
 
 /// A message as the broker carries it: subject, optional reply subject, headers, payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,4 +155,27 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs: `"local"` or `"nats"`.
     fn kind(&self) -> &'static str;
+}
+
+/// Refuses a publish subject that is not valid NATS syntax, the same way for every backend.
+pub(crate) fn check_subject(subject: &str) -> Result<()> {
+    bus_subject::check_subject(subject).map_err(|e| Error::InvalidSubject {
+        subject: subject.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Refuses a subscription pattern or queue group name that is not valid NATS syntax.
+pub(crate) fn check_subscription(pattern: &str, queue: Option<&str>) -> Result<()> {
+    bus_subject::check_pattern(pattern).map_err(|e| Error::InvalidSubject {
+        subject: pattern.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if let Some(q) = queue {
+        bus_subject::check_token(q).map_err(|e| Error::InvalidSubject {
+            subject: q.to_owned(),
+            reason: format!("invalid queue group name: {e}"),
+        })?;
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
+use crate::broker::{check_subject, Broker, ConnectionState, RawMessage, RawSubscription};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::message::{Filter, Message, Request};
 use crate::outbox::{DeadLetters, Outbox, OutboxStats};
@@ -416,13 +416,6 @@ fn stamp_msg_id(headers: &mut Headers) {
         headers.append(headers::NATS_MSG_ID, id.clone());
         headers.append(headers::MSG_ID, id);
     }
-}
-
-fn check_subject(subject: &str) -> Result<()> {
-    bus_subject::check_subject(subject).map_err(|e| Error::InvalidSubject {
-        subject: subject.to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 /// The `publish` span, made only when a subscriber wants TRACE: even a disabled span cost a

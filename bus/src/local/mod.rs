@@ -20,7 +20,10 @@ use futures::{FutureExt, Stream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::trie::{Entry, MatchResult, Trie};
-use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
+use crate::broker::{
+    check_subject, check_subscription, Broker, ConnectionState, RawMessage, RawSubscription,
+    SubscriptionStats,
+};
 use crate::{Error, Result};
 
 /// Distinct subjects whose match results are cached. When full, one entry makes room for each
@@ -190,16 +193,7 @@ impl LocalBroker {
 
     fn subscribe_now(&self, pattern: &str, queue: Option<&str>) -> Result<RawSubscription> {
         self.check_open()?;
-        bus_subject::check_pattern(pattern).map_err(|e| Error::InvalidSubject {
-            subject: pattern.to_string(),
-            reason: e.to_string(),
-        })?;
-        if let Some(q) = queue {
-            bus_subject::check_token(q).map_err(|e| Error::InvalidSubject {
-                subject: q.to_string(),
-                reason: format!("invalid queue group name: {e}"),
-            })?;
-        }
+        check_subscription(pattern, queue)?;
         let (tx, rx) = mpsc::channel(self.shared.options.subscription_capacity);
         let stats = Arc::new(SubscriptionStats::default());
         let sub = Arc::new(Sub {
@@ -361,10 +355,7 @@ impl Shared {
             }
         }
         if !is_plain_subject(subject) {
-            bus_subject::check_subject(subject).map_err(|e| Error::InvalidSubject {
-                subject: subject.to_string(),
-                reason: e.to_string(),
-            })?;
+            check_subject(subject)?;
         }
         let trie = self.read_trie();
         let result = Arc::new(trie.matches(subject));

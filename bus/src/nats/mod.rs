@@ -29,7 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use self::options::{NatsAuth, NatsOptions};
 
 use self::events::{Registered, Shared};
-use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
+use crate::broker::{
+    check_subject, check_subscription, Broker, ConnectionState, RawMessage, RawSubscription,
+    SubscriptionStats,
+};
 use crate::{Error, Result};
 
 /// The NATS backend: one async-nats connection, reconnecting forever.
@@ -272,16 +275,7 @@ impl NatsBroker {
     }
 
     async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>) -> Result<RawSubscription> {
-        bus_subject::check_pattern(pattern).map_err(|e| Error::InvalidSubject {
-            subject: pattern.to_owned(),
-            reason: e.to_string(),
-        })?;
-        if let Some(q) = queue {
-            bus_subject::check_token(q).map_err(|e| Error::InvalidSubject {
-                subject: q.to_owned(),
-                reason: format!("invalid queue group name: {e}"),
-            })?;
-        }
+        check_subscription(pattern, queue)?;
         let pattern_owned = pattern.to_owned();
         let sub = match queue {
             None => self.client.subscribe(pattern_owned.clone()).await,
@@ -345,13 +339,6 @@ fn confirm_echo_subject(prefix: &str, client: &Client) -> String {
     let inbox = client.new_inbox();
     let unique = inbox.rsplit('.').next().unwrap_or(&inbox);
     format!("{prefix}.{unique}")
-}
-
-fn check_subject(subject: &str) -> Result<()> {
-    bus_subject::check_subject(subject).map_err(|e| Error::InvalidSubject {
-        subject: subject.to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 /// The subscription id (sid) async-nats 0.35 gave `sub`, the key of its `Event::SlowConsumer`.
