@@ -1,5 +1,6 @@
 //! The `Broker` trait: bytes in, bytes out, the contract both backends keep.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,16 @@ use tokio::sync::watch;
 use crate::{Error, Headers, Result};
 
 /// A message as the broker carries it: subject, optional reply subject, headers, payload.
+///
+/// Build one with [`RawMessage::new`] and the `with_*` methods; fields are public to read and to
+/// take apart, and the struct may gain fields (it is `#[non_exhaustive]`).
+///
+/// ```
+/// let msg = bus::RawMessage::new("agent.events.planner", "hi").with_reply("_INBOX.x");
+/// assert_eq!(msg.reply.as_deref(), Some("_INBOX.x"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RawMessage {
     /// The concrete subject (never a wildcard).
     pub subject: String,
@@ -42,6 +52,12 @@ impl RawMessage {
         self
     }
 
+    /// Sets the reply subject.
+    pub fn with_reply(mut self, reply: impl Into<String>) -> Self {
+        self.reply = Some(reply.into());
+        self
+    }
+
     /// Payload plus encoded headers: what counts against a broker's max_payload.
     pub fn wire_size(&self) -> usize {
         self.payload.len() + self.headers.wire_len()
@@ -64,13 +80,24 @@ impl SubscriptionStats {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
-    /// Counts `n` delivered messages.
-    pub fn add_delivered(&self, n: u64) {
+    pub(crate) fn add_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
     }
-    /// Counts `n` dropped messages.
-    pub fn add_dropped(&self, n: u64) {
+    pub(crate) fn add_dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The one handle that may count drops on a subscription: given to the broker implementation
+/// that made it by [`RawSubscription::new`], so that only the broker, never a subscriber, moves
+/// the counters a subscriber reads.
+#[derive(Debug, Clone)]
+pub struct DropCounter(Arc<SubscriptionStats>);
+
+impl DropCounter {
+    /// Counts `n` messages dropped because the subscriber fell behind (a slow consumer).
+    pub fn add(&self, n: u64) {
+        self.0.add_dropped(n);
     }
 }
 
@@ -84,6 +111,30 @@ pub struct RawSubscription {
     pub messages: BoxStream<'static, RawMessage>,
     /// Delivered and dropped counts.
     pub stats: Arc<SubscriptionStats>,
+}
+
+impl RawSubscription {
+    /// A subscription of a [`Broker`] written outside this crate: `messages` are counted as
+    /// delivered as the subscriber takes them; the returned [`DropCounter`] counts what the
+    /// broker had to drop for this subscriber (reported to it as [`Error::SlowConsumer`]).
+    pub fn new(
+        pattern: impl Into<String>,
+        messages: impl futures::Stream<Item = RawMessage> + Send + 'static,
+    ) -> (RawSubscription, DropCounter) {
+        use futures::StreamExt;
+        let stats = Arc::new(SubscriptionStats::default());
+        let counted = Arc::clone(&stats);
+        let messages = messages.inspect(move |_| counted.add_delivered(1)).boxed();
+        let drops = DropCounter(Arc::clone(&stats));
+        (
+            RawSubscription {
+                pattern: pattern.into(),
+                messages,
+                stats,
+            },
+            drops,
+        )
+    }
 }
 
 impl fmt::Debug for RawSubscription {
@@ -127,8 +178,17 @@ impl fmt::Display for ConnectionState {
 /// a final `>` one or more; subscribers in the same queue group share messages (each message goes to
 /// one member); a request with no subscriber fails fast with [`Error::NoResponders`](crate::Error);
 /// publishers are never blocked by a slow subscriber, whose overflow is counted in its
-/// [`SubscriptionStats`]. The trait is object safe: the [`Bus`](crate::Bus) holds a `dyn Broker`.
-pub trait Broker: Send + Sync + 'static {
+/// [`SubscriptionStats`]. The trait is object safe: a [`Bus`](crate::Bus) runs on any
+/// `Arc<dyn Broker>` ([`BusBuilder::broker`](crate::BusBuilder::broker)); the built-in brokers are
+/// recognised there and called without the boxed futures of this trait.
+///
+/// What a conforming broker must also do (the conformance suite of `bus-tests` checks each):
+/// refuse an invalid subject or pattern with [`Error::InvalidSubject`](crate::Error), a header
+/// NATS cannot carry with [`Error::InvalidHeader`](crate::Error), and a message over
+/// [`max_payload`](Broker::max_payload) with [`Error::PayloadTooLarge`](crate::Error), all before
+/// anything is delivered ([`check_publish`] does all three); and keep one publisher's messages in
+/// order per subscriber.
+pub trait Broker: Any + Send + Sync + 'static {
     /// Sends one message. `Ok` means the broker accepted it for sending, not that it was processed:
     /// use [`confirm`](Broker::confirm) for that. Refuses a message over [`max_payload`](Broker::max_payload).
     fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>>;
@@ -157,6 +217,29 @@ pub trait Broker: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// Everything a broker must refuse before it sends a message: an invalid subject, headers NATS
+/// cannot carry, a size over `max_payload`. The same checks, with the same errors, for every
+/// backend; a [`Broker`] written outside this crate calls it first in its `publish`.
+pub fn check_publish(msg: &RawMessage, max_payload: usize) -> Result<()> {
+    check_subject(&msg.subject)?;
+    msg.headers.check()?;
+    check_size(msg, max_payload)
+}
+
+/// Refuses a message whose payload plus headers exceed `max`.
+#[inline]
+pub(crate) fn check_size(msg: &RawMessage, max: usize) -> Result<()> {
+    let size = msg.wire_size();
+    if size > max {
+        return Err(Error::PayloadTooLarge {
+            subject: msg.subject.clone(),
+            size,
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Refuses a publish subject that is not valid NATS syntax, the same way for every backend.
 pub(crate) fn check_subject(subject: &str) -> Result<()> {
     bus_subject::check_subject(subject).map_err(|e| Error::InvalidSubject {
@@ -166,7 +249,7 @@ pub(crate) fn check_subject(subject: &str) -> Result<()> {
 }
 
 /// Refuses a subscription pattern or queue group name that is not valid NATS syntax.
-pub(crate) fn check_subscription(pattern: &str, queue: Option<&str>) -> Result<()> {
+pub fn check_subscription(pattern: &str, queue: Option<&str>) -> Result<()> {
     bus_subject::check_pattern(pattern).map_err(|e| Error::InvalidSubject {
         subject: pattern.to_owned(),
         reason: e.to_string(),

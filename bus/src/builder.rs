@@ -1,26 +1,48 @@
 //! `BusBuilder`: NATS or local, outbox or not, and every connection option.
 
-use std::path::{Path, PathBuf};
+#[cfg(any(feature = "nats", feature = "outbox"))]
+use std::path::Path;
+#[cfg(feature = "outbox")]
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::{DirectBroker, DEFAULT_REQUEST_TIMEOUT};
+use crate::broker::Broker;
+use crate::bus::DEFAULT_REQUEST_TIMEOUT;
 use crate::headers::WireHeaders;
 use crate::local::{LocalBroker, LocalOptions};
+#[cfg(feature = "nats")]
 use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
+#[cfg(feature = "outbox")]
 use crate::outbox::{Durability, Outbox, OutboxOptions};
-use crate::{Bus, Error, Result};
+use crate::{Bus, Result};
 
-/// The outbox file used on NATS when none is named with [`BusBuilder::outbox_path`].
+/// The outbox file used on NATS when none is named with [`BusBuilder::outbox_path`]. A relative
+/// path: it is resolved against the process's working directory.
+#[cfg(feature = "outbox")]
 pub const DEFAULT_OUTBOX_PATH: &str = "bus-outbox.sqlite3";
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 enum Backend {
     #[default]
     Local,
+    #[cfg(feature = "nats")]
     Nats,
+    Custom(Arc<dyn Broker>),
 }
 
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Local => f.write_str("Local"),
+            #[cfg(feature = "nats")]
+            Backend::Nats => f.write_str("Nats"),
+            Backend::Custom(b) => write!(f, "Custom({})", b.kind()),
+        }
+    }
+}
+
+#[cfg(feature = "outbox")]
 #[derive(Debug, Clone, Default)]
 enum OutboxChoice {
     /// On for NATS (at [`DEFAULT_OUTBOX_PATH`]), off for local.
@@ -49,10 +71,13 @@ enum OutboxChoice {
 #[derive(Debug, Clone, Default)]
 pub struct BusBuilder {
     backend: Backend,
+    #[cfg(feature = "outbox")]
     outbox: OutboxChoice,
+    #[cfg(feature = "outbox")]
     outbox_options: OutboxOptions,
     request_timeout: Option<Duration>,
     wire_headers: WireHeaders,
+    #[cfg(feature = "nats")]
     nats: NatsOptions,
     local: LocalOptions,
 }
@@ -65,8 +90,34 @@ impl BusBuilder {
         self
     }
 
+    /// Run on this broker: any implementation of [`Broker`], the built-in ones included (a
+    /// [`LocalBroker`] or [`NatsBroker`](crate::NatsBroker) given here is recognised and called
+    /// as fast as one the builder makes). No outbox unless
+    /// [`outbox_path`](BusBuilder::outbox_path) is set.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use std::sync::Arc;
+    /// let broker = Arc::new(bus::LocalBroker::new());
+    /// let bus = bus::Bus::builder().broker(broker.clone()).connect().await?;
+    /// assert_eq!(bus.broker().kind(), "local");
+    /// # Ok(()) }
+    /// ```
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.backend = Backend::Custom(broker);
+        self
+    }
+
+    /// How a subscription on the local broker buffers, and its max payload.
+    pub fn local_options(mut self, options: LocalOptions) -> Self {
+        self.local = options;
+        self
+    }
+
     /// Use NATS at these server URLs (one or more members of a cluster). The outbox is on by
     /// default; turn it off with [`no_outbox`](BusBuilder::no_outbox).
+    #[cfg(feature = "nats")]
     pub fn nats<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -78,6 +129,7 @@ impl BusBuilder {
     }
 
     /// Put the durable outbox (a SQLite file) in front of every publish.
+    #[cfg(feature = "outbox")]
     pub fn outbox_path(mut self, path: impl AsRef<Path>) -> Self {
         self.outbox = OutboxChoice::Path(path.as_ref().to_path_buf());
         self
@@ -85,12 +137,14 @@ impl BusBuilder {
 
     /// Publish straight to the broker, with no outbox. On NATS this means a message published
     /// while the server is unreachable, or in flight when it dies, can be lost.
+    #[cfg(feature = "outbox")]
     pub fn no_outbox(mut self) -> Self {
         self.outbox = OutboxChoice::Off;
         self
     }
 
     /// How much the outbox survives: a process crash (the default) or a power loss.
+    #[cfg(feature = "outbox")]
     pub fn durability(mut self, durability: Durability) -> Self {
         self.outbox_options.durability = durability;
         self
@@ -115,65 +169,78 @@ impl BusBuilder {
     /// messages are dropped (counted and reported). Default 65,536 (local) / 262,144 (NATS).
     pub fn subscription_capacity(mut self, capacity: usize) -> Self {
         self.local.subscription_capacity = capacity;
-        self.nats.subscription_capacity = Some(capacity);
+        #[cfg(feature = "nats")]
+        {
+            self.nats.subscription_capacity = Some(capacity);
+        }
         self
     }
 
     /// NATS: the client name shown by the server's monitoring.
+    #[cfg(feature = "nats")]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.nats.name = Some(name.into());
         self
     }
 
     /// NATS: authenticate with a token.
+    #[cfg(feature = "nats")]
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.nats.auth = NatsAuth::Token(token.into());
         self
     }
 
     /// NATS: authenticate with a user and password.
+    #[cfg(feature = "nats")]
     pub fn user_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.nats.auth = NatsAuth::UserPassword(user.into(), password.into());
         self
     }
 
     /// NATS: authenticate with an NKey seed (`SU…`).
+    #[cfg(feature = "nats")]
     pub fn nkey(mut self, seed: impl Into<String>) -> Self {
         self.nats.auth = NatsAuth::NKey(seed.into());
         self
     }
 
     /// NATS: authenticate with a `.creds` file (JWT and NKey seed).
+    #[cfg(feature = "nats")]
     pub fn credentials_file(mut self, path: impl AsRef<Path>) -> Self {
         self.nats.auth = NatsAuth::CredentialsFile(path.as_ref().to_path_buf());
         self
     }
 
     /// NATS: trust this root CA (PEM) for the server's certificate.
+    #[cfg(feature = "nats")]
     pub fn tls_root_certificate(mut self, path: impl AsRef<Path>) -> Self {
         self.nats.tls_root_certificate = Some(path.as_ref().to_path_buf());
         self
     }
 
     /// NATS: present this client certificate and key (PEM) for mutual TLS.
+    #[cfg(feature = "nats")]
     pub fn tls_client_cert(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
         self.nats.tls_client_cert = Some((cert.as_ref().to_path_buf(), key.as_ref().to_path_buf()));
         self
     }
 
     /// NATS: refuse to connect without TLS.
+    #[cfg(feature = "nats")]
     pub fn require_tls(mut self, require: bool) -> Self {
         self.nats.require_tls = require;
         self
     }
 
     /// NATS: how long one connection attempt may take (default 5 s).
+    #[cfg(feature = "nats")]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.nats.connect_timeout = timeout;
         self
     }
 
     /// NATS: the longest wait between reconnect attempts (default 2 s); reconnects never stop.
+    #[cfg(feature = "nats")]
     pub fn reconnect_delay(mut self, max: Duration) -> Self {
         self.nats.reconnect_delay = max;
         self
@@ -182,6 +249,7 @@ impl BusBuilder {
     /// NATS: the subject prefix of the confirmation round trip the outbox drainer makes after
     /// each batch (default `_bus.confirm`): the client echoes a token through the server on
     /// `<prefix>.<unique id>`, so it needs publish and subscribe permission on `<prefix>.>`.
+    #[cfg(feature = "nats")]
     pub fn confirm_subject(mut self, subject: impl Into<String>) -> Self {
         self.nats.confirm_subject = subject.into();
         self
@@ -191,36 +259,33 @@ impl BusBuilder {
     /// outbox and drain once it is up. Fails on bad configuration or an unusable outbox file.
     pub async fn connect(self) -> Result<Bus> {
         let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-        let (direct, default_outbox) = match self.backend {
-            Backend::Local => (
-                DirectBroker::Local(Arc::new(LocalBroker::with_options(self.local))),
-                false,
-            ),
+        let broker: Arc<dyn Broker> = match self.backend {
+            Backend::Local => Arc::new(LocalBroker::with_options(self.local)),
+            #[cfg(feature = "nats")]
             Backend::Nats => {
-                if self.nats.urls.is_empty() {
-                    return Err(Error::Config(
-                        "no NATS server URL given; call `.nats([\"nats://host:4222\"])`".into(),
-                    ));
-                }
                 let mut opts = self.nats;
                 opts.request_timeout = request_timeout;
-                (
-                    DirectBroker::Nats(Arc::new(NatsBroker::connect(opts).await?)),
-                    true,
-                )
+                Arc::new(NatsBroker::connect(opts).await?)
+            }
+            Backend::Custom(broker) => broker,
+        };
+        #[cfg(feature = "outbox")]
+        let outbox = {
+            let path = match self.outbox {
+                OutboxChoice::Path(p) => Some(p),
+                OutboxChoice::Default if broker.kind() == "nats" => {
+                    Some(PathBuf::from(DEFAULT_OUTBOX_PATH))
+                }
+                OutboxChoice::Default | OutboxChoice::Off => None,
+            };
+            match path {
+                Some(path) => Some(Outbox::open(path, self.outbox_options, broker.clone()).await?),
+                None => None,
             }
         };
-        let path = match self.outbox {
-            OutboxChoice::Path(p) => Some(p),
-            OutboxChoice::Default if default_outbox => Some(PathBuf::from(DEFAULT_OUTBOX_PATH)),
-            OutboxChoice::Default | OutboxChoice::Off => None,
-        };
-        let outbox = match path {
-            Some(path) => Some(Outbox::open(path, self.outbox_options, direct.as_dyn()).await?),
-            None => None,
-        };
         Ok(Bus::from_parts(
-            direct,
+            broker,
+            #[cfg(feature = "outbox")]
             outbox,
             request_timeout,
             self.wire_headers,

@@ -1,5 +1,6 @@
 //! `Bus`: the handle users publish, subscribe, request and serve through.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -9,13 +10,16 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::broker::{check_subject, Broker, ConnectionState, RawMessage, RawSubscription};
+#[cfg(feature = "outbox")]
+use crate::broker::check_subject;
+use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::message::{Filter, Message, Request};
+#[cfg(feature = "nats")]
+use crate::nats::NatsBroker;
+#[cfg(feature = "outbox")]
 use crate::outbox::{DeadLetters, Outbox, OutboxStats};
-use crate::{
-    codec, msg_id, BusBuilder, Envelope, Error, LocalBroker, NatsBroker, Result, Subscription,
-};
+use crate::{codec, msg_id, BusBuilder, Envelope, Error, LocalBroker, Result, Subscription};
 
 /// The default time a request waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,45 +51,49 @@ pub struct Bus {
 }
 
 struct Inner {
-    /// The broker by its concrete type: a publish calls it directly, without the boxed future
-    /// of the `Broker` trait.
-    direct: DirectBroker,
+    broker: Arc<dyn Broker>,
+    /// The same broker by its concrete type when it is a built-in one: a publish then calls it
+    /// directly, without the boxed future of the `Broker` trait.
+    direct: Direct,
+    #[cfg(feature = "outbox")]
     outbox: Option<Outbox>,
     request_timeout: Duration,
     wire: WireHeaders,
 }
 
-/// The broker of a [`Bus`], by its concrete type.
-#[derive(Clone)]
-pub(crate) enum DirectBroker {
+/// The built-in broker behind a [`Bus`]'s `dyn Broker`, found once by downcasting it.
+enum Direct {
     Local(Arc<LocalBroker>),
+    #[cfg(feature = "nats")]
     Nats(Arc<NatsBroker>),
+    /// A broker written elsewhere: called through the trait.
+    Other,
 }
 
-impl DirectBroker {
-    pub(crate) fn as_dyn(&self) -> Arc<dyn Broker> {
-        match self {
-            DirectBroker::Local(b) => b.clone(),
-            DirectBroker::Nats(b) => b.clone(),
+impl Direct {
+    fn of(broker: &Arc<dyn Broker>) -> Direct {
+        let any: Arc<dyn Any + Send + Sync> = broker.clone();
+        let any = match any.downcast::<LocalBroker>() {
+            Ok(local) => return Direct::Local(local),
+            Err(any) => any,
+        };
+        #[cfg(feature = "nats")]
+        if let Ok(nats) = any.downcast::<NatsBroker>() {
+            return Direct::Nats(nats);
         }
-    }
-
-    /// The broker through the `Broker` trait, borrowed.
-    fn as_broker(&self) -> &dyn Broker {
-        match self {
-            DirectBroker::Local(b) => &**b,
-            DirectBroker::Nats(b) => &**b,
-        }
+        #[cfg(not(feature = "nats"))]
+        drop(any);
+        Direct::Other
     }
 }
 
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bus")
-            .field("broker", &self.inner.direct.as_broker().kind())
-            .field("outbox", &self.inner.outbox.is_some())
-            .field("state", &self.state())
-            .finish()
+        let mut d = f.debug_struct("Bus");
+        d.field("broker", &self.inner.broker.kind());
+        #[cfg(feature = "outbox")]
+        d.field("outbox", &self.inner.outbox.is_some());
+        d.field("state", &self.state()).finish()
     }
 }
 
@@ -93,14 +101,16 @@ impl Bus {
     /// A bus on the embedded in-process broker, with no outbox: no server, nothing on disk.
     pub async fn local() -> Result<Bus> {
         Ok(Bus::from_parts(
-            DirectBroker::Local(Arc::new(LocalBroker::new())),
+            Arc::new(LocalBroker::new()),
+            #[cfg(feature = "outbox")]
             None,
             DEFAULT_REQUEST_TIMEOUT,
             WireHeaders::default(),
         ))
     }
 
-    /// A builder for every other setup: NATS, an outbox, timeouts, auth, TLS.
+    /// A builder for every other setup: NATS, an outbox, a broker of your own, timeouts, auth,
+    /// TLS.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), bus::Error> {
@@ -116,14 +126,16 @@ impl Bus {
     }
 
     pub(crate) fn from_parts(
-        broker: DirectBroker,
-        outbox: Option<Outbox>,
+        broker: Arc<dyn Broker>,
+        #[cfg(feature = "outbox")] outbox: Option<Outbox>,
         request_timeout: Duration,
         wire: WireHeaders,
     ) -> Bus {
         Bus {
             inner: Arc::new(Inner {
-                direct: broker,
+                direct: Direct::of(&broker),
+                broker,
+                #[cfg(feature = "outbox")]
                 outbox,
                 request_timeout,
                 wire,
@@ -138,17 +150,17 @@ impl Bus {
 
     /// The broker underneath, for raw (untyped) use.
     pub fn broker(&self) -> Arc<dyn Broker> {
-        self.inner.direct.as_dyn()
+        self.inner.broker.clone()
     }
 
     /// Whether the broker is reachable right now.
     pub fn state(&self) -> ConnectionState {
-        *self.inner.direct.as_broker().state().borrow()
+        *self.inner.broker.state().borrow()
     }
 
     /// A watch of the connection state, to wait for a change or react to one.
     pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
-        self.inner.direct.as_broker().state()
+        self.inner.broker.state()
     }
 
     /// Publishes a typed message. Returns once it is committed to the outbox (when there is one)
@@ -163,6 +175,10 @@ impl Bus {
     /// Publishes a typed message with extra headers of your own (always sent, in this order,
     /// before those of the [`WireHeaders`] policy). A `Bus-Msg-Id` among them is kept as the
     /// message's id.
+    ///
+    /// Refuses, before anything is queued or sent, a header NATS cannot carry
+    /// ([`Error::InvalidHeader`], see [`Headers::check`]): the outbox checks before it queues,
+    /// every broker before it sends.
     pub async fn publish_with_headers<M: Message>(&self, msg: &M, headers: Headers) -> Result<()> {
         // The derive builds the subject token by token and checks each placeholder value as it
         // is written (the template's literals were checked at compile time): it is not checked
@@ -191,30 +207,38 @@ impl Bus {
     }
 
     /// The one place a message leaves the bus: into the outbox, or straight to the broker.
-    async fn send(&self, mut msg: RawMessage) -> Result<()> {
-        match &self.inner.outbox {
-            Some(outbox) => {
-                // Checked before queueing: a bad subject must fail this call, not become a dead
-                // letter later.
-                check_subject(&msg.subject)?;
-                // A message from the outbox may be sent more than once: the id lets consumers
-                // (and JetStream, through `Nats-Msg-Id`) drop the duplicate.
-                stamp_msg_id(&mut msg.headers);
+    async fn send(&self, #[allow(unused_mut)] mut msg: RawMessage) -> Result<()> {
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            // Checked before queueing: a bad subject or header must fail this call, not become
+            // a dead letter later.
+            check_subject(&msg.subject)?;
+            msg.headers.check()?;
+            // A message from the outbox may be sent more than once: the id lets consumers
+            // (and JetStream, through `Nats-Msg-Id`) drop the duplicate.
+            stamp_msg_id(&mut msg.headers);
+            return match publish_span(&msg.subject) {
+                Some(span) => outbox.enqueue(msg).instrument(span).await,
+                None => outbox.enqueue(msg).await,
+            };
+        }
+        match &self.inner.direct {
+            Direct::Local(local) => {
+                let _entered = publish_span(&msg.subject).map(tracing::Span::entered);
+                local.publish_now(msg).map(drop)
+            }
+            #[cfg(feature = "nats")]
+            Direct::Nats(nats) => match publish_span(&msg.subject) {
+                Some(span) => nats.publish_checked(msg).instrument(span).await,
+                None => nats.publish_checked(msg).await,
+            },
+            Direct::Other => {
+                let broker = &self.inner.broker;
                 match publish_span(&msg.subject) {
-                    Some(span) => outbox.enqueue(msg).instrument(span).await,
-                    None => outbox.enqueue(msg).await,
+                    Some(span) => broker.publish(msg).instrument(span).await,
+                    None => broker.publish(msg).await,
                 }
             }
-            None => match &self.inner.direct {
-                DirectBroker::Local(local) => {
-                    let _entered = publish_span(&msg.subject).map(tracing::Span::entered);
-                    local.publish_now(msg).map(drop)
-                }
-                DirectBroker::Nats(nats) => match publish_span(&msg.subject) {
-                    Some(span) => nats.publish_checked(msg).instrument(span).await,
-                    None => nats.publish_checked(msg).await,
-                },
-            },
         }
     }
 
@@ -227,8 +251,7 @@ impl Bus {
     async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
         let pattern = filter.pattern()?;
         self.inner
-            .direct
-            .as_broker()
+            .broker
             .subscribe(&pattern, filter.queue_group())
             .await
     }
@@ -264,8 +287,7 @@ impl Bus {
         let subject = raw.subject.clone();
         let reply = self
             .inner
-            .direct
-            .as_broker()
+            .broker
             .request(raw, timeout)
             .instrument(tracing::trace_span!("request", subject = %subject))
             .await?;
@@ -304,7 +326,7 @@ impl Bus {
         E: fmt::Display + Send + 'static,
     {
         let raw = self.subscribe_raw(&filter).await?;
-        let broker = self.inner.direct.as_dyn();
+        let broker = self.inner.broker.clone();
         let wire = self.inner.wire;
         let handler = Arc::new(handler);
         let task = tokio::spawn(async move {
@@ -347,13 +369,15 @@ impl Bus {
     /// Returns once every message published before the call is confirmed by the broker or
     /// dead-lettered (with an outbox), or processed by the broker (without one).
     pub async fn flush(&self) -> Result<()> {
-        match &self.inner.outbox {
-            Some(outbox) => outbox.flush().await,
-            None => self.inner.direct.as_broker().confirm().await,
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            return outbox.flush().await;
         }
+        self.inner.broker.confirm().await
     }
 
-    /// The dead letters of the outbox: messages that failed 3 send attempts.
+    /// The dead letters of the outbox: messages that failed every send attempt.
+    #[cfg(feature = "outbox")]
     pub fn dead_letters(&self) -> DeadLetters {
         match &self.inner.outbox {
             Some(outbox) => outbox.dead_letters(),
@@ -362,6 +386,7 @@ impl Bus {
     }
 
     /// Depth and oldest age of the outbox, for health checks; `None` without an outbox.
+    #[cfg(feature = "outbox")]
     pub async fn outbox_stats(&self) -> Result<Option<OutboxStats>> {
         match &self.inner.outbox {
             Some(outbox) => outbox.stats().await.map(Some),

@@ -30,6 +30,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A header name or value cannot travel over NATS (see [`Headers::check`](crate::Headers::check)).
+    /// Nothing was queued or sent.
+    #[error("header {name:?} cannot be sent: {reason}")]
+    InvalidHeader {
+        /// The header's name.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
     /// A message could not be encoded to MessagePack.
     #[error("cannot encode `{type_name}` as MessagePack: {source}")]
     Encode {
@@ -99,6 +109,14 @@ pub enum Error {
         dropped: u64,
     },
 
+    /// The connection to the broker was lost while messages were in flight, so the broker cannot
+    /// confirm that it processed them: send them again (the outbox does, with the same msg ids).
+    #[error("the connection to the broker was lost during {op}; messages published before it may not have reached the server and must be sent again")]
+    ConnectionLost {
+        /// What was being done.
+        op: &'static str,
+    },
+
     /// The broker is closed (the `Bus` was shut down).
     #[error("the broker connection is closed")]
     Closed,
@@ -139,6 +157,29 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether trying the same thing again later may succeed without changing anything: a
+    /// timeout, a lost connection, nobody serving a request yet, a slow consumer, a client error
+    /// of the NATS connection. `false` for mistakes that fail the same way every time (an invalid
+    /// subject, header or size, a decode error, configuration, a closed bus).
+    ///
+    /// ```
+    /// let e = bus::Error::Timeout { subject: "agent.route.x".into(), timeout: std::time::Duration::from_secs(1) };
+    /// assert!(e.is_transient());
+    /// let e = bus::Error::InvalidHeader { name: "a b".into(), reason: "white space" };
+    /// assert!(!e.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::ConnectionLost { .. }
+                | Error::NoResponders { .. }
+                | Error::SlowConsumer { .. }
+                | Error::Nats { .. }
+        )
+    }
+
+    #[cfg(feature = "nats")]
     pub(crate) fn nats(
         op: &'static str,
         e: impl std::error::Error + Send + Sync + 'static,
@@ -149,6 +190,7 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "outbox")]
     pub(crate) fn outbox(
         path: impl Into<PathBuf>,
         detail: impl Into<String>,

@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use crate::Error;
+
 /// Unique id of a message, stable across every retry (also sent as [`NATS_MSG_ID`]).
 pub const MSG_ID: &str = "Bus-Msg-Id";
 /// The same id under the name JetStream dedupes on.
@@ -16,6 +18,40 @@ pub const TYPE: &str = "Bus-Type";
 pub const CORRELATION_ID: &str = "Bus-Correlation-Id";
 /// Set on a reply when the responder's handler failed; the value is its error message.
 pub const ERROR: &str = "Bus-Error";
+
+/// Every header name `bus` itself puts on the wire (received, they are stored without a copy).
+#[cfg(feature = "nats")]
+pub(crate) const KNOWN_NAMES: [&str; 6] = [
+    MSG_ID,
+    NATS_MSG_ID,
+    CONTENT_TYPE,
+    TYPE,
+    CORRELATION_ID,
+    ERROR,
+];
+
+/// Why a header name cannot travel over NATS, or `None` when it can: printable ASCII
+/// (`!` to `~`) without `:`, not empty. The one rule every backend and the outbox apply.
+pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("a header name cannot be empty")
+    } else if name.bytes().any(|b| b == b':' || !(33..=126).contains(&b)) {
+        Some("a header name must be printable ASCII without ':' or white space")
+    } else {
+        None
+    }
+}
+
+/// Why a header value cannot travel over NATS, or `None` when it can: no CR, LF or NUL (CR and
+/// LF would end the header line and let the value inject protocol; NUL is cut by peers written
+/// in C). Any other UTF-8, including non-ASCII, is carried as is.
+pub(crate) fn value_problem(value: &str) -> Option<&'static str> {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        Some("a header value cannot contain CR, LF or NUL")
+    } else {
+        None
+    }
+}
 
 /// Which headers a typed message carries on the wire; set with
 /// [`BusBuilder::wire_headers`](crate::BusBuilder::wire_headers).
@@ -135,8 +171,38 @@ impl Headers {
     }
 
     /// All entries as stored, for conversions that avoid copying `'static` names and values.
+    #[cfg(feature = "nats")]
     pub(crate) fn entries(&self) -> &[(Cow<'static, str>, Cow<'static, str>)] {
         &self.entries
+    }
+
+    /// Checks that every name and value can travel over NATS (see [`Error::InvalidHeader`]):
+    /// names of printable ASCII without `:` or white space, values without CR, LF or NUL. Every
+    /// backend, and the outbox before it queues a message, refuses headers that fail this.
+    ///
+    /// ```
+    /// let mut h = bus::Headers::new();
+    /// h.insert("Tenant", "acme");
+    /// assert!(h.check().is_ok());
+    /// h.insert("Bad Name", "x");
+    /// assert!(matches!(h.check(), Err(bus::Error::InvalidHeader { .. })));
+    /// ```
+    pub fn check(&self) -> Result<(), Error> {
+        for (name, value) in &self.entries {
+            if let Some(reason) = name_problem(name) {
+                return Err(Error::InvalidHeader {
+                    name: name.to_string(),
+                    reason,
+                });
+            }
+            if let Some(reason) = value_problem(value) {
+                return Err(Error::InvalidHeader {
+                    name: name.to_string(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Number of entries.

@@ -45,20 +45,33 @@
 //! ```
 //!
 //! See the README for the subject rules, the wire format and the outbox guarantees.
+//!
+//! # Features
+//!
+//! - `nats` (default): the NATS backend ([`NatsBroker`], `BusBuilder::nats` and its connection
+//!   options), on async-nats.
+//! - `outbox` (default): the SQLite outbox (`BusBuilder::outbox_path`, `Bus::dead_letters`),
+//!   on rusqlite.
+//!
+//! With neither (`default-features = false`) `bus` is a local-only bus with no network or
+//! SQLite code in its dependency tree; any [`Broker`] can still be plugged in with
+//! [`BusBuilder::broker`].
 
 #![forbid(unsafe_code)]
 
-mod broker;
+pub mod broker;
 mod builder;
 mod bus;
-pub mod codec;
+mod codec;
 mod envelope;
 mod error;
 pub mod headers;
 mod local;
 mod message;
 mod msg_id;
+#[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "outbox")]
 mod outbox;
 mod subscription;
 
@@ -66,7 +79,9 @@ mod subscription;
 pub mod __private;
 
 pub use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
-pub use crate::builder::{BusBuilder, DEFAULT_OUTBOX_PATH};
+pub use crate::builder::BusBuilder;
+#[cfg(feature = "outbox")]
+pub use crate::builder::DEFAULT_OUTBOX_PATH;
 pub use crate::bus::{Bus, ServeHandle, DEFAULT_REQUEST_TIMEOUT};
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
@@ -74,10 +89,10 @@ pub use crate::headers::{Headers, WireHeaders};
 pub use crate::local::{LocalBroker, LocalOptions};
 pub use crate::message::{Filter, Message, Request, SubjectToken};
 pub use crate::msg_id::new_msg_id;
+#[cfg(feature = "nats")]
 pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
+#[cfg(feature = "outbox")]
 pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
 pub use crate::subscription::Subscription;
 /// The derive: `#[derive(Message)]` with `#[subject("…")]` and optional `#[reply(T)]`.
 pub use bus_macros::Message;
-/// The subject grammar shared with the derive macro.
-pub use bus_subject as subject;

@@ -93,6 +93,9 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("invalid_subjects_refused", |b, _| {
         invalid_subjects_refused(b).boxed()
     }),
+    ("invalid_headers_refused", |b, _| {
+        invalid_headers_refused(b).boxed()
+    }),
 ];
 
 /// Runs the check called `name`; panics if there is none.
@@ -128,7 +131,7 @@ macro_rules! conformance_tests {
             queue_groups_are_independent, headers_carried, request_reply,
             request_first_reply_wins, no_responders_fast, request_timeout, oversize_refused,
             unsubscribe_on_drop, fifo_order, confirm_after_burst, slow_consumer_counted,
-            invalid_subjects_refused);
+            invalid_subjects_refused, invalid_headers_refused);
         #[test]
         fn conformance_tests_cover_every_check() {
             let named: &[&str] = &[
@@ -139,6 +142,7 @@ macro_rules! conformance_tests {
                 "request_reply", "request_first_reply_wins", "no_responders_fast",
                 "request_timeout", "oversize_refused", "unsubscribe_on_drop", "fifo_order",
                 "confirm_after_burst", "slow_consumer_counted", "invalid_subjects_refused",
+                "invalid_headers_refused",
             ];
             let all: Vec<&str> = $crate::conformance::CHECKS.iter().map(|(n, _)| *n).collect();
             assert_eq!(named, &all[..], "conformance_tests! is out of date with CHECKS");
@@ -840,4 +844,48 @@ pub async fn invalid_subjects_refused(b: &dyn Broker) {
         Err(Error::InvalidSubject { .. }) => {}
         other => panic!("request to a wildcard: want InvalidSubject, got {other:?}"),
     }
+}
+
+/// Headers NATS cannot carry are refused with `InvalidHeader` before anything is delivered (a
+/// CR/LF in a value would inject protocol; a name with `:`, white space or non-ASCII cannot be
+/// written); what NATS can carry (unicode values, long values, `-`/`_` names) arrives intact.
+pub async fn invalid_headers_refused(b: &dyn Broker) {
+    let subject = format!("{}.h", prefix("badheaders"));
+    let mut s = sub(b, &subject, None).await;
+    let bad: &[(&str, &str)] = &[
+        ("", "v"),
+        ("a:b", "v"),
+        ("a b", "v"),
+        ("Tab\tName", "v"),
+        ("Caf\u{e9}", "v"),
+        ("Nul\0", "v"),
+        ("X-Inject", "a\r\nPUB evil 1"),
+        ("X-Lf", "a\nb"),
+        ("X-Nul", "a\0b"),
+    ];
+    for (name, value) in bad {
+        let mut h = Headers::new();
+        h.insert(name.to_string(), value.to_string());
+        match b
+            .publish(RawMessage::new(&subject, "x").with_headers(h))
+            .await
+        {
+            Err(Error::InvalidHeader { name: n, .. }) => assert_eq!(n, *name),
+            other => panic!("header {name:?}: {value:?}: want InvalidHeader, got {other:?}"),
+        }
+    }
+    let mut h = Headers::new();
+    h.insert("X-Unicode", "h\u{e9}llo \u{1f980} \u{4e16}\u{754c}");
+    h.insert("X-Long", "v".repeat(2_000));
+    b.publish(RawMessage::new(&subject, "ok").with_headers(h))
+        .await
+        .expect("headers NATS can carry are accepted");
+    confirm(b).await;
+    let got = drain_now(&mut s);
+    assert_eq!(got.len(), 1, "only the valid message may arrive: {got:?}");
+    assert_eq!(
+        got[0].headers.get("X-Unicode"),
+        Some("h\u{e9}llo \u{1f980} \u{4e16}\u{754c}")
+    );
+    assert_eq!(got[0].headers.get("X-Long").map(str::len), Some(2_000));
 }

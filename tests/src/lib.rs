@@ -1,8 +1,10 @@
 //! Shared test support for `bus`: the nats-server harness, the broker conformance
-//! suite, and the message types several test files share.
+//! suite, a third broker implementation (`recording`), and the message types several test
+//! files share.
 
 pub mod conformance;
 pub mod msgs;
+pub mod recording;
 pub mod server;
 pub mod support;
 

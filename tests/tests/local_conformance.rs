@@ -19,10 +19,8 @@ impl Fixture for Local {
 }
 
 async fn local() -> Local {
-    let options = LocalOptions {
-        subscription_capacity: 1_000,
-        ..LocalOptions::default()
-    };
+    let mut options = LocalOptions::default();
+    options.subscription_capacity = 1_000;
     Local {
         caps: Caps::local(&options),
         broker: LocalBroker::with_options(options),

@@ -1,10 +1,10 @@
-//! The subject grammar and matcher: `bus::subject` (the reference rules) and the local broker's
+//! The subject grammar and matcher: `bus_subject` (the reference rules) and the local broker's
 //! subscription trie, which must deliver exactly what those rules predict.
 
 use std::collections::BTreeSet;
 
-use bus::subject::{check_pattern, check_subject, check_token, matches, PatternError, TokenError};
 use bus::{Broker, LocalBroker, RawMessage, RawSubscription};
+use bus_subject::{check_pattern, check_subject, check_token, matches, PatternError, TokenError};
 use futures::{FutureExt, StreamExt};
 
 /// (pattern, subject, expected) for the wildcard edge cases.

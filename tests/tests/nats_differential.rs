@@ -1,6 +1,6 @@
 //! Differential test: for a generated set of patterns and subjects, the deliveries through
 //! `LocalBroker` equal the deliveries through a real nats-server (and both equal the reference
-//! `bus::subject::matches`). Queue groups are left out: which member gets a message is the
+//! `bus_subject::matches`). Queue groups are left out: which member gets a message is the
 //! broker's choice.
 
 use std::collections::BTreeMap;
@@ -125,7 +125,7 @@ async fn local_and_nats_deliver_the_same_sets() {
         .map(|p| {
             let mut got: Vec<String> = subjects()
                 .into_iter()
-                .filter(|s| bus::subject::matches(&p, s))
+                .filter(|s| bus_subject::matches(&p, s))
                 .collect();
             got.sort();
             (p, got)

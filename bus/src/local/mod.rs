@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::trie::{Entry, MatchResult, Trie};
 use crate::broker::{
-    check_subject, check_subscription, Broker, ConnectionState, RawMessage, RawSubscription,
-    SubscriptionStats,
+    check_size, check_subject, check_subscription, Broker, ConnectionState, RawMessage,
+    RawSubscription, SubscriptionStats,
 };
 use crate::{Error, Result};
 
@@ -34,7 +34,15 @@ const CACHE_CAPACITY: usize = 4096;
 const SLOW_WARN_INTERVAL_MS: u64 = 1000;
 
 /// Options of the local broker.
+///
+/// ```
+/// let mut options = bus::LocalOptions::default();
+/// options.subscription_capacity = 1_000;
+/// let broker = bus::LocalBroker::with_options(options);
+/// # let _ = broker;
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LocalOptions {
     /// Messages a subscription buffers before it counts as a slow consumer (default 65,536).
     pub subscription_capacity: usize,
@@ -179,15 +187,11 @@ impl LocalBroker {
     /// the boxed future: what a [`Bus`](crate::Bus) calls.
     pub(crate) fn publish_now(&self, msg: RawMessage) -> Result<usize> {
         self.check_open()?;
-        let max = self.shared.options.max_payload;
-        let size = msg.wire_size();
-        if size > max {
-            return Err(Error::PayloadTooLarge {
-                subject: msg.subject,
-                size,
-                max,
-            });
+        check_size(&msg, self.shared.options.max_payload)?;
+        if !msg.headers.is_empty() {
+            msg.headers.check()?;
         }
+        // The subject is checked by the match lookup (only valid subjects enter its cache).
         self.shared.deliver(msg)
     }
 
@@ -250,25 +254,6 @@ impl LocalBroker {
             Err(_) => Err(Error::Timeout { subject, timeout }),
         }
     }
-}
-
-/// The common case of a valid subject, checked in one pass over the bytes: tokens of ASCII
-/// letters, digits, `-` and `_`. Anything else goes through [`bus_subject::check_subject`].
-fn is_plain_subject(subject: &str) -> bool {
-    let mut token_len = 0usize;
-    for &b in subject.as_bytes() {
-        if b == b'.' {
-            if token_len == 0 {
-                return false;
-            }
-            token_len = 0;
-        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            token_len += 1;
-        } else {
-            return false;
-        }
-    }
-    token_len > 0
 }
 
 /// FxHash (rustc's hasher): the cache is keyed by subjects, short strings for which SipHash's
@@ -354,9 +339,7 @@ impl Shared {
                 return Ok(hit.clone());
             }
         }
-        if !is_plain_subject(subject) {
-            check_subject(subject)?;
-        }
+        check_subject(subject)?;
         let trie = self.read_trie();
         let result = Arc::new(trie.matches(subject));
         // Reply subjects are used once: caching them would only evict useful entries.

@@ -9,19 +9,9 @@ use crate::broker::RawMessage;
 use crate::headers::{self as names, Headers};
 use crate::{Error, Result};
 
-/// The names `bus` itself puts on the wire: received, they are stored without a copy.
-const KNOWN_NAMES: [&str; 6] = [
-    names::MSG_ID,
-    names::NATS_MSG_ID,
-    names::CONTENT_TYPE,
-    names::TYPE,
-    names::CORRELATION_ID,
-    names::ERROR,
-];
-
 /// `Headers` -> `HeaderMap`, keeping every value of a multi-valued name in order. Refuses names
-/// and values NATS cannot carry (a `:`, a control character or white space in a name; CR or LF
-/// in a value), which async-nats would otherwise put on the wire and corrupt the protocol.
+/// and values NATS cannot carry ([`Headers::check`]'s rule), which async-nats would otherwise
+/// put on the wire and corrupt the protocol.
 ///
 /// Per message on the publish path, so: a `&'static` name (every name `bus` sends, and your
 /// literals) becomes a `HeaderName` without a copy, and a name not seen before in these headers
@@ -31,10 +21,8 @@ pub(crate) fn to_header_map(headers: &Headers) -> Result<HeaderMap> {
     let entries = headers.entries();
     for (i, (name, value)) in entries.iter().enumerate() {
         let n = header_name(name)?;
-        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
-            return Err(Error::Config(format!(
-                "value of header {name:?} cannot be sent over NATS (it contains CR or LF); remove CR/LF"
-            )));
+        if let Some(reason) = names::value_problem(value) {
+            return Err(invalid(name, reason));
         }
         let v = HeaderValue::from(value.as_ref());
         if entries[..i].iter().any(|(earlier, _)| earlier == name) {
@@ -52,19 +40,21 @@ fn header_name(name: &Cow<'static, str>) -> Result<HeaderName> {
     // async-nats's `from_str` rule (printable ASCII but `:`) on bytes, so that a non-ASCII
     // character (which that rule truncates to its low byte) and an empty name are refused too;
     // `from_static` checks nothing.
-    if name.is_empty() || name.bytes().any(|b| b == b':' || !(33..=126).contains(&b)) {
-        return Err(Error::Config(format!(
-            "header name {name:?} cannot be sent over NATS; use printable ASCII without ':' or spaces"
-        )));
+    if let Some(reason) = names::name_problem(name) {
+        return Err(invalid(name, reason));
     }
     Ok(match name {
         Cow::Borrowed(name) => HeaderName::from_static(name),
-        Cow::Owned(name) => HeaderName::from_str(name).map_err(|e| {
-            Error::Config(format!(
-                "header name {name:?} cannot be sent over NATS ({e})"
-            ))
-        })?,
+        Cow::Owned(name) => HeaderName::from_str(name)
+            .map_err(|_| invalid(name, "async-nats refused the header name"))?,
     })
+}
+
+fn invalid(name: &str, reason: &'static str) -> Error {
+    Error::InvalidHeader {
+        name: name.to_owned(),
+        reason,
+    }
 }
 
 /// `HeaderMap` -> `Headers`. Names keep their order per name; the order across names is the
@@ -73,7 +63,7 @@ pub(crate) fn from_header_map(map: &HeaderMap) -> Headers {
     let mut headers = Headers::with_capacity(map.iter().map(|(_, v)| v.len()).sum());
     for (name, values) in map.iter() {
         let name: &str = name.as_ref();
-        let name: Cow<'static, str> = match KNOWN_NAMES.iter().find(|k| **k == name) {
+        let name: Cow<'static, str> = match names::KNOWN_NAMES.iter().find(|k| **k == name) {
             Some(known) => Cow::Borrowed(known),
             None => Cow::Owned(name.to_owned()),
         };
@@ -136,22 +126,28 @@ mod tests {
     fn refuses_headers_nats_cannot_carry() {
         let mut h = Headers::new();
         h.insert("Bad Name", "v");
-        assert!(matches!(to_header_map(&h), Err(Error::Config(_))));
+        assert!(matches!(
+            to_header_map(&h),
+            Err(Error::InvalidHeader { .. })
+        ));
         let mut h = Headers::new();
         h.insert("Name", "a\r\nPUB x 1");
-        assert!(matches!(to_header_map(&h), Err(Error::Config(_))));
+        assert!(matches!(
+            to_header_map(&h),
+            Err(Error::InvalidHeader { .. })
+        ));
         // Owned names go through async-nats's own check, static ones through ours: same rule.
         for bad in ["", "a:b", "a b", "a\u{7f}", "\u{e9}", "\u{141}"] {
             let mut h = Headers::new();
             h.insert(bad, "v");
             assert!(
-                matches!(to_header_map(&h), Err(Error::Config(_))),
+                matches!(to_header_map(&h), Err(Error::InvalidHeader { .. })),
                 "{bad:?}"
             );
             let mut h = Headers::new();
             h.insert(bad.to_owned(), "v");
             assert!(
-                matches!(to_header_map(&h), Err(Error::Config(_))),
+                matches!(to_header_map(&h), Err(Error::InvalidHeader { .. })),
                 "{bad:?}"
             );
         }

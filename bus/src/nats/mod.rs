@@ -30,8 +30,8 @@ pub use self::options::{NatsAuth, NatsOptions};
 
 use self::events::{Registered, Shared};
 use crate::broker::{
-    check_subject, check_subscription, Broker, ConnectionState, RawMessage, RawSubscription,
-    SubscriptionStats,
+    check_size, check_subject, check_subscription, Broker, ConnectionState, RawMessage,
+    RawSubscription, SubscriptionStats,
 };
 use crate::{Error, Result};
 
@@ -122,16 +122,7 @@ impl NatsBroker {
     /// Refuses a message the server would answer by closing the connection.
     #[inline]
     fn check_size(&self, msg: &RawMessage) -> Result<()> {
-        let max = self.shared.max_payload.load(Ordering::Relaxed);
-        let size = msg.wire_size();
-        if size > max {
-            return Err(Error::PayloadTooLarge {
-                subject: msg.subject.clone(),
-                size,
-                max,
-            });
-        }
-        Ok(())
+        check_size(msg, self.shared.max_payload.load(Ordering::Relaxed))
     }
 
     /// [`Broker::publish`] without the boxed future: what a [`Bus`](crate::Bus) calls. The only
@@ -259,13 +250,7 @@ impl NatsBroker {
         self.confirmed_disconnects.store(now, Ordering::Relaxed);
         outcome?;
         if now != seen {
-            return Err(Error::nats(
-                "confirm",
-                std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "the connection to NATS was lost since the last confirmation; messages published before it may be lost, publish them again",
-                ),
-            ));
+            return Err(Error::ConnectionLost { op: "confirm" });
         }
         Ok(())
     }
