@@ -333,7 +333,19 @@ pub enum TokenError {
     Whitespace,
     /// The value contains a control character.
     Control,
+    /// The value is longer than [`MAX_SUBJECT_LEN`]: no subject holding it could be sent.
+    TooLong,
 }
+
+/// The longest subject (or subscription pattern plus queue group) `bus` sends, in bytes.
+///
+/// nats-server closes the connection of a client whose protocol line exceeds its
+/// `max_control_line` (4,096 bytes by default; the server's INFO does not advertise it), and
+/// async-nats then reconnects and sends the same line again. A publish line carries the subject,
+/// a reply subject (an inbox, about 50 bytes) and two lengths (`HPUB <subject> <reply> <hdr>
+/// <total>`); a subscription line the pattern, the queue group and an id. This limit keeps 256
+/// bytes of the 4,096 for all of that, so a subject within it is always sent.
+pub const MAX_SUBJECT_LEN: usize = 3_840;
 
 impl TokenError {
     /// A short reason, for error messages.
@@ -344,6 +356,9 @@ impl TokenError {
             TokenError::Wildcard => "it contains a wildcard (`*` or `>`)",
             TokenError::Whitespace => "it contains white space",
             TokenError::Control => "it contains a control character",
+            TokenError::TooLong => {
+                "it is longer than 3,840 bytes (MAX_SUBJECT_LEN), over what NATS can carry in a subject"
+            }
         }
     }
 }
@@ -368,6 +383,9 @@ impl std::error::Error for TokenError {}
 pub fn check_token(value: &str) -> Result<(), TokenError> {
     if value.is_empty() {
         return Err(TokenError::Empty);
+    }
+    if value.len() > MAX_SUBJECT_LEN {
+        return Err(TokenError::TooLong);
     }
     // Fast path: the common case is short ASCII made of safe characters.
     if value.bytes().all(|b| PLAIN[b as usize]) {
@@ -396,6 +414,8 @@ pub enum PatternError {
     WildcardInSubject,
     /// `>` not as the last token, or a wildcard inside a longer token.
     MisplacedWildcard,
+    /// Longer than [`MAX_SUBJECT_LEN`] bytes.
+    TooLong,
 }
 
 impl fmt::Display for PatternError {
@@ -406,6 +426,9 @@ impl fmt::Display for PatternError {
             PatternError::WildcardInSubject => "wildcards are only allowed in subscriptions",
             PatternError::MisplacedWildcard => {
                 "`*` and `>` must be whole tokens and `>` must be the last token"
+            }
+            PatternError::TooLong => {
+                "longer than 3,840 bytes (MAX_SUBJECT_LEN): nats-server would close the connection"
             }
         })
     }
@@ -429,6 +452,9 @@ const PLAIN: [bool; 256] = {
 /// a table lookup per byte; anything else (wildcards, other characters, errors) takes
 /// [`check_tokens_chars`], the rules as written.
 fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), PatternError> {
+    if s.len() > MAX_SUBJECT_LEN {
+        return Err(PatternError::TooLong);
+    }
     // Branch-free: accumulate "not plain" and "dot after dot" over all bytes, decide once.
     let mut odd = 0u8;
     let mut prev = DOT;

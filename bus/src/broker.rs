@@ -64,11 +64,35 @@ impl RawMessage {
     }
 }
 
+/// A message the broker refused after it accepted it for sending, as a
+/// [`confirm`](Broker::confirm) reports it in [`Error::Rejected`](crate::Error::Rejected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejection {
+    /// The subject of the refused message (every message sent to it since the previous
+    /// confirmation was refused).
+    pub subject: String,
+    /// The server's reason, e.g. `Permissions Violation for Publish to "plugin.outbound.x"`.
+    pub reason: String,
+}
+
+impl Rejection {
+    /// A rejection of the messages on `subject`.
+    pub fn new(subject: impl Into<String>, reason: impl Into<String>) -> Self {
+        Rejection {
+            subject: subject.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Counters a subscription keeps; shared between the broker and the subscriber.
 #[derive(Debug, Default)]
 pub struct SubscriptionStats {
     delivered: AtomicU64,
     dropped: AtomicU64,
+    /// Why the server ended this subscription (a permissions violation), once it did.
+    failure: std::sync::OnceLock<String>,
 }
 
 impl SubscriptionStats {
@@ -79,6 +103,14 @@ impl SubscriptionStats {
     /// Messages dropped because the subscriber fell behind (a slow consumer).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+    /// Why the server ended this subscription (e.g. a permissions violation), if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn fail(&self, reason: String) {
+        let _ = self.failure.set(reason);
     }
     pub(crate) fn add_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
@@ -259,6 +291,17 @@ pub fn check_subscription(pattern: &str, queue: Option<&str>) -> Result<()> {
             subject: q.to_owned(),
             reason: format!("invalid queue group name: {e}"),
         })?;
+        // Both travel on one protocol line.
+        if pattern.len() + q.len() > bus_subject::MAX_SUBJECT_LEN {
+            return Err(Error::InvalidSubject {
+                subject: pattern.to_owned(),
+                reason: format!(
+                    "pattern and queue group together are {} bytes, over the limit of {} (MAX_SUBJECT_LEN)",
+                    pattern.len() + q.len(),
+                    bus_subject::MAX_SUBJECT_LEN
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -3,10 +3,11 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -348,7 +349,16 @@ impl Bus {
                         let outcome = match codec::decode::<M>(&msg.payload) {
                             Ok(body) => {
                                 let env = Envelope::new(body, msg.subject, msg.reply, msg.headers);
-                                handler(env).await.map_err(|e| e.to_string())
+                                // A panic is answered like an error: the requester must never
+                                // wait for a timeout because a handler panicked.
+                                match AssertUnwindSafe(handler(env)).catch_unwind().await {
+                                    Ok(Ok(reply)) => Ok(reply),
+                                    Ok(Err(e)) => Err(e.to_string()),
+                                    Err(panic) => Err(format!(
+                                        "the handler panicked: {}",
+                                        panic_message(&*panic)
+                                    )),
+                                }
                             }
                             Err(e) => {
                                 Err(format!("cannot decode request as `{}`: {e}", M::TYPE_NAME))
@@ -415,7 +425,7 @@ fn build_reply<M: Request>(
             bytes
         }
         Err(message) => {
-            h.append(headers::ERROR, message);
+            h.append(headers::ERROR, error_header(&message));
             bytes::Bytes::new()
         }
     };
@@ -425,6 +435,34 @@ fn build_reply<M: Request>(
         headers: h,
         payload,
     }
+}
+
+/// The longest `Bus-Error` text sent, in bytes: far under any server's max_payload, so the
+/// error reply always goes out.
+pub(crate) const MAX_ERROR_LEN: usize = 1024;
+
+/// A handler's error text as a header value: CR, LF and other control characters (which a
+/// header cannot carry) become spaces, and a text over [`MAX_ERROR_LEN`] bytes is cut at a
+/// character boundary and marked with `…`.
+fn error_header(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_ERROR_LEN));
+    for c in message.chars() {
+        if out.len() + c.len_utf8() > MAX_ERROR_LEN - '…'.len_utf8() {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
+}
+
+/// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The headers [`WireHeaders::Full`] adds to a typed message, after the caller's.

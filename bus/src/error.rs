@@ -117,6 +117,25 @@ pub enum Error {
         op: &'static str,
     },
 
+    /// The server refused messages it had received (on NATS: a permissions violation for their
+    /// subjects). They were not delivered; the outbox counts a failed attempt for each and
+    /// dead-letters them after the last, with the server's reason.
+    #[error("the server refused {} message(s), e.g. on {:?}: {}", rejections.len(), rejections.first().map_or("", |r| r.subject.as_str()), rejections.first().map_or("", |r| r.reason.as_str()))]
+    Rejected {
+        /// Each refused subject with the server's reason.
+        rejections: Vec<crate::broker::Rejection>,
+    },
+
+    /// The server does not allow this connection to publish or subscribe to a subject: a
+    /// configuration error (fix the account's permissions), never retried by itself.
+    #[error("permission denied on {subject:?}: {reason}")]
+    PermissionDenied {
+        /// The subject or pattern.
+        subject: String,
+        /// The server's words, and what to grant.
+        reason: String,
+    },
+
     /// The broker is closed (the `Bus` was shut down).
     #[error("the broker connection is closed")]
     Closed,

@@ -15,8 +15,9 @@ use crate::{codec, Envelope, Error, Message, Result};
 ///
 /// An item is `Err` when a payload does not decode ([`Error::Decode`], with the subject and msg
 /// id) or when the broker dropped messages because this subscriber fell behind
-/// ([`Error::SlowConsumer`], with how many); the stream goes on after either. Dropping the
-/// subscription unsubscribes.
+/// ([`Error::SlowConsumer`], with how many); the stream goes on after either. If the server
+/// ends the subscription (a permissions violation), one [`Error::PermissionDenied`] item comes,
+/// then the stream ends. Dropping the subscription unsubscribes.
 ///
 /// ```no_run
 /// # use bus::{Bus, Message};
@@ -36,6 +37,8 @@ use crate::{codec, Envelope, Error, Message, Result};
 /// ```
 pub struct Subscription<T> {
     raw: RawSubscription,
+    /// Whether the server's refusal of this subscription was reported (then the stream ends).
+    reported_failure: bool,
     reported_dropped: u64,
     decode_errors: u64,
     _type: PhantomData<fn() -> T>,
@@ -46,6 +49,7 @@ impl<T> Subscription<T> {
     pub fn new(raw: RawSubscription) -> Self {
         Subscription {
             raw,
+            reported_failure: false,
             reported_dropped: 0,
             decode_errors: 0,
             _type: PhantomData,
@@ -83,6 +87,17 @@ impl<T: Message> Stream for Subscription<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(reason) = this.raw.stats.failure() {
+            // The server ended the subscription (a permissions violation after a reconnect,
+            // say): say so once, then end.
+            if std::mem::replace(&mut this.reported_failure, true) {
+                return Poll::Ready(None);
+            }
+            return Poll::Ready(Some(Err(Error::PermissionDenied {
+                subject: this.raw.pattern.clone(),
+                reason: reason.to_owned(),
+            })));
+        }
         let dropped = this.raw.stats.dropped();
         if dropped > this.reported_dropped {
             let n = dropped - this.reported_dropped;

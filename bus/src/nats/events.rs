@@ -27,6 +27,41 @@ pub(crate) struct Shared {
     /// read) and cleared when the broker is dropped: the event callback holds this `Shared`, so
     /// a client kept here for good would keep the connection open forever.
     pub(crate) client: Mutex<Option<Client>>,
+    /// Permissions violations the server reported and nobody has taken yet.
+    pub(crate) violations: Mutex<Violations>,
+}
+
+/// The server's `-ERR 'Permissions Violation for …'`s, by what was refused.
+#[derive(Debug, Default)]
+pub(crate) struct Violations {
+    /// Subjects a publish to was refused, with the server's text, oldest first.
+    pub(crate) publish: Vec<(String, String)>,
+    /// Patterns a subscription to was refused, with the server's text.
+    pub(crate) subscribe: Vec<(String, String)>,
+}
+
+/// What a permissions violation refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Publish,
+    Subscription,
+}
+
+/// Reads `Permissions Violation for Publish to "a.b"` (2.9) or `… to "a.b" using queue "q"`
+/// (newer servers): what was refused and its subject.
+pub(crate) fn parse_violation(text: &str) -> Option<(Refused, String)> {
+    let rest = text.trim_matches(|c| c == '\'' || c == ' ');
+    let rest = rest.strip_prefix("Permissions Violation for ")?;
+    let (kind, rest) = if let Some(r) = rest.strip_prefix("Publish to ") {
+        (Refused::Publish, r)
+    } else if let Some(r) = rest.strip_prefix("Subscription to ") {
+        (Refused::Subscription, r)
+    } else {
+        return None;
+    };
+    let rest = rest.strip_prefix('"')?;
+    let end = rest.find('"')?;
+    Some((kind, rest[..end].to_owned()))
 }
 
 /// A subscription as the event handler knows it.
@@ -46,7 +81,43 @@ impl Shared {
             disconnects: AtomicU64::new(0),
             subscriptions: Mutex::new(HashMap::new()),
             client: Mutex::new(None),
+            violations: Mutex::new(Violations::default()),
         })
+    }
+
+    pub(crate) fn violations(&self) -> std::sync::MutexGuard<'_, Violations> {
+        self.violations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a permissions violation. A refused subscription that is live (the server ended
+    /// it after a reconnect, say) is marked failed, so its subscriber sees why.
+    fn on_violation(&self, kind: Refused, subject: String, text: String) {
+        match kind {
+            Refused::Publish => {
+                tracing::error!(subject, error = %text, "NATS refused a publish: permissions violation");
+                let mut v = self.violations();
+                // Bounded: a flood of refused publishes with nobody confirming keeps the latest.
+                if v.publish.len() >= 1024 {
+                    v.publish.remove(0);
+                }
+                v.publish.push((subject, text));
+            }
+            Refused::Subscription => {
+                tracing::error!(pattern = subject, error = %text, "NATS refused a subscription: permissions violation");
+                for reg in self.subscriptions().values() {
+                    if reg.pattern == subject {
+                        reg.stats.fail(text.clone());
+                    }
+                }
+                let mut v = self.violations();
+                if v.subscribe.len() >= 1024 {
+                    v.subscribe.remove(0);
+                }
+                v.subscribe.push((subject, text));
+            }
+        }
     }
 
     pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Registered>> {
@@ -128,8 +199,34 @@ impl Shared {
                     None => tracing::warn!(sid, "NATS slow consumer on an unknown subscription"),
                 }
             }
+            Event::ServerError(async_nats::ServerError::Other(text)) => {
+                match parse_violation(&text) {
+                    Some((kind, subject)) => self.on_violation(kind, subject, text),
+                    None => tracing::error!(error = %text, "NATS server error"),
+                }
+            }
             Event::ServerError(e) => tracing::error!(error = %e, "NATS server error"),
             Event::ClientError(e) => tracing::error!(error = %e, "NATS client error"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_servers_violation_texts() {
+        assert_eq!(
+            parse_violation("Permissions Violation for Publish to \"plugin.outbound.denied.x\""),
+            Some((Refused::Publish, "plugin.outbound.denied.x".into()))
+        );
+        assert_eq!(
+            parse_violation(
+                "'Permissions Violation for Subscription to \"a.>\" using queue \"q\"'"
+            ),
+            Some((Refused::Subscription, "a.>".into()))
+        );
+        assert_eq!(parse_violation("Maximum Payload Violation"), None);
     }
 }

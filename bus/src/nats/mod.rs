@@ -31,7 +31,7 @@ pub use self::options::{NatsAuth, NatsOptions};
 use self::events::{Registered, Shared};
 use crate::broker::{
     check_size, check_subject, check_subscription, Broker, ConnectionState, RawMessage,
-    RawSubscription, SubscriptionStats,
+    RawSubscription, Rejection, SubscriptionStats,
 };
 use crate::{Error, Result};
 
@@ -181,15 +181,15 @@ impl NatsBroker {
         }
     }
 
-    async fn confirm_inner(&self) -> Result<()> {
-        let timeout = self.request_timeout;
-        let timed_out = || Error::Timeout {
-            subject: self.confirm_echo_subject.clone(),
-            timeout,
-        };
-        // One confirmation at a time: they share the echo subscription.
-        let mut echo = self.confirm_echo.lock().await;
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// A round trip through the server on the echo subject: once it returns, the server has
+    /// processed everything this connection sent before (NATS keeps one connection's order), and
+    /// has sent back whatever it answered to it, `-ERR`s included.
+    async fn echo(&self, deadline: tokio::time::Instant) -> Result<()> {
+        let timed_out = || self.echo_timed_out(deadline);
+        // One round trip at a time: they share the echo subscription.
+        let mut echo = tokio::time::timeout_at(deadline, self.confirm_echo.lock())
+            .await
+            .map_err(|_| timed_out())?;
         if echo.is_none() {
             let sub = tokio::time::timeout_at(
                 deadline,
@@ -212,14 +212,59 @@ impl NatsBroker {
                 )
                 .await
                 .map_err(|e| Error::nats("confirm", e))?;
-            // Tokens of earlier confirmations that timed out may still arrive: skip them.
+            // Tokens of earlier round trips that timed out may still arrive: skip them.
             loop {
                 match sub.next().await {
-                    Some(msg) if msg.payload.as_ref() == token.to_be_bytes() => break,
+                    Some(msg) if msg.payload.as_ref() == token.to_be_bytes() => return Ok(()),
                     Some(_) => {}
                     None => return Err(Error::Closed),
                 }
             }
+        };
+        tokio::time::timeout_at(deadline, wait)
+            .await
+            .map_err(|_| timed_out())?
+    }
+
+    /// What a round trip that got no echo in time means: a timeout, or, when the server
+    /// refused the echo subject itself, a permissions problem that waiting will not fix.
+    fn echo_timed_out(&self, _deadline: tokio::time::Instant) -> Error {
+        let prefix = &self.confirm_echo_subject;
+        let v = self.shared.violations();
+        let denied = v
+            .publish
+            .iter()
+            .chain(&v.subscribe)
+            .find(|(subject, _)| subject == prefix || bus_subject::matches(subject, prefix));
+        match denied {
+            Some((_, text)) => self.confirm_denied(text),
+            None => Error::Timeout {
+                subject: self.confirm_echo_subject.clone(),
+                timeout: self.request_timeout,
+            },
+        }
+    }
+
+    fn confirm_denied(&self, text: &str) -> Error {
+        let prefix = self
+            .confirm_echo_subject
+            .rsplit_once('.')
+            .map_or(self.confirm_echo_subject.as_str(), |(p, _)| p);
+        Error::PermissionDenied {
+            subject: self.confirm_echo_subject.clone(),
+            reason: format!(
+                "{text}; the outbox confirms each batch by an echo through the server, so this \
+                 user needs publish and subscribe permission on `{prefix}.>` (or set another \
+                 prefix with BusBuilder::confirm_subject)"
+            ),
+        }
+    }
+
+    async fn confirm_inner(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let seen = self.confirmed_disconnects.load(Ordering::Relaxed);
+        let outcome = self.echo(deadline).await;
+        if outcome.is_ok() {
             // async-nats handed every earlier message to its subscription buffers before the
             // echo; make each pump move them into the SDK's buffers, so that after `confirm`
             // they are ready to read (or counted as dropped).
@@ -236,13 +281,12 @@ impl NatsBroker {
                 // An error means the pump ended: nothing left to move.
                 let _ = wait.await;
             }
-            Ok(())
-        };
-        let seen = self.confirmed_disconnects.load(Ordering::Relaxed);
-        let outcome = tokio::time::timeout_at(deadline, wait)
-            .await
-            .map_err(|_| timed_out())
-            .and_then(|r| r);
+            // The server's `-ERR`s for this batch were read before the echo; async-nats hands
+            // them to its event task, which the pumps' round trips above gave time to run. Two
+            // more turns of the scheduler make sure it did.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        }
         // A connection lost since the last confirmation may have taken messages with it that
         // async-nats had already written or buffered, even if the echo made it after the
         // reconnect: then nothing is proven and the caller must send its batch again.
@@ -252,7 +296,23 @@ impl NatsBroker {
         if now != seen {
             return Err(Error::ConnectionLost { op: "confirm" });
         }
-        Ok(())
+        let refused = std::mem::take(&mut self.shared.violations().publish);
+        if refused.is_empty() {
+            return Ok(());
+        }
+        if let Some((_, text)) = refused
+            .iter()
+            .find(|(subject, _)| *subject == self.confirm_echo_subject)
+        {
+            return Err(self.confirm_denied(text));
+        }
+        let mut rejections: Vec<Rejection> = Vec::with_capacity(refused.len());
+        for (subject, reason) in refused {
+            if !rejections.iter().any(|r| r.subject == subject) {
+                rejections.push(Rejection::new(subject, reason));
+            }
+        }
+        Err(Error::Rejected { rejections })
     }
 
     fn next_confirm_token(&self) -> u64 {
@@ -310,6 +370,31 @@ impl NatsBroker {
             key,
             shared: Arc::clone(&self.shared),
         };
+        // A subscription the server refuses (permissions) would otherwise stay silent: while
+        // connected, one round trip tells whether the server answered the SUB with an `-ERR`.
+        if *self.shared.state.borrow() == ConnectionState::Connected {
+            let deadline = tokio::time::Instant::now() + self.request_timeout;
+            match self.echo(deadline).await {
+                Ok(()) => {
+                    tokio::task::yield_now().await;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, pattern, "cannot check the subscription with a round trip")
+                }
+            }
+            let refused = {
+                let mut v = self.shared.violations();
+                let found = v.subscribe.iter().position(|(p, _)| p == pattern);
+                found.map(|i| v.subscribe.remove(i).1)
+            };
+            if let Some(text) = refused {
+                return Err(Error::PermissionDenied {
+                    subject: pattern_owned,
+                    reason: format!("{text}; grant this user subscribe permission on it"),
+                });
+            }
+        }
         Ok(RawSubscription {
             pattern: pattern_owned,
             messages: Box::pin(stream),

@@ -1,0 +1,279 @@
+//! Hardening against a real nats-server: permissions violations (publish, subscribe, the
+//! confirmation subject), subjects too long for the server's protocol line, and handler errors
+//! that must reach the requester as errors, never as timeouts. Each test counts what was lost.
+
+use std::time::Duration;
+
+use bus::{Broker, Bus, Error, NatsBroker, RawMessage};
+use bus_tests::msgs::{outbound, Delegate, Outbound, RouteReply};
+use bus_tests::server::NatsServer;
+use bus_tests::support::{nats_options, wait_state};
+use futures::StreamExt;
+
+const GUARD: Duration = Duration::from_secs(20);
+
+/// A server with user `app` (denied publishing to `plugin.outbound.denied.>` and subscribing to
+/// `plugin.inbound.secret.>`) and user `noconfirm` (denied the confirmation subject).
+fn server() -> NatsServer {
+    NatsServer::builder()
+        .config(
+            r#"authorization {
+  users = [
+    { user: "app", password: "pw", permissions: {
+        publish: { deny: ["plugin.outbound.denied.>"] },
+        subscribe: { deny: ["plugin.inbound.secret.>"] } } }
+    { user: "noconfirm", password: "pw", permissions: {
+        publish: { deny: ["_bus.confirm.>"] } } }
+  ]
+}"#,
+        )
+        .start()
+}
+
+async fn broker(server: &NatsServer, user: &str) -> NatsBroker {
+    let mut o = nats_options(&server.url(), Duration::from_secs(2));
+    o.auth = bus::NatsAuth::UserPassword(user.into(), "pw".into());
+    let b = NatsBroker::connect(o).await.unwrap();
+    wait_state(&b, bus::ConnectionState::Connected, GUARD).await;
+    b
+}
+
+async fn bus_on(server: &NatsServer, user: &str) -> Bus {
+    Bus::builder()
+        .nats([server.url()])
+        .user_password(user, "pw")
+        .reconnect_delay(Duration::from_millis(100))
+        .request_timeout(Duration::from_secs(2))
+        .no_outbox()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Without an outbox, a publish the server refuses surfaces at `flush` (which is a round trip
+/// through the server) as `Error::Rejected` naming the subject and the server's reason; the
+/// allowed messages of the same run all arrive. Before: `flush` returned Ok, 3 of 7 gone.
+#[tokio::test]
+async fn denied_publish_is_reported_by_flush() {
+    let server = server();
+    let watcher = broker(&server, "app").await;
+    let mut seen = watcher.subscribe("plugin.outbound.>", None).await.unwrap();
+    let bus = bus_on(&server, "app").await;
+    wait_state_bus(&bus).await;
+    let mut denied = 0;
+    for i in 0..7 {
+        let channel = if i % 2 == 1 { "denied" } else { "slack" };
+        if channel == "denied" {
+            denied += 1;
+        }
+        outbound(channel, &format!("i{i}"), "x")
+            .publish(&bus)
+            .await
+            .unwrap();
+    }
+    match tokio::time::timeout(GUARD, bus.flush())
+        .await
+        .expect("flush hung")
+    {
+        Err(Error::Rejected { rejections }) => {
+            assert_eq!(rejections.len(), denied, "{rejections:?}");
+            for r in &rejections {
+                assert!(r.subject.starts_with("plugin.outbound.denied."), "{r:?}");
+                assert!(r.reason.contains("Permissions Violation"), "{r:?}");
+            }
+        }
+        other => panic!("want Rejected, got {other:?}"),
+    }
+    // The next flush has nothing left to report.
+    bus.flush().await.unwrap();
+    watcher.confirm().await.unwrap();
+    let mut allowed = Vec::new();
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(300), seen.messages.next()).await
+    {
+        allowed.push(m.subject);
+    }
+    assert_eq!(
+        allowed,
+        [
+            "plugin.outbound.slack.i0",
+            "plugin.outbound.slack.i2",
+            "plugin.outbound.slack.i4",
+            "plugin.outbound.slack.i6"
+        ]
+    );
+    eprintln!("denied publish without outbox: 4 of 4 allowed delivered, {denied} refused and reported, 0 lost silently");
+}
+
+async fn wait_state_bus(bus: &Bus) {
+    let mut w = bus.watch_state();
+    tokio::time::timeout(GUARD, w.wait_for(|s| *s == bus::ConnectionState::Connected))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Subscribing to a denied subject fails at `subscribe` with `PermissionDenied`, raw and typed;
+/// an allowed subscription on the same connection keeps working.
+#[tokio::test]
+async fn denied_subscribe_fails() {
+    let server = server();
+    let b = broker(&server, "app").await;
+    match b.subscribe("plugin.inbound.secret.>", None).await {
+        Err(Error::PermissionDenied { subject, reason }) => {
+            assert_eq!(subject, "plugin.inbound.secret.>");
+            assert!(reason.contains("Permissions Violation"), "{reason}");
+        }
+        other => panic!("want PermissionDenied, got {:?}", other.map(|s| s.pattern)),
+    }
+    let mut ok = b.subscribe("plugin.inbound.open", None).await.unwrap();
+    b.publish(RawMessage::new("plugin.inbound.open", "hi"))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(GUARD, ok.messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"hi");
+}
+
+/// Without permission on the confirmation subject, `flush` fails fast... at the request timeout,
+/// with `PermissionDenied` naming the prefix to grant, not a bare timeout; and not transient.
+#[tokio::test]
+async fn denied_confirm_subject_is_a_configuration_error() {
+    let server = server();
+    let bus = bus_on(&server, "noconfirm").await;
+    wait_state_bus(&bus).await;
+    match tokio::time::timeout(GUARD, bus.flush())
+        .await
+        .expect("flush hung")
+    {
+        Err(e @ Error::PermissionDenied { .. }) => {
+            assert!(!e.is_transient());
+            let text = e.to_string();
+            assert!(text.contains("_bus.confirm.>"), "{text}");
+        }
+        other => panic!("want PermissionDenied, got {other:?}"),
+    }
+}
+
+/// A placeholder value or pattern longer than the server's protocol line allows is refused
+/// before anything is sent; the connection stays up (no reconnect storm) and keeps working.
+#[tokio::test]
+async fn subjects_too_long_are_refused_before_sending() {
+    let server = NatsServer::start();
+    let bus = Bus::builder()
+        .nats([server.url()])
+        .reconnect_delay(Duration::from_millis(100))
+        .no_outbox()
+        .connect()
+        .await
+        .unwrap();
+    wait_state_bus(&bus).await;
+    let long = "x".repeat(5_000);
+    match outbound("slack", &long, "x").publish(&bus).await {
+        Err(Error::InvalidSubjectToken { field, .. }) => assert_eq!(field, "instance"),
+        other => panic!("want InvalidSubjectToken, got {other:?}"),
+    }
+    // A subject made of many short tokens, over the limit as a whole.
+    let many = format!("plugin.outbound.{}", vec!["abcdefgh"; 500].join("."));
+    assert!(matches!(
+        bus.publish_raw(RawMessage::new(many.clone(), "x")).await,
+        Err(Error::InvalidSubject { .. })
+    ));
+    assert!(matches!(
+        bus.broker().subscribe(&many, None).await,
+        Err(Error::InvalidSubject { .. })
+    ));
+    assert!(
+        Outbound::subscribe(&bus, Outbound::filter().channel(long.as_str()))
+            .await
+            .is_err()
+    );
+    // Just under the limit works end to end.
+    let fits = "y".repeat(bus_subject::MAX_SUBJECT_LEN - "plugin.outbound.slack.".len());
+    let mut sub = Outbound::subscribe(&bus, Outbound::filter().channel("slack"))
+        .await
+        .unwrap();
+    outbound("slack", &fits, "fits")
+        .publish(&bus)
+        .await
+        .unwrap();
+    let env = tokio::time::timeout(GUARD, sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(env.text, "fits");
+    bus.flush().await.unwrap();
+    assert_eq!(bus.state(), bus::ConnectionState::Connected);
+    let connz = server.monitor("/varz").unwrap();
+    assert!(!connz.is_empty());
+}
+
+/// Handler errors and panics reach the requester as `Error::Remote`, never as a timeout: an
+/// error text with CR/LF, one of 2 MiB (over max_payload) and a panic.
+#[tokio::test]
+async fn handler_errors_and_panics_come_back_as_errors() {
+    let server = NatsServer::start();
+    for bus in [
+        Bus::local().await.unwrap(),
+        Bus::builder()
+            .nats([server.url()])
+            .no_outbox()
+            .request_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap(),
+    ] {
+        if bus.broker().kind() == "nats" {
+            wait_state_bus(&bus).await;
+        }
+        let _serve = Delegate::serve(&bus, Delegate::filter(), |req| async move {
+            match req.task.as_str() {
+                "newline" => Err("line one\r\nline two\nPUB evil 1".to_string()),
+                "huge" => Err("e".repeat(2 * 1024 * 1024)),
+                "panic" => panic!("handler blew up on {}", req.agent),
+                _ => Ok(RouteReply { accepted: true }),
+            }
+        })
+        .await
+        .unwrap();
+        for (task, want) in [
+            ("newline", "line one  line two PUB evil 1"),
+            ("huge", "eeee"),
+            ("panic", "the handler panicked: handler blew up on planner"),
+        ] {
+            let started = std::time::Instant::now();
+            let got = Delegate {
+                agent: "planner".into(),
+                task: task.into(),
+            }
+            .request(&bus)
+            .await;
+            match got {
+                Err(Error::Remote { message, .. }) => {
+                    assert!(message.starts_with(want), "{task}: {message:?}");
+                    assert!(message.len() <= 1024, "{task}: {} bytes", message.len());
+                    assert!(!message.contains(['\r', '\n']));
+                }
+                other => panic!(
+                    "{}: {task}: want Remote, got {other:?}",
+                    bus.broker().kind()
+                ),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{task} took the timeout"
+            );
+        }
+        let ok = Delegate {
+            agent: "planner".into(),
+            task: "fine".into(),
+        }
+        .request(&bus)
+        .await
+        .unwrap();
+        assert!(ok.accepted, "the responder still serves after a panic");
+    }
+}
