@@ -1,6 +1,8 @@
 //! Hardening against a real nats-server: permissions violations (publish, subscribe, the
 //! confirmation subject), subjects too long for the server's protocol line, and handler errors
-//! that must reach the requester as errors, never as timeouts. Each test counts what was lost.
+//! that must reach the requester as errors, never as timeouts. Each test counts what was lost
+//! (printed to stderr: run with `--nocapture` to read the figures).
+#![allow(clippy::print_stderr)]
 
 use std::time::Duration;
 
