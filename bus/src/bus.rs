@@ -14,6 +14,7 @@ use tracing::Instrument;
 #[cfg(feature = "outbox")]
 use crate::broker::check_subject;
 use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
+use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::message::{Filter, Message, Request};
 #[cfg(feature = "nats")]
@@ -60,6 +61,8 @@ struct Inner {
     outbox: Option<Outbox>,
     request_timeout: Duration,
     wire: WireHeaders,
+    /// Messages handlers gave up on.
+    handler_dead_letters: Arc<MemoryDeadLetters>,
 }
 
 /// The built-in broker behind a [`Bus`]'s `dyn Broker`, found once by downcasting it.
@@ -140,6 +143,7 @@ impl Bus {
                 outbox,
                 request_timeout,
                 wire,
+                handler_dead_letters: Arc::default(),
             }),
         }
     }
@@ -314,6 +318,62 @@ impl Bus {
         }
     }
 
+    /// Runs `handler` for every message of type `M` that `filter` selects, with the default
+    /// [`HandlerOptions`]: up to [`DEFAULT_CONCURRENCY`](crate::handler::DEFAULT_CONCURRENCY)
+    /// at once, an `Err` or a panic retried with backoff, dead-lettered after 3 attempts. What
+    /// `T::handle(&bus, filter, handler)` calls.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use bus::{Bus, Message};
+    /// #[derive(serde::Serialize, serde::Deserialize, Message)]
+    /// #[subject("plugin.inbound.<channel>")]
+    /// struct Inbound { channel: String, text: String }
+    ///
+    /// let bus = Bus::local().await?;
+    /// let handler = bus
+    ///     .handle::<Inbound, _, _, _>(Inbound::filter(), |msg| async move {
+    ///         if msg.text.is_empty() {
+    ///             return Err("empty message");
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// Inbound { channel: "slack".into(), text: "hi".into() }.publish(&bus).await?;
+    /// handler.stop().await; // finishes what is in flight
+    /// # Ok(()) }
+    /// ```
+    pub async fn handle<M, F, Fut, E>(&self, filter: M::Filter, handler: F) -> Result<Handler>
+    where
+        M: Message,
+        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        self.handle_with(filter, HandlerOptions::default(), handler)
+            .await
+    }
+
+    /// [`handle`](Bus::handle) with options: name, concurrency, ordered processing, retries.
+    pub async fn handle_with<M, F, Fut, E>(
+        &self,
+        filter: M::Filter,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        M: Message,
+        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let raw = self.subscribe_raw(&filter).await?;
+        let dead = Arc::clone(&self.inner.handler_dead_letters);
+        let sink: DeadLetterSink = Arc::new(move |failed| dead.push(failed));
+        Ok(handler::spawn::<M, F, Fut, E>(raw, options, sink, handler))
+    }
+
     /// Answers requests of type `M` that `filter` selects with `handler`, until the returned
     /// handle is stopped or the bus closes. Each request is handled on its own task.
     ///
@@ -457,7 +517,7 @@ fn error_header(message: &str) -> String {
 }
 
 /// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -65,6 +65,7 @@ mod bus;
 mod codec;
 mod envelope;
 mod error;
+pub mod handler;
 pub mod headers;
 mod local;
 mod message;
@@ -73,6 +74,7 @@ mod msg_id;
 mod nats;
 #[cfg(feature = "outbox")]
 mod outbox;
+mod retry;
 mod subscription;
 
 #[doc(hidden)]
@@ -85,6 +87,7 @@ pub use crate::builder::DEFAULT_OUTBOX_PATH;
 pub use crate::bus::{Bus, ServeHandle, DEFAULT_REQUEST_TIMEOUT};
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
+pub use crate::handler::{Handler, HandlerOptions, HandlerStats};
 pub use crate::headers::{Headers, WireHeaders};
 pub use crate::local::{LocalBroker, LocalOptions};
 pub use crate::message::{Filter, Message, Request, SubjectToken};
@@ -93,6 +96,7 @@ pub use crate::msg_id::new_msg_id;
 pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
+pub use crate::retry::RetryPolicy;
 pub use crate::subscription::Subscription;
 /// The derive: `#[derive(Message)]` with `#[subject("…")]` and optional `#[reply(T)]`.
 pub use bus_macros::Message;

@@ -1,0 +1,427 @@
+//! `Handler`: runs a function for every message of a subscription, with retries, bounded
+//! concurrency, dead letters and a clean stop (DESIGN.md section 7).
+//!
+//! Each message is attempted on its own task (at most `concurrency` at once). An `Err` or a panic
+//! is a failed attempt: the message waits its [`RetryPolicy`] backoff *without* holding a slot, so
+//! a failing message never blocks the ones behind it, and after `max_attempts` it is
+//! dead-lettered with its subject, headers, payload, attempts, last error and the handler's name.
+//! A payload that does not decode is dead-lettered at once: retrying cannot fix it. In ordered
+//! mode one message is finished (retries included) before the next starts.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::broker::{RawMessage, RawSubscription};
+use crate::{codec, Envelope, Message, RetryPolicy};
+
+/// How a [`Handler`] runs: its name, concurrency, order and retry policy.
+///
+/// ```
+/// use bus::{HandlerOptions, RetryPolicy};
+/// let options = HandlerOptions::named("slack-sender")
+///     .concurrency(8)
+///     .retry(RetryPolicy::default().max_attempts(5));
+/// assert_eq!(options.name(), Some("slack-sender"));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HandlerOptions {
+    name: Option<String>,
+    concurrency: usize,
+    ordered: bool,
+    retry: RetryPolicy,
+}
+
+/// Messages handled at once by default: enough to overlap I/O-bound handlers, few enough that
+/// a burst does not start thousands of tasks.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+
+impl Default for HandlerOptions {
+    fn default() -> Self {
+        HandlerOptions {
+            name: None,
+            concurrency: DEFAULT_CONCURRENCY,
+            ordered: false,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl HandlerOptions {
+    /// Options with this handler name (what dead letters say they died in; default: the type).
+    pub fn named(name: impl Into<String>) -> Self {
+        HandlerOptions {
+            name: Some(name.into()),
+            ..HandlerOptions::default()
+        }
+    }
+
+    /// The handler's name, if one was set.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// At most this many messages in the handler at once (default [`DEFAULT_CONCURRENCY`];
+    /// 0 counts as 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Ordered processing: one message at a time, each finished (retries included) before the
+    /// next starts. Implies a concurrency of 1.
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+
+    /// How failed attempts are retried (default: 3 attempts, 100 ms then 400 ms).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// What a handler counted so far.
+#[derive(Debug, Default)]
+pub struct HandlerStats {
+    handled: AtomicU64,
+    failed_attempts: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl HandlerStats {
+    /// Messages the handler finished with `Ok`.
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+    /// Attempts that returned `Err` or panicked.
+    pub fn failed_attempts(&self) -> u64 {
+        self.failed_attempts.load(Ordering::Relaxed)
+    }
+    /// Messages given up on and dead-lettered.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+}
+
+/// A message a handler gave up on, as handed to the bus's dead letters.
+#[derive(Debug, Clone)]
+pub(crate) struct Failed {
+    pub(crate) msg: RawMessage,
+    pub(crate) attempts: u32,
+    pub(crate) last_error: String,
+    /// `handler:<name>`.
+    pub(crate) origin: String,
+    pub(crate) failed_at: SystemTime,
+}
+
+/// Where a handler puts what it gives up on.
+pub(crate) type DeadLetterSink = Arc<dyn Fn(Failed) + Send + Sync>;
+
+/// A running handler (from `T::handle` / [`Bus::handle`](crate::Bus::handle)).
+///
+/// Dropping it leaves it running until the bus closes; [`stop`](Handler::stop) ends it cleanly.
+pub struct Handler {
+    name: String,
+    stats: Arc<HandlerStats>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for Handler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handler")
+            .field("name", &self.name)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handler {
+    /// The handler's name (the type's name unless [`HandlerOptions::named`] set one).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it counted so far.
+    pub fn stats(&self) -> &Arc<HandlerStats> {
+        &self.stats
+    }
+
+    /// Stops taking messages (unsubscribes) and waits for the ones in flight to finish, their
+    /// pending retries included. Messages not yet taken stay with the broker (core NATS: gone
+    /// for this subscriber; a durable consumer: redelivered to the next one).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+/// Starts a handler on `raw`.
+pub(crate) fn spawn<M, F, Fut, E>(
+    raw: RawSubscription,
+    options: HandlerOptions,
+    sink: DeadLetterSink,
+    handler: F,
+) -> Handler
+where
+    M: Message,
+    F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: fmt::Display + Send + 'static,
+{
+    let name = options
+        .name
+        .clone()
+        .unwrap_or_else(|| M::TYPE_NAME.to_owned());
+    let stats = Arc::new(HandlerStats::default());
+    let (stop, stopped) = watch::channel(false);
+    let run = Run {
+        handler: Arc::new(handler),
+        retry: options.retry,
+        origin: Arc::from(format!("handler:{name}")),
+        stats: Arc::clone(&stats),
+        sink,
+        _type: std::marker::PhantomData,
+    };
+    let concurrency = if options.ordered {
+        1
+    } else {
+        options.concurrency
+    };
+    let task = tokio::spawn(run.serve(raw, concurrency, options.ordered, stopped));
+    Handler {
+        name,
+        stats,
+        stop,
+        task,
+    }
+}
+
+/// What every attempt of one handler shares.
+struct Run<M, F> {
+    handler: Arc<F>,
+    retry: RetryPolicy,
+    origin: Arc<str>,
+    stats: Arc<HandlerStats>,
+    sink: DeadLetterSink,
+    _type: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M, F> Clone for Run<M, F> {
+    fn clone(&self) -> Self {
+        Run {
+            handler: Arc::clone(&self.handler),
+            retry: self.retry,
+            origin: Arc::clone(&self.origin),
+            stats: Arc::clone(&self.stats),
+            sink: Arc::clone(&self.sink),
+            _type: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<M, F, Fut, E> Run<M, F>
+where
+    M: Message,
+    F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: fmt::Display + Send + 'static,
+{
+    async fn serve(
+        self,
+        raw: RawSubscription,
+        concurrency: usize,
+        ordered: bool,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let RawSubscription {
+            mut messages,
+            stats: sub_stats,
+            pattern,
+            ..
+        } = raw;
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut in_flight = JoinSet::new();
+        let mut reported_drops = 0;
+        loop {
+            // A slot first, so a busy handler leaves messages in the subscription's buffer.
+            let permit = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => break,
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let msg = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => break,
+                msg = messages.next() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let dropped = sub_stats.dropped();
+            if dropped > reported_drops {
+                tracing::warn!(%pattern, dropped = dropped - reported_drops, handler = %self.origin, "slow handler: the broker dropped messages");
+                reported_drops = dropped;
+            }
+            while in_flight.try_join_next().is_some() {}
+            if ordered {
+                drop(permit);
+                self.clone().deliver(msg, None).await;
+            } else {
+                in_flight.spawn(
+                    self.clone()
+                        .deliver(msg, Some((permit, Arc::clone(&slots)))),
+                );
+            }
+        }
+        // Stop taking messages (unsubscribe), then let what is in flight finish.
+        drop(messages);
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Every attempt of one message, until it succeeds or is dead-lettered. Between attempts
+    /// the slot is given back, so a message waiting for its retry does not hold up others.
+    async fn deliver(
+        self,
+        msg: RawMessage,
+        mut slot: Option<(tokio::sync::OwnedSemaphorePermit, Arc<Semaphore>)>,
+    ) {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            // Decoded for each attempt (the handler owns its envelope): a payload that does not
+            // decode is dead-lettered at once, retrying cannot fix it.
+            let body = match codec::decode::<M>(&msg.payload) {
+                Ok(body) => body,
+                Err(e) => {
+                    let error = format!("cannot decode the payload as `{}`: {e}", M::TYPE_NAME);
+                    return self.give_up(msg, attempts, error);
+                }
+            };
+            let env = Envelope::new(
+                body,
+                msg.subject.clone(),
+                msg.reply.clone(),
+                msg.headers.clone(),
+            );
+            let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
+            let error = match outcome {
+                Ok(Ok(())) => {
+                    self.stats.handled.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!(
+                    "the handler panicked: {}",
+                    crate::bus::panic_message(&*panic)
+                ),
+            };
+            self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            if self.retry.exhausted(attempts) {
+                return self.give_up(msg, attempts, error);
+            }
+            tracing::debug!(subject = %msg.subject, attempts, %error, handler = %self.origin, "handler attempt failed; will retry");
+            let wait = self.retry.backoff(attempts);
+            match slot.take() {
+                Some((permit, slots)) => {
+                    drop(permit);
+                    tokio::time::sleep(wait).await;
+                    match slots.clone().acquire_owned().await {
+                        Ok(p) => slot = Some((p, slots)),
+                        Err(_) => return,
+                    }
+                }
+                None => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    fn give_up(&self, msg: RawMessage, attempts: u32, last_error: String) {
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(subject = %msg.subject, attempts, error = %last_error, handler = %self.origin, "handler gave up on a message; dead-lettered");
+        (self.sink)(Failed {
+            msg,
+            attempts,
+            last_error,
+            origin: self.origin.to_string(),
+            failed_at: SystemTime::now(),
+        });
+    }
+}
+
+/// Handler dead letters of a bus without an outbox file: kept in memory, the newest
+/// [`MEMORY_DEAD_LETTERS`], older ones counted as evicted.
+pub(crate) const MEMORY_DEAD_LETTERS: usize = 10_000;
+
+/// The in-memory dead letters of handlers.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryDeadLetters {
+    letters: std::sync::Mutex<std::collections::VecDeque<(i64, Failed)>>,
+    next_id: AtomicU64,
+    evicted: AtomicU64,
+}
+
+impl MemoryDeadLetters {
+    pub(crate) fn push(&self, failed: Failed) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) as i64 + 1;
+        let mut l = self
+            .letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if l.len() >= MEMORY_DEAD_LETTERS {
+            l.pop_front();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        l.push_back((id, failed));
+    }
+
+    pub(crate) fn list(&self) -> Vec<(i64, Failed)> {
+        self.letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn take(&self, id: i64) -> Option<Failed> {
+        let mut l = self
+            .letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = l.iter().position(|(i, _)| *i == id)?;
+        l.remove(i).map(|(_, f)| f)
+    }
+
+    pub(crate) fn purge(&self) -> u64 {
+        let mut l = self
+            .letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = l.len() as u64;
+        l.clear();
+        n
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,271 @@
+//! `handle` on both backends (local, and a real nats-server): retries with backoff that never
+//! block the messages behind, dead letters after the last attempt, panics as failed attempts,
+//! bounded concurrency, ordered mode, and `stop` finishing what is in flight. Each test counts
+//! what was handled, lost, duplicated and reordered (printed to stderr with `--nocapture`).
+#![allow(clippy::print_stderr)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bus::{Bus, HandlerOptions, RetryPolicy};
+use bus_tests::msgs::{outbound, Outbound};
+use bus_tests::server::NatsServer;
+
+const GUARD: Duration = Duration::from_secs(20);
+
+/// A local bus, and a NATS bus (no outbox) on its own server; the server lives with the pair.
+async fn buses() -> (Vec<Bus>, NatsServer) {
+    let server = NatsServer::start();
+    let nats = Bus::builder()
+        .nats([server.url()])
+        .reconnect_delay(Duration::from_millis(100))
+        .no_outbox()
+        .connect()
+        .await
+        .unwrap();
+    let mut w = nats.watch_state();
+    tokio::time::timeout(GUARD, w.wait_for(|s| *s == bus::ConnectionState::Connected))
+        .await
+        .unwrap()
+        .unwrap();
+    (vec![Bus::local().await.unwrap(), nats], server)
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .base(Duration::from_millis(20))
+        .jitter(0.0)
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + GUARD;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A handler that fails twice then succeeds handles the message once, after 3 deliveries; one
+/// that always fails is dead-lettered after exactly 3 attempts, and the others go on.
+#[tokio::test]
+async fn retries_then_dead_letters() {
+    let (buses, _server) = buses().await;
+    for bus in &buses {
+        let attempts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let seen = attempts.clone();
+        let handler = bus
+            .handle_with::<Outbound, _, _, _>(
+                Outbound::filter().channel("h"),
+                HandlerOptions::named("flaky").retry(fast_retry()),
+                move |msg| {
+                    let seen = seen.clone();
+                    async move {
+                        let n = {
+                            let mut a = seen.lock().unwrap();
+                            let n = a.entry(msg.instance.clone()).or_default();
+                            *n += 1;
+                            *n
+                        };
+                        match msg.text.as_str() {
+                            "twice" if n <= 2 => Err(format!("failure {n}")),
+                            "never" => Err("always broken".to_string()),
+                            "panic" if n == 1 => panic!("boom"),
+                            _ => Ok(()),
+                        }
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        for (i, text) in ["twice", "never", "ok", "panic", "ok"].iter().enumerate() {
+            outbound("h", &format!("m{i}"), text)
+                .publish(bus)
+                .await
+                .unwrap();
+        }
+        let stats = handler.stats().clone();
+        until("all handled or dead", || {
+            stats.handled() + stats.dead_lettered() == 5
+        })
+        .await;
+        let a = attempts.lock().unwrap().clone();
+        assert_eq!(a["m0"], 3, "fails twice then succeeds: 3 deliveries");
+        assert_eq!(a["m1"], 3, "always fails: exactly 3 attempts");
+        assert_eq!(a["m2"], 1);
+        assert_eq!(a["m3"], 2, "a panic is a failed attempt");
+        assert_eq!(a["m4"], 1);
+        assert_eq!(stats.handled(), 4);
+        assert_eq!(stats.dead_lettered(), 1);
+        assert_eq!(stats.failed_attempts(), 2 + 3 + 1);
+        handler.stop().await;
+        eprintln!(
+            "{}: 5 published, 4 handled once, 1 dead-lettered after 3 attempts, 0 lost",
+            bus.broker().kind()
+        );
+    }
+}
+
+/// A message waiting for its retry does not hold up the ones behind it (unordered mode).
+#[tokio::test]
+async fn a_retry_never_blocks_the_others() {
+    let (buses, _server) = buses().await;
+    for bus in &buses {
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        let handler = bus
+            .handle_with::<Outbound, _, _, _>(
+                Outbound::filter().channel("nb"),
+                // One slot: if the failing message kept it during its 2 s backoff, nothing else
+                // could run.
+                HandlerOptions::named("slow-retry").concurrency(1).retry(
+                    RetryPolicy::default()
+                        .base(Duration::from_secs(2))
+                        .jitter(0.0),
+                ),
+                move |msg| {
+                    let d = d.clone();
+                    async move {
+                        if msg.text == "fail" {
+                            return Err("not yet");
+                        }
+                        d.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        outbound("nb", "first", "fail").publish(bus).await.unwrap();
+        let started = Instant::now();
+        for i in 0..20 {
+            outbound("nb", &format!("n{i}"), "ok")
+                .publish(bus)
+                .await
+                .unwrap();
+        }
+        until("the 20 behind the failing one", || {
+            done.load(Ordering::Relaxed) == 20
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{}: the others waited for the failing message's backoff ({:?})",
+            bus.broker().kind(),
+            started.elapsed()
+        );
+        drop(handler);
+    }
+}
+
+/// Ordered mode: one at a time, in publish order, each finished (retries included) before the
+/// next starts. Counts reordering.
+#[tokio::test]
+async fn ordered_mode_keeps_order_through_retries() {
+    let (buses, _server) = buses().await;
+    for bus in &buses {
+        let order: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let running = Arc::new(AtomicUsize::new(0));
+        let (o, r) = (order.clone(), running.clone());
+        let tries: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
+        let handler = bus
+            .handle_with::<Outbound, _, _, _>(
+                Outbound::filter().channel("ord"),
+                HandlerOptions::named("ordered")
+                    .ordered(true)
+                    .retry(fast_retry()),
+                move |msg| {
+                    let (o, r, tries) = (o.clone(), r.clone(), tries.clone());
+                    async move {
+                        let i: usize = msg.text.parse().unwrap();
+                        assert_eq!(r.fetch_add(1, Ordering::SeqCst), 0, "two at once");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        r.fetch_sub(1, Ordering::SeqCst);
+                        let n = {
+                            let mut t = tries.lock().unwrap();
+                            let n = t.entry(i).or_default();
+                            *n += 1;
+                            *n
+                        };
+                        // Every tenth message fails once.
+                        if i % 10 == 0 && n == 1 {
+                            return Err("once");
+                        }
+                        o.lock().unwrap().push(i);
+                        Ok(())
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        for i in 0..50 {
+            outbound("ord", "x", &i.to_string())
+                .publish(bus)
+                .await
+                .unwrap();
+        }
+        let stats = handler.stats().clone();
+        until("50 handled in order", || stats.handled() == 50).await;
+        let got = order.lock().unwrap().clone();
+        let reordered = got.windows(2).filter(|w| w[0] > w[1]).count();
+        assert_eq!(got, (0..50).collect::<Vec<_>>(), "{reordered} reordered");
+        handler.stop().await;
+    }
+}
+
+/// At most `concurrency` messages run at once; `stop` returns only after the ones in flight
+/// finished, and nothing is taken after it.
+#[tokio::test]
+async fn concurrency_is_bounded_and_stop_drains() {
+    let (buses, _server) = buses().await;
+    for bus in &buses {
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (r, p, f) = (running.clone(), peak.clone(), finished.clone());
+        let handler = bus
+            .handle_with::<Outbound, _, _, _>(
+                Outbound::filter().channel("conc"),
+                HandlerOptions::named("bounded").concurrency(4),
+                move |_msg| {
+                    let (r, p, f) = (r.clone(), p.clone(), f.clone());
+                    async move {
+                        let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                        p.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        r.fetch_sub(1, Ordering::SeqCst);
+                        f.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, String>(())
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        for i in 0..12 {
+            outbound("conc", &format!("c{i}"), "x")
+                .publish(bus)
+                .await
+                .unwrap();
+        }
+        until("some in flight", || running.load(Ordering::SeqCst) > 0).await;
+        handler.stop().await;
+        assert_eq!(
+            running.load(Ordering::SeqCst),
+            0,
+            "stop returned with work in flight"
+        );
+        let at_stop = finished.load(Ordering::SeqCst);
+        assert!(at_stop >= 1);
+        assert!(
+            peak.load(Ordering::SeqCst) <= 4,
+            "peak {}",
+            peak.load(Ordering::SeqCst)
+        );
+        assert!(peak.load(Ordering::SeqCst) >= 2, "no concurrency at all");
+        // Nothing after stop.
+        outbound("conc", "late", "x").publish(bus).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(finished.load(Ordering::SeqCst), at_stop);
+    }
+}
