@@ -436,6 +436,20 @@ impl Bus {
         Ok(ServeHandle { task })
     }
 
+    /// Waits until every stream declared with [`BusBuilder::stream`] is set up on the current
+    /// NATS connection; after `timeout`, [`Error::Stream`] with the reason of the last failed
+    /// attempt (they go on). At once on a broker without streams.
+    pub async fn streams_ready(&self, timeout: Duration) -> Result<()> {
+        match &self.inner.direct {
+            #[cfg(feature = "nats")]
+            Direct::Nats(nats) => nats.streams_ready(timeout).await,
+            _ => {
+                let _ = timeout;
+                Ok(())
+            }
+        }
+    }
+
     /// Returns once every message published before the call is confirmed by the broker or
     /// dead-lettered (with an outbox), or processed by the broker (without one).
     pub async fn flush(&self) -> Result<()> {

@@ -63,6 +63,7 @@ pub mod broker;
 mod builder;
 mod bus;
 mod codec;
+pub mod durable;
 mod envelope;
 mod error;
 pub mod handler;
@@ -75,6 +76,7 @@ mod nats;
 #[cfg(feature = "outbox")]
 mod outbox;
 mod retry;
+pub mod stream;
 mod subscription;
 
 #[doc(hidden)]
@@ -97,6 +99,7 @@ pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
 pub use crate::retry::RetryPolicy;
+pub use crate::stream::StreamConfig;
 pub use crate::subscription::Subscription;
 /// The derive: `#[derive(Message)]` with `#[subject("…")]` and optional `#[reply(T)]`.
 pub use bus_macros::Message;
