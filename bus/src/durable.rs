@@ -31,6 +31,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, Stream};
 
 use crate::broker::{RawMessage, SubscriptionStats};
+pub use crate::local::LOCAL_DURABLE_CAPACITY;
 use crate::{codec, Envelope, Error, Message, Result};
 
 /// How a delivery is settled.
@@ -266,7 +267,6 @@ impl DurableSpec {
     }
 
     /// How long the `delivered`-th delivery may stay unsettled.
-    #[allow(dead_code)] // STEP3: used by the local durable consumer
     pub(crate) fn wait_for(&self, delivered: u32) -> Duration {
         if self.backoff.is_empty() {
             return self.ack_wait;

@@ -234,7 +234,7 @@ impl StreamConfig {
     }
 }
 
-#[allow(dead_code)] // STEP3
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 /// Whether every subject `pattern` matches is also matched by the stream subject `stream`
 /// (both may hold `*` and `>`): then the stream covers a subscription on `pattern`.
 ///

@@ -13,7 +13,7 @@
 //!   `Nats-Msg-Id`; a missing ack (timeout) or a lost connection fails the confirmation as a
 //!   whole, and the batch is sent again (the stream drops the resends by msg id).
 
-use std::sync::{Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
@@ -21,7 +21,10 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use futures::{FutureExt, StreamExt};
+
 use crate::broker::{ConnectionState, RawMessage, Rejection};
+use crate::durable::{AckHandle, AckKind, Acker, Delivery, DurableSpec, DurableSubscription};
 use crate::headers;
 use crate::stream::{DiscardPolicy, StorageType, StreamConfig};
 use crate::{Error, Result};
@@ -78,6 +81,7 @@ pub(crate) enum Setup {
 
 /// The JetStream side of one `NatsBroker`.
 pub(crate) struct JetStream {
+    client: Client,
     context: jetstream::Context,
     declared: Vec<StreamConfig>,
     /// The declared streams' subjects (an `existing` one's once read from the server).
@@ -103,7 +107,7 @@ impl JetStream {
         declared: Vec<StreamConfig>,
         request_timeout: Duration,
     ) -> JetStream {
-        let mut context = jetstream::new(client);
+        let mut context = jetstream::new(client.clone());
         context.set_timeout(request_timeout);
         let routes = declared
             .iter()
@@ -119,6 +123,7 @@ impl JetStream {
             Setup::Pending
         };
         JetStream {
+            client,
             context,
             declared,
             routes: RwLock::new(routes),
@@ -135,11 +140,6 @@ impl JetStream {
         !self.declared.is_empty()
     }
 
-    #[allow(dead_code)] // STEP3
-    pub(crate) fn context(&self) -> &jetstream::Context {
-        &self.context
-    }
-
     /// The declared stream covering the concrete `subject`, if one is known to.
     fn route(&self, subject: &str) -> Option<String> {
         self.routes
@@ -151,7 +151,6 @@ impl JetStream {
     }
 
     /// The declared stream whose subjects cover every subject of `pattern`.
-    #[allow(dead_code)] // STEP3
     pub(crate) fn covering(&self, pattern: &str) -> Option<String> {
         self.routes
             .read()
@@ -386,6 +385,437 @@ pub(crate) async fn keep_streams(js: Weak<JetStream>, mut state: watch::Receiver
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Durable consumers
+
+/// How long one pull request waits on the server before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+
+/// The server's idle heartbeat on a pull: two missed ones (4 s) mean the pull is gone (the
+/// server holding it died, or the consumer moved): the puller starts again.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// The longest wait before a puller that failed starts again.
+const PULL_RETRY_CAP: Duration = Duration::from_secs(2);
+
+#[derive(serde::Serialize)]
+struct StreamNamesRequest<'a> {
+    subject: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamNames {
+    #[serde(default)]
+    streams: Option<Vec<String>>,
+}
+
+impl JetStream {
+    /// Attaches a puller to the durable consumer `spec.name` on the stream covering its pattern,
+    /// creating the consumer (or updating it to `spec`) first.
+    pub(crate) async fn consume(
+        &self,
+        spec: DurableSpec,
+        state: watch::Receiver<ConnectionState>,
+    ) -> Result<DurableSubscription> {
+        spec.check()?;
+        let stream = self.stream_for(&spec.pattern).await?;
+        durable_consumer(&self.context, &stream, &spec).await?;
+        tracing::debug!(durable = %spec.name, pattern = %spec.pattern, stream, "JetStream durable consumer attached");
+        self.attach(stream, spec, state).await
+    }
+
+    /// The stream whose subjects cover `pattern`: a declared one, else one the server has.
+    async fn stream_for(&self, pattern: &str) -> Result<String> {
+        if self.routes_anything() && *self.setup.borrow() != Setup::Ready {
+            let mut rx = self.setup.subscribe();
+            let _ = tokio::time::timeout(self.request_timeout, rx.wait_for(|s| *s == Setup::Ready))
+                .await;
+        }
+        if let Some(stream) = self.covering(pattern) {
+            return Ok(stream);
+        }
+        let names: jetstream::response::Response<StreamNames> = self
+            .context
+            .request("STREAM.NAMES", &StreamNamesRequest { subject: pattern })
+            .await
+            .map_err(|e| Error::nats("look up the stream covering a durable consumer", e))?;
+        let names = match names {
+            jetstream::response::Response::Ok(n) => n.streams.unwrap_or_default(),
+            jetstream::response::Response::Err { error } => {
+                return Err(Error::Stream {
+                    reason: format!("cannot list the streams: {}", js_error_text(&error)),
+                })
+            }
+        };
+        for name in names {
+            let Ok(mut s) = self.context.get_stream(&name).await else {
+                continue;
+            };
+            let Ok(info) = s.info().await else { continue };
+            if info
+                .config
+                .subjects
+                .iter()
+                .any(|subject| crate::stream::covers(subject, pattern))
+            {
+                return Ok(name);
+            }
+        }
+        Err(Error::NoStream {
+            pattern: pattern.to_owned(),
+        })
+    }
+}
+
+/// Creates the durable pull consumer `spec.name` on `stream`, or updates it to `spec`.
+async fn durable_consumer(
+    context: &jetstream::Context,
+    stream: &str,
+    spec: &DurableSpec,
+) -> Result<jetstream::consumer::PullConsumer> {
+    use jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let config = pull::Config {
+        durable_name: Some(spec.name.clone()),
+        filter_subject: spec.pattern.clone(),
+        ack_policy: AckPolicy::Explicit,
+        // A new durable starts with what is published from now on; an existing one resumes
+        // where it stopped.
+        deliver_policy: DeliverPolicy::New,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver.map_or(-1, i64::from),
+        backoff: spec.backoff.clone(),
+        max_ack_pending: i64::try_from(spec.max_ack_pending).unwrap_or(i64::MAX),
+        ..Default::default()
+    };
+    let s = context
+        .get_stream(stream)
+        .await
+        .map_err(|e| Error::Stream {
+            reason: format!(
+                "stream {stream:?} for durable consumer {:?}: {e}",
+                spec.name
+            ),
+        })?;
+    s.create_consumer(config).await.map_err(|e| {
+        let reason = match e.kind() {
+            jetstream::stream::ConsumerErrorKind::JetStream(js) => js_error_text(&js),
+            _ => e.to_string(),
+        };
+        Error::Durable {
+            name: spec.name.clone(),
+            reason: format!("cannot create or update it on stream {stream:?}: {reason}"),
+        }
+    })
+}
+
+/// Settles a JetStream delivery: publishes the ack kind to its reply subject.
+struct NatsAck {
+    client: Client,
+    reply: String,
+}
+
+impl AckHandle for NatsAck {
+    fn send(&self, kind: AckKind) -> futures::future::BoxFuture<'static, Result<()>> {
+        let client = self.client.clone();
+        let reply = self.reply.clone();
+        Box::pin(async move {
+            client
+                .publish(reply, ack_payload(kind))
+                .await
+                .map_err(|e| Error::nats("acknowledge", e))
+        })
+    }
+}
+
+/// The delivery count in a JetStream ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.…`
+/// (9 tokens), or with domain and account hash first (12 or more tokens, servers since 2.9).
+fn ack_delivered(reply: &str) -> Option<u32> {
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let tokens: Vec<&str> = rest.split('.').collect();
+    let at = match tokens.len() {
+        7 => 2,
+        n if n >= 9 => 4,
+        _ => return None,
+    };
+    tokens.get(at)?.parse().ok()
+}
+
+/// A message on a puller's inbox as a [`Delivery`], if it is one (not a status message).
+fn delivery(client: &Client, msg: async_nats::Message) -> Option<Delivery> {
+    let reply = msg.reply.as_ref()?.to_string();
+    let Some(delivered) = ack_delivered(&reply) else {
+        tracing::warn!(subject = %msg.subject, reply, "JetStream delivery without a readable ack subject; skipped");
+        return None;
+    };
+    let mut raw = super::convert::from_nats(msg);
+    raw.reply = None;
+    let acker = Acker::new(
+        delivered,
+        NatsAck {
+            client: client.clone(),
+            reply,
+        },
+    );
+    Some(Delivery::new(raw, acker))
+}
+
+/// The deliveries of one puller; dropping them unsubscribes its inbox at once (ahead of
+/// anything the dropping task sends next), so that the server sends nothing more to it, and
+/// naks what had arrived but was not taken.
+struct Deliveries {
+    rx: tokio::sync::mpsc::Receiver<Delivery>,
+    /// Told each time one is taken: the puller may ask for more.
+    taken: Arc<tokio::sync::Notify>,
+    sub: super::SharedSubscriber,
+    client: Client,
+}
+
+impl futures::Stream for Deliveries {
+    type Item = Delivery;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Delivery>> {
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(_)) = &polled {
+            self.taken.notify_one();
+        }
+        polled
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        let Some(mut sub) = super::lock_sub(&self.sub).take() else {
+            return;
+        };
+        let _ = tokio::task::unconstrained(sub.unsubscribe()).now_or_never();
+        // Sent to us before the UNSUB: back to the consumer at once, not after the ack wait.
+        while let Some(Some(msg)) = tokio::task::unconstrained(sub.next()).now_or_never() {
+            if let Some(d) = delivery(&self.client, msg) {
+                d.acker.settle_detached(AckKind::Nak(Duration::ZERO));
+            }
+        }
+    }
+}
+
+impl JetStream {
+    /// Subscribes a puller's inbox and starts its pull task.
+    async fn attach(
+        &self,
+        stream: String,
+        spec: DurableSpec,
+        state: watch::Receiver<ConnectionState>,
+    ) -> Result<DurableSubscription> {
+        let inbox = self.client.new_inbox();
+        let sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::nats("subscribe the durable puller's inbox", e))?;
+        let sub: super::SharedSubscriber = Arc::new(Mutex::new(Some(sub)));
+        let (tx, rx) = tokio::sync::mpsc::channel(spec.prefetch);
+        let taken = Arc::new(tokio::sync::Notify::new());
+        let puller = Puller {
+            client: self.client.clone(),
+            context: self.context.clone(),
+            next_subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", spec.name),
+            stream,
+            inbox,
+            spec: spec.clone(),
+            sub: Arc::clone(&sub),
+            tx,
+            taken: Arc::clone(&taken),
+            outstanding: 0,
+        };
+        tokio::spawn(puller.run(state));
+        Ok(DurableSubscription::new(
+            spec.name,
+            spec.pattern,
+            Deliveries {
+                rx,
+                taken,
+                sub,
+                client: self.client.clone(),
+            },
+        ))
+    }
+}
+
+/// One puller: asks the consumer for messages in batches (a pull request on its own inbox)
+/// as its subscriber takes them, and hands each delivery on.
+///
+/// Requests never ask for more than fits in the hand-off channel (`prefetch`), so it never
+/// waits to hand one on. A request ends on the server after [`PULL_EXPIRES`] (a 408 says how
+/// many it did not fill); while one is open the server sends an idle heartbeat every
+/// [`PULL_HEARTBEAT`]. Silence for two heartbeats, or a reconnect, means the requests are gone
+/// (their server died, the consumer moved): the consumer is made again if need be (a memory
+/// stream after a restart) and the puller asks again.
+struct Puller {
+    client: Client,
+    context: jetstream::Context,
+    stream: String,
+    next_subject: String,
+    inbox: String,
+    spec: DurableSpec,
+    sub: super::SharedSubscriber,
+    tx: tokio::sync::mpsc::Sender<Delivery>,
+    taken: Arc<tokio::sync::Notify>,
+    /// Messages asked for and not yet received.
+    outstanding: usize,
+}
+
+impl Puller {
+    async fn run(mut self, mut state: watch::Receiver<ConnectionState>) {
+        let mut heard = tokio::time::Instant::now();
+        // Whether the consumer must be made again (after a reconnect or a lost pull) before
+        // asking, and when to try that next.
+        let mut recreate = false;
+        let mut retry_at = tokio::time::Instant::now();
+        let mut retry_wait = Duration::from_millis(50);
+        loop {
+            let connected = *state.borrow() == ConnectionState::Connected;
+            if connected && recreate && tokio::time::Instant::now() >= retry_at {
+                match durable_consumer(&self.context, &self.stream, &self.spec).await {
+                    Ok(_) => {
+                        recreate = false;
+                        retry_wait = Duration::from_millis(50);
+                    }
+                    Err(e) => {
+                        tracing::warn!(durable = %self.spec.name, error = %e, "cannot attach to the durable consumer; will retry");
+                        retry_at = tokio::time::Instant::now() + retry_wait;
+                        retry_wait = (retry_wait * 2).min(PULL_RETRY_CAP);
+                    }
+                }
+            }
+            if connected && !recreate {
+                let buffered = self.tx.max_capacity() - self.tx.capacity();
+                let in_hand = self.outstanding + buffered;
+                if in_hand <= self.spec.prefetch / 2 {
+                    let n = self.spec.prefetch - in_hand;
+                    if self.ask(n).await {
+                        if self.outstanding == 0 {
+                            heard = tokio::time::Instant::now();
+                        }
+                        self.outstanding += n;
+                    }
+                }
+            }
+            let silent_since = heard + PULL_HEARTBEAT * 2 + Duration::from_millis(500);
+            tokio::select! {
+                biased;
+                () = self.tx.closed() => return,
+                msg = super::next_message(&self.sub) => {
+                    let Some(msg) = msg else { return };
+                    heard = tokio::time::Instant::now();
+                    if let Some(lost) = self.on_message(msg) {
+                        tracing::debug!(durable = %self.spec.name, reason = lost, "durable pull ended; asking again");
+                        self.outstanding = 0;
+                        recreate = true;
+                    }
+                }
+                () = self.taken.notified() => {}
+                changed = state.changed() => {
+                    if changed.is_err() || *state.borrow() == ConnectionState::Closed {
+                        return;
+                    }
+                    if *state.borrow() == ConnectionState::Connected {
+                        // The server may have lost our requests (or the consumer, or moved it).
+                        self.outstanding = 0;
+                        recreate = true;
+                        heard = tokio::time::Instant::now();
+                    }
+                }
+                () = tokio::time::sleep_until(silent_since), if self.outstanding > 0 && connected => {
+                    tracing::debug!(durable = %self.spec.name, "no heartbeat from the durable pull; asking again");
+                    self.outstanding = 0;
+                    recreate = true;
+                    heard = tokio::time::Instant::now();
+                }
+                () = tokio::time::sleep_until(retry_at), if recreate && connected => {}
+            }
+        }
+    }
+
+    /// Sends a pull request for `n` messages; `false` if it could not be sent.
+    async fn ask(&self, n: usize) -> bool {
+        let request = format!(
+            "{{\"batch\":{n},\"expires\":{},\"idle_heartbeat\":{}}}",
+            PULL_EXPIRES.as_nanos(),
+            PULL_HEARTBEAT.as_nanos()
+        );
+        match self
+            .client
+            .publish_with_reply(
+                self.next_subject.clone(),
+                self.inbox.clone(),
+                request.into(),
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(durable = %self.spec.name, error = %e, "cannot send a pull request");
+                false
+            }
+        }
+    }
+
+    /// Handles one message of the inbox. `Some(reason)`: the requests are gone, ask again.
+    fn on_message(&mut self, msg: async_nats::Message) -> Option<&'static str> {
+        use async_nats::StatusCode;
+        let pending = |msg: &async_nats::Message| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Pending-Messages"))
+                .and_then(|v| v.as_str().parse::<usize>().ok())
+        };
+        match msg.status {
+            None | Some(StatusCode::OK) => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                if let Some(d) = delivery(&self.client, msg) {
+                    // Never full: requests only ask for what fits.
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Full(d)) =
+                        self.tx.try_send(d)
+                    {
+                        d.acker.settle_detached(AckKind::Nak(Duration::ZERO));
+                    }
+                }
+                None
+            }
+            Some(StatusCode::IDLE_HEARTBEAT) => None,
+            Some(StatusCode::TIMEOUT) => {
+                // A request expired: it says how many it did not fill.
+                match pending(&msg) {
+                    Some(n) => {
+                        self.outstanding = self.outstanding.saturating_sub(n);
+                        None
+                    }
+                    None => Some("a pull request expired"),
+                }
+            }
+            Some(StatusCode::REQUEST_TERMINATED) => {
+                let deleted = msg
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.contains("Consumer Deleted"));
+                match pending(&msg) {
+                    Some(n) if !deleted => {
+                        self.outstanding = self.outstanding.saturating_sub(n);
+                        None
+                    }
+                    _ => Some("the pull was terminated"),
+                }
+            }
+            Some(status) => {
+                tracing::debug!(durable = %self.spec.name, %status, description = ?msg.description, "unexpected status on a durable pull");
+                Some("an unexpected status")
+            }
+        }
+    }
+}
+
 /// Awaits `acks` together: the rejections, and whether some acks are missing.
 async fn settle(acks: Vec<PendingAck>) -> (Vec<Rejection>, Option<Unproven>) {
     if acks.is_empty() {
@@ -484,14 +914,47 @@ fn to_nats_config(cfg: &StreamConfig) -> stream::Config {
 }
 
 /// The `Bytes` of an ack kind JetStream understands.
-#[allow(dead_code)] // STEP3
-pub(crate) fn ack_payload(kind: crate::durable::AckKind) -> Bytes {
-    use crate::durable::AckKind;
+pub(crate) fn ack_payload(kind: AckKind) -> Bytes {
     match kind {
         AckKind::Ack => Bytes::from_static(b"+ACK"),
         AckKind::Nak(d) if d.is_zero() => Bytes::from_static(b"-NAK"),
         AckKind::Nak(d) => format!("-NAK {{\"delay\":{}}}", d.as_nanos()).into(),
         AckKind::Progress => Bytes::from_static(b"+WPI"),
         AckKind::Term => Bytes::from_static(b"+TERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_count_is_read_from_both_ack_subject_forms() {
+        assert_eq!(
+            ack_delivered("$JS.ACK.S.C.3.10.9.1700000000000000000.0"),
+            Some(3)
+        );
+        assert_eq!(
+            ack_delivered("$JS.ACK.hub.HASH.S.C.2.10.9.1700000000000000000.0.tok"),
+            Some(2)
+        );
+        assert_eq!(
+            ack_delivered("$JS.ACK._.HASH.S.C.7.1.1.1700000000000000000.5"),
+            Some(7)
+        );
+        assert_eq!(ack_delivered("_INBOX.x"), None);
+        assert_eq!(ack_delivered("$JS.ACK.S.C"), None);
+    }
+
+    #[test]
+    fn ack_payloads_are_jetstreams() {
+        assert_eq!(ack_payload(AckKind::Ack), "+ACK");
+        assert_eq!(ack_payload(AckKind::Nak(Duration::ZERO)), "-NAK");
+        assert_eq!(
+            ack_payload(AckKind::Nak(Duration::from_millis(5))),
+            "-NAK {\"delay\":5000000}"
+        );
+        assert_eq!(ack_payload(AckKind::Progress), "+WPI");
+        assert_eq!(ack_payload(AckKind::Term), "+TERM");
     }
 }

@@ -701,6 +701,19 @@ impl Broker for NatsBroker {
     fn kind(&self) -> &'static str {
         "nats"
     }
+
+    /// A JetStream durable pull consumer on the stream covering `spec.pattern` (a declared one,
+    /// else one found on the server; [`Error::NoStream`] if none): created, or updated to
+    /// `spec`, then pulled in batches of `spec.prefetch`. A new durable starts with messages
+    /// published from then on; an existing one resumes where it stopped. The puller starts
+    /// again by itself after a reconnect or a lost pull.
+    fn consume(
+        &self,
+        spec: &crate::durable::DurableSpec,
+    ) -> BoxFuture<'_, Result<crate::durable::DurableSubscription>> {
+        let spec = spec.clone();
+        async move { self.js.consume(spec, self.shared.state.subscribe()).await }.boxed()
+    }
 }
 
 #[cfg(test)]
