@@ -267,7 +267,7 @@ pub trait Broker: Any + Send + Sync + 'static {
     /// attached are delivered, each delivery is settled by its [`Acker`](crate::durable::Acker),
     /// and pullers on one name share its messages.
     ///
-    /// The default fails with [`Error::Unsupported`](crate::Error::Unsupported): a broker
+    /// The default fails with [`Error::Unsupported`]: a broker
     /// written elsewhere keeps compiling, and offers durable consumers once it implements this.
     fn consume(&self, spec: &DurableSpec) -> BoxFuture<'_, Result<DurableSubscription>> {
         let _ = spec;

@@ -14,7 +14,8 @@ use tracing::Instrument;
 #[cfg(feature = "outbox")]
 use crate::broker::check_subject;
 use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
-use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters};
+use crate::durable::{DurableSpec, DurableStream};
+use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters, Source};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::message::{Filter, Message, Request};
 #[cfg(feature = "nats")]
@@ -368,10 +369,84 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let raw = self.subscribe_raw(&filter).await?;
+        let durable = options.durable_name().map(str::to_owned);
+        self.handle_inner(filter, options, durable.as_deref(), handler)
+            .await
+    }
+
+    /// [`handle_with`](Bus::handle_with), on the durable consumer `durable` if one is named
+    /// (by the options or, later, the filter).
+    async fn handle_inner<M, F, Fut, E>(
+        &self,
+        filter: M::Filter,
+        options: HandlerOptions,
+        durable: Option<&str>,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        M: Message,
+        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let source = match durable {
+            Some(name) => {
+                let spec = options.durable_spec(name, filter.pattern()?, filter.queue_group());
+                Source::Durable(self.inner.broker.consume(&spec).await?)
+            }
+            None => Source::Plain(self.subscribe_raw(&filter).await?),
+        };
         let dead = Arc::clone(&self.inner.handler_dead_letters);
         let sink: DeadLetterSink = Arc::new(move |failed| dead.push(failed));
-        Ok(handler::spawn::<M, F, Fut, E>(raw, options, sink, handler))
+        Ok(handler::spawn::<M, F, Fut, E>(
+            source, options, sink, handler,
+        ))
+    }
+
+    /// Subscribes to the messages of type `M` that `filter` selects through the durable
+    /// consumer `durable` (see [`durable`](crate::durable)): messages published while nobody
+    /// was subscribed arrive when a subscriber comes back; each item must be settled with
+    /// [`ack`](crate::durable::Delivered::ack), [`nak`](crate::durable::Delivered::nak) or
+    /// [`term`](crate::durable::Delivered::term) (one that
+    /// is dropped unsettled is delivered again at once, one left unsettled after the ack wait
+    /// of 30 s, too). With a queue group in the filter, several instances share the consumer.
+    /// Redeliveries are unlimited; use [`handle_with`](Bus::handle_with) and
+    /// [`HandlerOptions::durable`] for retries with dead letters.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use bus::{Bus, Message};
+    /// use futures::StreamExt;
+    /// #[derive(serde::Serialize, serde::Deserialize, Message)]
+    /// #[subject("plugin.inbound.<channel>")]
+    /// struct Inbound { channel: String, text: String }
+    ///
+    /// let bus = Bus::local().await?;
+    /// let sub = bus.subscribe_durable::<Inbound>(Inbound::filter(), "inbox").await?;
+    /// drop(sub); // detached: the durable keeps what is published meanwhile
+    /// Inbound { channel: "slack".into(), text: "hi".into() }.publish(&bus).await?;
+    /// let mut sub = bus.subscribe_durable::<Inbound>(Inbound::filter(), "inbox").await?;
+    /// let msg = sub.next().await.unwrap()?;
+    /// assert_eq!(msg.text, "hi");
+    /// assert_eq!(msg.delivered(), 1);
+    /// msg.ack().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_durable<M: Message>(
+        &self,
+        filter: M::Filter,
+        durable: &str,
+    ) -> Result<DurableStream<M>> {
+        let mut spec = DurableSpec::new(durable, filter.pattern()?);
+        if let Some(q) = filter.queue_group() {
+            spec = spec.queue(q);
+        }
+        self.inner
+            .broker
+            .consume(&spec)
+            .await
+            .map(DurableStream::new)
     }
 
     /// Answers requests of type `M` that `filter` selects with `handler`, until the returned

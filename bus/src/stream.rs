@@ -24,7 +24,7 @@
 //! connection is (re-)established; [`StreamConfig::existing`] uses one as the server has it. A
 //! publish whose subject a declared stream covers is then confirmed by the stream's PubAck
 //! instead of a round trip: a message the stream refuses is reported as
-//! [`Error::Rejected`](crate::Error::Rejected), never as a success. The local broker has no
+//! [`Error::Rejected`], never as a success. The local broker has no
 //! streams; it keeps what durable consumers need in memory.
 
 use std::time::Duration;

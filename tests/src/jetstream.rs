@@ -115,3 +115,22 @@ pub async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) ->
         .state
         .messages
 }
+
+/// A retry policy for tests: 20 ms, then 80 ms, no jitter.
+pub fn fast_retry() -> bus::RetryPolicy {
+    bus::RetryPolicy::default()
+        .base(Duration::from_millis(20))
+        .jitter(0.0)
+}
+
+/// Polls `f` every 5 ms until it holds; panics naming `what` after `guard`.
+pub async fn wait_until(what: &str, guard: Duration, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + guard;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {guard:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
