@@ -210,7 +210,7 @@ impl JetStream {
                 let n = pending.len() / 2;
                 pending.drain(..n).collect()
             };
-            let (rejections, unproven) = settle(oldest).await;
+            let (rejections, unproven) = self.settle(oldest).await;
             let mut s = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
             s.rejections.extend(rejections);
             s.unproven = s.unproven.or(unproven);
@@ -224,7 +224,7 @@ impl JetStream {
     pub(crate) async fn confirm(&self) -> Result<Vec<Rejection>> {
         let pending =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        let (mut rejections, mut unproven) = settle(pending).await;
+        let (mut rejections, mut unproven) = self.settle(pending).await;
         {
             let mut s = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
             let mut earlier = std::mem::take(&mut s.rejections);
@@ -336,51 +336,59 @@ impl JetStream {
 
 /// Sets the declared streams up whenever the connection comes up, retrying while it stays up;
 /// ends once the broker is gone.
+///
+/// Every change of the connection state counts, a disconnect too short to be seen as such
+/// included (the watch then shows `Connected` again, but it did change): the new connection
+/// may be to a server that lost a memory stream, so until the streams are set up on it again,
+/// publishes that may go to one wait.
 pub(crate) async fn keep_streams(js: Weak<JetStream>, mut state: watch::Receiver<ConnectionState>) {
     loop {
-        let up = state
-            .wait_for(|s| matches!(s, ConnectionState::Connected | ConnectionState::Closed))
-            .await
-            .map(|s| *s);
-        if !matches!(up, Ok(ConnectionState::Connected)) {
+        let now = *state.borrow_and_update();
+        match now {
+            ConnectionState::Closed => return,
+            ConnectionState::Connected => {
+                let mut wait = Duration::from_millis(100);
+                let changed = loop {
+                    let Some(strong) = js.upgrade() else { return };
+                    let ready = match strong.ensure_all().await {
+                        Ok(()) => Setup::Ready,
+                        Err(reason) => Setup::Failed(reason),
+                    };
+                    let done = ready == Setup::Ready;
+                    // Set up on a connection that changed meanwhile proves nothing for the new
+                    // one: look again.
+                    if state.has_changed().unwrap_or(true) {
+                        break true;
+                    }
+                    strong.setup.send_replace(ready);
+                    drop(strong);
+                    if done {
+                        break false;
+                    }
+                    if tokio::time::timeout(wait, state.changed()).await.is_ok() {
+                        break true;
+                    }
+                    wait = (wait * 2).min(SETUP_RETRY_CAP);
+                };
+                if changed {
+                    mark_pending(&js);
+                    continue;
+                }
+            }
+            ConnectionState::Disconnected | ConnectionState::LameDuck => mark_pending(&js),
+        }
+        if state.changed().await.is_err() {
             return;
         }
-        let mut wait = Duration::from_millis(100);
-        loop {
-            let Some(strong) = js.upgrade() else { return };
-            let outcome = strong.ensure_all().await;
-            match outcome {
-                Ok(()) => {
-                    strong.setup.send_replace(Setup::Ready);
-                    break;
-                }
-                Err(reason) => {
-                    strong.setup.send_replace(Setup::Failed(reason));
-                }
-            }
-            drop(strong);
-            let down =
-                tokio::time::timeout(wait, state.wait_for(|s| *s != ConnectionState::Connected))
-                    .await;
-            if down.is_ok() {
-                break;
-            }
-            wait = (wait * 2).min(SETUP_RETRY_CAP);
-        }
-        // Set up (or the connection went down): wait for the next disconnect.
-        let down = state
-            .wait_for(|s| *s != ConnectionState::Connected)
-            .await
-            .map(|s| *s);
-        let Some(strong) = js.upgrade() else { return };
+        mark_pending(&js);
+    }
+}
+
+/// Until the streams are set up on the next connection, publishes that may go to one wait.
+fn mark_pending(js: &Weak<JetStream>) {
+    if let Some(strong) = js.upgrade() {
         if *strong.setup.borrow() == Setup::Ready {
             strong.setup.send_replace(Setup::Pending);
-        }
-        if !matches!(
-            down,
-            Ok(ConnectionState::Disconnected | ConnectionState::LameDuck)
-        ) {
-            return;
         }
     }
 }
@@ -816,37 +824,105 @@ impl Puller {
     }
 }
 
-/// Awaits `acks` together: the rejections, and whether some acks are missing.
-async fn settle(acks: Vec<PendingAck>) -> (Vec<Rejection>, Option<Unproven>) {
-    if acks.is_empty() {
-        return (Vec::new(), None);
-    }
-    let outcomes = futures::future::join_all(acks.into_iter().map(|p| async move {
-        let outcome = p.ack.await;
-        (p.subject, p.msg_id, outcome)
-    }))
-    .await;
-    let mut rejections = Vec::new();
-    let mut unproven = None;
-    for (subject, msg_id, outcome) in outcomes {
-        let Err(e) = outcome else { continue };
-        let reason = match e.kind() {
-            PublishErrorKind::TimedOut => {
+impl JetStream {
+    /// Awaits `acks` together: the rejections, and whether some acks are missing.
+    ///
+    /// "No responders" for a declared stream is a rejection only if the stream is really gone:
+    /// in a cluster it also means the stream has no leader for a moment (a node died), and
+    /// then the messages are sent again without counting an attempt.
+    async fn settle(&self, acks: Vec<PendingAck>) -> (Vec<Rejection>, Option<Unproven>) {
+        if acks.is_empty() {
+            return (Vec::new(), None);
+        }
+        let outcomes = futures::future::join_all(acks.into_iter().map(|p| async move {
+            let outcome = p.ack.await;
+            (p.subject, p.msg_id, outcome)
+        }))
+        .await;
+        let mut rejections = Vec::new();
+        let mut unproven = None;
+        let mut unanswered = Vec::new();
+        for (subject, msg_id, outcome) in outcomes {
+            let Err(e) = outcome else { continue };
+            let reason = match e.kind() {
+                PublishErrorKind::TimedOut => {
+                    unproven = unproven.or(Some(Unproven::Timeout));
+                    continue;
+                }
+                PublishErrorKind::BrokenPipe => {
+                    unproven = Some(Unproven::ConnectionLost);
+                    continue;
+                }
+                PublishErrorKind::StreamNotFound => {
+                    unanswered.push((subject, msg_id));
+                    continue;
+                }
+                _ if cluster_busy(&e) => {
+                    tracing::debug!(subject, error = %e, "JetStream cluster busy; the message is sent again");
+                    unproven = unproven.or(Some(Unproven::Timeout));
+                    continue;
+                }
+                _ => publish_error_text(&e),
+            };
+            rejections.push(Rejection::new(subject, reason).with_msg_id(msg_id));
+        }
+        let mut gone: Vec<(String, bool)> = Vec::new();
+        for (subject, msg_id) in unanswered {
+            let stream = self.route(&subject);
+            let missing = match &stream {
+                None => true,
+                Some(name) => match gone.iter().find(|(n, _)| n == name) {
+                    Some((_, missing)) => *missing,
+                    None => {
+                        let missing = self.stream_missing(name).await;
+                        gone.push((name.clone(), missing));
+                        missing
+                    }
+                },
+            };
+            if missing {
+                let reason = match stream {
+                    Some(name) => format!("no JetStream stream answered for {subject:?}: stream {name:?} does not exist"),
+                    None => format!("no JetStream stream answered for {subject:?}"),
+                };
+                rejections.push(Rejection::new(subject, reason).with_msg_id(msg_id));
+            } else {
+                tracing::debug!(
+                    subject,
+                    stream,
+                    "JetStream stream without a leader right now; the message is sent again"
+                );
                 unproven = unproven.or(Some(Unproven::Timeout));
-                continue;
             }
-            PublishErrorKind::BrokenPipe => {
-                unproven = Some(Unproven::ConnectionLost);
-                continue;
-            }
-            PublishErrorKind::StreamNotFound => format!(
-                "no JetStream stream answered for {subject:?} (none covers it, or it has no leader right now)"
-            ),
-            _ => publish_error_text(&e),
-        };
-        rejections.push(Rejection::new(subject, reason).with_msg_id(msg_id));
+        }
+        (rejections, unproven)
     }
-    (rejections, unproven)
+
+    /// Whether the server says stream `name` does not exist (not: cannot tell right now).
+    async fn stream_missing(&self, name: &str) -> bool {
+        match self.context.get_stream(name).await {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ),
+        }
+    }
+}
+
+/// Whether a refused publish says nothing about the message: the cluster cannot handle it right
+/// now (no leader, not assigned yet, temporarily unavailable). It is sent again, uncounted.
+fn cluster_busy(e: &jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js| {
+            let code = js.error_code();
+            code == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+                || code == jetstream::ErrorCode::CLUSTER_NOT_LEADER
+                || code == jetstream::ErrorCode::CLUSTER_NOT_ASSIGNED
+        })
 }
 
 /// The server's words for a refused publish: `maximum messages exceeded (JetStream error
