@@ -72,3 +72,19 @@ mod nats {
 
     bus_tests::durable_conformance_tests!(nats);
 }
+
+/// A broker written elsewhere that does not implement `consume` keeps compiling, and says so.
+#[tokio::test]
+async fn a_broker_without_durables_says_unsupported() {
+    let recording = bus_tests::recording::RecordingBroker::new(16);
+    match recording
+        .consume(&bus::durable::DurableSpec::new("d", "durable.x"))
+        .await
+    {
+        Err(bus::Error::Unsupported { broker, what }) => {
+            assert_eq!(broker, recording.kind());
+            assert!(what.contains("durable"), "{what}");
+        }
+        other => panic!("want Unsupported, got {:?}", other.map(|s| s.name)),
+    }
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bus::stream::StreamConfig;
 use bus::{Bus, Handler, HandlerOptions};
-use bus_tests::jetstream::{raw_context, wait_until, JsCluster, JsServer};
+use bus_tests::jetstream::{raw_context, stream_messages, wait_until, JsCluster, JsServer};
 use bus_tests::msgs::{outbound, Outbound};
 use bus_tests::server::monitor_count;
 
@@ -102,6 +102,21 @@ impl Tally {
             "a duplicate must be a redelivery of the same message: {self:?}"
         );
     }
+}
+
+/// How many messages the stream holds, asked of the first node of `urls` that answers: every
+/// published message exactly once (the outbox's resends were deduped by msg id).
+async fn stored(urls: &[String]) -> u64 {
+    for url in urls {
+        let connected = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(url.as_str())
+            .await;
+        if connected.is_ok() {
+            return stream_messages(&raw_context(url).await, "FAULTS").await;
+        }
+    }
+    panic!("no node of {urls:?} answers");
 }
 
 /// The stream every case uses.
@@ -240,16 +255,21 @@ async fn handler_process_killed_mid_stream() {
         "(a) handler process SIGKILLed after {at_kill} handlings, restarted"
     ));
     tally.assert_nothing_lost();
+    assert_eq!(stored(&[server.url()]).await, n as u64, "stored once each");
 }
 
-/// (b) The server is SIGKILLed mid-stream and started again on the same file store.
-#[tokio::test]
-async fn server_killed_mid_stream_with_file_storage() {
-    let server = JsServer::start();
+/// Publishes `n` messages through an outbox to an in-process durable handler, runs `fault` once
+/// a third is handled (it returns what it did), waits for every message, and returns the
+/// counts (printed) and the outbox's dead letters.
+async fn in_process_case(
+    urls: Vec<String>,
+    replicas: usize,
+    fault: impl FnOnce() -> String,
+) -> (Tally, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let bus = publisher(vec![server.url()], dir.path(), 1).await;
+    let bus = publisher(urls.clone(), dir.path(), replicas).await;
     let consumer = Bus::builder()
-        .nats([server.url()])
+        .nats(urls.clone())
         .no_outbox()
         .reconnect_delay(Duration::from_millis(100))
         .stream(StreamConfig::existing("FAULTS"))
@@ -266,23 +286,35 @@ async fn server_killed_mid_stream_with_file_storage() {
         s.lock().unwrap().unique() >= n / 3
     })
     .await;
-    server.kill();
-    let at_kill = seen.lock().unwrap().0.len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    server.start_again();
+    let at_fault = seen.lock().unwrap().0.len();
+    let what = fault();
     let s = seen.clone();
     wait_until("every message handled", GUARD, || {
         s.lock().unwrap().unique() >= n
     })
     .await;
     publishing.await.unwrap();
+    // Redeliveries of deliveries whose acks were lost may still be on their way.
     tokio::time::sleep(Duration::from_secs(3)).await;
     handler.stop().await;
     let dead = bus.dead_letters().count().await.unwrap();
     let tally = seen.lock().unwrap().tally(n);
-    tally.print(&format!(
-        "(b) server SIGKILLed after {at_kill} handlings, restarted on its file store"
-    ));
+    tally.print(&format!("{what} after {at_fault} handlings"));
+    assert_eq!(stored(&urls).await, n as u64, "stored once each");
+    (tally, dead)
+}
+
+/// (b) The server is SIGKILLed mid-stream and started again on the same file store.
+#[tokio::test]
+async fn server_killed_mid_stream_with_file_storage() {
+    let server = JsServer::start();
+    let (tally, dead) = in_process_case(vec![server.url()], 1, || {
+        server.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        server.start_again();
+        "(b) server SIGKILLed and restarted on its file store".to_owned()
+    })
+    .await;
     tally.assert_nothing_lost();
     assert_eq!(dead, 0, "no outbox dead letters");
 }
@@ -292,54 +324,26 @@ async fn server_killed_mid_stream_with_file_storage() {
 #[tokio::test]
 async fn cluster_node_of_the_publisher_killed() {
     let cluster = JsCluster::start(3);
-    let dir = tempfile::tempdir().unwrap();
-    let bus = publisher(cluster.urls(), dir.path(), 3).await;
-    let consumer = Bus::builder()
-        .nats(cluster.urls())
-        .no_outbox()
-        .reconnect_delay(Duration::from_millis(100))
-        .stream(StreamConfig::existing("FAULTS"))
-        .connect()
-        .await
-        .unwrap();
-    consumer.streams_ready(GUARD).await.unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let handler = record(&consumer, seen.clone()).await;
-    let n = 3_000;
-    let publishing = publish_paced(bus.clone(), n);
-    let s = seen.clone();
-    wait_until("a third handled", GUARD, || {
-        s.lock().unwrap().unique() >= n / 3
+    let (tally, dead) = in_process_case(cluster.urls(), 3, || {
+        let victim = (0..cluster.len())
+            .find(|i| {
+                cluster
+                    .node(*i)
+                    .monitor("/connz?subs=0")
+                    .is_ok_and(|body| body.contains("faults-publisher"))
+            })
+            .expect("the publisher is connected to a node");
+        let connections = cluster
+            .node(victim)
+            .monitor("/connz")
+            .ok()
+            .and_then(|b| monitor_count(&b, "num_connections"));
+        cluster.node(victim).kill();
+        format!(
+            "(f) 3-node cluster, R3 stream: node{victim} (the publisher's; {connections:?} client connections) SIGKILLed"
+        )
     })
     .await;
-    let victim = (0..cluster.len())
-        .find(|i| {
-            cluster
-                .node(*i)
-                .monitor("/connz?subs=0")
-                .is_ok_and(|body| body.contains("faults-publisher"))
-        })
-        .expect("the publisher is connected to a node");
-    let connections = cluster
-        .node(victim)
-        .monitor("/connz")
-        .ok()
-        .and_then(|b| monitor_count(&b, "num_connections"));
-    cluster.node(victim).kill();
-    let at_kill = seen.lock().unwrap().0.len();
-    let s = seen.clone();
-    wait_until("every message handled", GUARD, || {
-        s.lock().unwrap().unique() >= n
-    })
-    .await;
-    publishing.await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    handler.stop().await;
-    let dead = bus.dead_letters().count().await.unwrap();
-    let tally = seen.lock().unwrap().tally(n);
-    tally.print(&format!(
-        "(f) 3-node cluster, R3 stream: node{victim} (the publisher's, {connections:?} connections) SIGKILLed after {at_kill} handlings"
-    ));
     tally.assert_nothing_lost();
     assert_eq!(dead, 0, "no outbox dead letters");
 }
