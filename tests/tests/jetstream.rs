@@ -360,3 +360,49 @@ async fn invalid_stream_configurations_are_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn durable_consumer_on_a_stream_found_on_the_server() {
+    let server = JsServer::start();
+    let js = raw_context(&server.url()).await;
+    js.create_stream(stream::Config {
+        name: "FOUND".into(),
+        subjects: vec!["agent.events.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Nothing declared: the covering stream is looked up on the server.
+    let b = broker(&server.url(), Vec::new()).await;
+    let spec = bus::durable::DurableSpec::new("finder", "agent.events.planner.*");
+    let mut sub = b.consume(&spec).await.expect("a covering stream exists");
+    let info = js
+        .get_stream("FOUND")
+        .await
+        .unwrap()
+        .consumer_info("finder")
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.filter_subject, "agent.events.planner.*");
+    assert_eq!(info.config.ack_wait, bus::durable::DEFAULT_ACK_WAIT);
+    // A core publish lands in the stream; the durable delivers it.
+    b.publish(RawMessage::new("agent.events.planner.x", "hi"))
+        .await
+        .unwrap();
+    b.confirm().await.unwrap();
+    let d = tokio::time::timeout(GUARD, futures::StreamExt::next(&mut sub.deliveries))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.message.payload[..], b"hi");
+    d.acker.ack().await.unwrap();
+    // A pattern no stream covers (only part of it is in a stream) is refused.
+    match b
+        .consume(&bus::durable::DurableSpec::new("nowhere", "agent.>"))
+        .await
+    {
+        Err(Error::NoStream { pattern }) => assert_eq!(pattern, "agent.>"),
+        other => panic!("want NoStream, got {:?}", other.map(|s| s.name)),
+    }
+}
