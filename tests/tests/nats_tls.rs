@@ -89,7 +89,10 @@ async fn untrusted_server_is_refused() {
     // No root CA given: the test CA is not in the system roots.
     let why = assert_refused(options(&server), Refusal::Tls).await;
     assert!(why.contains("invalid peer certificate"), "{why}");
-    assert!(why.contains("tls_root_certificate"), "says what to set: {why}");
+    assert!(
+        why.contains("tls_root_certificate"),
+        "says what to set: {why}"
+    );
 }
 
 /// A client with no TLS setting against a server that requires TLS.
@@ -102,7 +105,10 @@ async fn plain_client_against_tls_server() {
     assert!(why.contains("invalid peer certificate"), "{why}");
     let text = logs.text();
     assert_eq!(
-        logs.count("ERROR", "NATS refused the connection: TLS required by server"),
+        logs.count(
+            "ERROR",
+            "NATS refused the connection: TLS required by server"
+        ),
         1,
         "{text}"
     );
@@ -114,7 +120,10 @@ async fn plain_client_against_tls_server() {
         "{text}"
     );
     assert!(
-        logs.count("DEBUG", "NATS refused the connection: TLS required by server") >= 1,
+        logs.count(
+            "DEBUG",
+            "NATS refused the connection: TLS required by server"
+        ) >= 1,
         "{text}"
     );
 }
@@ -127,7 +136,10 @@ async fn require_tls_against_plain_server() {
     let why = assert_refused(options(&server), Refusal::TlsRequiredByClient).await;
     assert!(why.contains("does not speak TLS"), "{why}");
     assert_eq!(
-        logs.count("ERROR", "NATS refused the connection: TLS required by client"),
+        logs.count(
+            "ERROR",
+            "NATS refused the connection: TLS required by client"
+        ),
         1,
         "{}",
         logs.text()
@@ -180,7 +192,11 @@ async fn wait_for_connection_names_the_tls_refusal() {
         .wait_for_connection(GUARD)
         .connect()
         .await;
-    assert!(started.elapsed() < GUARD / 2, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < GUARD / 2,
+        "took {:?}",
+        started.elapsed()
+    );
     match &outcome {
         Err(Error::ConnectionRefused {
             refusal: Refusal::TlsRequiredByServer,
@@ -211,27 +227,30 @@ async fn bad_tls_files_fail_connect() {
     let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "hello\n").unwrap();
     let missing = dir.path().join("missing.pem");
-    let cases: [(&str, Box<dyn Fn(&mut NatsOptions)>); 4] = [
+    let ca = || Some(fixture("ca.pem"));
+    // (what the error says, root CA, client certificate and key)
+    let cases = [
         (
             "cannot read the TLS root certificate",
-            Box::new(|o| o.tls_root_certificate = Some(missing.clone())),
+            Some(missing.clone()),
+            None,
         ),
-        (
-            "is not a PEM file",
-            Box::new(|o| o.tls_root_certificate = Some(not_pem.clone())),
-        ),
+        ("is not a PEM file", Some(not_pem.clone()), None),
         (
             "cannot read the TLS client certificate",
-            Box::new(|o| o.tls_client_cert = Some((missing.clone(), fixture("client-key.pem")))),
+            ca(),
+            Some((missing.clone(), fixture("client-key.pem"))),
         ),
         (
             "TLS client key (tls_client_cert)",
-            Box::new(|o| o.tls_client_cert = Some((fixture("client.pem"), not_pem.clone()))),
+            ca(),
+            Some((fixture("client.pem"), not_pem.clone())),
         ),
     ];
-    for (want, set) in cases {
+    for (want, root, client) in cases {
         let mut o = options(&server);
-        set(&mut o);
+        o.tls_root_certificate = root;
+        o.tls_client_cert = client;
         match NatsBroker::connect(o).await {
             Err(Error::Config(text)) => assert!(text.contains(want), "{want}: {text}"),
             other => panic!("{want}: expected Error::Config, got {other:?}"),

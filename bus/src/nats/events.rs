@@ -221,6 +221,10 @@ impl Shared {
         let Some(config) = self.probe.get() else {
             return;
         };
+        // The broker is gone (only live subscriptions keep the client): nobody to tell.
+        if *self.state.borrow() == ConnectionState::Closed {
+            return;
+        }
         let epoch = {
             let mut t = self.trouble();
             if t.probing || t.last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
@@ -598,5 +602,56 @@ mod tests {
             Some((Refused::Subscription, "a.>".into()))
         );
         assert_eq!(parse_violation("Maximum Payload Violation"), None);
+    }
+
+    fn io(kind: std::io::ErrorKind, text: &str) -> async_nats::ConnectError {
+        async_nats::ConnectError::from(std::io::Error::new(kind, text.to_owned()))
+    }
+
+    /// The decision table of [`classify`], on errors shaped as async-nats 0.35 returns them
+    /// (the integration tests `nats_auth` and `nats_tls` get them from real servers).
+    #[test]
+    fn classifies_failed_attempts() {
+        use std::io::ErrorKind::{ConnectionRefused, InvalidData};
+        let plain = NatsOptions::new(["nats://127.0.0.1:4222"]);
+        let mut require = plain.clone();
+        require.require_tls = true;
+        let tls_url = NatsOptions::new(["tls://127.0.0.1:4222"]);
+        let mut with_ca = plain.clone();
+        with_ca.tls_root_certificate = Some("ca.pem".into());
+        let corrupt = "received corrupt message of type InvalidContentType";
+        let untrusted = "invalid peer certificate: UnknownIssuer";
+        let auth = async_nats::ConnectError::from(ConnectErrorKind::AuthorizationViolation);
+        let cases = [
+            (&auth, &plain, Some(Refusal::Authorization)),
+            (
+                &io(InvalidData, untrusted),
+                &plain,
+                Some(Refusal::TlsRequiredByServer),
+            ),
+            (&io(InvalidData, untrusted), &require, Some(Refusal::Tls)),
+            (&io(InvalidData, untrusted), &with_ca, Some(Refusal::Tls)),
+            (
+                &io(InvalidData, corrupt),
+                &require,
+                Some(Refusal::TlsRequiredByClient),
+            ),
+            (
+                &io(InvalidData, corrupt),
+                &tls_url,
+                Some(Refusal::TlsRequiredByClient),
+            ),
+            (&io(ConnectionRefused, "Connection refused"), &require, None),
+            (&io(ConnectionRefused, "Connection refused"), &plain, None),
+        ];
+        for (e, options, want) in cases {
+            let (got, detail) = classify(e, Some(options));
+            assert_eq!(got, want, "{e} with {:?}", options.urls);
+            assert!(!detail.is_empty());
+        }
+        let (_, detail) = classify(&io(ConnectionRefused, "Connection refused"), Some(&plain));
+        assert!(detail.contains("Connection refused"), "{detail}");
+        let (_, detail) = classify(&auth, Some(&plain));
+        assert!(detail.contains("Authorization Violation") && detail.contains("no credentials"));
     }
 }

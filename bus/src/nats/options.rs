@@ -309,4 +309,69 @@ mod tests {
         o.confirm_subject = "a.*".into();
         assert!(matches!(o.validate(), Err(Error::Config(_))));
     }
+
+    /// Test-only keys (never use them anywhere else).
+    const USER_SEED: &str = "SUAAG5V7ZXS6RRI4JCJRRLZDICIMTGKTAXJXWFSSF4PGZHUBKJQMWHQQXE";
+    const USER_PUBLIC: &str = "UDFBW64ZQED22ZTSF3O75GRKSNTDRNTDTY3GBSRPBECMM5T2L473M5W2";
+    const ACCOUNT_SEED: &str = "SAAKCYW6SREWLWAO4U75BHDCU3RVPSBWOXMOPMVFRJLLBJYN34L2GTIFDI";
+
+    fn with_seed(seed: &str) -> Result<()> {
+        let mut o = NatsOptions::new(["nats://127.0.0.1:4222"]);
+        o.auth = NatsAuth::NKey(seed.into());
+        o.validate()
+    }
+
+    #[test]
+    fn validate_checks_the_nkey_seed() {
+        assert!(with_seed(USER_SEED).is_ok());
+        assert!(with_seed(&format!(" {USER_SEED}\n")).is_ok());
+        for bad in [&USER_SEED[..57], USER_PUBLIC, "", "SUxyz"] {
+            match with_seed(bad) {
+                Err(Error::Config(text)) => {
+                    assert!(text.contains("malformed"), "{text}");
+                    assert!(
+                        bad.len() < 8 || !text.contains(bad),
+                        "quotes the seed: {text}"
+                    );
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert!(
+            matches!(with_seed(ACCOUNT_SEED), Err(Error::Config(t)) if t.contains("type Account"))
+        );
+    }
+
+    #[test]
+    fn validate_checks_tls_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let text = dir.path().join("ca.txt");
+        std::fs::write(&text, "not pem").unwrap();
+        let mut o = NatsOptions::new(["nats://127.0.0.1:4222"]);
+        o.tls_root_certificate = Some(pem.clone());
+        o.tls_client_cert = Some((pem.clone(), pem.clone()));
+        assert!(o.validate().is_ok());
+        o.tls_root_certificate = Some(text);
+        assert!(matches!(o.validate(), Err(Error::Config(t)) if t.contains("not a PEM file")));
+        o.tls_root_certificate = Some(pem.clone());
+        o.tls_client_cert = Some((pem, dir.path().join("missing.pem")));
+        assert!(
+            matches!(o.validate(), Err(Error::Config(t)) if t.contains("cannot read the TLS client key"))
+        );
+    }
+
+    #[test]
+    fn tls_wanted_by_option_or_url() {
+        let mut o = NatsOptions::new(["nats://a:4222"]);
+        assert!(!o.client_wants_tls());
+        o.require_tls = true;
+        assert!(o.client_wants_tls());
+        assert!(NatsOptions::new(["nats://a:4222", "TLS://b:4222"]).client_wants_tls());
+    }
 }
