@@ -478,9 +478,6 @@ fn credentials_used(options: Option<&NatsOptions>) -> String {
             Err(_) => "an NKey".into(),
         },
         Some(NatsAuth::CredentialsFile(path)) => format!("credentials file {}", path.display()),
-        // `NatsAuth` is non-exhaustive only for users of the crate.
-        #[allow(unreachable_patterns)]
-        Some(_) => "credentials".into(),
     }
 }
 
@@ -505,8 +502,8 @@ pub(crate) fn classify(
     e: &async_nats::ConnectError,
     options: Option<&NatsOptions>,
 ) -> (Option<Refusal>, String) {
-    let source = std::error::Error::source(e).map(ToString::to_string);
-    let words = source.clone().unwrap_or_else(|| e.kind().to_string());
+    let words =
+        std::error::Error::source(e).map_or_else(|| e.kind().to_string(), ToString::to_string);
     match e.kind() {
         ConnectErrorKind::AuthorizationViolation => {
             return (Some(Refusal::Authorization), authorization_detail(options))
