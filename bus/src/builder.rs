@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, ConnectionState};
 use crate::bus::DEFAULT_REQUEST_TIMEOUT;
 use crate::headers::WireHeaders;
 use crate::local::{LocalBroker, LocalOptions};
@@ -15,7 +15,7 @@ use crate::local::{LocalBroker, LocalOptions};
 use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 use crate::outbox::{Durability, Outbox, OutboxOptions};
-use crate::{Bus, Result};
+use crate::{Bus, Error, Result};
 
 /// The outbox file used on NATS when none is named with [`BusBuilder::outbox_path`]. A relative
 /// path: it is resolved against the process's working directory.
@@ -80,6 +80,8 @@ pub struct BusBuilder {
     #[cfg(feature = "nats")]
     nats: NatsOptions,
     local: LocalOptions,
+    /// How long `connect` waits for the first connection; `None`: it does not wait.
+    wait_for_connection: Option<Duration>,
 }
 
 impl BusBuilder {
@@ -255,8 +257,40 @@ impl BusBuilder {
         self
     }
 
-    /// Connects. On NATS this succeeds even while the server is down: publishes wait in the
-    /// outbox and drain once it is up. Fails on bad configuration or an unusable outbox file.
+    /// Makes [`connect`](BusBuilder::connect) wait up to `timeout` for the first connection,
+    /// and fail if it does not come: with [`Error::ConnectionRefused`] as soon as the server
+    /// refuses this client (credentials, TLS: see [`Refusal`](crate::Refusal)), with
+    /// [`Error::ConnectTimeout`] (naming the last connection error, e.g. `Connection refused`)
+    /// when no connection came up in time.
+    ///
+    /// Without it (the default) `connect` returns at once and the bus connects in the
+    /// background, so a plugin can start before the NATS server; watch
+    /// [`Bus::state`](Bus::state) then.
+    ///
+    /// With several server URLs, the first refusal fails the wait even if another server
+    /// might have accepted the client: give them all the same credentials and TLS setup.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), bus::Error> {
+    /// use std::time::Duration;
+    /// let bus = bus::Bus::builder()
+    ///     .nats(["nats://127.0.0.1:4222"])
+    ///     .user_password("billing", "s3cret")
+    ///     .wait_for_connection(Duration::from_secs(10))
+    ///     .connect()
+    ///     .await?; // Err(ConnectionRefused { refusal: Authorization, .. }) on a wrong password
+    /// # Ok(()) }
+    /// ```
+    pub fn wait_for_connection(mut self, timeout: Duration) -> Self {
+        self.wait_for_connection = Some(timeout);
+        self
+    }
+
+    /// Connects. On NATS this succeeds even while the server is down (unless told to
+    /// [`wait_for_connection`](BusBuilder::wait_for_connection)): publishes wait in the outbox
+    /// and drain once it is up. Fails on bad configuration (an unparsable URL, a malformed
+    /// NKey seed, an unreadable or invalid credentials or TLS file, …) or an unusable outbox
+    /// file.
     pub async fn connect(self) -> Result<Bus> {
         let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         let broker: Arc<dyn Broker> = match self.backend {
@@ -283,12 +317,55 @@ impl BusBuilder {
                 None => None,
             }
         };
-        Ok(Bus::from_parts(
+        let bus = Bus::from_parts(
             broker,
             #[cfg(feature = "outbox")]
             outbox,
             request_timeout,
             self.wire_headers,
-        ))
+        );
+        if let Some(timeout) = self.wait_for_connection {
+            // On failure the bus is dropped here: its client stops reconnecting.
+            wait_connected(&bus, timeout).await?;
+        }
+        Ok(bus)
+    }
+}
+
+/// Waits until `bus` is connected; fails at the first refusal, or after `timeout`.
+async fn wait_connected(bus: &Bus, timeout: Duration) -> Result<()> {
+    let mut state = bus.watch_state();
+    let reached = tokio::time::timeout(
+        timeout,
+        state.wait_for(|s| {
+            matches!(
+                s,
+                ConnectionState::Connected
+                    | ConnectionState::LameDuck
+                    | ConnectionState::Refused(_)
+                    | ConnectionState::Closed
+            )
+        }),
+    )
+    .await;
+    let now = match reached {
+        Ok(Ok(s)) => *s,
+        Ok(Err(_)) => ConnectionState::Closed,
+        Err(_) => {
+            let detail = bus
+                .connection_error()
+                .unwrap_or_else(|| format!("still {} after the wait", bus.state()));
+            return Err(Error::ConnectTimeout { timeout, detail });
+        }
+    };
+    match now {
+        ConnectionState::Refused(refusal) => Err(Error::ConnectionRefused {
+            refusal,
+            detail: bus
+                .connection_error()
+                .unwrap_or_else(|| refusal.to_string()),
+        }),
+        ConnectionState::Closed => Err(Error::Closed),
+        _ => Ok(()),
     }
 }

@@ -168,6 +168,18 @@ impl Bus {
         self.inner.broker.state()
     }
 
+    /// Why the broker cannot be reached, while it cannot: on NATS the server's refusal with
+    /// what to check (the state is then [`ConnectionState::Refused`]), or why the server is
+    /// unreachable (`Connection refused`, …). `None` while connected, before the first failed
+    /// attempt, and on brokers that do not say (see `NatsBroker::connection_error`).
+    pub fn connection_error(&self) -> Option<String> {
+        match &self.inner.direct {
+            #[cfg(feature = "nats")]
+            Direct::Nats(nats) => nats.connection_error(),
+            _ => None,
+        }
+    }
+
     /// Publishes a typed message. Returns once it is committed to the outbox (when there is one)
     /// or handed to the broker (when there is none).
     ///
@@ -444,6 +456,57 @@ impl Bus {
             return outbox.flush().await;
         }
         self.inner.broker.confirm().await
+    }
+
+    /// [`flush`](Bus::flush) with a deadline: fails with [`Error::FlushTimeout`] (transient,
+    /// naming the connection state and, when known, why the broker cannot be reached) if it
+    /// did not complete within `timeout`.
+    ///
+    /// With an outbox, it waits until everything committed before the call is confirmed or
+    /// dead-lettered; on expiry nothing is lost, the messages stay queued. Without one, it
+    /// repeats the broker's confirmation round trip (each bounded by the request timeout)
+    /// until one succeeds or the deadline passes; a connection lost meanwhile fails it with
+    /// [`Error::ConnectionLost`] at once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// let bus = bus::Bus::local().await?;
+    /// bus.flush_timeout(std::time::Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn flush_timeout(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            return match tokio::time::timeout_at(deadline, outbox.flush()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(self.flush_timed_out(timeout)),
+            };
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.broker.confirm()).await {
+                Err(_) => return Err(self.flush_timed_out(timeout)),
+                // One round trip got no answer in time: the broker is unreachable for now.
+                Ok(Err(Error::Timeout { .. })) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(self.flush_timed_out(timeout));
+                    }
+                    // A broker that times out at once must not make this spin.
+                    let pause = tokio::time::Instant::now() + Duration::from_millis(20);
+                    tokio::time::sleep_until(pause.min(deadline)).await;
+                }
+                Ok(outcome) => return outcome,
+            }
+        }
+    }
+
+    fn flush_timed_out(&self, timeout: Duration) -> Error {
+        Error::FlushTimeout {
+            timeout,
+            state: self.state(),
+            detail: self.connection_error(),
+        }
     }
 
     /// The dead letters of the outbox: messages that failed every send attempt.

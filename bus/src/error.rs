@@ -173,6 +173,43 @@ pub enum Error {
     /// A dead letter with this id does not exist.
     #[error("no dead letter with id {0}")]
     DeadLetterNotFound(i64),
+
+    /// The server is reachable but refuses this client (see [`Refusal`](crate::Refusal)):
+    /// fix the credentials or the TLS setup, on the client or the server. Returned by
+    /// [`BusBuilder::connect`](crate::BusBuilder::connect) when told to
+    /// [wait for the connection](crate::BusBuilder::wait_for_connection).
+    #[error("the NATS server refused the connection ({refusal}): {detail}")]
+    ConnectionRefused {
+        /// Why, in one word.
+        refusal: crate::Refusal,
+        /// The client's and server's words, and what to check.
+        detail: String,
+    },
+
+    /// No connection to the broker came up in time, and no server refused one: the server is
+    /// down or unreachable (wrong host or port, a firewall). Returned by
+    /// [`BusBuilder::connect`](crate::BusBuilder::connect) when told to
+    /// [wait for the connection](crate::BusBuilder::wait_for_connection).
+    #[error("no connection to the broker within {timeout:?}: the server is unreachable ({detail}); check the URL and that the server is running")]
+    ConnectTimeout {
+        /// How long it waited.
+        timeout: Duration,
+        /// The last connection error, or the state.
+        detail: String,
+    },
+
+    /// [`Bus::flush_timeout`](crate::Bus::flush_timeout) ran out of time: what was published
+    /// is not confirmed yet. With an outbox nothing is lost (it stays queued and drains once
+    /// the broker is reachable); without one, messages may be lost if the connection is.
+    #[error("flush did not complete within {timeout:?} (connection {state}){}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    FlushTimeout {
+        /// The deadline given.
+        timeout: Duration,
+        /// The connection state when it ran out.
+        state: crate::ConnectionState,
+        /// Why the broker cannot be reached, when known.
+        detail: Option<String>,
+    },
 }
 
 impl Error {
@@ -195,6 +232,8 @@ impl Error {
                 | Error::NoResponders { .. }
                 | Error::SlowConsumer { .. }
                 | Error::Nats { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::FlushTimeout { .. }
         )
     }
 

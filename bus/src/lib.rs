@@ -80,7 +80,9 @@ mod subscription;
 #[doc(hidden)]
 pub mod __private;
 
-pub use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
+pub use crate::broker::{
+    Broker, ConnectionState, RawMessage, RawSubscription, Refusal, SubscriptionStats,
+};
 pub use crate::builder::BusBuilder;
 #[cfg(feature = "outbox")]
 pub use crate::builder::DEFAULT_OUTBOX_PATH;
