@@ -286,10 +286,13 @@ where
                 drop(permit);
                 self.clone().deliver(msg, None).await;
             } else {
-                in_flight.spawn(
-                    self.clone()
-                        .deliver(msg, Some((permit, Arc::clone(&slots)))),
-                );
+                // Polled once here first: a handler that finishes without waiting (the common
+                // quick case) costs no task; one that waits goes on on its own task.
+                let mut attempt =
+                    Box::pin(self.clone().deliver(msg, Some((permit, Arc::clone(&slots)))));
+                if attempt.as_mut().now_or_never().is_none() {
+                    in_flight.spawn(attempt);
+                }
             }
         }
         // Stop taking messages (unsubscribe), then let what is in flight finish.
