@@ -879,6 +879,15 @@ impl Cluster {
     /// its own. With JetStream it also waits until every node knows the same meta leader and a
     /// meta group of `n`.
     pub fn start_with(n: usize, builder: impl Fn() -> NatsServerBuilder) -> Cluster {
+        Cluster::start_seeded(n, builder, free_port)
+    }
+
+    /// [`start_with`](Cluster::start_with), the JetStream seed's route port from `seed_port`.
+    fn start_seeded(
+        n: usize,
+        builder: impl Fn() -> NatsServerBuilder,
+        mut seed_port: impl FnMut() -> u16,
+    ) -> Cluster {
         assert!(n >= 2, "a cluster needs at least 2 nodes");
         static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
         // Distinct names: a node that outlives its cluster must never join another one.
@@ -895,7 +904,7 @@ impl Cluster {
         let jetstream = node_builder(0).jetstream;
         let mut attempt = 1;
         let seed = loop {
-            let seed_port = jetstream.then(free_port);
+            let seed_port = jetstream.then(&mut seed_port);
             let seed = node_builder(0).spawn(Endpoints {
                 cluster: Some(seed_port),
                 routes: seed_port.into_iter().collect(),
@@ -1084,6 +1093,28 @@ fn tail(text: &str, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jetstream_seed_whose_port_was_taken_starts_again_on_another() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let mut picks = 0;
+        let cluster = Cluster::start_seeded(
+            2,
+            || NatsServer::builder().jetstream(true),
+            || {
+                picks += 1;
+                if picks == 1 {
+                    taken_port
+                } else {
+                    free_port()
+                }
+            },
+        );
+        assert_eq!(picks, 2, "the taken port was tried, then a new one");
+        assert_ne!(cluster.node(0).cluster_port(), Some(taken_port));
+        assert!(cluster.meta_leader().is_some());
+    }
 
     #[test]
     fn parses_versions() {

@@ -466,3 +466,21 @@ fn a_server_that_cannot_start_fails_with_its_output() {
         "the config and the server's complaint are shown: {message}"
     );
 }
+
+#[test]
+fn a_taken_port_fails_the_start_with_the_servers_reason_on_both_lines() {
+    // The words the cluster seed's retry looks for when its route port was taken meanwhile.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for line in ServerLine::ALL {
+        let panic =
+            std::panic::catch_unwind(|| NatsServer::builder().line(line).port(port).start())
+                .expect_err("a taken port must fail the start");
+        let message = panic_message(panic);
+        assert!(
+            message.contains("nats-server exited during startup")
+                && message.contains("address already in use"),
+            "{line:?}: {message}"
+        );
+    }
+}
