@@ -124,8 +124,11 @@ echo "run.sh: current line: $NATS_SERVER_BIN_CURRENT (v$current_version)" >&2
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
-# The core without its optional backends (issue 8: features `nats` and `outbox`) must build.
+# The core without its optional backends (features `nats` and `outbox`): neither async-nats nor
+# rusqlite in its dependency tree, and the quickstart runs on it.
 cargo build -p bus --no-default-features
-
-# --- no-default-features quickstart: NOT the harness's; the features work adds its check here ---
-# (e.g. `cargo run -p bus-examples --example quickstart --no-default-features`)
+if cargo tree -p bus --no-default-features -e normal --prefix none | grep -E '^(async-nats|rusqlite) '; then
+    echo "run.sh: bus --no-default-features still depends on async-nats or rusqlite" >&2
+    exit 1
+fi
+cargo run -q -p bus-examples --example quickstart --no-default-features >/dev/null
