@@ -23,6 +23,21 @@ use crate::nats::NatsBroker;
 use crate::outbox::{DeadLetters, Outbox, OutboxStats};
 use crate::{codec, msg_id, BusBuilder, Envelope, Error, LocalBroker, Result, Subscription};
 
+/// How long [`Bus::close`] waits for handlers, responders and the outbox.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`Bus::close`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Whether every handler and responder finished its in-flight messages before the deadline.
+    pub stopped_in_time: bool,
+    /// Whether everything published was confirmed (or dead-lettered) before the deadline.
+    pub flushed: bool,
+    /// Messages still queued in the outbox file: the next process on the file sends them.
+    pub left_queued: u64,
+}
+
 /// The default time a request waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,6 +78,12 @@ struct Inner {
     wire: WireHeaders,
     /// Messages handlers gave up on.
     handler_dead_letters: Arc<MemoryDeadLetters>,
+    /// Set by [`Bus::close`]: handlers and responders stop taking messages.
+    closing: watch::Sender<bool>,
+    /// Every handler and responder loop holds a clone; `close` drops this one and waits for the
+    /// channel to close, i.e. for every loop to have finished its in-flight work.
+    running: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+    all_stopped: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
 }
 
 /// The built-in broker behind a [`Bus`]'s `dyn Broker`, found once by downcasting it.
@@ -135,6 +156,7 @@ impl Bus {
         request_timeout: Duration,
         wire: WireHeaders,
     ) -> Bus {
+        let (running, all_stopped) = tokio::sync::mpsc::channel(1);
         Bus {
             inner: Arc::new(Inner {
                 direct: Direct::of(&broker),
@@ -144,7 +166,24 @@ impl Bus {
                 request_timeout,
                 wire,
                 handler_dead_letters: Arc::default(),
+                closing: watch::Sender::new(false),
+                running: std::sync::Mutex::new(Some(running)),
+                all_stopped: tokio::sync::Mutex::new(all_stopped),
             }),
+        }
+    }
+
+    /// What a handler or responder loop holds while it runs, and the signal that stops it;
+    /// `None` once the bus is closing.
+    fn track(&self) -> Result<(tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>)> {
+        let running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match running.as_ref() {
+            Some(tx) => Ok((tx.clone(), self.inner.closing.subscribe())),
+            None => Err(Error::Closed),
         }
     }
 
@@ -380,10 +419,13 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        let tracked = self.track()?;
         let raw = self.subscribe_raw(&filter).await?;
         let dead = Arc::clone(&self.inner.handler_dead_letters);
         let sink: DeadLetterSink = Arc::new(move |failed| dead.push(failed));
-        Ok(handler::spawn::<M, F, Fut, E>(raw, options, sink, handler))
+        Ok(handler::spawn::<M, F, Fut, E>(
+            raw, options, sink, tracked, handler,
+        ))
     }
 
     /// Answers requests of type `M` that `filter` selects with `handler`, until the returned
@@ -398,20 +440,34 @@ impl Bus {
         Fut: Future<Output = std::result::Result<M::Reply, E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        let (guard, mut closing) = self.track()?;
         let raw = self.subscribe_raw(&filter).await?;
         let broker = self.inner.broker.clone();
         let wire = self.inner.wire;
         let handler = Arc::new(handler);
+        let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
+            let _running = guard;
             let mut messages = raw.messages;
-            while let Some(msg) = messages.next().await {
+            let mut in_flight = tokio::task::JoinSet::new();
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    _ = closing.wait_for(|c| *c) => break,
+                    _ = stopped.wait_for(|s| *s) => break,
+                    msg = messages.next() => match msg {
+                        Some(msg) => msg,
+                        None => break,
+                    },
+                };
+                while in_flight.try_join_next().is_some() {}
                 let Some(reply_to) = msg.reply.clone() else {
                     tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
                     continue;
                 };
                 let broker = broker.clone();
                 let handler = handler.clone();
-                tokio::spawn(
+                in_flight.spawn(
                     async move {
                         let correlation = msg
                             .headers
@@ -444,8 +500,11 @@ impl Bus {
                     .instrument(tracing::trace_span!("serve", type_name = M::TYPE_NAME)),
                 );
             }
+            // Unsubscribe first (no new requests), then answer the ones in flight.
+            drop(messages);
+            while in_flight.join_next().await.is_some() {}
         });
-        Ok(ServeHandle { task })
+        Ok(ServeHandle { task, stop })
     }
 
     /// Returns once every message published before the call is confirmed by the broker or
@@ -507,6 +566,61 @@ impl Bus {
             state: self.state(),
             detail: self.connection_error(),
         }
+    }
+
+    /// Closes the bus cleanly within [`DEFAULT_CLOSE_TIMEOUT`]; see
+    /// [`close_timeout`](Bus::close_timeout).
+    pub async fn close(&self) -> Result<CloseReport> {
+        self.close_timeout(DEFAULT_CLOSE_TIMEOUT).await
+    }
+
+    /// Closes the bus cleanly: every handler and responder stops taking messages and finishes
+    /// the ones in flight (their retries included), then the outbox is flushed, all within
+    /// `timeout`. Returns what is left: messages still queued in the outbox file (sent by the
+    /// next process that opens it) and whether everything stopped in time. New handlers and
+    /// responders are refused afterwards ([`Error::Closed`]); publishing still works (into the
+    /// outbox, or to the broker) for as long as the `Bus` lives.
+    ///
+    /// Dropping the last `Bus` clone without `close` is safe but abrupt: handlers and
+    /// responders keep running until their own handles are dropped or stopped, in-flight
+    /// messages are not waited for, and whatever the outbox holds stays in its file.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// let bus = bus::Bus::local().await?;
+    /// let report = bus.close().await?;
+    /// assert!(report.stopped_in_time);
+    /// assert_eq!(report.left_queued, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn close_timeout(&self, timeout: Duration) -> Result<CloseReport> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.inner.closing.send_replace(true);
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let stopped_in_time = {
+            let mut all = self.inner.all_stopped.lock().await;
+            // `None`: every loop dropped its sender, i.e. finished.
+            tokio::time::timeout_at(deadline, all.recv()).await.is_ok()
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let flushed = self.flush_timeout(remaining).await.is_ok();
+        #[allow(unused_mut)]
+        let mut left_queued = 0;
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            left_queued = outbox.stats().await.map(|s| s.depth).unwrap_or(0);
+        }
+        tracing::info!(stopped_in_time, flushed, left_queued, "bus closed");
+        Ok(CloseReport {
+            stopped_in_time,
+            flushed,
+            left_queued,
+        })
     }
 
     /// The dead letters of the outbox: messages that failed every send attempt.
@@ -620,12 +734,20 @@ fn publish_span(subject: &str) -> Option<tracing::Span> {
 #[derive(Debug)]
 pub struct ServeHandle {
     task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
 }
 
 impl ServeHandle {
-    /// Stops answering (unsubscribes).
+    /// Stops answering: unsubscribes at once; requests already taken are still answered (in
+    /// the background; [`shutdown`](ServeHandle::shutdown) waits for them).
     pub fn stop(self) {
-        self.task.abort();
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops answering and waits until every request already taken was answered.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
     }
 
     /// Whether the responder is still running.

@@ -176,6 +176,7 @@ pub(crate) fn spawn<M, F, Fut, E>(
     raw: RawSubscription,
     options: HandlerOptions,
     sink: DeadLetterSink,
+    (running, closing): (tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>),
     handler: F,
 ) -> Handler
 where
@@ -203,7 +204,11 @@ where
     } else {
         options.concurrency
     };
-    let task = tokio::spawn(run.serve(raw, concurrency, options.ordered, stopped));
+    let task = tokio::spawn(async move {
+        let _running = running;
+        run.serve(raw, concurrency, options.ordered, stopped, closing)
+            .await;
+    });
     Handler {
         name,
         stats,
@@ -248,6 +253,7 @@ where
         concurrency: usize,
         ordered: bool,
         mut stopped: watch::Receiver<bool>,
+        mut closing: watch::Receiver<bool>,
     ) {
         let RawSubscription {
             mut messages,
@@ -263,6 +269,7 @@ where
             let permit = tokio::select! {
                 biased;
                 _ = stopped.wait_for(|s| *s) => break,
+                _ = closing.wait_for(|c| *c) => break,
                 permit = Arc::clone(&slots).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
@@ -271,6 +278,7 @@ where
             let msg = tokio::select! {
                 biased;
                 _ = stopped.wait_for(|s| *s) => break,
+                _ = closing.wait_for(|c| *c) => break,
                 msg = messages.next() => match msg {
                     Some(m) => m,
                     None => break,
@@ -288,8 +296,10 @@ where
             } else {
                 // Polled once here first: a handler that finishes without waiting (the common
                 // quick case) costs no task; one that waits goes on on its own task.
-                let mut attempt =
-                    Box::pin(self.clone().deliver(msg, Some((permit, Arc::clone(&slots)))));
+                let mut attempt = Box::pin(
+                    self.clone()
+                        .deliver(msg, Some((permit, Arc::clone(&slots)))),
+                );
                 if attempt.as_mut().now_or_never().is_none() {
                     in_flight.spawn(attempt);
                 }

@@ -86,7 +86,9 @@ pub use crate::broker::{
 pub use crate::builder::BusBuilder;
 #[cfg(feature = "outbox")]
 pub use crate::builder::DEFAULT_OUTBOX_PATH;
-pub use crate::bus::{Bus, ServeHandle, DEFAULT_REQUEST_TIMEOUT};
+pub use crate::bus::{
+    Bus, CloseReport, ServeHandle, DEFAULT_CLOSE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+};
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
 pub use crate::handler::{Handler, HandlerOptions, HandlerStats};

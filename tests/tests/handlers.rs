@@ -269,3 +269,67 @@ async fn concurrency_is_bounded_and_stop_drains() {
         assert_eq!(finished.load(Ordering::SeqCst), at_stop);
     }
 }
+
+/// `close` stops every handler and responder after what is in flight, flushes, and reports
+/// what is left; afterwards new handlers are refused. With the server down, the outbox's
+/// messages are reported as left queued (they stay in the file).
+#[tokio::test]
+async fn close_drains_handlers_and_reports_what_is_left() {
+    let (buses, server) = buses().await;
+    for bus in &buses {
+        let finished = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(AtomicUsize::new(0));
+        let (f, s) = (finished.clone(), started.clone());
+        let _handler = bus
+            .handle::<Outbound, _, _, _>(Outbound::filter().channel("close"), move |_msg| {
+                let (f, s) = (f.clone(), s.clone());
+                async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    f.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, String>(())
+                }
+            })
+            .await
+            .unwrap();
+        for i in 0..3 {
+            outbound("close", &format!("c{i}"), "x")
+                .publish(bus)
+                .await
+                .unwrap();
+        }
+        until("3 started", || started.load(Ordering::SeqCst) == 3).await;
+        let report = bus.close().await.unwrap();
+        assert!(report.stopped_in_time && report.flushed, "{report:?}");
+        assert_eq!(report.left_queued, 0);
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            3,
+            "close returned before in-flight work finished"
+        );
+        assert!(matches!(
+            bus.handle::<Outbound, _, _, _>(Outbound::filter(), |_m| async { Ok::<_, String>(()) })
+                .await,
+            Err(bus::Error::Closed)
+        ));
+    }
+    // The outbox with the server gone: close reports the queued messages instead of hanging.
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::builder()
+        .nats([server.url()])
+        .outbox_path(dir.path().join("outbox.sqlite3"))
+        .reconnect_delay(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    drop(server);
+    for i in 0..5 {
+        outbound("close", &format!("q{i}"), "x")
+            .publish(&bus)
+            .await
+            .unwrap();
+    }
+    let report = bus.close_timeout(Duration::from_millis(500)).await.unwrap();
+    assert!(!report.flushed);
+    assert_eq!(report.left_queued, 5, "{report:?}");
+}
