@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::{Broker, ConnectionState};
-use crate::bus::DEFAULT_REQUEST_TIMEOUT;
+use crate::handle::DEFAULT_REQUEST_TIMEOUT;
 use crate::headers::WireHeaders;
 use crate::local::{LocalBroker, LocalOptions};
 #[cfg(feature = "nats")]
@@ -82,6 +82,10 @@ pub struct BusBuilder {
     local: LocalOptions,
     /// How long `connect` waits for the first connection; `None`: it does not wait.
     wait_for_connection: Option<Duration>,
+    /// The instance name of the health snapshot and heartbeat.
+    instance: Option<String>,
+    /// How often the heartbeat goes out; `None`: no heartbeat.
+    heartbeat: Option<Duration>,
 }
 
 impl BusBuilder {
@@ -89,6 +93,37 @@ impl BusBuilder {
     /// [`outbox_path`](BusBuilder::outbox_path) is set.
     pub fn local(mut self) -> Self {
         self.backend = Backend::Local;
+        self
+    }
+
+    /// This process's instance name: the `<instance>` of its heartbeat subject
+    /// `plugin.health.<instance>` (default `<host>-<pid>`). Must be one subject token.
+    pub fn instance(mut self, name: impl Into<String>) -> Self {
+        self.instance = Some(name.into());
+        self
+    }
+
+    /// Sends the [`Health`](crate::Health) snapshot on `plugin.health.<instance>` every
+    /// `interval`, directly (never queued: a stale heartbeat is worse than none), while
+    /// connected. Off by default.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use bus::{Health, Message};
+    /// use futures::StreamExt;
+    /// let bus = bus::Bus::builder()
+    ///     .instance("planner-1")
+    ///     .heartbeat(std::time::Duration::from_millis(50))
+    ///     .connect()
+    ///     .await?;
+    /// let mut beats = Health::subscribe(&bus, Health::filter()).await?;
+    /// let beat = beats.next().await.unwrap()?;
+    /// assert_eq!(beat.instance, "planner-1");
+    /// # Ok(()) }
+    /// ```
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = Some(interval);
         self
     }
 
@@ -317,7 +352,15 @@ impl BusBuilder {
                 None => None,
             }
         };
+        if let Some(instance) = &self.instance {
+            bus_subject::check_token(instance).map_err(|e| {
+                crate::Error::Config(format!(
+                    "instance name {instance:?} is not a subject token: {e}"
+                ))
+            })?;
+        }
         let bus = Bus::from_parts(
+            self.instance,
             broker,
             #[cfg(feature = "outbox")]
             outbox,
@@ -327,6 +370,9 @@ impl BusBuilder {
         if let Some(timeout) = self.wait_for_connection {
             // On failure the bus is dropped here: its client stops reconnecting.
             wait_connected(&bus, timeout).await?;
+        }
+        if let Some(interval) = self.heartbeat {
+            bus.start_heartbeat(interval);
         }
         Ok(bus)
     }

@@ -16,6 +16,7 @@ use crate::broker::check_subject;
 use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
 use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters};
 use crate::headers::{self, Headers, WireHeaders};
+use crate::health::{Health, Tracker};
 use crate::message::{Filter, Message, Request};
 #[cfg(feature = "nats")]
 use crate::nats::NatsBroker;
@@ -84,6 +85,7 @@ struct Inner {
     /// channel to close, i.e. for every loop to have finished its in-flight work.
     running: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
     all_stopped: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+    health: Tracker,
 }
 
 /// The built-in broker behind a [`Bus`]'s `dyn Broker`, found once by downcasting it.
@@ -126,6 +128,7 @@ impl Bus {
     /// A bus on the embedded in-process broker, with no outbox: no server, nothing on disk.
     pub async fn local() -> Result<Bus> {
         Ok(Bus::from_parts(
+            None,
             Arc::new(LocalBroker::new()),
             #[cfg(feature = "outbox")]
             None,
@@ -151,6 +154,7 @@ impl Bus {
     }
 
     pub(crate) fn from_parts(
+        instance: Option<String>,
         broker: Arc<dyn Broker>,
         #[cfg(feature = "outbox")] outbox: Option<Outbox>,
         request_timeout: Duration,
@@ -169,6 +173,7 @@ impl Bus {
                 closing: watch::Sender::new(false),
                 running: std::sync::Mutex::new(Some(running)),
                 all_stopped: tokio::sync::Mutex::new(all_stopped),
+                health: Tracker::new(instance),
             }),
         }
     }
@@ -306,10 +311,13 @@ impl Bus {
     /// The raw subscription a filter stands for (its pattern and queue group).
     async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
         let pattern = filter.pattern()?;
-        self.inner
+        let raw = self
+            .inner
             .broker
             .subscribe(&pattern, filter.queue_group())
-            .await
+            .await?;
+        self.inner.health.track(&raw.stats);
+        Ok(raw)
     }
 
     /// Sends a request and waits for its typed reply, up to the bus's request timeout.
@@ -423,9 +431,9 @@ impl Bus {
         let raw = self.subscribe_raw(&filter).await?;
         let dead = Arc::clone(&self.inner.handler_dead_letters);
         let sink: DeadLetterSink = Arc::new(move |failed| dead.push(failed));
-        Ok(handler::spawn::<M, F, Fut, E>(
-            raw, options, sink, tracked, handler,
-        ))
+        let handler = handler::spawn::<M, F, Fut, E>(raw, options, sink, tracked, handler);
+        self.inner.health.track_handler(handler.stats());
+        Ok(handler)
     }
 
     /// Answers requests of type `M` that `filter` selects with `handler`, until the returned
@@ -566,6 +574,70 @@ impl Bus {
             state: self.state(),
             detail: self.connection_error(),
         }
+    }
+
+    /// This instance's health now: connection state, outbox depth and age, dead letters,
+    /// slow-consumer drops, handler failures, version, uptime. The heartbeat
+    /// ([`BusBuilder::heartbeat`](crate::BusBuilder::heartbeat)) sends the same snapshot.
+    pub async fn health(&self) -> Health {
+        #[allow(unused_mut)]
+        let (mut depth, mut oldest, mut dead) = (0, None, 0);
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            match outbox.stats().await {
+                Ok(s) => {
+                    depth = s.depth;
+                    oldest = s.oldest_age.map(|a| a.as_millis() as u64);
+                    dead = s.dead_letters;
+                }
+                Err(e) => tracing::warn!(error = %e, "health: cannot read the outbox stats"),
+            }
+        }
+        let t = &self.inner.health;
+        Health {
+            instance: t.instance.clone(),
+            state: self.state().to_string(),
+            outbox_depth: depth,
+            outbox_oldest_ms: oldest,
+            dead_letters: dead + self.inner.handler_dead_letters.len(),
+            slow_consumer_drops: t.drops(),
+            handler_failures: t.handler_failures(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: t.uptime_ms(),
+            at_ms: crate::health::now_ms(),
+        }
+    }
+
+    /// Sends [`Bus::health`] on `plugin.health.<instance>` every `interval`, straight to the
+    /// broker (never through the outbox), until the bus is closed or dropped.
+    pub(crate) fn start_heartbeat(&self, interval: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut closing = self.inner.closing.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let bus = Bus { inner };
+                let health = bus.health().await;
+                let raw = match (health.subject(), codec::encode(&health, Health::TYPE_NAME)) {
+                    (Ok(subject), Ok(payload)) => RawMessage::new(subject, payload),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(error = %e, "heartbeat: cannot build the health message");
+                        continue;
+                    }
+                };
+                if bus.state() == ConnectionState::Connected {
+                    if let Err(e) = bus.inner.broker.publish(raw).await {
+                        tracing::debug!(error = %e, "heartbeat not sent");
+                    }
+                }
+            }
+        });
     }
 
     /// Closes the bus cleanly within [`DEFAULT_CLOSE_TIMEOUT`]; see

@@ -344,7 +344,7 @@ where
                 Ok(Err(e)) => e.to_string(),
                 Err(panic) => format!(
                     "the handler panicked: {}",
-                    crate::bus::panic_message(&*panic)
+                    crate::handle::panic_message(&*panic)
                 ),
             };
             self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -432,6 +432,13 @@ impl MemoryDeadLetters {
         let n = l.len() as u64;
         l.clear();
         n
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len() as u64
     }
 
     pub(crate) fn evicted(&self) -> u64 {
