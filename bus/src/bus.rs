@@ -461,8 +461,8 @@ impl Bus {
             loop {
                 let msg = tokio::select! {
                     biased;
-                    _ = closing.wait_for(|c| *c) => break,
-                    _ = stopped.wait_for(|s| *s) => break,
+                    Ok(_) = closing.wait_for(|c| *c) => break,
+                    Ok(_) = stopped.wait_for(|s| *s) => break,
                     msg = messages.next() => match msg {
                         Some(msg) => msg,
                         None => break,
@@ -618,7 +618,7 @@ impl Bus {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = closing.wait_for(|c| *c) => return,
+                    Ok(_) = closing.wait_for(|c| *c) => return,
                     _ = tick.tick() => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };

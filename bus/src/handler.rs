@@ -268,8 +268,8 @@ where
             // A slot first, so a busy handler leaves messages in the subscription's buffer.
             let permit = tokio::select! {
                 biased;
-                _ = stopped.wait_for(|s| *s) => break,
-                _ = closing.wait_for(|c| *c) => break,
+                Ok(_) = stopped.wait_for(|s| *s) => break,
+                Ok(_) = closing.wait_for(|c| *c) => break,
                 permit = Arc::clone(&slots).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
@@ -277,8 +277,8 @@ where
             };
             let msg = tokio::select! {
                 biased;
-                _ = stopped.wait_for(|s| *s) => break,
-                _ = closing.wait_for(|c| *c) => break,
+                Ok(_) = stopped.wait_for(|s| *s) => break,
+                Ok(_) = closing.wait_for(|c| *c) => break,
                 msg = messages.next() => match msg {
                     Some(m) => m,
                     None => break,

@@ -333,3 +333,35 @@ async fn close_drains_handlers_and_reports_what_is_left() {
     assert!(!report.flushed);
     assert_eq!(report.left_queued, 5, "{report:?}");
 }
+
+/// Dropping a `Handler` (or a `ServeHandle`) leaves it running until the bus closes.
+#[tokio::test]
+async fn a_dropped_handle_keeps_running() {
+    let bus = Bus::local().await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    drop(
+        bus.handle::<Outbound, _, _, _>(Outbound::filter().channel("drop"), move |_m| {
+            let s = s.clone();
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(())
+            }
+        })
+        .await
+        .unwrap(),
+    );
+    outbound("drop", "a", "x").publish(&bus).await.unwrap();
+    until("the dropped handler ran", || {
+        seen.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    bus.close().await.unwrap();
+    outbound("drop", "b", "x").publish(&bus).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "a closed bus's handler still ran"
+    );
+}
