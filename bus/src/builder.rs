@@ -55,6 +55,7 @@ pub struct BusBuilder {
     wire_headers: WireHeaders,
     nats: NatsOptions,
     local: LocalOptions,
+    check_subject_fields: bool,
 }
 
 impl BusBuilder {
@@ -116,6 +117,20 @@ impl BusBuilder {
     pub fn subscription_capacity(mut self, capacity: usize) -> Self {
         self.local.subscription_capacity = capacity;
         self.nats.subscription_capacity = Some(capacity);
+        self
+    }
+
+    /// Checks every received message against its subject (off by default): each subscription's
+    /// messages, and the requests `serve` answers, have their subject rebuilt from the decoded
+    /// body and compared with the subject they arrived on. A message whose placeholder fields
+    /// disagree (a peer published `channel: "email"` on `plugin.outbound.slack.a1`) is an
+    /// [`Error::SubjectMismatch`] item on the subscription, or an [`Error::Remote`] for the
+    /// requester, and never reaches your code as valid. One subscription can also turn it on or
+    /// off with [`Subscription::check_subject_fields`](crate::Subscription::check_subject_fields).
+    ///
+    /// It costs one subject built per received message; off, nothing.
+    pub fn check_subject_fields(mut self, check: bool) -> Self {
+        self.check_subject_fields = check;
         self
     }
 
@@ -224,6 +239,7 @@ impl BusBuilder {
             outbox,
             request_timeout,
             self.wire_headers,
+            self.check_subject_fields,
         ))
     }
 }

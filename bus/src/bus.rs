@@ -53,6 +53,8 @@ struct Inner {
     outbox: Option<Outbox>,
     request_timeout: Duration,
     wire: WireHeaders,
+    /// Whether subscriptions start with the subject/body check on.
+    check_subject_fields: bool,
 }
 
 /// The broker of a [`Bus`], by its concrete type.
@@ -97,6 +99,7 @@ impl Bus {
             None,
             DEFAULT_REQUEST_TIMEOUT,
             WireHeaders::default(),
+            false,
         ))
     }
 
@@ -120,6 +123,7 @@ impl Bus {
         outbox: Option<Outbox>,
         request_timeout: Duration,
         wire: WireHeaders,
+        check_subject_fields: bool,
     ) -> Bus {
         Bus {
             inner: Arc::new(Inner {
@@ -127,6 +131,7 @@ impl Bus {
                 outbox,
                 request_timeout,
                 wire,
+                check_subject_fields,
             }),
         }
     }
@@ -220,7 +225,10 @@ impl Bus {
 
     /// Subscribes to the messages of type `M` that `filter` selects.
     pub async fn subscribe<M: Message>(&self, filter: M::Filter) -> Result<Subscription<M>> {
-        self.subscribe_raw(&filter).await.map(Subscription::new)
+        let check = self.inner.check_subject_fields;
+        self.subscribe_raw(&filter)
+            .await
+            .map(|raw| Subscription::new(raw).check_subject_fields(check))
     }
 
     /// The raw subscription a filter stands for (its pattern and queue group).
@@ -306,6 +314,7 @@ impl Bus {
         let raw = self.subscribe_raw(&filter).await?;
         let broker = self.inner.direct.as_dyn();
         let wire = self.inner.wire;
+        let check = self.inner.check_subject_fields;
         let handler = Arc::new(handler);
         let task = tokio::spawn(async move {
             let mut messages = raw.messages;
@@ -324,6 +333,21 @@ impl Bus {
                             .or_else(|| msg.headers.get(headers::MSG_ID))
                             .map(str::to_owned);
                         let outcome = match codec::decode::<M>(&msg.payload) {
+                            Ok(body) if check => {
+                                match crate::subscription::check_subject_fields(&body, &msg.subject)
+                                {
+                                    Ok(()) => {
+                                        let env = Envelope::new(
+                                            body,
+                                            msg.subject,
+                                            msg.reply,
+                                            msg.headers,
+                                        );
+                                        handler(env).await.map_err(|e| e.to_string())
+                                    }
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            }
                             Ok(body) => {
                                 let env = Envelope::new(body, msg.subject, msg.reply, msg.headers);
                                 handler(env).await.map_err(|e| e.to_string())
