@@ -72,7 +72,7 @@ pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
 pub use crate::headers::{Headers, WireHeaders};
 pub use crate::local::{LocalBroker, LocalOptions};
-pub use crate::message::{Filter, Message, Request, SubjectToken};
+pub use crate::message::{Filter, FilterValue, Message, Request, SubjectToken};
 pub use crate::msg_id::new_msg_id;
 pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
