@@ -169,6 +169,10 @@ display_tokens!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, 
 )]
 pub trait FilterValue<T: ?Sized>: SubjectToken {}
 
+// The impls below are `do_not_recommend`: without it, every wrong value's error lists them all
+// ("the following other types implement trait `FilterValue<T>`"), a page of noise under a
+// message that already says what to pass. This one stays recommendable so that a field type
+// that is not a `SubjectToken` is reported as exactly that.
 impl<T: SubjectToken> FilterValue<T> for T {}
 
 #[diagnostic::do_not_recommend]
