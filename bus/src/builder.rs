@@ -86,6 +86,7 @@ pub struct BusBuilder {
     instance: Option<String>,
     /// How often the heartbeat goes out; `None`: no heartbeat.
     heartbeat: Option<Duration>,
+    check_subject_fields: bool,
 }
 
 impl BusBuilder {
@@ -210,6 +211,20 @@ impl BusBuilder {
         {
             self.nats.subscription_capacity = Some(capacity);
         }
+        self
+    }
+
+    /// Checks every received message against its subject (off by default): each subscription's
+    /// messages, and the requests `serve` answers, have their subject rebuilt from the decoded
+    /// body and compared with the subject they arrived on. A message whose placeholder fields
+    /// disagree (a peer published `channel: "email"` on `plugin.outbound.slack.a1`) is an
+    /// [`Error::SubjectMismatch`] item on the subscription, or an [`Error::Remote`] for the
+    /// requester, and never reaches your code as valid. One subscription can also turn it on or
+    /// off with [`Subscription::check_subject_fields`](crate::Subscription::check_subject_fields).
+    ///
+    /// It costs one subject built per received message; off, nothing.
+    pub fn check_subject_fields(mut self, check: bool) -> Self {
+        self.check_subject_fields = check;
         self
     }
 
@@ -366,6 +381,7 @@ impl BusBuilder {
             outbox,
             request_timeout,
             self.wire_headers,
+            self.check_subject_fields,
         );
         if let Some(timeout) = self.wait_for_connection {
             // On failure the bus is dropped here: its client stops reconnecting.

@@ -86,6 +86,8 @@ struct Inner {
     running: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
     all_stopped: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
     health: Tracker,
+    /// Whether subscriptions start with the subject/body check on.
+    check_subject_fields: bool,
 }
 
 /// The built-in broker behind a [`Bus`]'s `dyn Broker`, found once by downcasting it.
@@ -134,6 +136,7 @@ impl Bus {
             None,
             DEFAULT_REQUEST_TIMEOUT,
             WireHeaders::default(),
+            false,
         ))
     }
 
@@ -159,6 +162,7 @@ impl Bus {
         #[cfg(feature = "outbox")] outbox: Option<Outbox>,
         request_timeout: Duration,
         wire: WireHeaders,
+        check_subject_fields: bool,
     ) -> Bus {
         let (running, all_stopped) = tokio::sync::mpsc::channel(1);
         Bus {
@@ -174,6 +178,7 @@ impl Bus {
                 running: std::sync::Mutex::new(Some(running)),
                 all_stopped: tokio::sync::Mutex::new(all_stopped),
                 health: Tracker::new(instance),
+                check_subject_fields,
             }),
         }
     }
@@ -305,7 +310,10 @@ impl Bus {
 
     /// Subscribes to the messages of type `M` that `filter` selects.
     pub async fn subscribe<M: Message>(&self, filter: M::Filter) -> Result<Subscription<M>> {
-        self.subscribe_raw(&filter).await.map(Subscription::new)
+        let check = self.inner.check_subject_fields;
+        self.subscribe_raw(&filter)
+            .await
+            .map(|raw| Subscription::new(raw).check_subject_fields(check))
     }
 
     /// The raw subscription a filter stands for (its pattern and queue group).
@@ -452,6 +460,7 @@ impl Bus {
         let raw = self.subscribe_raw(&filter).await?;
         let broker = self.inner.broker.clone();
         let wire = self.inner.wire;
+        let check = self.inner.check_subject_fields;
         let handler = Arc::new(handler);
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -483,6 +492,21 @@ impl Bus {
                             .or_else(|| msg.headers.get(headers::MSG_ID))
                             .map(str::to_owned);
                         let outcome = match codec::decode::<M>(&msg.payload) {
+                            Ok(body) if check => {
+                                match crate::subscription::check_subject_fields(&body, &msg.subject)
+                                {
+                                    Ok(()) => {
+                                        let env = Envelope::new(
+                                            body,
+                                            msg.subject,
+                                            msg.reply,
+                                            msg.headers,
+                                        );
+                                        handler(env).await.map_err(|e| e.to_string())
+                                    }
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            }
                             Ok(body) => {
                                 let env = Envelope::new(body, msg.subject, msg.reply, msg.headers);
                                 // A panic is answered like an error: the requester must never

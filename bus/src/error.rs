@@ -210,6 +210,23 @@ pub enum Error {
         /// Why the broker cannot be reached, when known.
         detail: Option<String>,
     },
+
+    /// A received message's subject disagrees with a placeholder field of its body, e.g. it
+    /// arrived on `plugin.outbound.slack.a1` but its body says `channel: "email"`. Only with the
+    /// subject/body check on ([`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields),
+    /// [`Subscription::check_subject_fields`](crate::Subscription::check_subject_fields)): the
+    /// message is not delivered, and the stream goes on after this item.
+    #[error("message on {subject:?} contradicts its body: the subject's `<{field}>` is {subject_value:?} but the body's field `{field}` is {body_value:?}; the publisher must put the body's placeholder fields in the subject")]
+    SubjectMismatch {
+        /// The subject the message arrived on.
+        subject: String,
+        /// The first placeholder (field) that disagrees.
+        field: &'static str,
+        /// That placeholder's token in the subject.
+        subject_value: String,
+        /// The body's field, written as a token.
+        body_value: String,
+    },
 }
 
 impl Error {

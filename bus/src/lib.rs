@@ -101,7 +101,7 @@ pub use crate::handler::{Handler, HandlerOptions, HandlerStats};
 pub use crate::headers::{Headers, WireHeaders};
 pub use crate::health::Health;
 pub use crate::local::{LocalBroker, LocalOptions};
-pub use crate::message::{Filter, Message, Request, SubjectToken};
+pub use crate::message::{Filter, FilterValue, Message, Request, SubjectToken};
 pub use crate::msg_id::new_msg_id;
 #[cfg(feature = "nats")]
 pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};

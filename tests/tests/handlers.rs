@@ -341,7 +341,8 @@ async fn a_dropped_handle_keeps_running() {
     let seen = Arc::new(AtomicUsize::new(0));
     let s = seen.clone();
     drop(
-        bus.handle::<Outbound, _, _, _>(Outbound::filter().channel("drop"), move |_m| {
+        // The generated `T::handle`, as a user writes it.
+        Outbound::handle(&bus, Outbound::filter().channel("drop"), move |_m| {
             let s = s.clone();
             async move {
                 s.fetch_add(1, Ordering::SeqCst);
