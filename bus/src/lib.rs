@@ -59,7 +59,8 @@ mod local;
 mod message;
 mod msg_id;
 mod nats;
-mod outbox;
+pub mod outbox;
+mod retry;
 mod subscription;
 
 #[doc(hidden)]
@@ -76,6 +77,7 @@ pub use crate::message::{Filter, Message, Request, SubjectToken};
 pub use crate::msg_id::new_msg_id;
 pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
+pub use crate::retry::RetryPolicy;
 pub use crate::subscription::Subscription;
 /// The derive: `#[derive(Message)]` with `#[subject("…")]` and optional `#[reply(T)]`.
 pub use bus_macros::Message;
