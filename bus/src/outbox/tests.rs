@@ -762,11 +762,8 @@ fn rows_are_stored_in_columns_the_sqlite_shell_can_read() {
 
 #[test]
 fn the_v2_decoder_reads_the_fixture_and_refuses_every_truncation() {
-    let c = rusqlite::Connection::open_with_flags(
-        V2_FIXTURE,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = rusqlite::Connection::open(v2_copy(dir.path())).unwrap();
     let mut stmt = c
         .prepare("SELECT msg FROM outbox UNION ALL SELECT msg FROM dead_letters")
         .unwrap();
