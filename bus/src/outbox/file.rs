@@ -14,7 +14,9 @@ use crate::{Error, Result};
 ///
 /// It never writes to the file and never takes its `.lock`, so the service goes on publishing
 /// and draining meanwhile; each call reads one consistent snapshot (SQLite's WAL mode lets a
-/// reader and the writer work at once). The calls are blocking (SQLite is): in async code run
+/// reader and the writer work at once). The file trails the service by a moment: a batch the
+/// broker confirmed is recorded by the service's writer thread right after its `flush`
+/// returns, so a message can still show as queued just after it was delivered. The calls are blocking (SQLite is): in async code run
 /// them with `tokio::task::spawn_blocking`. To change anything (replay, purge), use the
 /// service's [`DeadLetters`](super::DeadLetters).
 ///

@@ -313,15 +313,14 @@ impl Store {
                 })?;
                 tracing::info!(path = %p.display(), queued = done.queued, dead_letters = done.dead_letters, undecodable = done.undecodable, elapsed = ?started.elapsed(), "outbox migrated from schema version 2 to 3");
             }
-            SCHEMA_VERSION => {
-                // An operator may have dropped a view; they cost nothing to put back.
-                self.conn
-                    .execute_batch(VIEWS)
-                    .map_err(|e| sql_err(&p, "cannot create the outbox views", e))?;
-            }
+            SCHEMA_VERSION => {}
             v => return Err(version_err(&p, v)),
         }
-        schema::check(&self.conn).map_err(|why| layout_err(&p, &why))
+        schema::check(&self.conn).map_err(|why| layout_err(&p, &why))?;
+        // An operator may have dropped a view; they cost nothing to put back.
+        self.conn
+            .execute_batch(VIEWS)
+            .map_err(|e| sql_err(&p, "cannot create the outbox views", e))
     }
 
     /// The committed and done watermarks of a freshly opened queue.
