@@ -3,8 +3,9 @@
 //!
 //! A batch is sent, confirmed, and what the confirmation covers is marked done; a failure counts
 //! an attempt (only while the connection stays up), and a row out of attempts is dead-lettered.
-//! The rows keep their messages (`Arc`): each send hands the broker a copy, so a batch that has
-//! to go again is sent again from memory, never read back from the file.
+//! The rows keep their messages: each send hands the broker a copy (`Broker::publish` takes the
+//! message by value), so a batch that has to go again is sent again from memory, never read
+//! back from the file.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tracing::Instrument;
 
 use super::store::{sql_err, Failure, Page, Row};
 use super::writer::{footprint, Shared, Writer};
-use crate::broker::{Broker, ConnectionState, RawMessage};
+use crate::broker::{Broker, ConnectionState};
 use crate::headers::MSG_ID;
 use crate::{Error, Result, RetryPolicy};
 
@@ -258,7 +259,7 @@ impl Drainer {
     /// took, and its error.
     async fn send(&self, rows: &VecDeque<Row>) -> (usize, Option<Error>) {
         for (sent, row) in rows.iter().enumerate() {
-            if let Err(e) = self.broker.publish(RawMessage::clone(&row.msg)).await {
+            if let Err(e) = self.broker.publish(row.msg.clone()).await {
                 return (sent, Some(e));
             }
         }

@@ -23,53 +23,129 @@ use crate::headers::{self, Headers};
 
 /// Appends `headers` as JSON text (`[[name,value],...]`) to `out`.
 pub(crate) fn encode_headers(headers: &Headers, out: &mut String) {
+    out.reserve(
+        2 + headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 8)
+            .sum::<usize>(),
+    );
     out.push('[');
     for (i, (name, value)) in headers.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+        out.push_str(if i == 0 { "[\"" } else { ",[\"" });
+        // Our own names need no escaping and are the most common ones.
+        if is_known(name) {
+            out.push_str(name);
+        } else {
+            push_json_chars(name, out);
         }
-        out.push('[');
-        push_json_string(name, out);
-        out.push(',');
-        push_json_string(value, out);
-        out.push(']');
+        out.push_str("\",\"");
+        push_json_chars(value, out);
+        out.push_str("\"]");
     }
     out.push(']');
 }
 
-fn push_json_string(s: &str, out: &mut String) {
-    out.push('"');
-    let needs_escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-    if !s.bytes().any(needs_escape) {
-        out.push_str(s);
-    } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
+const KNOWN_NAMES: [&str; 6] = [
+    headers::MSG_ID,
+    headers::NATS_MSG_ID,
+    headers::CONTENT_TYPE,
+    headers::TYPE,
+    headers::CORRELATION_ID,
+    headers::ERROR,
+];
+
+/// Whether `name` is one of [`KNOWN_NAMES`] itself, the constant (its address, not its text:
+/// a copy is simply escaped-checked like any other name).
+fn is_known(name: &str) -> bool {
+    KNOWN_NAMES.iter().any(|k| std::ptr::eq(*k, name))
+}
+
+// Eight bytes at a time (SWAR): this runs over every header of every queued message, and its
+// strings are short, which a byte loop or `memchr` handle slowly.
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `v` below `n` (`n` at most 0x80). Exact for the lowest such
+/// byte; a byte above it may be flagged too, which neither caller minds.
+fn below(v: u64, n: u8) -> u64 {
+    v.wrapping_sub(LO * n as u64) & !v & HI
+}
+
+/// The high bit of each byte of `v` equal to `b`, as exact as [`below`].
+fn equal(v: u64, b: u8) -> u64 {
+    below(v ^ (LO * b as u64), 1)
+}
+
+/// Whether `s` has a byte JSON must escape: `"`, `\` or a control character.
+fn needs_escape(s: &[u8]) -> bool {
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if below(v, 0x20) | equal(v, b'"') | equal(v, b'\\') != 0 {
+            return true;
         }
     }
-    out.push('"');
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// Whether `s` has a `\` or a control character (then JSON strings need the full parser).
+fn has_backslash_or_control(s: &[u8]) -> bool {
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if below(v, 0x20) | equal(v, b'\\') != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'\\')
+}
+
+/// The position of the first `"` in `s`.
+fn find_quote(s: &[u8]) -> Option<usize> {
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let m = equal(v, b'"');
+        if m != 0 {
+            return Some(at + m.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"')
+        .map(|p| at + p)
+}
+
+/// Appends `s` as the inside of a JSON string.
+fn push_json_chars(s: &str, out: &mut String) {
+    if !needs_escape(s.as_bytes()) {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 /// The name as a `'static` string when it is one of ours, so reading does not allocate it.
 pub(crate) fn known_name(name: &str) -> Cow<'static, str> {
-    for k in [
-        headers::MSG_ID,
-        headers::NATS_MSG_ID,
-        headers::CONTENT_TYPE,
-        headers::TYPE,
-        headers::CORRELATION_ID,
-        headers::ERROR,
-    ] {
+    for k in KNOWN_NAMES {
         if k == name {
             return Cow::Borrowed(k);
         }
@@ -90,6 +166,8 @@ pub(crate) fn decode_headers(text: &[u8]) -> Result<Headers, String> {
     let mut p = Parser {
         s: text,
         at: 0,
+        // Without a backslash or a control byte anywhere, every string ends at its next quote.
+        plain: !has_backslash_or_control(text.as_bytes()),
         headers: Headers::with_capacity(2),
     };
     p.document().map_err(|e| {
@@ -105,6 +183,8 @@ pub(crate) fn decode_headers(text: &[u8]) -> Result<Headers, String> {
 struct Parser<'a> {
     s: &'a str,
     at: usize,
+    /// The text has no escape and no control byte (the common case).
+    plain: bool,
     headers: Headers,
 }
 
@@ -175,8 +255,13 @@ impl<'a> Parser<'a> {
         }
         self.at += 1;
         let start = self.at;
+        if self.plain {
+            let end = start + find_quote(&s.as_bytes()[start..]).ok_or("unterminated string")?;
+            self.at = end + 1;
+            return Ok(Cow::Borrowed(&s[start..end]));
+        }
         let bytes = self.s.as_bytes();
-        // Fast path: no escape before the closing quote.
+        // No escape before the closing quote: borrow.
         while let Some(&b) = bytes.get(self.at) {
             match b {
                 b'"' => {
@@ -283,6 +368,11 @@ fn kind(v: &ValueRef<'_>) -> &'static str {
     }
 }
 
+/// Why `v` cannot be a payload (it is neither a blob nor text).
+pub(crate) fn not_a_payload(v: &ValueRef<'_>) -> String {
+    format!("payload is {}, not a blob", kind(v))
+}
+
 /// The UTF-8 of a TEXT (or BLOB) value; `column` names it in the reason.
 fn text<'a>(v: ValueRef<'a>, column: &str) -> Result<&'a str, (String, Cow<'a, str>)> {
     match v {
@@ -344,7 +434,7 @@ pub(crate) fn decode_columns(
     let payload = match payload {
         ValueRef::Blob(b) | ValueRef::Text(b) => Bytes::copy_from_slice(b),
         other => {
-            note(format!("payload is {}, not a blob", kind(&other)));
+            note(not_a_payload(&other));
             Bytes::new()
         }
     };
@@ -387,6 +477,39 @@ mod tests {
             "control characters escaped: {s}"
         );
         assert!(s.contains("café ☕"), "readable as it is: {s}");
+    }
+
+    #[test]
+    fn the_word_at_a_time_scans_agree_with_a_byte_loop() {
+        for len in 0..24 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    if b == b'a' {
+                        continue;
+                    }
+                    let naive_escape = s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+                    assert_eq!(needs_escape(&s), naive_escape, "{s:?}");
+                    let naive_bc = s.iter().any(|&c| c < 0x20 || c == b'\\');
+                    assert_eq!(has_backslash_or_control(&s), naive_bc, "{s:?}");
+                    let naive_quote = s.iter().position(|&c| c == b'"');
+                    assert_eq!(find_quote(&s), naive_quote, "{s:?}");
+                    // A second match after the first does not move the first.
+                    s.push(b'"');
+                    assert_eq!(find_quote(&s), naive_quote.or(Some(len)), "{s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_and_escaped_text_read_the_same() {
+        let plain = decode_headers(b" [ [\"X\" , \"v w\" ] , [\"Bus-Msg-Id\",\"\"]] ").unwrap();
+        let escaped =
+            decode_headers(b"[[\"\\u0058\",\"v\\u0020w\"],[\"Bus-Msg-Id\",\"\"]]").unwrap();
+        assert_eq!(plain, escaped);
+        assert_eq!(plain.get("X"), Some("v w"));
     }
 
     #[test]

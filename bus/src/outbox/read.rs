@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::encoding::decode_columns;
+use bytes::BytesMut;
+
+use super::encoding::{decode_columns, not_a_payload, Decoded};
 use super::{DeadLetter, QueuedMessage};
 
 /// Milliseconds since the Unix epoch as a time (negative counts as the epoch).
@@ -44,38 +46,67 @@ fn attempts(v: ValueRef<'_>) -> Result<u32, String> {
     int(v, "attempts").map(|n| n.clamp(0, u32::MAX as i64) as u32)
 }
 
-const QUEUED: &str = "SELECT id, subject, reply, headers, payload, created_at, attempts, last_error
-  FROM outbox WHERE id > max(?1, (SELECT done FROM outbox_seq)) ORDER BY id LIMIT ?2";
+/// A query of the queue: the columns given, of the rows above `max(?1, the watermark)`, oldest
+/// first, at most `?2`.
+macro_rules! queue_page {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM outbox WHERE id > max(?1, (SELECT done FROM outbox_seq)) ORDER BY id LIMIT ?2"
+        )
+    };
+}
+
+/// Runs a [`queue_page!`] query and maps each row.
+fn page_of<T>(
+    conn: &Connection,
+    sql: &str,
+    after: i64,
+    limit: usize,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let mut rows = stmt.query(rusqlite::params![after, limit])?;
+    let mut out = Vec::with_capacity((limit as usize).min(4096));
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
+}
+
+/// Columns `at..at + 4` (subject, reply, headers, payload) as a message.
+fn message_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Decoded> {
+    Ok(decode_columns(
+        r.get_ref(at)?,
+        r.get_ref(at + 1)?,
+        r.get_ref(at + 2)?,
+        r.get_ref(at + 3)?,
+    ))
+}
 
 /// Up to `limit` queued rows (above the confirmed watermark) with an id above `after`, oldest
-/// first.
+/// first, with everything that is known about them.
 pub(crate) fn queued(
     conn: &Connection,
     after: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<QueuedMessage>> {
-    let mut stmt = conn.prepare_cached(QUEUED)?;
-    let mut rows = stmt.query(rusqlite::params![
-        after,
-        limit.min(i64::MAX as usize) as i64
-    ])?;
-    let mut out = Vec::with_capacity(limit.min(4096));
-    while let Some(r) = rows.next()? {
-        let decoded = decode_columns(r.get_ref(1)?, r.get_ref(2)?, r.get_ref(3)?, r.get_ref(4)?);
+    let sql = queue_page!("id, subject, reply, headers, payload, created_at, attempts, last_error");
+    page_of(conn, sql, after, limit, |r| {
+        let decoded = message_at(r, 1)?;
         let mut problem = decoded.problem;
-        let mut note = |p: String| {
-            problem.get_or_insert(p);
-        };
         let created_at = int(r.get_ref(5)?, "created_at").unwrap_or_else(|p| {
-            note(p);
+            problem.get_or_insert(p);
             0
         });
         let attempts = attempts(r.get_ref(6)?).unwrap_or_else(|p| {
-            note(p);
+            problem.get_or_insert(p);
             0
         });
         let msg = decoded.msg;
-        out.push(QueuedMessage {
+        Ok(QueuedMessage {
             id: r.get(0)?,
             subject: msg.subject,
             reply: msg.reply,
@@ -85,9 +116,59 @@ pub(crate) fn queued(
             attempts,
             last_error: opt_text(r.get_ref(7)?),
             decode_error: problem,
+        })
+    })
+}
+
+/// What the drainer needs of a queued row: its id, attempts so far, and the message.
+pub(crate) struct Sendable {
+    pub(crate) id: i64,
+    pub(crate) attempts: u32,
+    pub(crate) decoded: Decoded,
+}
+
+/// As [`queued`], with only the columns the drainer needs (this runs for every paged row). The
+/// payloads of the page share one buffer: one allocation per page instead of one per row.
+pub(crate) fn sendable(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Sendable>> {
+    let sql = queue_page!("id, attempts, subject, reply, headers, payload");
+    let mut payloads = BytesMut::new();
+    let mut ends = Vec::with_capacity(limit.min(4096));
+    let mut page = page_of(conn, sql, after, limit, |r| {
+        let payload = r.get_ref(5)?;
+        let mut decoded = decode_columns(
+            r.get_ref(2)?,
+            r.get_ref(3)?,
+            r.get_ref(4)?,
+            ValueRef::Blob(&[]),
+        );
+        match payload {
+            ValueRef::Blob(b) | ValueRef::Text(b) => payloads.extend_from_slice(b),
+            other => {
+                decoded.problem.get_or_insert(not_a_payload(&other));
+            }
+        }
+        ends.push(payloads.len());
+        let attempts = attempts(r.get_ref(1)?).unwrap_or_else(|p| {
+            decoded.problem.get_or_insert(p);
+            0
         });
+        Ok(Sendable {
+            id: r.get(0)?,
+            attempts,
+            decoded,
+        })
+    })?;
+    let payloads = payloads.freeze();
+    let mut start = 0;
+    for (row, end) in page.iter_mut().zip(ends) {
+        row.decoded.msg.payload = payloads.slice(start..end);
+        start = end;
     }
-    Ok(out)
+    Ok(page)
 }
 
 const DEAD: &str = "SELECT id, origin, queue_id, subject, reply, headers, payload, created_at,

@@ -5,7 +5,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
@@ -20,12 +19,13 @@ use crate::{Error, Result};
 /// The `origin` of a dead letter that failed in the outbox (handlers write `handler:<name>`).
 pub(crate) const ORIGIN_OUTBOX: &str = "outbox";
 
-/// A queued message as the drainer sees it. The message is shared, so that a send attempt hands
-/// the broker a copy and the row still holds it for the next attempt or the dead-letter log.
+/// A queued message as the drainer sees it. The row keeps its message for as long as it is
+/// queued: each send attempt hands the broker a copy (the trait takes it by value), so a batch
+/// that has to go again is still here, and so is what the dead-letter log names.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
     pub(crate) id: i64,
-    pub(crate) msg: Arc<RawMessage>,
+    pub(crate) msg: RawMessage,
     pub(crate) attempts: u32,
 }
 
@@ -249,15 +249,35 @@ impl Store {
     }
 }
 
-/// Rows per multi-row `INSERT` (6 parameters each, well under SQLite's limit of 32766).
+/// Rows per multi-row `INSERT` (5 parameters each and one shared, well under SQLite's limit of
+/// 32766).
 const ROWS_PER_INSERT: usize = 64;
 
-const INSERT_COLUMNS: &str =
-    "INSERT INTO outbox (id, subject, reply, headers, payload, created_at)";
+macro_rules! insert_into_outbox {
+    () => {
+        "INSERT INTO outbox (id, subject, reply, headers, payload, created_at) VALUES "
+    };
+}
 
+const INSERT_SINGLE: &str = concat!(insert_into_outbox!(), "(?1, ?2, ?3, ?4, ?5, ?6)");
+
+/// Row `i` binds `?5i+1` to `?5i+5`; all share `created_at`, bound once as the last parameter.
 static INSERT_MULTI: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let rows = vec!["(?, ?, ?, ?, ?, ?)"; ROWS_PER_INSERT].join(", ");
-    format!("{INSERT_COLUMNS} VALUES {rows}")
+    let now = 5 * ROWS_PER_INSERT + 1;
+    let rows: Vec<String> = (0..ROWS_PER_INSERT)
+        .map(|i| {
+            let p = 5 * i;
+            format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{}, ?{now})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        })
+        .collect();
+    format!(concat!(insert_into_outbox!(), "{}"), rows.join(", "))
 });
 
 /// Moves queue row `?1` to the dead letters as it is stored, whatever its values (a row that
@@ -354,8 +374,7 @@ impl Store {
             // Many rows per statement: SQLite's per-statement work (bind, step, reset) is a good
             // part of a small insert. The headers JSON of one statement's rows sits in one buffer.
             let mut multi = tx.prepare_cached(&INSERT_MULTI)?;
-            let mut single =
-                tx.prepare_cached(&format!("{INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?)"))?;
+            let mut single = tx.prepare_cached(INSERT_SINGLE)?;
             let mut chunk: Vec<(&RawMessage, usize)> = Vec::with_capacity(ROWS_PER_INSERT);
             let mut msgs = msgs.peekable();
             while msgs.peek().is_some() {
@@ -366,17 +385,23 @@ impl Store {
                     chunk.push((m, self.scratch.len()));
                 }
                 let full = chunk.len() == ROWS_PER_INSERT;
+                if full {
+                    multi.raw_bind_parameter(5 * ROWS_PER_INSERT + 1, now)?;
+                }
                 let mut start = 0;
                 for (i, &(m, end)) in chunk.iter().enumerate() {
                     id += 1;
-                    let stmt = if full { &mut multi } else { &mut single };
-                    let at = if full { 6 * i } else { 0 };
+                    let (stmt, at) = if full {
+                        (&mut multi, 5 * i)
+                    } else {
+                        single.raw_bind_parameter(6, now)?;
+                        (&mut single, 0)
+                    };
                     stmt.raw_bind_parameter(at + 1, id)?;
                     stmt.raw_bind_parameter(at + 2, m.subject.as_str())?;
                     stmt.raw_bind_parameter(at + 3, m.reply.as_deref())?;
                     stmt.raw_bind_parameter(at + 4, &self.scratch[start..end])?;
                     stmt.raw_bind_parameter(at + 5, &m.payload[..])?;
-                    stmt.raw_bind_parameter(at + 6, now)?;
                     start = end;
                     if !full {
                         stmt.raw_execute()?;
@@ -398,7 +423,7 @@ impl Store {
     /// decoded is moved to the dead letters here, with the reason, and counted in
     /// [`Page::scanned`]: it is never sent, never retried, and the queue goes on.
     pub(crate) fn page(&mut self, after: i64, limit: usize) -> rusqlite::Result<Page> {
-        let read = read::queued(&self.conn, after, limit)?;
+        let read = read::sendable(&self.conn, after, limit)?;
         let mut page = Page {
             rows: Vec::with_capacity(read.len()),
             scanned: read.len(),
@@ -406,25 +431,21 @@ impl Store {
         };
         let mut bad = Vec::new();
         for m in read {
-            let Some(why) = m.decode_error else {
+            let Some(why) = m.decoded.problem else {
                 page.rows.push(Row {
                     id: m.id,
                     attempts: m.attempts,
-                    msg: Arc::new(RawMessage {
-                        subject: m.subject,
-                        reply: m.reply,
-                        headers: m.headers,
-                        payload: m.payload,
-                    }),
+                    msg: m.decoded.msg,
                 });
                 continue;
             };
-            tracing::warn!(path = %self.path.display(), queue_id = m.id, subject = %m.subject, reason = %why, "outbox row cannot be decoded; moved to the dead letters without sending it (see Bus::dead_letters)");
+            let msg = m.decoded.msg;
+            tracing::warn!(path = %self.path.display(), queue_id = m.id, subject = %msg.subject, reason = %why, "outbox row cannot be decoded; moved to the dead letters without sending it (see Bus::dead_letters)");
             let failure = Failure {
                 id: m.id,
                 attempts: m.attempts,
                 dead: true,
-                msg_id: m.headers.get(MSG_ID).map(str::to_owned),
+                msg_id: msg.headers.get(MSG_ID).map(str::to_owned),
             };
             bad.push((failure, format!("the queued row cannot be decoded: {why}")));
         }

@@ -694,7 +694,7 @@ fn a_large_group_is_stored_in_order_and_intact() {
     );
     for (i, row) in page.rows.iter().enumerate() {
         assert_eq!(row.id, i as i64 + 1);
-        assert_eq!(*row.msg, msgs[if i < 150 { i } else { i - 150 }]);
+        assert_eq!(row.msg, msgs[if i < 150 { i } else { i - 150 }]);
     }
 }
 

@@ -34,10 +34,9 @@ pub(crate) const HANDOFF_MAX_ROWS: usize = 8192;
 pub(crate) const HANDOFF_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a queued message costs in memory while it waits in the handoff: its strings and payload
-/// plus the `Row` itself, its `Arc`, its allocations and the allocator's overhead (measured
-/// roughly).
+/// plus the `Row` itself, its allocations and the allocator's overhead (measured roughly).
 pub(crate) fn footprint(msg: &RawMessage) -> usize {
-    const ROW_OVERHEAD: usize = 240;
+    const ROW_OVERHEAD: usize = 224;
     msg.payload.len()
         + msg.subject.len()
         + msg.reply.as_ref().map_or(0, String::len)
@@ -305,7 +304,7 @@ fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Resu
                         h.bytes += size;
                         h.rows.push_back(Row {
                             id,
-                            msg: Arc::new(msg),
+                            msg,
                             attempts: 0,
                         });
                     } else {
