@@ -188,6 +188,14 @@ impl BusBuilder {
         self
     }
 
+    /// How many failed send attempts (while connected) move an outbox message to the dead
+    /// letters, and the backoff between them (default: 3 attempts, 100 ms then 400 ms).
+    #[cfg(feature = "outbox")]
+    pub fn retry(mut self, policy: crate::RetryPolicy) -> Self {
+        self.outbox_options.retry = policy;
+        self
+    }
+
     /// Which headers typed messages carry on the wire: [`WireHeaders::Minimal`] (the default:
     /// only the ids of messages that go through the outbox, and the correlation id of requests)
     /// or [`WireHeaders::Full`] (ids, `Content-Type` and `Bus-Type` on every typed message).

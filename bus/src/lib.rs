@@ -79,7 +79,7 @@ mod msg_id;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "outbox")]
-mod outbox;
+pub mod outbox;
 mod retry;
 mod subscription;
 

@@ -1,4 +1,5 @@
-//! The durable outbox: a SQLite disk queue in front of every publish.
+//! The durable outbox: a SQLite disk queue in front of every publish, and a read-only view of
+//! its file for tools ([`OutboxFile`]).
 //!
 //! # Guarantees
 //!
@@ -14,15 +15,49 @@
 //!   batch moves a watermark in the file (one small update); the rows behind it are deleted
 //!   when the writer is idle, so a restarted process never resends them.
 //! - Time spent disconnected costs nothing. A send or confirmation that fails while the
-//!   connection stays up counts one attempt; after 3 (with 100 ms, then 400 ms backoff) the
-//!   message moves to the dead-letter table with its last error and the queue goes on behind it.
-//!   A payload over the broker's max_payload is refused before anything is sent, so it ends
-//!   there without ever disturbing the connection. [`DeadLetters`] lists, counts, replays (to
-//!   the end of the queue, same msg id, fresh attempts) and purges them.
+//!   connection stays up counts one attempt; after [`RetryPolicy::max_attempts`] (3, with
+//!   about 100 ms, then 400 ms of backoff, by default; see [`OutboxOptions::retry`]) the message
+//!   moves to the dead-letter table with its last error and the queue goes on behind it. A
+//!   payload over the broker's max_payload is refused before anything is sent, so it ends there
+//!   without ever disturbing the connection. A row that cannot be read back as a message (its
+//!   bytes were damaged or edited by hand) is moved there at once, with the reason, and is never
+//!   retried. [`DeadLetters`] lists, counts, replays (to the end of the queue, same msg id, fresh
+//!   attempts) and purges them.
 //! - Memory stays flat however long the queue is: new rows reach the drainer in memory up to a
 //!   bound; beyond it the drainer pages through the file by id. A restarted process on the same
 //!   file drains what the previous one left, oldest first. One process at a time: a
-//!   `<path>.lock` file is held while the outbox is open.
+//!   `<path>.lock` file is held while the outbox is open. A file of schema version 2 (bus
+//!   before the readable schema) is migrated on open, in one transaction, keeping every queued
+//!   row and dead letter.
+//!
+//! # The file, for operators
+//!
+//! The file is plain SQLite (schema version 3, `PRAGMA user_version`), readable while the
+//! service runs. Table `outbox` is the queue (`id`, `subject`, `reply`, `headers`, `payload`,
+//! `created_at` in unix ms, `attempts`, `last_error`), but its rows up to `outbox_seq.done` are
+//! already confirmed and only wait to be deleted: read the view `queued` instead. `headers` is
+//! JSON text, `[["Bus-Msg-Id","…"],["X-Tenant","acme"]]`. Table `dead_letters` has the same
+//! columns plus `origin` (`outbox`; a handler's dead letters will say `handler:<name>`),
+//! `queue_id`, `msg_id` and `failed_at`. What is stuck, and why:
+//!
+//! ```text
+//! sqlite3 -readonly bus-outbox.sqlite3 'SELECT * FROM stuck'
+//! sqlite3 -readonly bus-outbox.sqlite3 'SELECT * FROM dead'
+//! ```
+//!
+//! `stuck` lists the queued messages that failed at least once (`id`, `subject`, `attempts`,
+//! `last_error`, `created` as UTC text, `msg_id`), oldest first; `dead` the dead letters
+//! (`id`, `origin`, `subject`, `attempts`, `last_error`, `failed`, `msg_id`, `queue_id`). The
+//! depth and the age of the oldest queued message:
+//!
+//! ```text
+//! sqlite3 -readonly bus-outbox.sqlite3 \
+//!   "SELECT count(*), (strftime('%s','now') * 1000 - min(created_at)) / 1000.0 FROM queued"
+//! ```
+//!
+//! Reading is always safe; never write to the file while a `Bus` has it open (use
+//! [`DeadLetters`] to replay or purge). In Rust, [`OutboxFile::open_read_only`] gives the same
+//! views without taking the lock.
 //!
 //! # Shape
 //!
@@ -30,7 +65,9 @@
 //! concurrent publishes together (`writer`, `store`). One drainer task sends the queue in FIFO
 //! order, confirms each batch with the broker and only then marks it done (`drainer`), while
 //! the next page is read on the writer thread; the dead-letter API runs on the writer thread
-//! too (`dead_letters`).
+//! too (`dead_letters`). `schema` holds the tables and views, `encoding` the columns of a
+//! message, `read` the queries the writer and [`OutboxFile`] share, `migrate` the upgrade
+//! from version 2.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,10 +78,15 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::broker::{Broker, RawMessage};
-use crate::{Error, Headers, Result};
+use crate::{Error, Headers, Result, RetryPolicy};
 
 mod dead_letters;
 mod drainer;
+mod encoding;
+mod file;
+mod migrate;
+mod read;
+mod schema;
 mod store;
 mod writer;
 
@@ -52,6 +94,7 @@ mod writer;
 mod tests;
 
 pub use dead_letters::DeadLetters;
+pub use file::OutboxFile;
 
 /// What a committed publish survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,10 +113,14 @@ pub enum Durability {
 pub struct OutboxOptions {
     /// What a committed publish survives.
     pub durability: Durability,
+    /// How many failed send attempts (while connected) make a dead letter, and the backoff
+    /// between them. Set it with [`BusBuilder::retry`](crate::BusBuilder::retry).
+    pub retry: RetryPolicy,
 }
 
-/// Depth and age of the outbox queue, for health checks.
+/// Depth and age of the outbox queue, for health checks and tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OutboxStats {
     /// Messages committed and not yet confirmed by the broker.
     pub depth: u64,
@@ -81,15 +128,49 @@ pub struct OutboxStats {
     pub oldest_age: Option<Duration>,
     /// Messages in the dead-letter table.
     pub dead_letters: u64,
+    /// The file's schema version (`PRAGMA user_version`).
+    pub schema_version: u32,
+    /// Bytes the outbox takes on disk: the file and its write-ahead log.
+    pub file_size: u64,
 }
 
-/// A message that failed every send attempt.
+impl OutboxStats {
+    fn new(
+        depth: u64,
+        oldest_ms: Option<i64>,
+        dead_letters: u64,
+        schema_version: u32,
+        file_size: u64,
+    ) -> Self {
+        OutboxStats {
+            depth,
+            oldest_age: oldest_ms.map(store::age_of),
+            dead_letters,
+            schema_version,
+            file_size,
+        }
+    }
+}
+
+/// A message that failed every send attempt, or could not be read back from the queue.
+///
+/// A row that could not be decoded is shown as well as it can be (text decoded lossily,
+/// headers empty if they were unreadable); its [`last_error`](DeadLetter::last_error) says
+/// what was wrong, and the file keeps its raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// Its id in the dead-letter table (for [`DeadLetters::replay`]).
     pub id: i64,
+    /// Where it died: `"outbox"` for the outbox's drainer; a handler will write
+    /// `"handler:<name>"`.
+    pub origin: String,
+    /// Its id in the queue when it died there, if it was queued.
+    pub queue_id: Option<i64>,
     /// The subject.
     pub subject: String,
+    /// The reply subject, if it had one.
+    pub reply: Option<String>,
     /// The headers (with its `Bus-Msg-Id`).
     pub headers: Headers,
     /// The payload.
@@ -98,8 +179,36 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// The error of the last attempt.
     pub last_error: String,
+    /// When it was first queued.
+    pub created_at: SystemTime,
     /// When it was dead-lettered.
     pub failed_at: SystemTime,
+}
+
+/// A message waiting in the outbox queue, as [`OutboxFile::queued`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueuedMessage {
+    /// Its queue id: the queue is sent in this order.
+    pub id: i64,
+    /// The subject.
+    pub subject: String,
+    /// The reply subject, if it has one.
+    pub reply: Option<String>,
+    /// The headers (with its `Bus-Msg-Id`).
+    pub headers: Headers,
+    /// The payload.
+    pub payload: Bytes,
+    /// When it was queued.
+    pub created_at: SystemTime,
+    /// Failed send attempts so far.
+    pub attempts: u32,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Set when the stored row is not a message that can be sent (invalid UTF-8, malformed
+    /// headers, a NULL): why. The drainer moves such a row to the dead letters when it reaches
+    /// it; the other fields are then shown as well as they could be read.
+    pub decode_error: Option<String>,
 }
 
 /// The outbox: the writer thread, the drainer task, and the watermarks `flush` compares.
@@ -140,6 +249,7 @@ impl Outbox {
             shared: started.shared,
             done: done_tx,
             state,
+            retry: options.retry,
             last_taken: 0,
             paging: true,
             reconnected: true,
@@ -184,16 +294,9 @@ impl Outbox {
     pub(crate) async fn stats(&self) -> Result<OutboxStats> {
         self.writer
             .call(|ctx| {
-                let path = ctx.store.path.clone();
-                let (depth, oldest, dead_letters) = ctx
-                    .store
+                ctx.store
                     .stats()
-                    .map_err(|e| store::sql_err(&path, "cannot read the outbox stats", e))?;
-                Ok(OutboxStats {
-                    depth,
-                    oldest_age: oldest.map(store::age_of),
-                    dead_letters,
-                })
+                    .map_err(|e| store::sql_err(&ctx.store.path, "cannot read the outbox stats", e))
             })
             .await
     }
