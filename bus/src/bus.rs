@@ -422,6 +422,17 @@ impl Bus {
             .await
     }
 
+    /// Where handler dead letters go: the outbox file's dead-letter table when there is one,
+    /// else memory.
+    fn handler_sink(&self) -> DeadLetterSink {
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            return outbox.handler_sink();
+        }
+        let dead = Arc::clone(&self.inner.handler_dead_letters);
+        Arc::new(move |failed| dead.push(failed))
+    }
+
     /// [`handle`](Bus::handle) with options: name, concurrency, ordered processing, retries.
     pub async fn handle_with<M, F, Fut, E>(
         &self,
@@ -437,8 +448,7 @@ impl Bus {
     {
         let tracked = self.track()?;
         let raw = self.subscribe_raw(&filter).await?;
-        let dead = Arc::clone(&self.inner.handler_dead_letters);
-        let sink: DeadLetterSink = Arc::new(move |failed| dead.push(failed));
+        let sink: DeadLetterSink = self.handler_sink();
         let handler = handler::spawn::<M, F, Fut, E>(raw, options, sink, tracked, handler);
         self.inner.health.track_handler(handler.stats());
         Ok(handler)
@@ -719,12 +729,17 @@ impl Bus {
         })
     }
 
-    /// The dead letters of the outbox: messages that failed every send attempt.
+    /// The dead letters: messages the outbox failed to send and messages handlers gave up on,
+    /// each saying where it died (`origin`). In the outbox file when there is one, else (handler
+    /// dead letters only) in memory.
     #[cfg(feature = "outbox")]
     pub fn dead_letters(&self) -> DeadLetters {
         match &self.inner.outbox {
             Some(outbox) => outbox.dead_letters(),
-            None => DeadLetters::none(),
+            None => DeadLetters::in_memory(
+                Arc::clone(&self.inner.handler_dead_letters),
+                self.inner.broker.clone(),
+            ),
         }
     }
 

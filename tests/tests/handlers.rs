@@ -99,6 +99,24 @@ async fn retries_then_dead_letters() {
         assert_eq!(stats.handled(), 4);
         assert_eq!(stats.dead_lettered(), 1);
         assert_eq!(stats.failed_attempts(), 2 + 3 + 1);
+        // The dead letter says where it died, with everything needed to replay it.
+        let dead = bus.dead_letters().list().await.unwrap();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].origin, "handler:flaky");
+        assert_eq!(dead[0].subject, "plugin.outbound.h.m1");
+        assert_eq!(dead[0].attempts, 3);
+        assert_eq!(dead[0].last_error, "always broken");
+        let body: Outbound = rmp_serde::from_slice(&dead[0].payload).unwrap();
+        assert_eq!(body.text, "never");
+        // Replayed to its subject: the handler sees it again (and, still failing, it comes back).
+        bus.dead_letters().replay(dead[0].id).await.unwrap();
+        until("the replay handled and dead-lettered again", || {
+            stats.dead_lettered() == 2
+        })
+        .await;
+        assert_eq!(attempts.lock().unwrap()["m1"], 6);
+        assert_eq!(bus.dead_letters().count().await.unwrap(), 1);
+        assert_eq!(bus.dead_letters().purge().await.unwrap(), 1);
         handler.stop().await;
         eprintln!(
             "{}: 5 published, 4 handled once, 1 dead-lettered after 3 attempts, 0 lost",
@@ -364,5 +382,44 @@ async fn a_dropped_handle_keeps_running() {
         seen.load(Ordering::SeqCst),
         1,
         "a closed bus's handler still ran"
+    );
+}
+
+/// With an outbox, a handler's dead letter goes to the outbox file's dead-letter table, beside
+/// the outbox's own: the read-only view (what the CLI reads) sees it, with its origin.
+#[tokio::test]
+async fn handler_dead_letters_live_in_the_outbox_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite3");
+    let bus = Bus::builder().outbox_path(&path).connect().await.unwrap();
+    let handler = Outbound::handle(&bus, Outbound::filter().channel("dl"), |_m| async {
+        Err::<(), _>("refused")
+    })
+    .await
+    .unwrap();
+    outbound("dl", "a", "x").publish(&bus).await.unwrap();
+    let stats = handler.stats().clone();
+    until("dead-lettered", || stats.dead_lettered() == 1).await;
+    handler.stop().await;
+    let dead = bus.dead_letters().list().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].origin,
+        format!(
+            "handler:{}",
+            std::any::type_name::<Outbound>()
+                .rsplit("::")
+                .next()
+                .unwrap()
+        )
+    );
+    let file = bus::outbox::OutboxFile::open_read_only(&path).unwrap();
+    let seen = file.dead_letters().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].subject, "plugin.outbound.dl.a");
+    assert_eq!(seen[0].last_error, "refused");
+    assert!(
+        dead[0].headers.get("Nats-Msg-Id").is_some(),
+        "the outbox's msg id is kept"
     );
 }

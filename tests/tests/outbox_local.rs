@@ -238,15 +238,12 @@ async fn dead_letters_list_count_replay_purge() {
 }
 
 #[tokio::test]
-async fn without_an_outbox_there_are_no_dead_letters_or_stats() {
+async fn without_an_outbox_only_handler_dead_letters_in_memory() {
     let bus = Bus::local().await.unwrap();
-    assert!(matches!(
-        bus.dead_letters().count().await,
-        Err(Error::NoOutbox)
-    ));
+    assert_eq!(bus.dead_letters().count().await.unwrap(), 0);
     assert!(matches!(
         bus.dead_letters().replay(1).await,
-        Err(Error::NoOutbox)
+        Err(Error::DeadLetterNotFound(1))
     ));
     assert_eq!(bus.outbox_stats().await.unwrap(), None);
 }
@@ -731,13 +728,15 @@ async fn a_row_that_cannot_be_decoded_is_dead_lettered_and_the_next_rows_are_del
         let bus = down(&path).await;
         for i in 0..5 {
             let mut h = Headers::new();
-            h.append("X-Région", "ok");
+            // A name NATS can carry (ASCII); the UTF-8 cut below is written into the file by hand.
+            h.append("X-Region", "ok");
             bus.publish_raw(RawMessage::new("cut.x", format!("{i}")).with_headers(h))
                 .await
                 .unwrap();
         }
     }
-    // Row 3's header name ends in the middle of `é` (C3 A9): the bytes of a name cut short.
+    // Row 3's header name ends in the middle of a `é` (C3 A9): the bytes of a name cut short,
+    // as the v2 encoding could produce (a disk error or another writer may too).
     let cut: Vec<u8> = b"[[\"X-R\xc3"
         .to_vec()
         .into_iter()

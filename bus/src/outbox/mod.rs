@@ -185,6 +185,25 @@ pub struct DeadLetter {
     pub failed_at: SystemTime,
 }
 
+impl DeadLetter {
+    /// A handler's dead letter kept in memory (a bus without an outbox).
+    pub(crate) fn from_handler(id: i64, f: crate::handler::Failed) -> DeadLetter {
+        DeadLetter {
+            id,
+            origin: f.origin,
+            queue_id: None,
+            subject: f.msg.subject,
+            reply: f.msg.reply,
+            headers: f.msg.headers,
+            payload: f.msg.payload,
+            attempts: f.attempts,
+            last_error: f.last_error,
+            created_at: f.failed_at,
+            failed_at: f.failed_at,
+        }
+    }
+}
+
 /// A message waiting in the outbox queue, as [`OutboxFile::queued`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -285,6 +304,32 @@ impl Outbox {
                     None,
                 )
             })
+    }
+
+    /// Where handlers put what they give up on when the bus has an outbox: its dead-letter
+    /// table, beside the outbox's own, so one list, one replay and the CLI see both.
+    pub(crate) fn handler_sink(&self) -> crate::handler::DeadLetterSink {
+        let writer = self.writer.clone();
+        std::sync::Arc::new(move |failed: crate::handler::Failed| {
+            let at = failed
+                .failed_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let submitted = writer.submit(move |ctx| {
+                if let Err(e) = ctx.store.insert_dead_letter(
+                    &failed.origin,
+                    &failed.msg,
+                    failed.attempts,
+                    &failed.last_error,
+                    at,
+                ) {
+                    tracing::error!(error = %e, subject = %failed.msg.subject, "cannot store a handler's dead letter");
+                }
+            });
+            if submitted.is_err() {
+                tracing::error!("the outbox is closed: a handler's dead letter is lost");
+            }
+        })
     }
 
     pub(crate) fn dead_letters(&self) -> DeadLetters {

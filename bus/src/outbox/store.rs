@@ -552,6 +552,40 @@ impl Store {
         Ok(Some(new_id))
     }
 
+    /// Records a message a handler gave up on (it never was in the queue): `origin` says which
+    /// handler (`handler:<name>`).
+    pub(crate) fn insert_dead_letter(
+        &mut self,
+        origin: &str,
+        msg: &RawMessage,
+        attempts: u32,
+        error: &str,
+        failed_at_ms: i64,
+    ) -> rusqlite::Result<()> {
+        let mut headers = String::new();
+        super::encoding::encode_headers(&msg.headers, &mut headers);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO dead_letters (origin, queue_id, msg_id, subject, reply, headers,
+                     payload, created_at, attempts, last_error, failed_at)
+                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7)",
+            )?
+            .execute(params![
+                origin,
+                msg.headers
+                    .get(crate::headers::NATS_MSG_ID)
+                    .or_else(|| msg.headers.get(crate::headers::MSG_ID)),
+                msg.subject,
+                msg.reply,
+                headers,
+                &msg.payload[..],
+                failed_at_ms,
+                attempts,
+                error,
+            ])?;
+        Ok(())
+    }
+
     pub(crate) fn purge(&mut self) -> rusqlite::Result<u64> {
         Ok(self.conn.execute("DELETE FROM dead_letters", [])? as u64)
     }
