@@ -74,6 +74,9 @@ pub struct Rejection {
     pub subject: String,
     /// The server's reason, e.g. `Permissions Violation for Publish to "plugin.outbound.x"`.
     pub reason: String,
+    /// The `Nats-Msg-Id` of the one refused message, when the server names a message (a
+    /// JetStream PubAck does); `None` when it refuses a subject (permissions).
+    pub msg_id: Option<String>,
 }
 
 impl Rejection {
@@ -82,7 +85,14 @@ impl Rejection {
         Rejection {
             subject: subject.into(),
             reason: reason.into(),
+            msg_id: None,
         }
+    }
+
+    /// The rejection of one message, by its `Nats-Msg-Id`.
+    pub fn with_msg_id(mut self, msg_id: impl Into<String>) -> Self {
+        self.msg_id = Some(msg_id.into());
+        self
     }
 }
 

@@ -401,7 +401,10 @@ impl MemoryDeadLetters {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if l.len() >= MEMORY_DEAD_LETTERS {
             l.pop_front();
-            self.evicted.fetch_add(1, Ordering::Relaxed);
+            let evicted = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+            if evicted.is_power_of_two() {
+                tracing::warn!(evicted, kept = MEMORY_DEAD_LETTERS, "in-memory handler dead letters full: the oldest are dropped (configure an outbox to keep them all)");
+            }
         }
         l.push_back((id, failed));
     }
@@ -439,9 +442,5 @@ impl MemoryDeadLetters {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len() as u64
-    }
-
-    pub(crate) fn evicted(&self) -> u64 {
-        self.evicted.load(Ordering::Relaxed)
     }
 }

@@ -47,6 +47,21 @@ pub(crate) struct Drainer {
     /// The next page, being read on the writer thread while the current batch is sent: the id
     /// it starts after, and where its rows arrive.
     pub(crate) prefetch: Option<(i64, oneshot::Receiver<Result<Page>>)>,
+    /// A configuration problem that stops the queue (no permission on the confirmation
+    /// subject): `flush` reports it instead of waiting forever. Cleared by the next confirmation.
+    pub(crate) blocked: watch::Sender<Option<String>>,
+    /// Consecutive blocked confirmations, for their growing backoff.
+    pub(crate) blocked_tries: u32,
+}
+
+/// Whether a state lets the drainer send. In lame duck mode the server still serves the
+/// connection until it closes it (for up to its grace period, 10 s and more by default): keep
+/// sending until then, and fail over when it does.
+fn can_send(state: ConnectionState) -> bool {
+    matches!(
+        state,
+        ConnectionState::Connected | ConnectionState::LameDuck
+    )
 }
 
 impl Drainer {
@@ -200,13 +215,11 @@ impl Drainer {
     }
 
     async fn wait_connected(&mut self) {
-        if self.state.has_changed().unwrap_or(true)
-            || *self.state.borrow() != ConnectionState::Connected
-        {
+        if self.state.has_changed().unwrap_or(true) || !can_send(*self.state.borrow()) {
             self.reconnected = true;
         }
         loop {
-            if *self.state.borrow_and_update() == ConnectionState::Connected {
+            if can_send(*self.state.borrow_and_update()) {
                 return;
             }
             if self.state.changed().await.is_err() {
@@ -219,8 +232,7 @@ impl Drainer {
     /// Whether a failure happened on a connection that stayed up since the batch started: only
     /// such a failure is the message's fault and counts as an attempt.
     fn stayed_connected(&self) -> bool {
-        !self.state.has_changed().unwrap_or(true)
-            && *self.state.borrow() == ConnectionState::Connected
+        !self.state.has_changed().unwrap_or(true) && can_send(*self.state.borrow())
     }
 
     /// Sends `rows` until each is confirmed or dead-lettered: send, confirm, and on a failure
@@ -231,7 +243,7 @@ impl Drainer {
             let (sent, refused) = self.send(rows).await;
             if sent > 0 {
                 match self.broker.confirm().await {
-                    Ok(()) if self.state.has_changed().unwrap_or(true) => {
+                    Ok(()) if self.connection_changed() => {
                         // The connection dropped during the batch: the confirmation may have gone
                         // through the new connection while part of the batch died in the old one.
                         // Send it again (at-least-once: duplicates carry the same msg id).
@@ -242,7 +254,14 @@ impl Drainer {
                         tokio::time::sleep(UNCOUNTED_RETRY).await;
                         continue;
                     }
-                    Ok(()) => self.confirmed(rows, sent),
+                    Ok(()) => {
+                        if self.blocked.borrow().is_some() {
+                            tracing::info!("outbox confirmations work again; the queue goes on");
+                            self.blocked.send_replace(None);
+                        }
+                        self.blocked_tries = 0;
+                        self.confirmed(rows, sent)
+                    }
                     Err(e) => {
                         self.confirm_failed(rows, sent, e).await;
                         continue;
@@ -252,6 +271,24 @@ impl Drainer {
             if let Some(e) = refused {
                 self.send_failed(rows, e).await;
             }
+        }
+    }
+
+    /// Whether the connection may have changed since the batch started: any state change but
+    /// the server announcing lame duck mode (the connection stays the same until it closes).
+    fn connection_changed(&mut self) -> bool {
+        match self.state.has_changed() {
+            Ok(false) => false,
+            Ok(true) => {
+                let now = *self.state.borrow_and_update();
+                if now == ConnectionState::LameDuck {
+                    return false;
+                }
+                // Leave the change visible to `wait_connected` (it marks the reconnect).
+                self.reconnected = true;
+                true
+            }
+            Err(_) => true,
         }
     }
 
@@ -283,6 +320,13 @@ impl Drainer {
     /// The confirmation of the first `n` rows failed: they are sent again, after counting one
     /// attempt each if the failure was theirs.
     async fn confirm_failed(&mut self, rows: &mut VecDeque<Row>, n: usize, e: Error) {
+        match e {
+            Error::Rejected { rejections } => {
+                return self.rejected(rows, n, rejections).await;
+            }
+            Error::PermissionDenied { .. } => return self.blocked_by(e).await,
+            _ => {}
+        }
         // A timeout says nothing about the messages: most often the connection is dead and the
         // client has not noticed yet. Counting it would dead-letter a whole batch of good
         // messages after three such timeouts. Nor does a failure on the first confirmation after
@@ -298,6 +342,69 @@ impl Drainer {
         } else {
             tokio::time::sleep(UNCOUNTED_RETRY).await;
         }
+    }
+
+    /// The server processed the first `n` rows but refused some (permissions, a stream's
+    /// limits): those count a failed attempt each (with the server's reason) and go again or to
+    /// the dead letters; the others are done and leave the batch.
+    async fn rejected(
+        &mut self,
+        rows: &mut VecDeque<Row>,
+        n: usize,
+        rejections: Vec<crate::broker::Rejection>,
+    ) {
+        self.reconnected = false;
+        let is_refused = |row: &Row| {
+            rejections.iter().any(|r| match &r.msg_id {
+                Some(id) => {
+                    row.msg.headers.get(crate::headers::NATS_MSG_ID) == Some(id.as_str())
+                        || row.msg.headers.get(MSG_ID) == Some(id.as_str())
+                }
+                None => r.subject == row.msg.subject,
+            })
+        };
+        let mut refused: VecDeque<Row> = VecDeque::with_capacity(rows.len());
+        let mut accepted = 0;
+        for row in rows.drain(..n) {
+            if is_refused(&row) {
+                refused.push_back(row);
+            } else {
+                accepted += 1;
+            }
+        }
+        let k = refused.len();
+        refused.extend(rows.drain(..));
+        *rows = refused;
+        tracing::warn!(
+            refused = k,
+            accepted,
+            "the server refused messages of an outbox batch"
+        );
+        if k == 0 {
+            return;
+        }
+        let e = Error::Rejected { rejections };
+        self.count_failure(rows, k, &e).await;
+    }
+
+    /// The queue cannot be confirmed at all (no permission on the confirmation subject): a
+    /// configuration error, never the messages' fault. Said once, made visible to `flush`, and
+    /// tried again with a growing wait (up to the retry policy's cap) instead of resending the
+    /// batch every few seconds forever.
+    async fn blocked_by(&mut self, e: Error) {
+        self.reconnected = false;
+        let text = e.to_string();
+        if self.blocked.borrow().as_deref() != Some(text.as_str()) {
+            tracing::error!(error = %text, "the outbox cannot confirm anything; fix the permissions (the queue waits, nothing is dead-lettered)");
+            self.blocked.send_replace(Some(text));
+        }
+        self.blocked_tries = self.blocked_tries.saturating_add(1);
+        let wait = RetryPolicy::default()
+            .base(Duration::from_secs(1))
+            .multiplier(2.0)
+            .cap(self.retry.cap.max(Duration::from_secs(1)))
+            .backoff(self.blocked_tries);
+        tokio::time::sleep(wait).await;
     }
 
     /// The broker refused the first row (the ones before it are confirmed by now).

@@ -237,6 +237,8 @@ pub(crate) struct Outbox {
     committed: watch::Receiver<i64>,
     /// Every queue id up to this one is confirmed or dead-lettered.
     done: watch::Receiver<i64>,
+    /// Why the drainer cannot make progress at all, while it cannot.
+    blocked: watch::Receiver<Option<String>>,
     drainer: tokio::task::JoinHandle<()>,
     thread: Option<JoinHandle<()>>,
 }
@@ -262,6 +264,7 @@ impl Outbox {
         let started = writer::spawn(path, options.durability).await?;
         let (done_tx, done_rx) = watch::channel(started.watermarks.done);
         let state = broker.state();
+        let (blocked_tx, blocked_rx) = watch::channel(None);
         let drainer = drainer::Drainer {
             broker,
             writer: started.writer.clone(),
@@ -273,6 +276,8 @@ impl Outbox {
             paging: true,
             reconnected: true,
             prefetch: None,
+            blocked: blocked_tx,
+            blocked_tries: 0,
         };
         let drainer = tokio::spawn(drainer.run());
         tracing::debug!(path = %started.writer.path().display(), committed = started.watermarks.committed, done = started.watermarks.done, "outbox open");
@@ -280,6 +285,7 @@ impl Outbox {
             writer: started.writer,
             committed: started.committed,
             done: done_rx,
+            blocked: blocked_rx,
             drainer,
             thread: Some(started.thread),
         })
@@ -291,19 +297,30 @@ impl Outbox {
     }
 
     /// Returns once everything enqueued before the call is confirmed or dead-lettered.
+    ///
+    /// Fails at once, instead of waiting, while the drainer is blocked by a configuration
+    /// problem (no permission on the confirmation subject): nothing would ever be confirmed.
     pub(crate) async fn flush(&self) -> Result<()> {
         let target = *self.committed.borrow();
         let mut done = self.done.clone();
-        done.wait_for(|d| *d >= target)
-            .await
-            .map(|_| ())
-            .map_err(|_| {
+        let mut blocked = self.blocked.clone();
+        tokio::select! {
+            reached = done.wait_for(|d| *d >= target) => reached.map(|_| ()).map_err(|_| {
                 Error::outbox(
                     self.writer.path(),
                     "the outbox drainer stopped before the flush completed",
                     None,
                 )
-            })
+            }),
+            Ok(problem) = blocked.wait_for(Option::is_some) => Err(Error::outbox(
+                self.writer.path(),
+                format!(
+                    "the queue is blocked: {}; the messages stay queued and are sent once it is fixed",
+                    problem.as_deref().unwrap_or("")
+                ),
+                None,
+            )),
+        }
     }
 
     /// Where handlers put what they give up on when the bus has an outbox: its dead-letter
