@@ -59,13 +59,20 @@
 //! [`DeadLetters`] to replay or purge). In Rust, [`OutboxFile::open_read_only`] gives the same
 //! views without taking the lock.
 //!
+//! The one table a tool may write beside the owner is `operator_requests` (`id`, `op`
+//! `replay`|`purge`, `dead_letter_id`, `requested_at`, `done_at`, `result`, `queue_id`): the
+//! `bus` CLI ([`OperatorRequests`]) asks there for a replay or purge, and the process holding
+//! the file runs each pending row within about 500 ms, through its own writer, and answers it
+//! in the same row. The table is optional (a file without it is still version 3).
+//!
 //! # Shape
 //!
 //! `publish` hands its message to the one writer thread that owns the connection and commits
 //! concurrent publishes together (`writer`, `store`). One drainer task sends the queue in FIFO
 //! order, confirms each batch with the broker and only then marks it done (`drainer`), while
 //! the next page is read on the writer thread; the dead-letter API runs on the writer thread
-//! too (`dead_letters`). `schema` holds the tables and views, `encoding` the columns of a
+//! too (`dead_letters`), and so do the requests a tool writes into the file (`requests`).
+//! `schema` holds the tables and views, `encoding` the columns of a
 //! message, `read` the queries the writer and [`OutboxFile`] share, `migrate` the upgrade
 //! from version 2.
 
@@ -86,6 +93,7 @@ mod encoding;
 mod file;
 mod migrate;
 mod read;
+mod requests;
 mod schema;
 mod store;
 mod writer;
@@ -95,6 +103,7 @@ mod tests;
 
 pub use dead_letters::DeadLetters;
 pub use file::OutboxFile;
+pub use requests::{OperatorRequest, OperatorRequests, RequestOp, RequestOutcome};
 
 /// What a committed publish survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

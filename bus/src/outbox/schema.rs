@@ -83,6 +83,27 @@ CREATE VIEW IF NOT EXISTS dead AS
      ORDER BY id;
 ";
 
+/// The operator requests (`requests`): replays and purges of dead letters that a tool beside
+/// the service (the `bus` CLI) writes into the file and the owning process runs. Not part of
+/// the checked layout and created by whichever side needs it first, so a file with or without
+/// it is still a version-3 file that every version-3 build opens (see `requests` for why no
+/// version bump). `op` is not constrained: a build that does not know an operation answers it
+/// instead of a newer tool failing to ask. The partial index keeps the owner's poll (every
+/// 500 ms) a lookup of the pending rows only.
+pub(crate) const REQUESTS: &str = "
+CREATE TABLE IF NOT EXISTS operator_requests (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    op             TEXT    NOT NULL,
+    dead_letter_id INTEGER NOT NULL,
+    requested_at   INTEGER NOT NULL,
+    done_at        INTEGER,
+    result         TEXT,
+    queue_id       INTEGER
+);
+CREATE INDEX IF NOT EXISTS operator_requests_pending
+    ON operator_requests (id) WHERE done_at IS NULL;
+";
+
 /// The column layout of a table: name, declared type, NOT NULL, primary key position.
 type Columns = Vec<(String, String, bool, i64)>;
 

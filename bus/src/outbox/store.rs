@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
 use super::encoding::encode_headers;
-use super::schema::{self, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
+use super::schema::{self, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
 use super::{migrate, read, DeadLetter, Durability, OutboxStats};
 use crate::broker::RawMessage;
 use crate::headers::MSG_ID;
@@ -149,6 +149,23 @@ pub(crate) fn now_ms() -> i64 {
 impl Store {
     /// Takes the lock, creates the file `0600` if needed, sets the pragmas and checks the schema.
     pub(crate) fn open(path: &Path, durability: Durability) -> Result<Store> {
+        Self::try_open(path, durability)?.ok_or_else(|| {
+            Error::outbox(
+                path,
+                format!(
+                    "the outbox is in use by another Bus (lock {} is held); two processes must \
+                     never drain the same queue: give each process its own outbox_path, or \
+                     drop the other Bus first",
+                    lock_path(path).display()
+                ),
+                None,
+            )
+        })
+    }
+
+    /// As [`Store::open`], but `None` when another holder has the lock (the operator requests
+    /// run by a tool when no process holds the file).
+    pub(crate) fn try_open(path: &Path, durability: Durability) -> Result<Option<Store>> {
         let lock_file = lock_path(path);
         let lock = create_private(&lock_file, false)
             .map_err(|e| io_err(&lock_file, "cannot create the outbox lock file", e))?;
@@ -157,18 +174,7 @@ impl Store {
         let locked = lock.try_lock();
         match locked {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::outbox(
-                    path,
-                    format!(
-                        "the outbox is in use by another Bus (lock {} is held); two processes must \
-                         never drain the same queue: give each process its own outbox_path, or \
-                         drop the other Bus first",
-                        lock_file.display()
-                    ),
-                    None,
-                ))
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(io_err(&lock_file, "cannot lock the outbox lock file", e))
             }
@@ -219,7 +225,7 @@ impl Store {
             .query_row("SELECT min(id) FROM outbox", [], |r| r.get(0))
             .map_err(|e| sql_err(path, "cannot read the outbox", e))?;
         store.deleted_upto = first.map_or(store.done_id, |f| (f - 1).min(store.done_id));
-        Ok(store)
+        Ok(Some(store))
     }
 
     fn configure(&self, durability: Durability) -> Result<()> {
@@ -340,7 +346,10 @@ impl Store {
         // An operator may have dropped a view; they cost nothing to put back.
         self.conn
             .execute_batch(VIEWS)
-            .map_err(|e| sql_err(&p, "cannot create the outbox views", e))
+            .map_err(|e| sql_err(&p, "cannot create the outbox views", e))?;
+        self.conn
+            .execute_batch(REQUESTS)
+            .map_err(|e| sql_err(&p, "cannot create the operator requests table", e))
     }
 
     /// The committed and done watermarks of a freshly opened queue.
@@ -535,21 +544,37 @@ impl Store {
     /// Moves a dead letter to the end of the queue with fresh attempts; returns its new queue id,
     /// or `None` if there is no such dead letter.
     pub(crate) fn replay(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
-        let new_id = self.last_id + 1;
-        let tx = self.conn.transaction()?;
-        let n = tx.execute(
-            "INSERT INTO outbox (id, subject, reply, headers, payload, created_at, attempts)
-             SELECT ?3, subject, reply, headers, payload, ?2, 0 FROM dead_letters WHERE id = ?1",
-            params![id, now_ms(), new_id],
-        )?;
-        if n == 0 {
-            return Ok(None);
+        self.with_replays(|r| r.replay(id))
+            .map(|(queued, _)| queued)
+    }
+
+    /// Runs `f` in one write transaction in which [`ReplayTx::replay`] moves dead letters to the
+    /// end of the queue, and commits; returns what `f` returned and the new highest queue id if
+    /// anything was replayed (the caller tells the drainer). The operator requests use it to
+    /// run many replays, and their bookkeeping, in one commit.
+    pub(crate) fn with_replays<T>(
+        &mut self,
+        f: impl FnOnce(&mut ReplayTx<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<(T, Option<i64>)> {
+        // IMMEDIATE: a tool may write to the file too (operator requests), and a deferred
+        // transaction that reads first could not upgrade to a write after it.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut r = ReplayTx {
+            tx,
+            last: self.last_id,
+        };
+        let out = f(&mut r)?;
+        let moved = (r.last != self.last_id).then_some(r.last);
+        if let Some(last) = moved {
+            r.tx.execute("UPDATE outbox_seq SET last = ?1", [last])?;
         }
-        tx.execute("UPDATE outbox_seq SET last = ?1", [new_id])?;
-        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
-        tx.commit()?;
-        self.last_id = new_id;
-        Ok(Some(new_id))
+        r.tx.commit()?;
+        if let Some(last) = moved {
+            self.last_id = last;
+        }
+        Ok((out, moved))
     }
 
     /// Records a message a handler gave up on (it never was in the queue): `origin` says which
@@ -600,6 +625,36 @@ impl Store {
             SCHEMA_VERSION as u32,
             read::file_size(&self.path),
         ))
+    }
+}
+
+/// The transaction of [`Store::with_replays`].
+pub(crate) struct ReplayTx<'c> {
+    pub(crate) tx: rusqlite::Transaction<'c>,
+    /// The highest queue id given, replays in this transaction included.
+    last: i64,
+}
+
+impl ReplayTx<'_> {
+    /// Moves dead letter `id` to the end of the queue with fresh attempts (same msg id); returns
+    /// its new queue id, or `None` if there is no such dead letter.
+    pub(crate) fn replay(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
+        let new_id = self.last + 1;
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO outbox (id, subject, reply, headers, payload, created_at, attempts)
+                 SELECT ?3, subject, reply, headers, payload, ?2, 0 FROM dead_letters WHERE id = ?1",
+            )?
+            .execute(params![id, now_ms(), new_id])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.tx
+            .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+            .execute([id])?;
+        self.last = new_id;
+        Ok(Some(new_id))
     }
 }
 
