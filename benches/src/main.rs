@@ -27,12 +27,13 @@ use scenarios::{local, nats, rss};
 use server::Server;
 
 /// Every scenario, in run order. The names are the contract of the report.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
     "nats_request_p50",
     "local_pubsub_typed",
     "local_10k_subs",
+    "handler_local",
     "drain_after_outage",
     "outbox_1m_rss_mib",
 ];
@@ -109,7 +110,7 @@ struct Args {
 const USAGE: &str =
     "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--rounds N] [--side both|bus|baseline]\n\
 scenarios: nats_pubsub_typed nats_pubsub_durable nats_request_p50 local_pubsub_typed \
-local_10k_subs drain_after_outage outbox_1m_rss_mib";
+local_10k_subs handler_local drain_after_outage outbox_1m_rss_mib";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut plan = Plan::full();
@@ -298,6 +299,14 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         let mut s = local::ManySubs { subs: 10_000 };
         emit(
             rate("local_10k_subs", &plan, plan.subs_n, 0.50)
+                .run(&mut s)
+                .await,
+        );
+    }
+    if selected("handler_local") {
+        let mut s = local::Handler;
+        emit(
+            rate("handler_local", &plan, plan.local_n, 0.90)
                 .run(&mut s)
                 .await,
         );

@@ -276,3 +276,80 @@ pub async fn queue_while_down(
     }
     Ok((before, depth))
 }
+
+/// The handler both sides of `handler_local` run: checks the message and counts it, and
+/// signals when the `n`-th arrived.
+async fn count_handler(
+    env: bus::Envelope<Outbound>,
+    count: &std::sync::atomic::AtomicUsize,
+    n: usize,
+    done: &Notify,
+) -> Result<(), String> {
+    if env.instance != INSTANCE {
+        return Err("decoded the wrong message".into());
+    }
+    if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == n {
+        done.notify_one();
+    }
+    Ok(())
+}
+
+/// `handler_local`, bus side: `Bus::handle` with default options.
+pub async fn local_handle(n: usize) -> BenchResult<f64> {
+    let bus = Bus::builder()
+        .local()
+        .subscription_capacity(n + SLACK)
+        .connect()
+        .await?;
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let (c, d) = (count.clone(), done.clone());
+    let handler = bus
+        .handle::<Outbound, _, _, _>(Outbound::filter().channel(CHANNEL), move |env| {
+            let (c, d) = (c.clone(), d.clone());
+            async move { count_handler(env, &c, n, &d).await }
+        })
+        .await?;
+    let msg = msgs::outbound(INSTANCE);
+    let start = Instant::now();
+    for _ in 0..n {
+        msg.publish(&bus).await?;
+    }
+    within(WAIT, "the local handler", done.notified()).await?;
+    let end = Instant::now();
+    if handler.stats().dead_lettered() > 0 {
+        return Err(fail("the handler dead-lettered messages"));
+    }
+    handler.stop().await;
+    Ok(rate(n, start, end))
+}
+
+/// `handler_local`, baseline: the loop over `subscribe` a user would write instead.
+pub async fn local_loop_handler(n: usize) -> BenchResult<f64> {
+    let bus = Bus::builder()
+        .local()
+        .subscription_capacity(n + SLACK)
+        .connect()
+        .await?;
+    let mut sub = Outbound::subscribe(&bus, Outbound::filter().channel(CHANNEL)).await?;
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let (c, d) = (count.clone(), done.clone());
+    let worker = tokio::spawn(async move {
+        while let Some(item) = sub.next().await {
+            if let Err(e) = count_handler(item?, &c, n, &d).await {
+                return Err(fail(e));
+            }
+        }
+        Ok::<(), crate::runner::BoxError>(())
+    });
+    let msg = msgs::outbound(INSTANCE);
+    let start = Instant::now();
+    for _ in 0..n {
+        msg.publish(&bus).await?;
+    }
+    within(WAIT, "the loop handler", done.notified()).await?;
+    let end = Instant::now();
+    worker.abort();
+    Ok(rate(n, start, end))
+}

@@ -3,7 +3,8 @@
 //!
 //! The pipeline has one file per stage, after `serde_derive`:
 //! [`ast`] reads the struct, [`attr`] reads `#[subject]` and `#[reply]`, [`check`] applies the rules
-//! (the subject grammar itself lives in `bus-subject`), and [`expand`] writes the tokens. Every
+//! (the subject grammar itself lives in `bus-subject`), and [`expand`] writes the tokens, with the
+//! rustdoc of every generated item written by [`doc`]. Every
 //! problem is collected in a [`ctxt::Ctxt`] so the user sees all of them at once, and the expansion
 //! still runs on what could be understood so call sites do not fail in turn.
 
@@ -11,6 +12,7 @@ mod ast;
 mod attr;
 mod check;
 mod ctxt;
+mod doc;
 mod expand;
 
 use proc_macro::TokenStream;
@@ -25,9 +27,10 @@ use syn::{parse_macro_input, DeriveInput};
 /// pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
 /// ```
 ///
-/// Generates the `Message` impl, a filter type `OutboundFilter` (one method per placeholder, plus
-/// `queue`), and the inherent methods `filter`, `publish`, `subscribe` (and `request`, `serve` for
-/// `#[reply]` types). The template is checked at compile time.
+/// Generates the `Message` impl, a filter type `OutboundFilter` (one method per placeholder, taking
+/// the field's type, plus `queue`), and the inherent methods `filter`, `publish`, `subscribe` (and
+/// `request`, `serve` for `#[reply]` types), each documented with the subject template. The
+/// template is checked at compile time.
 #[proc_macro_derive(Message, attributes(subject, reply))]
 pub fn derive_message(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

@@ -1,13 +1,30 @@
 //! Support for generated code. Not public API: names here may change in any release.
 
-pub use crate::message::{Filter, Message, Request, SubjectToken};
-pub use crate::{Bus, Envelope, Error, Result, ServeHandle, Subscription};
+pub use crate::message::{Filter, FilterValue, Message, Request, SubjectToken};
+pub use crate::{Bus, Envelope, Error, Handler, Result, ServeHandle, Subscription};
 pub use core::default::Default;
 pub use core::option::Option;
 pub use core::result::Result as StdResult;
+pub use futures::future::BoxFuture;
 pub use std::string::String;
 
 use bus_subject::check_token;
+
+/// `Self` is `T`. Lets a generated method bound a type parameter known to be `Self` (a bound on
+/// `Self` alone would be checked, and fail, where the method is written): `request` and `serve`
+/// on a type without `#[reply]` require `__S: Request` with `Self: SameAs<__S>`, so a call fails
+/// with `Request`'s message, which names `#[reply(T)]`.
+pub trait SameAs<T> {
+    /// `self`, as the `T` it is.
+    fn same(&self) -> &T;
+}
+
+impl<T> SameAs<T> for T {
+    #[inline]
+    fn same(&self) -> &T {
+        self
+    }
+}
 
 /// Builds a concrete subject, checking each placeholder value as it is written.
 #[derive(Debug)]

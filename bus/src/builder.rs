@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::Broker;
-use crate::bus::DEFAULT_REQUEST_TIMEOUT;
+use crate::broker::{Broker, ConnectionState};
+use crate::handle::DEFAULT_REQUEST_TIMEOUT;
 use crate::headers::WireHeaders;
 use crate::local::{LocalBroker, LocalOptions};
 #[cfg(feature = "nats")]
@@ -16,7 +16,7 @@ use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 use crate::outbox::{Durability, Outbox, OutboxOptions};
 use crate::stream::StreamConfig;
-use crate::{Bus, Result};
+use crate::{Bus, Error, Result};
 
 /// The outbox file used on NATS when none is named with [`BusBuilder::outbox_path`]. A relative
 /// path: it is resolved against the process's working directory.
@@ -82,6 +82,13 @@ pub struct BusBuilder {
     nats: NatsOptions,
     local: LocalOptions,
     streams: Vec<StreamConfig>,
+    /// How long `connect` waits for the first connection; `None`: it does not wait.
+    wait_for_connection: Option<Duration>,
+    /// The instance name of the health snapshot and heartbeat.
+    instance: Option<String>,
+    /// How often the heartbeat goes out; `None`: no heartbeat.
+    heartbeat: Option<Duration>,
+    check_subject_fields: bool,
 }
 
 impl BusBuilder {
@@ -89,6 +96,37 @@ impl BusBuilder {
     /// [`outbox_path`](BusBuilder::outbox_path) is set.
     pub fn local(mut self) -> Self {
         self.backend = Backend::Local;
+        self
+    }
+
+    /// This process's instance name: the `<instance>` of its heartbeat subject
+    /// `plugin.health.<instance>` (default `<host>-<pid>`). Must be one subject token.
+    pub fn instance(mut self, name: impl Into<String>) -> Self {
+        self.instance = Some(name.into());
+        self
+    }
+
+    /// Sends the [`Health`](crate::Health) snapshot on `plugin.health.<instance>` every
+    /// `interval`, directly (never queued: a stale heartbeat is worse than none), while
+    /// connected. Off by default.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use bus::{Health, Message};
+    /// use futures::StreamExt;
+    /// let bus = bus::Bus::builder()
+    ///     .instance("planner-1")
+    ///     .heartbeat(std::time::Duration::from_millis(50))
+    ///     .connect()
+    ///     .await?;
+    /// let mut beats = Health::subscribe(&bus, Health::filter()).await?;
+    /// let beat = beats.next().await.unwrap()?;
+    /// assert_eq!(beat.instance, "planner-1");
+    /// # Ok(()) }
+    /// ```
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = Some(interval);
         self
     }
 
@@ -152,6 +190,14 @@ impl BusBuilder {
         self
     }
 
+    /// How many failed send attempts (while connected) move an outbox message to the dead
+    /// letters, and the backoff between them (default: 3 attempts, 100 ms then 400 ms).
+    #[cfg(feature = "outbox")]
+    pub fn retry(mut self, policy: crate::RetryPolicy) -> Self {
+        self.outbox_options.retry = policy;
+        self
+    }
+
     /// Which headers typed messages carry on the wire: [`WireHeaders::Minimal`] (the default:
     /// only the ids of messages that go through the outbox, and the correlation id of requests)
     /// or [`WireHeaders::Full`] (ids, `Content-Type` and `Bus-Type` on every typed message).
@@ -175,6 +221,20 @@ impl BusBuilder {
         {
             self.nats.subscription_capacity = Some(capacity);
         }
+        self
+    }
+
+    /// Checks every received message against its subject (off by default): each subscription's
+    /// messages, and the requests `serve` answers, have their subject rebuilt from the decoded
+    /// body and compared with the subject they arrived on. A message whose placeholder fields
+    /// disagree (a peer published `channel: "email"` on `plugin.outbound.slack.a1`) is an
+    /// [`Error::SubjectMismatch`] item on the subscription, or an [`Error::Remote`] for the
+    /// requester, and never reaches your code as valid. One subscription can also turn it on or
+    /// off with [`Subscription::check_subject_fields`](crate::Subscription::check_subject_fields).
+    ///
+    /// It costs one subject built per received message; off, nothing.
+    pub fn check_subject_fields(mut self, check: bool) -> Self {
+        self.check_subject_fields = check;
         self
     }
 
@@ -280,8 +340,40 @@ impl BusBuilder {
         self
     }
 
-    /// Connects. On NATS this succeeds even while the server is down: publishes wait in the
-    /// outbox and drain once it is up. Fails on bad configuration or an unusable outbox file.
+    /// Makes [`connect`](BusBuilder::connect) wait up to `timeout` for the first connection,
+    /// and fail if it does not come: with [`Error::ConnectionRefused`] as soon as the server
+    /// refuses this client (credentials, TLS: see [`Refusal`](crate::Refusal)), with
+    /// [`Error::ConnectTimeout`] (naming the last connection error, e.g. `Connection refused`)
+    /// when no connection came up in time.
+    ///
+    /// Without it (the default) `connect` returns at once and the bus connects in the
+    /// background, so a plugin can start before the NATS server; watch
+    /// [`Bus::state`](Bus::state) then.
+    ///
+    /// With several server URLs, the first refusal fails the wait even if another server
+    /// might have accepted the client: give them all the same credentials and TLS setup.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), bus::Error> {
+    /// use std::time::Duration;
+    /// let bus = bus::Bus::builder()
+    ///     .nats(["nats://127.0.0.1:4222"])
+    ///     .user_password("billing", "s3cret")
+    ///     .wait_for_connection(Duration::from_secs(10))
+    ///     .connect()
+    ///     .await?; // Err(ConnectionRefused { refusal: Authorization, .. }) on a wrong password
+    /// # Ok(()) }
+    /// ```
+    pub fn wait_for_connection(mut self, timeout: Duration) -> Self {
+        self.wait_for_connection = Some(timeout);
+        self
+    }
+
+    /// Connects. On NATS this succeeds even while the server is down (unless told to
+    /// [`wait_for_connection`](BusBuilder::wait_for_connection)): publishes wait in the outbox
+    /// and drain once it is up. Fails on bad configuration (an unparsable URL, a malformed
+    /// NKey seed, an unreadable or invalid credentials or TLS file, …) or an unusable outbox
+    /// file.
     pub async fn connect(self) -> Result<Bus> {
         let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         for s in &self.streams {
@@ -311,12 +403,67 @@ impl BusBuilder {
                 None => None,
             }
         };
-        Ok(Bus::from_parts(
+        if let Some(instance) = &self.instance {
+            bus_subject::check_token(instance).map_err(|e| {
+                crate::Error::Config(format!(
+                    "instance name {instance:?} is not a subject token: {e}"
+                ))
+            })?;
+        }
+        let bus = Bus::from_parts(
+            self.instance,
             broker,
             #[cfg(feature = "outbox")]
             outbox,
             request_timeout,
             self.wire_headers,
-        ))
+            self.check_subject_fields,
+        );
+        if let Some(timeout) = self.wait_for_connection {
+            // On failure the bus is dropped here: its client stops reconnecting.
+            wait_connected(&bus, timeout).await?;
+        }
+        if let Some(interval) = self.heartbeat {
+            bus.start_heartbeat(interval);
+        }
+        Ok(bus)
+    }
+}
+
+/// Waits until `bus` is connected; fails at the first refusal, or after `timeout`.
+async fn wait_connected(bus: &Bus, timeout: Duration) -> Result<()> {
+    let mut state = bus.watch_state();
+    let reached = tokio::time::timeout(
+        timeout,
+        state.wait_for(|s| {
+            matches!(
+                s,
+                ConnectionState::Connected
+                    | ConnectionState::LameDuck
+                    | ConnectionState::Refused(_)
+                    | ConnectionState::Closed
+            )
+        }),
+    )
+    .await;
+    let now = match reached {
+        Ok(Ok(s)) => *s,
+        Ok(Err(_)) => ConnectionState::Closed,
+        Err(_) => {
+            let detail = bus
+                .connection_error()
+                .unwrap_or_else(|| format!("still {} after the wait", bus.state()));
+            return Err(Error::ConnectTimeout { timeout, detail });
+        }
+    };
+    match now {
+        ConnectionState::Refused(refusal) => Err(Error::ConnectionRefused {
+            refusal,
+            detail: bus
+                .connection_error()
+                .unwrap_or_else(|| refusal.to_string()),
+        }),
+        ConnectionState::Closed => Err(Error::Closed),
+        _ => Ok(()),
     }
 }

@@ -17,12 +17,28 @@ use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
 use crate::durable::{DurableSpec, DurableStream};
 use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters, Source};
 use crate::headers::{self, Headers, WireHeaders};
+use crate::health::{Health, Tracker};
 use crate::message::{Filter, Message, Request};
 #[cfg(feature = "nats")]
 use crate::nats::NatsBroker;
 #[cfg(feature = "outbox")]
 use crate::outbox::{DeadLetters, Outbox, OutboxStats};
 use crate::{codec, msg_id, BusBuilder, Envelope, Error, LocalBroker, Result, Subscription};
+
+/// How long [`Bus::close`] waits for handlers, responders and the outbox.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`Bus::close`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Whether every handler and responder finished its in-flight messages before the deadline.
+    pub stopped_in_time: bool,
+    /// Whether everything published was confirmed (or dead-lettered) before the deadline.
+    pub flushed: bool,
+    /// Messages still queued in the outbox file: the next process on the file sends them.
+    pub left_queued: u64,
+}
 
 /// The default time a request waits for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,6 +80,15 @@ struct Inner {
     wire: WireHeaders,
     /// Messages handlers gave up on.
     handler_dead_letters: Arc<MemoryDeadLetters>,
+    /// Set by [`Bus::close`]: handlers and responders stop taking messages.
+    closing: watch::Sender<bool>,
+    /// Every handler and responder loop holds a clone; `close` drops this one and waits for the
+    /// channel to close, i.e. for every loop to have finished its in-flight work.
+    running: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+    all_stopped: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+    health: Tracker,
+    /// Whether subscriptions start with the subject/body check on.
+    check_subject_fields: bool,
 }
 
 /// The built-in broker behind a [`Bus`]'s `dyn Broker`, found once by downcasting it.
@@ -106,11 +131,13 @@ impl Bus {
     /// A bus on the embedded in-process broker, with no outbox: no server, nothing on disk.
     pub async fn local() -> Result<Bus> {
         Ok(Bus::from_parts(
+            None,
             Arc::new(LocalBroker::new()),
             #[cfg(feature = "outbox")]
             None,
             DEFAULT_REQUEST_TIMEOUT,
             WireHeaders::default(),
+            false,
         ))
     }
 
@@ -131,11 +158,14 @@ impl Bus {
     }
 
     pub(crate) fn from_parts(
+        instance: Option<String>,
         broker: Arc<dyn Broker>,
         #[cfg(feature = "outbox")] outbox: Option<Outbox>,
         request_timeout: Duration,
         wire: WireHeaders,
+        check_subject_fields: bool,
     ) -> Bus {
+        let (running, all_stopped) = tokio::sync::mpsc::channel(1);
         Bus {
             inner: Arc::new(Inner {
                 direct: Direct::of(&broker),
@@ -145,7 +175,26 @@ impl Bus {
                 request_timeout,
                 wire,
                 handler_dead_letters: Arc::default(),
+                closing: watch::Sender::new(false),
+                running: std::sync::Mutex::new(Some(running)),
+                all_stopped: tokio::sync::Mutex::new(all_stopped),
+                health: Tracker::new(instance),
+                check_subject_fields,
             }),
+        }
+    }
+
+    /// What a handler or responder loop holds while it runs, and the signal that stops it;
+    /// `None` once the bus is closing.
+    fn track(&self) -> Result<(tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>)> {
+        let running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match running.as_ref() {
+            Some(tx) => Ok((tx.clone(), self.inner.closing.subscribe())),
+            None => Err(Error::Closed),
         }
     }
 
@@ -167,6 +216,18 @@ impl Bus {
     /// A watch of the connection state, to wait for a change or react to one.
     pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
         self.inner.broker.state()
+    }
+
+    /// Why the broker cannot be reached, while it cannot: on NATS the server's refusal with
+    /// what to check (the state is then [`ConnectionState::Refused`]), or why the server is
+    /// unreachable (`Connection refused`, …). `None` while connected, before the first failed
+    /// attempt, and on brokers that do not say (see `NatsBroker::connection_error`).
+    pub fn connection_error(&self) -> Option<String> {
+        match &self.inner.direct {
+            #[cfg(feature = "nats")]
+            Direct::Nats(nats) => nats.connection_error(),
+            _ => None,
+        }
     }
 
     /// Publishes a typed message. Returns once it is committed to the outbox (when there is one)
@@ -250,16 +311,22 @@ impl Bus {
 
     /// Subscribes to the messages of type `M` that `filter` selects.
     pub async fn subscribe<M: Message>(&self, filter: M::Filter) -> Result<Subscription<M>> {
-        self.subscribe_raw(&filter).await.map(Subscription::new)
+        let check = self.inner.check_subject_fields;
+        self.subscribe_raw(&filter)
+            .await
+            .map(|raw| Subscription::new(raw).check_subject_fields(check))
     }
 
     /// The raw subscription a filter stands for (its pattern and queue group).
     async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
         let pattern = filter.pattern()?;
-        self.inner
+        let raw = self
+            .inner
             .broker
             .subscribe(&pattern, filter.queue_group())
-            .await
+            .await?;
+        self.inner.health.track(&raw.stats);
+        Ok(raw)
     }
 
     /// Sends a request and waits for its typed reply, up to the bus's request timeout.
@@ -356,6 +423,17 @@ impl Bus {
             .await
     }
 
+    /// Where handler dead letters go: the outbox file's dead-letter table when there is one,
+    /// else memory.
+    fn handler_sink(&self) -> DeadLetterSink {
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            return outbox.handler_sink();
+        }
+        let dead = Arc::clone(&self.inner.handler_dead_letters);
+        Arc::new(move |failed| dead.push(failed))
+    }
+
     /// [`handle`](Bus::handle) with options: name, concurrency, ordered processing, retries.
     pub async fn handle_with<M, F, Fut, E>(
         &self,
@@ -389,6 +467,7 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        let tracked = self.track()?;
         let source = match durable {
             Some(name) => {
                 let spec = options.durable_spec(name, filter.pattern()?, filter.queue_group());
@@ -396,11 +475,10 @@ impl Bus {
             }
             None => Source::Plain(self.subscribe_raw(&filter).await?),
         };
-        let dead = Arc::clone(&self.inner.handler_dead_letters);
-        let sink: DeadLetterSink = Arc::new(move |failed| dead.push(failed));
-        Ok(handler::spawn::<M, F, Fut, E>(
-            source, options, sink, handler,
-        ))
+        let sink: DeadLetterSink = self.handler_sink();
+        let handler = handler::spawn::<M, F, Fut, E>(source, options, sink, tracked, handler);
+        self.inner.health.track_handler(handler.stats());
+        Ok(handler)
     }
 
     /// Subscribes to the messages of type `M` that `filter` selects through the durable
@@ -461,20 +539,35 @@ impl Bus {
         Fut: Future<Output = std::result::Result<M::Reply, E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        let (guard, mut closing) = self.track()?;
         let raw = self.subscribe_raw(&filter).await?;
         let broker = self.inner.broker.clone();
         let wire = self.inner.wire;
+        let check = self.inner.check_subject_fields;
         let handler = Arc::new(handler);
+        let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
+            let _running = guard;
             let mut messages = raw.messages;
-            while let Some(msg) = messages.next().await {
+            let mut in_flight = tokio::task::JoinSet::new();
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    Ok(_) = closing.wait_for(|c| *c) => break,
+                    Ok(_) = stopped.wait_for(|s| *s) => break,
+                    msg = messages.next() => match msg {
+                        Some(msg) => msg,
+                        None => break,
+                    },
+                };
+                while in_flight.try_join_next().is_some() {}
                 let Some(reply_to) = msg.reply.clone() else {
                     tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
                     continue;
                 };
                 let broker = broker.clone();
                 let handler = handler.clone();
-                tokio::spawn(
+                in_flight.spawn(
                     async move {
                         let correlation = msg
                             .headers
@@ -482,6 +575,21 @@ impl Bus {
                             .or_else(|| msg.headers.get(headers::MSG_ID))
                             .map(str::to_owned);
                         let outcome = match codec::decode::<M>(&msg.payload) {
+                            Ok(body) if check => {
+                                match crate::subscription::check_subject_fields(&body, &msg.subject)
+                                {
+                                    Ok(()) => {
+                                        let env = Envelope::new(
+                                            body,
+                                            msg.subject,
+                                            msg.reply,
+                                            msg.headers,
+                                        );
+                                        handler(env).await.map_err(|e| e.to_string())
+                                    }
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            }
                             Ok(body) => {
                                 let env = Envelope::new(body, msg.subject, msg.reply, msg.headers);
                                 // A panic is answered like an error: the requester must never
@@ -507,8 +615,11 @@ impl Bus {
                     .instrument(tracing::trace_span!("serve", type_name = M::TYPE_NAME)),
                 );
             }
+            // Unsubscribe first (no new requests), then answer the ones in flight.
+            drop(messages);
+            while in_flight.join_next().await.is_some() {}
         });
-        Ok(ServeHandle { task })
+        Ok(ServeHandle { task, stop })
     }
 
     /// Waits until every stream declared with [`BusBuilder::stream`] is set up on the current
@@ -535,12 +646,187 @@ impl Bus {
         self.inner.broker.confirm().await
     }
 
-    /// The dead letters of the outbox: messages that failed every send attempt.
+    /// [`flush`](Bus::flush) with a deadline: fails with [`Error::FlushTimeout`] (transient,
+    /// naming the connection state and, when known, why the broker cannot be reached) if it
+    /// did not complete within `timeout`.
+    ///
+    /// With an outbox, it waits until everything committed before the call is confirmed or
+    /// dead-lettered; on expiry nothing is lost, the messages stay queued. Without one, it
+    /// repeats the broker's confirmation round trip (each bounded by the request timeout)
+    /// until one succeeds or the deadline passes; a connection lost meanwhile fails it with
+    /// [`Error::ConnectionLost`] at once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// let bus = bus::Bus::local().await?;
+    /// bus.flush_timeout(std::time::Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn flush_timeout(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            return match tokio::time::timeout_at(deadline, outbox.flush()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(self.flush_timed_out(timeout)),
+            };
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.broker.confirm()).await {
+                Err(_) => return Err(self.flush_timed_out(timeout)),
+                // One round trip got no answer in time: the broker is unreachable for now.
+                Ok(Err(Error::Timeout { .. })) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(self.flush_timed_out(timeout));
+                    }
+                    // A broker that times out at once must not make this spin.
+                    let pause = tokio::time::Instant::now() + Duration::from_millis(20);
+                    tokio::time::sleep_until(pause.min(deadline)).await;
+                }
+                Ok(outcome) => return outcome,
+            }
+        }
+    }
+
+    fn flush_timed_out(&self, timeout: Duration) -> Error {
+        Error::FlushTimeout {
+            timeout,
+            state: self.state(),
+            detail: self.connection_error(),
+        }
+    }
+
+    /// This instance's health now: connection state, outbox depth and age, dead letters,
+    /// slow-consumer drops, handler failures, version, uptime. The heartbeat
+    /// ([`BusBuilder::heartbeat`](crate::BusBuilder::heartbeat)) sends the same snapshot.
+    pub async fn health(&self) -> Health {
+        #[allow(unused_mut)]
+        let (mut depth, mut oldest, mut dead) = (0, None, 0);
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            match outbox.stats().await {
+                Ok(s) => {
+                    depth = s.depth;
+                    oldest = s.oldest_age.map(|a| a.as_millis() as u64);
+                    dead = s.dead_letters;
+                }
+                Err(e) => tracing::warn!(error = %e, "health: cannot read the outbox stats"),
+            }
+        }
+        let t = &self.inner.health;
+        Health {
+            instance: t.instance.clone(),
+            state: self.state().to_string(),
+            outbox_depth: depth,
+            outbox_oldest_ms: oldest,
+            dead_letters: dead + self.inner.handler_dead_letters.len(),
+            slow_consumer_drops: t.drops(),
+            handler_failures: t.handler_failures(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: t.uptime_ms(),
+            at_ms: crate::health::now_ms(),
+        }
+    }
+
+    /// Sends [`Bus::health`] on `plugin.health.<instance>` every `interval`, straight to the
+    /// broker (never through the outbox), until the bus is closed or dropped.
+    pub(crate) fn start_heartbeat(&self, interval: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut closing = self.inner.closing.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    Ok(_) = closing.wait_for(|c| *c) => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let bus = Bus { inner };
+                let health = bus.health().await;
+                let raw = match (health.subject(), codec::encode(&health, Health::TYPE_NAME)) {
+                    (Ok(subject), Ok(payload)) => RawMessage::new(subject, payload),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(error = %e, "heartbeat: cannot build the health message");
+                        continue;
+                    }
+                };
+                if bus.state() == ConnectionState::Connected {
+                    if let Err(e) = bus.inner.broker.publish(raw).await {
+                        tracing::debug!(error = %e, "heartbeat not sent");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Closes the bus cleanly within [`DEFAULT_CLOSE_TIMEOUT`]; see
+    /// [`close_timeout`](Bus::close_timeout).
+    pub async fn close(&self) -> Result<CloseReport> {
+        self.close_timeout(DEFAULT_CLOSE_TIMEOUT).await
+    }
+
+    /// Closes the bus cleanly: every handler and responder stops taking messages and finishes
+    /// the ones in flight (their retries included), then the outbox is flushed, all within
+    /// `timeout`. Returns what is left: messages still queued in the outbox file (sent by the
+    /// next process that opens it) and whether everything stopped in time. New handlers and
+    /// responders are refused afterwards ([`Error::Closed`]); publishing still works (into the
+    /// outbox, or to the broker) for as long as the `Bus` lives.
+    ///
+    /// Dropping the last `Bus` clone without `close` is safe but abrupt: handlers and
+    /// responders keep running until their own handles are dropped or stopped, in-flight
+    /// messages are not waited for, and whatever the outbox holds stays in its file.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// let bus = bus::Bus::local().await?;
+    /// let report = bus.close().await?;
+    /// assert!(report.stopped_in_time);
+    /// assert_eq!(report.left_queued, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn close_timeout(&self, timeout: Duration) -> Result<CloseReport> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.inner.closing.send_replace(true);
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let stopped_in_time = {
+            let mut all = self.inner.all_stopped.lock().await;
+            // `None`: every loop dropped its sender, i.e. finished.
+            tokio::time::timeout_at(deadline, all.recv()).await.is_ok()
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let flushed = self.flush_timeout(remaining).await.is_ok();
+        #[allow(unused_mut)]
+        let mut left_queued = 0;
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            left_queued = outbox.stats().await.map(|s| s.depth).unwrap_or(0);
+        }
+        tracing::info!(stopped_in_time, flushed, left_queued, "bus closed");
+        Ok(CloseReport {
+            stopped_in_time,
+            flushed,
+            left_queued,
+        })
+    }
+
+    /// The dead letters: messages the outbox failed to send and messages handlers gave up on,
+    /// each saying where it died (`origin`). In the outbox file when there is one, else (handler
+    /// dead letters only) in memory.
     #[cfg(feature = "outbox")]
     pub fn dead_letters(&self) -> DeadLetters {
         match &self.inner.outbox {
             Some(outbox) => outbox.dead_letters(),
-            None => DeadLetters::none(),
+            None => DeadLetters::in_memory(
+                Arc::clone(&self.inner.handler_dead_letters),
+                self.inner.broker.clone(),
+            ),
         }
     }
 
@@ -646,12 +932,20 @@ fn publish_span(subject: &str) -> Option<tracing::Span> {
 #[derive(Debug)]
 pub struct ServeHandle {
     task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
 }
 
 impl ServeHandle {
-    /// Stops answering (unsubscribes).
+    /// Stops answering: unsubscribes at once; requests already taken are still answered (in
+    /// the background; [`shutdown`](ServeHandle::shutdown) waits for them).
     pub fn stop(self) {
-        self.task.abort();
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops answering and waits until every request already taken was answered.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
     }
 
     /// Whether the responder is still running.

@@ -207,6 +207,60 @@ pub enum Error {
         /// What is in the way, and what to do.
         reason: String,
     },
+
+    /// The server is reachable but refuses this client (see [`Refusal`](crate::Refusal)):
+    /// fix the credentials or the TLS setup, on the client or the server. Returned by
+    /// [`BusBuilder::connect`](crate::BusBuilder::connect) when told to
+    /// [wait for the connection](crate::BusBuilder::wait_for_connection).
+    #[error("the NATS server refused the connection ({refusal}): {detail}")]
+    ConnectionRefused {
+        /// Why, in one word.
+        refusal: crate::Refusal,
+        /// The client's and server's words, and what to check.
+        detail: String,
+    },
+
+    /// No connection to the broker came up in time, and no server refused one: the server is
+    /// down or unreachable (wrong host or port, a firewall). Returned by
+    /// [`BusBuilder::connect`](crate::BusBuilder::connect) when told to
+    /// [wait for the connection](crate::BusBuilder::wait_for_connection).
+    #[error("no connection to the broker within {timeout:?}: the server is unreachable ({detail}); check the URL and that the server is running")]
+    ConnectTimeout {
+        /// How long it waited.
+        timeout: Duration,
+        /// The last connection error, or the state.
+        detail: String,
+    },
+
+    /// [`Bus::flush_timeout`](crate::Bus::flush_timeout) ran out of time: what was published
+    /// is not confirmed yet. With an outbox nothing is lost (it stays queued and drains once
+    /// the broker is reachable); without one, messages may be lost if the connection is.
+    #[error("flush did not complete within {timeout:?} (connection {state}){}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    FlushTimeout {
+        /// The deadline given.
+        timeout: Duration,
+        /// The connection state when it ran out.
+        state: crate::ConnectionState,
+        /// Why the broker cannot be reached, when known.
+        detail: Option<String>,
+    },
+
+    /// A received message's subject disagrees with a placeholder field of its body, e.g. it
+    /// arrived on `plugin.outbound.slack.a1` but its body says `channel: "email"`. Only with the
+    /// subject/body check on ([`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields),
+    /// [`Subscription::check_subject_fields`](crate::Subscription::check_subject_fields)): the
+    /// message is not delivered, and the stream goes on after this item.
+    #[error("message on {subject:?} contradicts its body: the subject's `<{field}>` is {subject_value:?} but the body's field `{field}` is {body_value:?}; the publisher must put the body's placeholder fields in the subject")]
+    SubjectMismatch {
+        /// The subject the message arrived on.
+        subject: String,
+        /// The first placeholder (field) that disagrees.
+        field: &'static str,
+        /// That placeholder's token in the subject.
+        subject_value: String,
+        /// The body's field, written as a token.
+        body_value: String,
+    },
 }
 
 impl Error {
@@ -230,6 +284,8 @@ impl Error {
                 | Error::SlowConsumer { .. }
                 | Error::Nats { .. }
                 | Error::Stream { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::FlushTimeout { .. }
         )
     }
 

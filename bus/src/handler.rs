@@ -253,6 +253,7 @@ pub(crate) fn spawn<M, F, Fut, E>(
     source: Source,
     options: HandlerOptions,
     sink: DeadLetterSink,
+    (running, closing): (tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>),
     handler: F,
 ) -> Handler
 where
@@ -279,24 +280,30 @@ where
     let concurrency = options.effective_concurrency();
     let ordered = options.ordered;
     let task = match source {
-        Source::Plain(raw) => tokio::spawn(run.serve(
-            raw.messages,
-            raw.stats,
-            raw.pattern,
-            concurrency,
-            ordered,
-            stopped,
-            |run, msg, slot| run.deliver(msg, slot),
-        )),
-        Source::Durable(raw) => tokio::spawn(run.serve(
-            raw.deliveries,
-            raw.stats,
-            raw.pattern,
-            concurrency,
-            ordered,
-            stopped,
-            move |run, d, slot| run.deliver_durable(d, slot, ordered),
-        )),
+        Source::Plain(raw) => tokio::spawn(async move {
+            let _running = running;
+            run.serve(
+                raw.messages,
+                raw.stats,
+                raw.pattern,
+                (concurrency, ordered),
+                (stopped, closing),
+                |run, msg, slot| run.deliver(msg, slot),
+            )
+            .await
+        }),
+        Source::Durable(raw) => tokio::spawn(async move {
+            let _running = running;
+            run.serve(
+                raw.deliveries,
+                raw.stats,
+                raw.pattern,
+                (concurrency, ordered),
+                (stopped, closing),
+                move |run, d, slot| run.deliver_durable(d, slot, ordered),
+            )
+            .await
+        }),
     };
     Handler {
         name,
@@ -345,9 +352,8 @@ where
         mut messages: futures::stream::BoxStream<'static, T>,
         sub_stats: Arc<SubscriptionStats>,
         pattern: String,
-        concurrency: usize,
-        ordered: bool,
-        mut stopped: watch::Receiver<bool>,
+        (concurrency, ordered): (usize, bool),
+        (mut stopped, mut closing): (watch::Receiver<bool>, watch::Receiver<bool>),
         process: P,
     ) where
         T: Send + 'static,
@@ -361,7 +367,8 @@ where
             // A slot first, so a busy handler leaves messages in the subscription's buffer.
             let permit = tokio::select! {
                 biased;
-                _ = stopped.wait_for(|s| *s) => break,
+                Ok(_) = stopped.wait_for(|s| *s) => break,
+                Ok(_) = closing.wait_for(|c| *c) => break,
                 permit = Arc::clone(&slots).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
@@ -369,7 +376,8 @@ where
             };
             let msg = tokio::select! {
                 biased;
-                _ = stopped.wait_for(|s| *s) => break,
+                Ok(_) = stopped.wait_for(|s| *s) => break,
+                Ok(_) = closing.wait_for(|c| *c) => break,
                 msg = messages.next() => match msg {
                     Some(m) => m,
                     None => break,
@@ -385,11 +393,16 @@ where
                 drop(permit);
                 process(self.clone(), msg, None).await;
             } else {
-                in_flight.spawn(process(
+                // Polled once here first: a handler that finishes without waiting (the common
+                // quick case) costs no task; one that waits goes on on its own task.
+                let mut attempt = Box::pin(process(
                     self.clone(),
                     msg,
                     Some((permit, Arc::clone(&slots))),
                 ));
+                if attempt.as_mut().now_or_never().is_none() {
+                    in_flight.spawn(attempt);
+                }
             }
         }
         // Stop taking messages (unsubscribe), then let what is in flight finish.
@@ -455,7 +468,7 @@ where
             Ok(Err(e)) => e.to_string(),
             Err(panic) => format!(
                 "the handler panicked: {}",
-                crate::bus::panic_message(&*panic)
+                crate::handle::panic_message(&*panic)
             ),
         };
         self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -566,7 +579,10 @@ impl MemoryDeadLetters {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if l.len() >= MEMORY_DEAD_LETTERS {
             l.pop_front();
-            self.evicted.fetch_add(1, Ordering::Relaxed);
+            let evicted = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+            if evicted.is_power_of_two() {
+                tracing::warn!(evicted, kept = MEMORY_DEAD_LETTERS, "in-memory handler dead letters full: the oldest are dropped (configure an outbox to keep them all)");
+            }
         }
         l.push_back((id, failed));
     }
@@ -599,7 +615,10 @@ impl MemoryDeadLetters {
         n
     }
 
-    pub(crate) fn evicted(&self) -> u64 {
-        self.evicted.load(Ordering::Relaxed)
+    pub(crate) fn len(&self) -> u64 {
+        self.letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len() as u64
     }
 }

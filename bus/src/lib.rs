@@ -59,22 +59,28 @@
 
 #![forbid(unsafe_code)]
 
+// The derive names `::bus::…`; inside this crate that is the crate itself (for `Health`).
+extern crate self as bus;
+
 pub mod broker;
 mod builder;
-mod bus;
+// Named `handle` inside the crate: the root name `bus` is the crate itself (see above).
 mod codec;
 pub mod durable;
 mod envelope;
 mod error;
+#[path = "bus.rs"]
+mod handle;
 pub mod handler;
 pub mod headers;
+mod health;
 mod local;
 mod message;
 mod msg_id;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "outbox")]
-mod outbox;
+pub mod outbox;
 mod retry;
 pub mod stream;
 mod subscription;
@@ -82,17 +88,22 @@ mod subscription;
 #[doc(hidden)]
 pub mod __private;
 
-pub use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription, SubscriptionStats};
+pub use crate::broker::{
+    Broker, ConnectionState, RawMessage, RawSubscription, Refusal, SubscriptionStats,
+};
 pub use crate::builder::BusBuilder;
 #[cfg(feature = "outbox")]
 pub use crate::builder::DEFAULT_OUTBOX_PATH;
-pub use crate::bus::{Bus, ServeHandle, DEFAULT_REQUEST_TIMEOUT};
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
+pub use crate::handle::{
+    Bus, CloseReport, ServeHandle, DEFAULT_CLOSE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+};
 pub use crate::handler::{Handler, HandlerOptions, HandlerStats};
 pub use crate::headers::{Headers, WireHeaders};
+pub use crate::health::Health;
 pub use crate::local::{LocalBroker, LocalOptions};
-pub use crate::message::{Filter, Message, Request, SubjectToken};
+pub use crate::message::{Filter, FilterValue, Message, Request, SubjectToken};
 pub use crate::msg_id::new_msg_id;
 #[cfg(feature = "nats")]
 pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};

@@ -1,5 +1,5 @@
-//! What the derive implements: [`Message`], [`Request`], [`Filter`], and the placeholder
-//! value trait [`SubjectToken`].
+//! What the derive implements: [`Message`], [`Request`], [`Filter`], the placeholder value trait
+//! [`SubjectToken`], and [`FilterValue`], what a generated filter method accepts.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -131,3 +131,62 @@ macro_rules! display_tokens {
 }
 
 display_tokens!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, char, bool);
+
+/// A value a generated filter method accepts for a placeholder whose field is a `T`.
+///
+/// A filter method takes the type of its field, so a filter can only match subjects that the
+/// message type can publish: `Health::filter().shard(3)` for a `shard: u32` field, never
+/// `.shard("3")`. Every [`SubjectToken`] type stands for itself (and a reference to it does too),
+/// and a string field (`String`, `Box<str>`, `Arc<str>`, `Cow<'static, str>`) also takes any of
+/// the other string types, `&str` included.
+///
+/// ```
+/// use bus::{Filter, Message, SubjectToken};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum Channel { Slack, Email }
+/// impl SubjectToken for Channel {
+///     fn write_token(&self, out: &mut String) {
+///         out.push_str(match self { Channel::Slack => "slack", Channel::Email => "email" });
+///     }
+/// }
+///
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[subject("plugin.health.<channel>.<shard>.<host>")]
+/// struct Health { channel: Channel, shard: u32, host: String }
+///
+/// let f = Health::filter().channel(Channel::Slack).shard(3).host("db-1");
+/// assert_eq!(f.pattern().unwrap(), "plugin.health.slack.3.db-1");
+/// ```
+///
+/// To let a filter on your own token type take another type as well (say `&str` for a
+/// `ChannelId`), implement this trait for it: `impl bus::FilterValue<ChannelId> for &str {}`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a filter value for a placeholder of type `{T}`",
+    label = "a filter on this placeholder takes a `{T}`, the type of its field",
+    note = "a filter method takes its field's type (which implements `bus::SubjectToken`), so that the filter only matches what the message publishes; a string field also takes `&str` and `String`"
+)]
+pub trait FilterValue<T: ?Sized>: SubjectToken {}
+
+// The impls below are `do_not_recommend`: without it, every wrong value's error lists them all
+// ("the following other types implement trait `FilterValue<T>`"), a page of noise under a
+// message that already says what to pass. This one stays recommendable so that a field type
+// that is not a `SubjectToken` is reported as exactly that.
+impl<T: SubjectToken> FilterValue<T> for T {}
+
+#[diagnostic::do_not_recommend]
+impl<T: SubjectToken + ?Sized> FilterValue<T> for &T {}
+
+/// Each string field type takes the other string types (itself is covered above).
+macro_rules! string_filter_values {
+    ($field:ty: $($arg:ty),*) => {$(
+        #[diagnostic::do_not_recommend]
+        impl FilterValue<$field> for $arg {}
+    )*};
+}
+
+string_filter_values!(String: &str, Box<str>, std::sync::Arc<str>, std::borrow::Cow<'_, str>);
+string_filter_values!(Box<str>: &str, String, std::sync::Arc<str>, std::borrow::Cow<'_, str>);
+string_filter_values!(std::sync::Arc<str>: &str, String, Box<str>, std::borrow::Cow<'_, str>);
+string_filter_values!(std::borrow::Cow<'static, str>: &str, String, Box<str>, std::sync::Arc<str>);

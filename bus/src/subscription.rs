@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 
+use bus_subject::{parse_template, Segment};
+
 use crate::broker::{RawSubscription, SubscriptionStats};
 use crate::{codec, Envelope, Error, Message, Result};
 
@@ -18,6 +20,13 @@ use crate::{codec, Envelope, Error, Message, Result};
 /// ([`Error::SlowConsumer`], with how many); the stream goes on after either. If the server
 /// ends the subscription (a permissions violation), one [`Error::PermissionDenied`] item comes,
 /// then the stream ends. Dropping the subscription unsubscribes.
+///
+/// With the subject/body check on ([`check_subject_fields`](Subscription::check_subject_fields),
+/// or for every subscription of a bus with
+/// [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields)), a message whose
+/// placeholder fields disagree with the subject it arrived on is an [`Error::SubjectMismatch`]
+/// item instead of a message. The check is off by default: a peer that builds its subjects from
+/// the same fields (every `bus` publisher does) cannot disagree, and off it costs nothing.
 ///
 /// ```no_run
 /// # use bus::{Bus, Message};
@@ -41,19 +50,46 @@ pub struct Subscription<T> {
     reported_failure: bool,
     reported_dropped: u64,
     decode_errors: u64,
+    check_subject_fields: bool,
+    subject_mismatches: u64,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T> Subscription<T> {
-    /// Wraps a raw subscription.
+    /// Wraps a raw subscription, with the subject/body check off.
     pub fn new(raw: RawSubscription) -> Self {
         Subscription {
             raw,
             reported_failure: false,
             reported_dropped: 0,
             decode_errors: 0,
+            check_subject_fields: false,
+            subject_mismatches: 0,
             _type: PhantomData,
         }
+    }
+
+    /// Turns the subject/body check on or off for this subscription (it starts as the bus's
+    /// [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields) says, off by
+    /// default). On, each received message's subject is rebuilt from its decoded body and
+    /// compared with the subject it arrived on; a message that disagrees (say, published by a
+    /// peer in another language on `plugin.outbound.slack.a1` with `channel: "email"` in its
+    /// body) is an [`Error::SubjectMismatch`] item naming both, never a message.
+    ///
+    /// It costs one subject built per message; off, nothing.
+    ///
+    /// ```no_run
+    /// # use bus::{Bus, Message};
+    /// # #[derive(serde::Serialize, serde::Deserialize, Message)]
+    /// # #[subject("plugin.inbound.<channel>")]
+    /// # struct Inbound { channel: String, text: String }
+    /// # async fn run(bus: &Bus) -> Result<(), bus::Error> {
+    /// let sub = Inbound::subscribe(bus, Inbound::filter()).await?.check_subject_fields(true);
+    /// # let _ = sub; Ok(()) }
+    /// ```
+    pub fn check_subject_fields(mut self, on: bool) -> Self {
+        self.check_subject_fields = on;
+        self
     }
 
     /// The pattern subscribed to.
@@ -70,6 +106,11 @@ impl<T> Subscription<T> {
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors
     }
+
+    /// Messages refused so far by the subject/body check ([`Error::SubjectMismatch`]).
+    pub fn subject_mismatches(&self) -> u64 {
+        self.subject_mismatches
+    }
 }
 
 impl<T> fmt::Debug for Subscription<T> {
@@ -78,6 +119,8 @@ impl<T> fmt::Debug for Subscription<T> {
             .field("pattern", &self.raw.pattern)
             .field("stats", &self.raw.stats)
             .field("decode_errors", &self.decode_errors)
+            .field("check_subject_fields", &self.check_subject_fields)
+            .field("subject_mismatches", &self.subject_mismatches)
             .finish()
     }
 }
@@ -114,7 +157,17 @@ impl<T: Message> Stream for Subscription<T> {
             Poll::Pending => return Poll::Pending,
         };
         Poll::Ready(Some(match codec::decode::<T>(&msg.payload) {
-            Ok(body) => Ok(Envelope::new(body, msg.subject, msg.reply, msg.headers)),
+            Ok(body) => {
+                if this.check_subject_fields {
+                    if let Err(e) = check_subject_fields(&body, &msg.subject) {
+                        this.subject_mismatches += 1;
+                        let msg_id = msg.headers.get(crate::headers::MSG_ID);
+                        tracing::warn!(?msg_id, type_name = T::TYPE_NAME, error = %e, "message refused by the subject/body check");
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                Ok(Envelope::new(body, msg.subject, msg.reply, msg.headers))
+            }
             Err(source) => {
                 this.decode_errors += 1;
                 let msg_id = msg.headers.get(crate::headers::MSG_ID).map(str::to_string);
@@ -127,5 +180,86 @@ impl<T: Message> Stream for Subscription<T> {
                 })
             }
         }))
+    }
+}
+
+/// The subject/body check: `Ok` when the placeholder fields of `body` rebuild `subject`.
+///
+/// Otherwise an [`Error::SubjectMismatch`] naming the first placeholder that disagrees, or, for a
+/// subject that does not even fit `M`'s template (possible only through a raw subscription wrapped
+/// by hand), an [`Error::InvalidSubject`].
+pub(crate) fn check_subject_fields<M: Message>(body: &M, subject: &str) -> Result<()> {
+    let rebuilt = body.subject();
+    if matches!(&rebuilt, Ok(s) if s == subject) {
+        return Ok(());
+    }
+    Err(mismatch::<M>(rebuilt, subject))
+}
+
+/// Why `subject` and the body's subject (`rebuilt`) differ.
+#[cold]
+fn mismatch<M: Message>(rebuilt: Result<String>, subject: &str) -> Error {
+    let segments = match parse_template(M::SUBJECT) {
+        Ok(t) => t.segments,
+        // The derive accepted the template, so this does not happen; say so rather than panic.
+        Err(_) => Vec::new(),
+    };
+    let received: Vec<&str> = subject.split('.').collect();
+    let fits = received.len() == segments.len()
+        && segments
+            .iter()
+            .zip(&received)
+            .all(|(seg, tok)| !matches!(seg, Segment::Literal(l) if l != tok));
+    if !fits {
+        return Error::InvalidSubject {
+            subject: subject.to_string(),
+            reason: format!(
+                "it does not fit the subject template of `{}`, `{}`",
+                M::TYPE_NAME,
+                M::SUBJECT
+            ),
+        };
+    }
+    let mut placeholders = segments
+        .iter()
+        .zip(&received)
+        .filter_map(|(seg, tok)| match seg {
+            Segment::Placeholder(name) => Some((*name, *tok)),
+            Segment::Literal(_) => None,
+        });
+    let (field, subject_value, body_value) = match &rebuilt {
+        Ok(rebuilt) => {
+            let body_tokens =
+                rebuilt
+                    .split('.')
+                    .zip(&segments)
+                    .filter_map(|(tok, seg)| match seg {
+                        Segment::Placeholder(_) => Some(tok),
+                        Segment::Literal(_) => None,
+                    });
+            // The first placeholder whose tokens differ. The rebuilt subject has the
+            // template's literals, so its placeholder tokens line up with the received ones.
+            match placeholders
+                .zip(body_tokens)
+                .find(|((_, received), rebuilt)| received != rebuilt)
+            {
+                Some(((field, received), rebuilt)) => (field, received, rebuilt.to_string()),
+                None => ("", subject, rebuilt.clone()),
+            }
+        }
+        // A body field that is not one token cannot match any subject.
+        Err(Error::InvalidSubjectToken { field, value, .. }) => {
+            let received = placeholders
+                .find(|(name, _)| name == field)
+                .map_or("", |(_, tok)| tok);
+            (*field, received, value.clone())
+        }
+        Err(other) => ("", subject, other.to_string()),
+    };
+    Error::SubjectMismatch {
+        subject: subject.to_string(),
+        field,
+        subject_value: subject_value.to_string(),
+        body_value,
     }
 }

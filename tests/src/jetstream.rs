@@ -5,7 +5,6 @@
 //! Uses only `NatsServer::builder().config(..)`, so it works with the harness as it is.
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::server::{Cluster, NatsServer, NatsServerBuilder};
@@ -53,26 +52,17 @@ impl Deref for JsServer {
 }
 
 /// A cluster of JetStream nodes (`server_name` node0, node1, … come from the harness), each
-/// with its own store directory.
+/// with its own store directory (the harness's, removed with the node).
 #[derive(Debug)]
 pub struct JsCluster {
     cluster: Cluster,
-    _stores: Vec<tempfile::TempDir>,
 }
 
 impl JsCluster {
-    /// Starts `n` nodes and waits until they are meshed.
+    /// Starts `n` nodes and waits until they are meshed and agree on a meta leader.
     pub fn start(n: usize) -> JsCluster {
-        let stores: Vec<tempfile::TempDir> = (0..n).map(|_| store_dir()).collect();
-        let paths: Vec<String> = stores.iter().map(|s| jetstream_config(s.path())).collect();
-        let next = AtomicUsize::new(0);
-        let cluster = Cluster::start_with(n, || {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            NatsServer::builder().config(&paths[i % paths.len()])
-        });
         JsCluster {
-            cluster,
-            _stores: stores,
+            cluster: Cluster::start_with(n, || NatsServer::builder().jetstream(true)),
         }
     }
 }

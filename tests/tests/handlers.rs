@@ -99,6 +99,24 @@ async fn retries_then_dead_letters() {
         assert_eq!(stats.handled(), 4);
         assert_eq!(stats.dead_lettered(), 1);
         assert_eq!(stats.failed_attempts(), 2 + 3 + 1);
+        // The dead letter says where it died, with everything needed to replay it.
+        let dead = bus.dead_letters().list().await.unwrap();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].origin, "handler:flaky");
+        assert_eq!(dead[0].subject, "plugin.outbound.h.m1");
+        assert_eq!(dead[0].attempts, 3);
+        assert_eq!(dead[0].last_error, "always broken");
+        let body: Outbound = rmp_serde::from_slice(&dead[0].payload).unwrap();
+        assert_eq!(body.text, "never");
+        // Replayed to its subject: the handler sees it again (and, still failing, it comes back).
+        bus.dead_letters().replay(dead[0].id).await.unwrap();
+        until("the replay handled and dead-lettered again", || {
+            stats.dead_lettered() == 2
+        })
+        .await;
+        assert_eq!(attempts.lock().unwrap()["m1"], 6);
+        assert_eq!(bus.dead_letters().count().await.unwrap(), 1);
+        assert_eq!(bus.dead_letters().purge().await.unwrap(), 1);
         handler.stop().await;
         eprintln!(
             "{}: 5 published, 4 handled once, 1 dead-lettered after 3 attempts, 0 lost",
@@ -189,7 +207,7 @@ async fn ordered_mode_keeps_order_through_retries() {
                             *n
                         };
                         // Every tenth message fails once.
-                        if i % 10 == 0 && n == 1 {
+                        if i.is_multiple_of(10) && n == 1 {
                             return Err("once");
                         }
                         o.lock().unwrap().push(i);
@@ -268,4 +286,140 @@ async fn concurrency_is_bounded_and_stop_drains() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(finished.load(Ordering::SeqCst), at_stop);
     }
+}
+
+/// `close` stops every handler and responder after what is in flight, flushes, and reports
+/// what is left; afterwards new handlers are refused. With the server down, the outbox's
+/// messages are reported as left queued (they stay in the file).
+#[tokio::test]
+async fn close_drains_handlers_and_reports_what_is_left() {
+    let (buses, server) = buses().await;
+    for bus in &buses {
+        let finished = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(AtomicUsize::new(0));
+        let (f, s) = (finished.clone(), started.clone());
+        let _handler = bus
+            .handle::<Outbound, _, _, _>(Outbound::filter().channel("close"), move |_msg| {
+                let (f, s) = (f.clone(), s.clone());
+                async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    f.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, String>(())
+                }
+            })
+            .await
+            .unwrap();
+        for i in 0..3 {
+            outbound("close", &format!("c{i}"), "x")
+                .publish(bus)
+                .await
+                .unwrap();
+        }
+        until("3 started", || started.load(Ordering::SeqCst) == 3).await;
+        let report = bus.close().await.unwrap();
+        assert!(report.stopped_in_time && report.flushed, "{report:?}");
+        assert_eq!(report.left_queued, 0);
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            3,
+            "close returned before in-flight work finished"
+        );
+        assert!(matches!(
+            bus.handle::<Outbound, _, _, _>(Outbound::filter(), |_m| async { Ok::<_, String>(()) })
+                .await,
+            Err(bus::Error::Closed)
+        ));
+    }
+    // The outbox with the server gone: close reports the queued messages instead of hanging.
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::builder()
+        .nats([server.url()])
+        .outbox_path(dir.path().join("outbox.sqlite3"))
+        .reconnect_delay(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    drop(server);
+    for i in 0..5 {
+        outbound("close", &format!("q{i}"), "x")
+            .publish(&bus)
+            .await
+            .unwrap();
+    }
+    let report = bus.close_timeout(Duration::from_millis(500)).await.unwrap();
+    assert!(!report.flushed);
+    assert_eq!(report.left_queued, 5, "{report:?}");
+}
+
+/// Dropping a `Handler` (or a `ServeHandle`) leaves it running until the bus closes.
+#[tokio::test]
+async fn a_dropped_handle_keeps_running() {
+    let bus = Bus::local().await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    drop(
+        // The generated `T::handle`, as a user writes it.
+        Outbound::handle(&bus, Outbound::filter().channel("drop"), move |_m| {
+            let s = s.clone();
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(())
+            }
+        })
+        .await
+        .unwrap(),
+    );
+    outbound("drop", "a", "x").publish(&bus).await.unwrap();
+    until("the dropped handler ran", || {
+        seen.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    bus.close().await.unwrap();
+    outbound("drop", "b", "x").publish(&bus).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "a closed bus's handler still ran"
+    );
+}
+
+/// With an outbox, a handler's dead letter goes to the outbox file's dead-letter table, beside
+/// the outbox's own: the read-only view (what the CLI reads) sees it, with its origin.
+#[tokio::test]
+async fn handler_dead_letters_live_in_the_outbox_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite3");
+    let bus = Bus::builder().outbox_path(&path).connect().await.unwrap();
+    let handler = Outbound::handle(&bus, Outbound::filter().channel("dl"), |_m| async {
+        Err::<(), _>("refused")
+    })
+    .await
+    .unwrap();
+    outbound("dl", "a", "x").publish(&bus).await.unwrap();
+    let stats = handler.stats().clone();
+    until("dead-lettered", || stats.dead_lettered() == 1).await;
+    handler.stop().await;
+    let dead = bus.dead_letters().list().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].origin,
+        format!(
+            "handler:{}",
+            std::any::type_name::<Outbound>()
+                .rsplit("::")
+                .next()
+                .unwrap()
+        )
+    );
+    let file = bus::outbox::OutboxFile::open_read_only(&path).unwrap();
+    let seen = file.dead_letters().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].subject, "plugin.outbound.dl.a");
+    assert_eq!(seen[0].last_error, "refused");
+    assert!(
+        dead[0].headers.get("Nats-Msg-Id").is_some(),
+        "the outbox's msg id is kept"
+    );
 }

@@ -31,6 +31,11 @@ mod shadowed {
     struct std;
     struct __F;
     struct __E;
+    struct __S;
+    struct __R;
+    struct FilterValue;
+    struct SameAs;
+    struct BoxFuture;
 
     #[derive(Serialize, Deserialize, Message)]
     #[subject("agent.route.<agent>.<seq>")]
@@ -38,6 +43,13 @@ mod shadowed {
     pub struct Delegate {
         pub agent: ::std::string::String,
         pub seq: u32,
+    }
+
+    /// No `#[reply]`: its `request` and `serve` exist only to fail with advice, and must compile.
+    #[derive(Serialize, Deserialize, Message)]
+    #[subject("agent.events.<agent>")]
+    pub struct Event {
+        pub agent: ::std::string::String,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -54,6 +66,10 @@ mod shadowed {
         assert_eq!(
             Delegate::filter().agent("planner").pattern().unwrap(),
             "agent.route.planner.*"
+        );
+        assert_eq!(
+            Event::filter().agent("a").pattern().unwrap(),
+            "agent.events.a"
         );
         assert_eq!(
             Delegate::filter().queue("q").queue_group(),

@@ -69,3 +69,17 @@ impl Rounds for ManySubs {
         sdk::local_typed(n, self.subs).await.map(Sample::value)
     }
 }
+
+/// `handler_local`: `Bus::handle` on the local broker (default options: concurrent, with
+/// retries and dead letters armed) vs the loop a user would write over `subscribe`, calling the
+/// same async handler for each message in turn.
+pub struct Handler;
+
+impl Rounds for Handler {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::local_loop_handler(n).await.map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::local_handle(n).await.map(Sample::value)
+    }
+}

@@ -1,16 +1,38 @@
-//! Connection events: the state watch, tracing, the server's max_payload, and slow-consumer
-//! drops attributed to the subscription they hit.
+//! Connection events: the state watch, tracing, the server's max_payload, slow-consumer drops
+//! attributed to the subscription they hit, and why connecting fails while it does.
+//!
+//! # Why a connection fails
+//! async-nats 0.35 reports each failed (re)connection attempt only as
+//! `Event::ClientError(ClientError::Other(kind))`, the bare name of its `ConnectErrorKind`:
+//! `"authorization violation"` names the server's refusal of the credentials, but a TLS failure
+//! and a server that is simply down both arrive as `"IO error"` (or `"TLS error"`), without the
+//! underlying error. The error of a connection attempt that is not retried, on the other hand,
+//! carries its source (`invalid peer certificate: UnknownIssuer`, `Connection refused`, …). So
+//! while the client keeps failing with anything but an authorization violation, one probe
+//! attempt with the same options and no retry runs (at most one at a time, at most one per
+//! [`PROBE_INTERVAL`]) and its error is classified by [`classify`]: a refusal becomes
+//! [`ConnectionState::Refused`], anything else stays `Disconnected`; the text is kept for
+//! [`NatsBroker::connection_error`](super::NatsBroker::connection_error) either way.
+//!
+//! # Logging
+//! One WARN when the connection is lost, one INFO when it is back (with the outage length); a
+//! refusal is logged at ERROR the first time it is seen in an outage and at DEBUG after that;
+//! the failed attempts themselves at DEBUG. (async-nats logs each of its events itself, at INFO
+//! under the target `async_nats`.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
-use async_nats::{Client, Event};
+use async_nats::{Client, ClientError, ConnectErrorKind, Event, ServerAddr};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::options::DEFAULT_MAX_PAYLOAD;
-use crate::broker::{ConnectionState, SubscriptionStats};
+use super::options::{NatsAuth, NatsOptions, DEFAULT_MAX_PAYLOAD};
+use crate::broker::{ConnectionState, Refusal, SubscriptionStats};
+
+/// The shortest time between two probe connection attempts while the client keeps failing.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What the event callback and the broker share.
 #[derive(Debug)]
@@ -29,6 +51,46 @@ pub(crate) struct Shared {
     pub(crate) client: Mutex<Option<Client>>,
     /// Permissions violations the server reported and nobody has taken yet.
     pub(crate) violations: Mutex<Violations>,
+    /// Why connecting fails, while it does, and what was logged about it.
+    trouble: Mutex<Trouble>,
+    /// What a probe attempt needs, set once by `NatsBroker::connect`.
+    probe: OnceLock<ProbeConfig>,
+}
+
+/// The options and servers of the client, for a probe attempt made like its own.
+#[derive(Debug)]
+pub(crate) struct ProbeConfig {
+    pub(crate) options: NatsOptions,
+    pub(crate) urls: Vec<ServerAddr>,
+}
+
+/// The state of an outage (or of the start, before the first connection).
+#[derive(Debug, Default)]
+struct Trouble {
+    /// Why the last attempt failed, in words; `None` while connected or not yet known.
+    error: Option<String>,
+    /// The refusals logged at ERROR in this outage: later ones go to DEBUG.
+    logged: Vec<Refusal>,
+    /// Whether "not reachable yet" was logged (at start, before any connection).
+    logged_unreachable: bool,
+    /// Since when the connection is down (`None` while connected or before the first).
+    down_since: Option<Instant>,
+    ever_connected: bool,
+    /// A probe attempt is running.
+    probing: bool,
+    last_probe: Option<Instant>,
+    /// Bumped at every connect and disconnect: a probe result from an earlier epoch is dropped.
+    epoch: u64,
+}
+
+/// What one probe attempt found.
+#[derive(Debug)]
+enum ProbeOutcome {
+    /// It connected (and was closed again): whatever failed before was transient.
+    Connected,
+    Failed(async_nats::ConnectError),
+    /// It could not be made or took too long.
+    Other(String),
 }
 
 /// The server's `-ERR 'Permissions Violation for …'`s, by what was refused.
@@ -82,7 +144,176 @@ impl Shared {
             subscriptions: Mutex::new(HashMap::new()),
             client: Mutex::new(None),
             violations: Mutex::new(Violations::default()),
+            trouble: Mutex::new(Trouble::default()),
+            probe: OnceLock::new(),
         })
+    }
+
+    /// Gives the probe attempts the client's options and servers (once, before connecting).
+    pub(crate) fn set_probe(&self, options: NatsOptions, urls: Vec<ServerAddr>) {
+        let _ = self.probe.set(ProbeConfig { options, urls });
+    }
+
+    fn trouble(&self) -> std::sync::MutexGuard<'_, Trouble> {
+        self.trouble.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why the connection cannot be made, while it cannot; `None` once connected.
+    pub(crate) fn connection_error(&self) -> Option<String> {
+        if *self.state.borrow() == ConnectionState::Connected {
+            return None;
+        }
+        self.trouble().error.clone()
+    }
+
+    /// The connection is up (its INFO read): ends the outage.
+    fn on_connected(&self) {
+        let outage = {
+            let mut t = self.trouble();
+            t.epoch += 1;
+            t.error = None;
+            t.logged.clear();
+            t.logged_unreachable = false;
+            t.ever_connected = true;
+            t.down_since.take().map(|since| since.elapsed())
+        };
+        match outage {
+            Some(outage) => tracing::info!(
+                outage_ms = u64::try_from(outage.as_millis()).unwrap_or(u64::MAX),
+                "NATS reconnected after {outage:.1?}"
+            ),
+            None => tracing::info!("NATS connected"),
+        }
+        self.state.send_replace(ConnectionState::Connected);
+    }
+
+    fn on_disconnected(&self) {
+        {
+            let mut t = self.trouble();
+            t.epoch += 1;
+            t.error = None;
+            t.logged.clear();
+            t.down_since = Some(Instant::now());
+            // The first failed attempt of this outage may probe at once.
+            t.last_probe = None;
+        }
+        tracing::warn!("NATS disconnected; reconnecting (publishes wait in the outbox)");
+        self.disconnects.fetch_add(1, Ordering::Relaxed);
+        self.state.send_replace(ConnectionState::Disconnected);
+    }
+
+    /// One failed connection attempt of the client, as async-nats names it.
+    fn on_attempt_failed(self: &Arc<Self>, error: &ClientError) {
+        match error {
+            ClientError::Other(kind) if kind == "authorization violation" => {
+                let detail = authorization_detail(self.probe.get().map(|p| &p.options));
+                self.refused(&mut self.trouble(), Refusal::Authorization, detail);
+            }
+            _ => {
+                tracing::debug!(error = %error, "NATS connection attempt failed");
+                self.maybe_probe();
+            }
+        }
+    }
+
+    /// Starts a probe attempt unless one runs or one started less than [`PROBE_INTERVAL`] ago.
+    fn maybe_probe(self: &Arc<Self>) {
+        let Some(config) = self.probe.get() else {
+            return;
+        };
+        // The broker is gone (only live subscriptions keep the client): nobody to tell.
+        if *self.state.borrow() == ConnectionState::Closed {
+            return;
+        }
+        let epoch = {
+            let mut t = self.trouble();
+            if t.probing || t.last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+                return;
+            }
+            t.probing = true;
+            t.last_probe = Some(Instant::now());
+            t.epoch
+        };
+        // Bounded: async-nats bounds the TCP connect by the connection timeout, but not the
+        // wait for the server's INFO or the TLS handshake after it.
+        let servers = u32::try_from(config.urls.len()).unwrap_or(u32::MAX);
+        let bound = config
+            .options
+            .connect_timeout
+            .saturating_mul(servers.saturating_add(1));
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let Some(config) = shared.probe.get() else {
+                return;
+            };
+            let outcome = match tokio::time::timeout(bound, probe(config)).await {
+                Ok(outcome) => outcome,
+                Err(_) => ProbeOutcome::Other(format!(
+                    "a connection attempt took over {bound:?} (no INFO or TLS handshake from the server)"
+                )),
+            };
+            shared.on_probe(epoch, outcome);
+        });
+    }
+
+    fn on_probe(&self, epoch: u64, outcome: ProbeOutcome) {
+        let mut t = self.trouble();
+        t.probing = false;
+        let down = matches!(
+            *self.state.borrow(),
+            ConnectionState::Disconnected | ConnectionState::Refused(_)
+        );
+        if t.epoch != epoch || !down {
+            return;
+        }
+        let detail = match outcome {
+            ProbeOutcome::Connected => {
+                tracing::debug!("NATS probe attempt connected; the client's failure was transient");
+                return;
+            }
+            ProbeOutcome::Failed(e) => {
+                let options = self.probe.get().map(|p| &p.options);
+                match classify(&e, options) {
+                    (Some(refusal), detail) => return self.refused(&mut t, refusal, detail),
+                    (None, detail) => detail,
+                }
+            }
+            ProbeOutcome::Other(detail) => detail,
+        };
+        if !t.ever_connected && !t.logged_unreachable {
+            t.logged_unreachable = true;
+            tracing::warn!(error = %detail, "NATS server not reachable yet; retrying in the background");
+        } else {
+            tracing::debug!(error = %detail, "NATS server unreachable");
+        }
+        t.error = Some(detail);
+        drop(t);
+        self.state.send_if_modified(|s| {
+            let refused = matches!(s, ConnectionState::Refused(_));
+            if refused {
+                *s = ConnectionState::Disconnected;
+            }
+            refused
+        });
+    }
+
+    /// The server refuses the client: the state says why, logged at ERROR once per outage.
+    fn refused(&self, t: &mut Trouble, refusal: Refusal, detail: String) {
+        if t.logged.contains(&refusal) {
+            tracing::debug!(reason = %detail, "NATS refused the connection: {refusal}");
+        } else {
+            t.logged.push(refusal);
+            tracing::error!(reason = %detail, "NATS refused the connection: {refusal}; retrying in the background");
+        }
+        t.error = Some(detail);
+        self.state.send_if_modified(|s| match s {
+            ConnectionState::Disconnected | ConnectionState::Refused(_) => {
+                let changed = *s != ConnectionState::Refused(refusal);
+                *s = ConnectionState::Refused(refusal);
+                changed
+            }
+            _ => false,
+        });
     }
 
     pub(crate) fn violations(&self) -> std::sync::MutexGuard<'_, Violations> {
@@ -172,16 +403,11 @@ impl Shared {
                     // INFO did not change.
                     shared.refresh_max_payload();
                     if shared.disconnects.load(Ordering::Relaxed) == generation {
-                        tracing::info!("NATS connected");
-                        shared.state.send_replace(ConnectionState::Connected);
+                        shared.on_connected();
                     }
                 });
             }
-            Event::Disconnected => {
-                tracing::warn!("NATS disconnected; reconnecting (publishes wait in the outbox)");
-                self.disconnects.fetch_add(1, Ordering::Relaxed);
-                self.state.send_replace(ConnectionState::Disconnected);
-            }
+            Event::Disconnected => self.on_disconnected(),
             Event::LameDuckMode => {
                 tracing::warn!(
                     "NATS server entered lame duck mode; a reconnect to another server will follow"
@@ -206,9 +432,154 @@ impl Shared {
                 }
             }
             Event::ServerError(e) => tracing::error!(error = %e, "NATS server error"),
-            Event::ClientError(e) => tracing::error!(error = %e, "NATS client error"),
+            Event::ClientError(e) => self.on_attempt_failed(&e),
         }
     }
+}
+
+impl super::NatsBroker {
+    /// Why the client cannot connect, while it cannot: the server's refusal with what to check
+    /// (see [`ConnectionState::Refused`]), or why the server is unreachable (`Connection
+    /// refused`, a timeout, …). `None` while connected, and before the first failed attempt.
+    ///
+    /// The reason behind a failure async-nats only calls "IO error" is learned from one extra
+    /// connection attempt without retry, made at most every couple of seconds while the
+    /// client keeps failing; so it may lag a change of the cause by that much.
+    pub fn connection_error(&self) -> Option<String> {
+        self.shared.connection_error()
+    }
+}
+
+/// One connection attempt with the client's options and no retry.
+async fn probe(config: &ProbeConfig) -> ProbeOutcome {
+    let options = match config.options.probe_connect_options().await {
+        Ok(o) => o,
+        Err(e) => return ProbeOutcome::Other(e.to_string()),
+    };
+    match options.connect(config.urls.clone()).await {
+        // Dropping the only handle closes the probe connection.
+        Ok(client) => {
+            drop(client);
+            ProbeOutcome::Connected
+        }
+        Err(e) => ProbeOutcome::Failed(e),
+    }
+}
+
+/// What the server is told about who this client is, without secrets.
+fn credentials_used(options: Option<&NatsOptions>) -> String {
+    match options.map(|o| &o.auth) {
+        None => "unknown credentials".into(),
+        Some(NatsAuth::None) => "no credentials".into(),
+        Some(NatsAuth::Token(_)) => "a token".into(),
+        Some(NatsAuth::UserPassword(user, _)) => format!("user {user:?} with a password"),
+        Some(NatsAuth::NKey(seed)) => match nkeys::KeyPair::from_seed(seed.trim()) {
+            Ok(kp) => format!("NKey {}", kp.public_key()),
+            Err(_) => "an NKey".into(),
+        },
+        Some(NatsAuth::CredentialsFile(path)) => format!("credentials file {}", path.display()),
+    }
+}
+
+fn authorization_detail(options: Option<&NatsOptions>) -> String {
+    format!(
+        "the server answered `Authorization Violation` to {}: the token, user or password is \
+         wrong, the user, NKey or .creds is unknown to the server, or it requires credentials \
+         and none were given",
+        credentials_used(options)
+    )
+}
+
+/// Sorts the error of a failed connection attempt into a refusal (with its explanation) or a
+/// server that cannot be reached (`None`, with the error's words).
+///
+/// A TLS failure shows as an I/O error of kind `InvalidData` (what tokio-rustls makes of a
+/// rustls error; async-nats's own protocol errors use `InvalidInput`). async-nats upgrades to
+/// TLS when the client asks for it (`require_tls`, a `tls://` URL) or when the server's INFO
+/// says it requires it; so a TLS failure of a client that did not ask for TLS means the server
+/// requires it.
+pub(crate) fn classify(
+    e: &async_nats::ConnectError,
+    options: Option<&NatsOptions>,
+) -> (Option<Refusal>, String) {
+    let words =
+        std::error::Error::source(e).map_or_else(|| e.kind().to_string(), ToString::to_string);
+    match e.kind() {
+        ConnectErrorKind::AuthorizationViolation => {
+            return (Some(Refusal::Authorization), authorization_detail(options))
+        }
+        ConnectErrorKind::Authentication => {
+            return (
+                Some(Refusal::Authorization),
+                format!(
+                    "cannot sign the server's challenge with the NKey seed or the .creds file \
+                     ({words}); check the seed"
+                ),
+            )
+        }
+        ConnectErrorKind::Tls => {
+            return (
+                Some(Refusal::Tls),
+                format!(
+                    "cannot set up TLS on this client: {words}; check the files given to \
+                     tls_root_certificate and tls_client_cert"
+                ),
+            )
+        }
+        _ => {}
+    }
+    let tls_failure = tls_error_text(e);
+    let Some(tls) = tls_failure else {
+        return (None, e.to_string());
+    };
+    let wants_tls = options.is_some_and(NatsOptions::client_wants_tls);
+    let has_tls = options.is_some_and(NatsOptions::has_tls_config);
+    if wants_tls && tls.contains("corrupt message") {
+        (
+            Some(Refusal::TlsRequiredByClient),
+            format!(
+                "this client requires TLS (require_tls or a tls:// URL) but the server does not \
+                 speak TLS (the handshake got: {tls}); enable TLS on the server or connect \
+                 without require_tls"
+            ),
+        )
+    } else if !wants_tls && !has_tls {
+        (
+            Some(Refusal::TlsRequiredByServer),
+            format!(
+                "the server requires TLS; this client has no TLS configured, so it tried with \
+                 the system's root certificates and failed: {tls}; give the CA that signed the \
+                 server's certificate with tls_root_certificate (and set require_tls)"
+            ),
+        )
+    } else {
+        (
+            Some(Refusal::Tls),
+            format!(
+                "the TLS handshake failed: {tls}; check that tls_root_certificate is the CA \
+                 that signed the server's certificate and that the certificate names the host \
+                 of the URL, and, if the server verifies clients, that tls_client_cert is set \
+                 and signed by a CA the server trusts"
+            ),
+        )
+    }
+}
+
+/// The rustls error behind a failed attempt, if a TLS failure it was.
+fn tls_error_text(e: &async_nats::ConnectError) -> Option<String> {
+    let mut cur = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return Some(
+                    io.get_ref()
+                        .map_or_else(|| io.to_string(), ToString::to_string),
+                );
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -228,5 +599,56 @@ mod tests {
             Some((Refused::Subscription, "a.>".into()))
         );
         assert_eq!(parse_violation("Maximum Payload Violation"), None);
+    }
+
+    fn io(kind: std::io::ErrorKind, text: &str) -> async_nats::ConnectError {
+        async_nats::ConnectError::from(std::io::Error::new(kind, text.to_owned()))
+    }
+
+    /// The decision table of [`classify`], on errors shaped as async-nats 0.35 returns them
+    /// (the integration tests `nats_auth` and `nats_tls` get them from real servers).
+    #[test]
+    fn classifies_failed_attempts() {
+        use std::io::ErrorKind::{ConnectionRefused, InvalidData};
+        let plain = NatsOptions::new(["nats://127.0.0.1:4222"]);
+        let mut require = plain.clone();
+        require.require_tls = true;
+        let tls_url = NatsOptions::new(["tls://127.0.0.1:4222"]);
+        let mut with_ca = plain.clone();
+        with_ca.tls_root_certificate = Some("ca.pem".into());
+        let corrupt = "received corrupt message of type InvalidContentType";
+        let untrusted = "invalid peer certificate: UnknownIssuer";
+        let auth = async_nats::ConnectError::from(ConnectErrorKind::AuthorizationViolation);
+        let cases = [
+            (&auth, &plain, Some(Refusal::Authorization)),
+            (
+                &io(InvalidData, untrusted),
+                &plain,
+                Some(Refusal::TlsRequiredByServer),
+            ),
+            (&io(InvalidData, untrusted), &require, Some(Refusal::Tls)),
+            (&io(InvalidData, untrusted), &with_ca, Some(Refusal::Tls)),
+            (
+                &io(InvalidData, corrupt),
+                &require,
+                Some(Refusal::TlsRequiredByClient),
+            ),
+            (
+                &io(InvalidData, corrupt),
+                &tls_url,
+                Some(Refusal::TlsRequiredByClient),
+            ),
+            (&io(ConnectionRefused, "Connection refused"), &require, None),
+            (&io(ConnectionRefused, "Connection refused"), &plain, None),
+        ];
+        for (e, options, want) in cases {
+            let (got, detail) = classify(e, Some(options));
+            assert_eq!(got, want, "{e} with {:?}", options.urls);
+            assert!(!detail.is_empty());
+        }
+        let (_, detail) = classify(&io(ConnectionRefused, "Connection refused"), Some(&plain));
+        assert!(detail.contains("Connection refused"), "{detail}");
+        let (_, detail) = classify(&auth, Some(&plain));
+        assert!(detail.contains("Authorization Violation") && detail.contains("no credentials"));
     }
 }

@@ -346,7 +346,8 @@ pub(crate) async fn keep_streams(js: Weak<JetStream>, mut state: watch::Receiver
         let now = *state.borrow_and_update();
         match now {
             ConnectionState::Closed => return,
-            ConnectionState::Connected => {
+            // In lame duck mode the server still serves until it closes the connection.
+            ConnectionState::Connected | ConnectionState::LameDuck => {
                 let mut wait = Duration::from_millis(100);
                 let changed = loop {
                     let Some(strong) = js.upgrade() else { return };
@@ -375,7 +376,7 @@ pub(crate) async fn keep_streams(js: Weak<JetStream>, mut state: watch::Receiver
                     continue;
                 }
             }
-            ConnectionState::Disconnected | ConnectionState::LameDuck => mark_pending(&js),
+            ConnectionState::Disconnected | ConnectionState::Refused(_) => mark_pending(&js),
         }
         if state.changed().await.is_err() {
             return;

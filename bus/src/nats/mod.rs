@@ -79,8 +79,10 @@ pub struct NatsBroker {
 impl NatsBroker {
     /// Connects (succeeds while the server is still down; reconnects forever).
     ///
-    /// Fails only on configuration errors: no or unparsable URL, unreadable credentials file,
-    /// invalid confirm subject. Watch [`state`](Broker::state) to know when the server is reached.
+    /// Fails only on configuration errors: no or unparsable URL, a malformed NKey seed, an
+    /// unreadable or invalid credentials file or TLS file, an invalid confirm subject. Watch
+    /// [`state`](Broker::state) to know when the server is reached, or whether it refuses this
+    /// client ([`ConnectionState::Refused`], with [`connection_error`](NatsBroker::connection_error)).
     pub async fn connect(options: NatsOptions) -> Result<NatsBroker> {
         Self::connect_with_streams(options, Vec::new()).await
     }
@@ -117,6 +119,7 @@ impl NatsBroker {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        shared.set_probe(options.clone(), urls.clone());
         let client = connect
             .connect(urls)
             .await

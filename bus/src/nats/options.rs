@@ -1,6 +1,6 @@
 //! `NatsOptions` and `NatsAuth`, and their translation into async-nats's `ConnectOptions`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{Error, Result};
@@ -25,9 +25,11 @@ pub enum NatsAuth {
     Token(String),
     /// User and password.
     UserPassword(String, String),
-    /// An NKey seed.
+    /// A user NKey seed (`SU…`, 58 characters; surrounding white space is ignored). Checked
+    /// when connecting: a malformed seed fails with [`Error::Config`].
     NKey(String),
-    /// A `.creds` file.
+    /// A `.creds` file (a user JWT and NKey seed). Read when connecting: a missing, unreadable
+    /// or malformed file fails with [`Error::Config`].
     CredentialsFile(PathBuf),
 }
 
@@ -41,11 +43,12 @@ pub struct NatsOptions {
     pub name: Option<String>,
     /// Credentials.
     pub auth: NatsAuth,
-    /// Root CA to trust (PEM).
+    /// Root CA to trust (PEM). Must be readable when connecting.
     pub tls_root_certificate: Option<PathBuf>,
-    /// Client certificate and key (PEM).
+    /// Client certificate and key (PEM). Must be readable when connecting.
     pub tls_client_cert: Option<(PathBuf, PathBuf)>,
-    /// Refuse plain connections.
+    /// Refuse plain connections. (Without it the client still uses TLS when the server
+    /// requires it, and plain TCP otherwise.)
     pub require_tls: bool,
     /// Timeout of one connection attempt.
     pub connect_timeout: Duration,
@@ -126,7 +129,31 @@ impl NatsOptions {
                     .into(),
             ));
         }
+        if let NatsAuth::NKey(seed) = &self.auth {
+            check_nkey_seed(seed)?;
+        }
+        if let Some(ca) = &self.tls_root_certificate {
+            check_pem_file("TLS root certificate (tls_root_certificate)", ca)?;
+        }
+        if let Some((cert, key)) = &self.tls_client_cert {
+            check_pem_file("TLS client certificate (tls_client_cert)", cert)?;
+            check_pem_file("TLS client key (tls_client_cert)", key)?;
+        }
         Ok(())
+    }
+
+    /// Whether the client asks for TLS itself (`require_tls` or a `tls://` URL).
+    pub(crate) fn client_wants_tls(&self) -> bool {
+        self.require_tls
+            || self
+                .urls
+                .iter()
+                .any(|u| u.trim().to_ascii_lowercase().starts_with("tls://"))
+    }
+
+    /// Whether any TLS file (root CA, client certificate) is configured.
+    pub(crate) fn has_tls_config(&self) -> bool {
+        self.tls_root_certificate.is_some() || self.tls_client_cert.is_some()
     }
 
     /// async-nats options, without the event callback (added by the caller).
@@ -134,22 +161,37 @@ impl NatsOptions {
     /// Always unlimited reconnects (a client that gives up drops what it buffered) and
     /// `retry_on_initial_connect` (a plugin may start before NATS).
     pub(crate) async fn to_connect_options(&self) -> Result<async_nats::ConnectOptions> {
+        let cap = self.reconnect_delay;
+        Ok(self
+            .base_connect_options()
+            .await?
+            .max_reconnects(None)
+            .retry_on_initial_connect()
+            .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, cap)))
+    }
+
+    /// The same options for one connection attempt that is not retried: its error carries the
+    /// reason (see `events.rs`), which the retrying client's events do not.
+    pub(crate) async fn probe_connect_options(&self) -> Result<async_nats::ConnectOptions> {
+        Ok(self
+            .base_connect_options()
+            .await?
+            .reconnect_delay_callback(|_| Duration::ZERO))
+    }
+
+    /// Credentials, name, TLS and timeouts: what the client and a probe attempt share.
+    async fn base_connect_options(&self) -> Result<async_nats::ConnectOptions> {
         let mut o = match &self.auth {
             NatsAuth::None => async_nats::ConnectOptions::new(),
             NatsAuth::Token(t) => async_nats::ConnectOptions::with_token(t.clone()),
             NatsAuth::UserPassword(u, p) => {
                 async_nats::ConnectOptions::with_user_and_password(u.clone(), p.clone())
             }
-            NatsAuth::NKey(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+            NatsAuth::NKey(seed) => async_nats::ConnectOptions::with_nkey(seed.trim().to_owned()),
             NatsAuth::CredentialsFile(path) => {
                 async_nats::ConnectOptions::with_credentials_file(path)
                     .await
-                    .map_err(|e| {
-                        Error::Config(format!(
-                            "cannot read NATS credentials file {}: {e}; check the path and that it holds a JWT and an NKey seed",
-                            path.display()
-                        ))
-                    })?
+                    .map_err(|e| creds_error(path, &e))?
             }
         };
         if let Some(name) = &self.name {
@@ -161,15 +203,75 @@ impl NatsOptions {
         if let Some((cert, key)) = &self.tls_client_cert {
             o = o.add_client_certificate(cert.clone(), key.clone());
         }
-        let cap = self.reconnect_delay;
         Ok(o.require_tls(self.require_tls)
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(self.request_timeout))
-            .subscription_capacity(self.async_nats_capacity())
-            .max_reconnects(None)
-            .retry_on_initial_connect()
-            .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, cap)))
+            .subscription_capacity(self.async_nats_capacity()))
     }
+}
+
+/// Refuses a seed async-nats could not sign with (it would only fail at every connection
+/// attempt, as "failed signing nonce"). Never quotes the seed: it is a secret.
+fn check_nkey_seed(seed: &str) -> Result<()> {
+    let seed = seed.trim();
+    let pair = nkeys::KeyPair::from_seed(seed).map_err(|e| {
+        let looks = if seed.starts_with('S') {
+            format!(
+                "{} characters starting with {:?}",
+                seed.len(),
+                &seed[..seed.len().min(2)]
+            )
+        } else {
+            format!("{} characters, not starting with `S`", seed.len())
+        };
+        Error::Config(format!(
+            "the NKey seed is malformed ({e}; it has {looks}); a user NKey seed is 58 \
+             characters starting with `SU`, as `nk -gen user` or `nsc` print it (pass the \
+             seed, not the public key `U…`)"
+        ))
+    })?;
+    let kind = pair.key_pair_type();
+    if kind != nkeys::KeyPairType::User {
+        return Err(Error::Config(format!(
+            "the NKey seed is of type {kind:?}, not a user seed; a NATS user authenticates \
+             with a user seed (`SU…`)"
+        )));
+    }
+    Ok(())
+}
+
+/// Why a `.creds` file cannot be used: unreadable, or not a JWT and a user seed.
+fn creds_error(path: &Path, e: &std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        Error::Config(format!(
+            "NATS credentials file {} is not valid: {e}; it must hold a user JWT and a user \
+             NKey seed between `-----BEGIN …-----` lines, as `nsc generate creds` writes it",
+            path.display()
+        ))
+    } else {
+        Error::Config(format!(
+            "cannot read NATS credentials file {}: {e}; check the path and its permissions",
+            path.display()
+        ))
+    }
+}
+
+/// Refuses a TLS file that cannot be read, or holds no PEM block, before any connection
+/// attempt (async-nats would only fail each attempt with "TLS error").
+fn check_pem_file(what: &str, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the {what} {}: {e}; check the path and its permissions",
+            path.display()
+        ))
+    })?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(Error::Config(format!(
+            "the {what} {} is not a PEM file (no `-----BEGIN` line)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Exponential backoff (0, 2, 4, 8 … ms) capped at `cap`: async-nats's default reaches 4 s, too
@@ -206,5 +308,70 @@ mod tests {
         assert!(o.validate().is_ok());
         o.confirm_subject = "a.*".into();
         assert!(matches!(o.validate(), Err(Error::Config(_))));
+    }
+
+    /// Test-only keys (never use them anywhere else).
+    const USER_SEED: &str = "SUAAG5V7ZXS6RRI4JCJRRLZDICIMTGKTAXJXWFSSF4PGZHUBKJQMWHQQXE";
+    const USER_PUBLIC: &str = "UDFBW64ZQED22ZTSF3O75GRKSNTDRNTDTY3GBSRPBECMM5T2L473M5W2";
+    const ACCOUNT_SEED: &str = "SAAKCYW6SREWLWAO4U75BHDCU3RVPSBWOXMOPMVFRJLLBJYN34L2GTIFDI";
+
+    fn with_seed(seed: &str) -> Result<()> {
+        let mut o = NatsOptions::new(["nats://127.0.0.1:4222"]);
+        o.auth = NatsAuth::NKey(seed.into());
+        o.validate()
+    }
+
+    #[test]
+    fn validate_checks_the_nkey_seed() {
+        assert!(with_seed(USER_SEED).is_ok());
+        assert!(with_seed(&format!(" {USER_SEED}\n")).is_ok());
+        for bad in [&USER_SEED[..57], USER_PUBLIC, "", "SUxyz"] {
+            match with_seed(bad) {
+                Err(Error::Config(text)) => {
+                    assert!(text.contains("malformed"), "{text}");
+                    assert!(
+                        bad.len() < 8 || !text.contains(bad),
+                        "quotes the seed: {text}"
+                    );
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert!(
+            matches!(with_seed(ACCOUNT_SEED), Err(Error::Config(t)) if t.contains("type Account"))
+        );
+    }
+
+    #[test]
+    fn validate_checks_tls_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let text = dir.path().join("ca.txt");
+        std::fs::write(&text, "not pem").unwrap();
+        let mut o = NatsOptions::new(["nats://127.0.0.1:4222"]);
+        o.tls_root_certificate = Some(pem.clone());
+        o.tls_client_cert = Some((pem.clone(), pem.clone()));
+        assert!(o.validate().is_ok());
+        o.tls_root_certificate = Some(text);
+        assert!(matches!(o.validate(), Err(Error::Config(t)) if t.contains("not a PEM file")));
+        o.tls_root_certificate = Some(pem.clone());
+        o.tls_client_cert = Some((pem, dir.path().join("missing.pem")));
+        assert!(
+            matches!(o.validate(), Err(Error::Config(t)) if t.contains("cannot read the TLS client key"))
+        );
+    }
+
+    #[test]
+    fn tls_wanted_by_option_or_url() {
+        let mut o = NatsOptions::new(["nats://a:4222"]);
+        assert!(!o.client_wants_tls());
+        o.require_tls = true;
+        assert!(o.client_wants_tls());
+        assert!(NatsOptions::new(["nats://a:4222", "TLS://b:4222"]).client_wants_tls());
     }
 }

@@ -1,5 +1,11 @@
 //! The drainer: the one task per outbox that sends queued rows in FIFO order, confirms them with
-//! the broker, and only then deletes them.
+//! the broker, and only then marks them done.
+//!
+//! A batch is sent, confirmed, and what the confirmation covers is marked done; a failure counts
+//! an attempt (only while the connection stays up), and a row out of attempts is dead-lettered.
+//! The rows keep their messages: each send hands the broker a copy (`Broker::publish` takes the
+//! message by value), so a batch that has to go again is sent again from memory, never read
+//! back from the file.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,27 +14,20 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use super::store::{sql_err, Row};
+use super::store::{sql_err, Failure, Page, Row};
 use super::writer::{footprint, Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
-use crate::headers;
-use crate::{Error, Result};
+use crate::headers::MSG_ID;
+use crate::{Error, Result, RetryPolicy};
 
 /// Rows sent between two confirmations (and read per page). Large, so that the confirmation
 /// round trip is amortised over many messages; a page of this many rows is a few MiB at most.
 pub(crate) const BATCH: usize = 4096;
-/// Failed attempts (while connected) after which a message is dead-lettered.
-pub(crate) const MAX_ATTEMPTS: u32 = 3;
 /// Wait after a failure that did not count (the connection changed under the batch), so that a
 /// flapping connection does not turn into a busy loop.
 const UNCOUNTED_RETRY: Duration = Duration::from_millis(100);
 /// Wait before retrying a failed SQLite operation of the drainer (a full disk, say).
 const STORE_RETRY: Duration = Duration::from_secs(1);
-
-/// Backoff after the `attempts`-th failed attempt: 100 ms, 400 ms, 1.6 s, …
-fn backoff(attempts: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(4u64.saturating_pow(attempts.saturating_sub(1))))
-}
 
 pub(crate) struct Drainer {
     pub(crate) broker: Arc<dyn Broker>,
@@ -37,7 +36,9 @@ pub(crate) struct Drainer {
     /// Every queue id up to this one is confirmed or dead-lettered.
     pub(crate) done: watch::Sender<i64>,
     pub(crate) state: watch::Receiver<ConnectionState>,
-    /// The highest id taken from the queue so far.
+    /// When a failed attempt makes a dead letter, and the backoff between attempts.
+    pub(crate) retry: RetryPolicy,
+    /// The highest id taken from the queue so far (sent, or dead-lettered unread).
     pub(crate) last_taken: i64,
     /// Read from SQLite instead of the in-memory handoff (at startup, and after an overflow).
     pub(crate) paging: bool,
@@ -45,7 +46,22 @@ pub(crate) struct Drainer {
     pub(crate) reconnected: bool,
     /// The next page, being read on the writer thread while the current batch is sent: the id
     /// it starts after, and where its rows arrive.
-    pub(crate) prefetch: Option<(i64, oneshot::Receiver<Result<Vec<Row>>>)>,
+    pub(crate) prefetch: Option<(i64, oneshot::Receiver<Result<Page>>)>,
+    /// A configuration problem that stops the queue (no permission on the confirmation
+    /// subject): `flush` reports it instead of waiting forever. Cleared by the next confirmation.
+    pub(crate) blocked: watch::Sender<Option<String>>,
+    /// Consecutive blocked confirmations, for their growing backoff.
+    pub(crate) blocked_tries: u32,
+}
+
+/// Whether a state lets the drainer send. In lame duck mode the server still serves the
+/// connection until it closes it (for up to its grace period, 10 s and more by default): keep
+/// sending until then, and fail over when it does.
+fn can_send(state: ConnectionState) -> bool {
+    matches!(
+        state,
+        ConnectionState::Connected | ConnectionState::LameDuck
+    )
 }
 
 impl Drainer {
@@ -56,58 +72,58 @@ impl Drainer {
         loop {
             batch.clear();
             self.next_batch(&mut batch).await;
-            let (first, last) = match (batch.front(), batch.back()) {
-                (Some(f), Some(l)) => (f.id, l.id),
-                _ => continue,
-            };
-            let span = tracing::debug_span!("outbox_drain", first_id = first, n = batch.len());
-            self.send_batch(&mut batch).instrument(span).await;
-            self.done.send_if_modified(|d| {
-                let moved = last > *d;
-                if moved {
-                    *d = last;
-                }
-                moved
-            });
+            // Everything up to here is in the batch, or was dead-lettered when it was read.
+            let last = self.last_taken;
+            if let Some(first) = batch.front().map(|r| r.id) {
+                let span = tracing::debug_span!("outbox_drain", first_id = first, n = batch.len());
+                self.send_batch(&mut batch).instrument(span).await;
+            }
+            if last > *self.done.borrow() {
+                self.mark_done(last);
+                self.done.send_replace(last);
+            }
         }
     }
 
     /// The next rows to send, in id order: from memory when the writer handed them over, from
-    /// SQLite (one page at a time, so memory stays flat) when it could not.
+    /// SQLite (one page at a time, so memory stays flat) when it could not. Returns once there
+    /// are rows, or `last_taken` moved past rows that were dead-lettered as they were read.
     async fn next_batch(&mut self, out: &mut VecDeque<Row>) {
         loop {
             if self.paging {
-                let rows = self.page().await;
-                if rows.len() < BATCH {
+                let page = self.page().await;
+                if page.scanned < BATCH {
                     // Near the end of the queue: from now on the writer hands rows over again.
                     // Re-read after clearing the flag so no row committed in between is missed;
-                    // rows both read here and handed over are skipped by id below.
+                    // rows both read here and handed over are skipped by id below. The first
+                    // read may have dead-lettered rows the second does not see: its end counts.
                     {
                         let mut h = self.shared.lock();
                         h.overflowed = false;
                         h.rows.clear();
                         h.bytes = 0;
                     }
-                    let rows = self.page().await;
-                    let full = rows.len() >= BATCH;
+                    let first_last = page.last;
+                    let page = self.page().await;
+                    let full = page.scanned >= BATCH;
                     if !full {
                         self.paging = false;
                     }
-                    if let Some(last) = rows.last() {
-                        self.last_taken = last.id;
+                    if let Some(last) = page.last.max(first_last) {
+                        self.last_taken = last;
                         if full {
                             self.start_prefetch();
                         }
-                        *out = rows.into();
+                        *out = page.rows.into();
                         return;
                     }
                     continue;
                 }
-                if let Some(last) = rows.last() {
-                    self.last_taken = last.id;
+                if let Some(last) = page.last {
+                    self.last_taken = last;
                 }
                 self.start_prefetch();
-                *out = rows.into();
+                *out = page.rows.into();
                 return;
             }
             {
@@ -154,7 +170,7 @@ impl Drainer {
         self.prefetch = started.ok().map(|rx| (after, rx));
     }
 
-    async fn page(&mut self) -> Vec<Row> {
+    async fn page(&mut self) -> Page {
         let after = self.last_taken;
         if let Some((at, rx)) = self.prefetch.take() {
             match rx.await {
@@ -199,13 +215,11 @@ impl Drainer {
     }
 
     async fn wait_connected(&mut self) {
-        if self.state.has_changed().unwrap_or(true)
-            || *self.state.borrow() != ConnectionState::Connected
-        {
+        if self.state.has_changed().unwrap_or(true) || !can_send(*self.state.borrow()) {
             self.reconnected = true;
         }
         loop {
-            if *self.state.borrow_and_update() == ConnectionState::Connected {
+            if can_send(*self.state.borrow_and_update()) {
                 return;
             }
             if self.state.changed().await.is_err() {
@@ -218,74 +232,18 @@ impl Drainer {
     /// Whether a failure happened on a connection that stayed up since the batch started: only
     /// such a failure is the message's fault and counts as an attempt.
     fn stayed_connected(&self) -> bool {
-        !self.state.has_changed().unwrap_or(true)
-            && *self.state.borrow() == ConnectionState::Connected
+        !self.state.has_changed().unwrap_or(true) && can_send(*self.state.borrow())
     }
 
-    /// Puts back, from SQLite, the messages of `rows` that were handed to the broker (moved out
-    /// rather than cloned: a failure is rare, a clone per message is not). The rows are still
-    /// there: nothing of this batch past the confirmed prefix has been marked done.
-    async fn reload(&self, rows: &mut VecDeque<Row>) {
-        let (Some(front), n) = (rows.front(), rows.len()) else {
-            return;
-        };
-        let after = front.id - 1;
-        let fresh = self
-            .retry_store("read the queue", move |w| async move {
-                w.call(move |ctx| {
-                    let path = ctx.store.path.clone();
-                    ctx.store
-                        .page(after, n)
-                        .map_err(|e| sql_err(&path, "cannot read the outbox queue", e))
-                })
-                .await
-            })
-            .await;
-        let same = fresh.len() == n && fresh.iter().zip(rows.iter()).all(|(f, r)| f.id == r.id);
-        if same {
-            for (row, f) in rows.iter_mut().zip(fresh) {
-                row.msg = f.msg;
-            }
-        } else {
-            // Cannot happen (the batch is a contiguous run of the queue and only this task
-            // removes rows from it); if it did, the file is the truth.
-            tracing::warn!(
-                n,
-                got = fresh.len(),
-                "outbox batch differs from the file; resending what the file holds"
-            );
-            *rows = fresh.into();
-        }
-    }
-
+    /// Sends `rows` until each is confirmed or dead-lettered: send, confirm, and on a failure
+    /// count an attempt (or not) and go again.
     async fn send_batch(&mut self, rows: &mut VecDeque<Row>) {
-        // Whether some messages of `rows` were moved into the broker and must be read back
-        // before the batch (or what is left of it) is handled again.
-        let mut moved = false;
         while !rows.is_empty() {
-            if std::mem::take(&mut moved) {
-                self.reload(rows).await;
-                if rows.is_empty() {
-                    return;
-                }
-            }
             self.wait_connected().await;
-            let mut sent = 0;
-            let mut failure = None;
-            moved = true;
-            for row in rows.iter_mut() {
-                let msg = std::mem::replace(&mut row.msg, empty_message());
-                match self.broker.publish(msg).await {
-                    Ok(()) => sent += 1,
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
+            let (sent, refused) = self.send(rows).await;
             if sent > 0 {
                 match self.broker.confirm().await {
-                    Ok(()) if self.state.has_changed().unwrap_or(true) => {
+                    Ok(()) if self.connection_changed() => {
                         // The connection dropped during the batch: the confirmation may have gone
                         // through the new connection while part of the batch died in the old one.
                         // Send it again (at-least-once: duplicates carry the same msg id).
@@ -296,147 +254,223 @@ impl Drainer {
                         tokio::time::sleep(UNCOUNTED_RETRY).await;
                         continue;
                     }
-                    Ok(()) if sent == rows.len() => {
-                        self.reconnected = false;
-                        let last = rows.back().map_or(0, |r| r.id);
-                        rows.clear();
-                        let _ = self.writer.submit(move |ctx| ctx.confirmed(last));
-                        tracing::trace!(n = sent, "outbox batch confirmed");
-                        return;
-                    }
                     Ok(()) => {
-                        self.reconnected = false;
-                        let last = rows.get(sent - 1).map_or(0, |r| r.id);
-                        rows.drain(..sent);
-                        // Confirmed: record it without waiting. The writer thread runs this in
-                        // order, before anything asked of it later (a stats call after a flush
-                        // sees the rows gone); the next batch goes out meanwhile. A crash before
-                        // it commits only means these are sent again, with the same msg ids.
-                        let _ = self.writer.submit(move |ctx| ctx.confirmed(last));
-                        tracing::trace!(n = sent, "outbox batch confirmed");
+                        if self.blocked.borrow().is_some() {
+                            tracing::info!("outbox confirmations work again; the queue goes on");
+                            self.blocked.send_replace(None);
+                        }
+                        self.blocked_tries = 0;
+                        self.confirmed(rows, sent)
                     }
                     Err(e) => {
-                        // A timeout says nothing about the messages: most often the connection is
-                        // dead and the client has not noticed yet. Counting it would dead-letter
-                        // a whole batch of good messages after three such timeouts.
-                        let timed_out = matches!(e, Error::Timeout { .. });
-                        // Nor does a failure on the first confirmation after a reconnect: the
-                        // broker may refuse it because of messages lost with the old connection.
-                        let counted = !timed_out && !self.reconnected && self.stayed_connected();
-                        self.reconnected = false;
-                        tracing::warn!(error = %e, counted, n = sent, "outbox confirm failed; the batch will be sent again");
-                        // The messages are needed again (and for the dead-letter log).
-                        self.reload(rows).await;
-                        moved = false;
-                        if counted {
-                            // The server answered, but not with a confirmation: every message of
-                            // the batch is suspect. Count one attempt each; a dropped connection
-                            // (not counted) never dead-letters good messages.
-                            let mut dead = Vec::new();
-                            for row in rows.iter_mut().take(sent) {
-                                row.attempts += 1;
-                                self.record_failure(row, &e.to_string()).await;
-                                if row.attempts >= MAX_ATTEMPTS {
-                                    dead.push(row.id);
-                                }
-                            }
-                            if !dead.is_empty() {
-                                let mut kept = VecDeque::with_capacity(rows.len());
-                                for row in rows.drain(..) {
-                                    if dead.contains(&row.id) {
-                                        self.dead_letter(row, &e.to_string()).await;
-                                    } else {
-                                        kept.push_back(row);
-                                    }
-                                }
-                                *rows = kept;
-                                continue;
-                            }
-                            let n = rows.front().map_or(1, |r| r.attempts);
-                            tokio::time::sleep(backoff(n)).await;
-                        } else {
-                            tokio::time::sleep(UNCOUNTED_RETRY).await;
-                        }
+                        self.confirm_failed(rows, sent, e).await;
                         continue;
                     }
                 }
             }
-            let Some(e) = failure else { continue };
-            // The failed message went into the broker too: read the rest back first.
-            self.reload(rows).await;
-            moved = false;
-            let counted = self.stayed_connected();
-            let Some(row) = rows.front_mut() else {
-                continue;
-            };
-            if !counted {
-                tracing::debug!(error = %e, id = row.id, "outbox send failed while the connection changed; not counted");
-                tokio::time::sleep(UNCOUNTED_RETRY).await;
-                continue;
-            }
-            row.attempts += 1;
-            let error = e.to_string();
-            if row.attempts >= MAX_ATTEMPTS {
-                if let Some(row) = rows.pop_front() {
-                    self.dead_letter(row, &error).await;
-                }
-            } else {
-                tracing::debug!(error = %error, id = row.id, attempts = row.attempts, "outbox send failed; will retry");
-                let row = row.clone();
-                self.record_failure(&row, &error).await;
-                tokio::time::sleep(backoff(row.attempts)).await;
+            if let Some(e) = refused {
+                self.send_failed(rows, e).await;
             }
         }
     }
 
-    async fn record_failure(&self, row: &Row, error: &str) {
-        let (id, attempts, error) = (row.id, row.attempts, Arc::new(error.to_string()));
-        self.retry_store("record a failed attempt", |w| {
-            let error = error.clone();
-            async move {
-                w.call(move |ctx| {
-                    let path = ctx.store.path.clone();
-                    ctx.store
-                        .record_failure(id, attempts, &error)
-                        .map_err(|e| sql_err(&path, "cannot record a failed attempt", e))
-                })
-                .await
+    /// Whether the connection may have changed since the batch started: any state change but
+    /// the server announcing lame duck mode (the connection stays the same until it closes).
+    fn connection_changed(&mut self) -> bool {
+        match self.state.has_changed() {
+            Ok(false) => false,
+            Ok(true) => {
+                let now = *self.state.borrow_and_update();
+                if now == ConnectionState::LameDuck {
+                    return false;
+                }
+                // Leave the change visible to `wait_connected` (it marks the reconnect).
+                self.reconnected = true;
+                true
             }
-        })
-        .await
+            Err(_) => true,
+        }
     }
 
-    async fn dead_letter(&self, row: Row, error: &str) {
-        let (id, attempts, err) = (row.id, row.attempts, Arc::new(error.to_string()));
-        self.retry_store("move a message to the dead letters", |w| {
-            let err = err.clone();
+    /// Hands the broker a copy of each row in order, up to the first it refuses: how many it
+    /// took, and its error.
+    async fn send(&self, rows: &VecDeque<Row>) -> (usize, Option<Error>) {
+        for (sent, row) in rows.iter().enumerate() {
+            if let Err(e) = self.broker.publish(row.msg.clone()).await {
+                return (sent, Some(e));
+            }
+        }
+        (rows.len(), None)
+    }
+
+    /// The first `n` rows are confirmed: drop them. Unless that was the whole batch (then
+    /// [`Drainer::run`] marks it), record it without waiting: the writer thread runs this in
+    /// order, before anything asked of it later, and the rest of the batch goes out meanwhile.
+    /// A crash before it commits only means these are sent again, with the same msg ids.
+    fn confirmed(&mut self, rows: &mut VecDeque<Row>, n: usize) {
+        self.reconnected = false;
+        let last = rows[n - 1].id;
+        rows.drain(..n);
+        if !rows.is_empty() {
+            self.mark_done(last);
+        }
+        tracing::trace!(n, "outbox batch confirmed");
+    }
+
+    /// The confirmation of the first `n` rows failed: they are sent again, after counting one
+    /// attempt each if the failure was theirs.
+    async fn confirm_failed(&mut self, rows: &mut VecDeque<Row>, n: usize, e: Error) {
+        match e {
+            Error::Rejected { rejections } => {
+                return self.rejected(rows, n, rejections).await;
+            }
+            Error::PermissionDenied { .. } => return self.blocked_by(e).await,
+            _ => {}
+        }
+        // A timeout says nothing about the messages: most often the connection is dead and the
+        // client has not noticed yet. Counting it would dead-letter a whole batch of good
+        // messages after three such timeouts. Nor does a failure on the first confirmation after
+        // a reconnect: the broker may refuse it because of messages lost with the old connection.
+        let timed_out = matches!(e, Error::Timeout { .. });
+        let counted = !timed_out && !self.reconnected && self.stayed_connected();
+        self.reconnected = false;
+        tracing::warn!(error = %e, counted, n, "outbox confirm failed; the batch will be sent again");
+        if counted {
+            // The server answered, but not with a confirmation: every message of the batch is
+            // suspect. A dropped connection (not counted) never dead-letters good messages.
+            self.count_failure(rows, n, &e).await;
+        } else {
+            tokio::time::sleep(UNCOUNTED_RETRY).await;
+        }
+    }
+
+    /// The server processed the first `n` rows but refused some (permissions, a stream's
+    /// limits): those count a failed attempt each (with the server's reason) and go again or to
+    /// the dead letters; the others are done and leave the batch.
+    async fn rejected(
+        &mut self,
+        rows: &mut VecDeque<Row>,
+        n: usize,
+        rejections: Vec<crate::broker::Rejection>,
+    ) {
+        self.reconnected = false;
+        let is_refused = |row: &Row| {
+            rejections.iter().any(|r| match &r.msg_id {
+                Some(id) => {
+                    row.msg.headers.get(crate::headers::NATS_MSG_ID) == Some(id.as_str())
+                        || row.msg.headers.get(MSG_ID) == Some(id.as_str())
+                }
+                None => r.subject == row.msg.subject,
+            })
+        };
+        let mut refused: VecDeque<Row> = VecDeque::with_capacity(rows.len());
+        let mut accepted = 0;
+        for row in rows.drain(..n) {
+            if is_refused(&row) {
+                refused.push_back(row);
+            } else {
+                accepted += 1;
+            }
+        }
+        let k = refused.len();
+        refused.extend(rows.drain(..));
+        *rows = refused;
+        tracing::warn!(
+            refused = k,
+            accepted,
+            "the server refused messages of an outbox batch"
+        );
+        if k == 0 {
+            return;
+        }
+        let e = Error::Rejected { rejections };
+        self.count_failure(rows, k, &e).await;
+    }
+
+    /// The queue cannot be confirmed at all (no permission on the confirmation subject): a
+    /// configuration error, never the messages' fault. Said once, made visible to `flush`, and
+    /// tried again with a growing wait (up to the retry policy's cap) instead of resending the
+    /// batch every few seconds forever.
+    async fn blocked_by(&mut self, e: Error) {
+        self.reconnected = false;
+        let text = e.to_string();
+        if self.blocked.borrow().as_deref() != Some(text.as_str()) {
+            tracing::error!(error = %text, "the outbox cannot confirm anything; fix the permissions (the queue waits, nothing is dead-lettered)");
+            self.blocked.send_replace(Some(text));
+        }
+        self.blocked_tries = self.blocked_tries.saturating_add(1);
+        let wait = RetryPolicy::default()
+            .base(Duration::from_secs(1))
+            .multiplier(2.0)
+            .cap(self.retry.cap.max(Duration::from_secs(1)))
+            .backoff(self.blocked_tries);
+        tokio::time::sleep(wait).await;
+    }
+
+    /// The broker refused the first row (the ones before it are confirmed by now).
+    async fn send_failed(&mut self, rows: &mut VecDeque<Row>, e: Error) {
+        if self.stayed_connected() {
+            self.count_failure(rows, 1, &e).await;
+        } else {
+            tracing::debug!(error = %e, id = rows.front().map(|r| r.id), "outbox send failed while the connection changed; not counted");
+            tokio::time::sleep(UNCOUNTED_RETRY).await;
+        }
+    }
+
+    /// Counts a failed attempt on each of the first `n` rows, in one store call: a row out of
+    /// attempts moves to the dead letters and leaves the batch (the queue goes on without a
+    /// wait); otherwise the batch waits the policy's backoff before it is sent again.
+    async fn count_failure(&mut self, rows: &mut VecDeque<Row>, n: usize, e: &Error) {
+        let mut failures = Vec::with_capacity(n);
+        for row in rows.iter_mut().take(n) {
+            row.attempts += 1;
+            failures.push(Failure {
+                id: row.id,
+                attempts: row.attempts,
+                dead: self.retry.exhausted(row.attempts),
+                msg_id: row.msg.headers.get(MSG_ID).map(str::to_owned),
+            });
+        }
+        let error: Arc<str> = e.to_string().into();
+        let failures = Arc::new(failures);
+        self.retry_store("record a failed attempt", |w| {
+            let (failures, error) = (failures.clone(), error.clone());
             async move {
                 w.call(move |ctx| {
-                    let path = ctx.store.path.clone();
                     ctx.store
-                        .dead_letter(id, attempts, &err)
-                        .map_err(|e| sql_err(&path, "cannot move a message to the dead letters", e))
+                        .fail(&failures, &error)
+                        .map_err(|e| sql_err(&ctx.store.path, "cannot record a failed attempt", e))
                 })
                 .await
             }
         })
         .await;
-        tracing::warn!(
-            subject = %row.msg.subject,
-            msg_id = row.msg.headers.get(headers::MSG_ID).unwrap_or(""),
-            attempts,
-            error,
-            "outbox message dead-lettered after {attempts} failed attempts; the queue goes on (see Bus::dead_letters)"
-        );
+        let dead: Vec<i64> = failures.iter().filter(|f| f.dead).map(|f| f.id).collect();
+        if dead.is_empty() {
+            let attempts = rows.front().map_or(1, |r| r.attempts);
+            tracing::debug!(error = %error, n, attempts, "outbox send failed; will retry");
+            tokio::time::sleep(self.retry.backoff(attempts)).await;
+            return;
+        }
+        for id in dead {
+            let Some(at) = rows.iter().position(|r| r.id == id) else {
+                continue;
+            };
+            if let Some(row) = rows.remove(at) {
+                tracing::warn!(
+                    subject = %row.msg.subject,
+                    msg_id = row.msg.headers.get(MSG_ID).unwrap_or(""),
+                    attempts = row.attempts,
+                    error = %error,
+                    "outbox message dead-lettered after {} failed attempts; the queue goes on (see Bus::dead_letters)",
+                    row.attempts
+                );
+            }
+        }
     }
-}
 
-/// What is left in a row whose message was handed to the broker: allocates nothing.
-fn empty_message() -> crate::broker::RawMessage {
-    crate::broker::RawMessage {
-        subject: String::new(),
-        reply: None,
-        headers: crate::Headers::new(),
-        payload: bytes::Bytes::new(),
+    /// Records, without waiting, that every row up to `last` is confirmed or dead-lettered.
+    fn mark_done(&self, last: i64) {
+        let _ = self.writer.submit(move |ctx| ctx.confirmed(last));
     }
 }

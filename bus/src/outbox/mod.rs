@@ -1,4 +1,5 @@
-//! The durable outbox: a SQLite disk queue in front of every publish.
+//! The durable outbox: a SQLite disk queue in front of every publish, and a read-only view of
+//! its file for tools ([`OutboxFile`]).
 //!
 //! # Guarantees
 //!
@@ -14,15 +15,55 @@
 //!   batch moves a watermark in the file (one small update); the rows behind it are deleted
 //!   when the writer is idle, so a restarted process never resends them.
 //! - Time spent disconnected costs nothing. A send or confirmation that fails while the
-//!   connection stays up counts one attempt; after 3 (with 100 ms, then 400 ms backoff) the
-//!   message moves to the dead-letter table with its last error and the queue goes on behind it.
-//!   A payload over the broker's max_payload is refused before anything is sent, so it ends
-//!   there without ever disturbing the connection. [`DeadLetters`] lists, counts, replays (to
-//!   the end of the queue, same msg id, fresh attempts) and purges them.
+//!   connection stays up counts one attempt; after [`RetryPolicy::max_attempts`] (3, with
+//!   about 100 ms, then 400 ms of backoff, by default; see [`OutboxOptions::retry`]) the message
+//!   moves to the dead-letter table with its last error and the queue goes on behind it. A
+//!   payload over the broker's max_payload is refused before anything is sent, so it ends there
+//!   without ever disturbing the connection. A row that cannot be read back as a message (its
+//!   bytes were damaged or edited by hand) is moved there at once, with the reason, and is never
+//!   retried. [`DeadLetters`] lists, counts, replays (to the end of the queue, same msg id, fresh
+//!   attempts) and purges them.
 //! - Memory stays flat however long the queue is: new rows reach the drainer in memory up to a
 //!   bound; beyond it the drainer pages through the file by id. A restarted process on the same
 //!   file drains what the previous one left, oldest first. One process at a time: a
-//!   `<path>.lock` file is held while the outbox is open.
+//!   `<path>.lock` file is held while the outbox is open. A file of schema version 2 (bus
+//!   before the readable schema) is migrated on open, in one transaction, keeping every queued
+//!   row and dead letter.
+//!
+//! # The file, for operators
+//!
+//! The file is plain SQLite (schema version 3, `PRAGMA user_version`), readable while the
+//! service runs. Table `outbox` is the queue (`id`, `subject`, `reply`, `headers`, `payload`,
+//! `created_at` in unix ms, `attempts`, `last_error`), but its rows up to `outbox_seq.done` are
+//! already confirmed and only wait to be deleted: read the view `queued` instead. `headers` is
+//! JSON text, `[["Bus-Msg-Id","…"],["X-Tenant","acme"]]`. Table `dead_letters` has the same
+//! columns plus `origin` (`outbox`; a handler's dead letters will say `handler:<name>`),
+//! `queue_id`, `msg_id` and `failed_at`. What is stuck, and why:
+//!
+//! ```text
+//! sqlite3 -readonly bus-outbox.sqlite3 'SELECT * FROM stuck'
+//! sqlite3 -readonly bus-outbox.sqlite3 'SELECT * FROM dead'
+//! ```
+//!
+//! `stuck` lists the queued messages that failed at least once (`id`, `subject`, `attempts`,
+//! `last_error`, `created` as UTC text, `msg_id`), oldest first; `dead` the dead letters
+//! (`id`, `origin`, `subject`, `attempts`, `last_error`, `failed`, `msg_id`, `queue_id`). The
+//! depth and the age of the oldest queued message:
+//!
+//! ```text
+//! sqlite3 -readonly bus-outbox.sqlite3 \
+//!   "SELECT count(*), (strftime('%s','now') * 1000 - min(created_at)) / 1000.0 FROM queued"
+//! ```
+//!
+//! Reading is always safe; never write to the file while a `Bus` has it open (use
+//! [`DeadLetters`] to replay or purge). In Rust, [`OutboxFile::open_read_only`] gives the same
+//! views without taking the lock.
+//!
+//! The one table a tool may write beside the owner is `operator_requests` (`id`, `op`
+//! `replay`|`purge`, `dead_letter_id`, `requested_at`, `done_at`, `result`, `queue_id`): the
+//! `bus` CLI ([`OperatorRequests`]) asks there for a replay or purge, and the process holding
+//! the file runs each pending row within about 500 ms, through its own writer, and answers it
+//! in the same row. The table is optional (a file without it is still version 3).
 //!
 //! # Shape
 //!
@@ -30,7 +71,10 @@
 //! concurrent publishes together (`writer`, `store`). One drainer task sends the queue in FIFO
 //! order, confirms each batch with the broker and only then marks it done (`drainer`), while
 //! the next page is read on the writer thread; the dead-letter API runs on the writer thread
-//! too (`dead_letters`).
+//! too (`dead_letters`), and so do the requests a tool writes into the file (`requests`).
+//! `schema` holds the tables and views, `encoding` the columns of a
+//! message, `read` the queries the writer and [`OutboxFile`] share, `migrate` the upgrade
+//! from version 2.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,10 +85,16 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::broker::{Broker, RawMessage};
-use crate::{Error, Headers, Result};
+use crate::{Error, Headers, Result, RetryPolicy};
 
 mod dead_letters;
 mod drainer;
+mod encoding;
+mod file;
+mod migrate;
+mod read;
+mod requests;
+mod schema;
 mod store;
 mod writer;
 
@@ -52,6 +102,8 @@ mod writer;
 mod tests;
 
 pub use dead_letters::DeadLetters;
+pub use file::OutboxFile;
+pub use requests::{OperatorRequest, OperatorRequests, RequestOp, RequestOutcome};
 
 /// What a committed publish survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,10 +122,14 @@ pub enum Durability {
 pub struct OutboxOptions {
     /// What a committed publish survives.
     pub durability: Durability,
+    /// How many failed send attempts (while connected) make a dead letter, and the backoff
+    /// between them. Set it with [`BusBuilder::retry`](crate::BusBuilder::retry).
+    pub retry: RetryPolicy,
 }
 
-/// Depth and age of the outbox queue, for health checks.
+/// Depth and age of the outbox queue, for health checks and tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OutboxStats {
     /// Messages committed and not yet confirmed by the broker.
     pub depth: u64,
@@ -81,15 +137,49 @@ pub struct OutboxStats {
     pub oldest_age: Option<Duration>,
     /// Messages in the dead-letter table.
     pub dead_letters: u64,
+    /// The file's schema version (`PRAGMA user_version`).
+    pub schema_version: u32,
+    /// Bytes the outbox takes on disk: the file and its write-ahead log.
+    pub file_size: u64,
 }
 
-/// A message that failed every send attempt.
+impl OutboxStats {
+    fn new(
+        depth: u64,
+        oldest_ms: Option<i64>,
+        dead_letters: u64,
+        schema_version: u32,
+        file_size: u64,
+    ) -> Self {
+        OutboxStats {
+            depth,
+            oldest_age: oldest_ms.map(store::age_of),
+            dead_letters,
+            schema_version,
+            file_size,
+        }
+    }
+}
+
+/// A message that failed every send attempt, or could not be read back from the queue.
+///
+/// A row that could not be decoded is shown as well as it can be (text decoded lossily,
+/// headers empty if they were unreadable); its [`last_error`](DeadLetter::last_error) says
+/// what was wrong, and the file keeps its raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// Its id in the dead-letter table (for [`DeadLetters::replay`]).
     pub id: i64,
+    /// Where it died: `"outbox"` for the outbox's drainer; a handler will write
+    /// `"handler:<name>"`.
+    pub origin: String,
+    /// Its id in the queue when it died there, if it was queued.
+    pub queue_id: Option<i64>,
     /// The subject.
     pub subject: String,
+    /// The reply subject, if it had one.
+    pub reply: Option<String>,
     /// The headers (with its `Bus-Msg-Id`).
     pub headers: Headers,
     /// The payload.
@@ -98,8 +188,55 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// The error of the last attempt.
     pub last_error: String,
+    /// When it was first queued.
+    pub created_at: SystemTime,
     /// When it was dead-lettered.
     pub failed_at: SystemTime,
+}
+
+impl DeadLetter {
+    /// A handler's dead letter kept in memory (a bus without an outbox).
+    pub(crate) fn from_handler(id: i64, f: crate::handler::Failed) -> DeadLetter {
+        DeadLetter {
+            id,
+            origin: f.origin,
+            queue_id: None,
+            subject: f.msg.subject,
+            reply: f.msg.reply,
+            headers: f.msg.headers,
+            payload: f.msg.payload,
+            attempts: f.attempts,
+            last_error: f.last_error,
+            created_at: f.failed_at,
+            failed_at: f.failed_at,
+        }
+    }
+}
+
+/// A message waiting in the outbox queue, as [`OutboxFile::queued`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueuedMessage {
+    /// Its queue id: the queue is sent in this order.
+    pub id: i64,
+    /// The subject.
+    pub subject: String,
+    /// The reply subject, if it has one.
+    pub reply: Option<String>,
+    /// The headers (with its `Bus-Msg-Id`).
+    pub headers: Headers,
+    /// The payload.
+    pub payload: Bytes,
+    /// When it was queued.
+    pub created_at: SystemTime,
+    /// Failed send attempts so far.
+    pub attempts: u32,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Set when the stored row is not a message that can be sent (invalid UTF-8, malformed
+    /// headers, a NULL): why. The drainer moves such a row to the dead letters when it reaches
+    /// it; the other fields are then shown as well as they could be read.
+    pub decode_error: Option<String>,
 }
 
 /// The outbox: the writer thread, the drainer task, and the watermarks `flush` compares.
@@ -109,6 +246,8 @@ pub(crate) struct Outbox {
     committed: watch::Receiver<i64>,
     /// Every queue id up to this one is confirmed or dead-lettered.
     done: watch::Receiver<i64>,
+    /// Why the drainer cannot make progress at all, while it cannot.
+    blocked: watch::Receiver<Option<String>>,
     drainer: tokio::task::JoinHandle<()>,
     thread: Option<JoinHandle<()>>,
 }
@@ -134,16 +273,20 @@ impl Outbox {
         let started = writer::spawn(path, options.durability).await?;
         let (done_tx, done_rx) = watch::channel(started.watermarks.done);
         let state = broker.state();
+        let (blocked_tx, blocked_rx) = watch::channel(None);
         let drainer = drainer::Drainer {
             broker,
             writer: started.writer.clone(),
             shared: started.shared,
             done: done_tx,
             state,
+            retry: options.retry,
             last_taken: 0,
             paging: true,
             reconnected: true,
             prefetch: None,
+            blocked: blocked_tx,
+            blocked_tries: 0,
         };
         let drainer = tokio::spawn(drainer.run());
         tracing::debug!(path = %started.writer.path().display(), committed = started.watermarks.committed, done = started.watermarks.done, "outbox open");
@@ -151,6 +294,7 @@ impl Outbox {
             writer: started.writer,
             committed: started.committed,
             done: done_rx,
+            blocked: blocked_rx,
             drainer,
             thread: Some(started.thread),
         })
@@ -162,19 +306,56 @@ impl Outbox {
     }
 
     /// Returns once everything enqueued before the call is confirmed or dead-lettered.
+    ///
+    /// Fails at once, instead of waiting, while the drainer is blocked by a configuration
+    /// problem (no permission on the confirmation subject): nothing would ever be confirmed.
     pub(crate) async fn flush(&self) -> Result<()> {
         let target = *self.committed.borrow();
         let mut done = self.done.clone();
-        done.wait_for(|d| *d >= target)
-            .await
-            .map(|_| ())
-            .map_err(|_| {
+        let mut blocked = self.blocked.clone();
+        tokio::select! {
+            reached = done.wait_for(|d| *d >= target) => reached.map(|_| ()).map_err(|_| {
                 Error::outbox(
                     self.writer.path(),
                     "the outbox drainer stopped before the flush completed",
                     None,
                 )
-            })
+            }),
+            Ok(problem) = blocked.wait_for(Option::is_some) => Err(Error::outbox(
+                self.writer.path(),
+                format!(
+                    "the queue is blocked: {}; the messages stay queued and are sent once it is fixed",
+                    problem.as_deref().unwrap_or("")
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// Where handlers put what they give up on when the bus has an outbox: its dead-letter
+    /// table, beside the outbox's own, so one list, one replay and the CLI see both.
+    pub(crate) fn handler_sink(&self) -> crate::handler::DeadLetterSink {
+        let writer = self.writer.clone();
+        std::sync::Arc::new(move |failed: crate::handler::Failed| {
+            let at = failed
+                .failed_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let submitted = writer.submit(move |ctx| {
+                if let Err(e) = ctx.store.insert_dead_letter(
+                    &failed.origin,
+                    &failed.msg,
+                    failed.attempts,
+                    &failed.last_error,
+                    at,
+                ) {
+                    tracing::error!(error = %e, subject = %failed.msg.subject, "cannot store a handler's dead letter");
+                }
+            });
+            if submitted.is_err() {
+                tracing::error!("the outbox is closed: a handler's dead letter is lost");
+            }
+        })
     }
 
     pub(crate) fn dead_letters(&self) -> DeadLetters {
@@ -184,16 +365,9 @@ impl Outbox {
     pub(crate) async fn stats(&self) -> Result<OutboxStats> {
         self.writer
             .call(|ctx| {
-                let path = ctx.store.path.clone();
-                let (depth, oldest, dead_letters) = ctx
-                    .store
+                ctx.store
                     .stats()
-                    .map_err(|e| store::sql_err(&path, "cannot read the outbox stats", e))?;
-                Ok(OutboxStats {
-                    depth,
-                    oldest_age: oldest.map(store::age_of),
-                    dead_letters,
-                })
+                    .map_err(|e| store::sql_err(&ctx.store.path, "cannot read the outbox stats", e))
             })
             .await
     }

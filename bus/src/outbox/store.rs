@@ -1,61 +1,54 @@
-//! The SQLite side of the outbox: opening (lock, mode, pragmas, schema version) and every query.
+//! The writer thread's side of the outbox file: opening it (lock, mode, pragmas, schema version,
+//! migration) and every query that writes.
 //!
 //! Only the writer thread touches the connection, so nothing here is shared or locked.
 
-use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
-use super::{DeadLetter, Durability};
+use super::encoding::encode_headers;
+use super::schema::{self, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
+use super::{migrate, read, DeadLetter, Durability, OutboxStats};
 use crate::broker::RawMessage;
-use crate::headers::{self, Headers};
+use crate::headers::MSG_ID;
 use crate::{Error, Result};
 
-/// The schema version this build writes and understands (`PRAGMA user_version`).
-///
-/// Version 2: the whole message in one blob (see [`encode_msg`]), queue ids from `outbox_seq`
-/// instead of AUTOINCREMENT, and the confirmed watermark `outbox_seq.done`.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// The `origin` of a dead letter that failed in the outbox (handlers write `handler:<name>`).
+pub(crate) const ORIGIN_OUTBOX: &str = "outbox";
 
-// Queue ids are assigned by the writer from `outbox_seq`, not by AUTOINCREMENT (which rewrites
-// `sqlite_sequence` once per inserted row): ids must never be reused once the queue empties,
-// because the drainer pages with `id > last_seen` and a replayed dead letter must land at the end
-// of the queue, so the highest id ever given is kept in `outbox_seq`, updated once per commit.
-//
-// Confirmed rows are not deleted one by one on the hot path: `outbox_seq.done` (every id up to it
-// is confirmed or dead-lettered) moves with one single-row update per confirmed batch, and the
-// rows at or below it are deleted when the writer is idle (or once too many have piled up). A
-// row at or below `done` is never read as queued.
-const SCHEMA: &str = "
-CREATE TABLE outbox (
-    id         INTEGER PRIMARY KEY,
-    msg        BLOB    NOT NULL,
-    created_at INTEGER NOT NULL,
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE TABLE outbox_seq (last INTEGER NOT NULL, done INTEGER NOT NULL);
-INSERT INTO outbox_seq (last, done) VALUES (0, 0);
-CREATE TABLE dead_letters (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    msg        BLOB    NOT NULL,
-    created_at INTEGER NOT NULL,
-    attempts   INTEGER NOT NULL,
-    last_error TEXT    NOT NULL,
-    failed_at  INTEGER NOT NULL
-);
-";
-
-/// A queued message as the drainer sees it.
+/// A queued message as the drainer sees it. The row keeps its message for as long as it is
+/// queued: each send attempt hands the broker a copy (the trait takes it by value), so a batch
+/// that has to go again is still here, and so is what the dead-letter log names.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
     pub(crate) id: i64,
     pub(crate) msg: RawMessage,
     pub(crate) attempts: u32,
+}
+
+/// One page of the queue read for the drainer.
+#[derive(Debug, Default)]
+pub(crate) struct Page {
+    /// The rows to send, in id order.
+    pub(crate) rows: Vec<Row>,
+    /// Rows read, counting those that could not be decoded (now dead letters): the page was
+    /// full if this reached the limit.
+    pub(crate) scanned: usize,
+    /// The highest id read, also when that row was dead-lettered.
+    pub(crate) last: Option<i64>,
+}
+
+/// A failed attempt on a queued row, to record (or to dead-letter the row, when `dead`).
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) id: i64,
+    /// Attempts made, this one included.
+    pub(crate) attempts: u32,
+    pub(crate) dead: bool,
+    pub(crate) msg_id: Option<String>,
 }
 
 /// What the writer learns about the queue when it opens it.
@@ -77,8 +70,8 @@ pub(crate) struct Store {
     done_id: i64,
     /// Every row up to this id is physically deleted (at most `done_id`).
     deleted_upto: i64,
-    /// Reused buffer for encoding headers.
-    scratch: Vec<u8>,
+    /// Reused buffer for the headers JSON of one multi-row insert.
+    scratch: String,
     /// Held (locked) for as long as the store lives; the OS releases the lock with the descriptor.
     _lock: File,
 }
@@ -153,121 +146,26 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn from_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-/// Rows per multi-row `INSERT` (3 parameters each, well under SQLite's limit of 32766).
-const ROWS_PER_INSERT: usize = 64;
-
-static INSERT_MULTI: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let rows = vec!["(?, ?, ?)"; ROWS_PER_INSERT].join(", ");
-    format!("INSERT INTO outbox (id, msg, created_at) VALUES {rows}")
-});
-
-/// A message as one blob, so that a queued row is one bound value and one read:
-/// `[u32 subject length][subject][u32 reply length + 1, 0 for none][reply][u32 headers length]`
-/// `[headers][payload]`, little-endian; headers are `[u16 name length][name][u32 value length]`
-/// `[value]`, repeated. Cheap to write and read on the hot path (no serde), order-preserving.
-/// Appended to `out`.
-pub(crate) fn encode_msg(m: &RawMessage, out: &mut Vec<u8>) {
-    out.extend_from_slice(&(m.subject.len() as u32).to_le_bytes());
-    out.extend_from_slice(m.subject.as_bytes());
-    match &m.reply {
-        Some(r) => {
-            out.extend_from_slice(&(r.len() as u32 + 1).to_le_bytes());
-            out.extend_from_slice(r.as_bytes());
-        }
-        None => out.extend_from_slice(&0u32.to_le_bytes()),
-    }
-    let at = out.len();
-    out.extend_from_slice(&0u32.to_le_bytes());
-    for (name, value) in m.headers.iter() {
-        // Header names are short tokens; anything longer could not be sent anyway.
-        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
-        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(name);
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        out.extend_from_slice(value.as_bytes());
-    }
-    let n = (out.len() - at - 4) as u32;
-    out[at..at + 4].copy_from_slice(&n.to_le_bytes());
-    out.extend_from_slice(&m.payload);
-}
-
-/// The name as a `'static` string when it is one of ours, so decoding does not allocate it.
-fn known_name(name: &str) -> Cow<'static, str> {
-    for k in [
-        headers::MSG_ID,
-        headers::NATS_MSG_ID,
-        headers::CONTENT_TYPE,
-        headers::TYPE,
-        headers::CORRELATION_ID,
-        headers::ERROR,
-    ] {
-        if k == name {
-            return Cow::Borrowed(k);
-        }
-    }
-    Cow::Owned(name.to_owned())
-}
-
-fn corrupt(what: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        0,
-        rusqlite::types::Type::Blob,
-        format!("corrupt outbox message: {what}").into(),
-    )
-}
-
-fn take<'a>(rest: &mut &'a [u8], n: usize) -> rusqlite::Result<&'a [u8]> {
-    if rest.len() < n {
-        return Err(corrupt("truncated"));
-    }
-    let (head, tail) = rest.split_at(n);
-    *rest = tail;
-    Ok(head)
-}
-
-fn take_u32(rest: &mut &[u8]) -> rusqlite::Result<usize> {
-    let b = take(rest, 4)?;
-    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-}
-
-fn take_str<'a>(rest: &mut &'a [u8], n: usize) -> rusqlite::Result<&'a str> {
-    std::str::from_utf8(take(rest, n)?).map_err(|_| corrupt("invalid UTF-8"))
-}
-
-/// The inverse of [`encode_msg`].
-pub(crate) fn decode_msg(blob: &[u8]) -> rusqlite::Result<RawMessage> {
-    let mut rest = blob;
-    let n = take_u32(&mut rest)?;
-    let subject = take_str(&mut rest, n)?.to_owned();
-    let reply = match take_u32(&mut rest)? {
-        0 => None,
-        n => Some(take_str(&mut rest, n - 1)?.to_owned()),
-    };
-    let n = take_u32(&mut rest)?;
-    let mut hs = take(&mut rest, n)?;
-    let mut headers = Headers::with_capacity(2);
-    while !hs.is_empty() {
-        let b = take(&mut hs, 2)?;
-        let n = u16::from_le_bytes([b[0], b[1]]) as usize;
-        let name = known_name(take_str(&mut hs, n)?);
-        let n = take_u32(&mut hs)?;
-        headers.append(name, take_str(&mut hs, n)?.to_owned());
-    }
-    Ok(RawMessage {
-        subject,
-        reply,
-        headers,
-        payload: Bytes::copy_from_slice(rest),
-    })
-}
-
 impl Store {
     /// Takes the lock, creates the file `0600` if needed, sets the pragmas and checks the schema.
     pub(crate) fn open(path: &Path, durability: Durability) -> Result<Store> {
+        Self::try_open(path, durability)?.ok_or_else(|| {
+            Error::outbox(
+                path,
+                format!(
+                    "the outbox is in use by another Bus (lock {} is held); two processes must \
+                     never drain the same queue: give each process its own outbox_path, or \
+                     drop the other Bus first",
+                    lock_path(path).display()
+                ),
+                None,
+            )
+        })
+    }
+
+    /// As [`Store::open`], but `None` when another holder has the lock (the operator requests
+    /// run by a tool when no process holds the file).
+    pub(crate) fn try_open(path: &Path, durability: Durability) -> Result<Option<Store>> {
         let lock_file = lock_path(path);
         let lock = create_private(&lock_file, false)
             .map_err(|e| io_err(&lock_file, "cannot create the outbox lock file", e))?;
@@ -276,18 +174,7 @@ impl Store {
         let locked = lock.try_lock();
         match locked {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::outbox(
-                    path,
-                    format!(
-                        "the outbox is in use by another Bus (lock {} is held); two processes must \
-                         never drain the same queue: give each process its own outbox_path, or \
-                         drop the other Bus first",
-                        lock_file.display()
-                    ),
-                    None,
-                ))
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(io_err(&lock_file, "cannot lock the outbox lock file", e))
             }
@@ -321,7 +208,7 @@ impl Store {
             last_id: 0,
             done_id: 0,
             deleted_upto: 0,
-            scratch: Vec::new(),
+            scratch: String::new(),
             _lock: lock,
         };
         store.configure(durability)?;
@@ -338,7 +225,7 @@ impl Store {
             .query_row("SELECT min(id) FROM outbox", [], |r| r.get(0))
             .map_err(|e| sql_err(path, "cannot read the outbox", e))?;
         store.deleted_upto = first.map_or(store.done_id, |f| (f - 1).min(store.done_id));
-        Ok(store)
+        Ok(Some(store))
     }
 
     fn configure(&self, durability: Durability) -> Result<()> {
@@ -366,13 +253,55 @@ impl Store {
             .map_err(|e| sql_err(p, "cannot configure the outbox file", e))?;
         Ok(())
     }
+}
 
-    fn check_schema(&self) -> Result<()> {
-        let p = &self.path;
+/// Rows per multi-row `INSERT` (5 parameters each and one shared, well under SQLite's limit of
+/// 32766).
+const ROWS_PER_INSERT: usize = 64;
+
+macro_rules! insert_into_outbox {
+    () => {
+        "INSERT INTO outbox (id, subject, reply, headers, payload, created_at) VALUES "
+    };
+}
+
+const INSERT_SINGLE: &str = concat!(insert_into_outbox!(), "(?1, ?2, ?3, ?4, ?5, ?6)");
+
+/// Row `i` binds `?5i+1` to `?5i+5`; all share `created_at`, bound once as the last parameter.
+static INSERT_MULTI: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let now = 5 * ROWS_PER_INSERT + 1;
+    let rows: Vec<String> = (0..ROWS_PER_INSERT)
+        .map(|i| {
+            let p = 5 * i;
+            format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{}, ?{now})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        })
+        .collect();
+    format!(concat!(insert_into_outbox!(), "{}"), rows.join(", "))
+});
+
+/// Moves queue row `?1` to the dead letters as it is stored, whatever its values (a row that
+/// cannot be decoded keeps its raw bytes): `?2` msg id, `?3` attempts, `?4` error, `?5` now,
+/// `?6` origin. Part of a transaction that then deletes the row.
+const DEAD_LETTER: &str = "INSERT INTO dead_letters (origin, queue_id, msg_id, subject, reply,
+      headers, payload, created_at, attempts, last_error, failed_at)
+    SELECT ?6, id, ?2, coalesce(subject, ''), reply, coalesce(headers, '[]'),
+           coalesce(payload, X''), coalesce(created_at, 0), ?3, ?4, ?5
+      FROM outbox WHERE id = ?1";
+
+impl Store {
+    fn check_schema(&mut self) -> Result<()> {
+        let p = self.path.clone();
         let version: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sql_err(p, "cannot read the outbox schema version", e))?;
+            .map_err(|e| sql_err(&p, "cannot read the outbox schema version", e))?;
         match version {
             0 => {
                 let tables: i64 = self
@@ -382,10 +311,10 @@ impl Store {
                         [],
                         |r| r.get(0),
                     )
-                    .map_err(|e| sql_err(p, "cannot read the outbox schema", e))?;
+                    .map_err(|e| sql_err(&p, "cannot read the outbox schema", e))?;
                 if tables > 0 {
                     return Err(Error::outbox(
-                        p,
+                        &p,
                         "this SQLite file is not a bus outbox (it has tables but no outbox schema \
                          version); point outbox_path at a new file",
                         None,
@@ -393,22 +322,34 @@ impl Store {
                 }
                 self.conn
                     .execute_batch(&format!(
-                        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                        "BEGIN IMMEDIATE; {TABLES} {SEQ} {VIEWS} \
+                         PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                     ))
-                    .map_err(|e| sql_err(p, "cannot create the outbox schema", e))?;
-                Ok(())
+                    .map_err(|e| sql_err(&p, "cannot create the outbox schema", e))?;
             }
-            SCHEMA_VERSION => Ok(()),
-            v => Err(Error::outbox(
-                p,
-                format!(
-                    "unknown outbox schema version {v} (this build of bus understands version \
-                     {SCHEMA_VERSION}); the file was written by a newer bus: upgrade bus, or point \
-                     outbox_path at another file (the queued messages are left untouched)"
-                ),
-                None,
-            )),
+            2 => {
+                let started = std::time::Instant::now();
+                let done = migrate::v2_to_v3(&mut self.conn).map_err(|e| {
+                    sql_err(
+                        &p,
+                        "cannot migrate the outbox from schema version 2 to 3 (the file is left \
+                         at version 2, unchanged)",
+                        e,
+                    )
+                })?;
+                tracing::info!(path = %p.display(), queued = done.queued, dead_letters = done.dead_letters, undecodable = done.undecodable, elapsed = ?started.elapsed(), "outbox migrated from schema version 2 to 3");
+            }
+            SCHEMA_VERSION => {}
+            v => return Err(version_err(&p, v)),
         }
+        schema::check(&self.conn).map_err(|why| layout_err(&p, &why))?;
+        // An operator may have dropped a view; they cost nothing to put back.
+        self.conn
+            .execute_batch(VIEWS)
+            .map_err(|e| sql_err(&p, "cannot create the outbox views", e))?;
+        self.conn
+            .execute_batch(REQUESTS)
+            .map_err(|e| sql_err(&p, "cannot create the operator requests table", e))
     }
 
     /// The committed and done watermarks of a freshly opened queue.
@@ -440,35 +381,43 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             // Many rows per statement: SQLite's per-statement work (bind, step, reset) is a good
-            // part of a small insert. The encoded rows of one statement sit in one buffer.
+            // part of a small insert. The headers JSON of one statement's rows sits in one buffer.
             let mut multi = tx.prepare_cached(&INSERT_MULTI)?;
-            let mut single =
-                tx.prepare_cached("INSERT INTO outbox (id, msg, created_at) VALUES (?1, ?2, ?3)")?;
-            let mut ends: Vec<usize> = Vec::with_capacity(ROWS_PER_INSERT);
+            let mut single = tx.prepare_cached(INSERT_SINGLE)?;
+            let mut chunk: Vec<(&RawMessage, usize)> = Vec::with_capacity(ROWS_PER_INSERT);
             let mut msgs = msgs.peekable();
             while msgs.peek().is_some() {
                 self.scratch.clear();
-                ends.clear();
+                chunk.clear();
                 for m in msgs.by_ref().take(ROWS_PER_INSERT) {
-                    encode_msg(m, &mut self.scratch);
-                    ends.push(self.scratch.len());
+                    encode_headers(&m.headers, &mut self.scratch);
+                    chunk.push((m, self.scratch.len()));
+                }
+                let full = chunk.len() == ROWS_PER_INSERT;
+                if full {
+                    multi.raw_bind_parameter(5 * ROWS_PER_INSERT + 1, now)?;
                 }
                 let mut start = 0;
-                if ends.len() == ROWS_PER_INSERT {
-                    for (i, &end) in ends.iter().enumerate() {
-                        id += 1;
-                        multi.raw_bind_parameter(3 * i + 1, id)?;
-                        multi.raw_bind_parameter(3 * i + 2, &self.scratch[start..end])?;
-                        multi.raw_bind_parameter(3 * i + 3, now)?;
-                        start = end;
+                for (i, &(m, end)) in chunk.iter().enumerate() {
+                    id += 1;
+                    let (stmt, at) = if full {
+                        (&mut multi, 5 * i)
+                    } else {
+                        single.raw_bind_parameter(6, now)?;
+                        (&mut single, 0)
+                    };
+                    stmt.raw_bind_parameter(at + 1, id)?;
+                    stmt.raw_bind_parameter(at + 2, m.subject.as_str())?;
+                    stmt.raw_bind_parameter(at + 3, m.reply.as_deref())?;
+                    stmt.raw_bind_parameter(at + 4, &self.scratch[start..end])?;
+                    stmt.raw_bind_parameter(at + 5, &m.payload[..])?;
+                    start = end;
+                    if !full {
+                        stmt.raw_execute()?;
                     }
+                }
+                if full {
                     multi.raw_execute()?;
-                } else {
-                    for &end in &ends {
-                        id += 1;
-                        single.execute(params![id, &self.scratch[start..end], now])?;
-                        start = end;
-                    }
                 }
             }
             tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
@@ -479,24 +428,44 @@ impl Store {
         Ok(first)
     }
 
-    /// Up to `limit` queued rows with an id above `after`, oldest first.
-    pub(crate) fn page(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<Row>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, msg, attempts FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
-        )?;
-        // Rows at or below `done` may still be in the table; they are confirmed, never resent.
-        let after = after.max(self.done_id);
-        let mut rows = stmt.query(params![after, limit as i64])?;
-        let mut out = Vec::with_capacity(limit.min(4096));
-        while let Some(r) = rows.next()? {
-            out.push(Row {
-                id: r.get(0)?,
-                // Decoded straight from SQLite's buffer, without copying the blob first.
-                msg: decode_msg(r.get_ref(1)?.as_blob()?)?,
-                attempts: r.get(2)?,
-            });
+    /// Up to `limit` queued rows with an id above `after`, oldest first. A row that cannot be
+    /// decoded is moved to the dead letters here, with the reason, and counted in
+    /// [`Page::scanned`]: it is never sent, never retried, and the queue goes on.
+    pub(crate) fn page(&mut self, after: i64, limit: usize) -> rusqlite::Result<Page> {
+        let read = read::sendable(&self.conn, after, limit)?;
+        let mut page = Page {
+            rows: Vec::with_capacity(read.len()),
+            scanned: read.len(),
+            last: read.last().map(|m| m.id),
+        };
+        let mut bad = Vec::new();
+        for m in read {
+            let Some(why) = m.decoded.problem else {
+                page.rows.push(Row {
+                    id: m.id,
+                    attempts: m.attempts,
+                    msg: m.decoded.msg,
+                });
+                continue;
+            };
+            let msg = m.decoded.msg;
+            tracing::warn!(path = %self.path.display(), queue_id = m.id, subject = %msg.subject, reason = %why, "outbox row cannot be decoded; moved to the dead letters without sending it (see Bus::dead_letters)");
+            let failure = Failure {
+                id: m.id,
+                attempts: m.attempts,
+                dead: true,
+                msg_id: msg.headers.get(MSG_ID).map(str::to_owned),
+            };
+            bad.push((failure, format!("the queued row cannot be decoded: {why}")));
         }
-        Ok(out)
+        if !bad.is_empty() {
+            let tx = self.conn.transaction()?;
+            for (failure, error) in &bad {
+                dead_letter(&tx, failure, error)?;
+            }
+            tx.commit()?;
+        }
+        Ok(page)
     }
 
     /// Records that every row up to `last` is confirmed or dead-lettered: one single-row update
@@ -546,103 +515,197 @@ impl Store {
         Ok(upto < self.done_id)
     }
 
-    /// Records a failed attempt on a queued row.
-    pub(crate) fn record_failure(
-        &mut self,
-        id: i64,
-        attempts: u32,
-        error: &str,
-    ) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "UPDATE outbox SET attempts = ?2, last_error = ?3 WHERE id = ?1",
-            params![id, attempts, error],
-        )?;
-        Ok(())
-    }
-
-    /// Moves a queued row to the dead-letter table, in one transaction.
-    pub(crate) fn dead_letter(
-        &mut self,
-        id: i64,
-        attempts: u32,
-        error: &str,
-    ) -> rusqlite::Result<()> {
+    /// Records failed attempts, all with `error`, in one transaction: a row out of attempts
+    /// (`dead`) moves to the dead letters, the others keep their new count and the error.
+    pub(crate) fn fail(&mut self, failures: &[Failure], error: &str) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO dead_letters (msg, created_at, attempts, last_error, failed_at)
-             SELECT msg, created_at, ?2, ?3, ?4 FROM outbox WHERE id = ?1",
-            params![id, attempts, error, now_ms()],
-        )?;
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+        for f in failures {
+            if f.dead {
+                dead_letter(&tx, f, error)?;
+            } else {
+                tx.prepare_cached(
+                    "UPDATE outbox SET attempts = ?2, last_error = ?3 WHERE id = ?1",
+                )?
+                .execute(params![f.id, f.attempts, error])?;
+            }
+        }
         tx.commit()
     }
 
     /// Every dead letter, oldest first.
     pub(crate) fn dead_letters(&self) -> rusqlite::Result<Vec<DeadLetter>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, msg, attempts, last_error, failed_at FROM dead_letters ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let msg = decode_msg(r.get_ref(1)?.as_blob()?)?;
-            Ok(DeadLetter {
-                id: r.get(0)?,
-                subject: msg.subject,
-                headers: msg.headers,
-                payload: msg.payload,
-                attempts: r.get(2)?,
-                last_error: r.get(3)?,
-                failed_at: from_ms(r.get(4)?),
-            })
-        })?;
-        rows.collect()
+        read::dead_letters(&self.conn)
     }
 
     pub(crate) fn dead_letter_count(&self) -> rusqlite::Result<u64> {
-        self.conn
-            .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+        read::dead_letter_count(&self.conn)
     }
 
     /// Moves a dead letter to the end of the queue with fresh attempts; returns its new queue id,
     /// or `None` if there is no such dead letter.
     pub(crate) fn replay(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
-        let new_id = self.last_id + 1;
-        let tx = self.conn.transaction()?;
-        let n = tx.execute(
-            "INSERT INTO outbox (id, msg, created_at, attempts)
-             SELECT ?3, msg, ?2, 0 FROM dead_letters WHERE id = ?1",
-            params![id, now_ms(), new_id],
-        )?;
-        if n == 0 {
-            return Ok(None);
+        self.with_replays(|r| r.replay(id))
+            .map(|(queued, _)| queued)
+    }
+
+    /// Runs `f` in one write transaction in which [`ReplayTx::replay`] moves dead letters to the
+    /// end of the queue, and commits; returns what `f` returned and the new highest queue id if
+    /// anything was replayed (the caller tells the drainer). The operator requests use it to
+    /// run many replays, and their bookkeeping, in one commit.
+    pub(crate) fn with_replays<T>(
+        &mut self,
+        f: impl FnOnce(&mut ReplayTx<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<(T, Option<i64>)> {
+        // IMMEDIATE: a tool may write to the file too (operator requests), and a deferred
+        // transaction that reads first could not upgrade to a write after it.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut r = ReplayTx {
+            tx,
+            last: self.last_id,
+        };
+        let out = f(&mut r)?;
+        let moved = (r.last != self.last_id).then_some(r.last);
+        if let Some(last) = moved {
+            r.tx.execute("UPDATE outbox_seq SET last = ?1", [last])?;
         }
-        tx.execute("UPDATE outbox_seq SET last = ?1", [new_id])?;
-        tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
-        tx.commit()?;
-        self.last_id = new_id;
-        Ok(Some(new_id))
+        r.tx.commit()?;
+        if let Some(last) = moved {
+            self.last_id = last;
+        }
+        Ok((out, moved))
+    }
+
+    /// Records a message a handler gave up on (it never was in the queue): `origin` says which
+    /// handler (`handler:<name>`).
+    pub(crate) fn insert_dead_letter(
+        &mut self,
+        origin: &str,
+        msg: &RawMessage,
+        attempts: u32,
+        error: &str,
+        failed_at_ms: i64,
+    ) -> rusqlite::Result<()> {
+        let mut headers = String::new();
+        super::encoding::encode_headers(&msg.headers, &mut headers);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO dead_letters (origin, queue_id, msg_id, subject, reply, headers,
+                     payload, created_at, attempts, last_error, failed_at)
+                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7)",
+            )?
+            .execute(params![
+                origin,
+                msg.headers
+                    .get(crate::headers::NATS_MSG_ID)
+                    .or_else(|| msg.headers.get(crate::headers::MSG_ID)),
+                msg.subject,
+                msg.reply,
+                headers,
+                &msg.payload[..],
+                failed_at_ms,
+                attempts,
+                error,
+            ])?;
+        Ok(())
     }
 
     pub(crate) fn purge(&mut self) -> rusqlite::Result<u64> {
         Ok(self.conn.execute("DELETE FROM dead_letters", [])? as u64)
     }
 
-    /// Depth, created_at of the oldest queued row (unix ms), dead-letter count.
-    pub(crate) fn stats(&self) -> rusqlite::Result<(u64, Option<i64>, u64)> {
-        let depth: u64 = self.conn.query_row(
-            "SELECT count(*) FROM outbox WHERE id > ?1",
-            [self.done_id],
-            |r| r.get(0),
-        )?;
-        let oldest: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT created_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT 1",
-                [self.done_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok((depth, oldest, self.dead_letter_count()?))
+    /// Depth, age of the oldest queued row, dead letters, schema version and size on disk.
+    pub(crate) fn stats(&self) -> rusqlite::Result<OutboxStats> {
+        let (depth, oldest, dead_letters) = read::counts(&self.conn)?;
+        Ok(OutboxStats::new(
+            depth,
+            oldest,
+            dead_letters,
+            SCHEMA_VERSION as u32,
+            read::file_size(&self.path),
+        ))
     }
+}
+
+/// The transaction of [`Store::with_replays`].
+pub(crate) struct ReplayTx<'c> {
+    pub(crate) tx: rusqlite::Transaction<'c>,
+    /// The highest queue id given, replays in this transaction included.
+    last: i64,
+}
+
+impl ReplayTx<'_> {
+    /// Moves dead letter `id` to the end of the queue with fresh attempts (same msg id); returns
+    /// its new queue id, or `None` if there is no such dead letter.
+    pub(crate) fn replay(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
+        let new_id = self.last + 1;
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO outbox (id, subject, reply, headers, payload, created_at, attempts)
+                 SELECT ?3, subject, reply, headers, payload, ?2, 0 FROM dead_letters WHERE id = ?1",
+            )?
+            .execute(params![id, now_ms(), new_id])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.tx
+            .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+            .execute([id])?;
+        self.last = new_id;
+        Ok(Some(new_id))
+    }
+}
+
+/// Moves the queue row of `failure` to the dead letters (inside the caller's transaction).
+fn dead_letter(
+    tx: &rusqlite::Transaction<'_>,
+    failure: &Failure,
+    error: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(DEAD_LETTER)?.execute(params![
+        failure.id,
+        failure.msg_id,
+        failure.attempts,
+        error,
+        now_ms(),
+        ORIGIN_OUTBOX
+    ])?;
+    tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+        .execute([failure.id])?;
+    Ok(())
+}
+
+/// The error for a file whose `user_version` is not one this build can open.
+pub(crate) fn version_err(path: &Path, version: i64) -> Error {
+    let detail = if version < SCHEMA_VERSION {
+        format!(
+            "outbox schema version {version} is from a pre-release bus and cannot be migrated \
+             (only version 2 can); drain it with the bus that wrote it, or move it aside"
+        )
+    } else {
+        format!(
+            "unknown outbox schema version {version} (this build of bus understands version \
+             {SCHEMA_VERSION}); the file was written by a newer bus: upgrade bus, or point \
+             outbox_path at another file (the queued messages are left untouched)"
+        )
+    };
+    Error::outbox(path, detail, None)
+}
+
+/// The error for a version-3 file whose tables are not the ones of version 3.
+pub(crate) fn layout_err(path: &Path, why: &str) -> Error {
+    Error::outbox(
+        path,
+        format!(
+            "the outbox file says schema version {SCHEMA_VERSION} but its tables do not match it \
+             ({why}); it was changed by something other than bus: move it aside (it may still \
+             hold unsent messages; it is never reset automatically) and point outbox_path \
+             elsewhere"
+        ),
+        None,
+    )
 }
 
 /// How old a row created at `created_ms` is now.

@@ -166,9 +166,17 @@ fn msg(subject: &str, payload: impl Into<String>) -> RawMessage {
 }
 
 async fn open(path: &Path, broker: &Arc<FakeBroker>) -> Result<Outbox> {
+    open_with(path, broker, OutboxOptions::default()).await
+}
+
+async fn open_with(
+    path: &Path,
+    broker: &Arc<FakeBroker>,
+    options: OutboxOptions,
+) -> Result<Outbox> {
     Outbox::open(
         path.to_path_buf(),
-        OutboxOptions::default(),
+        options,
         broker.clone() as Arc<dyn Broker>,
     )
     .await
@@ -433,10 +441,6 @@ async fn replay_list_count_purge() {
     assert_eq!(again[1].attempts, 3);
     assert_eq!(dlq.purge().await.unwrap(), 2);
     assert_eq!(dlq.count().await.unwrap(), 0);
-    assert!(matches!(
-        DeadLetters::none().count().await,
-        Err(Error::NoOutbox)
-    ));
 }
 
 #[tokio::test]
@@ -561,14 +565,11 @@ async fn power_loss_durability_syncs_every_commit() {
     let broker = FakeBroker::new(ConnectionState::Connected);
     let options = OutboxOptions {
         durability: Durability::PowerLoss,
+        ..OutboxOptions::default()
     };
-    let outbox = Outbox::open(
-        dir.path().join("o.db"),
-        options,
-        broker.clone() as Arc<dyn Broker>,
-    )
-    .await
-    .unwrap();
+    let outbox = open_with(&dir.path().join("o.db"), &broker, options)
+        .await
+        .unwrap();
     assert_eq!(synchronous(&outbox).await, 2, "FULL");
     let default = open(&dir.path().join("p.db"), &broker).await.unwrap();
     assert_eq!(synchronous(&default).await, 1, "NORMAL");
@@ -636,32 +637,6 @@ async fn a_large_queue_is_never_loaded_into_memory() {
 }
 
 #[test]
-fn the_row_encoding_round_trips_and_rejects_truncation() {
-    let mut h = Headers::new();
-    h.append(MSG_ID, "id-1");
-    h.append("X-Custom", "a: b");
-    h.append("X-Custom", "");
-    let with_reply = RawMessage {
-        subject: "a.b".into(),
-        reply: Some("_INBOX.x".into()),
-        headers: h,
-        payload: Bytes::from_static(b"\x00payload\xff"),
-    };
-    let bare = RawMessage::new("c", Bytes::new());
-    let mut buf = Vec::new();
-    for m in [with_reply, bare] {
-        buf.clear();
-        store::encode_msg(&m, &mut buf);
-        assert_eq!(store::decode_msg(&buf).unwrap(), m);
-        // Every strict prefix that cuts into the length-prefixed part is refused, never misread.
-        let fixed = buf.len() - m.payload.len();
-        for n in 0..fixed {
-            assert!(store::decode_msg(&buf[..n]).is_err(), "prefix {n} accepted");
-        }
-    }
-}
-
-#[test]
 fn confirmed_rows_left_in_the_file_are_never_resent() {
     // The writer deletes confirmed rows lazily; the watermark alone must keep them from being
     // read as queued, also by a new process on the same file.
@@ -672,15 +647,15 @@ fn confirmed_rows_left_in_the_file_are_never_resent() {
         let msgs: Vec<RawMessage> = (0..10).map(|i| msg("a", format!("{i}"))).collect();
         assert_eq!(st.insert_all(msgs.iter()).unwrap(), 1);
         st.mark_done(6).unwrap();
-        assert_eq!(st.page(0, 100).unwrap().first().map(|r| r.id), Some(7));
-        assert_eq!(st.stats().unwrap().0, 4);
+        assert_eq!(st.page(0, 100).unwrap().rows.first().map(|r| r.id), Some(7));
+        assert_eq!(st.stats().unwrap().depth, 4);
     }
     let mut st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
     let w = st.watermarks().unwrap();
     assert_eq!((w.committed, w.done), (10, 6));
-    let ids: Vec<i64> = st.page(0, 100).unwrap().iter().map(|r| r.id).collect();
+    let ids: Vec<i64> = st.page(0, 100).unwrap().rows.iter().map(|r| r.id).collect();
     assert_eq!(ids, [7, 8, 9, 10]);
-    assert_eq!(st.stats().unwrap().0, 4);
+    assert_eq!(st.stats().unwrap().depth, 4);
     // Tidying deletes only what is done; once all is done the table empties at once.
     let rows_in_file = |st: &store::Store| -> i64 {
         st.conn
@@ -708,10 +683,288 @@ fn a_large_group_is_stored_in_order_and_intact() {
         .collect();
     assert_eq!(st.insert_all(msgs.iter()).unwrap(), 1);
     assert_eq!(st.insert_all(msgs[..3].iter()).unwrap(), 151);
-    let rows = st.page(0, 1000).unwrap();
-    assert_eq!(rows.len(), 153);
-    for (i, row) in rows.iter().enumerate() {
+    let page = st.page(0, 1000).unwrap();
+    assert_eq!(
+        (page.rows.len(), page.scanned, page.last),
+        (153, 153, Some(153))
+    );
+    for (i, row) in page.rows.iter().enumerate() {
         assert_eq!(row.id, i as i64 + 1);
         assert_eq!(row.msg, msgs[if i < 150 { i } else { i - 150 }]);
+    }
+}
+
+/// The v2 file in `tests/data`, written by the v2 code (see `tests/tests/outbox_local.rs`).
+const V2_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/data/outbox-v2.sqlite3"
+);
+
+/// A copy of the v2 fixture in `dir`.
+fn v2_copy(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("v2.db");
+    std::fs::copy(V2_FIXTURE, &path).unwrap();
+    path
+}
+
+#[test]
+fn rows_are_stored_in_columns_the_sqlite_shell_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = store::Store::open(&dir.path().join("o.db"), Durability::ProcessCrash).unwrap();
+    let mut m = msg("a.b", "p");
+    m.headers.append("X-Tenant", "café \"q\"");
+    m.reply = Some("_INBOX.1".into());
+    let id = st.insert_all([m.clone()].iter()).unwrap();
+    let (subject, reply, tenant, payload_type, payload): (String, String, String, String, Vec<u8>) =
+        st.conn
+            .query_row(
+                "SELECT subject, reply, json_extract(headers, '$[1][1]'), typeof(payload), payload
+               FROM queued WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+    assert_eq!((subject.as_str(), reply.as_str()), ("a.b", "_INBOX.1"));
+    assert_eq!(tenant, "café \"q\"");
+    assert_eq!((payload_type.as_str(), &payload[..]), ("blob", &b"p"[..]));
+    let stuck: i64 = st
+        .conn
+        .query_row("SELECT count(*) FROM stuck", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stuck, 0);
+    let failure = store::Failure {
+        id,
+        attempts: 1,
+        dead: false,
+        msg_id: None,
+    };
+    st.fail(&[failure], "confirm refused").unwrap();
+    let (attempts, error, msg_id): (u32, String, String) = st
+        .conn
+        .query_row("SELECT attempts, last_error, msg_id FROM stuck", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((attempts, error.as_str()), (1, "confirm refused"));
+    assert_eq!(Some(msg_id.as_str()), m.headers.get(MSG_ID));
+    // The queued view hides what the watermark covers.
+    st.mark_done(id).unwrap();
+    let queued: i64 = st
+        .conn
+        .query_row("SELECT count(*) FROM queued", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 0);
+}
+
+#[test]
+fn the_v2_decoder_reads_the_fixture_and_refuses_every_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = rusqlite::Connection::open(v2_copy(dir.path())).unwrap();
+    let mut stmt = c
+        .prepare("SELECT msg FROM outbox UNION ALL SELECT msg FROM dead_letters")
+        .unwrap();
+    let blobs: Vec<Vec<u8>> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(blobs.len(), 48);
+    for blob in &blobs {
+        let m = migrate::decode(blob).unwrap();
+        assert!(m.subject.starts_with("fixture."), "{}", m.subject);
+        // Every strict prefix that cuts into the length-prefixed part is refused, never misread.
+        for n in 0..blob.len() - m.payload.len() {
+            assert!(migrate::decode(&blob[..n]).is_err(), "prefix {n} accepted");
+        }
+    }
+}
+
+#[test]
+fn a_v2_row_that_cannot_be_decoded_becomes_a_dead_letter_holding_the_raw_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = v2_copy(dir.path());
+    let junk = b"\x05\x00\x00\x00ab".to_vec();
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute(
+            "INSERT INTO outbox (id, msg, created_at) VALUES (49, ?1, 7)",
+            [&junk],
+        )
+        .unwrap();
+        c.execute("UPDATE outbox_seq SET last = 49", []).unwrap();
+    }
+    let st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
+    let version: i64 = st
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    let dead = st.dead_letters().unwrap();
+    assert_eq!(dead.len(), 5, "4 from v2 and the undecodable row");
+    let bad = dead.last().unwrap();
+    assert_eq!((bad.queue_id, bad.origin.as_str()), (Some(49), "outbox"));
+    assert_eq!(&bad.payload[..], &junk[..]);
+    assert!(
+        bad.last_error.contains("cannot be decoded (truncated)"),
+        "{}",
+        bad.last_error
+    );
+    assert_eq!(st.watermarks().unwrap().committed, 49);
+    // The v2 dead letters keep their ids, and new ones are numbered after them.
+    assert_eq!(
+        dead.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+}
+
+#[test]
+fn a_migration_that_fails_leaves_the_v2_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = v2_copy(dir.path());
+    {
+        // The name the migration renames to is taken: it fails half way through.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE dead_letters_v2 (x)").unwrap();
+    }
+    let err = match store::Store::open(&path, Durability::ProcessCrash) {
+        Ok(_) => panic!("the migration must fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot migrate the outbox from schema version 2"),
+        "{err}"
+    );
+    assert!(err.contains("left at version 2, unchanged"), "{err}");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let (version, rows, dead): (i64, i64, i64) = c
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version),
+                    (SELECT count(*) FROM outbox), (SELECT count(*) FROM dead_letters)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((version, rows, dead), (2, 44, 4));
+}
+
+/// Makes queue row `id` undecodable the way `how` says, straight in SQLite.
+fn corrupt(conn: &rusqlite::Connection, id: i64, how: &str) {
+    let sql = match how {
+        // A header name cut in the middle of a UTF-8 character (`é` is C3 A9).
+        "cut name" => {
+            "UPDATE outbox SET headers = CAST(X'5B5B22582DC3222C2276225D5D' AS TEXT) WHERE id = ?1"
+        }
+        "bad json" => "UPDATE outbox SET headers = '[[\"X-A\",' WHERE id = ?1",
+        "bad subject" => "UPDATE outbox SET subject = CAST(X'612EFF' AS TEXT) WHERE id = ?1",
+        "number" => "UPDATE outbox SET payload = 42 WHERE id = ?1",
+        other => panic!("{other}"),
+    };
+    conn.execute(sql, [id]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_rows_are_dead_lettered_once_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    // More than three pages, so that bad rows sit in full pages, at a page's end and at the
+    // very end of the queue (which a flush must still reach).
+    let n = 3 * drainer::BATCH as i64 + 10;
+    let bad = [
+        (1, "cut name"),
+        (2, "bad json"),
+        (drainer::BATCH as i64, "bad subject"),
+        (drainer::BATCH as i64 + 1, "number"),
+        (2 * drainer::BATCH as i64 + 7, "cut name"),
+        (n, "cut name"),
+    ];
+    {
+        let mut st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
+        let msgs: Vec<RawMessage> = (1..=n).map(|i| msg("q", format!("{i}"))).collect();
+        st.insert_all(msgs.iter()).unwrap();
+        for (id, how) in bad {
+            corrupt(&st.conn, id, how);
+        }
+    }
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&path, &broker).await.unwrap();
+    flush(&outbox).await;
+    let want: Vec<String> = (1..=n)
+        .filter(|i| !bad.iter().any(|(b, _)| b == i))
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(broker.payloads(), want, "every good row once, in order");
+    let dead = outbox.dead_letters().list().await.unwrap();
+    assert_eq!(
+        dead.iter().map(|d| d.queue_id.unwrap()).collect::<Vec<_>>(),
+        bad.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+    );
+    for d in &dead {
+        assert_eq!(d.attempts, 0, "never sent: {d:?}");
+        assert!(
+            d.last_error.contains("cannot be decoded"),
+            "{}",
+            d.last_error
+        );
+    }
+    for (d, why) in dead.iter().zip([
+        "headers are not valid UTF-8",
+        "not a JSON array",
+        "subject is not valid UTF-8",
+        "payload is an integer",
+    ]) {
+        assert!(d.last_error.contains(why), "{}", d.last_error);
+    }
+    // The raw bytes are kept as they were.
+    let raw: Vec<u8> = outbox
+        .writer
+        .call(move |ctx| {
+            Ok(ctx
+                .store
+                .conn
+                .query_row(
+                    "SELECT CAST(headers AS BLOB) FROM dead_letters WHERE queue_id = 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(raw, b"[[\"X-\xc3\",\"v\"]]");
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.dead_letters), (0, bad.len() as u64));
+    // A new process finds nothing left to send or to dead-letter again.
+    drop(outbox);
+    let again = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&path, &again).await.unwrap();
+    flush(&outbox).await;
+    assert!(again.confirmed().is_empty());
+    assert_eq!(
+        outbox.dead_letters().count().await.unwrap(),
+        bad.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn the_retry_policy_decides_the_attempts() {
+    for max in [1, 5] {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = FakeBroker::new(ConnectionState::Connected);
+        let options = OutboxOptions {
+            retry: crate::RetryPolicy::default()
+                .max_attempts(max)
+                .base(Duration::from_millis(1)),
+            ..OutboxOptions::default()
+        };
+        let outbox = open_with(&dir.path().join("o.db"), &broker, options)
+            .await
+            .unwrap();
+        outbox.enqueue(msg("big", "x".repeat(4096))).await.unwrap();
+        outbox.enqueue(msg("a", "after")).await.unwrap();
+        flush(&outbox).await;
+        assert_eq!(broker.calls("big"), max);
+        assert_eq!(broker.payloads(), ["after"]);
+        let dead = outbox.dead_letters().list().await.unwrap();
+        assert_eq!(dead[0].attempts, max);
     }
 }

@@ -86,6 +86,8 @@ pub(crate) struct Ctx {
     pub(crate) committed: watch::Sender<i64>,
     /// Group commits so far (a test checks that concurrent publishes share them).
     pub(crate) commits: u64,
+    /// When to look for operator requests (`requests`) next.
+    pub(crate) requests: super::requests::Pickup,
 }
 
 /// Confirmed rows deleted per step when the writer is idle: small enough that a publish arriving
@@ -201,6 +203,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     shared: thread_shared,
                     committed: committed_tx,
                     commits: 0,
+                    requests: super::requests::Pickup::default(),
                 },
             );
         })
@@ -241,6 +244,8 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
 fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
     let mut group: Vec<(RawMessage, oneshot::Sender<Result<()>>)> = Vec::new();
     loop {
+        // Replays and purges asked through the file, every 500 ms, busy or idle.
+        super::requests::pick_up(&mut ctx);
         // Delete confirmed rows only when nothing is waiting, so publishes never wait for it.
         let first = match rx.try_recv() {
             Ok(cmd) => cmd,
@@ -248,9 +253,10 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
                 if ctx.tidy_idle() {
                     continue;
                 }
-                match rx.recv() {
+                match rx.recv_timeout(ctx.requests.wait()) {
                     Ok(cmd) => cmd,
-                    Err(_) => return,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
             Err(mpsc::TryRecvError::Disconnected) => return,

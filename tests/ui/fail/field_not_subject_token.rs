@@ -15,7 +15,8 @@ pub struct Outbound {
 
 #[allow(dead_code)]
 async fn call_sites(bus: &bus::Bus, m: Outbound) -> Result<(), bus::Error> {
-    let _sub = Outbound::subscribe(bus, Outbound::filter().channel(7u64)).await?;
+    // The filter takes the field's type, so it needs the same fix.
+    let _sub = Outbound::subscribe(bus, Outbound::filter().channel(ChannelId { id: 7 })).await?;
     m.publish(bus).await
 }
 

@@ -11,6 +11,7 @@ pub struct Outbound {
 async fn call_sites(bus: &bus::Bus) {
     let m = Outbound { channel: "slack".into() };
     let _ = m.request(bus).await;
+    let _ = Outbound::serve(bus, Outbound::filter(), |_req| async { Ok::<_, bus::Error>(()) }).await;
 }
 
 fn main() {}

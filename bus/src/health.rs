@@ -1,0 +1,138 @@
+//! The built-in heartbeat: a typed [`Health`] snapshot on `plugin.health.<instance>`
+//! (DESIGN.md section 8), sent directly on an interval, never queued: a stale heartbeat
+//! delivered after an outage would say the opposite of the truth.
+
+use std::sync::{Mutex, PoisonError, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::SubscriptionStats;
+
+/// One instance's health, as [`Bus::health`](crate::Bus::health) returns it and the heartbeat
+/// sends it. Any plugin can watch every instance with `Health::subscribe(&bus, Health::filter())`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), bus::Error> {
+/// let bus = bus::Bus::local().await?;
+/// let health = bus.health().await;
+/// assert_eq!(health.state, "connected");
+/// assert_eq!(health.subject()?, format!("plugin.health.{}", health.instance));
+/// # use bus::Message;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, crate::Message)]
+#[subject("plugin.health.<instance>")]
+#[non_exhaustive]
+pub struct Health {
+    /// The instance name ([`BusBuilder::health`](crate::BusBuilder::health); by default the
+    /// host's name and the process id).
+    pub instance: String,
+    /// The connection state, as [`ConnectionState`](crate::ConnectionState) displays it.
+    pub state: String,
+    /// Messages in the outbox not yet confirmed (0 without an outbox).
+    pub outbox_depth: u64,
+    /// Age of the oldest of them, in milliseconds.
+    pub outbox_oldest_ms: Option<u64>,
+    /// Dead letters: the outbox's plus the handlers' kept in memory.
+    pub dead_letters: u64,
+    /// Messages the broker dropped for this instance's subscribers (slow consumers), over its
+    /// live subscriptions.
+    pub slow_consumer_drops: u64,
+    /// Failed handler attempts since start.
+    pub handler_failures: u64,
+    /// The version of `bus`.
+    pub version: String,
+    /// Milliseconds since the bus was made.
+    pub uptime_ms: u64,
+    /// When the snapshot was taken, unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// What the bus tracks for its health snapshot.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    pub(crate) instance: String,
+    started: Instant,
+    /// The live subscriptions' counters (dead ones are pruned as they are seen).
+    subscriptions: Mutex<Vec<Weak<SubscriptionStats>>>,
+    /// Every handler's counters (kept after it stops: failures count since start).
+    handlers: Mutex<Vec<std::sync::Arc<crate::HandlerStats>>>,
+}
+
+impl Tracker {
+    pub(crate) fn new(instance: Option<String>) -> Tracker {
+        Tracker {
+            instance: instance.unwrap_or_else(default_instance),
+            started: Instant::now(),
+            subscriptions: Mutex::new(Vec::new()),
+            handlers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn track(&self, stats: &std::sync::Arc<SubscriptionStats>) {
+        let mut subs = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.retain(|w| w.strong_count() > 0);
+        subs.push(std::sync::Arc::downgrade(stats));
+    }
+
+    pub(crate) fn track_handler(&self, stats: &std::sync::Arc<crate::HandlerStats>) {
+        self.handlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(std::sync::Arc::clone(stats));
+    }
+
+    pub(crate) fn handler_failures(&self) -> u64 {
+        self.handlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|h| h.failed_attempts())
+            .sum()
+    }
+
+    pub(crate) fn drops(&self) -> u64 {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| s.dropped())
+            .sum()
+    }
+
+    pub(crate) fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// `<host>-<pid>`, made a safe subject token.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let raw = format!("{host}-{}", std::process::id());
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,229 @@
+//! `OutboxFile`: a read-only view of an outbox file, for tools that run beside the service.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::schema::{self, SCHEMA_VERSION};
+use super::store::{layout_err, sql_err, version_err};
+use super::{read, DeadLetter, OutboxStats, QueuedMessage};
+use crate::{Error, Result};
+
+/// A read-only view of an outbox file: stats, the queue and the dead letters, while a running
+/// `Bus` holds the file (or not).
+///
+/// It never writes to the file and never takes its `.lock`, so the service goes on publishing
+/// and draining meanwhile; each call reads one consistent snapshot (SQLite's WAL mode lets a
+/// reader and the writer work at once). The file trails the service by a moment: a batch the
+/// broker confirmed is recorded by the service's writer thread right after its `flush`
+/// returns, so a message can still show as queued just after it was delivered. The calls are blocking (SQLite is): in async code run
+/// them with `tokio::task::spawn_blocking`. To change anything (replay, purge), use the
+/// service's [`DeadLetters`](super::DeadLetters).
+///
+/// ```no_run
+/// # fn run() -> Result<(), bus::Error> {
+/// use bus::outbox::OutboxFile;
+///
+/// let file = OutboxFile::open_read_only("/var/lib/billing/bus-outbox.sqlite3")?;
+/// let stats = file.stats()?;
+/// eprintln!("{} queued (oldest {:?}), {} dead", stats.depth, stats.oldest_age, stats.dead_letters);
+/// let mut after = None;
+/// loop {
+///     let page = file.queued(100, after)?;
+///     for m in &page {
+///         eprintln!("{} {} attempts={} {:?}", m.id, m.subject, m.attempts, m.last_error);
+///     }
+///     match page.last() {
+///         Some(m) => after = Some(m.id),
+///         None => break,
+///     }
+/// }
+/// for dl in file.dead_letters()? {
+///     eprintln!("{} [{}] {}: {}", dl.id, dl.origin, dl.subject, dl.last_error);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct OutboxFile {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for OutboxFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutboxFile {
+    /// Opens the outbox file at `path` for reading only.
+    ///
+    /// Fails with [`Error::Outbox`] if there is no file, if it is not an outbox, or if its
+    /// schema is not version 3 (a version-2 file is migrated when a `Bus` of this version next
+    /// opens it; read-only access cannot migrate it).
+    ///
+    /// Like any SQLite reader, it needs the file's `-wal` and `-shm` companions: while a `Bus`
+    /// holds the file they exist; on a file nobody has open, SQLite creates them empty beside
+    /// it (they never change the data). Where they cannot be created (a read-only directory
+    /// or filesystem) no writer can run either, and the file is read as it is.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<OutboxFile> {
+        let path = path.as_ref();
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(Error::outbox(path, "not a file; give the path of the outbox file (its outbox_path)", None))
+            }
+            Err(e) => {
+                return Err(Error::outbox(
+                    path,
+                    format!("cannot read the outbox file: {e}; give the path of the outbox file (its outbox_path)"),
+                    Some(Box::new(e)),
+                ))
+            }
+        }
+        let file = match Self::connect(path, false) {
+            Err(Error::Outbox {
+                source: Some(s), ..
+            }) if cannot_open(&*s) && !wal_path(path).exists() => {
+                // No -wal, and none can be created: nothing can be writing this file.
+                tracing::debug!(path = %path.display(), "outbox side files cannot be created; reading the file as immutable");
+                Self::connect(path, true)?
+            }
+            other => other?,
+        };
+        file.check()?;
+        Ok(file)
+    }
+
+    /// Opens the connection and makes the first read (where a missing `-shm` shows).
+    fn connect(path: &Path, immutable: bool) -> Result<OutboxFile> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = if immutable {
+            Connection::open_with_flags(
+                format!("file:{}?immutable=1", uri_path(path)),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )
+        } else {
+            Connection::open_with_flags(path, flags)
+        }
+        .map_err(|e| sql_err(path, "cannot open the outbox file", e))?;
+        conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")
+            .map_err(|e| sql_err(path, "cannot configure the read-only connection", e))?;
+        let file = OutboxFile {
+            conn,
+            path: path.to_path_buf(),
+        };
+        file.version()?;
+        Ok(file)
+    }
+
+    fn version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sql_err(&self.path, "cannot read the outbox file", e))
+    }
+
+    fn check(&self) -> Result<()> {
+        let p = &self.path;
+        match self.version()? {
+            SCHEMA_VERSION => schema::check(&self.conn).map_err(|why| layout_err(p, &why)),
+            0 => Err(Error::outbox(
+                p,
+                "this SQLite file is not a bus outbox (it has no outbox schema version)",
+                None,
+            )),
+            2 => Err(Error::outbox(
+                p,
+                format!(
+                    "this outbox file has schema version 2 (written by an older bus); a Bus of \
+                     this version migrates it to version {SCHEMA_VERSION} when it opens it, \
+                     which read-only access cannot do"
+                ),
+                None,
+            )),
+            v => Err(version_err(p, v)),
+        }
+    }
+
+    /// The file this view reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one read transaction, so that what it reads is one snapshot.
+    fn snapshot<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let run = || -> rusqlite::Result<T> {
+            self.conn.execute_batch("BEGIN")?;
+            let out = f(&self.conn);
+            self.conn.execute_batch("COMMIT")?;
+            out
+        };
+        run().map_err(|e| {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            sql_err(&self.path, what, e)
+        })
+    }
+
+    /// Depth, oldest age and dead-letter count of the queue, and the file's schema version and
+    /// size on disk.
+    pub fn stats(&self) -> Result<OutboxStats> {
+        let (depth, oldest, dead) = self.snapshot("cannot read the outbox stats", read::counts)?;
+        Ok(OutboxStats::new(
+            depth,
+            oldest,
+            dead,
+            SCHEMA_VERSION as u32,
+            read::file_size(&self.path),
+        ))
+    }
+
+    /// Up to `limit` queued messages, oldest first, starting after queue id `after` (`None`:
+    /// from the start). Page through the queue by passing the last id of one call to the next.
+    pub fn queued(&self, limit: usize, after: Option<i64>) -> Result<Vec<QueuedMessage>> {
+        self.snapshot("cannot read the outbox queue", |c| {
+            read::queued(c, after.unwrap_or(0), limit)
+        })
+    }
+
+    /// Every dead letter, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.snapshot("cannot list the dead letters", read::dead_letters)
+    }
+
+    /// The dead letter `id`, or `None` if there is none.
+    pub fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>> {
+        self.snapshot("cannot read the dead letter", |c| {
+            read::dead_letter_by_id(c, id)
+        })
+    }
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// Whether SQLite failed because it could not open or create a file (here: `-wal` or `-shm`).
+fn cannot_open(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|c| matches!(c, ErrorCode::CannotOpen | ErrorCode::ReadOnly))
+}
+
+/// `path` for a `file:` URI: `%`, `?` and `#` escaped, the rest as it is.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -1,0 +1,239 @@
+//! The queries that read an outbox, shared by the writer thread's [`Store`](super::store::Store)
+//! and the read-only [`OutboxFile`](super::OutboxFile), so both see the queue the same way.
+//!
+//! Reading a row never fails because of what is in it: a value that is not what the schema
+//! promises (invalid UTF-8, malformed headers, a NULL, text where a number belongs) is read as
+//! well as it can be and the reason is given (`decode_error`), so one bad row can neither stop
+//! the drainer nor hide the rest of a listing.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension};
+
+use bytes::BytesMut;
+
+use super::encoding::{decode_columns, not_a_payload, Decoded};
+use super::{DeadLetter, QueuedMessage};
+
+/// Milliseconds since the Unix epoch as a time (negative counts as the epoch).
+pub(crate) fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// An INTEGER column, or why it is not one.
+fn int(v: ValueRef<'_>, column: &str) -> Result<i64, String> {
+    match v {
+        ValueRef::Integer(n) => Ok(n),
+        ValueRef::Null => Err(format!("{column} is NULL")),
+        _ => Err(format!("{column} is not an integer")),
+    }
+}
+
+/// A TEXT column that may be NULL, lossily.
+fn opt_text(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Text(b) | ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        ValueRef::Integer(n) => Some(n.to_string()),
+        ValueRef::Real(x) => Some(x.to_string()),
+    }
+}
+
+/// An attempt count as stored (clamped into `u32`), or why it is not one.
+fn attempts(v: ValueRef<'_>) -> Result<u32, String> {
+    int(v, "attempts").map(|n| n.clamp(0, u32::MAX as i64) as u32)
+}
+
+/// A query of the queue: the columns given, of the rows above `max(?1, the watermark)`, oldest
+/// first, at most `?2`.
+macro_rules! queue_page {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM outbox WHERE id > max(?1, (SELECT done FROM outbox_seq)) ORDER BY id LIMIT ?2"
+        )
+    };
+}
+
+/// Runs a [`queue_page!`] query and maps each row.
+fn page_of<T>(
+    conn: &Connection,
+    sql: &str,
+    after: i64,
+    limit: usize,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let mut rows = stmt.query(rusqlite::params![after, limit])?;
+    let mut out = Vec::with_capacity((limit as usize).min(4096));
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
+}
+
+/// Columns `at..at + 4` (subject, reply, headers, payload) as a message.
+fn message_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Decoded> {
+    Ok(decode_columns(
+        r.get_ref(at)?,
+        r.get_ref(at + 1)?,
+        r.get_ref(at + 2)?,
+        r.get_ref(at + 3)?,
+    ))
+}
+
+/// Up to `limit` queued rows (above the confirmed watermark) with an id above `after`, oldest
+/// first, with everything that is known about them.
+pub(crate) fn queued(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<QueuedMessage>> {
+    let sql = queue_page!("id, subject, reply, headers, payload, created_at, attempts, last_error");
+    page_of(conn, sql, after, limit, |r| {
+        let decoded = message_at(r, 1)?;
+        let mut problem = decoded.problem;
+        let created_at = int(r.get_ref(5)?, "created_at").unwrap_or_else(|p| {
+            problem.get_or_insert(p);
+            0
+        });
+        let attempts = attempts(r.get_ref(6)?).unwrap_or_else(|p| {
+            problem.get_or_insert(p);
+            0
+        });
+        let msg = decoded.msg;
+        Ok(QueuedMessage {
+            id: r.get(0)?,
+            subject: msg.subject,
+            reply: msg.reply,
+            headers: msg.headers,
+            payload: msg.payload,
+            created_at: from_ms(created_at),
+            attempts,
+            last_error: opt_text(r.get_ref(7)?),
+            decode_error: problem,
+        })
+    })
+}
+
+/// What the drainer needs of a queued row: its id, attempts so far, and the message.
+pub(crate) struct Sendable {
+    pub(crate) id: i64,
+    pub(crate) attempts: u32,
+    pub(crate) decoded: Decoded,
+}
+
+/// As [`queued`], with only the columns the drainer needs (this runs for every paged row). The
+/// payloads of the page share one buffer: one allocation per page instead of one per row.
+pub(crate) fn sendable(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Sendable>> {
+    let sql = queue_page!("id, attempts, subject, reply, headers, payload");
+    let mut payloads = BytesMut::new();
+    let mut ends = Vec::with_capacity(limit.min(4096));
+    let mut page = page_of(conn, sql, after, limit, |r| {
+        let payload = r.get_ref(5)?;
+        let mut decoded = decode_columns(
+            r.get_ref(2)?,
+            r.get_ref(3)?,
+            r.get_ref(4)?,
+            ValueRef::Blob(&[]),
+        );
+        match payload {
+            ValueRef::Blob(b) | ValueRef::Text(b) => payloads.extend_from_slice(b),
+            other => {
+                decoded.problem.get_or_insert(not_a_payload(&other));
+            }
+        }
+        ends.push(payloads.len());
+        let attempts = attempts(r.get_ref(1)?).unwrap_or_else(|p| {
+            decoded.problem.get_or_insert(p);
+            0
+        });
+        Ok(Sendable {
+            id: r.get(0)?,
+            attempts,
+            decoded,
+        })
+    })?;
+    let payloads = payloads.freeze();
+    let mut start = 0;
+    for (row, end) in page.iter_mut().zip(ends) {
+        row.decoded.msg.payload = payloads.slice(start..end);
+        start = end;
+    }
+    Ok(page)
+}
+
+const DEAD: &str = "SELECT id, origin, queue_id, subject, reply, headers, payload, created_at,
+  attempts, last_error, failed_at FROM dead_letters";
+
+fn dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    // A dead letter may be a row that could not be decoded: shown as well as it can be; its
+    // `last_error` says what was wrong, and the raw values stay in the file.
+    let decoded = decode_columns(r.get_ref(3)?, r.get_ref(4)?, r.get_ref(5)?, r.get_ref(6)?);
+    let msg = decoded.msg;
+    Ok(DeadLetter {
+        id: r.get(0)?,
+        origin: opt_text(r.get_ref(1)?).unwrap_or_default(),
+        queue_id: int(r.get_ref(2)?, "queue_id").ok(),
+        subject: msg.subject,
+        reply: msg.reply,
+        headers: msg.headers,
+        payload: msg.payload,
+        created_at: from_ms(int(r.get_ref(7)?, "created_at").unwrap_or(0)),
+        attempts: attempts(r.get_ref(8)?).unwrap_or(0),
+        last_error: opt_text(r.get_ref(9)?).unwrap_or_default(),
+        failed_at: from_ms(int(r.get_ref(10)?, "failed_at").unwrap_or(0)),
+    })
+}
+
+/// Every dead letter, oldest first.
+pub(crate) fn dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter>> {
+    let mut stmt = conn.prepare_cached(&format!("{DEAD} ORDER BY id"))?;
+    let rows = stmt.query_map([], dead_letter)?;
+    rows.collect()
+}
+
+/// The dead letter `id`, if there is one.
+pub(crate) fn dead_letter_by_id(
+    conn: &Connection,
+    id: i64,
+) -> rusqlite::Result<Option<DeadLetter>> {
+    conn.prepare_cached(&format!("{DEAD} WHERE id = ?1"))?
+        .query_row([id], dead_letter)
+        .optional()
+}
+
+pub(crate) fn dead_letter_count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+}
+
+/// Queue depth, `created_at` of the oldest queued row (unix ms), dead-letter count.
+pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>, u64)> {
+    let (depth, oldest) = conn.query_row(
+        "SELECT count(*), (SELECT created_at FROM outbox
+                            WHERE id > (SELECT done FROM outbox_seq) ORDER BY id LIMIT 1)
+           FROM outbox WHERE id > (SELECT done FROM outbox_seq)",
+        [],
+        |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1).unwrap_or(None))),
+    )?;
+    Ok((depth, oldest, dead_letter_count(conn)?))
+}
+
+/// Bytes the outbox takes on disk: the file and its write-ahead log.
+pub(crate) fn file_size(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path, Path::new(&wal)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}

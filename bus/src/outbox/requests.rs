@@ -1,0 +1,765 @@
+//! Operator requests: replays and purges of dead letters asked through the outbox file itself,
+//! and run by the process that holds it.
+//!
+//! A tool beside a running service (the `bus` CLI) must not open the outbox as its owner: the
+//! file is locked, and a second drainer would send the queue twice. It writes a request row
+//! into `operator_requests` instead, through an ordinary SQLite connection with a busy timeout
+//! (WAL lets it write beside the owner's connection; it never takes the `.lock`), and waits for
+//! the row's `done_at`. The owner's writer thread looks for pending rows every
+//! [`POLL`] (one indexed `SELECT`, no write lock when there is nothing to do), busy or idle, and
+//! runs them with the code of [`DeadLetters`](super::DeadLetters) (`Store::with_replays`: same
+//! SQL, the drainer told), marking each row done with its outcome in the same transaction: a
+//! request is run exactly once, and a crash leaves it pending for the next owner. A row the tool
+//! withdraws (deletes) before the owner's transaction starts is never run.
+//!
+//! When no process holds the file, the tool may run its requests itself
+//! ([`OperatorRequests::run_unowned`]): it opens the outbox as its owner (the lock, the same
+//! checks and migration) without a drainer, runs every pending request and closes it.
+//!
+//! Why the schema stays at version 3: the table is an addition that no existing query reads,
+//! and `schema::check` only compares the three queue tables, so a version-3 build without this
+//! module opens a file that has it (and `OutboxFile` reads it) unchanged. A version bump would
+//! make every older build refuse a file that a newer tool had only asked something of. Such an
+//! older owner never creates the table, which is how a tool tells it apart
+//! ([`OperatorRequests::created_table`]) instead of waiting for an answer that cannot come.
+
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::read::from_ms;
+use super::schema::{self, REQUESTS, SCHEMA_VERSION};
+use super::store::{layout_err, now_ms, sql_err, version_err, ReplayTx, Store};
+use super::writer::Ctx;
+use super::Durability;
+use crate::{Error, Result};
+
+/// How often the owner looks for pending requests.
+pub(crate) const POLL: Duration = Duration::from_millis(500);
+/// Requests run in one transaction; with more pending, the owner goes on right after the
+/// commands that are waiting (publishes never wait for a long replay).
+const CHUNK: usize = 1000;
+/// Answered requests older than this are deleted (when the owner runs new ones).
+const KEEP_DONE_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How long a tool's connection waits for the owner's write transaction to end.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const ANY_PENDING: &str = "SELECT id FROM operator_requests WHERE done_at IS NULL LIMIT 1";
+const PENDING: &str = "SELECT id, op, dead_letter_id FROM operator_requests
+    WHERE done_at IS NULL ORDER BY id LIMIT ?1";
+const ANSWER: &str = "UPDATE operator_requests SET done_at = ?2, result = ?3, queue_id = ?4
+    WHERE id = ?1";
+const PRUNE: &str = "DELETE FROM operator_requests WHERE done_at IS NOT NULL AND done_at < ?1";
+const COLUMNS: &str =
+    "SELECT id, op, dead_letter_id, requested_at, done_at, result, queue_id FROM operator_requests";
+
+/// `result` of a request that replayed its dead letter (the new queue id is in `queue_id`).
+const REPLAYED: &str = "replayed";
+/// `result` of a request that purged its dead letter.
+const PURGED: &str = "purged";
+/// `result` of a request whose dead letter was not there (already replayed or purged).
+const NOT_FOUND: &str = "not found";
+
+/// The owner's side: when it looks next. Lives in the writer thread's [`Ctx`].
+#[derive(Debug, Default)]
+pub(crate) struct Pickup {
+    /// `None`: at once (at start, and while a long request list is being worked through).
+    next: Option<Instant>,
+    /// The last look failed and was logged; the next failure is not logged again.
+    failing: bool,
+}
+
+impl Pickup {
+    /// How long the writer thread may wait for a command before it must look.
+    pub(crate) fn wait(&self) -> Duration {
+        self.next.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
+    }
+}
+
+/// What one [`process`] call did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Processed {
+    pub(crate) replayed: usize,
+    pub(crate) purged: usize,
+    /// Requests whose dead letter was not there, or whose operation is unknown.
+    pub(crate) other: usize,
+    /// More requests are pending than one call runs.
+    pub(crate) more: bool,
+    /// The new highest queue id, if anything was replayed.
+    pub(crate) last_queued: Option<i64>,
+}
+
+impl Processed {
+    fn ran(&self) -> usize {
+        self.replayed + self.purged + self.other
+    }
+}
+
+/// Called by the writer thread between commands: runs the pending requests when it is time to
+/// look, and tells the drainer about replayed rows.
+pub(crate) fn pick_up(ctx: &mut Ctx) {
+    let now = Instant::now();
+    if ctx.requests.next.is_some_and(|t| now < t) {
+        return;
+    }
+    ctx.requests.next = Some(now + POLL);
+    match process(&mut ctx.store, CHUNK) {
+        Ok(done) => {
+            if ctx.requests.failing {
+                ctx.requests.failing = false;
+                tracing::info!(path = %ctx.store.path.display(), "operator requests can be read again");
+            }
+            if let Some(last) = done.last_queued {
+                ctx.committed.send_replace(last);
+                // The drainer finds the rows in SQLite, as after `DeadLetters::replay`.
+                ctx.shared.mark_overflowed();
+            }
+            if done.ran() > 0 {
+                tracing::info!(path = %ctx.store.path.display(), replayed = done.replayed, purged = done.purged, not_done = done.other, more = done.more, "operator requests from the outbox file run");
+            }
+            if done.more {
+                ctx.requests.next = None;
+            }
+        }
+        Err(e) => {
+            if !ctx.requests.failing {
+                ctx.requests.failing = true;
+                tracing::warn!(path = %ctx.store.path.display(), error = %e, "cannot run the operator requests of the outbox file (replay/purge asked by a tool); will retry every 500 ms");
+            }
+        }
+    }
+}
+
+/// Runs up to `limit` pending requests, oldest first, in one transaction that also marks each
+/// done with its outcome.
+pub(crate) fn process(store: &mut Store, limit: usize) -> rusqlite::Result<Processed> {
+    // A plain read first: an owner with nothing to do takes no write lock.
+    let pending: Option<i64> = store
+        .conn
+        .prepare_cached(ANY_PENDING)?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    if pending.is_none() {
+        return Ok(Processed::default());
+    }
+    let now = now_ms();
+    let (mut done, last_queued) = store.with_replays(|r| {
+        // Read again inside the transaction: a row withdrawn meanwhile is not run.
+        let rows = {
+            let mut stmt = r.tx.prepare_cached(PENDING)?;
+            let rows = stmt.query_map(
+                [limit.saturating_add(1).min(i64::MAX as usize) as i64],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        text(row.get_ref(1)?),
+                        row.get_ref(2)?.as_i64().ok(),
+                    ))
+                },
+            )?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let mut done = Processed {
+            more: rows.len() > limit,
+            ..Processed::default()
+        };
+        for (id, op, dead_letter) in rows.into_iter().take(limit) {
+            let (result, queue_id) = run_one(r, op.as_deref(), dead_letter, &mut done)?;
+            r.tx.prepare_cached(ANSWER)?
+                .execute(params![id, now, result, queue_id])?;
+        }
+        r.tx.prepare_cached(PRUNE)?.execute([now - KEEP_DONE_MS])?;
+        Ok(done)
+    })?;
+    done.last_queued = last_queued;
+    Ok(done)
+}
+
+/// Runs one request; returns its `result` text and the new queue id of a replay.
+fn run_one(
+    r: &mut ReplayTx<'_>,
+    op: Option<&str>,
+    dead_letter: Option<i64>,
+    done: &mut Processed,
+) -> rusqlite::Result<(String, Option<i64>)> {
+    let Some(id) = dead_letter else {
+        done.other += 1;
+        return Ok(("refused: dead_letter_id is not an integer".into(), None));
+    };
+    match op {
+        Some("replay") => match r.replay(id)? {
+            Some(queue_id) => {
+                done.replayed += 1;
+                Ok((REPLAYED.into(), Some(queue_id)))
+            }
+            None => {
+                done.other += 1;
+                Ok((NOT_FOUND.into(), None))
+            }
+        },
+        Some("purge") => {
+            let n =
+                r.tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+                    .execute([id])?;
+            if n == 0 {
+                done.other += 1;
+                Ok((NOT_FOUND.into(), None))
+            } else {
+                done.purged += 1;
+                Ok((PURGED.into(), None))
+            }
+        }
+        other => {
+            done.other += 1;
+            Ok((
+                format!(
+                    "refused: unknown operation {:?} (this bus {} runs replay and purge)",
+                    other.unwrap_or(""),
+                    env!("CARGO_PKG_VERSION")
+                ),
+                None,
+            ))
+        }
+    }
+}
+
+/// A TEXT value, if it is one.
+fn text(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+/// What an operator asks of the owner of an outbox file, for one dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestOp {
+    /// Move it back to the end of the queue, with fresh attempts and the same msg id (as
+    /// [`DeadLetters::replay`](super::DeadLetters::replay)).
+    Replay,
+    /// Delete it.
+    Purge,
+}
+
+impl RequestOp {
+    /// Its name in the file's `op` column: `replay` or `purge`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestOp::Replay => "replay",
+            RequestOp::Purge => "purge",
+        }
+    }
+}
+
+/// What the owner did with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestOutcome {
+    /// The dead letter is back in the queue, as this queue id.
+    Replayed {
+        /// Its new queue id.
+        queue_id: i64,
+    },
+    /// The dead letter was deleted.
+    Purged,
+    /// There was no such dead letter (any more).
+    NotFound,
+    /// The owner did not run it, and says why (an operation it does not know, say).
+    Refused(String),
+}
+
+impl RequestOutcome {
+    fn from_columns(result: String, queue_id: Option<i64>) -> RequestOutcome {
+        match (result.as_str(), queue_id) {
+            (REPLAYED, Some(queue_id)) => RequestOutcome::Replayed { queue_id },
+            (PURGED, _) => RequestOutcome::Purged,
+            (NOT_FOUND, _) => RequestOutcome::NotFound,
+            _ => RequestOutcome::Refused(result),
+        }
+    }
+}
+
+/// One row of `operator_requests`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OperatorRequest {
+    /// The request's id.
+    pub id: i64,
+    /// The operation as written (`replay`, `purge`).
+    pub op: String,
+    /// The dead letter it is about.
+    pub dead_letter_id: i64,
+    /// When it was written.
+    pub requested_at: SystemTime,
+    /// When the owner ran it; `None` while it is pending.
+    pub done_at: Option<SystemTime>,
+    /// What came of it; `None` while it is pending.
+    pub outcome: Option<RequestOutcome>,
+}
+
+fn request(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRequest> {
+    let done_at: Option<i64> = r.get_ref(4)?.as_i64().ok();
+    let outcome = done_at.map(|_| {
+        RequestOutcome::from_columns(
+            text(r.get_ref(5).unwrap_or(ValueRef::Null)).unwrap_or_default(),
+            r.get_ref(6).ok().and_then(|v| v.as_i64().ok()),
+        )
+    });
+    Ok(OperatorRequest {
+        id: r.get(0)?,
+        op: text(r.get_ref(1)?).unwrap_or_default(),
+        dead_letter_id: r.get_ref(2)?.as_i64().unwrap_or(0),
+        requested_at: from_ms(r.get_ref(3)?.as_i64().unwrap_or(0)),
+        done_at: done_at.map(from_ms),
+        outcome,
+    })
+}
+
+/// Asks the process that holds an outbox file to replay or purge dead letters, through the
+/// file (table `operator_requests`), without stopping it and without a second drainer.
+///
+/// It writes through an ordinary SQLite connection beside the owner's (WAL mode allows it; it
+/// waits up to 5 s for the owner's transactions) and never takes the file's `.lock`. The owner
+/// (a `Bus` of this version with the outbox open) looks for pending requests every 500 ms and
+/// runs each exactly once, in order; [`requests`](OperatorRequests::requests) shows what it
+/// did. Requests nobody ran are run by the next `Bus` that opens the file. The calls are
+/// blocking (SQLite is).
+///
+/// ```no_run
+/// # fn run() -> Result<(), bus::Error> {
+/// use bus::outbox::{OperatorRequests, RequestOp};
+///
+/// let mut requests = OperatorRequests::open("/var/lib/billing/bus-outbox.sqlite3")?;
+/// let ids = requests.submit(RequestOp::Replay, &[7, 8])?;
+/// loop {
+///     let rows = requests.requests(ids.clone())?;
+///     if rows.iter().all(|r| r.outcome.is_some()) {
+///         for r in rows {
+///             eprintln!("{} of dead letter {}: {:?}", r.op, r.dead_letter_id, r.outcome);
+///         }
+///         break;
+///     }
+///     std::thread::sleep(std::time::Duration::from_millis(100));
+/// }
+/// # Ok(()) }
+/// ```
+pub struct OperatorRequests {
+    conn: Connection,
+    path: PathBuf,
+    created_table: bool,
+}
+
+impl std::fmt::Debug for OperatorRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorRequests")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OperatorRequests {
+    /// Opens the outbox file at `path` to write requests into it (creating the table if it is
+    /// missing). Fails with [`Error::Outbox`] if there is no such file, if it is not a
+    /// version-3 outbox, or if this process cannot write to it (the file and its `-wal`/`-shm`
+    /// must be writable: run as the service's user).
+    pub fn open(path: impl AsRef<Path>) -> Result<OperatorRequests> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::outbox(
+                path,
+                "no outbox file here; give the path of the outbox file (its outbox_path)",
+                None,
+            ));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_err(path, "cannot open the outbox file for writing", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql_err(path, "cannot configure the connection", e))?;
+        if conn
+            .is_readonly(rusqlite::DatabaseName::Main)
+            .unwrap_or(false)
+        {
+            return Err(Error::outbox(
+                path,
+                "the outbox file is not writable by this process; replay and purge write a \
+                 request into it: run as the user of the service that owns it",
+                None,
+            ));
+        }
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sql_err(path, "cannot read the outbox file", e))?;
+        match version {
+            SCHEMA_VERSION => schema::check(&conn).map_err(|why| layout_err(path, &why))?,
+            0 => {
+                return Err(Error::outbox(
+                    path,
+                    "this SQLite file is not a bus outbox (it has no outbox schema version)",
+                    None,
+                ))
+            }
+            2 => {
+                return Err(Error::outbox(
+                    path,
+                    format!(
+                        "this outbox file has schema version 2 (written by an older bus); a Bus \
+                         of this version migrates it to version {SCHEMA_VERSION} when it opens \
+                         it, and only then can requests be written into it"
+                    ),
+                    None,
+                ))
+            }
+            v => return Err(version_err(path, v)),
+        }
+        let exists: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master \
+                 WHERE type = 'table' AND name = 'operator_requests'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql_err(path, "cannot read the outbox schema", e))?;
+        if !exists {
+            conn.execute_batch(REQUESTS)
+                .map_err(|e| sql_err(path, "cannot create the operator requests table", e))?;
+        }
+        Ok(OperatorRequests {
+            conn,
+            path: path.to_path_buf(),
+            created_table: !exists,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the table was missing, so that [`open`](OperatorRequests::open) created it. A
+    /// `Bus` of this version creates it when it opens the file: a file that a process holds
+    /// and that lacked the table is held by an older bus, which never runs requests.
+    pub fn created_table(&self) -> bool {
+        self.created_table
+    }
+
+    /// Writes one request per dead letter, in one transaction; returns their ids (consecutive).
+    /// Fails with [`Error::Config`] if `dead_letter_ids` is empty.
+    pub fn submit(
+        &mut self,
+        op: RequestOp,
+        dead_letter_ids: &[i64],
+    ) -> Result<RangeInclusive<i64>> {
+        if dead_letter_ids.is_empty() {
+            return Err(Error::Config("no dead letter id to ask for".into()));
+        }
+        let path = self.path.clone();
+        let mut run = || -> rusqlite::Result<RangeInclusive<i64>> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            let (mut first, mut last) = (None, 0);
+            {
+                let mut insert = tx.prepare(
+                    "INSERT INTO operator_requests (op, dead_letter_id, requested_at)
+                     VALUES (?1, ?2, ?3)",
+                )?;
+                for id in dead_letter_ids {
+                    insert.execute(params![op.as_str(), id, now])?;
+                    last = tx.last_insert_rowid();
+                    first.get_or_insert(last);
+                }
+            }
+            tx.commit()?;
+            Ok(first.unwrap_or(last)..=last)
+        };
+        run().map_err(|e| sql_err(&path, "cannot write the request into the outbox file", e))
+    }
+
+    /// The requests with ids in `ids`, oldest first.
+    pub fn requests(&self, ids: RangeInclusive<i64>) -> Result<Vec<OperatorRequest>> {
+        let run = || -> rusqlite::Result<Vec<OperatorRequest>> {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!("{COLUMNS} WHERE id BETWEEN ?1 AND ?2 ORDER BY id"))?;
+            let rows = stmt.query_map([*ids.start(), *ids.end()], request)?;
+            rows.collect()
+        };
+        run().map_err(|e| sql_err(&self.path, "cannot read the operator requests", e))
+    }
+
+    /// How many of the requests with ids in `ids` the owner has run.
+    pub fn done_count(&self, ids: RangeInclusive<i64>) -> Result<u64> {
+        self.conn
+            .prepare_cached(
+                "SELECT count(*) FROM operator_requests
+                  WHERE id BETWEEN ?1 AND ?2 AND done_at IS NOT NULL",
+            )
+            .and_then(|mut s| s.query_row([*ids.start(), *ids.end()], |r| r.get(0)))
+            .map_err(|e| sql_err(&self.path, "cannot read the operator requests", e))
+    }
+
+    /// The latest `limit` requests, newest first (answered ones are kept for 7 days).
+    pub fn recent(&self, limit: usize) -> Result<Vec<OperatorRequest>> {
+        let run = || -> rusqlite::Result<Vec<OperatorRequest>> {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!("{COLUMNS} ORDER BY id DESC LIMIT ?1"))?;
+            let rows = stmt.query_map([limit.min(i64::MAX as usize) as i64], request)?;
+            rows.collect()
+        };
+        run().map_err(|e| sql_err(&self.path, "cannot read the operator requests", e))
+    }
+
+    /// Deletes the requests with ids in `ids` that the owner has not run yet; returns how many.
+    /// Each request is either run or withdrawn, never both (the owner reads them inside its
+    /// transaction).
+    pub fn withdraw(&mut self, ids: RangeInclusive<i64>) -> Result<u64> {
+        self.conn
+            .execute(
+                "DELETE FROM operator_requests
+                  WHERE id BETWEEN ?1 AND ?2 AND done_at IS NULL",
+                [*ids.start(), *ids.end()],
+            )
+            .map(|n| n as u64)
+            .map_err(|e| sql_err(&self.path, "cannot withdraw the operator requests", e))
+    }
+
+    /// For the `bus` CLI: when no process holds the file, runs every pending request here,
+    /// as its owner would, and returns how many (`None`: a process holds the file; its owner
+    /// runs them). Opens the outbox like a `Bus` does (the lock, the checks, a migration)
+    /// but starts no drainer: replayed messages are sent by the next `Bus` on the file. A
+    /// `Bus` that tries to open the file meanwhile fails as for any other holder.
+    #[doc(hidden)]
+    pub fn run_unowned(path: impl AsRef<Path>) -> Result<Option<usize>> {
+        let path = path.as_ref();
+        let Some(mut store) = Store::try_open(path, Durability::PowerLoss)? else {
+            return Ok(None);
+        };
+        let mut ran = 0;
+        loop {
+            let done = process(&mut store, CHUNK)
+                .map_err(|e| sql_err(path, "cannot run the operator requests", e))?;
+            ran += done.ran();
+            if !done.more {
+                return Ok(Some(ran));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::headers::MSG_ID;
+    use crate::outbox::read;
+    use crate::outbox::{Outbox, OutboxOptions};
+    use crate::LocalBroker;
+
+    /// A new outbox file with dead letters `1..=n` (subject `dl.<i>`, msg id `m<i>`), not held.
+    fn file_with_dead_letters(dir: &Path, n: i64) -> PathBuf {
+        let path = dir.join("o.db");
+        let store = Store::open(&path, Durability::ProcessCrash).unwrap();
+        for i in 1..=n {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO dead_letters (origin, msg_id, subject, headers, payload,
+                       created_at, attempts, last_error, failed_at)
+                     VALUES ('outbox', ?2, ?3, ?4, ?5, 0, 3, 'too big', 0)",
+                    params![
+                        i,
+                        format!("m{i}"),
+                        format!("dl.{i}"),
+                        format!("[[\"Bus-Msg-Id\",\"m{i}\"]]"),
+                        format!("payload {i}").into_bytes()
+                    ],
+                )
+                .unwrap();
+        }
+        path
+    }
+
+    fn outcomes(requests: &OperatorRequests, ids: RangeInclusive<i64>) -> Vec<RequestOutcome> {
+        requests
+            .requests(ids)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.outcome.expect("still pending"))
+            .collect()
+    }
+
+    #[test]
+    fn requests_run_once_in_order_with_their_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with_dead_letters(dir.path(), 3);
+        let mut requests = OperatorRequests::open(&path).unwrap();
+        assert!(
+            !requests.created_table(),
+            "a Bus of this version creates the table"
+        );
+        let replays = requests.submit(RequestOp::Replay, &[1, 2, 9]).unwrap();
+        let purges = requests.submit(RequestOp::Purge, &[3, 2]).unwrap();
+        assert_eq!(*purges.start(), replays.end() + 1);
+        assert_eq!(
+            requests
+                .done_count(*replays.start()..=*purges.end())
+                .unwrap(),
+            0
+        );
+
+        assert_eq!(OperatorRequests::run_unowned(&path).unwrap(), Some(5));
+        assert_eq!(
+            outcomes(&requests, replays),
+            [
+                RequestOutcome::Replayed { queue_id: 1 },
+                RequestOutcome::Replayed { queue_id: 2 },
+                RequestOutcome::NotFound,
+            ]
+        );
+        // Dead letter 2 was replayed by the earlier request: its purge finds nothing.
+        assert_eq!(
+            outcomes(&requests, purges),
+            [RequestOutcome::Purged, RequestOutcome::NotFound]
+        );
+        // Run once: nothing is pending any more.
+        assert_eq!(OperatorRequests::run_unowned(&path).unwrap(), Some(0));
+
+        let store = Store::open(&path, Durability::ProcessCrash).unwrap();
+        assert_eq!(store.dead_letter_count().unwrap(), 0);
+        let queued = read::queued(&store.conn, 0, 10).unwrap();
+        assert_eq!(
+            queued
+                .iter()
+                .map(|m| (m.id, m.subject.as_str(), m.headers.get(MSG_ID), m.attempts))
+                .collect::<Vec<_>>(),
+            [(1, "dl.1", Some("m1"), 0), (2, "dl.2", Some("m2"), 0)]
+        );
+        assert_eq!(store.watermarks().unwrap().committed, 2);
+    }
+
+    #[test]
+    fn withdrawn_unknown_and_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with_dead_letters(dir.path(), 2);
+        let mut requests = OperatorRequests::open(&path).unwrap();
+        let withdrawn = requests.submit(RequestOp::Purge, &[1]).unwrap();
+        assert_eq!(requests.withdraw(withdrawn.clone()).unwrap(), 1);
+        // A newer tool's operation, and a value no tool writes.
+        requests
+            .conn
+            .execute_batch(
+                "INSERT INTO operator_requests (op, dead_letter_id, requested_at)
+                   VALUES ('requeue', 2, 0), ('replay', 'x', 0)",
+            )
+            .unwrap();
+        let last = requests.conn.last_insert_rowid();
+
+        // Held (by a Bus, here a Store in this process): not run here.
+        let held = Store::open(&path, Durability::ProcessCrash).unwrap();
+        assert_eq!(OperatorRequests::run_unowned(&path).unwrap(), None);
+        drop(held);
+        assert_eq!(OperatorRequests::run_unowned(&path).unwrap(), Some(2));
+
+        assert!(requests.requests(withdrawn).unwrap().is_empty());
+        let answered = outcomes(&requests, last - 1..=last);
+        assert!(
+            matches!(&answered[0], RequestOutcome::Refused(why) if why.contains("unknown operation \"requeue\"")),
+            "{answered:?}"
+        );
+        assert!(
+            matches!(&answered[1], RequestOutcome::Refused(why) if why.contains("not an integer")),
+            "{answered:?}"
+        );
+        let store = Store::open(&path, Durability::ProcessCrash).unwrap();
+        assert_eq!(store.dead_letter_count().unwrap(), 2, "nothing was purged");
+        assert_eq!(requests.recent(1).unwrap()[0].id, last);
+    }
+
+    #[test]
+    fn a_file_without_the_table_gets_it_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with_dead_letters(dir.path(), 1);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE operator_requests")
+            .unwrap();
+        let mut requests = OperatorRequests::open(&path).unwrap();
+        assert!(requests.created_table());
+        assert!(!OperatorRequests::open(&path).unwrap().created_table());
+        assert!(matches!(
+            requests.submit(RequestOp::Replay, &[]),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn only_outbox_files_are_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = OperatorRequests::open(dir.path().join("nope")).unwrap_err();
+        assert!(missing.to_string().contains("no outbox file"), "{missing}");
+        let other = dir.path().join("other.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = OperatorRequests::open(&other).unwrap_err();
+        assert!(err.to_string().contains("not a bus outbox"), "{err}");
+    }
+
+    /// The owner's writer thread picks a request up while the outbox is open and draining, and
+    /// the replayed message is delivered with its msg id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_owner_picks_requests_up_and_drains_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with_dead_letters(dir.path(), 2);
+        let broker = Arc::new(LocalBroker::new());
+        let mut sub = crate::Broker::subscribe(&*broker, "dl.>", None)
+            .await
+            .unwrap();
+        let outbox = Outbox::open(path.clone(), OutboxOptions::default(), broker)
+            .await
+            .unwrap();
+        let ids = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || {
+                let mut requests = OperatorRequests::open(&path).unwrap();
+                let ids = requests.submit(RequestOp::Replay, &[2]).unwrap();
+                let started = Instant::now();
+                while requests.done_count(ids.clone()).unwrap() == 0 {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "never picked up"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                outcomes(&requests, ids)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(ids, [RequestOutcome::Replayed { queue_id: 1 }]);
+        let got = tokio::time::timeout(Duration::from_secs(10), sub.messages.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.subject, "dl.2");
+        assert_eq!(got.headers.get(MSG_ID), Some("m2"));
+        outbox.flush().await.unwrap();
+        assert_eq!(outbox.dead_letters().count().await.unwrap(), 1);
+        assert_eq!(outbox.stats().await.unwrap().depth, 0);
+    }
+}

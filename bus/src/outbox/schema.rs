@@ -1,0 +1,159 @@
+//! The outbox file's schema (version 3), its operator views, and the check that a file has it.
+
+use rusqlite::Connection;
+
+/// The schema version this build writes and understands (`PRAGMA user_version`).
+///
+/// Version 3: one column per part of a message (see [`TABLES`]), readable with the `sqlite3`
+/// shell. Version 2 kept the whole message in one private blob; it is migrated on open
+/// (`migrate`). Version 1 predates any release.
+pub(crate) const SCHEMA_VERSION: i64 = 3;
+
+/// The tables. Queue ids are assigned by the writer from `outbox_seq`, not by AUTOINCREMENT
+/// (which rewrites `sqlite_sequence` once per inserted row): ids must never be reused once the
+/// queue empties, because the drainer pages with `id > last_seen` and a replayed dead letter must
+/// land at the end of the queue, so the highest id ever given is kept in `outbox_seq.last`,
+/// updated once per commit.
+///
+/// Confirmed rows are not deleted one by one on the hot path: `outbox_seq.done` (every id up to
+/// it is confirmed or dead-lettered) moves with one single-row update per confirmed batch, and
+/// the rows at or below it are deleted when the writer is idle. A row at or below `done` is
+/// never read as queued: the `queued` view is the queue.
+pub(crate) const TABLES: &str = "
+CREATE TABLE outbox (
+    id         INTEGER PRIMARY KEY,
+    subject    TEXT    NOT NULL,
+    reply      TEXT,
+    headers    TEXT    NOT NULL,
+    payload    BLOB    NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE dead_letters (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin     TEXT    NOT NULL,
+    queue_id   INTEGER,
+    msg_id     TEXT,
+    subject    TEXT    NOT NULL,
+    reply      TEXT,
+    headers    TEXT    NOT NULL,
+    payload    BLOB    NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL,
+    last_error TEXT    NOT NULL,
+    failed_at  INTEGER NOT NULL
+);
+";
+
+/// `outbox_seq`, unchanged since version 2 (the migration keeps it as it is).
+pub(crate) const SEQ: &str = "
+CREATE TABLE outbox_seq (last INTEGER NOT NULL, done INTEGER NOT NULL);
+INSERT INTO outbox_seq (last, done) VALUES (0, 0);
+";
+
+/// Views for operators (`sqlite3 FILE 'SELECT * FROM stuck'`). Plain SQL functions only
+/// (`json_extract`, not `->>`), so that an older `sqlite3` shell can still read the file.
+/// A malformed `headers` value shows a NULL `msg_id` instead of failing the query.
+pub(crate) const VIEWS: &str = "
+CREATE VIEW IF NOT EXISTS queued AS
+    SELECT outbox.* FROM outbox WHERE id > (SELECT done FROM outbox_seq);
+CREATE VIEW IF NOT EXISTS stuck AS
+    SELECT id,
+           subject,
+           attempts,
+           last_error,
+           datetime(created_at / 1000, 'unixepoch') AS created,
+           (SELECT json_extract(h.value, '$[1]')
+              FROM json_each(CASE WHEN json_valid(headers) THEN headers ELSE '[]' END) AS h
+             WHERE json_extract(h.value, '$[0]') = 'Bus-Msg-Id') AS msg_id
+      FROM queued
+     WHERE attempts > 0 OR last_error IS NOT NULL
+     ORDER BY id;
+CREATE VIEW IF NOT EXISTS dead AS
+    SELECT id,
+           origin,
+           subject,
+           attempts,
+           last_error,
+           datetime(failed_at / 1000, 'unixepoch') AS failed,
+           msg_id,
+           queue_id
+      FROM dead_letters
+     ORDER BY id;
+";
+
+/// The operator requests (`requests`): replays and purges of dead letters that a tool beside
+/// the service (the `bus` CLI) writes into the file and the owning process runs. Not part of
+/// the checked layout and created by whichever side needs it first, so a file with or without
+/// it is still a version-3 file that every version-3 build opens (see `requests` for why no
+/// version bump). `op` is not constrained: a build that does not know an operation answers it
+/// instead of a newer tool failing to ask. The partial index keeps the owner's poll (every
+/// 500 ms) a lookup of the pending rows only.
+pub(crate) const REQUESTS: &str = "
+CREATE TABLE IF NOT EXISTS operator_requests (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    op             TEXT    NOT NULL,
+    dead_letter_id INTEGER NOT NULL,
+    requested_at   INTEGER NOT NULL,
+    done_at        INTEGER,
+    result         TEXT,
+    queue_id       INTEGER
+);
+CREATE INDEX IF NOT EXISTS operator_requests_pending
+    ON operator_requests (id) WHERE done_at IS NULL;
+";
+
+/// The column layout of a table: name, declared type, NOT NULL, primary key position.
+type Columns = Vec<(String, String, bool, i64)>;
+
+fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Columns> {
+    let mut stmt = conn.prepare(
+        "SELECT name, upper(type), \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid",
+    )?;
+    let rows = stmt.query_map([table], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0, r.get(3)?))
+    })?;
+    rows.collect()
+}
+
+fn describe(cols: &Columns) -> String {
+    cols.iter()
+        .map(|(name, ty, not_null, _)| {
+            format!("{name} {ty}{}", if *not_null { " NOT NULL" } else { "" })
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that `conn` holds the version-3 tables exactly (names, types, NOT NULL, keys) and one
+/// `outbox_seq` row; `Err` says what differs. The reference is [`TABLES`] itself, created in
+/// memory, so the check cannot drift from the schema it checks.
+pub(crate) fn check(conn: &Connection) -> Result<(), String> {
+    let reference = Connection::open_in_memory()
+        .and_then(|r| r.execute_batch(&format!("{TABLES}{SEQ}")).map(|()| r))
+        .map_err(|e| format!("cannot build the reference schema: {e}"))?;
+    for table in ["outbox", "dead_letters", "outbox_seq"] {
+        let want = columns(&reference, table).map_err(|e| e.to_string())?;
+        let got = columns(conn, table).map_err(|e| format!("cannot read table {table}: {e}"))?;
+        if got.is_empty() {
+            return Err(format!("table {table} is missing"));
+        }
+        if got != want {
+            return Err(format!(
+                "table {table} has columns ({}), expected ({})",
+                describe(&got),
+                describe(&want)
+            ));
+        }
+    }
+    let seq_rows: i64 = conn
+        .query_row("SELECT count(*) FROM outbox_seq", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read table outbox_seq: {e}"))?;
+    if seq_rows != 1 {
+        return Err(format!(
+            "table outbox_seq has {seq_rows} rows, expected exactly 1"
+        ));
+    }
+    Ok(())
+}
