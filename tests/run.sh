@@ -124,6 +124,15 @@ echo "run.sh: current line: $NATS_SERVER_BIN_CURRENT (v$current_version)" >&2
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
+# The `opentelemetry` feature is in no default build: its test (one trace id across plugin ->
+# agent -> plugin, exported through the OpenTelemetry SDK) runs here, and the feature must stay
+# out of the default dependency tree.
+cargo test -p bus-tests --features opentelemetry --test trace_otel
+if cargo tree -p bus -e normal --prefix none | grep -E '^(opentelemetry|tracing-opentelemetry) '; then
+    echo "run.sh: bus with its default features depends on OpenTelemetry" >&2
+    exit 1
+fi
+
 # The core without its optional backends (features `nats` and `outbox`): neither async-nats nor
 # rusqlite in its dependency tree, and the quickstart runs on it.
 cargo build -p bus --no-default-features

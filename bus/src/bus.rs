@@ -89,6 +89,7 @@ struct Inner {
     health: Tracker,
     /// Whether subscriptions start with the subject/body check on.
     check_subject_fields: bool,
+    metrics: crate::metrics::BusMetrics,
 }
 
 /// The built-in broker behind a [`Bus`]'s `dyn Broker`, found once by downcasting it.
@@ -166,7 +167,9 @@ impl Bus {
         check_subject_fields: bool,
     ) -> Bus {
         let (running, all_stopped) = tokio::sync::mpsc::channel(1);
-        Bus {
+        #[cfg(all(feature = "outbox", feature = "metrics"))]
+        let gauges = outbox.is_some();
+        let bus = Bus {
             inner: Arc::new(Inner {
                 direct: Direct::of(&broker),
                 broker,
@@ -180,8 +183,23 @@ impl Bus {
                 all_stopped: tokio::sync::Mutex::new(all_stopped),
                 health: Tracker::new(instance),
                 check_subject_fields,
+                metrics: crate::metrics::BusMetrics::new(),
             }),
+        };
+        #[cfg(all(feature = "outbox", feature = "metrics"))]
+        if gauges {
+            bus.start_outbox_gauges();
         }
+        bus
+    }
+
+    /// Refreshes the outbox gauges every [`OUTBOX_GAUGE_INTERVAL`](crate::metrics::OUTBOX_GAUGE_INTERVAL)
+    /// (through [`Bus::health`]) until the bus is closed or dropped.
+    #[cfg(all(feature = "outbox", feature = "metrics"))]
+    fn start_outbox_gauges(&self) {
+        self.every(crate::metrics::OUTBOX_GAUGE_INTERVAL, |bus| async move {
+            bus.health().await;
+        });
     }
 
     /// What a handler or responder loop holds while it runs, and the signal that stops it;
@@ -259,7 +277,9 @@ impl Bus {
         if self.inner.wire == WireHeaders::Full {
             full_headers::<M>(&mut raw.headers);
         }
-        self.send(raw).await
+        self.send(raw).await?;
+        self.inner.metrics.published::<M>();
+        Ok(())
     }
 
     /// Publishes raw bytes to a concrete subject, through the outbox if there is one.
@@ -270,11 +290,14 @@ impl Bus {
         if self.inner.wire == WireHeaders::Full {
             stamp_msg_id(&mut msg.headers);
         }
-        self.send(msg).await
+        self.send(msg).await?;
+        self.inner.metrics.published_raw();
+        Ok(())
     }
 
     /// The one place a message leaves the bus: into the outbox, or straight to the broker.
-    async fn send(&self, #[allow(unused_mut)] mut msg: RawMessage) -> Result<()> {
+    async fn send(&self, mut msg: RawMessage) -> Result<()> {
+        crate::trace::inject(&mut msg.headers);
         #[cfg(feature = "outbox")]
         if let Some(outbox) = &self.inner.outbox {
             // Checked before queueing: a bad subject or header must fail this call, not become
@@ -351,26 +374,36 @@ impl Bus {
             full_headers::<M>(&mut headers);
         }
         headers.append(headers::CORRELATION_ID, msg_id::new_msg_id());
+        let subject = req.subject()?;
+        let span = crate::trace::request_span(M::SUBJECT, &subject);
+        span.in_scope(|| crate::trace::inject(&mut headers));
         let raw = RawMessage {
-            subject: req.subject()?,
+            subject: subject.clone(),
             reply: None,
             headers,
             payload: codec::encode(req, M::TYPE_NAME)?,
         };
-        let subject = raw.subject.clone();
-        let reply = self
+        let started = std::time::Instant::now();
+        let reply = match self
             .inner
             .broker
             .request(raw, timeout)
-            .instrument(tracing::trace_span!("request", subject = %subject))
-            .await?;
+            .instrument(span)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => return self.request_done::<M, _>(started, Err(e)),
+        };
         if let Some(message) = reply.headers.get(headers::ERROR) {
-            return Err(Error::Remote {
-                subject,
-                message: message.to_string(),
-            });
+            return self.request_done::<M, _>(
+                started,
+                Err(Error::Remote {
+                    subject,
+                    message: message.to_string(),
+                }),
+            );
         }
-        match codec::decode::<M::Reply>(&reply.payload) {
+        let outcome = match codec::decode::<M::Reply>(&reply.payload) {
             Ok(body) => Ok(Envelope::new(
                 body,
                 reply.subject,
@@ -383,7 +416,19 @@ impl Bus {
                 type_name: std::any::type_name::<M::Reply>(),
                 source,
             }),
-        }
+        };
+        self.request_done::<M, _>(started, outcome)
+    }
+
+    /// Records a finished request in `bus_request_duration_seconds` (see [`crate::metrics`]).
+    fn request_done<M: Request, T>(
+        &self,
+        started: std::time::Instant,
+        outcome: Result<T>,
+    ) -> Result<T> {
+        let label = crate::metrics::request_outcome(&outcome);
+        crate::metrics::request::<M>(started.elapsed(), label);
+        outcome
     }
 
     /// Runs `handler` for every message of type `M` that `filter` selects, with the default
@@ -545,6 +590,7 @@ impl Bus {
         let wire = self.inner.wire;
         let check = self.inner.check_subject_fields;
         let handler = Arc::new(handler);
+        let received = Arc::new(crate::metrics::Receive::of::<M>());
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let _running = guard;
@@ -567,6 +613,15 @@ impl Bus {
                 };
                 let broker = broker.clone();
                 let handler = handler.clone();
+                let received = received.clone();
+                received.delivered();
+                let span = crate::trace::receive_span(
+                    crate::trace::Receive::Serve,
+                    M::TYPE_NAME,
+                    M::SUBJECT,
+                    &msg.subject,
+                    &msg.headers,
+                );
                 in_flight.spawn(
                     async move {
                         let correlation = msg
@@ -604,6 +659,7 @@ impl Bus {
                                 }
                             }
                             Err(e) => {
+                                received.decode_error();
                                 Err(format!("cannot decode request as `{}`: {e}", M::TYPE_NAME))
                             }
                         };
@@ -612,7 +668,11 @@ impl Bus {
                             tracing::warn!(error = %e, "cannot send reply");
                         }
                     }
-                    .instrument(tracing::trace_span!("serve", type_name = M::TYPE_NAME)),
+                    .instrument(
+                        span.unwrap_or_else(|| {
+                            tracing::trace_span!("serve", type_name = M::TYPE_NAME)
+                        }),
+                    ),
                 );
             }
             // Unsubscribe first (no new requests), then answer the ones in flight.
@@ -707,6 +767,7 @@ impl Bus {
         if let Some(outbox) = &self.inner.outbox {
             match outbox.stats().await {
                 Ok(s) => {
+                    crate::metrics::outbox_gauges(&outbox.path().display().to_string(), &s);
                     depth = s.depth;
                     oldest = s.oldest_age.map(|a| a.as_millis() as u64);
                     dead = s.dead_letters;
@@ -732,6 +793,30 @@ impl Bus {
     /// Sends [`Bus::health`] on `plugin.health.<instance>` every `interval`, straight to the
     /// broker (never through the outbox), until the bus is closed or dropped.
     pub(crate) fn start_heartbeat(&self, interval: Duration) {
+        self.every(interval, |bus| async move {
+            let health = bus.health().await;
+            let raw = match (health.subject(), codec::encode(&health, Health::TYPE_NAME)) {
+                (Ok(subject), Ok(payload)) => RawMessage::new(subject, payload),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "heartbeat: cannot build the health message");
+                    return;
+                }
+            };
+            if bus.state() == ConnectionState::Connected {
+                if let Err(e) = bus.inner.broker.publish(raw).await {
+                    tracing::debug!(error = %e, "heartbeat not sent");
+                }
+            }
+        });
+    }
+
+    /// Runs `job` every `interval` (the first at once) on its own task, until the bus is closed
+    /// or dropped; the task holds the bus only while `job` runs.
+    fn every<F, Fut>(&self, interval: Duration, job: F)
+    where
+        F: Fn(Bus) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let weak = Arc::downgrade(&self.inner);
         let mut closing = self.inner.closing.subscribe();
         tokio::spawn(async move {
@@ -743,20 +828,7 @@ impl Bus {
                     _ = tick.tick() => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                let bus = Bus { inner };
-                let health = bus.health().await;
-                let raw = match (health.subject(), codec::encode(&health, Health::TYPE_NAME)) {
-                    (Ok(subject), Ok(payload)) => RawMessage::new(subject, payload),
-                    (Err(e), _) | (_, Err(e)) => {
-                        tracing::warn!(error = %e, "heartbeat: cannot build the health message");
-                        continue;
-                    }
-                };
-                if bus.state() == ConnectionState::Connected {
-                    if let Err(e) = bus.inner.broker.publish(raw).await {
-                        tracing::debug!(error = %e, "heartbeat not sent");
-                    }
-                }
+                job(Bus { inner }).await;
             }
         });
     }
@@ -850,6 +922,7 @@ fn build_reply<M: Request>(
     if let Some(c) = correlation {
         h.append(headers::CORRELATION_ID, c);
     }
+    crate::trace::inject(&mut h);
     let payload = match outcome.and_then(|r| {
         codec::encode(&r, std::any::type_name::<M::Reply>()).map_err(|e| e.to_string())
     }) {

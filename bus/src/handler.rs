@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::broker::{RawMessage, RawSubscription, SubscriptionStats};
 use crate::durable::{Acker, Delivery, DurableSubscription};
@@ -268,10 +269,12 @@ where
         .unwrap_or_else(|| M::TYPE_NAME.to_owned());
     let stats = Arc::new(HandlerStats::default());
     let (stop, stopped) = watch::channel(false);
+    let origin = format!("handler:{name}");
     let run = Run {
         handler: Arc::new(handler),
         retry: options.retry,
-        origin: Arc::from(format!("handler:{name}")),
+        metrics: Arc::new(crate::metrics::HandlerMetrics::of::<M>(&name, &origin)),
+        origin: Arc::from(origin),
         stats: Arc::clone(&stats),
         sink,
         progress_every: (options.ack_wait / 2).min(Duration::from_secs(1)),
@@ -319,6 +322,7 @@ struct Run<M, F> {
     retry: RetryPolicy,
     origin: Arc<str>,
     stats: Arc<HandlerStats>,
+    metrics: Arc<crate::metrics::HandlerMetrics>,
     sink: DeadLetterSink,
     /// Durable, ordered: how often a message waiting for its retry is reported in progress.
     progress_every: Duration,
@@ -332,6 +336,7 @@ impl<M, F> Clone for Run<M, F> {
             retry: self.retry,
             origin: Arc::clone(&self.origin),
             stats: Arc::clone(&self.stats),
+            metrics: Arc::clone(&self.metrics),
             sink: Arc::clone(&self.sink),
             progress_every: self.progress_every,
             _type: std::marker::PhantomData,
@@ -386,6 +391,7 @@ where
             let dropped = sub_stats.dropped();
             if dropped > reported_drops {
                 tracing::warn!(%pattern, dropped = dropped - reported_drops, handler = %self.origin, "slow handler: the broker dropped messages");
+                self.metrics.receive.dropped(dropped - reported_drops);
                 reported_drops = dropped;
             }
             while in_flight.try_join_next().is_some() {}
@@ -412,7 +418,23 @@ where
 
     /// Every attempt of one message, until it succeeds or is dead-lettered. Between attempts
     /// the slot is given back, so a message waiting for its retry does not hold up others.
-    async fn deliver(self, msg: RawMessage, mut slot: Option<Slot>) {
+    async fn deliver(self, msg: RawMessage, slot: Option<Slot>) {
+        self.metrics.receive.delivered();
+        let span = crate::trace::receive_span(
+            crate::trace::Receive::Handle,
+            M::TYPE_NAME,
+            M::SUBJECT,
+            &msg.subject,
+            &msg.headers,
+        );
+        match span {
+            Some(span) => self.deliver_attempts(msg, slot).instrument(span).await,
+            None => self.deliver_attempts(msg, slot).await,
+        }
+    }
+
+    /// [`deliver`](Self::deliver), inside the message's span if it has one.
+    async fn deliver_attempts(self, msg: RawMessage, mut slot: Option<Slot>) {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -447,10 +469,11 @@ where
         let body = match codec::decode::<M>(&msg.payload) {
             Ok(body) => body,
             Err(e) => {
+                self.metrics.receive.decode_error();
                 return Attempt::Undecodable(format!(
                     "cannot decode the payload as `{}`: {e}",
                     M::TYPE_NAME
-                ))
+                ));
             }
         };
         let env = Envelope::new(
@@ -459,6 +482,7 @@ where
             msg.reply.clone(),
             msg.headers.clone(),
         );
+        self.metrics.attempt();
         let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
         let error = match outcome {
             Ok(Ok(())) => {
@@ -472,6 +496,7 @@ where
             ),
         };
         self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failure();
         Attempt::Failed(error)
     }
 
@@ -480,6 +505,26 @@ where
     /// last attempt, term and a dead letter. Ordered: retries in place, the broker told that
     /// the message is in progress, so nothing overtakes it.
     async fn deliver_durable(self, delivery: Delivery, slot: Option<Slot>, ordered: bool) {
+        self.metrics.receive.delivered();
+        let span = crate::trace::receive_span(
+            crate::trace::Receive::Handle,
+            M::TYPE_NAME,
+            M::SUBJECT,
+            &delivery.message.subject,
+            &delivery.message.headers,
+        );
+        match span {
+            Some(span) => {
+                self.durable_attempts(delivery, slot, ordered)
+                    .instrument(span)
+                    .await
+            }
+            None => self.durable_attempts(delivery, slot, ordered).await,
+        }
+    }
+
+    /// [`deliver_durable`](Self::deliver_durable), inside the message's span if it has one.
+    async fn durable_attempts(self, delivery: Delivery, slot: Option<Slot>, ordered: bool) {
         let Delivery { message, acker } = delivery;
         let mut attempts = acker.delivered().max(1);
         loop {
@@ -514,6 +559,7 @@ where
 
     fn give_up(&self, msg: RawMessage, attempts: u32, last_error: String) {
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dead_lettered();
         tracing::warn!(subject = %msg.subject, attempts, error = %last_error, handler = %self.origin, "handler gave up on a message; dead-lettered");
         (self.sink)(Failed {
             msg,

@@ -19,15 +19,20 @@ pub const CORRELATION_ID: &str = "Bus-Correlation-Id";
 /// Set on a reply when the responder's handler failed; the value is its error message.
 pub const ERROR: &str = "Bus-Error";
 
+/// The W3C trace context of the span a message was sent from (see [`crate::trace`]); sent only
+/// from inside a span that carries one.
+pub const TRACEPARENT: &str = "traceparent";
+
 /// Every header name `bus` itself puts on the wire (received, they are stored without a copy).
 #[cfg(feature = "nats")]
-pub(crate) const KNOWN_NAMES: [&str; 6] = [
+pub(crate) const KNOWN_NAMES: [&str; 7] = [
     MSG_ID,
     NATS_MSG_ID,
     CONTENT_TYPE,
     TYPE,
     CORRELATION_ID,
     ERROR,
+    TRACEPARENT,
 ];
 
 /// Why a header name cannot travel over NATS, or `None` when it can: printable ASCII

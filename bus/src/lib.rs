@@ -52,6 +52,10 @@
 //!   options), on async-nats.
 //! - `outbox` (default): the SQLite outbox (`BusBuilder::outbox_path`, `Bus::dead_letters`),
 //!   on rusqlite.
+//! - `metrics` (default): counters, gauges and a histogram through the `metrics` facade (see
+//!   [`metrics`]); off, they compile to nothing.
+//! - `opentelemetry`: trace contexts taken from and given to OpenTelemetry through
+//!   `tracing-opentelemetry` (see [`trace`]); without it they travel in span extensions.
 //!
 //! With neither (`default-features = false`) `bus` is a local-only bus with no network or
 //! SQLite code in its dependency tree; any [`Broker`] can still be plugged in with
@@ -76,6 +80,7 @@ pub mod headers;
 mod health;
 mod local;
 mod message;
+pub mod metrics;
 mod msg_id;
 #[cfg(feature = "nats")]
 mod nats;
@@ -84,6 +89,7 @@ pub mod outbox;
 mod retry;
 pub mod stream;
 mod subscription;
+pub mod trace;
 
 #[doc(hidden)]
 pub mod __private;

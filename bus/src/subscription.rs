@@ -52,6 +52,8 @@ pub struct Subscription<T> {
     decode_errors: u64,
     check_subject_fields: bool,
     subject_mismatches: u64,
+    /// Its metric handles, resolved at the first message (where `T: Message` is known).
+    metrics: Option<crate::metrics::Receive>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -65,6 +67,7 @@ impl<T> Subscription<T> {
             decode_errors: 0,
             check_subject_fields: false,
             subject_mismatches: 0,
+            metrics: None,
             _type: PhantomData,
         }
     }
@@ -145,6 +148,9 @@ impl<T: Message> Stream for Subscription<T> {
         if dropped > this.reported_dropped {
             let n = dropped - this.reported_dropped;
             this.reported_dropped = dropped;
+            this.metrics
+                .get_or_insert_with(crate::metrics::Receive::of::<T>)
+                .dropped(n);
             tracing::warn!(pattern = %this.raw.pattern, dropped = n, "slow consumer: messages dropped");
             return Poll::Ready(Some(Err(Error::SlowConsumer {
                 pattern: this.raw.pattern.clone(),
@@ -156,6 +162,10 @@ impl<T: Message> Stream for Subscription<T> {
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
+        let metrics = this
+            .metrics
+            .get_or_insert_with(crate::metrics::Receive::of::<T>);
+        metrics.delivered();
         Poll::Ready(Some(match codec::decode::<T>(&msg.payload) {
             Ok(body) => {
                 if this.check_subject_fields {
@@ -169,6 +179,7 @@ impl<T: Message> Stream for Subscription<T> {
                 Ok(Envelope::new(body, msg.subject, msg.reply, msg.headers))
             }
             Err(source) => {
+                metrics.decode_error();
                 this.decode_errors += 1;
                 let msg_id = msg.headers.get(crate::headers::MSG_ID).map(str::to_string);
                 tracing::warn!(subject = %msg.subject, ?msg_id, type_name = T::TYPE_NAME, error = %source, "undecodable payload");

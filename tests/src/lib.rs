@@ -8,6 +8,7 @@ pub mod msgs;
 pub mod recording;
 pub mod server;
 pub mod support;
+pub mod trace_chain;
 
 /// The README's Rust examples, compiled and run as doc tests so they cannot rot.
 #[cfg(doctest)]

@@ -311,6 +311,7 @@ impl Drainer {
         self.reconnected = false;
         let last = rows[n - 1].id;
         rows.drain(..n);
+        crate::metrics::confirmed(n);
         if !rows.is_empty() {
             self.mark_done(last);
         }
@@ -457,6 +458,7 @@ impl Drainer {
                 continue;
             };
             if let Some(row) = rows.remove(at) {
+                crate::metrics::outbox_dead_lettered();
                 tracing::warn!(
                     subject = %row.msg.subject,
                     msg_id = row.msg.headers.get(MSG_ID).unwrap_or(""),

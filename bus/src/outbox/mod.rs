@@ -371,6 +371,10 @@ impl Outbox {
             })
             .await
     }
+    /// The file, for the metrics' `outbox` label.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        self.writer.path()
+    }
 }
 
 impl Drop for Outbox {

@@ -1,0 +1,362 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (DESIGN.md section 8).
+//!
+//! `bus` records; the application picks the exporter (Prometheus, StatsD, OpenTelemetry, …) by
+//! installing a `metrics` recorder, and nothing is recorded until it does. Every name has the
+//! `bus_` prefix; labels stay low-cardinality: a message's type name and its subject
+//! *template* (`plugin.outbound.<channel>.<instance>`), never a concrete subject.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `bus_published_total` | counter | `type`, `subject` | typed publishes accepted (committed to the outbox, or handed to the broker without one); raw ones count as `type="raw"`, `subject="raw"` |
+//! | `bus_confirmed_total` | counter | | outbox messages the broker confirmed |
+//! | `bus_dead_lettered_total` | counter | `origin` | messages given up on: `outbox`, or `handler:<name>` |
+//! | `bus_outbox_depth` | gauge | `outbox` (the file) | messages queued, not yet confirmed |
+//! | `bus_outbox_oldest_age_seconds` | gauge | `outbox` | age of the oldest of them (0 when empty) |
+//! | `bus_delivered_total` | counter | `type`, `subject` | messages received by a typed subscription, handler or responder (each delivery, undecodable ones included) |
+//! | `bus_decode_errors_total` | counter | `type`, `subject` | received payloads that did not decode as the type |
+//! | `bus_slow_consumer_drops_total` | counter | `type`, `subject` | messages the broker dropped because a subscription or handler fell behind |
+//! | `bus_handler_attempts_total` | counter | `handler`, `type` | runs of a handler on a message (retries included) |
+//! | `bus_handler_failures_total` | counter | `handler`, `type` | runs that returned `Err` or panicked |
+//! | `bus_request_duration_seconds` | histogram | `type`, `subject`, `outcome` | request round trips; `outcome` is `ok`, `timeout`, `remote_error` or `error` |
+//!
+//! # When a recorder is installed
+//!
+//! Install it before building the [`Bus`](crate::Bus): a bus resolves its metric handles once
+//! (per message type on the first publish, per subscription, handler and responder when it
+//! starts) and keeps them, so that a message costs an atomic add and no lookup. Handles resolved
+//! before a recorder existed stay no-ops. The outbox gauges are refreshed every
+//! [`OUTBOX_GAUGE_INTERVAL`] and by every [`Bus::health`](crate::Bus::health) call.
+//!
+//! Without a recorder every handle is a no-op: the hot paths pay a branch (measured with
+//! `bus-bench`, README "Metrics"). The `metrics` cargo feature (default) can be turned off to
+//! drop the dependency altogether; these functions then compile to nothing.
+
+#[cfg(feature = "metrics")]
+pub(crate) use imp::*;
+#[cfg(not(feature = "metrics"))]
+pub(crate) use noop::*;
+
+/// How often a bus with an outbox refreshes the `bus_outbox_depth` and
+/// `bus_outbox_oldest_age_seconds` gauges.
+pub const OUTBOX_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The `outcome` label of a finished request.
+pub(crate) fn request_outcome<T>(result: &crate::Result<T>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(crate::Error::Timeout { .. }) => "timeout",
+        Err(crate::Error::Remote { .. }) => "remote_error",
+        Err(_) => "error",
+    }
+}
+
+#[cfg(feature = "metrics")]
+mod imp {
+    use std::any::TypeId;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use ::metrics::{counter, gauge, histogram, Counter, Unit};
+
+    use crate::Message;
+
+    /// Message types whose handles a bus keeps; a bus publishing more types than this resolves
+    /// the handles of the others on each publish (correct, only slower).
+    const TYPE_SLOTS: usize = 64;
+
+    /// Names every metric once for the recorder (its HELP text), when a bus is made.
+    pub(crate) fn describe() {
+        ::metrics::describe_counter!(
+            "bus_published_total",
+            Unit::Count,
+            "Publishes accepted by the bus (committed to the outbox, or handed to the broker)"
+        );
+        ::metrics::describe_counter!(
+            "bus_confirmed_total",
+            Unit::Count,
+            "Outbox messages the broker confirmed"
+        );
+        ::metrics::describe_counter!(
+            "bus_dead_lettered_total",
+            Unit::Count,
+            "Messages given up on, by origin (outbox, handler:<name>)"
+        );
+        ::metrics::describe_gauge!(
+            "bus_outbox_depth",
+            Unit::Count,
+            "Messages queued in the outbox, not yet confirmed"
+        );
+        ::metrics::describe_gauge!(
+            "bus_outbox_oldest_age_seconds",
+            Unit::Seconds,
+            "Age of the oldest message queued in the outbox"
+        );
+        ::metrics::describe_counter!(
+            "bus_delivered_total",
+            Unit::Count,
+            "Messages received by typed subscriptions, handlers and responders"
+        );
+        ::metrics::describe_counter!(
+            "bus_decode_errors_total",
+            Unit::Count,
+            "Received payloads that did not decode as their type"
+        );
+        ::metrics::describe_counter!(
+            "bus_slow_consumer_drops_total",
+            Unit::Count,
+            "Messages the broker dropped because a subscriber fell behind"
+        );
+        ::metrics::describe_counter!(
+            "bus_handler_attempts_total",
+            Unit::Count,
+            "Handler runs on a message, retries included"
+        );
+        ::metrics::describe_counter!(
+            "bus_handler_failures_total",
+            Unit::Count,
+            "Handler runs that returned Err or panicked"
+        );
+        ::metrics::describe_histogram!(
+            "bus_request_duration_seconds",
+            Unit::Seconds,
+            "Request round trips, by outcome"
+        );
+    }
+
+    /// What one bus keeps: the `bus_published_total` handle of each message type it published.
+    ///
+    /// A fixed table of write-once slots, scanned from the start: the first publish of a type
+    /// fills a free slot, every later one reads it with plain loads (no lock, no shared write,
+    /// so concurrent publishers do not contend on it).
+    pub(crate) struct BusMetrics {
+        published: [OnceLock<(TypeId, Counter)>; TYPE_SLOTS],
+        raw_published: OnceLock<Counter>,
+    }
+
+    impl std::fmt::Debug for BusMetrics {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let types = self.published.iter().filter(|s| s.get().is_some()).count();
+            f.debug_struct("BusMetrics").field("types", &types).finish()
+        }
+    }
+
+    impl BusMetrics {
+        pub(crate) fn new() -> BusMetrics {
+            describe();
+            BusMetrics {
+                published: std::array::from_fn(|_| OnceLock::new()),
+                raw_published: OnceLock::new(),
+            }
+        }
+
+        /// One typed message of type `M` published.
+        #[inline]
+        pub(crate) fn published<M: Message>(&self) {
+            let id = TypeId::of::<M>();
+            for slot in &self.published {
+                let (slot_id, counter) = slot.get_or_init(|| (id, published_counter::<M>()));
+                if *slot_id == id {
+                    return counter.increment(1);
+                }
+            }
+            published_counter::<M>().increment(1);
+        }
+
+        /// One raw message published ([`Bus::publish_raw`](crate::Bus::publish_raw)).
+        #[inline]
+        pub(crate) fn published_raw(&self) {
+            self.raw_published
+                .get_or_init(
+                    || counter!("bus_published_total", "type" => "raw", "subject" => "raw"),
+                )
+                .increment(1);
+        }
+    }
+
+    fn published_counter<M: Message>() -> Counter {
+        counter!("bus_published_total", "type" => M::TYPE_NAME, "subject" => M::SUBJECT)
+    }
+
+    /// The handles of one typed subscription, handler or responder, resolved when it starts.
+    #[derive(Clone)]
+    pub(crate) struct Receive {
+        delivered: Counter,
+        decode_errors: Counter,
+        drops: Counter,
+    }
+
+    impl std::fmt::Debug for Receive {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Receive").finish_non_exhaustive()
+        }
+    }
+
+    impl Receive {
+        pub(crate) fn of<M: Message>() -> Receive {
+            let labels = [("type", M::TYPE_NAME), ("subject", M::SUBJECT)];
+            Receive {
+                delivered: counter!("bus_delivered_total", &labels),
+                decode_errors: counter!("bus_decode_errors_total", &labels),
+                drops: counter!("bus_slow_consumer_drops_total", &labels),
+            }
+        }
+
+        #[inline]
+        pub(crate) fn delivered(&self) {
+            self.delivered.increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn decode_error(&self) {
+            self.decode_errors.increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn dropped(&self, n: u64) {
+            self.drops.increment(n);
+        }
+    }
+
+    /// The handles of one handler, resolved when it starts.
+    pub(crate) struct HandlerMetrics {
+        pub(crate) receive: Receive,
+        attempts: Counter,
+        failures: Counter,
+        dead_lettered: Counter,
+    }
+
+    impl std::fmt::Debug for HandlerMetrics {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("HandlerMetrics").finish_non_exhaustive()
+        }
+    }
+
+    impl HandlerMetrics {
+        /// `origin` is the dead letters' `handler:<name>`.
+        pub(crate) fn of<M: Message>(name: &str, origin: &str) -> HandlerMetrics {
+            let labels = [
+                ("handler", name.to_owned()),
+                ("type", M::TYPE_NAME.to_owned()),
+            ];
+            HandlerMetrics {
+                receive: Receive::of::<M>(),
+                attempts: counter!("bus_handler_attempts_total", &labels),
+                failures: counter!("bus_handler_failures_total", &labels),
+                dead_lettered: counter!("bus_dead_lettered_total", "origin" => origin.to_owned()),
+            }
+        }
+
+        #[inline]
+        pub(crate) fn attempt(&self) {
+            self.attempts.increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn failure(&self) {
+            self.failures.increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn dead_lettered(&self) {
+            self.dead_lettered.increment(1);
+        }
+    }
+
+    /// `n` outbox messages confirmed by the broker (once per batch).
+    #[cfg(feature = "outbox")]
+    #[inline]
+    pub(crate) fn confirmed(n: usize) {
+        counter!("bus_confirmed_total").increment(n as u64);
+    }
+
+    /// One outbox message dead-lettered.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn outbox_dead_lettered() {
+        counter!("bus_dead_lettered_total", "origin" => "outbox").increment(1);
+    }
+
+    /// One request finished after `elapsed`.
+    pub(crate) fn request<M: Message>(elapsed: Duration, outcome: &'static str) {
+        histogram!(
+            "bus_request_duration_seconds",
+            "type" => M::TYPE_NAME,
+            "subject" => M::SUBJECT,
+            "outcome" => outcome
+        )
+        .record(elapsed.as_secs_f64());
+    }
+
+    /// Sets the outbox gauges of the file `outbox`.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn outbox_gauges(outbox: &str, stats: &crate::OutboxStats) {
+        let labels = [("outbox", outbox.to_owned())];
+        gauge!("bus_outbox_depth", &labels).set(stats.depth as f64);
+        gauge!("bus_outbox_oldest_age_seconds", &labels)
+            .set(stats.oldest_age.map_or(0.0, |a| a.as_secs_f64()));
+    }
+}
+
+/// The same functions, doing nothing: the `metrics` feature is off.
+#[cfg(not(feature = "metrics"))]
+mod noop {
+    use std::time::Duration;
+
+    use crate::Message;
+
+    #[derive(Debug)]
+    pub(crate) struct BusMetrics;
+
+    impl BusMetrics {
+        pub(crate) fn new() -> BusMetrics {
+            BusMetrics
+        }
+        #[inline]
+        pub(crate) fn published<M: Message>(&self) {}
+        #[inline]
+        pub(crate) fn published_raw(&self) {}
+    }
+
+    #[derive(Debug, Clone)]
+    pub(crate) struct Receive;
+
+    impl Receive {
+        pub(crate) fn of<M: Message>() -> Receive {
+            Receive
+        }
+        #[inline]
+        pub(crate) fn delivered(&self) {}
+        #[inline]
+        pub(crate) fn decode_error(&self) {}
+        #[inline]
+        pub(crate) fn dropped(&self, _n: u64) {}
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct HandlerMetrics {
+        pub(crate) receive: Receive,
+    }
+
+    impl HandlerMetrics {
+        pub(crate) fn of<M: Message>(_name: &str, _origin: &str) -> HandlerMetrics {
+            HandlerMetrics { receive: Receive }
+        }
+        #[inline]
+        pub(crate) fn attempt(&self) {}
+        #[inline]
+        pub(crate) fn failure(&self) {}
+        #[inline]
+        pub(crate) fn dead_lettered(&self) {}
+    }
+
+    #[cfg(feature = "outbox")]
+    #[inline]
+    pub(crate) fn confirmed(_n: usize) {}
+
+    #[cfg(feature = "outbox")]
+    pub(crate) fn outbox_dead_lettered() {}
+
+    pub(crate) fn request<M: Message>(_elapsed: Duration, _outcome: &'static str) {}
+
+    #[cfg(feature = "outbox")]
+    pub(crate) fn outbox_gauges(_outbox: &str, _stats: &crate::OutboxStats) {}
+}
