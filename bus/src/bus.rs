@@ -190,7 +190,27 @@ impl Bus {
         if gauges {
             bus.start_outbox_gauges();
         }
+        #[cfg(all(feature = "outbox", feature = "nats"))]
+        bus.report_queue_depth();
         bus
+    }
+
+    /// On NATS with an outbox: the INFO of a reconnect says how many messages the outbox holds.
+    #[cfg(all(feature = "outbox", feature = "nats"))]
+    fn report_queue_depth(&self) {
+        let (Direct::Nats(nats), Some(_)) = (&self.inner.direct, &self.inner.outbox) else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        nats.set_queue_depth(Box::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let bus = Bus {
+                    inner: weak.upgrade()?,
+                };
+                bus.outbox_stats().await.ok().flatten().map(|s| s.depth)
+            })
+        }));
     }
 
     /// Refreshes the outbox gauges every [`OUTBOX_GAUGE_INTERVAL`](crate::metrics::OUTBOX_GAUGE_INTERVAL)

@@ -15,7 +15,8 @@
 //! [`NatsBroker::connection_error`](super::NatsBroker::connection_error) either way.
 //!
 //! # Logging
-//! One WARN when the connection is lost, one INFO when it is back (with the outage length); a
+//! One WARN when the connection is lost, one INFO when it is back (with the outage length and,
+//! on a bus with an outbox, how many messages wait in it: [`Shared::set_queue_depth`]); a
 //! refusal is logged at ERROR the first time it is seen in an outage and at DEBUG after that;
 //! the failed attempts themselves at DEBUG. (async-nats logs each of its events itself, at INFO
 //! under the target `async_nats`.)
@@ -55,7 +56,25 @@ pub(crate) struct Shared {
     trouble: Mutex<Trouble>,
     /// What a probe attempt needs, set once by `NatsBroker::connect`.
     probe: OnceLock<ProbeConfig>,
+    /// How many messages wait to be sent (the outbox's depth), for the INFO of a reconnect.
+    queue_depth: OnceLock<DepthProbe>,
 }
+
+/// Reads the depth of the queue in front of this connection (`None` when it cannot).
+pub(crate) type QueueDepth =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Option<u64>> + Send + Sync>;
+
+/// A [`QueueDepth`] that says what it is in `Debug`.
+struct DepthProbe(QueueDepth);
+
+impl std::fmt::Debug for DepthProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DepthProbe")
+    }
+}
+
+/// How long the reconnect INFO waits for the queue depth before it is logged without it.
+const QUEUE_DEPTH_WAIT: Duration = Duration::from_secs(2);
 
 /// The options and servers of the client, for a probe attempt made like its own.
 #[derive(Debug)]
@@ -146,7 +165,13 @@ impl Shared {
             violations: Mutex::new(Violations::default()),
             trouble: Mutex::new(Trouble::default()),
             probe: OnceLock::new(),
+            queue_depth: OnceLock::new(),
         })
+    }
+
+    /// Gives the reconnect INFO the depth of the queue in front of this connection (once).
+    pub(crate) fn set_queue_depth(&self, depth: QueueDepth) {
+        let _ = self.queue_depth.set(DepthProbe(depth));
     }
 
     /// Gives the probe attempts the client's options and servers (once, before connecting).
@@ -177,12 +202,31 @@ impl Shared {
             t.ever_connected = true;
             t.down_since.take().map(|since| since.elapsed())
         };
-        match outage {
-            Some(outage) => tracing::info!(
-                outage_ms = u64::try_from(outage.as_millis()).unwrap_or(u64::MAX),
+        let outage_ms = |o: Duration| u64::try_from(o.as_millis()).unwrap_or(u64::MAX);
+        match (outage, self.queue_depth.get()) {
+            // The depth is read off the connection's path (the outbox answers from its own
+            // thread); the one INFO waits for it, a little.
+            (Some(outage), Some(depth)) => {
+                let depth = (depth.0)();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(QUEUE_DEPTH_WAIT, depth).await {
+                        Ok(Some(queued)) => tracing::info!(
+                            outage_ms = outage_ms(outage),
+                            queued,
+                            "NATS reconnected after {outage:.1?}; sending the {queued} messages queued in the outbox"
+                        ),
+                        _ => tracing::info!(
+                            outage_ms = outage_ms(outage),
+                            "NATS reconnected after {outage:.1?}"
+                        ),
+                    }
+                });
+            }
+            (Some(outage), None) => tracing::info!(
+                outage_ms = outage_ms(outage),
                 "NATS reconnected after {outage:.1?}"
             ),
-            None => tracing::info!("NATS connected"),
+            (None, _) => tracing::info!("NATS connected"),
         }
         self.state.send_replace(ConnectionState::Connected);
     }
@@ -447,6 +491,12 @@ impl super::NatsBroker {
     /// client keeps failing; so it may lag a change of the cause by that much.
     pub fn connection_error(&self) -> Option<String> {
         self.shared.connection_error()
+    }
+
+    /// Makes the INFO of a reconnect say how many messages wait in `depth`'s queue (the
+    /// outbox of the bus on this connection).
+    pub(crate) fn set_queue_depth(&self, depth: QueueDepth) {
+        self.shared.set_queue_depth(depth);
     }
 }
 

@@ -335,7 +335,12 @@ impl Drainer {
         let timed_out = matches!(e, Error::Timeout { .. });
         let counted = !timed_out && !self.reconnected && self.stayed_connected();
         self.reconnected = false;
-        tracing::warn!(error = %e, counted, n, "outbox confirm failed; the batch will be sent again");
+        if counted {
+            tracing::warn!(error = %e, counted, n, "outbox confirm failed; the batch will be sent again");
+        } else {
+            // The connection's fault: its loss is logged once, by the broker (quiet outages).
+            tracing::debug!(error = %e, counted, n, "outbox confirm failed; the batch will be sent again");
+        }
         if counted {
             // The server answered, but not with a confirmation: every message of the batch is
             // suspect. A dropped connection (not counted) never dead-letters good messages.
