@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p bus-bench -- [--quick] [--only NAME[,NAME…]] [--rounds N]
+//!     [--side both|bus|baseline] [--server-bin PATH] [--scaling]
 //! ```
 //!
 //! Starts its own nats-server, runs each scenario's baseline and bus rounds interleaved, prints
@@ -140,7 +141,8 @@ const USAGE: &str = "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--round
 [--side both|bus|baseline] [--server-bin PATH] [--scaling]\n\
 scenarios: nats_pubsub_typed nats_pubsub_durable nats_fanout_10 nats_request_p50 \
 local_pubsub_typed local_10k_subs handler_local outbox_publish_rate drain_after_outage \
-outbox_1m_rss_mib";
+outbox_1m_rss_mib; only when named: jetstream_durable and the diag_* diagnostics\n\
+--scaling groups (with --only): local unsubscribe idle drain request";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut plan = Plan::full();
