@@ -82,6 +82,10 @@ impl Sender {
         // Reserve a place first, so concurrent publishers can never overfill the buffer.
         if s.pending.fetch_add(1, Ordering::AcqRel) >= s.capacity {
             s.pending.fetch_sub(1, Ordering::AcqRel);
+            // A consumer that went away with a full buffer is gone, not slow: no drop to count.
+            if s.lock().receiver_gone {
+                return Err(PushError::Closed(msg));
+            }
             return Err(PushError::Full(msg));
         }
         let mut state = s.lock();
@@ -221,6 +225,11 @@ mod tests {
         let (tx, rx) = queue(8);
         drop(rx);
         assert!(matches!(tx.try_push(msg(1)), Err(PushError::Closed(_))));
+        // Also when it left a full buffer behind: gone, not a slow consumer.
+        let (tx, rx) = queue(1);
+        tx.try_push(msg(1)).unwrap();
+        drop(rx);
+        assert!(matches!(tx.try_push(msg(2)), Err(PushError::Closed(_))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
