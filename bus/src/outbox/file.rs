@@ -185,8 +185,15 @@ impl OutboxFile {
     /// Up to `limit` queued messages, oldest first, starting after queue id `after` (`None`:
     /// from the start). Page through the queue by passing the last id of one call to the next.
     pub fn queued(&self, limit: usize, after: Option<i64>) -> Result<Vec<QueuedMessage>> {
+        // A damaged page fails a range scan as a whole: then read row by row, so that a
+        // listing of a damaged file shows every row that can still be read (salvage).
         self.snapshot("cannot read the outbox queue", |c| {
-            read::queued(c, after.unwrap_or(0), limit)
+            match read::queued(c, after.unwrap_or(0), limit) {
+                Err(e) if read::is_corrupt(&e) => {
+                    read::queued_salvaged(c, after.unwrap_or(0), limit)
+                }
+                other => other,
+            }
         })
     }
 

@@ -84,15 +84,18 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::broker::{Broker, RawMessage};
+use crate::broker::{Broker, ConnectionState, RawMessage};
 use crate::{Error, Headers, Result, RetryPolicy};
 
 mod dead_letters;
 mod drainer;
 mod encoding;
 mod file;
+mod integrity;
+mod lock;
 mod migrate;
 mod read;
+mod reclaim;
 mod requests;
 mod schema;
 mod store;
@@ -116,8 +119,12 @@ pub enum Durability {
     PowerLoss,
 }
 
+/// The default of [`OutboxOptions::max_payload`]: 8 MiB, the largest max_payload nats-server
+/// recommends (it warns at start-up above it; its own default is 1 MiB).
+pub const DEFAULT_OUTBOX_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+
 /// Outbox options.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct OutboxOptions {
     /// What a committed publish survives.
@@ -125,6 +132,23 @@ pub struct OutboxOptions {
     /// How many failed send attempts (while connected) make a dead letter, and the backoff
     /// between them. Set it with [`BusBuilder::retry`](crate::BusBuilder::retry).
     pub retry: RetryPolicy,
+    /// The largest message (payload plus headers) the outbox queues while the server's own
+    /// limit is not known (on NATS: until the first connection brings the server's INFO):
+    /// a bigger one is refused by `publish` with [`Error::OutboxMessageTooLarge`] and never
+    /// stored. Once the server's max_payload is known, that limit decides instead
+    /// ([`Error::PayloadTooLarge`] at `publish`). Default [`DEFAULT_OUTBOX_MAX_PAYLOAD`]; set
+    /// it with [`BusBuilder::outbox_max_payload`](crate::BusBuilder::outbox_max_payload).
+    pub max_payload: usize,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            durability: Durability::default(),
+            retry: RetryPolicy::default(),
+            max_payload: DEFAULT_OUTBOX_MAX_PAYLOAD,
+        }
+    }
 }
 
 /// Depth and age of the outbox queue, for health checks and tools.
@@ -250,6 +274,63 @@ pub(crate) struct Outbox {
     blocked: watch::Receiver<Option<String>>,
     drainer: tokio::task::JoinHandle<()>,
     thread: Option<JoinHandle<()>>,
+    /// Who decides the size a message may have (see [`PublishLimit`]).
+    limit: PublishLimit,
+}
+
+/// The size check at `publish`, before a message is queued: a message the server would refuse
+/// must fail the call, not sit in the file to become a dead letter later.
+///
+/// On NATS the server's max_payload is known once a connection was made (the client reads it
+/// from the server's INFO, and the bus reports `Connected` only after it has it); from then on
+/// it is the limit (the last server's, while disconnected). Before that, and for other brokers
+/// (the in-process broker checks its own limit when the message is sent, which makes it a dead
+/// letter), the outbox's own cap is the limit.
+struct PublishLimit {
+    broker: Arc<dyn Broker>,
+    state: watch::Receiver<ConnectionState>,
+    /// The broker's limit is a server's and was learned from it.
+    known: std::sync::atomic::AtomicBool,
+    cap: usize,
+}
+
+impl PublishLimit {
+    fn check(&self, msg: &RawMessage) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let size = msg.wire_size();
+        if size <= self.cap.min(self.broker.max_payload()) {
+            return Ok(());
+        }
+        let known = self.known.load(Ordering::Relaxed)
+            || (self.broker.kind() == "nats"
+                && matches!(
+                    *self.state.borrow(),
+                    ConnectionState::Connected | ConnectionState::LameDuck
+                )
+                && {
+                    self.known.store(true, Ordering::Relaxed);
+                    true
+                });
+        if known {
+            let max = self.broker.max_payload();
+            if size > max {
+                return Err(Error::PayloadTooLarge {
+                    subject: msg.subject.clone(),
+                    size,
+                    max,
+                });
+            }
+            return Ok(());
+        }
+        if size > self.cap {
+            return Err(Error::OutboxMessageTooLarge {
+                subject: msg.subject.clone(),
+                size,
+                max: self.cap,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -270,6 +351,12 @@ impl Outbox {
         options: OutboxOptions,
         broker: Arc<dyn Broker>,
     ) -> Result<Outbox> {
+        let limit = PublishLimit {
+            broker: broker.clone(),
+            state: broker.state(),
+            known: Default::default(),
+            cap: options.max_payload,
+        };
         let started = writer::spawn(path, options.durability).await?;
         let (done_tx, done_rx) = watch::channel(started.watermarks.done);
         let state = broker.state();
@@ -297,11 +384,14 @@ impl Outbox {
             blocked: blocked_rx,
             drainer,
             thread: Some(started.thread),
+            limit,
         })
     }
 
-    /// Queues `msg`; returns once it is committed to the file.
+    /// Queues `msg`; returns once it is committed to the file. A message over the size limit
+    /// (see [`PublishLimit`]) is refused first and never stored.
     pub(crate) async fn enqueue(&self, msg: RawMessage) -> Result<()> {
+        self.limit.check(&msg)?;
         self.writer.enqueue(msg).await
     }
 

@@ -88,6 +88,8 @@ pub(crate) struct Ctx {
     pub(crate) commits: u64,
     /// When to look for operator requests (`requests`) next.
     pub(crate) requests: super::requests::Pickup,
+    /// When the writer last had something to do (space is given back only after a quiet time).
+    pub(crate) last_busy: std::time::Instant,
 }
 
 /// Confirmed rows deleted per step when the writer is idle: small enough that a publish arriving
@@ -128,6 +130,25 @@ impl Ctx {
             return false;
         }
         self.tidy()
+    }
+
+    /// Called when nothing is waiting: gives free space back if the queue is empty and the
+    /// writer has been idle a while (`reclaim`); returns whether to call again.
+    fn reclaim_idle(&mut self) -> bool {
+        if !self.store.can_reclaim()
+            || self.last_busy.elapsed() < super::reclaim::IDLE_BEFORE_RECLAIM
+        {
+            return false;
+        }
+        match self.store.reclaim_step() {
+            Ok(more) => more,
+            Err(e) => {
+                // Only space is at stake; try again after the next drain.
+                tracing::warn!(path = %self.store.path.display(), error = %e, "cannot give the outbox's free space back; will try after the next drain");
+                self.store.reclaim_pending = false;
+                false
+            }
+        }
     }
 
     /// Deletes a chunk of confirmed rows; returns whether there is more to delete.
@@ -204,6 +225,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     committed: committed_tx,
                     commits: 0,
                     requests: super::requests::Pickup::default(),
+                    last_busy: std::time::Instant::now(),
                 },
             );
         })
@@ -250,7 +272,7 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
         let first = match rx.try_recv() {
             Ok(cmd) => cmd,
             Err(mpsc::TryRecvError::Empty) => {
-                if ctx.tidy_idle() {
+                if ctx.tidy_idle() || ctx.reclaim_idle() {
                     continue;
                 }
                 match rx.recv_timeout(ctx.requests.wait()) {
@@ -261,6 +283,7 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
             }
             Err(mpsc::TryRecvError::Disconnected) => return,
         };
+        ctx.last_busy = std::time::Instant::now();
         let mut next = Some(first);
         // Take everything already waiting: that is what makes the commit a group commit.
         while let Some(cmd) = next.take() {
