@@ -159,9 +159,13 @@ impl OutboxFile {
     ) -> Result<T> {
         let run = || -> rusqlite::Result<T> {
             self.conn.execute_batch("BEGIN")?;
-            let out = f(&self.conn);
-            self.conn.execute_batch("COMMIT")?;
-            out
+            let out = f(&self.conn)?;
+            // After reading past a damaged page SQLite fails the COMMIT of even a read
+            // transaction with the same error; what was read is still good (salvage).
+            if self.conn.execute_batch("COMMIT").is_err() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            Ok(out)
         };
         run().map_err(|e| {
             let _ = self.conn.execute_batch("ROLLBACK");

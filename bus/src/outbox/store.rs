@@ -178,6 +178,7 @@ impl Store {
         let Some(lock) = FileLock::try_acquire(path)? else {
             return Ok(None);
         };
+        super::lock::refuse_hard_links(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -228,12 +229,6 @@ impl Store {
     fn configure(&self, durability: Durability) -> Result<()> {
         let p = &self.path;
         // The first statement that reads the file: a non-SQLite or corrupt file fails here.
-        // On a new file (before any table exists) this makes it one whose free pages can be
-        // given back to the filesystem (`reclaim`); on an existing one it changes nothing
-        // until a VACUUM (`enable_reclaim`).
-        self.conn
-            .execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
-            .map_err(|e| sql_err(p, "cannot read the outbox file", e))?;
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -323,9 +318,12 @@ impl Store {
                         None,
                     ));
                 }
+                // Before the first table: a file whose free pages can be given back to the
+                // filesystem (`reclaim`). Set only here: on an existing file the pragma writes
+                // its header, and a file must not change just by being opened.
                 self.conn
                     .execute_batch(&format!(
-                        "BEGIN IMMEDIATE; {TABLES} {SEQ} {VIEWS} \
+                        "PRAGMA auto_vacuum = INCREMENTAL; BEGIN IMMEDIATE; {TABLES} {SEQ} {VIEWS} \
                          PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                     ))
                     .map_err(|e| sql_err(&p, "cannot create the outbox schema", e))?;

@@ -88,7 +88,8 @@ pub(crate) struct Ctx {
     pub(crate) commits: u64,
     /// When to look for operator requests (`requests`) next.
     pub(crate) requests: super::requests::Pickup,
-    /// When the writer last had something to do (space is given back only after a quiet time).
+    /// When the writer last committed a publish or a confirmation (space is given back only
+    /// after a quiet time; reads such as stats do not count).
     pub(crate) last_busy: std::time::Instant,
 }
 
@@ -108,6 +109,7 @@ impl Ctx {
     /// failure is logged and the watermark moved with the next batch (until then a restarted
     /// process would send these again, same msg ids).
     pub(crate) fn confirmed(&mut self, last: i64) {
+        self.last_busy = std::time::Instant::now();
         if let Err(e) = self.store.mark_done(last) {
             tracing::error!(path = %self.store.path.display(), error = %e, last, "cannot record confirmed outbox messages; will retry with the next batch (a restart would send them again)");
             return;
@@ -283,7 +285,6 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
             }
             Err(mpsc::TryRecvError::Disconnected) => return,
         };
-        ctx.last_busy = std::time::Instant::now();
         let mut next = Some(first);
         // Take everything already waiting: that is what makes the commit a group commit.
         while let Some(cmd) = next.take() {
@@ -315,6 +316,7 @@ fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Resu
         return;
     }
     let batch = std::mem::take(group);
+    ctx.last_busy = std::time::Instant::now();
     let _span = tracing::trace_span!("outbox_commit", n = batch.len()).entered();
     match ctx.store.insert_all(batch.iter().map(|(m, _)| m)) {
         Ok(first) => {
