@@ -105,6 +105,8 @@ impl FileLock {
     pub(crate) fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
         let key = key_of(path).map_err(|e| io_err(path, "cannot read the outbox file", e))?;
         let mut files = files();
+        // `Copy` on Unix, a path elsewhere.
+        #[allow(clippy::clone_on_copy)]
         let entry = match files.entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(Entry {

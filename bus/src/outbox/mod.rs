@@ -18,15 +18,21 @@
 //!   connection stays up counts one attempt; after [`RetryPolicy::max_attempts`] (3, with
 //!   about 100 ms, then 400 ms of backoff, by default; see [`OutboxOptions::retry`]) the message
 //!   moves to the dead-letter table with its last error and the queue goes on behind it. A
-//!   payload over the broker's max_payload is refused before anything is sent, so it ends there
-//!   without ever disturbing the connection. A row that cannot be read back as a message (its
+//!   payload over the server's max_payload is refused by `publish` once that limit is known
+//!   (on NATS, after the first connection), and over [`OutboxOptions::max_payload`] before;
+//!   one queued before the limit was known is refused before anything is sent, so it ends
+//!   there without ever disturbing the connection. A row that cannot be read back as a message (its
 //!   bytes were damaged or edited by hand) is moved there at once, with the reason, and is never
 //!   retried. [`DeadLetters`] lists, counts, replays (to the end of the queue, same msg id, fresh
 //!   attempts) and purges them.
 //! - Memory stays flat however long the queue is: new rows reach the drainer in memory up to a
 //!   bound; beyond it the drainer pages through the file by id. A restarted process on the same
-//!   file drains what the previous one left, oldest first. One process at a time: a
-//!   `<path>.lock` file is held while the outbox is open. A file of schema version 2 (bus
+//!   file drains what the previous one left, oldest first. One process at a time: the lock is
+//!   on the file itself (its inode, `lock`), so a second `Bus` reaching it through a symlink or
+//!   a hard link is refused too; a file with several hard links is refused at open. A damaged
+//!   file is refused at open, and a page that goes bad while running turns its rows into dead
+//!   letters (`integrity`). Free space is given back when the queue is empty and idle
+//!   (`reclaim`). A file of schema version 2 (bus
 //!   before the readable schema) is migrated on open, in one transaction, keeping every queued
 //!   row and dead letter.
 //!

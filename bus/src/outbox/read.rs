@@ -346,7 +346,7 @@ pub(crate) fn queued_salvaged(
         limit,
         usize::MAX,
         |_| false,
-        |r| queued_row(r),
+        queued_row,
     )?;
     let mut out: Vec<QueuedMessage> = read.rows;
     out.extend(read.unreadable.into_iter().map(|(id, why)| QueuedMessage {
