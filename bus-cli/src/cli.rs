@@ -123,7 +123,8 @@ pub struct PubArgs {
     /// A concrete subject (no wildcards).
     pub subject: String,
     /// The payload as JSON (`-`: read it from stdin).
-    pub json: String,
+    #[arg(value_name = "JSON")]
+    pub payload: String,
     /// A header to send, `Name=value` (repeatable).
     #[arg(long = "header", short = 'H', value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
@@ -137,7 +138,8 @@ pub struct ReqArgs {
     /// A concrete subject (no wildcards).
     pub subject: String,
     /// The request payload as JSON (`-`: read it from stdin).
-    pub json: String,
+    #[arg(value_name = "JSON")]
+    pub payload: String,
     /// How long to wait for the reply.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
     pub timeout: Duration,
@@ -260,6 +262,31 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn payload_positional_and_the_json_flag_coexist() {
+        let cli = Cli::try_parse_from([
+            "bus",
+            "req",
+            "--json",
+            "agent.route.a",
+            "{}",
+            "--timeout",
+            "0.5",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Req(args) = cli.command else {
+            panic!("not a req")
+        };
+        assert_eq!(args.payload, "{}");
+        assert_eq!(args.timeout, Duration::from_millis(500));
+        let cli = Cli::try_parse_from(["bus", "pub", "plugin.x.y", "[1]", "-H", "A=b"]).unwrap();
+        assert!(!cli.json);
+        assert!(
+            matches!(cli.command, Command::Pub(PubArgs { ref payload, ref headers, .. }) if payload == "[1]" && headers == &["A=b"])
+        );
     }
 
     #[test]

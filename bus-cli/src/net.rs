@@ -179,7 +179,7 @@ fn now_ms() -> u64 {
 /// `bus pub`
 pub async fn publish(args: PubArgs, json: bool) -> Outcome {
     subject_arg(&args.subject)?;
-    let payload = payload_arg(&args.json)?;
+    let payload = payload_arg(&args.payload)?;
     let headers = header_args(&args.headers)?;
     let bus = connect(&args.conn).await?;
     let size = payload.len();
@@ -198,7 +198,7 @@ pub async fn publish(args: PubArgs, json: bool) -> Outcome {
 /// `bus req`
 pub async fn request(args: ReqArgs, json: bool) -> Outcome {
     subject_arg(&args.subject)?;
-    let payload = payload_arg(&args.json)?;
+    let payload = payload_arg(&args.payload)?;
     let headers = header_args(&args.headers)?;
     let bus = connect(&args.conn).await?;
     let msg = RawMessage::new(args.subject.clone(), payload).with_headers(headers);
