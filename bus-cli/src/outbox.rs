@@ -77,7 +77,7 @@ fn list_queue(file: &Path, limit: usize, after: Option<i64>, json: bool) -> Outc
         out::note(format!("nothing queued in {}", file.display()));
         return Ok(());
     }
-    let mut table = Table::new(&["ID", "AGE", "ATTEMPTS", "SUBJECT", "LAST ERROR"]);
+    let mut table = Table::new(&["ID", "AGE", "ATTEMPTS", "SUBJECT", "LAST ERROR", "PAYLOAD"]);
     for m in &rows {
         table.row(vec![
             m.id.to_string(),
@@ -89,8 +89,9 @@ fn list_queue(file: &Path, limit: usize, after: Option<i64>, json: bool) -> Outc
                     .as_deref()
                     .or(m.last_error.as_deref())
                     .unwrap_or("-"),
-                60,
+                40,
             ),
+            out::cut(&preview(&m.payload), 72),
         ]);
     }
     table.print();
@@ -166,6 +167,15 @@ fn show(file: &Path, id: i64, json: bool) -> Outcome {
     ]);
     print_headers_and_payload(&dl.headers, &dl.payload);
     Ok(())
+}
+
+/// A payload on one line: compact JSON, or its size when it is not MessagePack.
+fn preview(payload: &[u8]) -> String {
+    match Payload::decode(payload) {
+        Payload::Json(v) => v.to_string(),
+        Payload::Empty => "(empty)".into(),
+        Payload::Undecodable(_) => format!("({} bytes, not MessagePack)", payload.len()),
+    }
 }
 
 /// Headers, then the payload pretty-printed (or as hex), for one message shown in full.
@@ -429,7 +439,7 @@ fn report(
                 "{wanted} {n} of {} by the process that holds {}{}",
                 rows.len(),
                 file.display(),
-                if op == RequestOp::Replay {
+                if op == RequestOp::Replay && n > 0 {
                     "; it sends them now"
                 } else {
                     ""
@@ -440,7 +450,7 @@ fn report(
                  file's lock{}",
                 rows.len(),
                 file.display(),
-                if op == RequestOp::Replay {
+                if op == RequestOp::Replay && n > 0 {
                     "; the messages are sent when the service next opens the file"
                 } else {
                     ""
