@@ -93,6 +93,7 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
     let publish_doc = docs.publish();
     let subscribe_doc = docs.subscribe();
     let handle_doc = docs.handle();
+    let registration = registration(input, attrs, &type_name, &lit);
 
     quote! {
         #filter_struct
@@ -149,7 +150,36 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
             }
 
             #request_impl
+
+            #registration
         };
+    }
+}
+
+/// The type's catalog entry: one static, collected at link time (`bus::catalog()`).
+fn registration(input: &Input, attrs: &Attrs, type_name: &str, template: &LitStr) -> TokenStream {
+    let fields = input.fields.iter().map(|f| {
+        let name = &f.name;
+        let ty = doc::type_text(f.ty);
+        quote! { (#name, #ty) }
+    });
+    let reply = match &attrs.reply {
+        Some(r) => {
+            let text = doc::type_text(r);
+            quote! { ::core::option::Option::Some(#text) }
+        }
+        None => quote! { ::core::option::Option::None },
+    };
+    quote! {
+        ::bus::__private::inventory::submit! {
+            ::bus::__private::Registration {
+                type_name: #type_name,
+                module_path: ::core::module_path!(),
+                template: #template,
+                fields: &[#(#fields),*],
+                reply: #reply,
+            }
+        }
     }
 }
 

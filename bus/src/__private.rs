@@ -8,6 +8,15 @@ pub use core::result::Result as StdResult;
 pub use futures::future::BoxFuture;
 pub use std::string::String;
 
+pub use crate::catalog::Registration;
+pub use crate::fan_in::{
+    decode_messages, handle as fan_in_handle, subscribe as fan_in_subscribe, Incoming, Undecodable,
+    Variant, VariantOf,
+};
+pub use crate::fan_in::{FanIn, Messages};
+pub use bus_subject::templates_overlap;
+pub use inventory;
+
 use bus_subject::check_token;
 
 /// `Self` is `T`. Lets a generated method bound a type parameter known to be `Self` (a bound on

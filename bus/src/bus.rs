@@ -317,7 +317,7 @@ impl Bus {
     }
 
     /// The raw subscription a filter stands for (its pattern and queue group).
-    async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
+    pub(crate) async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
         let pattern = filter.pattern()?;
         let raw = self
             .inner
@@ -450,6 +450,28 @@ impl Bus {
         let raw = self.subscribe_raw(&filter).await?;
         let sink: DeadLetterSink = self.handler_sink();
         let handler = handler::spawn::<M, F, Fut, E>(raw, options, sink, tracked, handler);
+        self.inner.health.track_handler(handler.stats());
+        Ok(handler)
+    }
+
+    /// [`handle_with`](Bus::handle_with) for anything a handler can decode: what the `handle`
+    /// of a `#[derive(Messages)]` enum calls.
+    pub(crate) async fn handle_incoming<M, F, Fut, E>(
+        &self,
+        filter: &impl Filter,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        M: crate::fan_in::Incoming,
+        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let tracked = self.track()?;
+        let raw = self.subscribe_raw(filter).await?;
+        let handler =
+            handler::spawn::<M, F, Fut, E>(raw, options, self.handler_sink(), tracked, handler);
         self.inner.health.track_handler(handler.stats());
         Ok(handler)
     }

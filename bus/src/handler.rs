@@ -20,7 +20,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::broker::{RawMessage, RawSubscription};
-use crate::{codec, Envelope, Message, RetryPolicy};
+use crate::fan_in::Incoming;
+use crate::{Envelope, RetryPolicy};
 
 /// How a [`Handler`] runs: its name, concurrency, order and retry policy.
 ///
@@ -180,7 +181,7 @@ pub(crate) fn spawn<M, F, Fut, E>(
     handler: F,
 ) -> Handler
 where
-    M: Message,
+    M: Incoming,
     F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + Send + 'static,
@@ -242,7 +243,7 @@ impl<M, F> Clone for Run<M, F> {
 
 impl<M, F, Fut, E> Run<M, F>
 where
-    M: Message,
+    M: Incoming,
     F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + Send + 'static,
@@ -322,12 +323,9 @@ where
             attempts += 1;
             // Decoded for each attempt (the handler owns its envelope): a payload that does not
             // decode is dead-lettered at once, retrying cannot fix it.
-            let body = match codec::decode::<M>(&msg.payload) {
+            let body = match M::decode_incoming(&msg.subject, &msg.payload) {
                 Ok(body) => body,
-                Err(e) => {
-                    let error = format!("cannot decode the payload as `{}`: {e}", M::TYPE_NAME);
-                    return self.give_up(msg, attempts, error);
-                }
+                Err(e) => return self.give_up(msg, attempts, e.reason()),
             };
             let env = Envelope::new(
                 body,

@@ -130,26 +130,12 @@ impl<T: Message> Stream for Subscription<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(reason) = this.raw.stats.failure() {
-            // The server ended the subscription (a permissions violation after a reconnect,
-            // say): say so once, then end.
-            if std::mem::replace(&mut this.reported_failure, true) {
-                return Poll::Ready(None);
-            }
-            return Poll::Ready(Some(Err(Error::PermissionDenied {
-                subject: this.raw.pattern.clone(),
-                reason: reason.to_owned(),
-            })));
-        }
-        let dropped = this.raw.stats.dropped();
-        if dropped > this.reported_dropped {
-            let n = dropped - this.reported_dropped;
-            this.reported_dropped = dropped;
-            tracing::warn!(pattern = %this.raw.pattern, dropped = n, "slow consumer: messages dropped");
-            return Poll::Ready(Some(Err(Error::SlowConsumer {
-                pattern: this.raw.pattern.clone(),
-                dropped: n,
-            })));
+        if let Some(status) = poll_status(
+            &this.raw,
+            &mut this.reported_failure,
+            &mut this.reported_dropped,
+        ) {
+            return Poll::Ready(status);
         }
         let msg = match this.raw.messages.as_mut().poll_next(cx) {
             Poll::Ready(Some(msg)) => msg,
@@ -181,6 +167,37 @@ impl<T: Message> Stream for Subscription<T> {
             }
         }))
     }
+}
+
+/// What a subscription reports before its next message, if anything: the server's refusal
+/// (once as an error, then the end of the stream) or the messages the broker dropped.
+pub(crate) fn poll_status<T>(
+    raw: &RawSubscription,
+    reported_failure: &mut bool,
+    reported_dropped: &mut u64,
+) -> Option<Option<Result<T>>> {
+    if let Some(reason) = raw.stats.failure() {
+        // The server ended the subscription (a permissions violation after a reconnect,
+        // say): say so once, then end.
+        if std::mem::replace(reported_failure, true) {
+            return Some(None);
+        }
+        return Some(Some(Err(Error::PermissionDenied {
+            subject: raw.pattern.clone(),
+            reason: reason.to_owned(),
+        })));
+    }
+    let dropped = raw.stats.dropped();
+    if dropped > *reported_dropped {
+        let n = dropped - *reported_dropped;
+        *reported_dropped = dropped;
+        tracing::warn!(pattern = %raw.pattern, dropped = n, "slow consumer: messages dropped");
+        return Some(Some(Err(Error::SlowConsumer {
+            pattern: raw.pattern.clone(),
+            dropped: n,
+        })));
+    }
+    None
 }
 
 /// The subject/body check: `Ok` when the placeholder fields of `body` rebuild `subject`.
