@@ -363,7 +363,12 @@ impl Bus {
             .request(raw, timeout)
             .instrument(tracing::trace_span!("request", subject = %subject))
             .await?;
-        if let Some(message) = reply.headers.get(headers::ERROR) {
+        // `Nats-Service-Error`: the error of a NATS service API endpoint (`bus::service`).
+        if let Some(message) = reply
+            .headers
+            .get(headers::ERROR)
+            .or_else(|| reply.headers.get("Nats-Service-Error"))
+        {
             return Err(Error::Remote {
                 subject,
                 message: message.to_string(),

@@ -83,6 +83,8 @@ mod nats;
 #[cfg(feature = "outbox")]
 pub mod outbox;
 mod retry;
+#[cfg(feature = "nats")]
+pub mod service;
 mod subscription;
 
 #[doc(hidden)]

@@ -21,6 +21,11 @@ use crate::Result;
 /// assert_eq!(m.subject().unwrap(), "plugin.outbound.slack.a1");
 /// assert_eq!(Outbound::SUBJECT, "plugin.outbound.<channel>.<instance>");
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a message type",
+    label = "not a message type",
+    note = "derive `bus::Message` on `{Self}` with a `#[subject(\"…\")]` template; each variant of a `#[derive(Messages)]` enum holds one message type"
+)]
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The subject template as written in `#[subject("…")]`.
     const SUBJECT: &'static str;

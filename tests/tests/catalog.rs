@@ -407,3 +407,103 @@ async fn fan_in_handle_runs_each_variant_and_dead_letters_an_unmatched_subject()
         dead[0].last_error
     );
 }
+
+/// A raw async-nats request, answered as JSON.
+async fn srv(client: &async_nats::Client, subject: &str) -> serde_json::Value {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject.to_owned(), bytes::Bytes::new()),
+    )
+    .await
+    .expect("answered within 5 s")
+    .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    serde_json::from_slice(&reply.payload).expect("a JSON answer")
+}
+
+#[tokio::test]
+async fn serve_registers_request_types_with_the_nats_service_api() {
+    let server = NatsServer::start();
+    let bus = nats_bus(&server, "planner-1").await;
+    let service = bus::service::Service::builder("planner", "1.2.3")
+        .description("assigns work")
+        .start(&bus)
+        .await
+        .unwrap();
+    let endpoint = service
+        .serve::<Assign, _, _, _>(Assign::filter(), |req| async move {
+            if req.task.is_empty() {
+                return Err("empty task");
+            }
+            Ok(AssignReply { accepted: true })
+        })
+        .await
+        .unwrap();
+
+    // A bus requester is answered through the endpoint, errors included.
+    let ok = Assign {
+        agent: "a1".into(),
+        task: "t".into(),
+        deadline_ms: None,
+    };
+    assert!(ok.request(&bus).await.unwrap().accepted);
+    let refused = Assign {
+        task: String::new(),
+        ..ok.clone()
+    };
+    match refused.request(&bus).await {
+        Err(Error::Remote { message, .. }) => assert_eq!(message, "empty task"),
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+
+    // Standard NATS tooling sees it, through a raw client.
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let ping = srv(&raw, "$SRV.PING").await;
+    assert_eq!(ping["name"], "planner");
+    assert_eq!(ping["version"], "1.2.3");
+    assert_eq!(ping["type"], "io.nats.micro.v1.ping_response");
+
+    let info = srv(&raw, "$SRV.INFO.planner").await;
+    assert_eq!(info["description"], "assigns work");
+    let endpoints = info["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{info}");
+    assert_eq!(endpoints[0]["name"], "Assign");
+    assert_eq!(endpoints[0]["subject"], "agent.route.*.assign");
+    assert_eq!(
+        endpoints[0]["metadata"]["bus.template"],
+        "agent.route.<agent>.assign"
+    );
+
+    let stats = srv(&raw, "$SRV.STATS.planner").await;
+    let e = &stats["endpoints"][0];
+    assert_eq!(e["name"], "Assign");
+    assert_eq!(e["num_requests"], 2, "{stats}");
+    assert_eq!(e["num_errors"], 1, "{stats}");
+    assert!(
+        e["last_error"].as_str().unwrap().contains("empty task"),
+        "{stats}"
+    );
+
+    endpoint.stop().await;
+    service.stop().await.unwrap();
+    let gone = tokio::time::timeout(
+        Duration::from_secs(2),
+        raw.request("$SRV.PING.planner", bytes::Bytes::new()),
+    )
+    .await;
+    assert!(
+        !matches!(gone, Ok(Ok(_))),
+        "a stopped service still answers"
+    );
+}
+
+#[tokio::test]
+async fn a_service_needs_a_bus_on_nats() {
+    let bus = Bus::local().await.unwrap();
+    match bus::service::Service::builder("planner", "1.0.0")
+        .start(&bus)
+        .await
+    {
+        Err(Error::Config(reason)) => assert!(reason.contains("NATS"), "{reason}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
