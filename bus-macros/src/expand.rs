@@ -512,6 +512,7 @@ mod tests {
                 "OutboundFilter",
                 "channel",
                 "filter",
+                "handle",
                 "instance",
                 "publish",
                 "queue",

@@ -155,14 +155,15 @@ impl Discovered {
     }
 }
 
-/// A text table, one row per type: `TYPE`, `SUBJECT`, `REPLY`, `FIELDS`, `SERVICES`.
+/// A text table, one row per type: `TYPE`, `SUBJECT`, `REPLY`, `SERVICES` (the instances that
+/// reported it) and `FIELDS` (last, as it is the longest).
 ///
 /// ```
 /// let table = bus::catalog::render_table(&[]);
 /// assert!(table.starts_with("TYPE"));
 /// ```
 pub fn render_table(rows: &[(Descriptor, Vec<String>)]) -> String {
-    let header = ["TYPE", "SUBJECT", "REPLY", "FIELDS", "SERVICES"];
+    let header = ["TYPE", "SUBJECT", "REPLY", "SERVICES", "FIELDS"];
     let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|(d, who)| {
@@ -175,8 +176,8 @@ pub fn render_table(rows: &[(Descriptor, Vec<String>)]) -> String {
                 d.type_name.clone(),
                 d.template.clone(),
                 d.reply.clone().unwrap_or_else(|| "-".to_owned()),
-                fields.join(", "),
                 who.join(", "),
+                fields.join(", "),
             ]
         })
         .collect();

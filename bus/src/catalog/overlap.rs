@@ -72,12 +72,16 @@ pub fn overlaps_of(descriptors: &[Descriptor]) -> Vec<Overlap> {
 /// Panics, naming both types of every pair, if two message types of this binary can match
 /// the same subject. Put it in a test of your own crate:
 ///
-/// ```
+/// ```text
 /// #[test]
 /// fn no_two_message_types_share_a_subject() {
 ///     bus::catalog::assert_no_overlaps();
 /// }
 /// ```
+///
+/// The message lists each pair as `` `a::Ping` (`plugin.inbound.<channel>.ping`) and
+/// `a::SlackEvent` (`plugin.inbound.slack.<kind>`) can both be sent on
+/// `plugin.inbound.slack.ping` ``.
 #[track_caller]
 pub fn assert_no_overlaps() {
     let found = overlaps();
