@@ -14,7 +14,7 @@ use tracing::Instrument;
 #[cfg(feature = "outbox")]
 use crate::broker::check_subject;
 use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
-use crate::durable::{DurableSpec, DurableStream};
+use crate::durable::DurableSpec;
 use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters, Source};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::health::{Health, Tracker};
@@ -312,9 +312,17 @@ impl Bus {
     /// Subscribes to the messages of type `M` that `filter` selects.
     pub async fn subscribe<M: Message>(&self, filter: M::Filter) -> Result<Subscription<M>> {
         let check = self.inner.check_subject_fields;
-        self.subscribe_raw(&filter)
-            .await
-            .map(|raw| Subscription::new(raw).check_subject_fields(check))
+        let sub = match filter.durable_name() {
+            Some(name) => {
+                let mut spec = DurableSpec::new(name, filter.pattern()?);
+                if let Some(q) = filter.queue_group() {
+                    spec = spec.queue(q);
+                }
+                Subscription::durable(self.inner.broker.consume(&spec).await?)
+            }
+            None => Subscription::new(self.subscribe_raw(&filter).await?),
+        };
+        Ok(sub.check_subject_fields(check))
     }
 
     /// The raw subscription a filter stands for (its pattern and queue group).
@@ -447,7 +455,10 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let durable = options.durable_name().map(str::to_owned);
+        let durable = options
+            .durable_name()
+            .or(filter.durable_name())
+            .map(str::to_owned);
         self.handle_inner(filter, options, durable.as_deref(), handler)
             .await
     }
@@ -479,52 +490,6 @@ impl Bus {
         let handler = handler::spawn::<M, F, Fut, E>(source, options, sink, tracked, handler);
         self.inner.health.track_handler(handler.stats());
         Ok(handler)
-    }
-
-    /// Subscribes to the messages of type `M` that `filter` selects through the durable
-    /// consumer `durable` (see [`durable`](crate::durable)): messages published while nobody
-    /// was subscribed arrive when a subscriber comes back; each item must be settled with
-    /// [`ack`](crate::durable::Delivered::ack), [`nak`](crate::durable::Delivered::nak) or
-    /// [`term`](crate::durable::Delivered::term) (one that
-    /// is dropped unsettled is delivered again at once, one left unsettled after the ack wait
-    /// of 30 s, too). With a queue group in the filter, several instances share the consumer.
-    /// Redeliveries are unlimited; use [`handle_with`](Bus::handle_with) and
-    /// [`HandlerOptions::durable`] for retries with dead letters.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), bus::Error> {
-    /// use bus::{Bus, Message};
-    /// use futures::StreamExt;
-    /// #[derive(serde::Serialize, serde::Deserialize, Message)]
-    /// #[subject("plugin.inbound.<channel>")]
-    /// struct Inbound { channel: String, text: String }
-    ///
-    /// let bus = Bus::local().await?;
-    /// let sub = bus.subscribe_durable::<Inbound>(Inbound::filter(), "inbox").await?;
-    /// drop(sub); // detached: the durable keeps what is published meanwhile
-    /// Inbound { channel: "slack".into(), text: "hi".into() }.publish(&bus).await?;
-    /// let mut sub = bus.subscribe_durable::<Inbound>(Inbound::filter(), "inbox").await?;
-    /// let msg = sub.next().await.unwrap()?;
-    /// assert_eq!(msg.text, "hi");
-    /// assert_eq!(msg.delivered(), 1);
-    /// msg.ack().await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn subscribe_durable<M: Message>(
-        &self,
-        filter: M::Filter,
-        durable: &str,
-    ) -> Result<DurableStream<M>> {
-        let mut spec = DurableSpec::new(durable, filter.pattern()?);
-        if let Some(q) = filter.queue_group() {
-            spec = spec.queue(q);
-        }
-        self.inner
-            .broker
-            .consume(&spec)
-            .await
-            .map(DurableStream::new)
     }
 
     /// Answers requests of type `M` that `filter` selects with `handler`, until the returned
