@@ -267,6 +267,7 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
         }
     });
     let queue_doc = docs.queue();
+    let durable_doc = docs.durable();
     let pattern = plan.segments.iter().map(|s| match s {
         PlanSegment::Literal(l) => quote! { ::core::option::Option::Some(#l) },
         PlanSegment::Placeholder(_) => quote! { ::core::option::Option::None },
@@ -282,6 +283,12 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
                 self.parts.set_queue(group);
                 self
             }
+
+            #[doc = #durable_doc]
+            pub fn durable(mut self, name: &str) -> Self {
+                self.parts.set_durable(name);
+                self
+            }
         }
 
         #[automatically_derived]
@@ -292,6 +299,10 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
 
             fn queue_group(&self) -> ::core::option::Option<&str> {
                 self.parts.queue()
+            }
+
+            fn durable_name(&self) -> ::core::option::Option<&str> {
+                self.parts.durable()
             }
         }
 
@@ -308,6 +319,7 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
                 f.debug_struct(#debug_name)
                     .field("pattern", &::bus::__private::Filter::pattern(self))
                     .field("queue", &self.parts.queue())
+                    .field("durable", &self.parts.durable())
                     .finish()
             }
         }
@@ -511,6 +523,7 @@ mod tests {
             [
                 "OutboundFilter",
                 "channel",
+                "durable",
                 "filter",
                 "handle",
                 "instance",

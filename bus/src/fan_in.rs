@@ -283,7 +283,8 @@ impl<E: Incoming> Stream for FanIn<E> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if let Some(status) = crate::subscription::poll_status(
-            &this.raw,
+            &this.raw.pattern,
+            &this.raw.stats,
             &mut this.reported_failure,
             &mut this.reported_dropped,
         ) {

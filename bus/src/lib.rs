@@ -67,6 +67,7 @@ mod builder;
 pub mod catalog;
 // Named `handle` inside the crate: the root name `bus` is the crate itself (see above).
 mod codec;
+pub mod durable;
 mod envelope;
 mod error;
 mod fan_in;
@@ -85,6 +86,7 @@ pub mod outbox;
 mod retry;
 #[cfg(feature = "nats")]
 pub mod service;
+pub mod stream;
 mod subscription;
 
 #[doc(hidden)]
@@ -114,6 +116,7 @@ pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
 pub use crate::retry::RetryPolicy;
+pub use crate::stream::StreamConfig;
 pub use crate::subscription::Subscription;
 /// The derive: `#[derive(Message)]` with `#[subject("…")]` and optional `#[reply(T)]`.
 pub use bus_macros::Message;
