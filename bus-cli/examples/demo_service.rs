@@ -2,7 +2,7 @@
 //! captured against it): it publishes an invoice every second through its outbox, a handler
 //! mails them and gives up on the first try of every tenth ("poison", a dead letter in the
 //! outbox file; a replay succeeds), it answers `agent.route.billing` requests, and it sends a
-//! heartbeat every 2 s as instance `billing-1`.
+//! heartbeat every 2 s as instance `billing-1`; `bus catalog` lists its message types.
 //!
 //! ```sh
 //! nats-server &      # NATS_URL picks another server (default nats://127.0.0.1:4222)
@@ -57,6 +57,8 @@ async fn main() -> Result<(), bus::Error> {
         .connect()
         .await?;
     eprintln!("billing-1: outbox {path}, NATS {url}");
+    // Answers `bus catalog` with the message types this binary knows.
+    let _catalog = bus::catalog::serve(&bus).await?;
 
     // The first try of a poison message fails; its replay goes through.
     let tried = Arc::new(Mutex::new(HashSet::new()));

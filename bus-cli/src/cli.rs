@@ -43,6 +43,9 @@ pub enum Command {
     Req(ReqArgs),
     /// The latest heartbeat of every instance (listens on plugin.health.* for --wait).
     Health(HealthArgs),
+    /// Every message type the running services know (asked on _bus.catalog), as a table, or
+    /// as one AsyncAPI 3.0 document with --asyncapi.
+    Catalog(CatalogArgs),
 }
 
 /// `bus outbox ...`
@@ -155,6 +158,19 @@ pub struct ReqArgs {
 pub struct HealthArgs {
     /// How long to listen for heartbeats (longer than the services' heartbeat interval).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
+    pub wait: Duration,
+    #[command(flatten)]
+    pub conn: ServerArgs,
+}
+
+/// `bus catalog`
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Print the merged AsyncAPI 3.0 document (JSON) instead of the table.
+    #[arg(long)]
+    pub asyncapi: bool,
+    /// How long to gather the services' answers.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = seconds)]
     pub wait: Duration,
     #[command(flatten)]
     pub conn: ServerArgs,

@@ -39,6 +39,7 @@ fn run(cli: Cli) -> Outcome {
         Command::Pub(args) => block_on(net::publish(args, json)),
         Command::Req(args) => block_on(net::request(args, json)),
         Command::Health(args) => block_on(net::health(args, json)),
+        Command::Catalog(args) => block_on(net::catalog(args, json)),
     }
 }
 

@@ -12,7 +12,7 @@ use bus::{Bus, Headers, RawMessage};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
-use crate::cli::{HealthArgs, PubArgs, ReqArgs, ServerArgs, TapArgs};
+use crate::cli::{CatalogArgs, HealthArgs, PubArgs, ReqArgs, ServerArgs, TapArgs};
 use crate::out::{self, Failure, Outcome, Table};
 use crate::outbox::headers_json;
 use crate::value::{encode_json, hex, Payload};
@@ -322,6 +322,28 @@ pub async fn health(args: HealthArgs, json: bool) -> Outcome {
              BusBuilder::heartbeat; wait longer than its interval with --wait)",
             out::duration(args.wait)
         )));
+    }
+    Ok(())
+}
+
+/// `bus catalog`
+pub async fn catalog(args: CatalogArgs, json: bool) -> Outcome {
+    let bus = connect(&args.conn).await?;
+    let found = bus::catalog::discover(&bus, args.wait).await?;
+    if found.services.is_empty() {
+        return Err(Failure::Failed(format!(
+            "no service answered on {} within {} (a service answers once it runs \
+             bus::catalog::serve(&bus); wait longer with --wait)",
+            bus::catalog::CATALOG_SUBJECT,
+            out::duration(args.wait)
+        )));
+    }
+    if args.asyncapi {
+        out::json(&found.asyncapi());
+    } else if json {
+        out::json(&serde_json::to_value(&found).map_err(|e| Failure::Failed(e.to_string()))?);
+    } else {
+        out::line(found.table().trim_end());
     }
     Ok(())
 }

@@ -587,3 +587,56 @@ async fn usage_and_file_errors() {
     assert!(empty.stderr.contains("nothing queued"), "{empty:?}");
     bus(&["--version"]).await.expect(0);
 }
+
+/// `bus catalog` merges what every running service reports on `_bus.catalog`: the table, the
+/// JSON, and one AsyncAPI 3.0 document; no service answering is an error.
+#[tokio::test]
+async fn catalog_lists_what_the_running_services_report() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let none = bus(&["catalog", "--wait", "0.5", "--server", &url]).await;
+    none.expect(1);
+    let svc = Bus::builder()
+        .nats([server.url()])
+        .instance("planner-1")
+        .no_outbox()
+        .connect()
+        .await
+        .unwrap();
+    let responder = bus::catalog::serve(&svc).await.unwrap();
+    svc.flush().await.unwrap();
+    let table = bus(&["catalog", "--server", &url, "--wait", "1"])
+        .await
+        .expect(0);
+    let text = table.stdout.as_str();
+    let header = text.lines().next().unwrap();
+    assert!(header.starts_with("TYPE"), "{text}");
+    let outbound = text
+        .lines()
+        .find(|l| l.starts_with("Outbound "))
+        .unwrap_or_else(|| panic!("no Outbound row: {text}"));
+    assert!(
+        outbound.contains("plugin.outbound.<channel>.<instance>"),
+        "{outbound}"
+    );
+    assert!(outbound.contains("planner-1"), "{outbound}");
+    let delegate = text.lines().find(|l| l.starts_with("Delegate ")).unwrap();
+    assert!(delegate.contains("RouteReply"), "{delegate}");
+
+    let json = bus(&["--json", "catalog", "--server", &url, "--wait", "1"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(json["services"][0]["instance"], "planner-1", "{json}");
+
+    let doc = bus(&["catalog", "--asyncapi", "--server", &url, "--wait", "1"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    assert_eq!(
+        doc["channels"]["Outbound"]["address"], "plugin.outbound.{channel}.{instance}",
+        "{doc}"
+    );
+    responder.stop().await;
+}
