@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::sync::watch;
 
+use crate::durable::{DurableSpec, DurableSubscription};
 use crate::{Error, Headers, Result};
 
 /// A message as the broker carries it: subject, optional reply subject, headers, payload.
@@ -72,10 +73,13 @@ pub struct Rejection {
     /// The subject of the refused message (every message sent to it since the previous
     /// confirmation was refused).
     pub subject: String,
-    /// The server's reason, e.g. `Permissions Violation for Publish to "plugin.outbound.x"`.
+    /// The server's reason, e.g. `Permissions Violation for Publish to "plugin.outbound.x"`
+    /// or `maximum messages exceeded (JetStream error 10077, status 503)`.
     pub reason: String,
-    /// The `Nats-Msg-Id` of the one refused message, when the server names a message (a
-    /// JetStream PubAck does); `None` when it refuses a subject (permissions).
+    /// The `Nats-Msg-Id` of the refused message, when the broker refuses single messages (a
+    /// JetStream stream does, in its PubAck) and the message had one: then only that message
+    /// of the batch was refused. `None`: every message on `subject` since the previous
+    /// confirmation was refused (a permissions violation).
     pub msg_id: Option<String>,
 }
 
@@ -89,9 +93,9 @@ impl Rejection {
         }
     }
 
-    /// The rejection of one message, by its `Nats-Msg-Id`.
-    pub fn with_msg_id(mut self, msg_id: impl Into<String>) -> Self {
-        self.msg_id = Some(msg_id.into());
+    /// The same rejection, naming the refused message by its `Nats-Msg-Id`.
+    pub fn with_msg_id(mut self, msg_id: Option<String>) -> Self {
+        self.msg_id = msg_id;
         self
     }
 }
@@ -301,6 +305,22 @@ pub trait Broker: Any + Send + Sync + 'static {
 
     /// A short name for logs: `"local"` or `"nats"`.
     fn kind(&self) -> &'static str;
+
+    /// Attaches a puller to the durable consumer `spec.name`, creating it on first use (see
+    /// [`durable`](crate::durable)): messages on `spec.pattern` published while no puller was
+    /// attached are delivered, each delivery is settled by its [`Acker`](crate::durable::Acker),
+    /// and pullers on one name share its messages.
+    ///
+    /// The default fails with [`Error::Unsupported`]: a broker
+    /// written elsewhere keeps compiling, and offers durable consumers once it implements this.
+    fn consume(&self, spec: &DurableSpec) -> BoxFuture<'_, Result<DurableSubscription>> {
+        let _ = spec;
+        let broker = self.kind();
+        Box::pin(futures::future::ready(Err(Error::Unsupported {
+            broker,
+            what: "durable consumers",
+        })))
+    }
 }
 
 /// Everything a broker must refuse before it sends a message: an invalid subject, headers NATS

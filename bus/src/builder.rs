@@ -15,6 +15,7 @@ use crate::local::{LocalBroker, LocalOptions};
 use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 use crate::outbox::{Durability, Outbox, OutboxOptions};
+use crate::stream::StreamConfig;
 use crate::{Bus, Error, Result};
 
 /// The outbox file used on NATS when none is named with [`BusBuilder::outbox_path`]. A relative
@@ -80,6 +81,7 @@ pub struct BusBuilder {
     #[cfg(feature = "nats")]
     nats: NatsOptions,
     local: LocalOptions,
+    streams: Vec<StreamConfig>,
     /// How long `connect` waits for the first connection; `None`: it does not wait.
     wait_for_connection: Option<Duration>,
     /// The instance name of the health snapshot and heartbeat.
@@ -185,6 +187,17 @@ impl BusBuilder {
     #[cfg(feature = "outbox")]
     pub fn durability(mut self, durability: Durability) -> Self {
         self.outbox_options.durability = durability;
+        self
+    }
+
+    /// The largest message (payload plus headers) the outbox queues while the server's
+    /// max_payload is not known yet (before the first connection); default
+    /// [`DEFAULT_OUTBOX_MAX_PAYLOAD`](crate::outbox::DEFAULT_OUTBOX_MAX_PAYLOAD), 8 MiB. A
+    /// bigger one fails `publish` with [`Error::OutboxMessageTooLarge`](crate::Error::OutboxMessageTooLarge);
+    /// once connected, the server's limit applies instead (`Error::PayloadTooLarge`).
+    #[cfg(feature = "outbox")]
+    pub fn outbox_max_payload(mut self, bytes: usize) -> Self {
+        self.outbox_options.max_payload = bytes;
         self
     }
 
@@ -315,6 +328,29 @@ impl BusBuilder {
         self
     }
 
+    /// Declares a JetStream stream (repeatable; see [`StreamConfig`]). On NATS it is created or
+    /// updated to this configuration whenever the connection comes up
+    /// ([`StreamConfig::existing`]: used as found), and a publish whose subject it covers is
+    /// confirmed by its PubAck: a message the stream refuses is reported, never counted as a
+    /// success. Durable consumers run on the stream that covers their subjects. Other brokers
+    /// check the configuration and have no streams (the local broker keeps what durable
+    /// consumers need in memory).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), bus::Error> {
+    /// use bus::StreamConfig;
+    /// let bus = bus::Bus::builder()
+    ///     .nats(["nats://127.0.0.1:4222"])
+    ///     .stream(StreamConfig::new("PLUGIN_OUTBOUND", ["plugin.outbound.>"]))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(mut self, stream: StreamConfig) -> Self {
+        self.streams.push(stream);
+        self
+    }
+
     /// Makes [`connect`](BusBuilder::connect) wait up to `timeout` for the first connection,
     /// and fail if it does not come: with [`Error::ConnectionRefused`] as soon as the server
     /// refuses this client (credentials, TLS: see [`Refusal`](crate::Refusal)), with
@@ -351,13 +387,16 @@ impl BusBuilder {
     /// file.
     pub async fn connect(self) -> Result<Bus> {
         let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        for s in &self.streams {
+            s.validate()?;
+        }
         let broker: Arc<dyn Broker> = match self.backend {
             Backend::Local => Arc::new(LocalBroker::with_options(self.local)),
             #[cfg(feature = "nats")]
             Backend::Nats => {
                 let mut opts = self.nats;
                 opts.request_timeout = request_timeout;
-                Arc::new(NatsBroker::connect(opts).await?)
+                Arc::new(NatsBroker::connect_with_streams(opts, self.streams).await?)
             }
             Backend::Custom(broker) => broker,
         };

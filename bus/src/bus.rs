@@ -14,7 +14,8 @@ use tracing::Instrument;
 #[cfg(feature = "outbox")]
 use crate::broker::check_subject;
 use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
-use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters};
+use crate::durable::DurableSpec;
+use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters, Source};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::health::{Health, Tracker};
 use crate::message::{Filter, Message, Request};
@@ -311,13 +312,21 @@ impl Bus {
     /// Subscribes to the messages of type `M` that `filter` selects.
     pub async fn subscribe<M: Message>(&self, filter: M::Filter) -> Result<Subscription<M>> {
         let check = self.inner.check_subject_fields;
-        self.subscribe_raw(&filter)
-            .await
-            .map(|raw| Subscription::new(raw).check_subject_fields(check))
+        let sub = match filter.durable_name() {
+            Some(name) => {
+                let mut spec = DurableSpec::new(name, filter.pattern()?);
+                if let Some(q) = filter.queue_group() {
+                    spec = spec.queue(q);
+                }
+                Subscription::durable(self.inner.broker.consume(&spec).await?)
+            }
+            None => Subscription::new(self.subscribe_raw(&filter).await?),
+        };
+        Ok(sub.check_subject_fields(check))
     }
 
     /// The raw subscription a filter stands for (its pattern and queue group).
-    async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
+    pub(crate) async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
         let pattern = filter.pattern()?;
         let raw = self
             .inner
@@ -363,7 +372,12 @@ impl Bus {
             .request(raw, timeout)
             .instrument(tracing::trace_span!("request", subject = %subject))
             .await?;
-        if let Some(message) = reply.headers.get(headers::ERROR) {
+        // `Nats-Service-Error`: the error of a NATS service API endpoint (`bus::service`).
+        if let Some(message) = reply
+            .headers
+            .get(headers::ERROR)
+            .or_else(|| reply.headers.get("Nats-Service-Error"))
+        {
             return Err(Error::Remote {
                 subject,
                 message: message.to_string(),
@@ -446,10 +460,61 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        let durable = options
+            .durable_name()
+            .or(filter.durable_name())
+            .map(str::to_owned);
+        self.handle_inner(filter, options, durable.as_deref(), handler)
+            .await
+    }
+
+    /// [`handle_with`](Bus::handle_with), on the durable consumer `durable` if one is named
+    /// (by the options or, later, the filter).
+    async fn handle_inner<M, F, Fut, E>(
+        &self,
+        filter: M::Filter,
+        options: HandlerOptions,
+        durable: Option<&str>,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        M: Message,
+        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
         let tracked = self.track()?;
-        let raw = self.subscribe_raw(&filter).await?;
+        let source = match durable {
+            Some(name) => {
+                let spec = options.durable_spec(name, filter.pattern()?, filter.queue_group());
+                Source::Durable(self.inner.broker.consume(&spec).await?)
+            }
+            None => Source::Plain(self.subscribe_raw(&filter).await?),
+        };
         let sink: DeadLetterSink = self.handler_sink();
-        let handler = handler::spawn::<M, F, Fut, E>(raw, options, sink, tracked, handler);
+        let handler = handler::spawn::<M, F, Fut, E>(source, options, sink, tracked, handler);
+        self.inner.health.track_handler(handler.stats());
+        Ok(handler)
+    }
+
+    /// [`handle_with`](Bus::handle_with) for anything a handler can decode: what the `handle`
+    /// of a `#[derive(Messages)]` enum calls.
+    pub(crate) async fn handle_incoming<M, F, Fut, E>(
+        &self,
+        filter: &impl Filter,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        M: crate::fan_in::Incoming,
+        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let tracked = self.track()?;
+        let source = Source::Plain(self.subscribe_raw(filter).await?);
+        let handler =
+            handler::spawn::<M, F, Fut, E>(source, options, self.handler_sink(), tracked, handler);
         self.inner.health.track_handler(handler.stats());
         Ok(handler)
     }
@@ -547,6 +612,20 @@ impl Bus {
             while in_flight.join_next().await.is_some() {}
         });
         Ok(ServeHandle { task, stop })
+    }
+
+    /// Waits until every stream declared with [`BusBuilder::stream`] is set up on the current
+    /// NATS connection; after `timeout`, [`Error::Stream`] with the reason of the last failed
+    /// attempt (they go on). At once on a broker without streams.
+    pub async fn streams_ready(&self, timeout: Duration) -> Result<()> {
+        match &self.inner.direct {
+            #[cfg(feature = "nats")]
+            Direct::Nats(nats) => nats.streams_ready(timeout).await,
+            _ => {
+                let _ = timeout;
+                Ok(())
+            }
+        }
     }
 
     /// Returns once every message published before the call is confirmed by the broker or

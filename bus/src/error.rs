@@ -75,6 +75,20 @@ pub enum Error {
         max: usize,
     },
 
+    /// A message bigger than the outbox queues while the server's limit is not known yet
+    /// (before the first connection; see
+    /// [`BusBuilder::outbox_max_payload`](crate::BusBuilder::outbox_max_payload)). Nothing was
+    /// queued.
+    #[error("message on {subject:?} is {size} bytes (payload and headers), over the outbox's limit of {max} bytes while the server's max_payload is not known yet (no connection so far); nothing was queued: split it, or raise BusBuilder::outbox_max_payload")]
+    OutboxMessageTooLarge {
+        /// The subject.
+        subject: String,
+        /// Payload plus encoded headers, in bytes.
+        size: usize,
+        /// The outbox's limit.
+        max: usize,
+    },
+
     /// A request found nobody subscribed to its subject.
     #[error("no responders for request on {subject:?}; is the service running and subscribed?")]
     NoResponders {
@@ -174,6 +188,40 @@ pub enum Error {
     #[error("no dead letter with id {0}")]
     DeadLetterNotFound(i64),
 
+    /// A declared JetStream stream could not be created, updated or found (it is retried on
+    /// every reconnect until it works).
+    #[error("JetStream stream setup failed: {reason}")]
+    Stream {
+        /// The stream and the server's words.
+        reason: String,
+    },
+
+    /// A durable consumer needs a JetStream stream covering its subjects, and none does.
+    #[error("no JetStream stream covers {pattern:?}; declare one with Bus::builder().stream(StreamConfig::new(name, [\"{pattern}\"])) or create it on the server")]
+    NoStream {
+        /// The subscription pattern.
+        pattern: String,
+    },
+
+    /// This broker cannot do what was asked (e.g. a durable consumer on a broker without one).
+    #[error("the {broker} broker does not support {what}")]
+    Unsupported {
+        /// The broker's [`kind`](crate::Broker::kind).
+        broker: &'static str,
+        /// What it cannot do.
+        what: &'static str,
+    },
+
+    /// A durable consumer exists under this name with another configuration that cannot be
+    /// changed in place (e.g. another subject pattern).
+    #[error("durable consumer {name:?}: {reason}")]
+    Durable {
+        /// The durable name.
+        name: String,
+        /// What is in the way, and what to do.
+        reason: String,
+    },
+
     /// The server is reachable but refuses this client (see [`Refusal`](crate::Refusal)):
     /// fix the credentials or the TLS setup, on the client or the server. Returned by
     /// [`BusBuilder::connect`](crate::BusBuilder::connect) when told to
@@ -249,6 +297,7 @@ impl Error {
                 | Error::NoResponders { .. }
                 | Error::SlowConsumer { .. }
                 | Error::Nats { .. }
+                | Error::Stream { .. }
                 | Error::ConnectTimeout { .. }
                 | Error::FlushTimeout { .. }
         )

@@ -13,14 +13,16 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::broker::{RawMessage, RawSubscription};
-use crate::{codec, Envelope, Message, RetryPolicy};
+use crate::broker::{RawMessage, RawSubscription, SubscriptionStats};
+use crate::durable::{Acker, Delivery, DurableSubscription};
+use crate::fan_in::Incoming;
+use crate::{Envelope, RetryPolicy};
 
 /// How a [`Handler`] runs: its name, concurrency, order and retry policy.
 ///
@@ -38,6 +40,8 @@ pub struct HandlerOptions {
     concurrency: usize,
     ordered: bool,
     retry: RetryPolicy,
+    durable: Option<String>,
+    ack_wait: Duration,
 }
 
 /// Messages handled at once by default: enough to overlap I/O-bound handlers, few enough that
@@ -51,6 +55,8 @@ impl Default for HandlerOptions {
             concurrency: DEFAULT_CONCURRENCY,
             ordered: false,
             retry: RetryPolicy::default(),
+            durable: None,
+            ack_wait: crate::durable::DEFAULT_ACK_WAIT,
         }
     }
 }
@@ -87,6 +93,69 @@ impl HandlerOptions {
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// Durable mode: the handler takes its messages from the durable consumer `name` (see
+    /// [`durable`](crate::durable)), so messages published while it was down are handled when
+    /// it comes back, and with a queue group several instances share one consumer.
+    ///
+    /// A message is acknowledged after `Ok`; after `Err` (or a panic) it is refused with the
+    /// retry policy's backoff and the broker delivers it again; the delivery count is the
+    /// attempt count, so after `max_attempts` deliveries it is terminated and dead-lettered
+    /// (`max_deliver` is `max_attempts`). A payload that does not decode is terminated and
+    /// dead-lettered at once. In [ordered](HandlerOptions::ordered) mode the retries are made
+    /// in place (telling the broker the message is in progress), so nothing overtakes it.
+    ///
+    /// ```
+    /// use bus::HandlerOptions;
+    /// let options = HandlerOptions::named("slack-sender").durable("slack-sender");
+    /// assert_eq!(options.durable_name(), Some("slack-sender"));
+    /// ```
+    pub fn durable(mut self, name: impl Into<String>) -> Self {
+        self.durable = Some(name.into());
+        self
+    }
+
+    /// The durable consumer's name, in durable mode.
+    pub fn durable_name(&self) -> Option<&str> {
+        self.durable.as_deref()
+    }
+
+    /// Durable mode: how long a delivery may stay unacknowledged before the broker delivers it
+    /// again, e.g. after the process died (default 30 s). Keep it above the handler's longest
+    /// run; a handler still working sends "in progress" only in ordered mode.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The durable consumer this handler runs on: `durable` on `pattern`, max_deliver the
+    /// retry policy's attempts (unlimited in ordered mode, which retries in place), a prefetch
+    /// that keeps every slot busy without holding many messages while their ack wait runs.
+    pub(crate) fn durable_spec(
+        &self,
+        durable: &str,
+        pattern: String,
+        queue: Option<&str>,
+    ) -> crate::durable::DurableSpec {
+        let mut spec = crate::durable::DurableSpec::new(durable, pattern)
+            .ack_wait(self.ack_wait)
+            .prefetch((self.effective_concurrency() * 4).clamp(8, 512));
+        if !self.ordered {
+            spec = spec.max_deliver(self.retry.max_attempts.max(1));
+        }
+        if let Some(q) = queue {
+            spec = spec.queue(q);
+        }
+        spec
+    }
+
+    fn effective_concurrency(&self) -> usize {
+        if self.ordered {
+            1
+        } else {
+            self.concurrency
+        }
     }
 }
 
@@ -159,7 +228,8 @@ impl Handler {
 
     /// Stops taking messages (unsubscribes) and waits for the ones in flight to finish, their
     /// pending retries included. Messages not yet taken stay with the broker (core NATS: gone
-    /// for this subscriber; a durable consumer: redelivered to the next one).
+    /// for this subscriber; a durable consumer: kept for it, and what this handler had fetched
+    /// but not started is handed back at once, to another instance or the next start).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -171,16 +241,24 @@ impl Handler {
     }
 }
 
-/// Starts a handler on `raw`.
+/// What a handler takes its messages from.
+pub(crate) enum Source {
+    /// A plain subscription: retries in memory.
+    Plain(RawSubscription),
+    /// A durable consumer: acked, naked for redelivery, terminated.
+    Durable(DurableSubscription),
+}
+
+/// Starts a handler on `source`.
 pub(crate) fn spawn<M, F, Fut, E>(
-    raw: RawSubscription,
+    source: Source,
     options: HandlerOptions,
     sink: DeadLetterSink,
     (running, closing): (tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>),
     handler: F,
 ) -> Handler
 where
-    M: Message,
+    M: Incoming,
     F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + Send + 'static,
@@ -197,18 +275,37 @@ where
         origin: Arc::from(format!("handler:{name}")),
         stats: Arc::clone(&stats),
         sink,
+        progress_every: (options.ack_wait / 2).min(Duration::from_secs(1)),
         _type: std::marker::PhantomData,
     };
-    let concurrency = if options.ordered {
-        1
-    } else {
-        options.concurrency
+    let concurrency = options.effective_concurrency();
+    let ordered = options.ordered;
+    let task = match source {
+        Source::Plain(raw) => tokio::spawn(async move {
+            let _running = running;
+            run.serve(
+                raw.messages,
+                raw.stats,
+                raw.pattern,
+                (concurrency, ordered),
+                (stopped, closing),
+                |run, msg, slot| run.deliver(msg, slot),
+            )
+            .await
+        }),
+        Source::Durable(raw) => tokio::spawn(async move {
+            let _running = running;
+            run.serve(
+                raw.deliveries,
+                raw.stats,
+                raw.pattern,
+                (concurrency, ordered),
+                (stopped, closing),
+                move |run, d, slot| run.deliver_durable(d, slot, ordered),
+            )
+            .await
+        }),
     };
-    let task = tokio::spawn(async move {
-        let _running = running;
-        run.serve(raw, concurrency, options.ordered, stopped, closing)
-            .await;
-    });
     Handler {
         name,
         stats,
@@ -224,6 +321,8 @@ struct Run<M, F> {
     origin: Arc<str>,
     stats: Arc<HandlerStats>,
     sink: DeadLetterSink,
+    /// Durable, ordered: how often a message waiting for its retry is reported in progress.
+    progress_every: Duration,
     _type: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -235,6 +334,7 @@ impl<M, F> Clone for Run<M, F> {
             origin: Arc::clone(&self.origin),
             stats: Arc::clone(&self.stats),
             sink: Arc::clone(&self.sink),
+            progress_every: self.progress_every,
             _type: std::marker::PhantomData,
         }
     }
@@ -242,25 +342,25 @@ impl<M, F> Clone for Run<M, F> {
 
 impl<M, F, Fut, E> Run<M, F>
 where
-    M: Message,
+    M: Incoming,
     F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + Send + 'static,
 {
-    async fn serve(
+    #[allow(clippy::too_many_arguments)]
+    async fn serve<T, P, PF>(
         self,
-        raw: RawSubscription,
-        concurrency: usize,
-        ordered: bool,
-        mut stopped: watch::Receiver<bool>,
-        mut closing: watch::Receiver<bool>,
-    ) {
-        let RawSubscription {
-            mut messages,
-            stats: sub_stats,
-            pattern,
-            ..
-        } = raw;
+        mut messages: futures::stream::BoxStream<'static, T>,
+        sub_stats: Arc<SubscriptionStats>,
+        pattern: String,
+        (concurrency, ordered): (usize, bool),
+        (mut stopped, mut closing): (watch::Receiver<bool>, watch::Receiver<bool>),
+        process: P,
+    ) where
+        T: Send + 'static,
+        P: Fn(Self, T, Option<Slot>) -> PF,
+        PF: Future<Output = ()> + Send + 'static,
+    {
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut in_flight = JoinSet::new();
         let mut reported_drops = 0;
@@ -292,14 +392,15 @@ where
             while in_flight.try_join_next().is_some() {}
             if ordered {
                 drop(permit);
-                self.clone().deliver(msg, None).await;
+                process(self.clone(), msg, None).await;
             } else {
                 // Polled once here first: a handler that finishes without waiting (the common
                 // quick case) costs no task; one that waits goes on on its own task.
-                let mut attempt = Box::pin(
-                    self.clone()
-                        .deliver(msg, Some((permit, Arc::clone(&slots)))),
-                );
+                let mut attempt = Box::pin(process(
+                    self.clone(),
+                    msg,
+                    Some((permit, Arc::clone(&slots))),
+                ));
                 if attempt.as_mut().now_or_never().is_none() {
                     in_flight.spawn(attempt);
                 }
@@ -312,42 +413,15 @@ where
 
     /// Every attempt of one message, until it succeeds or is dead-lettered. Between attempts
     /// the slot is given back, so a message waiting for its retry does not hold up others.
-    async fn deliver(
-        self,
-        msg: RawMessage,
-        mut slot: Option<(tokio::sync::OwnedSemaphorePermit, Arc<Semaphore>)>,
-    ) {
+    async fn deliver(self, msg: RawMessage, mut slot: Option<Slot>) {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            // Decoded for each attempt (the handler owns its envelope): a payload that does not
-            // decode is dead-lettered at once, retrying cannot fix it.
-            let body = match codec::decode::<M>(&msg.payload) {
-                Ok(body) => body,
-                Err(e) => {
-                    let error = format!("cannot decode the payload as `{}`: {e}", M::TYPE_NAME);
-                    return self.give_up(msg, attempts, error);
-                }
+            let error = match self.attempt(&msg).await {
+                Attempt::Done => return,
+                Attempt::Undecodable(error) => return self.give_up(msg, attempts, error),
+                Attempt::Failed(error) => error,
             };
-            let env = Envelope::new(
-                body,
-                msg.subject.clone(),
-                msg.reply.clone(),
-                msg.headers.clone(),
-            );
-            let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
-            let error = match outcome {
-                Ok(Ok(())) => {
-                    self.stats.handled.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(panic) => format!(
-                    "the handler panicked: {}",
-                    crate::handle::panic_message(&*panic)
-                ),
-            };
-            self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
             if self.retry.exhausted(attempts) {
                 return self.give_up(msg, attempts, error);
             }
@@ -367,6 +441,73 @@ where
         }
     }
 
+    /// One run of the handler on `msg`, counted.
+    async fn attempt(&self, msg: &RawMessage) -> Attempt {
+        // Decoded for each attempt (the handler owns its envelope): a payload that does not
+        // decode is dead-lettered at once, retrying cannot fix it.
+        let body = match M::decode_incoming(&msg.subject, &msg.payload) {
+            Ok(body) => body,
+            Err(e) => return Attempt::Undecodable(e.reason()),
+        };
+        let env = Envelope::new(
+            body,
+            msg.subject.clone(),
+            msg.reply.clone(),
+            msg.headers.clone(),
+        );
+        let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
+        let error = match outcome {
+            Ok(Ok(())) => {
+                self.stats.handled.fetch_add(1, Ordering::Relaxed);
+                return Attempt::Done;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!(
+                "the handler panicked: {}",
+                crate::handle::panic_message(&*panic)
+            ),
+        };
+        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        Attempt::Failed(error)
+    }
+
+    /// One delivery of a durable consumer: ack after `Ok`; after `Err` a nak with the retry
+    /// policy's backoff (the broker delivers it again; the slot is free meanwhile), or, at the
+    /// last attempt, term and a dead letter. Ordered: retries in place, the broker told that
+    /// the message is in progress, so nothing overtakes it.
+    async fn deliver_durable(self, delivery: Delivery, slot: Option<Slot>, ordered: bool) {
+        let Delivery { message, acker } = delivery;
+        let mut attempts = acker.delivered().max(1);
+        loop {
+            let error = match self.attempt(&message).await {
+                Attempt::Done => {
+                    if let Err(e) = acker.ack().await {
+                        tracing::warn!(subject = %message.subject, error = %e, handler = %self.origin, "cannot acknowledge; the message will be delivered again");
+                    }
+                    return;
+                }
+                Attempt::Undecodable(error) => {
+                    settle(acker.term().await, &message, &self.origin);
+                    return self.give_up(message, attempts, error);
+                }
+                Attempt::Failed(error) => error,
+            };
+            if self.retry.exhausted(attempts) {
+                settle(acker.term().await, &message, &self.origin);
+                return self.give_up(message, attempts, error);
+            }
+            let wait = self.retry.backoff(attempts);
+            tracing::debug!(subject = %message.subject, attempts, %error, handler = %self.origin, "handler attempt failed; will retry");
+            if !ordered {
+                drop(slot);
+                settle(acker.nak(wait).await, &message, &self.origin);
+                return;
+            }
+            in_progress_for(&acker, wait, self.progress_every).await;
+            attempts += 1;
+        }
+    }
+
     fn give_up(&self, msg: RawMessage, attempts: u32, last_error: String) {
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(subject = %msg.subject, attempts, error = %last_error, handler = %self.origin, "handler gave up on a message; dead-lettered");
@@ -377,6 +518,39 @@ where
             origin: self.origin.to_string(),
             failed_at: SystemTime::now(),
         });
+    }
+}
+
+/// A handler slot: its permit and the semaphore to take one again from.
+type Slot = (tokio::sync::OwnedSemaphorePermit, Arc<Semaphore>);
+
+/// How one run of the handler ended.
+enum Attempt {
+    Done,
+    /// The payload is not an `M`: retrying cannot help.
+    Undecodable(String),
+    /// `Err` or a panic, with its text.
+    Failed(String),
+}
+
+/// Logs a settlement that could not be sent (the ack wait brings the message back).
+fn settle(outcome: crate::Result<()>, msg: &RawMessage, origin: &str) {
+    if let Err(e) = outcome {
+        tracing::warn!(subject = %msg.subject, error = %e, handler = %origin, "cannot settle a durable delivery; the broker will deliver it again after the ack wait");
+    }
+}
+
+/// Waits `wait`, telling the broker every `every` (and at the start) that the delivery is
+/// still in progress, so that its ack wait does not expire meanwhile.
+async fn in_progress_for(acker: &Acker, wait: Duration, every: Duration) {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let _ = acker.in_progress().await;
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep_until(until.min(now + every)).await;
     }
 }
 

@@ -889,3 +889,354 @@ pub async fn invalid_headers_refused(b: &dyn Broker) {
     );
     assert_eq!(got[0].headers.get("X-Long").map(str::len), Some(2_000));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Durable consumers (`Broker::consume`)
+//
+// Run on a broker whose durable consumers cover `durable.>`: on NATS, a JetStream stream on
+// `durable.>` (see `tests/durable_conformance.rs`); the local broker needs nothing.
+
+use bus::durable::{Delivery, DurableSpec, DurableSubscription};
+
+/// The subjects every durable check publishes under: a broker under test must have durable
+/// consumers available for them (on NATS, a stream covering this pattern).
+pub const DURABLE_SUBJECTS: &str = "durable.>";
+
+/// Every durable check, by name. [`durable_conformance_tests!`](crate::durable_conformance_tests)
+/// names each of these.
+pub const DURABLE_CHECKS: &[(&str, Check)] = &[
+    ("durable_redelivery_after_nak", |b, _| {
+        durable_redelivery_after_nak(b).boxed()
+    }),
+    ("durable_resume_after_detach", |b, _| {
+        durable_resume_after_detach(b).boxed()
+    }),
+    ("durable_max_deliver", |b, _| durable_max_deliver(b).boxed()),
+    ("durable_ack_wait_expiry", |b, _| {
+        durable_ack_wait_expiry(b).boxed()
+    }),
+    ("durable_shared_by_pullers", |b, _| {
+        durable_shared_by_pullers(b).boxed()
+    }),
+    ("durable_invalid_spec_refused", |b, _| {
+        durable_invalid_spec_refused(b).boxed()
+    }),
+];
+
+/// Runs the durable check called `name`; panics if there is none.
+pub async fn run_durable(name: &str, broker: &dyn Broker, caps: Caps) {
+    let (_, check) = DURABLE_CHECKS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no durable conformance check named {name:?}"));
+    check(broker, caps).await;
+}
+
+/// One `#[tokio::test]` per durable check. `$setup` is an `async fn() -> impl Fixture` whose
+/// broker offers durable consumers on [`DURABLE_SUBJECTS`].
+#[macro_export]
+macro_rules! durable_conformance_tests {
+    ($setup:path) => {
+        $crate::durable_conformance_tests!(@each $setup;
+            durable_redelivery_after_nak, durable_resume_after_detach, durable_max_deliver,
+            durable_ack_wait_expiry, durable_shared_by_pullers, durable_invalid_spec_refused);
+        #[test]
+        fn durable_conformance_tests_cover_every_check() {
+            let named: &[&str] = &[
+                "durable_redelivery_after_nak", "durable_resume_after_detach",
+                "durable_max_deliver", "durable_ack_wait_expiry", "durable_shared_by_pullers",
+                "durable_invalid_spec_refused",
+            ];
+            let all: Vec<&str> =
+                $crate::conformance::DURABLE_CHECKS.iter().map(|(n, _)| *n).collect();
+            assert_eq!(named, &all[..], "durable_conformance_tests! is out of date with DURABLE_CHECKS");
+        }
+    };
+    (@each $setup:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let fixture = $setup().await;
+                $crate::conformance::run_durable(
+                    stringify!($name),
+                    $crate::conformance::Fixture::broker(&fixture),
+                    $crate::conformance::Fixture::caps(&fixture),
+                )
+                .await;
+            }
+        )*
+    };
+}
+
+/// A fresh durable check namespace: `(durable name, subject prefix)`.
+fn durable_names(check: &str) -> (String, String) {
+    let id = bus::new_msg_id();
+    (format!("d{id}"), format!("durable.{check}.c{id}"))
+}
+
+async fn attach(b: &dyn Broker, spec: &DurableSpec) -> DurableSubscription {
+    b.consume(spec)
+        .await
+        .unwrap_or_else(|e| panic!("consume {:?} on {:?}: {e}", spec.name, spec.pattern))
+}
+
+/// The next delivery, failing the check after [`RECV_TIMEOUT`].
+async fn delivery(s: &mut DurableSubscription) -> Delivery {
+    match tokio::time::timeout(RECV_TIMEOUT, s.deliveries.next()).await {
+        Ok(Some(d)) => d,
+        Ok(None) => panic!("durable {:?} ended unexpectedly", s.name),
+        Err(_) => panic!(
+            "no delivery on durable {:?} within {RECV_TIMEOUT:?}",
+            s.name
+        ),
+    }
+}
+
+/// Whether nothing is delivered for `window`.
+async fn quiet_for(
+    s: &mut DurableSubscription,
+    window: Duration,
+) -> std::result::Result<(), Delivery> {
+    match tokio::time::timeout(window, s.deliveries.next()).await {
+        Ok(Some(d)) => Err(d),
+        _ => Ok(()),
+    }
+}
+
+fn delivery_text(d: &Delivery) -> String {
+    String::from_utf8(d.message.payload.to_vec()).expect("utf-8 payload")
+}
+
+/// A nak'ed delivery comes again (after its delay) with its count raised; once acked it never
+/// comes again.
+pub async fn durable_redelivery_after_nak(b: &dyn Broker) {
+    let (name, prefix) = durable_names("nak");
+    let spec = DurableSpec::new(&name, format!("{prefix}.*"));
+    let mut s = attach(b, &spec).await;
+    publish(b, &format!("{prefix}.a"), "one").await;
+    confirm(b).await;
+    let first = delivery(&mut s).await;
+    assert_eq!(delivery_text(&first), "one");
+    assert_eq!(first.delivered(), 1);
+    assert!(
+        first.message.reply.is_none(),
+        "settling goes through the acker"
+    );
+    let naked = std::time::Instant::now();
+    first
+        .acker
+        .nak(Duration::from_millis(200))
+        .await
+        .expect("nak");
+    let second = delivery(&mut s).await;
+    assert!(
+        naked.elapsed() >= Duration::from_millis(150),
+        "redelivered after {:?}, before the nak's delay",
+        naked.elapsed()
+    );
+    assert_eq!(delivery_text(&second), "one");
+    assert_eq!(second.delivered(), 2);
+    assert_eq!(second.message.subject, format!("{prefix}.a"));
+    second.acker.ack().await.expect("ack");
+    if let Err(d) = quiet_for(&mut s, Duration::from_millis(500)).await {
+        panic!(
+            "an acked message came again: {:?} (delivery {})",
+            delivery_text(&d),
+            d.delivered()
+        );
+    }
+}
+
+/// Messages published while no puller is attached are kept for the durable, by name, and
+/// delivered in order when one attaches again; what was acked before does not come back.
+pub async fn durable_resume_after_detach(b: &dyn Broker) {
+    let (name, prefix) = durable_names("resume");
+    let spec = DurableSpec::new(&name, format!("{prefix}.>"));
+    let mut s = attach(b, &spec).await;
+    publish(b, &format!("{prefix}.x"), "before").await;
+    confirm(b).await;
+    let d = delivery(&mut s).await;
+    assert_eq!(delivery_text(&d), "before");
+    d.acker.ack().await.expect("ack");
+    // Settled before the puller goes: give an acknowledgement sent over a network time to land.
+    confirm(b).await;
+    drop(s);
+    for i in 0..5 {
+        publish(b, &format!("{prefix}.x.y"), format!("while down {i}")).await;
+    }
+    confirm(b).await;
+    let mut back = attach(b, &spec).await;
+    for i in 0..5 {
+        let d = delivery(&mut back).await;
+        assert_eq!(
+            delivery_text(&d),
+            format!("while down {i}"),
+            "in publish order"
+        );
+        assert_eq!(d.delivered(), 1, "first delivery of each");
+        d.acker.ack().await.expect("ack");
+    }
+    if let Err(d) = quiet_for(&mut back, Duration::from_millis(300)).await {
+        panic!(
+            "unexpected delivery after the backlog: {:?}",
+            delivery_text(&d)
+        );
+    }
+}
+
+/// A message is delivered `max_deliver` times at most; the ones behind it go on.
+pub async fn durable_max_deliver(b: &dyn Broker) {
+    let (name, prefix) = durable_names("maxdeliver");
+    let spec = DurableSpec::new(&name, format!("{prefix}.*")).max_deliver(3);
+    let mut s = attach(b, &spec).await;
+    publish(b, &format!("{prefix}.a"), "poison").await;
+    confirm(b).await;
+    for n in 1..=3 {
+        let d = delivery(&mut s).await;
+        assert_eq!(delivery_text(&d), "poison");
+        assert_eq!(d.delivered(), n);
+        d.acker.nak(Duration::ZERO).await.expect("nak");
+    }
+    publish(b, &format!("{prefix}.a"), "good").await;
+    confirm(b).await;
+    let d = delivery(&mut s).await;
+    assert_eq!(
+        delivery_text(&d),
+        "good",
+        "no 4th delivery of the poison message"
+    );
+    assert_eq!(d.delivered(), 1);
+    d.acker.ack().await.expect("ack");
+    if let Err(d) = quiet_for(&mut s, Duration::from_millis(500)).await {
+        panic!(
+            "delivered again: {:?} (delivery {})",
+            delivery_text(&d),
+            d.delivered()
+        );
+    }
+}
+
+/// A delivery not settled within the ack wait is delivered again; `in_progress` restarts the
+/// wait.
+pub async fn durable_ack_wait_expiry(b: &dyn Broker) {
+    let (name, prefix) = durable_names("ackwait");
+    let wait = Duration::from_millis(400);
+    let spec = DurableSpec::new(&name, format!("{prefix}.*")).ack_wait(wait);
+    let mut s = attach(b, &spec).await;
+    publish(b, &format!("{prefix}.a"), "slow").await;
+    confirm(b).await;
+    let first = delivery(&mut s).await;
+    let got = std::time::Instant::now();
+    assert_eq!(first.delivered(), 1);
+    // Kept unsettled (a dropped acker would nak at once).
+    let again = delivery(&mut s).await;
+    assert!(
+        got.elapsed() >= wait - Duration::from_millis(50),
+        "redelivered after {:?}, before the ack wait",
+        got.elapsed()
+    );
+    assert_eq!(delivery_text(&again), "slow");
+    assert_eq!(again.delivered(), 2);
+    // Working on it: progress twice, each within the wait; no redelivery meanwhile.
+    for _ in 0..2 {
+        tokio::time::sleep(wait / 2).await;
+        again.acker.in_progress().await.expect("in progress");
+    }
+    confirm(b).await;
+    if let Err(d) = quiet_for(&mut s, wait / 2).await {
+        panic!(
+            "redelivered despite in_progress: delivery {}",
+            d.delivered()
+        );
+    }
+    again.acker.ack().await.expect("ack");
+    drop(first);
+    if let Err(d) = quiet_for(&mut s, wait * 2).await {
+        panic!("an acked message came again: delivery {}", d.delivered());
+    }
+}
+
+/// Several pullers on one durable name (a queue group of instances) share its messages: each
+/// is handled by exactly one of them, and both do some of the work.
+pub async fn durable_shared_by_pullers(b: &dyn Broker) {
+    let (name, prefix) = durable_names("shared");
+    let spec = DurableSpec::new(&name, format!("{prefix}.*"))
+        .queue("workers")
+        .prefetch(4);
+    let a = attach(b, &spec).await;
+    let c = attach(b, &spec).await;
+    let total = 200usize;
+    for i in 0..total {
+        publish(b, &format!("{prefix}.m"), i.to_string()).await;
+    }
+    confirm(b).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let work = |mut s: DurableSubscription, who: usize| {
+        let seen = seen.clone();
+        async move {
+            loop {
+                let done = seen.lock().expect("lock").len() >= total;
+                if done {
+                    return s;
+                }
+                let Ok(Some(d)) =
+                    tokio::time::timeout(Duration::from_millis(500), s.deliveries.next()).await
+                else {
+                    continue;
+                };
+                let i: usize = delivery_text(&d).parse().expect("index");
+                seen.lock().expect("lock").push((i, who, d.delivered()));
+                // A little work, so that the other puller gets its share.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                d.acker.ack().await.expect("ack");
+            }
+        }
+    };
+    let both = futures::future::join(work(a, 0), work(c, 1));
+    let (_a, _c) = tokio::time::timeout(RECV_TIMEOUT * 3, both)
+        .await
+        .expect("every message handled in time");
+    let seen = seen.lock().expect("lock").clone();
+    let mut indexes: Vec<usize> = seen.iter().map(|(i, _, _)| *i).collect();
+    indexes.sort_unstable();
+    assert_eq!(
+        indexes,
+        (0..total).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
+    assert!(
+        seen.iter().all(|(_, _, n)| *n == 1),
+        "no redelivery was needed"
+    );
+    let by_a = seen.iter().filter(|(_, who, _)| *who == 0).count();
+    assert!(
+        by_a > 0 && by_a < total,
+        "both pullers work: {by_a} of {total} went to the first"
+    );
+}
+
+/// An invalid durable name or pattern is refused before anything is created.
+pub async fn durable_invalid_spec_refused(b: &dyn Broker) {
+    for (name, pattern) in [
+        ("a.b", "durable.x"),
+        ("", "durable.x"),
+        ("a b", "durable.x"),
+    ] {
+        match b.consume(&DurableSpec::new(name, pattern)).await {
+            Err(Error::Durable { name: n, .. }) => assert_eq!(n, name),
+            other => panic!(
+                "durable name {name:?}: want Error::Durable, got {:?}",
+                other.map(|s| s.name)
+            ),
+        }
+    }
+    for pattern in ["", "durable..x", "durable.>.x"] {
+        match b.consume(&DurableSpec::new("ok", pattern)).await {
+            Err(Error::InvalidSubject { .. }) => {}
+            other => panic!(
+                "pattern {pattern:?}: want InvalidSubject, got {:?}",
+                other.map(|s| s.name)
+            ),
+        }
+    }
+}

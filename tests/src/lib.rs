@@ -3,6 +3,7 @@
 //! files share.
 
 pub mod conformance;
+pub mod jetstream;
 pub mod msgs;
 pub mod recording;
 pub mod server;

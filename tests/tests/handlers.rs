@@ -207,7 +207,7 @@ async fn ordered_mode_keeps_order_through_retries() {
                             *n
                         };
                         // Every tenth message fails once.
-                        if i % 10 == 0 && n == 1 {
+                        if i.is_multiple_of(10) && n == 1 {
                             return Err("once");
                         }
                         o.lock().unwrap().push(i);

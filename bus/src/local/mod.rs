@@ -6,6 +6,7 @@
 //! `try_push`, so a publisher never waits for a subscriber, and a full buffer drops the message
 //! for that subscriber only and counts it.
 
+mod durable;
 mod queue;
 mod trie;
 
@@ -21,6 +22,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use tokio::sync::{oneshot, watch};
 
+use self::durable::Durable;
+pub use self::durable::LOCAL_DURABLE_CAPACITY;
 use self::queue::PushError;
 use self::trie::{Entry, MatchResult, Trie};
 use crate::broker::{
@@ -127,6 +130,10 @@ struct Shared {
     state: watch::Sender<ConnectionState>,
     closed: AtomicBool,
     started: Instant,
+    /// Durable consumers by name (few: a linear search), and whether there is any, so that a
+    /// publish without durables does not take the lock.
+    durables: RwLock<Vec<Arc<Durable>>>,
+    has_durables: AtomicBool,
 }
 
 impl Default for LocalBroker {
@@ -159,6 +166,8 @@ impl LocalBroker {
                 state: watch::Sender::new(ConnectionState::Connected),
                 closed: AtomicBool::new(false),
                 started: Instant::now(),
+                durables: RwLock::new(Vec::new()),
+                has_durables: AtomicBool::new(false),
             }),
         }
     }
@@ -176,6 +185,15 @@ impl LocalBroker {
         *self.shared.write_trie() = Trie::default();
         self.shared.write_cache().clear();
         self.shared.lock_pending().clear();
+        for d in self
+            .shared
+            .durables
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            d.close();
+        }
     }
 
     fn check_open(&self) -> Result<()> {
@@ -234,6 +252,41 @@ impl LocalBroker {
             }),
             stats,
         })
+    }
+
+    /// A puller on the durable `spec.name`, made on first use. A durable keeps the settings of
+    /// its first `consume` (within one process there is nothing to update); another pattern
+    /// under the same name is refused.
+    fn consume_now(
+        &self,
+        spec: &crate::durable::DurableSpec,
+    ) -> Result<crate::durable::DurableSubscription> {
+        self.check_open()?;
+        spec.check()?;
+        let mut durables = self
+            .shared
+            .durables
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.check_open()?;
+        if let Some(d) = durables.iter().find(|d| d.spec().name == spec.name) {
+            if d.spec().pattern != spec.pattern {
+                return Err(Error::Durable {
+                    name: spec.name.clone(),
+                    reason: format!(
+                        "it exists on {:?}, not {:?}; use another name for other subjects",
+                        d.spec().pattern,
+                        spec.pattern
+                    ),
+                });
+            }
+            return Ok(d.attach());
+        }
+        let d = Durable::new(spec.clone());
+        durables.push(Arc::clone(&d));
+        self.shared.has_durables.store(true, Ordering::Relaxed);
+        tracing::debug!(durable = %spec.name, pattern = %spec.pattern, "local durable consumer created");
+        Ok(d.attach())
     }
 
     async fn request_inner(&self, mut msg: RawMessage, timeout: Duration) -> Result<RawMessage> {
@@ -368,6 +421,18 @@ impl Shared {
     /// request waiting on it, if `msg` is a reply. Returns how many subscriptions matched.
     fn deliver(&self, msg: RawMessage) -> Result<usize> {
         let matched = self.lookup(&msg.subject)?;
+        if self.has_durables.load(Ordering::Relaxed) {
+            for d in self
+                .durables
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                if d.wants(&msg.subject) {
+                    d.push(msg.clone());
+                }
+            }
+        }
         let waiting = self
             .reply_number(&msg.subject)
             .and_then(|n| self.lock_pending().remove(&n));
@@ -551,5 +616,16 @@ impl Broker for LocalBroker {
 
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    /// A durable consumer kept in memory (see [`durable`](crate::durable)): it takes every
+    /// message on its pattern from its first `consume` on, up to [`LOCAL_DURABLE_CAPACITY`] kept
+    /// (beyond, dropped and counted in each puller's stats), whether a puller is attached or
+    /// not. It lives as long as the broker.
+    fn consume(
+        &self,
+        spec: &crate::durable::DurableSpec,
+    ) -> BoxFuture<'_, Result<crate::durable::DurableSubscription>> {
+        futures::future::ready(self.consume_now(spec)).boxed()
     }
 }

@@ -9,8 +9,9 @@
 //!   task, and counts every drop in that subscription's `SubscriptionStats`;
 //! - `confirm`, an echo through the server proving it processed what was published before it.
 
-mod convert;
+pub(crate) mod convert;
 mod events;
+mod jetstream;
 mod options;
 
 use std::future::Future;
@@ -68,9 +69,19 @@ pub struct NatsBroker {
     /// `Shared::disconnects` as of the last confirmation.
     confirmed_disconnects: AtomicU64,
     subscription_capacity: usize,
+    /// Declared streams, PubAcks and durable consumers.
+    js: Arc<self::jetstream::JetStream>,
+    /// One confirmation at a time: each awaits the acks pending when it starts, so a later one
+    /// must not return before an earlier one settled what it took.
+    confirm_lock: tokio::sync::Mutex<()>,
 }
 
 impl NatsBroker {
+    /// The async-nats client, for the NATS service API (`bus::service`).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Connects (succeeds while the server is still down; reconnects forever).
     ///
     /// Fails only on configuration errors: no or unparsable URL, a malformed NKey seed, an
@@ -78,7 +89,21 @@ impl NatsBroker {
     /// [`state`](Broker::state) to know when the server is reached, or whether it refuses this
     /// client ([`ConnectionState::Refused`], with [`connection_error`](NatsBroker::connection_error)).
     pub async fn connect(options: NatsOptions) -> Result<NatsBroker> {
+        Self::connect_with_streams(options, Vec::new()).await
+    }
+
+    /// [`connect`](NatsBroker::connect), with JetStream streams declared (see
+    /// [`StreamConfig`](crate::StreamConfig)): each is created or updated whenever the
+    /// connection comes up, and a publish whose subject one of them covers is confirmed by its
+    /// PubAck. Fails on an invalid stream configuration too.
+    pub async fn connect_with_streams(
+        options: NatsOptions,
+        streams: Vec<crate::StreamConfig>,
+    ) -> Result<NatsBroker> {
         options.validate()?;
+        for s in &streams {
+            s.validate()?;
+        }
         let shared = Shared::new();
         let on_event = Arc::clone(&shared);
         let connect = options
@@ -110,7 +135,20 @@ impl NatsBroker {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client.clone());
         shared.refresh_max_payload();
         tracing::debug!(urls = ?options.urls, "NATS client started");
+        let js = Arc::new(self::jetstream::JetStream::new(
+            client.clone(),
+            streams,
+            options.request_timeout,
+        ));
+        if js.routes_anything() {
+            tokio::spawn(self::jetstream::keep_streams(
+                Arc::downgrade(&js),
+                shared.state.subscribe(),
+            ));
+        }
         Ok(NatsBroker {
+            js,
+            confirm_lock: tokio::sync::Mutex::new(()),
             shared,
             request_timeout: options.request_timeout,
             subscription_capacity: options.effective_subscription_capacity(),
@@ -133,6 +171,17 @@ impl NatsBroker {
     pub(crate) async fn publish_checked(&self, msg: RawMessage) -> Result<()> {
         check_subject(&msg.subject)?;
         self.check_size(&msg)?;
+        if msg.reply.is_none() && self.js.routes_anything() {
+            if let Some(stream) = self.js.target(&msg.subject).await {
+                tracing::trace!(subject = %msg.subject, stream, "publish through JetStream");
+                let h = if msg.headers.is_empty() {
+                    None
+                } else {
+                    Some(convert::to_header_map(&msg.headers)?)
+                };
+                return self.js.publish(msg, h).await;
+            }
+        }
         let RawMessage {
             subject,
             reply,
@@ -264,9 +313,12 @@ impl NatsBroker {
     }
 
     async fn confirm_inner(&self) -> Result<()> {
+        let _one_at_a_time = self.confirm_lock.lock().await;
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let seen = self.confirmed_disconnects.load(Ordering::Relaxed);
-        let outcome = self.echo(deadline).await;
+        // The PubAcks and the echo at once: the acks of messages sent through JetStream, the
+        // echo for everything sent on core NATS.
+        let (outcome, acked) = futures::join!(self.echo(deadline), self.js.confirm());
         if outcome.is_ok() {
             // async-nats handed every earlier message to its subscription buffers before the
             // echo; make each pump move them into the SDK's buffers, so that after `confirm`
@@ -299,9 +351,15 @@ impl NatsBroker {
         if now != seen {
             return Err(Error::ConnectionLost { op: "confirm" });
         }
+        let js_rejections = acked?;
         let refused = std::mem::take(&mut self.shared.violations().publish);
         if refused.is_empty() {
-            return Ok(());
+            if js_rejections.is_empty() {
+                return Ok(());
+            }
+            return Err(Error::Rejected {
+                rejections: js_rejections,
+            });
         }
         if let Some((_, text)) = refused
             .iter()
@@ -315,7 +373,15 @@ impl NatsBroker {
                 rejections.push(Rejection::new(subject, reason));
             }
         }
+        rejections.extend(js_rejections);
         Err(Error::Rejected { rejections })
+    }
+
+    /// Waits until every declared stream is set up on the current connection (at once when
+    /// none was declared); after `timeout`, [`Error::Stream`] with the reason of the last failed
+    /// attempt (attempts go on).
+    pub async fn streams_ready(&self, timeout: Duration) -> Result<()> {
+        self.js.ready(timeout).await
     }
 
     fn next_confirm_token(&self) -> u64 {
@@ -642,6 +708,19 @@ impl Broker for NatsBroker {
 
     fn kind(&self) -> &'static str {
         "nats"
+    }
+
+    /// A JetStream durable pull consumer on the stream covering `spec.pattern` (a declared one,
+    /// else one found on the server; [`Error::NoStream`] if none): created, or updated to
+    /// `spec`, then pulled in batches of `spec.prefetch`. A new durable starts with messages
+    /// published from then on; an existing one resumes where it stopped. The puller starts
+    /// again by itself after a reconnect or a lost pull.
+    fn consume(
+        &self,
+        spec: &crate::durable::DurableSpec,
+    ) -> BoxFuture<'_, Result<crate::durable::DurableSubscription>> {
+        let spec = spec.clone();
+        async move { self.js.consume(spec, self.shared.state.subscribe()).await }.boxed()
     }
 }
 

@@ -1,0 +1,338 @@
+//! Durable consumers: subscriptions that outlive their process (DESIGN.md section 7).
+//!
+//! A durable consumer is known by name. Messages published on its subjects while no puller is
+//! attached are kept for it and delivered when one comes back; each delivery must be settled
+//! (acknowledged, refused for redelivery, or terminated), and one that is not settled within the
+//! ack wait is delivered again. Several pullers on one name share its messages (each goes to
+//! one of them): that is how a queue group and a durable name work together.
+//!
+//! - On NATS it is a JetStream durable pull consumer (explicit ack) on the stream that covers
+//!   its subjects: a stream declared with [`BusBuilder::stream`](crate::BusBuilder::stream), or
+//!   one found on the server.
+//! - On the local broker the same semantics hold within the process: the messages of a durable
+//!   are kept in memory while no puller is attached, bounded and counted.
+//!
+//! The layers: [`Broker::consume`](crate::Broker::consume) gives a [`DurableSubscription`] of
+//! raw [`Delivery`]s; a filter with `.durable(name)` makes `T::subscribe` a typed stream of
+//! envelopes to settle ([`Envelope::ack`](crate::Envelope::ack), `nak`, `term`) and `T::handle`
+//! (or [`HandlerOptions::durable`](crate::HandlerOptions::durable)) a handler that acks after
+//! `Ok`, naks with backoff after `Err` and terminates and dead-letters after the last attempt.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, Stream};
+
+use crate::broker::{RawMessage, SubscriptionStats};
+pub use crate::local::LOCAL_DURABLE_CAPACITY;
+use crate::{Error, Result};
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AckKind {
+    /// Done: never delivered again.
+    Ack,
+    /// Not done: deliver it again after this delay (zero: at once).
+    Nak(Duration),
+    /// Still working on it: the ack wait starts again.
+    Progress,
+    /// Never deliver it again, although it was not done (the handler gave up).
+    Term,
+}
+
+/// What a broker gives each [`Delivery`] to settle it with; implemented by brokers, called
+/// through [`Acker`].
+pub trait AckHandle: Send + Sync + 'static {
+    /// Sends this settlement. [`AckKind::Progress`] may be sent any number of times before one
+    /// of the others.
+    fn send(&self, kind: AckKind) -> BoxFuture<'static, Result<()>>;
+}
+
+/// Settles one delivery: [`ack`](Acker::ack), [`nak`](Acker::nak) or [`term`](Acker::term),
+/// once; [`in_progress`](Acker::in_progress) as often as needed before.
+///
+/// An `Acker` dropped without being settled naks its delivery (redelivery at once), so a
+/// message taken but not handled (a stopped handler's prefetch) is not held for a whole ack
+/// wait.
+pub struct Acker {
+    handle: Option<Box<dyn AckHandle>>,
+    delivered: u32,
+}
+
+impl fmt::Debug for Acker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acker")
+            .field("delivered", &self.delivered)
+            .field("settled", &self.handle.is_none())
+            .finish()
+    }
+}
+
+impl Acker {
+    /// An acker for the `delivered`-th delivery of a message (1 the first time).
+    pub fn new(delivered: u32, handle: impl AckHandle) -> Acker {
+        Acker {
+            handle: Some(Box::new(handle)),
+            delivered,
+        }
+    }
+
+    /// How many times this message was delivered, this delivery included (1 the first time).
+    pub fn delivered(&self) -> u32 {
+        self.delivered
+    }
+
+    async fn settle(mut self, kind: AckKind) -> Result<()> {
+        match self.handle.take() {
+            Some(h) => h.send(kind).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Done: the message is never delivered again.
+    pub async fn ack(self) -> Result<()> {
+        self.settle(AckKind::Ack).await
+    }
+
+    /// Not done: deliver it again after `delay` (zero: at once), counting one more delivery.
+    pub async fn nak(self, delay: Duration) -> Result<()> {
+        self.settle(AckKind::Nak(delay)).await
+    }
+
+    /// Never deliver it again, although it was not done.
+    pub async fn term(self) -> Result<()> {
+        self.settle(AckKind::Term).await
+    }
+
+    /// Still working on it: the ack wait starts again.
+    pub async fn in_progress(&self) -> Result<()> {
+        match &self.handle {
+            Some(h) => h.send(AckKind::Progress).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Acker {
+    /// The in-progress signal, to await after letting go of a lock on this acker.
+    pub(crate) fn progress(&self) -> Option<BoxFuture<'static, Result<()>>> {
+        self.handle.as_ref().map(|h| h.send(AckKind::Progress))
+    }
+
+    /// Sends `kind` without waiting for it: at once where the broker settles synchronously
+    /// (local), else on the runtime if there is one (without, the ack wait brings the message
+    /// back).
+    pub(crate) fn settle_detached(mut self, kind: AckKind) {
+        if let Some(h) = self.handle.take() {
+            send_detached(&*h, kind);
+        }
+    }
+}
+
+fn send_detached(h: &dyn AckHandle, kind: AckKind) {
+    let mut sent = h.send(kind);
+    if (&mut sent).now_or_never().is_none() {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sent);
+        }
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            send_detached(&*h, AckKind::Nak(Duration::ZERO));
+        }
+    }
+}
+
+/// One delivery of a durable consumer: the message, and its [`Acker`] (how many times it was
+/// delivered, and how to settle it: `delivery.acker.ack().await`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The message (its `reply` is `None`: settling goes through the methods).
+    pub message: RawMessage,
+    /// Settles it.
+    pub acker: Acker,
+}
+
+impl Delivery {
+    /// A delivery of `message` settled through `acker`.
+    pub fn new(message: RawMessage, acker: Acker) -> Delivery {
+        Delivery { message, acker }
+    }
+
+    /// How many times it was delivered, this delivery included (1 the first time).
+    pub fn delivered(&self) -> u32 {
+        self.acker.delivered
+    }
+}
+
+/// What a durable consumer is: its name, its subjects, and how deliveries are retried.
+///
+/// ```
+/// use std::time::Duration;
+/// use bus::durable::DurableSpec;
+///
+/// let spec = DurableSpec::new("slack-sender", "plugin.outbound.slack.*")
+///     .queue("senders")
+///     .ack_wait(Duration::from_secs(10))
+///     .max_deliver(5);
+/// assert_eq!(spec.max_deliver, Some(5));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DurableSpec {
+    /// The durable name: one token (letters, digits, `-`, `_`); pullers on the same name share
+    /// its messages.
+    pub name: String,
+    /// The subjects, a NATS pattern (`*`, `>`).
+    pub pattern: String,
+    /// The queue group, if any: informational (all pullers of one name share its messages
+    /// anyway); given with a durable name it means several instances work together.
+    pub queue: Option<String>,
+    /// How long a delivery may stay unsettled before it is delivered again (default 30 s).
+    pub ack_wait: Duration,
+    /// Deliveries of one message at most (`None`: unlimited, the default). After the last
+    /// one the message is not delivered again, settled or not.
+    pub max_deliver: Option<u32>,
+    /// Waits before the redeliveries that follow an ack wait expiry: the n-th redelivery waits
+    /// `backoff[n-1]` (the last value repeated), replacing `ack_wait`. Empty (the default):
+    /// `ack_wait` every time.
+    pub backoff: Vec<Duration>,
+    /// Deliveries that may be unsettled at once across all pullers (default 1,000); further
+    /// messages wait.
+    pub max_ack_pending: usize,
+    /// Messages a puller asks for ahead of use (default 256): more is faster, but each one
+    /// waits its turn while its ack wait runs.
+    pub prefetch: usize,
+}
+
+/// The default ack wait of a durable consumer.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+impl DurableSpec {
+    /// A durable consumer called `name` on `pattern`, with the defaults.
+    pub fn new(name: impl Into<String>, pattern: impl Into<String>) -> DurableSpec {
+        DurableSpec {
+            name: name.into(),
+            pattern: pattern.into(),
+            queue: None,
+            ack_wait: DEFAULT_ACK_WAIT,
+            max_deliver: None,
+            backoff: Vec::new(),
+            max_ack_pending: 1_000,
+            prefetch: 256,
+        }
+    }
+
+    /// Sets the queue group.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Sets the ack wait (at least 1 ms).
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets the most deliveries of one message (0 counts as 1).
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = Some(n.max(1));
+        self
+    }
+
+    /// Sets the waits before redeliveries after ack wait expiries.
+    pub fn backoff(mut self, waits: impl IntoIterator<Item = Duration>) -> Self {
+        self.backoff = waits.into_iter().collect();
+        self
+    }
+
+    /// Sets the most unsettled deliveries at once (0 counts as 1).
+    pub fn max_ack_pending(mut self, n: usize) -> Self {
+        self.max_ack_pending = n.max(1);
+        self
+    }
+
+    /// Sets how many messages a puller asks for ahead (0 counts as 1).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// How long the `delivered`-th delivery may stay unsettled.
+    pub(crate) fn wait_for(&self, delivered: u32) -> Duration {
+        if self.backoff.is_empty() {
+            return self.ack_wait;
+        }
+        let i = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(self.ack_wait)
+    }
+
+    /// Refuses a name, pattern or queue group that is not valid NATS syntax.
+    pub fn check(&self) -> Result<()> {
+        crate::broker::check_subscription(&self.pattern, self.queue.as_deref())?;
+        bus_subject::check_token(&self.name).map_err(|e| Error::Durable {
+            name: self.name.clone(),
+            reason: format!(
+                "invalid durable name: {e}; use one token of letters, digits, `-` and `_`"
+            ),
+        })
+    }
+}
+
+/// A durable consumer's deliveries, from [`Broker::consume`](crate::Broker::consume).
+///
+/// Dropping it detaches the puller; the consumer and its messages stay (by name).
+pub struct DurableSubscription {
+    /// The durable name.
+    pub name: String,
+    /// Its subject pattern.
+    pub pattern: String,
+    /// The deliveries, in the order the broker hands them out (redeliveries included).
+    pub deliveries: BoxStream<'static, Delivery>,
+    /// Delivered counts, and messages the broker could not keep for the durable (dropped).
+    pub stats: Arc<SubscriptionStats>,
+}
+
+impl DurableSubscription {
+    /// A durable subscription of a broker written outside this crate.
+    pub fn new(
+        name: impl Into<String>,
+        pattern: impl Into<String>,
+        deliveries: impl Stream<Item = Delivery> + Send + 'static,
+    ) -> DurableSubscription {
+        use futures::StreamExt;
+        let stats = Arc::new(SubscriptionStats::default());
+        let counted = Arc::clone(&stats);
+        DurableSubscription {
+            name: name.into(),
+            pattern: pattern.into(),
+            deliveries: deliveries
+                .inspect(move |_| counted.add_delivered(1))
+                .boxed(),
+            stats,
+        }
+    }
+}
+
+impl fmt::Debug for DurableSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableSubscription")
+            .field("name", &self.name)
+            .field("pattern", &self.pattern)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,1037 @@
+//! JetStream on the NATS backend: declared streams (created or updated on every connect),
+//! publishes confirmed by PubAcks, and durable pull consumers.
+//!
+//! - **Streams.** Each [`StreamConfig`] is created, or updated to its configuration, whenever
+//!   the connection comes up (the server may be down at `connect()`, or restart with an empty
+//!   memory store); [`StreamConfig::existing`] is looked up and its subjects read. Until that
+//!   has happened once per connection, a publish that may go to a declared stream waits for it
+//!   (at most the request timeout), so that it is not refused for want of a stream.
+//! - **PubAcks.** A publish whose subject a declared stream covers goes through JetStream;
+//!   its ack future is kept, and [`confirm`](crate::Broker::confirm) awaits every pending one at
+//!   once (all sent, then all awaited: pipelined). A refused message (a limit with discard new,
+//!   no stream, a wrong expected sequence) is reported as a [`Rejection`] naming its
+//!   `Nats-Msg-Id`; a missing ack (timeout) or a lost connection fails the confirmation as a
+//!   whole, and the batch is sent again (the stream drops the resends by msg id).
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use futures::{FutureExt, StreamExt};
+
+use crate::broker::{ConnectionState, RawMessage, Rejection};
+use crate::durable::{AckHandle, AckKind, Acker, Delivery, DurableSpec, DurableSubscription};
+use crate::headers;
+use crate::stream::{DiscardPolicy, StorageType, StreamConfig};
+use crate::{Error, Result};
+
+/// Pending acks kept before a publish settles the oldest ones itself: memory stays bounded for a
+/// publisher that never confirms.
+const MAX_PENDING_ACKS: usize = 65_536;
+
+/// The longest wait between two attempts to set up the declared streams.
+const SETUP_RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// A declared stream's name and the subjects it covers, as known so far.
+#[derive(Debug, Clone)]
+struct Route {
+    stream: String,
+    subjects: Vec<String>,
+}
+
+/// A publish sent through JetStream whose ack has not been awaited yet.
+struct PendingAck {
+    subject: String,
+    msg_id: Option<String>,
+    ack: jetstream::context::PublishAckFuture,
+}
+
+/// What settling acks found that fails a confirmation as a whole (nothing about the messages:
+/// send them again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unproven {
+    /// No ack in time.
+    Timeout,
+    /// The connection was lost before the ack came.
+    ConnectionLost,
+}
+
+/// Outcomes of acks already awaited (by a publish at [`MAX_PENDING_ACKS`]) for the next
+/// confirmation to report.
+#[derive(Default)]
+struct Settled {
+    rejections: Vec<Rejection>,
+    unproven: Option<Unproven>,
+}
+
+/// Whether the declared streams were set up on the current connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Setup {
+    /// Not yet (not connected, or the server did not answer yet).
+    Pending,
+    /// Every declared stream exists as configured.
+    Ready,
+    /// The last attempt failed, with this reason; it is retried.
+    Failed(String),
+}
+
+/// The JetStream side of one `NatsBroker`.
+pub(crate) struct JetStream {
+    client: Client,
+    context: jetstream::Context,
+    declared: Vec<StreamConfig>,
+    /// The declared streams' subjects (an `existing` one's once read from the server).
+    routes: RwLock<Vec<Route>>,
+    setup: watch::Sender<Setup>,
+    pending: Mutex<Vec<PendingAck>>,
+    settled: Mutex<Settled>,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for JetStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStream")
+            .field("declared", &self.declared)
+            .field("setup", &*self.setup.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStream {
+    pub(crate) fn new(
+        client: Client,
+        declared: Vec<StreamConfig>,
+        request_timeout: Duration,
+    ) -> JetStream {
+        let mut context = jetstream::new(client.clone());
+        context.set_timeout(request_timeout);
+        let routes = declared
+            .iter()
+            .filter(|s| !s.is_existing())
+            .map(|s| Route {
+                stream: s.name().to_owned(),
+                subjects: s.subjects().to_vec(),
+            })
+            .collect();
+        let setup = if declared.is_empty() {
+            Setup::Ready
+        } else {
+            Setup::Pending
+        };
+        JetStream {
+            client,
+            context,
+            declared,
+            routes: RwLock::new(routes),
+            setup: watch::Sender::new(setup),
+            pending: Mutex::new(Vec::new()),
+            settled: Mutex::new(Settled::default()),
+            request_timeout,
+        }
+    }
+
+    /// Whether any stream was declared: if not, nothing goes through JetStream.
+    #[inline]
+    pub(crate) fn routes_anything(&self) -> bool {
+        !self.declared.is_empty()
+    }
+
+    /// The declared stream covering the concrete `subject`, if one is known to.
+    fn route(&self, subject: &str) -> Option<String> {
+        self.routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|r| r.subjects.iter().any(|p| bus_subject::matches(p, subject)))
+            .map(|r| r.stream.clone())
+    }
+
+    /// The declared stream whose subjects cover every subject of `pattern`.
+    pub(crate) fn covering(&self, pattern: &str) -> Option<String> {
+        self.routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|r| r.subjects.iter().any(|s| crate::stream::covers(s, pattern)))
+            .map(|r| r.stream.clone())
+    }
+
+    /// Whether a declared stream may cover `subject` once set up: a declared subject matches
+    /// it, or an `existing` stream's subjects are not known yet.
+    fn may_cover(&self, subject: &str) -> bool {
+        self.route(subject).is_some() || self.declared.iter().any(StreamConfig::is_existing)
+    }
+
+    /// The stream a publish to `subject` goes to, waiting (up to the request timeout) for the
+    /// streams to be set up on this connection when one of them may cover it. `None`: a core
+    /// NATS publish.
+    pub(crate) async fn target(&self, subject: &str) -> Option<String> {
+        if *self.setup.borrow() != Setup::Ready && self.may_cover(subject) {
+            let mut rx = self.setup.subscribe();
+            let _ = tokio::time::timeout(self.request_timeout, rx.wait_for(|s| *s == Setup::Ready))
+                .await;
+        }
+        self.route(subject)
+    }
+
+    /// Sends `msg` through JetStream, keeping its ack future for the next confirmation.
+    pub(crate) async fn publish(&self, msg: RawMessage, headers: Option<HeaderMap>) -> Result<()> {
+        let msg_id = msg
+            .headers
+            .get(headers::NATS_MSG_ID)
+            .or_else(|| msg.headers.get(headers::MSG_ID))
+            .map(str::to_owned);
+        let mut publish = jetstream::context::Publish::build().payload(msg.payload);
+        if let Some(h) = headers {
+            publish = publish.headers(h);
+        }
+        let ack = self
+            .context
+            .send_publish(msg.subject.clone(), publish)
+            .await
+            .map_err(|e| Error::nats("publish", e))?;
+        let full = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.push(PendingAck {
+                subject: msg.subject,
+                msg_id,
+                ack,
+            });
+            pending.len() >= MAX_PENDING_ACKS
+        };
+        if full {
+            // Nobody confirms: settle the oldest half now, keep what it found for `confirm`.
+            let oldest: Vec<PendingAck> = {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = pending.len() / 2;
+                pending.drain(..n).collect()
+            };
+            let (rejections, unproven) = self.settle(oldest).await;
+            let mut s = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+            s.rejections.extend(rejections);
+            s.unproven = s.unproven.or(unproven);
+        }
+        Ok(())
+    }
+
+    /// Awaits every ack pending now (all at once). `Ok(rejections)`: every message was either
+    /// stored (a duplicate counts as stored) or refused for the reason given; `Err`: some acks
+    /// are missing, nothing is proven.
+    pub(crate) async fn confirm(&self) -> Result<Vec<Rejection>> {
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let (mut rejections, mut unproven) = self.settle(pending).await;
+        {
+            let mut s = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut earlier = std::mem::take(&mut s.rejections);
+            earlier.append(&mut rejections);
+            rejections = earlier;
+            unproven = s.unproven.take().or(unproven);
+        }
+        match unproven {
+            None => Ok(rejections),
+            Some(Unproven::Timeout) => Err(Error::Timeout {
+                subject: "JetStream PubAck".to_owned(),
+                timeout: self.request_timeout,
+            }),
+            Some(Unproven::ConnectionLost) => Err(Error::ConnectionLost {
+                op: "the JetStream PubAck",
+            }),
+        }
+    }
+
+    /// Creates or updates every declared stream (reads an `existing` one), then records their
+    /// subjects. The first failure is returned; the others are still tried.
+    async fn ensure_all(&self) -> std::result::Result<(), String> {
+        let mut routes = Vec::with_capacity(self.declared.len());
+        let mut failure = None;
+        for cfg in &self.declared {
+            match self.ensure(cfg).await {
+                Ok(subjects) => routes.push(Route {
+                    stream: cfg.name().to_owned(),
+                    subjects,
+                }),
+                Err(e) => {
+                    tracing::warn!(stream = cfg.name(), error = %e, "cannot set up the JetStream stream; will retry");
+                    // Keep what is known, so that publishes still go to the stream.
+                    if !cfg.is_existing() {
+                        routes.push(Route {
+                            stream: cfg.name().to_owned(),
+                            subjects: cfg.subjects().to_vec(),
+                        });
+                    }
+                    failure.get_or_insert(format!("stream {:?}: {e}", cfg.name()));
+                }
+            }
+        }
+        // Keep subjects of `existing` streams learnt on an earlier connection.
+        {
+            let mut known = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+            for old in known.drain(..) {
+                if !routes.iter().any(|r| r.stream == old.stream) {
+                    routes.push(old);
+                }
+            }
+            *known = routes;
+        }
+        match failure {
+            None => Ok(()),
+            Some(f) => Err(f),
+        }
+    }
+
+    /// One stream: its subjects once it exists as declared.
+    async fn ensure(&self, cfg: &StreamConfig) -> std::result::Result<Vec<String>, String> {
+        if cfg.is_existing() {
+            let mut s = self
+                .context
+                .get_stream(cfg.name())
+                .await
+                .map_err(|e| format!("cannot find the existing stream: {e}"))?;
+            let info = s.info().await.map_err(|e| e.to_string())?;
+            return Ok(info.config.subjects.clone());
+        }
+        let config = to_nats_config(cfg);
+        match self.context.create_stream(config.clone()).await {
+            Ok(_) => {
+                tracing::debug!(
+                    stream = cfg.name(),
+                    "JetStream stream created (or found as declared)"
+                );
+                Ok(cfg.subjects().to_vec())
+            }
+            Err(e) if is_name_in_use(&e) => {
+                self.context
+                    .update_stream(&config)
+                    .await
+                    .map_err(|e| format!("cannot update it to the declared configuration: {e}"))?;
+                tracing::debug!(stream = cfg.name(), "JetStream stream updated");
+                Ok(cfg.subjects().to_vec())
+            }
+            Err(e) => Err(format!("cannot create it: {e}")),
+        }
+    }
+
+    /// Waits until the streams are set up on this connection; after `timeout`, the reason of
+    /// the last failed attempt.
+    pub(crate) async fn ready(&self, timeout: Duration) -> Result<()> {
+        let mut rx = self.setup.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| *s == Setup::Ready)).await;
+        if matches!(waited, Ok(Ok(_))) {
+            return Ok(());
+        }
+        let reason = match &*self.setup.borrow() {
+            Setup::Failed(reason) => reason.clone(),
+            _ => format!(
+                "not set up within {timeout:?}: is the server reachable, with JetStream enabled?"
+            ),
+        };
+        Err(Error::Stream { reason })
+    }
+}
+
+/// Sets the declared streams up whenever the connection comes up, retrying while it stays up;
+/// ends once the broker is gone.
+///
+/// Every change of the connection state counts, a disconnect too short to be seen as such
+/// included (the watch then shows `Connected` again, but it did change): the new connection
+/// may be to a server that lost a memory stream, so until the streams are set up on it again,
+/// publishes that may go to one wait.
+pub(crate) async fn keep_streams(js: Weak<JetStream>, mut state: watch::Receiver<ConnectionState>) {
+    loop {
+        let now = *state.borrow_and_update();
+        match now {
+            ConnectionState::Closed => return,
+            // In lame duck mode the server still serves until it closes the connection.
+            ConnectionState::Connected | ConnectionState::LameDuck => {
+                let mut wait = Duration::from_millis(100);
+                let changed = loop {
+                    let Some(strong) = js.upgrade() else { return };
+                    let ready = match strong.ensure_all().await {
+                        Ok(()) => Setup::Ready,
+                        Err(reason) => Setup::Failed(reason),
+                    };
+                    let done = ready == Setup::Ready;
+                    // Set up on a connection that changed meanwhile proves nothing for the new
+                    // one: look again.
+                    if state.has_changed().unwrap_or(true) {
+                        break true;
+                    }
+                    strong.setup.send_replace(ready);
+                    drop(strong);
+                    if done {
+                        break false;
+                    }
+                    if tokio::time::timeout(wait, state.changed()).await.is_ok() {
+                        break true;
+                    }
+                    wait = (wait * 2).min(SETUP_RETRY_CAP);
+                };
+                if changed {
+                    mark_pending(&js);
+                    continue;
+                }
+            }
+            ConnectionState::Disconnected | ConnectionState::Refused(_) => mark_pending(&js),
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+        mark_pending(&js);
+    }
+}
+
+/// Until the streams are set up on the next connection, publishes that may go to one wait.
+fn mark_pending(js: &Weak<JetStream>) {
+    if let Some(strong) = js.upgrade() {
+        if *strong.setup.borrow() == Setup::Ready {
+            strong.setup.send_replace(Setup::Pending);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable consumers
+
+/// How long one pull request waits on the server before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+
+/// The server's idle heartbeat on a pull: two missed ones (4 s) mean the pull is gone (the
+/// server holding it died, or the consumer moved): the puller starts again.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// The longest wait before a puller that failed starts again.
+const PULL_RETRY_CAP: Duration = Duration::from_secs(2);
+
+#[derive(serde::Serialize)]
+struct StreamNamesRequest<'a> {
+    subject: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamNames {
+    #[serde(default)]
+    streams: Option<Vec<String>>,
+}
+
+impl JetStream {
+    /// Attaches a puller to the durable consumer `spec.name` on the stream covering its pattern,
+    /// creating the consumer (or updating it to `spec`) first.
+    pub(crate) async fn consume(
+        &self,
+        spec: DurableSpec,
+        state: watch::Receiver<ConnectionState>,
+    ) -> Result<DurableSubscription> {
+        spec.check()?;
+        let stream = self.stream_for(&spec.pattern).await?;
+        durable_consumer(&self.context, &stream, &spec).await?;
+        tracing::debug!(durable = %spec.name, pattern = %spec.pattern, stream, "JetStream durable consumer attached");
+        self.attach(stream, spec, state).await
+    }
+
+    /// The stream whose subjects cover `pattern`: a declared one, else one the server has.
+    async fn stream_for(&self, pattern: &str) -> Result<String> {
+        if self.routes_anything() && *self.setup.borrow() != Setup::Ready {
+            let mut rx = self.setup.subscribe();
+            let _ = tokio::time::timeout(self.request_timeout, rx.wait_for(|s| *s == Setup::Ready))
+                .await;
+        }
+        if let Some(stream) = self.covering(pattern) {
+            return Ok(stream);
+        }
+        let names: jetstream::response::Response<StreamNames> = self
+            .context
+            .request("STREAM.NAMES", &StreamNamesRequest { subject: pattern })
+            .await
+            .map_err(|e| Error::nats("look up the stream covering a durable consumer", e))?;
+        let names = match names {
+            jetstream::response::Response::Ok(n) => n.streams.unwrap_or_default(),
+            jetstream::response::Response::Err { error } => {
+                return Err(Error::Stream {
+                    reason: format!("cannot list the streams: {}", js_error_text(&error)),
+                })
+            }
+        };
+        for name in names {
+            let Ok(mut s) = self.context.get_stream(&name).await else {
+                continue;
+            };
+            let Ok(info) = s.info().await else { continue };
+            if info
+                .config
+                .subjects
+                .iter()
+                .any(|subject| crate::stream::covers(subject, pattern))
+            {
+                return Ok(name);
+            }
+        }
+        Err(Error::NoStream {
+            pattern: pattern.to_owned(),
+        })
+    }
+}
+
+/// Creates the durable pull consumer `spec.name` on `stream`, or updates it to `spec`.
+async fn durable_consumer(
+    context: &jetstream::Context,
+    stream: &str,
+    spec: &DurableSpec,
+) -> Result<jetstream::consumer::PullConsumer> {
+    use jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let config = pull::Config {
+        durable_name: Some(spec.name.clone()),
+        filter_subject: spec.pattern.clone(),
+        ack_policy: AckPolicy::Explicit,
+        // A new durable starts with what is published from now on; an existing one resumes
+        // where it stopped.
+        deliver_policy: DeliverPolicy::New,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver.map_or(-1, i64::from),
+        backoff: spec.backoff.clone(),
+        max_ack_pending: i64::try_from(spec.max_ack_pending).unwrap_or(i64::MAX),
+        ..Default::default()
+    };
+    let s = context
+        .get_stream(stream)
+        .await
+        .map_err(|e| Error::Stream {
+            reason: format!(
+                "stream {stream:?} for durable consumer {:?}: {e}",
+                spec.name
+            ),
+        })?;
+    s.create_consumer(config).await.map_err(|e| {
+        let reason = match e.kind() {
+            jetstream::stream::ConsumerErrorKind::JetStream(js) => js_error_text(&js),
+            _ => e.to_string(),
+        };
+        Error::Durable {
+            name: spec.name.clone(),
+            reason: format!("cannot create or update it on stream {stream:?}: {reason}"),
+        }
+    })
+}
+
+/// Settles a JetStream delivery: publishes the ack kind to its reply subject.
+struct NatsAck {
+    client: Client,
+    reply: String,
+}
+
+impl AckHandle for NatsAck {
+    fn send(&self, kind: AckKind) -> futures::future::BoxFuture<'static, Result<()>> {
+        let client = self.client.clone();
+        let reply = self.reply.clone();
+        Box::pin(async move {
+            client
+                .publish(reply, ack_payload(kind))
+                .await
+                .map_err(|e| Error::nats("acknowledge", e))
+        })
+    }
+}
+
+/// The delivery count in a JetStream ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.…`
+/// (9 tokens), or with domain and account hash first (12 or more tokens, servers since 2.9).
+fn ack_delivered(reply: &str) -> Option<u32> {
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let tokens: Vec<&str> = rest.split('.').collect();
+    let at = match tokens.len() {
+        7 => 2,
+        n if n >= 9 => 4,
+        _ => return None,
+    };
+    tokens.get(at)?.parse().ok()
+}
+
+/// A message on a puller's inbox as a [`Delivery`], if it is one (not a status message).
+fn delivery(client: &Client, msg: async_nats::Message) -> Option<Delivery> {
+    let reply = msg.reply.as_ref()?.to_string();
+    let Some(delivered) = ack_delivered(&reply) else {
+        tracing::warn!(subject = %msg.subject, reply, "JetStream delivery without a readable ack subject; skipped");
+        return None;
+    };
+    let mut raw = super::convert::from_nats(msg);
+    raw.reply = None;
+    let acker = Acker::new(
+        delivered,
+        NatsAck {
+            client: client.clone(),
+            reply,
+        },
+    );
+    Some(Delivery::new(raw, acker))
+}
+
+/// The deliveries of one puller; dropping them unsubscribes its inbox at once (ahead of
+/// anything the dropping task sends next), so that the server sends nothing more to it, and
+/// naks what had arrived but was not taken.
+struct Deliveries {
+    rx: tokio::sync::mpsc::Receiver<Delivery>,
+    /// Told each time one is taken: the puller may ask for more.
+    taken: Arc<tokio::sync::Notify>,
+    sub: super::SharedSubscriber,
+    client: Client,
+}
+
+impl futures::Stream for Deliveries {
+    type Item = Delivery;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Delivery>> {
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(_)) = &polled {
+            self.taken.notify_one();
+        }
+        polled
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        let Some(mut sub) = super::lock_sub(&self.sub).take() else {
+            return;
+        };
+        let _ = tokio::task::unconstrained(sub.unsubscribe()).now_or_never();
+        // Sent to us before the UNSUB: back to the consumer at once, not after the ack wait.
+        while let Some(Some(msg)) = tokio::task::unconstrained(sub.next()).now_or_never() {
+            if let Some(d) = delivery(&self.client, msg) {
+                d.acker.settle_detached(AckKind::Nak(Duration::ZERO));
+            }
+        }
+    }
+}
+
+impl JetStream {
+    /// Subscribes a puller's inbox and starts its pull task.
+    async fn attach(
+        &self,
+        stream: String,
+        spec: DurableSpec,
+        state: watch::Receiver<ConnectionState>,
+    ) -> Result<DurableSubscription> {
+        let inbox = self.client.new_inbox();
+        let sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::nats("subscribe the durable puller's inbox", e))?;
+        let sub: super::SharedSubscriber = Arc::new(Mutex::new(Some(sub)));
+        let (tx, rx) = tokio::sync::mpsc::channel(spec.prefetch);
+        let taken = Arc::new(tokio::sync::Notify::new());
+        let puller = Puller {
+            client: self.client.clone(),
+            context: self.context.clone(),
+            next_subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", spec.name),
+            stream,
+            inbox,
+            spec: spec.clone(),
+            sub: Arc::clone(&sub),
+            tx,
+            taken: Arc::clone(&taken),
+            outstanding: 0,
+        };
+        tokio::spawn(puller.run(state));
+        Ok(DurableSubscription::new(
+            spec.name,
+            spec.pattern,
+            Deliveries {
+                rx,
+                taken,
+                sub,
+                client: self.client.clone(),
+            },
+        ))
+    }
+}
+
+/// One puller: asks the consumer for messages in batches (a pull request on its own inbox)
+/// as its subscriber takes them, and hands each delivery on.
+///
+/// Requests never ask for more than fits in the hand-off channel (`prefetch`), so it never
+/// waits to hand one on. A request ends on the server after [`PULL_EXPIRES`] (a 408 says how
+/// many it did not fill); while one is open the server sends an idle heartbeat every
+/// [`PULL_HEARTBEAT`]. Silence for two heartbeats, or a reconnect, means the requests are gone
+/// (their server died, the consumer moved): the consumer is made again if need be (a memory
+/// stream after a restart) and the puller asks again.
+struct Puller {
+    client: Client,
+    context: jetstream::Context,
+    stream: String,
+    next_subject: String,
+    inbox: String,
+    spec: DurableSpec,
+    sub: super::SharedSubscriber,
+    tx: tokio::sync::mpsc::Sender<Delivery>,
+    taken: Arc<tokio::sync::Notify>,
+    /// Messages asked for and not yet received.
+    outstanding: usize,
+}
+
+impl Puller {
+    async fn run(mut self, mut state: watch::Receiver<ConnectionState>) {
+        let mut heard = tokio::time::Instant::now();
+        // Whether the consumer must be made again (after a reconnect or a lost pull) before
+        // asking, and when to try that next.
+        let mut recreate = false;
+        let mut retry_at = tokio::time::Instant::now();
+        let mut retry_wait = Duration::from_millis(50);
+        loop {
+            let connected = *state.borrow() == ConnectionState::Connected;
+            if connected && recreate && tokio::time::Instant::now() >= retry_at {
+                match durable_consumer(&self.context, &self.stream, &self.spec).await {
+                    Ok(_) => {
+                        recreate = false;
+                        retry_wait = Duration::from_millis(50);
+                    }
+                    Err(e) => {
+                        tracing::warn!(durable = %self.spec.name, error = %e, "cannot attach to the durable consumer; will retry");
+                        retry_at = tokio::time::Instant::now() + retry_wait;
+                        retry_wait = (retry_wait * 2).min(PULL_RETRY_CAP);
+                    }
+                }
+            }
+            if connected && !recreate {
+                let buffered = self.tx.max_capacity() - self.tx.capacity();
+                let in_hand = self.outstanding + buffered;
+                if in_hand <= self.spec.prefetch / 2 {
+                    let n = self.spec.prefetch - in_hand;
+                    if self.ask(n).await {
+                        if self.outstanding == 0 {
+                            heard = tokio::time::Instant::now();
+                        }
+                        self.outstanding += n;
+                    }
+                }
+            }
+            let silent_since = heard + PULL_HEARTBEAT * 2 + Duration::from_millis(500);
+            tokio::select! {
+                biased;
+                () = self.tx.closed() => return,
+                msg = super::next_message(&self.sub) => {
+                    let Some(msg) = msg else { return };
+                    heard = tokio::time::Instant::now();
+                    if let Some(lost) = self.on_message(msg) {
+                        tracing::debug!(durable = %self.spec.name, reason = lost, "durable pull ended; asking again");
+                        self.outstanding = 0;
+                        recreate = true;
+                    }
+                }
+                () = self.taken.notified() => {}
+                changed = state.changed() => {
+                    if changed.is_err() || *state.borrow() == ConnectionState::Closed {
+                        return;
+                    }
+                    if *state.borrow() == ConnectionState::Connected {
+                        // The server may have lost our requests (or the consumer, or moved it).
+                        self.outstanding = 0;
+                        recreate = true;
+                        heard = tokio::time::Instant::now();
+                    }
+                }
+                () = tokio::time::sleep_until(silent_since), if self.outstanding > 0 && connected => {
+                    tracing::debug!(durable = %self.spec.name, "no heartbeat from the durable pull; asking again");
+                    self.outstanding = 0;
+                    recreate = true;
+                    heard = tokio::time::Instant::now();
+                }
+                () = tokio::time::sleep_until(retry_at), if recreate && connected => {}
+            }
+        }
+    }
+
+    /// Sends a pull request for `n` messages; `false` if it could not be sent.
+    async fn ask(&self, n: usize) -> bool {
+        let request = format!(
+            "{{\"batch\":{n},\"expires\":{},\"idle_heartbeat\":{}}}",
+            PULL_EXPIRES.as_nanos(),
+            PULL_HEARTBEAT.as_nanos()
+        );
+        match self
+            .client
+            .publish_with_reply(
+                self.next_subject.clone(),
+                self.inbox.clone(),
+                request.into(),
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(durable = %self.spec.name, error = %e, "cannot send a pull request");
+                false
+            }
+        }
+    }
+
+    /// Handles one message of the inbox. `Some(reason)`: the requests are gone, ask again.
+    fn on_message(&mut self, msg: async_nats::Message) -> Option<&'static str> {
+        use async_nats::StatusCode;
+        let pending = |msg: &async_nats::Message| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Pending-Messages"))
+                .and_then(|v| v.as_str().parse::<usize>().ok())
+        };
+        match msg.status {
+            None | Some(StatusCode::OK) => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                if let Some(d) = delivery(&self.client, msg) {
+                    // Never full: requests only ask for what fits.
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Full(d)) =
+                        self.tx.try_send(d)
+                    {
+                        d.acker.settle_detached(AckKind::Nak(Duration::ZERO));
+                    }
+                }
+                None
+            }
+            Some(StatusCode::IDLE_HEARTBEAT) => None,
+            Some(StatusCode::TIMEOUT) => {
+                // A request expired: it says how many it did not fill.
+                match pending(&msg) {
+                    Some(n) => {
+                        self.outstanding = self.outstanding.saturating_sub(n);
+                        None
+                    }
+                    None => Some("a pull request expired"),
+                }
+            }
+            Some(StatusCode::REQUEST_TERMINATED) => {
+                let deleted = msg
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.contains("Consumer Deleted"));
+                match pending(&msg) {
+                    Some(n) if !deleted => {
+                        self.outstanding = self.outstanding.saturating_sub(n);
+                        None
+                    }
+                    _ => Some("the pull was terminated"),
+                }
+            }
+            Some(status) => {
+                tracing::debug!(durable = %self.spec.name, %status, description = ?msg.description, "unexpected status on a durable pull");
+                Some("an unexpected status")
+            }
+        }
+    }
+}
+
+impl JetStream {
+    /// Awaits `acks` together: the rejections, and whether some acks are missing.
+    ///
+    /// "No responders" for a declared stream is a rejection only if the stream is really gone:
+    /// in a cluster it also means the stream has no leader for a moment (a node died), and
+    /// then the messages are sent again without counting an attempt.
+    async fn settle(&self, acks: Vec<PendingAck>) -> (Vec<Rejection>, Option<Unproven>) {
+        if acks.is_empty() {
+            return (Vec::new(), None);
+        }
+        let outcomes = futures::future::join_all(acks.into_iter().map(|p| async move {
+            let outcome = p.ack.await;
+            (p.subject, p.msg_id, outcome)
+        }))
+        .await;
+        let mut rejections = Vec::new();
+        let mut unproven = None;
+        let mut unanswered = Vec::new();
+        for (subject, msg_id, outcome) in outcomes {
+            let Err(e) = outcome else { continue };
+            let reason = match e.kind() {
+                PublishErrorKind::TimedOut => {
+                    unproven = unproven.or(Some(Unproven::Timeout));
+                    continue;
+                }
+                PublishErrorKind::BrokenPipe => {
+                    unproven = Some(Unproven::ConnectionLost);
+                    continue;
+                }
+                PublishErrorKind::StreamNotFound => {
+                    unanswered.push((subject, msg_id));
+                    continue;
+                }
+                _ if cluster_busy(&e) => {
+                    tracing::debug!(subject, error = %e, "JetStream cluster busy; the message is sent again");
+                    unproven = unproven.or(Some(Unproven::Timeout));
+                    continue;
+                }
+                _ => publish_error_text(&e),
+            };
+            rejections.push(Rejection::new(subject, reason).with_msg_id(msg_id));
+        }
+        let mut gone: Vec<(String, bool)> = Vec::new();
+        for (subject, msg_id) in unanswered {
+            let stream = self.route(&subject);
+            let missing = match &stream {
+                None => true,
+                Some(name) => match gone.iter().find(|(n, _)| n == name) {
+                    Some((_, missing)) => *missing,
+                    None => {
+                        let missing = self.stream_missing(name).await;
+                        gone.push((name.clone(), missing));
+                        missing
+                    }
+                },
+            };
+            if missing {
+                let reason = match stream {
+                    Some(name) => format!("no JetStream stream answered for {subject:?}: stream {name:?} does not exist"),
+                    None => format!("no JetStream stream answered for {subject:?}"),
+                };
+                rejections.push(Rejection::new(subject, reason).with_msg_id(msg_id));
+            } else {
+                tracing::debug!(
+                    subject,
+                    stream,
+                    "JetStream stream without a leader right now; the message is sent again"
+                );
+                unproven = unproven.or(Some(Unproven::Timeout));
+            }
+        }
+        (rejections, unproven)
+    }
+
+    /// Whether the server says stream `name` does not exist (not: cannot tell right now).
+    async fn stream_missing(&self, name: &str) -> bool {
+        match self.context.get_stream(name).await {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ),
+        }
+    }
+}
+
+/// Whether a refused publish says nothing about the message: the cluster cannot handle it right
+/// now (no leader, not assigned yet, temporarily unavailable). It is sent again, uncounted.
+fn cluster_busy(e: &jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js| {
+            let code = js.error_code();
+            code == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+                || code == jetstream::ErrorCode::CLUSTER_NOT_LEADER
+                || code == jetstream::ErrorCode::CLUSTER_NOT_ASSIGNED
+        })
+}
+
+/// The server's words for a refused publish: `maximum messages exceeded (JetStream error
+/// 10077, status 503)`.
+fn publish_error_text(e: &jetstream::context::PublishError) -> String {
+    use std::error::Error as _;
+    match e
+        .source()
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+    {
+        Some(js) => js_error_text(js),
+        None => e.to_string(),
+    }
+}
+
+/// async-nats 0.35 prints a JetStream error as `{status} (code {description}, error code
+/// {code})` and has no accessor for the description: read it from there.
+pub(crate) fn js_error_text(e: &jetstream::Error) -> String {
+    let text = e.to_string();
+    let status = e.code();
+    let parsed = text
+        .strip_prefix(&format!("{status} (code "))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|rest| rest.rsplit_once(", error code "));
+    match parsed {
+        Some((description, code)) => {
+            format!("{description} (JetStream error {code}, status {status})")
+        }
+        None => text,
+    }
+}
+
+fn is_name_in_use(e: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+    )
+}
+
+/// Our configuration as async-nats's. Fields left at their defaults are not sent (async-nats
+/// skips them), so that servers of the 2.9 line, which do not know 2.10's fields, accept it.
+fn to_nats_config(cfg: &StreamConfig) -> stream::Config {
+    let limit = |v: Option<u64>| v.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    stream::Config {
+        name: cfg.name().to_owned(),
+        subjects: cfg.subjects().to_vec(),
+        max_age: cfg.max_age_value().unwrap_or_default(),
+        max_messages: limit(cfg.max_messages_value()),
+        max_bytes: limit(cfg.max_bytes_value()),
+        max_messages_per_subject: -1,
+        max_consumers: -1,
+        discard: match cfg.discard_value() {
+            DiscardPolicy::Old => stream::DiscardPolicy::Old,
+            DiscardPolicy::New => stream::DiscardPolicy::New,
+        },
+        storage: match cfg.storage_value() {
+            StorageType::File => stream::StorageType::File,
+            StorageType::Memory => stream::StorageType::Memory,
+        },
+        num_replicas: cfg.replicas_value(),
+        duplicate_window: cfg.duplicate_window_value().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The `Bytes` of an ack kind JetStream understands.
+pub(crate) fn ack_payload(kind: AckKind) -> Bytes {
+    match kind {
+        AckKind::Ack => Bytes::from_static(b"+ACK"),
+        AckKind::Nak(d) if d.is_zero() => Bytes::from_static(b"-NAK"),
+        AckKind::Nak(d) => format!("-NAK {{\"delay\":{}}}", d.as_nanos()).into(),
+        AckKind::Progress => Bytes::from_static(b"+WPI"),
+        AckKind::Term => Bytes::from_static(b"+TERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_count_is_read_from_both_ack_subject_forms() {
+        assert_eq!(
+            ack_delivered("$JS.ACK.S.C.3.10.9.1700000000000000000.0"),
+            Some(3)
+        );
+        assert_eq!(
+            ack_delivered("$JS.ACK.hub.HASH.S.C.2.10.9.1700000000000000000.0.tok"),
+            Some(2)
+        );
+        assert_eq!(
+            ack_delivered("$JS.ACK._.HASH.S.C.7.1.1.1700000000000000000.5"),
+            Some(7)
+        );
+        assert_eq!(ack_delivered("_INBOX.x"), None);
+        assert_eq!(ack_delivered("$JS.ACK.S.C"), None);
+    }
+
+    #[test]
+    fn ack_payloads_are_jetstreams() {
+        assert_eq!(ack_payload(AckKind::Ack), "+ACK");
+        assert_eq!(ack_payload(AckKind::Nak(Duration::ZERO)), "-NAK");
+        assert_eq!(
+            ack_payload(AckKind::Nak(Duration::from_millis(5))),
+            "-NAK {\"delay\":5000000}"
+        );
+        assert_eq!(ack_payload(AckKind::Progress), "+WPI");
+        assert_eq!(ack_payload(AckKind::Term), "+TERM");
+    }
+}
