@@ -28,9 +28,10 @@ use scenarios::{jetstream, local, nats, outbox, rss, scaling};
 use server::{Server, ServerSpec};
 
 /// Every scenario, in run order. The names are the contract of the report.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
+    "jetstream_durable",
     "nats_fanout_10",
     "nats_request_p50",
     "local_pubsub_typed",
@@ -42,9 +43,10 @@ const SCENARIOS: [&str; 10] = [
 ];
 
 /// The scenarios that need a running nats-server (the diagnostics all do).
-const NEEDS_SERVER: [&str; 5] = [
+const NEEDS_SERVER: [&str; 6] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
+    "jetstream_durable",
     "nats_fanout_10",
     "nats_request_p50",
     "drain_after_outage",
@@ -65,11 +67,6 @@ const DIAGNOSTICS: [&str; 4] = [
     "diag_request_headers",
     "diag_request_spawn",
 ];
-
-/// Scenarios whose bus side is not on this branch yet, run only when named in `--only` (their
-/// baseline is measured; the bus side reports why it is missing). `jetstream_durable` needs the
-/// SDK's streams and durable consumers (issue 10); see `scenarios/jetstream.rs`.
-const PENDING: [&str; 1] = ["jetstream_durable"];
 
 /// Sizes of one run. `--quick` keeps the whole run under 5 minutes on a 2-core machine.
 #[derive(Debug, Clone)]
@@ -139,9 +136,9 @@ struct Args {
 
 const USAGE: &str = "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--rounds N] \
 [--side both|bus|baseline] [--server-bin PATH] [--scaling]\n\
-scenarios: nats_pubsub_typed nats_pubsub_durable nats_fanout_10 nats_request_p50 \
+scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable nats_fanout_10 nats_request_p50 \
 local_pubsub_typed local_10k_subs handler_local outbox_publish_rate drain_after_outage \
-outbox_1m_rss_mib; only when named: jetstream_durable and the diag_* diagnostics\n\
+outbox_1m_rss_mib; only when named: the diag_* diagnostics\n\
 --scaling groups (with --only): local unsubscribe idle drain request";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -199,7 +196,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         }
     } else if let Some(bad) = only.iter().find(|n| {
         let n = n.as_str();
-        !SCENARIOS.contains(&n) && !DIAGNOSTICS.contains(&n) && !PENDING.contains(&n)
+        !SCENARIOS.contains(&n) && !DIAGNOSTICS.contains(&n)
     }) {
         return Err(format!("unknown scenario `{bad}`\n{USAGE}"));
     }
@@ -272,13 +269,9 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
     let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     // Diagnostics run only when named: an empty `--only` does not select them.
     let named = |name: &str| args.only.iter().any(|o| o == name);
-    let needs_server = NEEDS_SERVER
-        .iter()
-        .chain(&DIAGNOSTICS)
-        .chain(&PENDING)
-        .any(|s| selected(s));
+    let needs_server = NEEDS_SERVER.iter().chain(&DIAGNOSTICS).any(|s| selected(s));
     let spec = ServerSpec {
-        jetstream: named("jetstream_durable"),
+        jetstream: selected("jetstream_durable"),
         ..args.server.clone()
     };
     let mut server = if needs_server {
@@ -349,7 +342,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
                 .await,
         );
     }
-    if named("jetstream_durable") {
+    if selected("jetstream_durable") {
         let mut s = jetstream::Durable {
             url: url.clone(),
             window: plan.window,

@@ -364,26 +364,44 @@ where
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut in_flight = JoinSet::new();
         let mut reported_drops = 0;
+        let mut taken = 0u32;
         loop {
+            // Stopped or closing: checked by a look at the flags on the fast path, waited for
+            // below only when there is nothing to do without waiting.
+            if *stopped.borrow() || *closing.borrow() {
+                break;
+            }
             // A slot first, so a busy handler leaves messages in the subscription's buffer.
-            let permit = tokio::select! {
-                biased;
-                Ok(_) = stopped.wait_for(|s| *s) => break,
-                Ok(_) = closing.wait_for(|c| *c) => break,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
+            let permit = match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    biased;
+                    Ok(_) = stopped.wait_for(|s| *s) => break,
+                    Ok(_) = closing.wait_for(|c| *c) => break,
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
                 },
             };
-            let msg = tokio::select! {
-                biased;
-                Ok(_) = stopped.wait_for(|s| *s) => break,
-                Ok(_) = closing.wait_for(|c| *c) => break,
-                msg = messages.next() => match msg {
-                    Some(m) => m,
-                    None => break,
+            let msg = match messages.next().now_or_never() {
+                Some(Some(m)) => m,
+                Some(None) => break,
+                None => tokio::select! {
+                    biased;
+                    Ok(_) = stopped.wait_for(|s| *s) => break,
+                    Ok(_) = closing.wait_for(|c| *c) => break,
+                    msg = messages.next() => match msg {
+                        Some(m) => m,
+                        None => break,
+                    },
                 },
             };
+            // A stream that is never empty must not keep this task from yielding.
+            taken = taken.wrapping_add(1);
+            if taken.is_multiple_of(128) {
+                tokio::task::yield_now().await;
+            }
             let dropped = sub_stats.dropped();
             if dropped > reported_drops {
                 tracing::warn!(%pattern, dropped = dropped - reported_drops, handler = %self.origin, "slow handler: the broker dropped messages");

@@ -2,22 +2,7 @@
 //! handler acking, against raw async-nats JetStream publishing with PubAcks (pipelined) and a
 //! durable pull consumer acking by hand, in the same run.
 //!
-//! The baseline is complete here. The bus side needs the SDK's streams and durable consumers,
-//! which are not on this branch yet: it reports that as its error, so the line shows the
-//! baseline alone. When they land, [`bus_round`] becomes (about ten lines):
-//!
-//! ```text
-//! let bus = Bus::builder().nats([url]).outbox_path(dir.join("outbox.sqlite3"))
-//!     .stream(StreamConfig::new(STREAM, [SUBJECTS])).connect().await?;
-//! let handler = Outbound::handle(&bus, Outbound::filter().channel(CHANNEL).durable(DURABLE),
-//!     move |env| { /* count_handler as in handler_local */ }).await?;
-//! let start = Instant::now();
-//! sdk::publish_windowed(&bus, &msg, n, window).await?;
-//! within(WAIT, "the durable handler", done.notified()).await?;
-//! ```
-//!
-//! and the scenario joins `SCENARIOS` and `NEEDS_SERVER` in `main.rs` (the server is already
-//! started with JetStream on when this scenario is selected).
+//! The server is started with JetStream on when this scenario is selected.
 
 use std::time::Instant;
 
@@ -56,11 +41,67 @@ impl Rounds for Durable {
     }
 }
 
-/// The bus side; see the module's note.
-async fn bus_round(_url: &str, _n: usize, _window: usize) -> BenchResult<f64> {
-    Err(fail(
-        "the SDK's streams and durable consumers are not on this branch yet (issue 10)",
-    ))
+/// The bus side: a publishing bus (outbox on, the stream declared: each message confirmed by
+/// its PubAck) and a consuming bus (as the baseline, another connection) whose durable handler
+/// (`filter.durable(..)`, default options: ack after `Ok`) decodes and counts. msg/s from the
+/// first publish to the last message handled.
+async fn bus_round(url: &str, n: usize, window: usize) -> BenchResult<f64> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use bus::{Bus, StreamConfig};
+    use tokio::sync::Notify;
+
+    use crate::msgs::Outbound;
+
+    let raw = jetstream::new(async_nats::connect(url).await?);
+    let _ = raw.delete_stream(STREAM).await;
+    let dir = tempfile::tempdir()?;
+    let declared = StreamConfig::new(STREAM, [SUBJECTS]).storage(bus::stream::StorageType::File);
+    let publisher = Bus::builder()
+        .nats([url])
+        .outbox_path(dir.path().join("outbox.sqlite3"))
+        .stream(declared.clone())
+        .connect()
+        .await?;
+    let consumer = Bus::builder()
+        .nats([url])
+        .no_outbox()
+        .stream(declared)
+        .connect()
+        .await?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let (c, d) = (count.clone(), done.clone());
+    let handler = Outbound::handle(
+        &consumer,
+        Outbound::filter().channel(msgs::CHANNEL).durable(DURABLE),
+        move |env| {
+            let (c, d) = (c.clone(), d.clone());
+            async move {
+                if env.instance != msgs::INSTANCE {
+                    return Err("decoded the wrong message".to_string());
+                }
+                if c.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    d.notify_one();
+                }
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    let msg = msgs::outbound(msgs::INSTANCE);
+    let start = Instant::now();
+    crate::sdk::publish_windowed(&publisher, &msg, n, window).await?;
+    within(WAIT, "the durable handler", done.notified()).await?;
+    let end = Instant::now();
+    if handler.stats().dead_lettered() > 0 {
+        return Err(fail("the durable handler dead-lettered messages"));
+    }
+    handler.stop().await;
+    publisher.flush().await?;
+    let _ = raw.delete_stream(STREAM).await;
+    Ok(rate(n, start, end))
 }
 
 /// By hand: a file stream on [`SUBJECTS`], `n` JetStream publishes with up to `window` PubAcks
