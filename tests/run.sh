@@ -115,7 +115,26 @@ if ! current_version=$(version_of "$NATS_SERVER_BIN_CURRENT") || ! is_current "$
     exit 1
 fi
 
-export NATS_SERVER_BIN NATS_SERVER_BIN_CURRENT
+# --- the AsyncAPI 3.0 JSON Schema ------------------------------------------------------------
+# tests/tests/catalog.rs validates the generated AsyncAPI document against the schema that the
+# npm package @asyncapi/specs ships (schemas/3.0.0.json); ASYNCAPI_SCHEMA may name a copy instead.
+ASYNCAPI_SPECS='@asyncapi/specs@6.11.1'
+if [ -z "${ASYNCAPI_SCHEMA:-}" ]; then
+    ASYNCAPI_SCHEMA="$PWD/target/asyncapi-specs/node_modules/@asyncapi/specs/schemas/3.0.0.json"
+    if [ ! -f "$ASYNCAPI_SCHEMA" ]; then
+        if ! command -v npm >/dev/null 2>&1; then
+            echo "run.sh: installing npm (Debian) to install $ASYNCAPI_SPECS" >&2
+            apt_install npm || true
+        fi
+        npm install --silent --prefix target/asyncapi-specs --no-package-lock --no-audit --no-fund "$ASYNCAPI_SPECS" >&2 || true
+    fi
+fi
+if [ ! -f "$ASYNCAPI_SCHEMA" ]; then
+    echo "run.sh: the AsyncAPI 3.0 schema $ASYNCAPI_SCHEMA is missing; install it with 'npm install --prefix target/asyncapi-specs $ASYNCAPI_SPECS' or set ASYNCAPI_SCHEMA" >&2
+    exit 1
+fi
+
+export NATS_SERVER_BIN NATS_SERVER_BIN_CURRENT ASYNCAPI_SCHEMA
 echo "run.sh: default line: $NATS_SERVER_BIN (v$default_version)" >&2
 echo "run.sh: current line: $NATS_SERVER_BIN_CURRENT (v$current_version)" >&2
 
@@ -132,6 +151,10 @@ if cargo tree -p bus -e normal --prefix none | grep -E '^(opentelemetry|tracing-
     echo "run.sh: bus with its default features depends on OpenTelemetry" >&2
     exit 1
 fi
+# JetStream (streams, PubAcks, durable consumers and their fault tests) once more on the current
+# line: its store, clustering and API answers differ from 2.9's.
+NATS_SERVER_BIN=$NATS_SERVER_BIN_CURRENT cargo test -p bus-tests \
+    --test jetstream --test durable_conformance --test durable_handlers --test durable_faults
 
 # The core without its optional backends (features `nats` and `outbox`): neither async-nats nor
 # rusqlite in its dependency tree, and the quickstart runs on it.

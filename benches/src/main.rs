@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p bus-bench -- [--quick] [--only NAME[,NAME…]] [--rounds N]
+//!     [--side both|bus|baseline] [--server-bin PATH] [--scaling]
 //! ```
 //!
 //! Starts its own nats-server, runs each scenario's baseline and bus rounds interleaved, prints
@@ -23,20 +24,36 @@ use std::time::Instant;
 
 use report::{Better, Line, Target};
 use runner::{interleave, BenchResult, Outcome, Rounds, Sample, Sides};
-use scenarios::{local, nats, rss};
-use server::Server;
+use scenarios::{jetstream, local, nats, outbox, rss, scaling};
+use server::{Server, ServerSpec};
 
 /// Every scenario, in run order. The names are the contract of the report.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 11] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
+    "jetstream_durable",
+    "nats_fanout_10",
     "nats_request_p50",
     "local_pubsub_typed",
     "local_10k_subs",
     "handler_local",
+    "outbox_publish_rate",
     "drain_after_outage",
     "outbox_1m_rss_mib",
 ];
+
+/// The scenarios that need a running nats-server (the diagnostics all do).
+const NEEDS_SERVER: [&str; 6] = [
+    "nats_pubsub_typed",
+    "nats_pubsub_durable",
+    "jetstream_durable",
+    "nats_fanout_10",
+    "nats_request_p50",
+    "drain_after_outage",
+];
+
+/// Subscribers of `nats_fanout_10`.
+const FANOUT: usize = 10;
 
 /// Diagnostics, run only when named in `--only`: they explain a gap rather than measure the SDK.
 /// `diag_pubsub_bytes`: the typed bus vs raw async-nats moving pre-encoded bytes (no encode, no
@@ -63,6 +80,10 @@ struct Plan {
     drain_n: usize,
     drain_rounds: usize,
     rss_n: usize,
+    /// Messages per round of `nats_fanout_10` (each delivered to every subscriber).
+    fanout_n: usize,
+    /// Publishes per round of `outbox_publish_rate`.
+    outbox_n: usize,
     /// In-flight publishes where a producer lets the outbox group-commit.
     window: usize,
     /// Which sides run (`--side`, for profiling one alone).
@@ -81,6 +102,8 @@ impl Plan {
             drain_n: 100_000,
             drain_rounds: 3,
             rss_n: 1_000_000,
+            fanout_n: 100_000,
+            outbox_n: 200_000,
             window: 1024,
             sides: Sides::Both,
         }
@@ -96,6 +119,8 @@ impl Plan {
             drain_n: 100_000,
             drain_rounds: 2,
             rss_n: 1_000_000,
+            fanout_n: 40_000,
+            outbox_n: 100_000,
             window: 1024,
             sides: Sides::Both,
         }
@@ -105,18 +130,24 @@ impl Plan {
 struct Args {
     plan: Plan,
     only: Vec<String>,
+    server: ServerSpec,
+    scaling: bool,
 }
 
-const USAGE: &str =
-    "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--rounds N] [--side both|bus|baseline]\n\
-scenarios: nats_pubsub_typed nats_pubsub_durable nats_request_p50 local_pubsub_typed \
-local_10k_subs handler_local drain_after_outage outbox_1m_rss_mib";
+const USAGE: &str = "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--rounds N] \
+[--side both|bus|baseline] [--server-bin PATH] [--scaling]\n\
+scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable nats_fanout_10 nats_request_p50 \
+local_pubsub_typed local_10k_subs handler_local outbox_publish_rate drain_after_outage \
+outbox_1m_rss_mib; only when named: the diag_* diagnostics\n\
+--scaling groups (with --only): local unsubscribe idle drain request";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut plan = Plan::full();
     let mut sides = Sides::Both;
     let mut rounds = None;
     let mut only = Vec::new();
+    let mut server = ServerSpec::default();
+    let mut scaling = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -140,6 +171,13 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                         .map_err(|_| format!("--rounds {v}: not a number"))?,
                 );
             }
+            "--server-bin" => {
+                let v = it
+                    .next()
+                    .ok_or("--server-bin needs the path of a nats-server")?;
+                server.binary = Some(v.into());
+            }
+            "--scaling" => scaling = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -149,19 +187,40 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         plan.rounds = r;
         plan.drain_rounds = r;
     }
-    if let Some(bad) = only
-        .iter()
-        .find(|n| !SCENARIOS.contains(&n.as_str()) && !DIAGNOSTICS.contains(&n.as_str()))
-    {
+    if scaling {
+        if let Some(bad) = only.iter().find(|n| !scaling::GROUPS.contains(&n.as_str())) {
+            return Err(format!(
+                "unknown scaling group `{bad}` (groups: {})",
+                scaling::GROUPS.join(", ")
+            ));
+        }
+    } else if let Some(bad) = only.iter().find(|n| {
+        let n = n.as_str();
+        !SCENARIOS.contains(&n) && !DIAGNOSTICS.contains(&n)
+    }) {
         return Err(format!("unknown scenario `{bad}`\n{USAGE}"));
     }
-    Ok(Args { plan, only })
+    Ok(Args {
+        plan,
+        only,
+        server,
+        scaling,
+    })
 }
+
+/// The entry point of a hidden child subcommand (a measurement that needs its own process).
+type ChildMain = fn(&[String]) -> runner::BenchResult<()>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(rss::CHILD_COMMAND) {
-        return match rss::child_main(&args[1..]) {
+    let child: Option<ChildMain> = match args.first().map(String::as_str) {
+        Some(rss::CHILD_COMMAND) => Some(rss::child_main),
+        Some(scaling::IDLE_CHILD) => Some(scaling::idle_child),
+        Some(scaling::DRAIN_CHILD) => Some(scaling::drain_child),
+        _ => None,
+    };
+    if let Some(child) = child {
+        return match child(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");
@@ -188,8 +247,11 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(args)) {
         Ok(lines) => {
-            println!();
-            print!("{}", report::table(&lines));
+            // `--scaling` prints its own table.
+            if !lines.is_empty() {
+                println!();
+                print!("{}", report::table(&lines));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -200,23 +262,29 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> BenchResult<Vec<Line>> {
+    if args.scaling {
+        return scaling::run(&args.server, args.plan.rounds.min(3), &args.only).await;
+    }
     let plan = args.plan;
     let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     // Diagnostics run only when named: an empty `--only` does not select them.
     let named = |name: &str| args.only.iter().any(|o| o == name);
-    let needs_server = SCENARIOS[..3]
-        .iter()
-        .chain(&SCENARIOS[5..6])
-        .chain(&DIAGNOSTICS)
-        .any(|s| selected(s));
+    let needs_server = NEEDS_SERVER.iter().chain(&DIAGNOSTICS).any(|s| selected(s));
+    let spec = ServerSpec {
+        jetstream: selected("jetstream_durable"),
+        ..args.server.clone()
+    };
     let mut server = if needs_server {
-        Some(Server::start().await?)
+        Some(Server::start(&spec).await?)
     } else {
         None
     };
     let url = server.as_ref().map(Server::client_url).unwrap_or_default();
     let started = Instant::now();
     eprintln!("bus-bench: {plan:?}");
+    if let Some(s) = &server {
+        eprintln!("bus-bench: {}", s.describe());
+    }
     let mut lines = Vec::new();
     let mut emit = |line: Line| {
         println!("{}", line.to_json());
@@ -259,6 +327,28 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         };
         emit(
             rate("nats_pubsub_durable", &plan, plan.durable_n, 0.50)
+                .run(&mut s)
+                .await,
+        );
+    }
+    if selected("nats_fanout_10") {
+        let mut s = nats::Fanout {
+            url: url.clone(),
+            subscribers: FANOUT,
+        };
+        emit(
+            rate("nats_fanout_10", &plan, plan.fanout_n, 0.90)
+                .run(&mut s)
+                .await,
+        );
+    }
+    if selected("jetstream_durable") {
+        let mut s = jetstream::Durable {
+            url: url.clone(),
+            window: plan.window,
+        };
+        emit(
+            rate("jetstream_durable", &plan, plan.durable_n, 0.90)
                 .run(&mut s)
                 .await,
         );
@@ -311,6 +401,16 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
                 .await,
         );
     }
+    if selected("outbox_publish_rate") {
+        let mut s = outbox::PublishRate {
+            window: plan.window,
+        };
+        emit(
+            rate("outbox_publish_rate", &plan, plan.outbox_n, 0.50)
+                .run(&mut s)
+                .await,
+        );
+    }
     if selected("drain_after_outage") {
         if let Some(server) = server.as_mut() {
             let mut s = nats::Drain {
@@ -341,6 +441,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
                 .map(|r| Sample::value(r.before))
                 .map_err(Clone::clone),
             bus: measured.map(|r| Sample::value(r.peak)),
+            old_baseline: None,
         };
         emit(line(
             "outbox_1m_rss_mib",
@@ -426,6 +527,11 @@ fn line(
         baseline: o.baseline.as_ref().ok().map(|s| s.value),
         bus_p99: o.bus.as_ref().ok().and_then(|s| s.p99),
         baseline_p99: o.baseline.as_ref().ok().and_then(|s| s.p99),
+        baseline_old: o
+            .old_baseline
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
+            .map(|s| s.value),
         error,
     }
 }

@@ -39,6 +39,9 @@ pub struct Line {
     pub bus_p99: Option<f64>,
     /// p99 of the baseline (latency scenarios).
     pub baseline_p99: Option<f64>,
+    /// Median figure of the previous baseline, where the scenario kept one beside a tightened
+    /// baseline (same run, same rounds).
+    pub baseline_old: Option<f64>,
     /// Why the scenario could not be measured.
     pub error: Option<String>,
 }
@@ -46,7 +49,16 @@ pub struct Line {
 impl Line {
     /// SDK relative to the baseline, higher = better.
     pub fn ratio(&self) -> Option<f64> {
-        let (bus, base) = (self.bus?, self.baseline?);
+        self.ratio_to(self.baseline?)
+    }
+
+    /// The ratio against the previous baseline, where there is one.
+    pub fn ratio_old(&self) -> Option<f64> {
+        self.ratio_to(self.baseline_old?)
+    }
+
+    fn ratio_to(&self, base: f64) -> Option<f64> {
+        let bus = self.bus?;
         let r = match self.better {
             Better::Higher => bus / base,
             Better::Lower => base / bus,
@@ -82,6 +94,10 @@ impl Line {
                     _ => None,
                 }),
             ));
+        }
+        if self.baseline_old.is_some() {
+            fields.push(("baseline_old", num(self.baseline_old)));
+            fields.push(("ratio_old", num(self.ratio_old().map(|r| round(r, 3)))));
         }
         if let Some(e) = &self.error {
             fields.push(("error", json!(e)));
@@ -127,12 +143,13 @@ fn fmt_num(x: Option<f64>) -> String {
 
 /// The human-readable table, with the p99 rows and any errors under it.
 pub fn table(lines: &[Line]) -> String {
-    let mut rows = vec![[
+    let mut rows: Vec<[String; 8]> = vec![[
         "scenario".to_string(),
         "bus".into(),
         "baseline".into(),
         "unit".into(),
         "ratio".into(),
+        "old ratio".into(),
         "target".into(),
         "met".into(),
     ]];
@@ -143,6 +160,7 @@ pub fn table(lines: &[Line]) -> String {
             fmt_num(l.baseline),
             l.unit.to_string(),
             l.ratio().map_or("-".into(), |r| format!("{r:.3}")),
+            l.ratio_old().map_or("-".into(), |r| format!("{r:.3}")),
             l.target_text(),
             match l.met() {
                 Some(true) => "yes".into(),
@@ -161,12 +179,13 @@ pub fn table(lines: &[Line]) -> String {
                 fmt_num(l.baseline_p99),
                 l.unit.to_string(),
                 r,
+                String::new(),
                 "(info)".into(),
                 String::new(),
             ]);
         }
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
@@ -176,19 +195,19 @@ pub fn table(lines: &[Line]) -> String {
     for (i, row) in rows.iter().enumerate() {
         for (j, (cell, w)) in row.iter().zip(widths).enumerate() {
             // Text columns left-aligned, numbers right-aligned.
-            if matches!(j, 1 | 2 | 4) {
+            if matches!(j, 1 | 2 | 4 | 5) {
                 out.push_str(&format!("{cell:>w$}"));
             } else {
                 out.push_str(&format!("{cell:<w$}"));
             }
-            if j < 6 {
+            if j < 7 {
                 out.push_str("  ");
             }
         }
         out.truncate(out.trim_end().len());
         out.push('\n');
         if i == 0 {
-            let total = widths.iter().sum::<usize>() + 2 * 6;
+            let total = widths.iter().sum::<usize>() + 2 * 7;
             out.push_str(&"-".repeat(total));
             out.push('\n');
         }
@@ -215,6 +234,7 @@ mod tests {
             baseline: Some(base),
             bus_p99: None,
             baseline_p99: None,
+            baseline_old: None,
             error: None,
         }
     }
@@ -233,5 +253,10 @@ mod tests {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["ratio"], json!(0.9));
+        assert!(v.get("ratio_old").is_none());
+        let mut l = line(Better::Higher, 90.0, 100.0);
+        l.baseline_old = Some(60.0);
+        let v: Value = serde_json::from_str(&l.to_json()).unwrap();
+        assert_eq!(v["ratio_old"], json!(1.5));
     }
 }

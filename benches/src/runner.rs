@@ -42,6 +42,14 @@ pub trait Rounds {
     fn baseline(&mut self, n: usize) -> impl Future<Output = BenchResult<Sample>> + Send;
     /// One bus round of `n` units of work.
     fn bus(&mut self, n: usize) -> impl Future<Output = BenchResult<Sample>> + Send;
+    /// One round of the scenario's previous baseline, kept beside a tightened one so the report
+    /// shows old and new ratios from the same run; `None` (the default) when there is none.
+    fn old_baseline(
+        &mut self,
+        _n: usize,
+    ) -> impl Future<Output = Option<BenchResult<Sample>>> + Send {
+        async { None }
+    }
 }
 
 /// Which sides to run: both normally; one alone to profile it (`--side`).
@@ -62,10 +70,13 @@ pub struct Outcome {
     pub baseline: Result<Sample, String>,
     /// Median of the bus rounds.
     pub bus: Result<Sample, String>,
+    /// Median of the previous baseline's rounds, for scenarios that kept one.
+    pub old_baseline: Option<Result<Sample, String>>,
 }
 
 /// Runs one discarded warm-up round per side (`warmup_n` units, 0 = none), then `rounds` rounds
-/// of `n` units, alternating baseline and bus, and returns the medians. A side that fails stops
+/// of `n` units, alternating baseline and bus (and the old baseline after them, where the
+/// scenario has one), and returns the medians. A side that fails stops
 /// (its error is kept) while the other goes on, so a broken SDK still shows its baseline.
 pub async fn interleave<R: Rounds>(
     name: &str,
@@ -84,6 +95,9 @@ pub async fn interleave<R: Rounds>(
     };
     let mut base: Result<Vec<Sample>, String> = skipped(sides != Sides::Bus);
     let mut bus: Result<Vec<Sample>, String> = skipped(sides != Sides::Baseline);
+    // `None` until the scenario says whether it has an old baseline (its first answer).
+    let mut old: Option<Result<Vec<Sample>, String>> = None;
+    let mut has_old = sides == Sides::Both;
     let plan = (warmup_n > 0)
         .then_some(("warm-up".to_string(), warmup_n, false))
         .into_iter()
@@ -91,7 +105,19 @@ pub async fn interleave<R: Rounds>(
     for (what, units, keep) in plan {
         let b = run_side(&mut base, r.baseline(units), keep).await;
         let s = run_side(&mut bus, r.bus(units), keep).await;
-        progress(name, &what, b, s);
+        let mut o = None;
+        if has_old {
+            let acc = old.get_or_insert_with(|| Ok(Vec::with_capacity(rounds)));
+            match run_old_side(acc, r.old_baseline(units), keep).await {
+                Some(v) => o = v,
+                // The scenario has no old baseline: stop asking.
+                None => {
+                    has_old = false;
+                    old = None;
+                }
+            }
+        }
+        progress(name, &what, b, s, o);
         if base.is_err() && bus.is_err() {
             break;
         }
@@ -99,6 +125,7 @@ pub async fn interleave<R: Rounds>(
     Outcome {
         baseline: base.map(|v| median_sample(&v)),
         bus: bus.map(|v| median_sample(&v)),
+        old_baseline: old.map(|r| r.map(|v| median_sample(&v))),
     }
 }
 
@@ -127,6 +154,19 @@ async fn run_side(
     }
 }
 
+/// As [`run_side`] for the old baseline: `None` when the scenario has none.
+async fn run_old_side(
+    acc: &mut Result<Vec<Sample>, String>,
+    round: impl Future<Output = Option<BenchResult<Sample>>>,
+    keep: bool,
+) -> Option<Option<f64>> {
+    let outcome = AssertUnwindSafe(round)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Some(Err(fail(format!("panicked: {}", panic_text(&p))))))?;
+    Some(run_side(acc, async { outcome }, keep).await)
+}
+
 /// The message of a panic payload.
 pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
@@ -135,13 +175,14 @@ pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a non-string panic".into())
 }
 
-fn progress(name: &str, what: &str, b: Option<f64>, s: Option<f64>) {
+fn progress(name: &str, what: &str, b: Option<f64>, s: Option<f64>, o: Option<f64>) {
     let show = |x: Option<f64>| x.map_or("failed".to_string(), |v| format!("{v:.1}"));
+    let old = o.map_or(String::new(), |v| format!("  old baseline {v:>12.1}"));
     // Progress goes to stderr so stdout stays the machine-readable report.
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
-            "  {name:<20} {what:<12} baseline {:>12}  bus {:>12}",
+            "  {name:<20} {what:<12} baseline {:>12}  bus {:>12}{old}",
             show(b),
             show(s)
         );

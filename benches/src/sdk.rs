@@ -89,7 +89,12 @@ async fn typed_subscriber(
 }
 
 /// Publishes `n` copies of `msg` with up to `window` publishes in flight.
-async fn publish_windowed(bus: &Bus, msg: &Outbound, n: usize, window: usize) -> BenchResult<()> {
+pub async fn publish_windowed(
+    bus: &Bus,
+    msg: &Outbound,
+    n: usize,
+    window: usize,
+) -> BenchResult<()> {
     let mut in_flight = futures::stream::iter(0..n)
         .map(|_| msg.publish(bus))
         .buffer_unordered(window);
@@ -111,6 +116,30 @@ pub async fn pubsub_typed(url: &str, n: usize) -> BenchResult<f64> {
         msg.publish(&publisher).await?;
     }
     let end = within(WAIT, "the typed subscriber", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// `nats_fanout_10`: a publishing bus and `subscribers` subscribing buses (one connection each,
+/// as the baseline), outbox off, publishes awaited one after the other; the round ends when
+/// every subscriber has all `n`.
+pub async fn fanout_typed(url: &str, n: usize, subscribers: usize) -> BenchResult<f64> {
+    let publisher = Bus::builder().nats([url]).no_outbox().connect().await?;
+    let mut buses = Vec::with_capacity(subscribers);
+    let mut counters = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let (bus, counter) = typed_subscriber(url, n, &publisher).await?;
+        buses.push(bus);
+        counters.push(counter);
+    }
+    let msg = msgs::outbound(INSTANCE);
+    let start = Instant::now();
+    for _ in 0..n {
+        msg.publish(&publisher).await?;
+    }
+    let mut end = start;
+    for counter in counters {
+        end = end.max(within(WAIT, "a typed fan-out subscriber", counter).await???);
+    }
     Ok(rate(n, start, end))
 }
 
@@ -204,6 +233,20 @@ pub async fn local_typed(n: usize, subs: usize) -> BenchResult<f64> {
     }
     let end = within(WAIT, "the local subscriber", counter).await???;
     drop(others);
+    Ok(rate(n, start, end))
+}
+
+/// One round of `n` publishes on an existing local bus, end to end at a fresh subscription on
+/// the measured channel (for `--scaling`, where the bus already holds other subscriptions).
+pub async fn local_round(bus: &Bus, n: usize) -> BenchResult<f64> {
+    let sub = Outbound::subscribe(bus, Outbound::filter().channel(CHANNEL)).await?;
+    let counter = spawn_typed_counter(sub, n, Arc::new(Notify::new()));
+    let msg = msgs::outbound(INSTANCE);
+    let start = Instant::now();
+    for _ in 0..n {
+        msg.publish(bus).await?;
+    }
+    let end = within(WAIT, "the local subscriber", counter).await???;
     Ok(rate(n, start, end))
 }
 

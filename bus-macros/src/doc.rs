@@ -112,6 +112,29 @@ impl Docs {
         )
     }
 
+    /// The filter's `durable` method.
+    pub fn durable(&self) -> String {
+        let Docs {
+            type_name,
+            template,
+            ..
+        } = self;
+        format!(
+            "Takes the messages from the durable consumer `name` instead of a plain \
+             subscription: `{type_name}` messages on `{template}` that the filter selects and that \
+             are published while no subscriber runs are kept and delivered when one comes back \
+             (on NATS: a JetStream durable consumer on the stream that covers the subject; on the \
+             local broker: the same, in memory). `handle` acks after `Ok`, retries after `Err` and \
+             dead-letters after the last attempt; `subscribe` yields envelopes to settle with \
+             [`Envelope::ack`](bus::Envelope::ack), [`nak`](bus::Envelope::nak) or \
+             [`term`](bus::Envelope::term). With a queue group too, the instances share the \
+             consumer.\n\n\
+             The name must be one token; otherwise `subscribe` fails with \
+             [`Error::InvalidSubjectToken`](bus::Error::InvalidSubjectToken).\n\n\
+             {GENERATED}"
+        )
+    }
+
     /// The filter's `queue` method.
     pub fn queue(&self) -> String {
         let Docs {

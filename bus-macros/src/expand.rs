@@ -93,6 +93,7 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
     let publish_doc = docs.publish();
     let subscribe_doc = docs.subscribe();
     let handle_doc = docs.handle();
+    let registration = registration(input, attrs, &type_name, &lit);
 
     quote! {
         #filter_struct
@@ -149,7 +150,36 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
             }
 
             #request_impl
+
+            #registration
         };
+    }
+}
+
+/// The type's catalog entry: one static, collected at link time (`bus::catalog()`).
+fn registration(input: &Input, attrs: &Attrs, type_name: &str, template: &LitStr) -> TokenStream {
+    let fields = input.fields.iter().map(|f| {
+        let name = &f.name;
+        let ty = doc::type_text(f.ty);
+        quote! { (#name, #ty) }
+    });
+    let reply = match &attrs.reply {
+        Some(r) => {
+            let text = doc::type_text(r);
+            quote! { ::core::option::Option::Some(#text) }
+        }
+        None => quote! { ::core::option::Option::None },
+    };
+    quote! {
+        ::bus::__private::inventory::submit! {
+            ::bus::__private::Registration {
+                type_name: #type_name,
+                module_path: ::core::module_path!(),
+                template: #template,
+                fields: &[#(#fields),*],
+                reply: #reply,
+            }
+        }
     }
 }
 
@@ -237,6 +267,7 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
         }
     });
     let queue_doc = docs.queue();
+    let durable_doc = docs.durable();
     let pattern = plan.segments.iter().map(|s| match s {
         PlanSegment::Literal(l) => quote! { ::core::option::Option::Some(#l) },
         PlanSegment::Placeholder(_) => quote! { ::core::option::Option::None },
@@ -252,6 +283,12 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
                 self.parts.set_queue(group);
                 self
             }
+
+            #[doc = #durable_doc]
+            pub fn durable(mut self, name: &str) -> Self {
+                self.parts.set_durable(name);
+                self
+            }
         }
 
         #[automatically_derived]
@@ -262,6 +299,10 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
 
             fn queue_group(&self) -> ::core::option::Option<&str> {
                 self.parts.queue()
+            }
+
+            fn durable_name(&self) -> ::core::option::Option<&str> {
+                self.parts.durable()
             }
         }
 
@@ -278,6 +319,7 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
                 f.debug_struct(#debug_name)
                     .field("pattern", &::bus::__private::Filter::pattern(self))
                     .field("queue", &self.parts.queue())
+                    .field("durable", &self.parts.durable())
                     .finish()
             }
         }
@@ -481,6 +523,7 @@ mod tests {
             [
                 "OutboundFilter",
                 "channel",
+                "durable",
                 "filter",
                 "handle",
                 "instance",

@@ -14,6 +14,7 @@ mod check;
 mod ctxt;
 mod doc;
 mod expand;
+mod messages;
 
 use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};
@@ -35,4 +36,21 @@ use syn::{parse_macro_input, DeriveInput};
 pub fn derive_message(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     expand::derive(&input).into()
+}
+
+/// Derives `bus::Messages` for an enum whose variants each hold one message type.
+///
+/// ```text
+/// #[derive(Messages)]
+/// enum AgentEvent { Started(Started), Stopped(Stopped) }
+/// ```
+///
+/// Generates `AgentEvent::subscribe(&bus, "agent.events.>")` (a stream of
+/// `Result<Envelope<AgentEvent>>`) and `AgentEvent::handle(&bus, pattern, handler)`, which decode
+/// each message into the variant whose subject template matches its subject. Two variants
+/// whose templates can match the same subject are refused at compile time.
+#[proc_macro_derive(Messages)]
+pub fn derive_messages(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    messages::derive(&input).into()
 }

@@ -546,6 +546,154 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// The end (exclusive byte index) of the token of `s` that starts at `start`.
+const fn token_end(s: &[u8], start: usize) -> usize {
+    let mut i = start;
+    while i < s.len() && s[i] != b'.' {
+        i += 1;
+    }
+    i
+}
+
+/// Whether `a[a0..a1]` and `b[b0..b1]` are the same bytes.
+const fn same_token(a: &[u8], a0: usize, a1: usize, b: &[u8], b0: usize, b1: usize) -> bool {
+    if a1 - a0 != b1 - b0 {
+        return false;
+    }
+    let mut i = 0;
+    while i < a1 - a0 {
+        if a[a0 + i] != b[b0 + i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// How a token of one side of [`walk`] matches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// A template: a token `<name>` stands for any one token.
+    Template,
+    /// A concrete subject: every token is literal.
+    Subject,
+    /// A subscription pattern: `*` is any one token, a final `>` one or more.
+    Pattern,
+}
+
+/// The one token-by-token comparison behind [`templates_overlap`], [`template_matches`] and
+/// [`pattern_admits`]: whether some concrete subject fits both sides.
+const fn walk(a: &[u8], a_side: Side, b: &[u8], b_side: Side) -> bool {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let (a_done, b_done) = (i > a.len(), j > b.len());
+        if a_done || b_done {
+            return a_done && b_done;
+        }
+        let (ae, be) = (token_end(a, i), token_end(b, j));
+        let a_any = match a_side {
+            Side::Template => ae > i && a[i] == b'<',
+            Side::Pattern => ae == i + 1 && a[i] == b'*',
+            Side::Subject => false,
+        };
+        let b_any = match b_side {
+            Side::Template => be > j && b[j] == b'<',
+            Side::Pattern => be == j + 1 && b[j] == b'*',
+            Side::Subject => false,
+        };
+        // A final `>` takes this token and every later one (at least this one exists).
+        if matches!(a_side, Side::Pattern) && ae == i + 1 && ae == a.len() && a[i] == b'>' {
+            return true;
+        }
+        if matches!(b_side, Side::Pattern) && be == j + 1 && be == b.len() && b[j] == b'>' {
+            return true;
+        }
+        if !a_any && !b_any && !same_token(a, i, ae, b, j, be) {
+            return false;
+        }
+        i = ae + 1;
+        j = be + 1;
+    }
+}
+
+/// Whether two subject templates can produce the same concrete subject: they have as many
+/// tokens, and at each position the literals are equal or one side is a placeholder (which
+/// takes any token). A `const fn`, so `#[derive(Messages)]` refuses overlapping variants at
+/// compile time with this very rule.
+///
+/// ```
+/// use bus_subject::templates_overlap;
+/// assert!(templates_overlap("agent.events.<agent>", "agent.events.started"));
+/// assert!(templates_overlap("agent.events.<a>.x", "agent.events.planner.<b>"));
+/// assert!(!templates_overlap("agent.events.<agent>.started", "agent.events.<agent>.stopped"));
+/// assert!(!templates_overlap("agent.events.<agent>", "agent.events.<agent>.<run>"));
+/// ```
+pub const fn templates_overlap(a: &str, b: &str) -> bool {
+    walk(a.as_bytes(), Side::Template, b.as_bytes(), Side::Template)
+}
+
+/// Whether a concrete subject fits a template: as many tokens, equal literals, any token for
+/// a placeholder.
+///
+/// ```
+/// use bus_subject::template_matches;
+/// assert!(template_matches("agent.events.<agent>.started", "agent.events.planner.started"));
+/// assert!(!template_matches("agent.events.<agent>.started", "agent.events.planner.stopped"));
+/// assert!(!template_matches("agent.events.<agent>", "agent.events.planner.started"));
+/// ```
+pub const fn template_matches(template: &str, subject: &str) -> bool {
+    walk(
+        template.as_bytes(),
+        Side::Template,
+        subject.as_bytes(),
+        Side::Subject,
+    )
+}
+
+/// Whether a subscription pattern can receive any subject of a template.
+///
+/// ```
+/// use bus_subject::pattern_admits;
+/// assert!(pattern_admits("agent.events.>", "agent.events.<agent>.started"));
+/// assert!(pattern_admits("agent.*.planner", "agent.events.<agent>"));
+/// assert!(!pattern_admits("agent.route.>", "agent.events.<agent>"));
+/// assert!(!pattern_admits("agent.events.*", "agent.events.<agent>.started"));
+/// ```
+pub const fn pattern_admits(pattern: &str, template: &str) -> bool {
+    walk(
+        pattern.as_bytes(),
+        Side::Pattern,
+        template.as_bytes(),
+        Side::Template,
+    )
+}
+
+/// A concrete subject both templates produce, if they overlap ([`templates_overlap`]): each
+/// literal as written, and where both sides have a placeholder, the first one's name as the
+/// value.
+///
+/// ```
+/// use bus_subject::overlap_example;
+/// assert_eq!(
+///     overlap_example("agent.events.<agent>.x", "agent.events.planner.<event>").as_deref(),
+///     Some("agent.events.planner.x")
+/// );
+/// assert_eq!(overlap_example("agent.events.a", "agent.events.b"), None);
+/// ```
+pub fn overlap_example(a: &str, b: &str) -> Option<String> {
+    if !templates_overlap(a, b) {
+        return None;
+    }
+    let tokens = a.split('.').zip(b.split('.')).map(|(x, y)| {
+        match (placeholder_name(x), placeholder_name(y)) {
+            (Some(name), Some(_)) => name,
+            (Some(_), None) => y,
+            (None, _) => x,
+        }
+    });
+    Some(tokens.collect::<Vec<_>>().join("."))
+}
+
 /// The candidate nearest to `word` by edit distance, if it is close enough to be a likely typo.
 ///
 /// ```

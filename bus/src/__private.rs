@@ -8,6 +8,15 @@ pub use core::result::Result as StdResult;
 pub use futures::future::BoxFuture;
 pub use std::string::String;
 
+pub use crate::catalog::Registration;
+pub use crate::fan_in::{
+    decode_messages, handle as fan_in_handle, subscribe as fan_in_subscribe, Incoming, Undecodable,
+    Variant, VariantOf,
+};
+pub use crate::fan_in::{FanIn, Messages};
+pub use bus_subject::templates_overlap;
+pub use inventory;
+
 use bus_subject::check_token;
 
 /// `Self` is `T`. Lets a generated method bound a type parameter known to be `Self` (a bound on
@@ -72,12 +81,13 @@ impl SubjectBuilder {
     }
 }
 
-/// The state of a generated filter: one optional value per placeholder, a queue group, and the
-/// first invalid value (reported when the filter is used).
+/// The state of a generated filter: one optional value per placeholder, a queue group, a
+/// durable consumer's name, and the first invalid value (reported when the filter is used).
 #[derive(Debug)]
 pub struct FilterParts<const N: usize> {
     values: [Option<String>; N],
     queue: Option<String>,
+    durable: Option<String>,
     error: Option<Error>,
 }
 
@@ -86,6 +96,7 @@ impl<const N: usize> Default for FilterParts<N> {
         FilterParts {
             values: std::array::from_fn(|_| None),
             queue: None,
+            durable: None,
             error: None,
         }
     }
@@ -109,15 +120,30 @@ impl<const N: usize> FilterParts<N> {
 
     /// Sets the queue group.
     pub fn set_queue(&mut self, name: &str) {
+        self.queue = self.checked_name("queue", name);
+    }
+
+    /// Sets the durable consumer's name.
+    pub fn set_durable(&mut self, name: &str) {
+        self.durable = self.checked_name("durable", name);
+    }
+
+    /// `name` if it is one token, else `None` and the error kept for when the filter is used.
+    fn checked_name(&mut self, field: &'static str, name: &str) -> Option<String> {
         if let Err(e) = check_token(name) {
             self.error.get_or_insert(Error::InvalidSubjectToken {
-                field: "queue",
+                field,
                 value: name.to_string(),
                 reason: e.reason(),
             });
-            return;
+            return None;
         }
-        self.queue = Some(name.to_string());
+        Some(name.to_string())
+    }
+
+    /// The durable consumer's name.
+    pub fn durable(&self) -> Option<&str> {
+        self.durable.as_deref()
     }
 
     /// The pattern: `segments` are the template's tokens, `None` marking placeholders in order.

@@ -190,6 +190,17 @@ impl BusBuilder {
         self
     }
 
+    /// The largest message (payload plus headers) the outbox queues while the server's
+    /// max_payload is not known yet (before the first connection); default
+    /// [`DEFAULT_OUTBOX_MAX_PAYLOAD`](crate::outbox::DEFAULT_OUTBOX_MAX_PAYLOAD), 8 MiB. A
+    /// bigger one fails `publish` with [`Error::OutboxMessageTooLarge`](crate::Error::OutboxMessageTooLarge);
+    /// once connected, the server's limit applies instead (`Error::PayloadTooLarge`).
+    #[cfg(feature = "outbox")]
+    pub fn outbox_max_payload(mut self, bytes: usize) -> Self {
+        self.outbox_options.max_payload = bytes;
+        self
+    }
+
     /// How many failed send attempts (while connected) move an outbox message to the dead
     /// letters, and the backoff between them (default: 3 attempts, 100 ms then 400 ms).
     #[cfg(feature = "outbox")]

@@ -14,7 +14,7 @@ use tracing::Instrument;
 #[cfg(feature = "outbox")]
 use crate::broker::check_subject;
 use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
-use crate::durable::{DurableSpec, DurableStream};
+use crate::durable::DurableSpec;
 use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters, Source};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::health::{Health, Tracker};
@@ -217,7 +217,10 @@ impl Bus {
     /// (through [`Bus::health`]) until the bus is closed or dropped.
     #[cfg(all(feature = "outbox", feature = "metrics"))]
     fn start_outbox_gauges(&self) {
-        self.every(crate::metrics::OUTBOX_GAUGE_INTERVAL, |bus| async move {
+        // Not at once: a bus dropped right after it is built must not wait for a first refresh
+        // (that would keep the outbox file open past the drop).
+        let every = crate::metrics::OUTBOX_GAUGE_INTERVAL;
+        self.every(every, every, |bus| async move {
             bus.health().await;
         });
     }
@@ -355,13 +358,21 @@ impl Bus {
     /// Subscribes to the messages of type `M` that `filter` selects.
     pub async fn subscribe<M: Message>(&self, filter: M::Filter) -> Result<Subscription<M>> {
         let check = self.inner.check_subject_fields;
-        self.subscribe_raw(&filter)
-            .await
-            .map(|raw| Subscription::new(raw).check_subject_fields(check))
+        let sub = match filter.durable_name() {
+            Some(name) => {
+                let mut spec = DurableSpec::new(name, filter.pattern()?);
+                if let Some(q) = filter.queue_group() {
+                    spec = spec.queue(q);
+                }
+                Subscription::durable(self.inner.broker.consume(&spec).await?)
+            }
+            None => Subscription::new(self.subscribe_raw(&filter).await?),
+        };
+        Ok(sub.check_subject_fields(check))
     }
 
     /// The raw subscription a filter stands for (its pattern and queue group).
-    async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
+    pub(crate) async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
         let pattern = filter.pattern()?;
         let raw = self
             .inner
@@ -414,7 +425,12 @@ impl Bus {
             Ok(reply) => reply,
             Err(e) => return self.request_done::<M, _>(started, Err(e)),
         };
-        if let Some(message) = reply.headers.get(headers::ERROR) {
+        // `Nats-Service-Error`: the error of a NATS service API endpoint (`bus::service`).
+        if let Some(message) = reply
+            .headers
+            .get(headers::ERROR)
+            .or_else(|| reply.headers.get("Nats-Service-Error"))
+        {
             return self.request_done::<M, _>(
                 started,
                 Err(Error::Remote {
@@ -512,7 +528,10 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let durable = options.durable_name().map(str::to_owned);
+        let durable = options
+            .durable_name()
+            .or(filter.durable_name())
+            .map(str::to_owned);
         self.handle_inner(filter, options, durable.as_deref(), handler)
             .await
     }
@@ -546,50 +565,26 @@ impl Bus {
         Ok(handler)
     }
 
-    /// Subscribes to the messages of type `M` that `filter` selects through the durable
-    /// consumer `durable` (see [`durable`](crate::durable)): messages published while nobody
-    /// was subscribed arrive when a subscriber comes back; each item must be settled with
-    /// [`ack`](crate::durable::Delivered::ack), [`nak`](crate::durable::Delivered::nak) or
-    /// [`term`](crate::durable::Delivered::term) (one that
-    /// is dropped unsettled is delivered again at once, one left unsettled after the ack wait
-    /// of 30 s, too). With a queue group in the filter, several instances share the consumer.
-    /// Redeliveries are unlimited; use [`handle_with`](Bus::handle_with) and
-    /// [`HandlerOptions::durable`] for retries with dead letters.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), bus::Error> {
-    /// use bus::{Bus, Message};
-    /// use futures::StreamExt;
-    /// #[derive(serde::Serialize, serde::Deserialize, Message)]
-    /// #[subject("plugin.inbound.<channel>")]
-    /// struct Inbound { channel: String, text: String }
-    ///
-    /// let bus = Bus::local().await?;
-    /// let sub = bus.subscribe_durable::<Inbound>(Inbound::filter(), "inbox").await?;
-    /// drop(sub); // detached: the durable keeps what is published meanwhile
-    /// Inbound { channel: "slack".into(), text: "hi".into() }.publish(&bus).await?;
-    /// let mut sub = bus.subscribe_durable::<Inbound>(Inbound::filter(), "inbox").await?;
-    /// let msg = sub.next().await.unwrap()?;
-    /// assert_eq!(msg.text, "hi");
-    /// assert_eq!(msg.delivered(), 1);
-    /// msg.ack().await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn subscribe_durable<M: Message>(
+    /// [`handle_with`](Bus::handle_with) for anything a handler can decode: what the `handle`
+    /// of a `#[derive(Messages)]` enum calls.
+    pub(crate) async fn handle_incoming<M, F, Fut, E>(
         &self,
-        filter: M::Filter,
-        durable: &str,
-    ) -> Result<DurableStream<M>> {
-        let mut spec = DurableSpec::new(durable, filter.pattern()?);
-        if let Some(q) = filter.queue_group() {
-            spec = spec.queue(q);
-        }
-        self.inner
-            .broker
-            .consume(&spec)
-            .await
-            .map(DurableStream::new)
+        filter: &impl Filter,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        M: crate::fan_in::Incoming,
+        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let tracked = self.track()?;
+        let source = Source::Plain(self.subscribe_raw(filter).await?);
+        let handler =
+            handler::spawn::<M, F, Fut, E>(source, options, self.handler_sink(), tracked, handler);
+        self.inner.health.track_handler(handler.stats());
+        Ok(handler)
     }
 
     /// Answers requests of type `M` that `filter` selects with `handler`, until the returned
@@ -813,7 +808,7 @@ impl Bus {
     /// Sends [`Bus::health`] on `plugin.health.<instance>` every `interval`, straight to the
     /// broker (never through the outbox), until the bus is closed or dropped.
     pub(crate) fn start_heartbeat(&self, interval: Duration) {
-        self.every(interval, |bus| async move {
+        self.every(Duration::ZERO, interval, |bus| async move {
             let health = bus.health().await;
             let raw = match (health.subject(), codec::encode(&health, Health::TYPE_NAME)) {
                 (Ok(subject), Ok(payload)) => RawMessage::new(subject, payload),
@@ -830,9 +825,9 @@ impl Bus {
         });
     }
 
-    /// Runs `job` every `interval` (the first at once) on its own task, until the bus is closed
+    /// Runs `job` after `first`, then every `interval`, on its own task, until the bus is closed
     /// or dropped; the task holds the bus only while `job` runs.
-    fn every<F, Fut>(&self, interval: Duration, job: F)
+    fn every<F, Fut>(&self, first: Duration, interval: Duration, job: F)
     where
         F: Fn(Bus) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
@@ -840,7 +835,7 @@ impl Bus {
         let weak = Arc::downgrade(&self.inner);
         let mut closing = self.inner.closing.subscribe();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

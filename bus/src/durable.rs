@@ -13,17 +13,13 @@
 //!   are kept in memory while no puller is attached, bounded and counted.
 //!
 //! The layers: [`Broker::consume`](crate::Broker::consume) gives a [`DurableSubscription`] of
-//! raw [`Delivery`]s; [`Bus::subscribe_durable`](crate::Bus::subscribe_durable) a typed
-//! [`DurableStream`]; [`HandlerOptions::durable`](crate::HandlerOptions::durable) a handler that
-//! acks after `Ok`, naks with backoff after `Err` and terminates and dead-letters after the last
-//! attempt.
+//! raw [`Delivery`]s; a filter with `.durable(name)` makes `T::subscribe` a typed stream of
+//! envelopes to settle ([`Envelope::ack`](crate::Envelope::ack), `nak`, `term`) and `T::handle`
+//! (or [`HandlerOptions::durable`](crate::HandlerOptions::durable)) a handler that acks after
+//! `Ok`, naks with backoff after `Err` and terminates and dead-letters after the last attempt.
 
 use std::fmt;
-use std::marker::PhantomData;
-use std::ops::Deref;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -32,7 +28,7 @@ use futures::{FutureExt, Stream};
 
 use crate::broker::{RawMessage, SubscriptionStats};
 pub use crate::local::LOCAL_DURABLE_CAPACITY;
-use crate::{codec, Envelope, Error, Message, Result};
+use crate::{Error, Result};
 
 /// How a delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +118,11 @@ impl Acker {
 }
 
 impl Acker {
+    /// The in-progress signal, to await after letting go of a lock on this acker.
+    pub(crate) fn progress(&self) -> Option<BoxFuture<'static, Result<()>>> {
+        self.handle.as_ref().map(|h| h.send(AckKind::Progress))
+    }
+
     /// Sends `kind` without waiting for it: at once where the broker settles synchronously
     /// (local), else on the runtime if there is one (without, the ack wait brings the message
     /// back).
@@ -333,137 +334,5 @@ impl fmt::Debug for DurableSubscription {
             .field("pattern", &self.pattern)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
-    }
-}
-
-/// A typed message from a durable consumer: the [`Envelope`] (it derefs to it) and how to
-/// settle it.
-#[derive(Debug)]
-pub struct Delivered<T> {
-    envelope: Envelope<T>,
-    acker: Acker,
-}
-
-impl<T> Delivered<T> {
-    /// The envelope.
-    pub fn envelope(&self) -> &Envelope<T> {
-        &self.envelope
-    }
-
-    /// How many times it was delivered, this delivery included (1 the first time).
-    pub fn delivered(&self) -> u32 {
-        self.acker.delivered
-    }
-
-    /// Done: never delivered again.
-    pub async fn ack(self) -> Result<()> {
-        self.acker.ack().await
-    }
-
-    /// Not done: deliver again after `delay`.
-    pub async fn nak(self, delay: Duration) -> Result<()> {
-        self.acker.nak(delay).await
-    }
-
-    /// Never deliver again.
-    pub async fn term(self) -> Result<()> {
-        self.acker.term().await
-    }
-
-    /// Still working on it: the ack wait starts again.
-    pub async fn in_progress(&self) -> Result<()> {
-        self.acker.in_progress().await
-    }
-
-    /// The envelope and the acker, apart.
-    pub fn into_parts(self) -> (Envelope<T>, Acker) {
-        (self.envelope, self.acker)
-    }
-}
-
-impl<T> Deref for Delivered<T> {
-    type Target = Envelope<T>;
-    fn deref(&self) -> &Envelope<T> {
-        &self.envelope
-    }
-}
-
-/// A typed durable subscription ([`Bus::subscribe_durable`](crate::Bus::subscribe_durable)): a
-/// [`Stream`] of `Result<Delivered<T>>`.
-///
-/// A payload that does not decode is an [`Error::Decode`] item (counted); that delivery is
-/// terminated, as redelivering cannot fix it, and the stream goes on.
-pub struct DurableStream<T> {
-    raw: DurableSubscription,
-    decode_errors: u64,
-    _type: PhantomData<fn() -> T>,
-}
-
-impl<T> DurableStream<T> {
-    /// Wraps a raw durable subscription.
-    pub fn new(raw: DurableSubscription) -> Self {
-        DurableStream {
-            raw,
-            decode_errors: 0,
-            _type: PhantomData,
-        }
-    }
-
-    /// The durable name.
-    pub fn name(&self) -> &str {
-        &self.raw.name
-    }
-
-    /// Delivered and dropped counts.
-    pub fn stats(&self) -> &Arc<SubscriptionStats> {
-        &self.raw.stats
-    }
-
-    /// Payloads that did not decode so far.
-    pub fn decode_errors(&self) -> u64 {
-        self.decode_errors
-    }
-}
-
-impl<T> fmt::Debug for DurableStream<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DurableStream")
-            .field("raw", &self.raw)
-            .field("decode_errors", &self.decode_errors)
-            .finish()
-    }
-}
-
-impl<T: Message> Stream for DurableStream<T> {
-    type Item = Result<Delivered<T>>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let Delivery { message, acker } = match this.raw.deliveries.as_mut().poll_next(cx) {
-            Poll::Ready(Some(d)) => d,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        Poll::Ready(Some(match codec::decode::<T>(&message.payload) {
-            Ok(body) => Ok(Delivered {
-                envelope: Envelope::new(body, message.subject, None, message.headers),
-                acker,
-            }),
-            Err(source) => {
-                this.decode_errors += 1;
-                let msg_id = message
-                    .headers
-                    .get(crate::headers::MSG_ID)
-                    .map(str::to_string);
-                tracing::warn!(subject = %message.subject, ?msg_id, type_name = T::TYPE_NAME, error = %source, "undecodable payload on a durable consumer; terminated");
-                acker.settle_detached(AckKind::Term);
-                Err(Error::Decode {
-                    subject: message.subject,
-                    msg_id,
-                    type_name: T::TYPE_NAME,
-                    source,
-                })
-            }
-        }))
     }
 }

@@ -1,18 +1,57 @@
 //! `Envelope<T>`: a received message with its subject and headers.
 
+use std::fmt;
 use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use crate::durable::Acker;
 use crate::headers::{self, Headers};
+use crate::Result;
 
 /// A typed message as received, with its subject and headers.
 ///
 /// Derefs to the body, so `env.text` reads a field directly.
+///
+/// From a durable consumer (a filter with `.durable(name)`), it also settles its delivery:
+/// [`ack`](Envelope::ack), [`nak`](Envelope::nak) or [`term`](Envelope::term), once. An
+/// envelope dropped unsettled (with all its clones) is delivered again at once; one left
+/// unsettled past the ack wait, too. On a plain subscription there is nothing to settle and
+/// these methods do nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope<T> {
     body: T,
     subject: String,
     reply: Option<String>,
     headers: Headers,
+    settle: Settle,
+}
+
+/// The delivery an envelope from a durable consumer settles (shared by its clones); nothing on
+/// a plain subscription. Never part of an envelope's equality.
+#[derive(Clone, Default)]
+struct Settle(Option<Arc<(u32, Mutex<Option<Acker>>)>>);
+
+impl Settle {
+    fn take(&self) -> Option<Acker> {
+        let (_, acker) = &**self.0.as_ref()?;
+        acker.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl PartialEq for Settle {
+    fn eq(&self, _: &Settle) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Settle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("none"),
+            Some(cell) => write!(f, "delivery {}", cell.0),
+        }
+    }
 }
 
 impl<T> Envelope<T> {
@@ -23,7 +62,14 @@ impl<T> Envelope<T> {
             subject,
             reply,
             headers,
+            settle: Settle::default(),
         }
+    }
+
+    /// The envelope of a durable consumer's delivery, settled through `acker`.
+    pub(crate) fn with_acker(mut self, acker: Acker) -> Self {
+        self.settle = Settle(Some(Arc::new((acker.delivered(), Mutex::new(Some(acker))))));
+        self
     }
 
     /// The message.
@@ -66,13 +112,85 @@ impl<T> Envelope<T> {
         self.reply.as_deref()
     }
 
-    /// Applies `f` to the body, keeping subject and headers.
+    /// Applies `f` to the body, keeping subject, headers and the delivery to settle.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
         Envelope {
             body: f(self.body),
             subject: self.subject,
             reply: self.reply,
             headers: self.headers,
+            settle: self.settle,
+        }
+    }
+
+    /// How many times this message was delivered, this delivery included: 1 the first time,
+    /// more after a durable consumer redelivered it; always 1 on a plain subscription.
+    pub fn delivered(&self) -> u32 {
+        self.settle.0.as_ref().map_or(1, |cell| cell.0)
+    }
+
+    /// Whether it came from a durable consumer, and so has a delivery to settle.
+    pub fn is_durable(&self) -> bool {
+        self.settle.0.is_some()
+    }
+
+    /// Done: a durable consumer never delivers it again. Does nothing on a plain subscription
+    /// or once settled.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use bus::{Bus, Message};
+    /// use futures::StreamExt;
+    /// #[derive(serde::Serialize, serde::Deserialize, Message)]
+    /// #[subject("plugin.inbound.<channel>")]
+    /// struct Inbound { channel: String, text: String }
+    ///
+    /// let bus = Bus::local().await?;
+    /// let sub = Inbound::subscribe(&bus, Inbound::filter().durable("inbox")).await?;
+    /// drop(sub); // detached: the durable keeps what is published meanwhile
+    /// Inbound { channel: "slack".into(), text: "hi".into() }.publish(&bus).await?;
+    /// let mut sub = Inbound::subscribe(&bus, Inbound::filter().durable("inbox")).await?;
+    /// let msg = sub.next().await.unwrap()?;
+    /// assert_eq!((msg.text.as_str(), msg.delivered()), ("hi", 1));
+    /// msg.ack().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ack(&self) -> Result<()> {
+        match self.settle.take() {
+            Some(acker) => acker.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Not done: a durable consumer delivers it again after `delay` (zero: at once), counting
+    /// one more delivery. Does nothing on a plain subscription or once settled.
+    pub async fn nak(&self, delay: Duration) -> Result<()> {
+        match self.settle.take() {
+            Some(acker) => acker.nak(delay).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Never deliver it again, although it was not done (give up on it). Does nothing on a
+    /// plain subscription or once settled.
+    pub async fn term(&self) -> Result<()> {
+        match self.settle.take() {
+            Some(acker) => acker.term().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Still working on it: the ack wait starts again. Does nothing on a plain subscription or
+    /// once settled.
+    pub async fn in_progress(&self) -> Result<()> {
+        let progress = self.settle.0.as_ref().and_then(|cell| {
+            let acker = cell.1.lock().unwrap_or_else(|e| e.into_inner());
+            acker.as_ref().and_then(Acker::progress)
+        });
+        match progress {
+            Some(sent) => sent.await,
+            None => Ok(()),
         }
     }
 }

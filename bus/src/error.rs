@@ -75,6 +75,20 @@ pub enum Error {
         max: usize,
     },
 
+    /// A message bigger than the outbox queues while the server's limit is not known yet
+    /// (before the first connection; see
+    /// [`BusBuilder::outbox_max_payload`](crate::BusBuilder::outbox_max_payload)). Nothing was
+    /// queued.
+    #[error("message on {subject:?} is {size} bytes (payload and headers), over the outbox's limit of {max} bytes while the server's max_payload is not known yet (no connection so far); nothing was queued: split it, or raise BusBuilder::outbox_max_payload")]
+    OutboxMessageTooLarge {
+        /// The subject.
+        subject: String,
+        /// Payload plus encoded headers, in bytes.
+        size: usize,
+        /// The outbox's limit.
+        max: usize,
+    },
+
     /// A request found nobody subscribed to its subject.
     #[error("no responders for request on {subject:?}; is the service running and subscribed?")]
     NoResponders {

@@ -76,7 +76,11 @@ impl Tracker {
             .subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        subs.retain(|w| w.strong_count() > 0);
+        // Pruned only when the list is full (before it would grow): amortized O(1) per
+        // subscribe, where pruning on every subscribe made many subscriptions quadratic.
+        if subs.len() == subs.capacity() {
+            subs.retain(|w| w.strong_count() > 0);
+        }
         subs.push(std::sync::Arc::downgrade(stats));
     }
 

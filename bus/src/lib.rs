@@ -68,11 +68,13 @@ extern crate self as bus;
 
 pub mod broker;
 mod builder;
+pub mod catalog;
 // Named `handle` inside the crate: the root name `bus` is the crate itself (see above).
 mod codec;
 pub mod durable;
 mod envelope;
 mod error;
+mod fan_in;
 #[path = "bus.rs"]
 mod handle;
 pub mod handler;
@@ -87,6 +89,8 @@ mod nats;
 #[cfg(feature = "outbox")]
 pub mod outbox;
 mod retry;
+#[cfg(feature = "nats")]
+pub mod service;
 pub mod stream;
 mod subscription;
 pub mod trace;
@@ -100,8 +104,10 @@ pub use crate::broker::{
 pub use crate::builder::BusBuilder;
 #[cfg(feature = "outbox")]
 pub use crate::builder::DEFAULT_OUTBOX_PATH;
+pub use crate::catalog::catalog;
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
+pub use crate::fan_in::{FanIn, Messages};
 pub use crate::handle::{
     Bus, CloseReport, ServeHandle, DEFAULT_CLOSE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
 };
@@ -120,3 +126,5 @@ pub use crate::stream::StreamConfig;
 pub use crate::subscription::Subscription;
 /// The derive: `#[derive(Message)]` with `#[subject("…")]` and optional `#[reply(T)]`.
 pub use bus_macros::Message;
+/// The fan-in derive: `#[derive(Messages)]` on an enum whose variants each hold one message type.
+pub use bus_macros::Messages;

@@ -21,12 +21,17 @@ use crate::Result;
 /// assert_eq!(m.subject().unwrap(), "plugin.outbound.slack.a1");
 /// assert_eq!(Outbound::SUBJECT, "plugin.outbound.<channel>.<instance>");
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a message type",
+    label = "not a message type",
+    note = "derive `bus::Message` on `{Self}` with a `#[subject(\"…\")]` template; each variant of a `#[derive(Messages)]` enum holds one message type"
+)]
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The subject template as written in `#[subject("…")]`.
     const SUBJECT: &'static str;
     /// The type's name, sent in the `Bus-Type` header.
     const TYPE_NAME: &'static str;
-    /// The generated filter type: one method per placeholder, plus `queue`.
+    /// The generated filter type: one method per placeholder, plus `queue` and `durable`.
     type Filter: Filter;
 
     /// The concrete subject of this message, built from its placeholder fields.
@@ -55,6 +60,11 @@ pub trait Filter: Send + Sync + 'static {
     fn pattern(&self) -> Result<String>;
     /// The queue group, if one was set with `queue(name)`.
     fn queue_group(&self) -> Option<&str>;
+    /// The durable consumer, if one was named with `durable(name)`: `subscribe` and `handle`
+    /// then take their messages from it (see [`durable`](crate::durable)).
+    fn durable_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A value that can fill a subject placeholder: it writes itself as one token.

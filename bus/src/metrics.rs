@@ -192,7 +192,7 @@ mod imp {
     }
 
     impl Receive {
-        pub(crate) fn of<M: Message>() -> Receive {
+        pub(crate) fn of<M: crate::fan_in::Incoming>() -> Receive {
             let labels = [("type", M::TYPE_NAME), ("subject", M::SUBJECT)];
             Receive {
                 delivered: counter!("bus_delivered_total", &labels),
@@ -233,7 +233,7 @@ mod imp {
 
     impl HandlerMetrics {
         /// `origin` is the dead letters' `handler:<name>`.
-        pub(crate) fn of<M: Message>(name: &str, origin: &str) -> HandlerMetrics {
+        pub(crate) fn of<M: crate::fan_in::Incoming>(name: &str, origin: &str) -> HandlerMetrics {
             let labels = [
                 ("handler", name.to_owned()),
                 ("type", M::TYPE_NAME.to_owned()),
@@ -320,7 +320,7 @@ mod noop {
     pub(crate) struct Receive;
 
     impl Receive {
-        pub(crate) fn of<M: Message>() -> Receive {
+        pub(crate) fn of<M: crate::fan_in::Incoming>() -> Receive {
             Receive
         }
         #[inline]
@@ -337,7 +337,7 @@ mod noop {
     }
 
     impl HandlerMetrics {
-        pub(crate) fn of<M: Message>(_name: &str, _origin: &str) -> HandlerMetrics {
+        pub(crate) fn of<M: crate::fan_in::Incoming>(_name: &str, _origin: &str) -> HandlerMetrics {
             HandlerMetrics { receive: Receive }
         }
         #[inline]

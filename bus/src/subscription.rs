@@ -10,7 +10,8 @@ use futures::Stream;
 
 use bus_subject::{parse_template, Segment};
 
-use crate::broker::{RawSubscription, SubscriptionStats};
+use crate::broker::{RawMessage, RawSubscription, SubscriptionStats};
+use crate::durable::{AckKind, Acker, Delivery, DurableSubscription};
 use crate::{codec, Envelope, Error, Message, Result};
 
 /// A typed subscription: a [`Stream`] of `Result<Envelope<T>, Error>`.
@@ -27,6 +28,11 @@ use crate::{codec, Envelope, Error, Message, Result};
 /// placeholder fields disagree with the subject it arrived on is an [`Error::SubjectMismatch`]
 /// item instead of a message. The check is off by default: a peer that builds its subjects from
 /// the same fields (every `bus` publisher does) cannot disagree, and off it costs nothing.
+///
+/// On a durable consumer (a filter with `.durable(name)`), each envelope is a delivery to
+/// settle ([`Envelope::ack`], [`nak`](Envelope::nak), [`term`](Envelope::term)); one that does
+/// not decode or fails the subject/body check is terminated (a redelivery cannot fix it) and
+/// reported as its `Err` item.
 ///
 /// ```no_run
 /// # use bus::{Bus, Message};
@@ -45,7 +51,7 @@ use crate::{codec, Envelope, Error, Message, Result};
 /// # Ok(()) }
 /// ```
 pub struct Subscription<T> {
-    raw: RawSubscription,
+    raw: Source,
     /// Whether the server's refusal of this subscription was reported (then the stream ends).
     reported_failure: bool,
     reported_dropped: u64,
@@ -60,6 +66,15 @@ pub struct Subscription<T> {
 impl<T> Subscription<T> {
     /// Wraps a raw subscription, with the subject/body check off.
     pub fn new(raw: RawSubscription) -> Self {
+        Subscription::from_source(Source::Plain(raw))
+    }
+
+    /// Wraps a durable consumer's deliveries, with the subject/body check off.
+    pub fn durable(raw: DurableSubscription) -> Self {
+        Subscription::from_source(Source::Durable(raw))
+    }
+
+    fn from_source(raw: Source) -> Self {
         Subscription {
             raw,
             reported_failure: false,
@@ -97,12 +112,20 @@ impl<T> Subscription<T> {
 
     /// The pattern subscribed to.
     pub fn pattern(&self) -> &str {
-        &self.raw.pattern
+        self.raw.pattern()
+    }
+
+    /// The durable consumer's name, on one.
+    pub fn durable_name(&self) -> Option<&str> {
+        match &self.raw {
+            Source::Plain(_) => None,
+            Source::Durable(d) => Some(&d.name),
+        }
     }
 
     /// Delivered and dropped counts, shared with the broker.
     pub fn stats(&self) -> &Arc<SubscriptionStats> {
-        &self.raw.stats
+        self.raw.stats()
     }
 
     /// Payloads that did not decode so far.
@@ -119,8 +142,9 @@ impl<T> Subscription<T> {
 impl<T> fmt::Debug for Subscription<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
-            .field("pattern", &self.raw.pattern)
-            .field("stats", &self.raw.stats)
+            .field("pattern", &self.pattern())
+            .field("durable", &self.durable_name())
+            .field("stats", self.stats())
             .field("decode_errors", &self.decode_errors)
             .field("check_subject_fields", &self.check_subject_fields)
             .field("subject_mismatches", &self.subject_mismatches)
@@ -133,32 +157,21 @@ impl<T: Message> Stream for Subscription<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(reason) = this.raw.stats.failure() {
-            // The server ended the subscription (a permissions violation after a reconnect,
-            // say): say so once, then end.
-            if std::mem::replace(&mut this.reported_failure, true) {
-                return Poll::Ready(None);
+        if let Some(status) = poll_status(
+            this.raw.pattern(),
+            this.raw.stats(),
+            &mut this.reported_failure,
+            &mut this.reported_dropped,
+        ) {
+            if let Some(Err(Error::SlowConsumer { dropped, .. })) = &status {
+                this.metrics
+                    .get_or_insert_with(crate::metrics::Receive::of::<T>)
+                    .dropped(*dropped);
             }
-            return Poll::Ready(Some(Err(Error::PermissionDenied {
-                subject: this.raw.pattern.clone(),
-                reason: reason.to_owned(),
-            })));
+            return Poll::Ready(status);
         }
-        let dropped = this.raw.stats.dropped();
-        if dropped > this.reported_dropped {
-            let n = dropped - this.reported_dropped;
-            this.reported_dropped = dropped;
-            this.metrics
-                .get_or_insert_with(crate::metrics::Receive::of::<T>)
-                .dropped(n);
-            tracing::warn!(pattern = %this.raw.pattern, dropped = n, "slow consumer: messages dropped");
-            return Poll::Ready(Some(Err(Error::SlowConsumer {
-                pattern: this.raw.pattern.clone(),
-                dropped: n,
-            })));
-        }
-        let msg = match this.raw.messages.as_mut().poll_next(cx) {
-            Poll::Ready(Some(msg)) => msg,
+        let (msg, acker) = match this.raw.poll_next(cx) {
+            Poll::Ready(Some(next)) => next,
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
@@ -173,16 +186,26 @@ impl<T: Message> Stream for Subscription<T> {
                         this.subject_mismatches += 1;
                         let msg_id = msg.headers.get(crate::headers::MSG_ID);
                         tracing::warn!(?msg_id, type_name = T::TYPE_NAME, error = %e, "message refused by the subject/body check");
+                        if let Some(acker) = acker {
+                            acker.settle_detached(AckKind::Term);
+                        }
                         return Poll::Ready(Some(Err(e)));
                     }
                 }
-                Ok(Envelope::new(body, msg.subject, msg.reply, msg.headers))
+                let env = Envelope::new(body, msg.subject, msg.reply, msg.headers);
+                Ok(match acker {
+                    None => env,
+                    Some(acker) => env.with_acker(acker),
+                })
             }
             Err(source) => {
                 metrics.decode_error();
                 this.decode_errors += 1;
                 let msg_id = msg.headers.get(crate::headers::MSG_ID).map(str::to_string);
                 tracing::warn!(subject = %msg.subject, ?msg_id, type_name = T::TYPE_NAME, error = %source, "undecodable payload");
+                if let Some(acker) = acker {
+                    acker.settle_detached(AckKind::Term);
+                }
                 Err(Error::Decode {
                     subject: msg.subject,
                     msg_id,
@@ -191,6 +214,77 @@ impl<T: Message> Stream for Subscription<T> {
                 })
             }
         }))
+    }
+}
+
+/// What a subscription reports before its next message, if anything: the server's refusal
+/// (once as an error, then the end of the stream) or the messages the broker dropped.
+pub(crate) fn poll_status<T>(
+    pattern: &str,
+    stats: &SubscriptionStats,
+    reported_failure: &mut bool,
+    reported_dropped: &mut u64,
+) -> Option<Option<Result<T>>> {
+    if let Some(reason) = stats.failure() {
+        // The server ended the subscription (a permissions violation after a reconnect,
+        // say): say so once, then end.
+        if std::mem::replace(reported_failure, true) {
+            return Some(None);
+        }
+        return Some(Some(Err(Error::PermissionDenied {
+            subject: pattern.to_owned(),
+            reason: reason.to_owned(),
+        })));
+    }
+    let dropped = stats.dropped();
+    if dropped > *reported_dropped {
+        let n = dropped - *reported_dropped;
+        *reported_dropped = dropped;
+        tracing::warn!(%pattern, dropped = n, "slow consumer: messages dropped");
+        return Some(Some(Err(Error::SlowConsumer {
+            pattern: pattern.to_owned(),
+            dropped: n,
+        })));
+    }
+    None
+}
+
+/// What a typed subscription takes its messages from.
+enum Source {
+    /// A plain subscription.
+    Plain(RawSubscription),
+    /// A durable consumer: every message comes with its delivery to settle.
+    Durable(DurableSubscription),
+}
+
+impl Source {
+    fn pattern(&self) -> &str {
+        match self {
+            Source::Plain(raw) => &raw.pattern,
+            Source::Durable(raw) => &raw.pattern,
+        }
+    }
+
+    fn stats(&self) -> &Arc<SubscriptionStats> {
+        match self {
+            Source::Plain(raw) => &raw.stats,
+            Source::Durable(raw) => &raw.stats,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(RawMessage, Option<Acker>)>> {
+        match self {
+            Source::Plain(raw) => raw
+                .messages
+                .as_mut()
+                .poll_next(cx)
+                .map(|m| m.map(|m| (m, None))),
+            Source::Durable(raw) => raw
+                .deliveries
+                .as_mut()
+                .poll_next(cx)
+                .map(|d| d.map(|Delivery { message, acker, .. }| (message, Some(acker)))),
+        }
     }
 }
 

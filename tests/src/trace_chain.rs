@@ -14,7 +14,7 @@ const GUARD: Duration = Duration::from_secs(20);
 
 /// The agent's task (plugin -> agent, a request).
 #[derive(Debug, Clone, Serialize, Deserialize, Message)]
-#[subject("agent.route.<agent>")]
+#[subject("agent.route.tracer.<agent>.task")]
 #[reply(bool)]
 pub struct TraceTask {
     /// The agent placeholder.
@@ -25,7 +25,7 @@ pub struct TraceTask {
 
 /// What the agent publishes while it answers (agent -> plugin).
 #[derive(Debug, Clone, Serialize, Deserialize, Message)]
-#[subject("plugin.outbound.<channel>.<instance>")]
+#[subject("plugin.outbound.<channel>.<instance>.trace.hop")]
 pub struct TraceOut {
     /// The channel placeholder.
     pub channel: String,

@@ -3,7 +3,7 @@
 //! (c) and (d) of issue 10: a handler that fails twice then succeeds handles the message once
 //! after 3 deliveries; one that always fails is dead-lettered after exactly 3 and the rest go
 //! on. Also: resume after a stop, a queue group sharing one durable, ordered mode, decode
-//! failures, and `subscribe_durable`. Each test prints what it counted (`--nocapture`).
+//! failures, and `subscribe` on a durable filter. Each test prints what it counted (`--nocapture`).
 #![allow(clippy::print_stderr)]
 
 use std::collections::HashMap;
@@ -116,10 +116,9 @@ async fn durable_handler_resumes_after_stop() {
         let got: Arc<Mutex<Vec<String>>> = Arc::default();
         let start = |got: Arc<Mutex<Vec<String>>>| {
             bus.handle_with::<Outbound, _, _, _>(
-                Outbound::filter().channel("resume"),
-                HandlerOptions::named("resumer")
-                    .durable("resumer")
-                    .ordered(true),
+                // The durable named on the filter (DESIGN.md's `filter.durable(name)`).
+                Outbound::filter().channel("resume").durable("resumer"),
+                HandlerOptions::named("resumer").ordered(true),
                 move |msg| {
                     got.lock().unwrap().push(msg.text.clone());
                     async { Ok::<_, String>(()) }
@@ -317,17 +316,17 @@ async fn durable_decode_failure_is_dead_lettered_at_once() {
     }
 }
 
-/// `subscribe_durable`: typed deliveries with their count; nak brings one back, ack ends it;
-/// what is published while unsubscribed arrives on return.
+/// `subscribe` with `filter.durable(name)`: envelopes with their delivery count; nak brings
+/// one back, ack ends it; what is published while unsubscribed arrives on return.
 #[tokio::test]
-async fn subscribe_durable_settles_by_hand() {
+async fn durable_subscribe_settles_by_hand() {
     let (buses, _server) = buses().await;
     for bus in &buses {
-        let mut sub = bus
-            .subscribe_durable::<Outbound>(Outbound::filter().channel("manual"), "manual")
-            .await
-            .unwrap();
-        assert_eq!(sub.name(), "manual");
+        let mut sub =
+            Outbound::subscribe(bus, Outbound::filter().channel("manual").durable("manual"))
+                .await
+                .unwrap();
+        assert_eq!(sub.durable_name(), Some("manual"));
         outbound("manual", "a", "one").publish(bus).await.unwrap();
         let first = tokio::time::timeout(GUARD, sub.next())
             .await
@@ -352,10 +351,10 @@ async fn subscribe_durable_settles_by_hand() {
             .await
             .unwrap();
         bus.flush().await.unwrap();
-        let mut back = bus
-            .subscribe_durable::<Outbound>(Outbound::filter().channel("manual"), "manual")
-            .await
-            .unwrap();
+        let mut back =
+            Outbound::subscribe(bus, Outbound::filter().channel("manual").durable("manual"))
+                .await
+                .unwrap();
         let d = tokio::time::timeout(GUARD, back.next())
             .await
             .unwrap()

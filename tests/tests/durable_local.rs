@@ -73,3 +73,22 @@ async fn one_name_one_pattern() {
         other => panic!("want Error::Durable, got {:?}", other.map(|s| s.name)),
     }
 }
+
+#[tokio::test]
+async fn a_durable_name_on_the_filter_must_be_one_token() {
+    use bus_tests::msgs::Outbound;
+    let bus = bus::Bus::local().await.unwrap();
+    for bad in ["two.tokens", "", "a b", ">"] {
+        match Outbound::subscribe(&bus, Outbound::filter().durable(bad)).await {
+            Err(Error::InvalidSubjectToken { field, value, .. }) => {
+                assert_eq!((field, value.as_str()), ("durable", bad));
+            }
+            other => panic!("{bad:?}: want InvalidSubjectToken, got {:?}", other.err()),
+        }
+    }
+    // A good one makes a durable subscription.
+    let sub = Outbound::subscribe(&bus, Outbound::filter().durable("ok"))
+        .await
+        .unwrap();
+    assert_eq!(sub.durable_name(), Some("ok"));
+}

@@ -309,28 +309,26 @@ async fn server_killed_mid_burst_loses_nothing_acknowledged() {
     );
 }
 
-/// (d) An oversize message is dead-lettered after exactly 3 attempts, without a reconnect, while
-/// the messages behind it are delivered.
+/// (d) An oversize message queued before the server's max_payload was known (the server was
+/// down; once it is known, `publish` refuses such a message, see `outbox_hardening`) is
+/// dead-lettered after exactly 3 attempts, without a reconnect, while the messages behind it
+/// are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_message_is_dead_lettered_and_the_queue_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::builder().max_payload(4096).start();
-    let bus = nats_bus(&server.url(), &dir.path().join("o.db")).await;
-    wait_connected(&bus).await;
-    // The client learns the server's max_payload from its INFO a moment after `Connected`; a
-    // message sent before that is refused by the server, which closes the connection. Wait for
-    // it, so that the check below is about the outbox, not that start-up window.
-    tokio::time::timeout(GUARD, async {
-        while bus.broker().max_payload() != 4096 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the client never learned the server's max_payload");
-    let mut state = bus.watch_state();
-    state.mark_unchanged();
+    let port = free_port();
+    let bus = nats_bus(
+        &format!("nats://127.0.0.1:{port}"),
+        &dir.path().join("o.db"),
+    )
+    .await;
     let mut sub = bus.broker().subscribe("d.>", None).await.unwrap();
     let want = publish_around(&bus, "d", vec![7u8; 5000], 100).await;
+    let server = NatsServer::builder().port(port).max_payload(4096).start();
+    wait_connected(&bus).await;
+    assert_eq!(bus.broker().max_payload(), 4096, "known once Connected");
+    let mut state = bus.watch_state();
+    state.mark_unchanged();
     flush(&bus, GUARD).await;
     let got = collect(&mut sub, 101, Duration::from_secs(5)).await;
     let got: Vec<String> = got

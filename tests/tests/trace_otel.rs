@@ -42,9 +42,12 @@ async fn one_otel_trace_across_plugin_agent_plugin() {
 
     let spans = exporter.get_finished_spans().unwrap();
     let job = span(&spans, "job");
-    let request = span(&spans, "send agent.route.<agent>");
-    let serve = span(&spans, "process agent.route.<agent>");
-    let handle = span(&spans, "process plugin.outbound.<channel>.<instance>");
+    let request = span(&spans, "send agent.route.tracer.<agent>.task");
+    let serve = span(&spans, "process agent.route.tracer.<agent>.task");
+    let handle = span(
+        &spans,
+        "process plugin.outbound.<channel>.<instance>.trace.hop",
+    );
     let trace = job.span_context.trace_id();
     for s in [request, serve, handle] {
         assert_eq!(s.span_context.trace_id(), trace, "{s:#?}");

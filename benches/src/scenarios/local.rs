@@ -1,7 +1,8 @@
-//! The in-process scenarios: `local_pubsub_typed` and `local_10k_subs`.
+//! The in-process scenarios: `local_pubsub_typed`, `local_10k_subs` and `handler_local`.
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::msgs::{self, Outbound};
@@ -20,30 +21,35 @@ impl Rounds for PubSub {
     async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
         sdk::local_typed(n, 1).await.map(Sample::value)
     }
+    async fn old_baseline(&mut self, n: usize) -> Option<BenchResult<Sample>> {
+        Some(mpsc_rmp_old(n).await.map(Sample::value))
+    }
 }
 
-/// The hand-written bus: encode with `rmp_serde::to_vec_named`, send the bytes through a bounded
-/// mpsc sized for the whole round (so the sender never waits, as a bus publisher never waits for
-/// a subscriber), decode on the receiving task and count.
+/// The hand-written bus: encode with a [`msgs::HandEncoder`] (reused scratch buffer, one copy),
+/// `try_send` the bytes through a bounded mpsc sized for the whole round (a bus publisher never
+/// waits for a subscriber, and the local broker `try_send`s too), decode on the receiving task
+/// and count.
 async fn mpsc_rmp(n: usize) -> BenchResult<f64> {
     let msg = msgs::outbound(msgs::INSTANCE);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(n + SLACK);
-    let counter = tokio::spawn(async move {
-        let mut count = 0usize;
-        while let Some(bytes) = rx.recv().await {
-            let m: Outbound = rmp_serde::from_slice(&bytes)?;
-            if m.instance != msgs::INSTANCE {
-                return Err(fail("decoded the wrong message"));
-            }
-            count += 1;
-            if count == n {
-                return Ok(Instant::now());
-            }
-        }
-        Err::<Instant, crate::runner::BoxError>(fail(format!(
-            "channel closed after {count} of {n}"
-        )))
-    });
+    let (tx, rx) = mpsc::channel::<Bytes>(n + SLACK);
+    let counter = spawn_decoder(rx, n);
+    let mut encoder = msgs::HandEncoder::new();
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.try_send(encoder.encode(&msg)?)
+            .map_err(|e| fail(format!("the mpsc refused a message: {e}")))?;
+    }
+    let end = within(WAIT, "the mpsc receiver", counter).await???;
+    Ok(rate(n, start, end))
+}
+
+/// The previous hand-written baseline (round 1), kept to report old and new ratios side by
+/// side: `to_vec_named` into a fresh `Vec` per message, `send().await`.
+async fn mpsc_rmp_old(n: usize) -> BenchResult<f64> {
+    let msg = msgs::outbound(msgs::INSTANCE);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(n + SLACK);
+    let counter = spawn_decoder(rx, n);
     let start = Instant::now();
     for _ in 0..n {
         tx.send(rmp_serde::to_vec_named(&msg)?)
@@ -52,6 +58,28 @@ async fn mpsc_rmp(n: usize) -> BenchResult<f64> {
     }
     let end = within(WAIT, "the mpsc receiver", counter).await???;
     Ok(rate(n, start, end))
+}
+
+/// The receiving task of the hand-written baselines: decodes each payload into an [`Outbound`],
+/// checks it and returns when the `n`-th arrived.
+fn spawn_decoder<B: AsRef<[u8]> + Send + 'static>(
+    mut rx: mpsc::Receiver<B>,
+    n: usize,
+) -> tokio::task::JoinHandle<BenchResult<Instant>> {
+    tokio::spawn(async move {
+        let mut count = 0usize;
+        while let Some(bytes) = rx.recv().await {
+            let m: Outbound = rmp_serde::from_slice(bytes.as_ref())?;
+            if m.instance != msgs::INSTANCE {
+                return Err(fail("decoded the wrong message"));
+            }
+            count += 1;
+            if count == n {
+                return Ok(Instant::now());
+            }
+        }
+        Err(fail(format!("channel closed after {count} of {n}")))
+    })
 }
 
 /// `local_10k_subs`: publish throughput (end to end, at the one matching subscriber) with 10,000

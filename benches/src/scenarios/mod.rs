@@ -1,6 +1,9 @@
 //! The scenarios, grouped by backend. Each implements [`Rounds`](crate::runner::Rounds): a
 //! baseline round and a bus round of the same work.
 
+pub mod jetstream;
 pub mod local;
 pub mod nats;
+pub mod outbox;
 pub mod rss;
+pub mod scaling;

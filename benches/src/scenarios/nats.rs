@@ -44,6 +44,9 @@ impl Rounds for PubSub {
         }
         .map(Sample::value)
     }
+    async fn old_baseline(&mut self, n: usize) -> Option<BenchResult<Sample>> {
+        Some(raw_pubsub_typed_old(&self.url, n).await.map(Sample::value))
+    }
 }
 
 /// Raw async-nats, end to end: one connection publishes, another subscribes (publisher and
@@ -61,12 +64,31 @@ async fn raw_pubsub(url: &str, n: usize) -> BenchResult<f64> {
     pair.finish(n, start).await
 }
 
-/// The hand-written typed baseline of `nats_pubsub_typed` and `nats_pubsub_durable`: what an
-/// engineer writes with async-nats and rmp-serde instead of the SDK. Per message the publisher
-/// builds the subject from the struct's fields and encodes the struct (`to_vec_named`), and the
-/// subscriber decodes it back (`from_slice`): the same work the typed API does, by hand, with the
-/// same 128 bytes on the wire. Connections and buffers as in [`raw_pubsub`].
-async fn raw_pubsub_typed(url: &str, n: usize) -> BenchResult<f64> {
+/// The hand-written typed baseline of `nats_pubsub_typed` and `nats_pubsub_durable`: what a
+/// careful engineer writes with async-nats and rmp-serde instead of the SDK. Per message the
+/// publisher builds the subject from the struct's fields into a reused `String` and encodes the
+/// struct with a [`msgs::HandEncoder`] (reused scratch buffer, one copy), and the subscriber
+/// decodes it back (`from_slice`): the same work the typed API does, by hand, with the same 128
+/// bytes on the wire. Connections and buffers as in [`raw_pubsub`].
+pub async fn raw_pubsub_typed(url: &str, n: usize) -> BenchResult<f64> {
+    let msg = msgs::outbound(msgs::INSTANCE);
+    let pair = RawPair::connect(url, n, check_typed).await?;
+    let publisher = &pair.publisher;
+    let mut encoder = msgs::HandEncoder::new();
+
+    let start = Instant::now();
+    for _ in 0..n {
+        let payload = encoder.encode(&msg)?;
+        publisher
+            .publish(msgs::outbound_subject(&msg), payload)
+            .await?;
+    }
+    pair.finish(n, start).await
+}
+
+/// The previous typed baseline (round 1), kept to report old and new ratios side by side: a
+/// `format!` subject and `to_vec_named` into a fresh `Vec` per message.
+async fn raw_pubsub_typed_old(url: &str, n: usize) -> BenchResult<f64> {
     let msg = msgs::outbound(msgs::INSTANCE);
     let pair = RawPair::connect(url, n, check_typed).await?;
     let publisher = &pair.publisher;
@@ -514,4 +536,54 @@ async fn raw_publish_rate(url: &str, n: usize) -> BenchResult<f64> {
         client.publish(SUBJECT, payload.clone()).await?;
     }
     finish(&client, counter, n, start).await
+}
+
+/// `nats_fanout_10`: one publisher, `subscribers` typed subscribers each on its own connection
+/// (ten plugins listening to one producer), msg/s published until every subscriber has every
+/// message; the baseline is the same topology by hand ([`raw_pubsub_typed`]'s encoding and
+/// decoding, one raw connection per subscriber).
+pub struct Fanout {
+    /// The server URL.
+    pub url: String,
+    /// Subscribers per side.
+    pub subscribers: usize,
+}
+
+impl Rounds for Fanout {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_fanout(&self.url, n, self.subscribers)
+            .await
+            .map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::fanout_typed(&self.url, n, self.subscribers)
+            .await
+            .map(Sample::value)
+    }
+}
+
+/// The hand-written side of [`Fanout`].
+async fn raw_fanout(url: &str, n: usize, subscribers: usize) -> BenchResult<f64> {
+    let msg = msgs::outbound(msgs::INSTANCE);
+    let publisher = async_nats::connect(url).await?;
+    let mut clients = Vec::with_capacity(subscribers);
+    let mut counters = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let client = subscriber_client(url, n).await?;
+        counters.push(start_counter(&publisher, &client, n, check_typed).await?);
+        clients.push(client);
+    }
+    let mut encoder = msgs::HandEncoder::new();
+    let start = Instant::now();
+    for _ in 0..n {
+        publisher
+            .publish(msgs::outbound_subject(&msg), encoder.encode(&msg)?)
+            .await?;
+    }
+    publisher.flush().await?;
+    let mut end = start;
+    for counter in counters {
+        end = end.max(within(WAIT, "a raw fan-out subscriber", counter).await???);
+    }
+    Ok(rate(n, start, end))
 }

@@ -27,21 +27,30 @@ pub struct Rss {
 
 /// Runs the child and reads its one-line JSON answer.
 pub fn measure(count: usize, window: usize) -> BenchResult<Rss> {
-    let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
-    let out = Command::new(exe)
-        .args([
-            CHILD_COMMAND,
-            &count.to_string(),
-            &window.to_string(),
-            dir.path()
-                .to_str()
-                .ok_or_else(|| fail("non-UTF-8 temp dir"))?,
-        ])
-        .output()?;
+    let dir = dir
+        .path()
+        .to_str()
+        .ok_or_else(|| fail("non-UTF-8 temp dir"))?;
+    let v = child_json(&[CHILD_COMMAND, &count.to_string(), &window.to_string(), dir])?;
+    let get = |k: &str| {
+        v[k].as_f64()
+            .ok_or_else(|| fail(format!("the RSS child's answer lacks {k}: {v}")))
+    };
+    Ok(Rss {
+        before: get("before_mib")?,
+        peak: get("peak_mib")?,
+    })
+}
+
+/// Runs this binary with `args` (a hidden child subcommand first) and parses the last line of
+/// its stdout that is a JSON object: a measurement that needs a process of its own.
+pub fn child_json(args: &[&str]) -> BenchResult<Value> {
+    let out = Command::new(std::env::current_exe()?).args(args).output()?;
     if !out.status.success() {
         return Err(fail(format!(
-            "the RSS child failed ({}): {}",
+            "the {} child failed ({}): {}",
+            args[0],
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -51,16 +60,8 @@ pub fn measure(count: usize, window: usize) -> BenchResult<Rss> {
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
-        .ok_or_else(|| fail(format!("the RSS child printed no result: {stdout}")))?;
-    let v: Value = serde_json::from_str(line)?;
-    let get = |k: &str| {
-        v[k].as_f64()
-            .ok_or_else(|| fail(format!("the RSS child's answer lacks {k}: {line}")))
-    };
-    Ok(Rss {
-        before: get("before_mib")?,
-        peak: get("peak_mib")?,
-    })
+        .ok_or_else(|| fail(format!("the {} child printed no result: {stdout}", args[0])))?;
+    Ok(serde_json::from_str(line)?)
 }
 
 /// The child: connect a bus with an outbox to a port nobody listens on, read `VmRSS`, queue

@@ -2,10 +2,12 @@
 //!
 //! Subscriptions live in a trie (after nats-server's sublist) behind a `RwLock`; a small cache of
 //! match results keyed by subject makes a repeated subject one hash lookup. Each subscription owns
-//! a bounded tokio channel: publishing is synchronous `try_send`, so a publisher never waits for a
-//! subscriber, and a full buffer drops the message for that subscriber only and counts it.
+//! a bounded queue (`queue.rs`, nothing allocated while idle): publishing is a synchronous
+//! `try_push`, so a publisher never waits for a subscriber, and a full buffer drops the message
+//! for that subscriber only and counts it.
 
 mod durable;
+mod queue;
 mod trie;
 
 use std::collections::HashMap;
@@ -18,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use self::durable::Durable;
 pub use self::durable::LOCAL_DURABLE_CAPACITY;
+use self::queue::PushError;
 use self::trie::{Entry, MatchResult, Trie};
 use crate::broker::{
     check_size, check_subject, check_subscription, Broker, ConnectionState, RawMessage,
@@ -97,7 +100,7 @@ struct Sub {
     id: u64,
     pattern: Box<str>,
     queue: Option<Box<str>>,
-    tx: mpsc::Sender<RawMessage>,
+    tx: queue::Sender,
     stats: Arc<SubscriptionStats>,
     /// Milliseconds since the broker started before which no new slow-consumer warning is logged.
     next_warn_ms: AtomicU64,
@@ -216,7 +219,7 @@ impl LocalBroker {
     fn subscribe_now(&self, pattern: &str, queue: Option<&str>) -> Result<RawSubscription> {
         self.check_open()?;
         check_subscription(pattern, queue)?;
-        let (tx, rx) = mpsc::channel(self.shared.options.subscription_capacity);
+        let (tx, rx) = queue::queue(self.shared.options.subscription_capacity);
         let stats = Arc::new(SubscriptionStats::default());
         let sub = Arc::new(Sub {
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
@@ -481,11 +484,11 @@ impl Shared {
     }
 
     fn offer(&self, sub: &Sub, msg: RawMessage) {
-        match sub.tx.try_send(msg) {
+        match sub.tx.try_push(msg) {
             Ok(()) => sub.stats.add_delivered(1),
-            Err(mpsc::error::TrySendError::Full(msg)) => self.dropped(sub, &msg),
+            Err(PushError::Full(msg)) => self.dropped(sub, &msg),
             // The stream was dropped and is being unsubscribed right now.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(PushError::Closed(_)) => {}
         }
     }
 
@@ -497,16 +500,16 @@ impl Shared {
         let mut first_full: Option<&Sub> = None;
         for i in 0..members.len() {
             let sub = &members[(start + i) % members.len()];
-            match sub.tx.try_send(msg) {
+            match sub.tx.try_push(msg) {
                 Ok(()) => {
                     sub.stats.add_delivered(1);
                     return;
                 }
-                Err(mpsc::error::TrySendError::Full(m)) => {
+                Err(PushError::Full(m)) => {
                     first_full.get_or_insert(sub);
                     msg = m;
                 }
-                Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
+                Err(PushError::Closed(m)) => msg = m,
             }
         }
         if let Some(sub) = first_full {
@@ -566,7 +569,7 @@ impl Drop for Unsubscribe {
 }
 
 struct LocalStream {
-    rx: mpsc::Receiver<RawMessage>,
+    rx: queue::Receiver,
     _unsubscribe: Unsubscribe,
 }
 

@@ -1,6 +1,9 @@
 //! The subscription trie (after nats-server's sublist): one level per subject token, each with a
 //! map of literal children, one `*` child and one `>` child, so matching a subject costs a few
 //! map lookups per token however many subscriptions are installed.
+//!
+//! The subscriptions of one node (one pattern) are a [`Members`] list: removing one costs O(1)
+//! however many share the pattern (an id index is kept once a list is long enough to need it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,18 +45,97 @@ impl<S> MatchResult<S> {
     }
 
     fn add(&mut self, node: &Node<S>) {
-        self.plain.extend(node.plain.iter().cloned());
+        self.plain.extend(node.plain.list.iter().cloned());
         for (name, members) in &node.queues {
             // A group is one group across patterns (NATS keys queue groups by name), so members
             // reached through `a.*` and `a.b` share the message.
             match self.groups.iter_mut().find(|g| g.name == *name) {
-                Some(g) => g.members.extend(members.iter().cloned()),
+                Some(g) => g.members.extend(members.list.iter().cloned()),
                 None => self.groups.push(QueueGroup {
                     name: name.clone(),
-                    members: members.clone(),
+                    members: members.list.clone(),
                 }),
             }
         }
+    }
+}
+
+/// A list of subscriptions at which a member is found by id in O(1): a plain `Vec` (what
+/// matching reads) and, once the list is longer than [`Members::INDEX_FROM`], a map from id to
+/// position, kept right by `swap_remove`. Short lists (almost all of them) scan instead: no map
+/// to allocate for the common one-subscription pattern.
+#[derive(Debug)]
+struct Members<S> {
+    list: Vec<Arc<S>>,
+    // Boxed: 8 bytes in every node instead of a 40-byte map that almost no node ever uses.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<u64, usize, FxBuild>>>,
+}
+
+impl<S> Default for Members<S> {
+    fn default() -> Self {
+        Members {
+            list: Vec::new(),
+            index: None,
+        }
+    }
+}
+
+impl<S> Members<S> {
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+impl<S: Entry> Members<S> {
+    /// Lists up to this long are scanned; longer ones keep the index.
+    const INDEX_FROM: usize = 32;
+
+    fn push(&mut self, entry: Arc<S>) {
+        let at = self.list.len();
+        match &mut self.index {
+            Some(index) => {
+                index.insert(entry.id(), at);
+            }
+            None if at >= Self::INDEX_FROM => {
+                let mut index: HashMap<u64, usize, FxBuild> = HashMap::default();
+                index.reserve(at + 1);
+                index.extend(self.list.iter().enumerate().map(|(i, e)| (e.id(), i)));
+                index.insert(entry.id(), at);
+                self.index = Some(Box::new(index));
+            }
+            None => {}
+        }
+        self.list.push(entry);
+    }
+
+    /// Removes the member with `id`; the last member takes its place. Returns whether it was
+    /// there.
+    fn remove(&mut self, id: u64) -> bool {
+        let at = match &mut self.index {
+            Some(index) => index.remove(&id),
+            None => self.list.iter().position(|e| e.id() == id),
+        };
+        let Some(at) = at else { return false };
+        self.list.swap_remove(at);
+        if let (Some(index), Some(moved)) = (&mut self.index, self.list.get(at)) {
+            index.insert(moved.id(), at);
+        }
+        let len = self.list.len();
+        if len < Self::INDEX_FROM / 2 {
+            // Shrunk back to a short list: scanning is cheaper than the map's memory.
+            self.index = None;
+        } else if let Some(index) = &mut self.index {
+            if index.capacity() > 4 * len {
+                index.shrink_to(2 * len);
+            }
+        }
+        // Many subscriptions gone from one pattern give their memory back (halving at most
+        // once per doubling, so the amortised cost stays O(1)).
+        if self.list.capacity() > 4 * len.max(4) {
+            self.list.shrink_to(2 * len);
+        }
+        true
     }
 }
 
@@ -83,15 +165,15 @@ impl<S> Level<S> {
 #[derive(Debug)]
 struct Node<S> {
     next: Option<Box<Level<S>>>,
-    plain: Vec<Arc<S>>,
-    queues: Vec<(Arc<str>, Vec<Arc<S>>)>,
+    plain: Members<S>,
+    queues: Vec<(Arc<str>, Members<S>)>,
 }
 
 impl<S> Default for Node<S> {
     fn default() -> Self {
         Node {
             next: None,
-            plain: Vec::new(),
+            plain: Members::default(),
             queues: Vec::new(),
         }
     }
@@ -145,7 +227,11 @@ impl<S: Entry> Trie<S> {
             None => node.plain.push(entry),
             Some(q) => match node.queues.iter_mut().find(|(name, _)| &**name == q) {
                 Some((_, members)) => members.push(entry),
-                None => node.queues.push((q.into(), vec![entry])),
+                None => {
+                    let mut members = Members::default();
+                    members.push(entry);
+                    node.queues.push((q.into(), members));
+                }
             },
         }
         self.count += 1;
@@ -246,23 +332,17 @@ fn remove_in<S: Entry>(level: &mut Level<S>, pattern: &str, queue: Option<&str>,
 
 fn remove_here<S: Entry>(node: &mut Node<S>, queue: Option<&str>, id: u64) -> bool {
     match queue {
-        None => match node.plain.iter().position(|e| e.id() == id) {
-            Some(i) => {
-                node.plain.swap_remove(i);
-                true
-            }
-            None => false,
-        },
+        None => node.plain.remove(id),
         Some(q) => {
             let Some(g) = node.queues.iter().position(|(name, _)| &**name == q) else {
                 return false;
             };
+            // Member order may change (the last member takes the removed one's place): the
+            // round robin position is a shared counter, so every member still gets its share.
             let members = &mut node.queues[g].1;
-            let Some(i) = members.iter().position(|e| e.id() == id) else {
+            if !members.remove(id) {
                 return false;
-            };
-            // Keep member order (remove, not swap_remove) so round robin stays fair.
-            members.remove(i);
+            }
             if members.is_empty() {
                 node.queues.swap_remove(g);
             }
@@ -326,6 +406,55 @@ mod tests {
         assert!(t.remove("a.*.>", Some("q"), 3));
         assert_eq!(t.len(), 0);
         assert!(t.root.is_empty(), "{:?}", t.root);
+    }
+
+    /// Many subscriptions on one pattern, removed in a scrambled order with inserts in between:
+    /// every match sees exactly the live ones, through the id index and back to a short list.
+    #[test]
+    fn many_on_one_pattern_remove_in_any_order() {
+        for queue in [None, Some("q")] {
+            let mut t = Trie::default();
+            let n = 1000u64;
+            for i in 0..n {
+                t.insert("a.*", queue, Arc::new(E(i)));
+            }
+            let mut live: Vec<u64> = (0..n).collect();
+            // A fixed scramble (multiplication by a unit mod n), so the order is not the
+            // insertion order nor its reverse.
+            let order: Vec<u64> = (0..n).map(|i| (i * 617) % n).collect();
+            for (k, id) in order.iter().enumerate() {
+                assert!(t.remove("a.*", queue, *id), "remove {id}");
+                assert!(!t.remove("a.*", queue, *id), "removed {id} twice");
+                live.retain(|x| x != id);
+                if k.is_multiple_of(97) {
+                    let fresh = n + k as u64;
+                    t.insert("a.*", queue, Arc::new(E(fresh)));
+                    live.push(fresh);
+                    live.sort_unstable();
+                }
+                if k.is_multiple_of(50) || live.len() < 40 {
+                    assert_eq!(ids(&t.matches("a.b")), live, "after removing {k}");
+                }
+            }
+            for id in live.clone() {
+                assert!(t.remove("a.*", queue, id));
+            }
+            assert_eq!(t.len(), 0);
+            assert!(t.root.is_empty(), "{:?}", t.root);
+        }
+    }
+
+    /// A member that is not there is not found, in a short list and in an indexed one.
+    #[test]
+    fn remove_of_an_unknown_id_changes_nothing() {
+        let mut t = Trie::default();
+        for i in 0..100 {
+            t.insert("a", None, Arc::new(E(i)));
+        }
+        assert!(!t.remove("a", None, 1000));
+        assert!(!t.remove("a", Some("q"), 1));
+        assert_eq!(t.len(), 100);
+        assert_eq!(ids(&t.matches("a")), (0..100).collect::<Vec<_>>());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   task, and counts every drop in that subscription's `SubscriptionStats`;
 //! - `confirm`, an echo through the server proving it processed what was published before it.
 
-mod convert;
+pub(crate) mod convert;
 mod events;
 mod jetstream;
 mod options;
@@ -77,6 +77,11 @@ pub struct NatsBroker {
 }
 
 impl NatsBroker {
+    /// The async-nats client, for the NATS service API (`bus::service`).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Connects (succeeds while the server is still down; reconnects forever).
     ///
     /// Fails only on configuration errors: no or unparsable URL, a malformed NKey seed, an

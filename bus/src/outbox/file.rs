@@ -159,9 +159,13 @@ impl OutboxFile {
     ) -> Result<T> {
         let run = || -> rusqlite::Result<T> {
             self.conn.execute_batch("BEGIN")?;
-            let out = f(&self.conn);
-            self.conn.execute_batch("COMMIT")?;
-            out
+            let out = f(&self.conn)?;
+            // After reading past a damaged page SQLite fails the COMMIT of even a read
+            // transaction with the same error; what was read is still good (salvage).
+            if self.conn.execute_batch("COMMIT").is_err() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            Ok(out)
         };
         run().map_err(|e| {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -185,8 +189,15 @@ impl OutboxFile {
     /// Up to `limit` queued messages, oldest first, starting after queue id `after` (`None`:
     /// from the start). Page through the queue by passing the last id of one call to the next.
     pub fn queued(&self, limit: usize, after: Option<i64>) -> Result<Vec<QueuedMessage>> {
+        // A damaged page fails a range scan as a whole: then read row by row, so that a
+        // listing of a damaged file shows every row that can still be read (salvage).
         self.snapshot("cannot read the outbox queue", |c| {
-            read::queued(c, after.unwrap_or(0), limit)
+            match read::queued(c, after.unwrap_or(0), limit) {
+                Err(e) if read::is_corrupt(&e) => {
+                    read::queued_salvaged(c, after.unwrap_or(0), limit)
+                }
+                other => other,
+            }
         })
     }
 

@@ -18,15 +18,21 @@
 //!   connection stays up counts one attempt; after [`RetryPolicy::max_attempts`] (3, with
 //!   about 100 ms, then 400 ms of backoff, by default; see [`OutboxOptions::retry`]) the message
 //!   moves to the dead-letter table with its last error and the queue goes on behind it. A
-//!   payload over the broker's max_payload is refused before anything is sent, so it ends there
-//!   without ever disturbing the connection. A row that cannot be read back as a message (its
+//!   payload over the server's max_payload is refused by `publish` once that limit is known
+//!   (on NATS, after the first connection), and over [`OutboxOptions::max_payload`] before;
+//!   one queued before the limit was known is refused before anything is sent, so it ends
+//!   there without ever disturbing the connection. A row that cannot be read back as a message (its
 //!   bytes were damaged or edited by hand) is moved there at once, with the reason, and is never
 //!   retried. [`DeadLetters`] lists, counts, replays (to the end of the queue, same msg id, fresh
 //!   attempts) and purges them.
 //! - Memory stays flat however long the queue is: new rows reach the drainer in memory up to a
 //!   bound; beyond it the drainer pages through the file by id. A restarted process on the same
-//!   file drains what the previous one left, oldest first. One process at a time: a
-//!   `<path>.lock` file is held while the outbox is open. A file of schema version 2 (bus
+//!   file drains what the previous one left, oldest first. One process at a time: the lock is
+//!   on the file itself (its inode, `lock`), so a second `Bus` reaching it through a symlink or
+//!   a hard link is refused too; a file with several hard links is refused at open. A damaged
+//!   file is refused at open, and a page that goes bad while running turns its rows into dead
+//!   letters (`integrity`). Free space is given back when the queue is empty and idle
+//!   (`reclaim`). A file of schema version 2 (bus
 //!   before the readable schema) is migrated on open, in one transaction, keeping every queued
 //!   row and dead letter.
 //!
@@ -84,15 +90,18 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::broker::{Broker, RawMessage};
+use crate::broker::{Broker, ConnectionState, RawMessage};
 use crate::{Error, Headers, Result, RetryPolicy};
 
 mod dead_letters;
 mod drainer;
 mod encoding;
 mod file;
+mod integrity;
+mod lock;
 mod migrate;
 mod read;
+mod reclaim;
 mod requests;
 mod schema;
 mod store;
@@ -116,8 +125,12 @@ pub enum Durability {
     PowerLoss,
 }
 
+/// The default of [`OutboxOptions::max_payload`]: 8 MiB, the largest max_payload nats-server
+/// recommends (it warns at start-up above it; its own default is 1 MiB).
+pub const DEFAULT_OUTBOX_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+
 /// Outbox options.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct OutboxOptions {
     /// What a committed publish survives.
@@ -125,6 +138,23 @@ pub struct OutboxOptions {
     /// How many failed send attempts (while connected) make a dead letter, and the backoff
     /// between them. Set it with [`BusBuilder::retry`](crate::BusBuilder::retry).
     pub retry: RetryPolicy,
+    /// The largest message (payload plus headers) the outbox queues while the server's own
+    /// limit is not known (on NATS: until the first connection brings the server's INFO):
+    /// a bigger one is refused by `publish` with [`Error::OutboxMessageTooLarge`] and never
+    /// stored. Once the server's max_payload is known, that limit decides instead
+    /// ([`Error::PayloadTooLarge`] at `publish`). Default [`DEFAULT_OUTBOX_MAX_PAYLOAD`]; set
+    /// it with [`BusBuilder::outbox_max_payload`](crate::BusBuilder::outbox_max_payload).
+    pub max_payload: usize,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            durability: Durability::default(),
+            retry: RetryPolicy::default(),
+            max_payload: DEFAULT_OUTBOX_MAX_PAYLOAD,
+        }
+    }
 }
 
 /// Depth and age of the outbox queue, for health checks and tools.
@@ -250,6 +280,63 @@ pub(crate) struct Outbox {
     blocked: watch::Receiver<Option<String>>,
     drainer: tokio::task::JoinHandle<()>,
     thread: Option<JoinHandle<()>>,
+    /// Who decides the size a message may have (see [`PublishLimit`]).
+    limit: PublishLimit,
+}
+
+/// The size check at `publish`, before a message is queued: a message the server would refuse
+/// must fail the call, not sit in the file to become a dead letter later.
+///
+/// On NATS the server's max_payload is known once a connection was made (the client reads it
+/// from the server's INFO, and the bus reports `Connected` only after it has it); from then on
+/// it is the limit (the last server's, while disconnected). Before that, and for other brokers
+/// (the in-process broker checks its own limit when the message is sent, which makes it a dead
+/// letter), the outbox's own cap is the limit.
+struct PublishLimit {
+    broker: Arc<dyn Broker>,
+    state: watch::Receiver<ConnectionState>,
+    /// The broker's limit is a server's and was learned from it.
+    known: std::sync::atomic::AtomicBool,
+    cap: usize,
+}
+
+impl PublishLimit {
+    fn check(&self, msg: &RawMessage) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let size = msg.wire_size();
+        if size <= self.cap.min(self.broker.max_payload()) {
+            return Ok(());
+        }
+        let known = self.known.load(Ordering::Relaxed)
+            || (self.broker.kind() == "nats"
+                && matches!(
+                    *self.state.borrow(),
+                    ConnectionState::Connected | ConnectionState::LameDuck
+                )
+                && {
+                    self.known.store(true, Ordering::Relaxed);
+                    true
+                });
+        if known {
+            let max = self.broker.max_payload();
+            if size > max {
+                return Err(Error::PayloadTooLarge {
+                    subject: msg.subject.clone(),
+                    size,
+                    max,
+                });
+            }
+            return Ok(());
+        }
+        if size > self.cap {
+            return Err(Error::OutboxMessageTooLarge {
+                subject: msg.subject.clone(),
+                size,
+                max: self.cap,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -270,6 +357,12 @@ impl Outbox {
         options: OutboxOptions,
         broker: Arc<dyn Broker>,
     ) -> Result<Outbox> {
+        let limit = PublishLimit {
+            broker: broker.clone(),
+            state: broker.state(),
+            known: Default::default(),
+            cap: options.max_payload,
+        };
         let started = writer::spawn(path, options.durability).await?;
         let (done_tx, done_rx) = watch::channel(started.watermarks.done);
         let state = broker.state();
@@ -297,11 +390,14 @@ impl Outbox {
             blocked: blocked_rx,
             drainer,
             thread: Some(started.thread),
+            limit,
         })
     }
 
-    /// Queues `msg`; returns once it is committed to the file.
+    /// Queues `msg`; returns once it is committed to the file. A message over the size limit
+    /// (see [`PublishLimit`]) is refused first and never stored.
     pub(crate) async fn enqueue(&self, msg: RawMessage) -> Result<()> {
+        self.limit.check(&msg)?;
         self.writer.enqueue(msg).await
     }
 

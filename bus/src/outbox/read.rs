@@ -94,7 +94,12 @@ pub(crate) fn queued(
     limit: usize,
 ) -> rusqlite::Result<Vec<QueuedMessage>> {
     let sql = queue_page!("id, subject, reply, headers, payload, created_at, attempts, last_error");
-    page_of(conn, sql, after, limit, |r| {
+    page_of(conn, sql, after, limit, queued_row)
+}
+
+/// One row of [`queued`]'s columns.
+fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMessage> {
+    {
         let decoded = message_at(r, 1)?;
         let mut problem = decoded.problem;
         let created_at = int(r.get_ref(5)?, "created_at").unwrap_or_else(|p| {
@@ -117,7 +122,7 @@ pub(crate) fn queued(
             last_error: opt_text(r.get_ref(7)?),
             decode_error: problem,
         })
-    })
+    }
 }
 
 /// What the drainer needs of a queued row: its id, attempts so far, and the message.
@@ -236,4 +241,127 @@ pub(crate) fn file_size(path: &Path) -> u64 {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// What [`salvage`] read of a damaged range of the queue.
+pub(crate) struct Salvaged<T> {
+    /// The rows that could be read, in id order.
+    pub(crate) rows: Vec<T>,
+    /// The ids whose row could not be read, each with SQLite's error.
+    pub(crate) unreadable: Vec<(i64, String)>,
+    /// The highest id looked at (`from - 1` if none).
+    pub(crate) last: i64,
+    /// Every id up to `upto` was looked at.
+    pub(crate) reached_end: bool,
+}
+
+/// Whether SQLite says the file is damaged (`SQLITE_CORRUPT`, "database disk image is
+/// malformed"), as opposed to busy, full or unwritable.
+pub(crate) fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+/// Reads the queue row by row, from id `from` to `upto`, when a range scan failed on a damaged
+/// page: each id is its own lookup, so a row on a bad page fails alone and the rows on good
+/// pages are read. Stops after `limit` rows (readable or not) or `max_probes` ids; `skip` names
+/// ids already known to be unreadable (counted as looked at, never reported twice).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn salvage<T>(
+    conn: &Connection,
+    columns: &str,
+    from: i64,
+    upto: i64,
+    limit: usize,
+    max_probes: usize,
+    skip: impl Fn(i64) -> bool,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Salvaged<T>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {columns} FROM outbox WHERE id = ?1"))?;
+    let mut out = Salvaged {
+        rows: Vec::new(),
+        unreadable: Vec::new(),
+        last: from - 1,
+        reached_end: false,
+    };
+    let mut probes = 0;
+    let mut id = from;
+    while id <= upto {
+        if out.rows.len() + out.unreadable.len() >= limit || probes >= max_probes {
+            return Ok(out);
+        }
+        probes += 1;
+        if !skip(id) {
+            match stmt.query_row([id], &mut f).optional() {
+                Ok(Some(row)) => out.rows.push(row),
+                Ok(None) => {}
+                Err(e) if is_corrupt(&e) => out.unreadable.push((id, e.to_string())),
+                Err(e) => return Err(e),
+            }
+        }
+        out.last = id;
+        id += 1;
+    }
+    out.reached_end = true;
+    Ok(out)
+}
+
+/// The columns [`sendable_row`] reads.
+pub(crate) const SENDABLE_COLUMNS: &str = "id, attempts, subject, reply, headers, payload";
+
+/// One row of [`SENDABLE_COLUMNS`] for the drainer (its payload in its own buffer).
+pub(crate) fn sendable_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sendable> {
+    let mut decoded = message_at(r, 2)?;
+    let attempts = attempts(r.get_ref(1)?).unwrap_or_else(|p| {
+        decoded.problem.get_or_insert(p);
+        0
+    });
+    Ok(Sendable {
+        id: r.get(0)?,
+        attempts,
+        decoded,
+    })
+}
+
+/// As [`queued`], on a file with a damaged page: the rows that can be read, and for each row
+/// that cannot, an entry with only its id and the reason in `decode_error`, so that a listing
+/// of a damaged file shows what is lost and goes on past it.
+pub(crate) fn queued_salvaged(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<QueuedMessage>> {
+    let (last, done): (i64, i64) =
+        conn.query_row("SELECT last, done FROM outbox_seq", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let from = after.max(done) + 1;
+    let read = salvage(
+        conn,
+        "id, subject, reply, headers, payload, created_at, attempts, last_error",
+        from,
+        last,
+        limit,
+        usize::MAX,
+        |_| false,
+        queued_row,
+    )?;
+    let mut out: Vec<QueuedMessage> = read.rows;
+    out.extend(read.unreadable.into_iter().map(|(id, why)| QueuedMessage {
+        id,
+        subject: String::new(),
+        reply: None,
+        headers: crate::Headers::new(),
+        payload: bytes::Bytes::new(),
+        created_at: UNIX_EPOCH,
+        attempts: 0,
+        last_error: None,
+        decode_error: Some(format!(
+            "the row cannot be read from the file ({why}): the page that holds it is damaged"
+        )),
+    }));
+    out.sort_by_key(|m| m.id);
+    Ok(out)
 }

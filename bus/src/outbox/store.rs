@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
 use super::encoding::encode_headers;
+use super::lock::FileLock;
 use super::schema::{self, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
 use super::{migrate, read, DeadLetter, Durability, OutboxStats};
 use crate::broker::RawMessage;
@@ -65,25 +66,25 @@ pub(crate) struct Store {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
     /// The highest queue id ever given (mirrors `outbox_seq` as of the last commit).
-    last_id: i64,
+    pub(crate) last_id: i64,
     /// Every id up to this one is confirmed or dead-lettered (mirrors `outbox_seq.done`).
-    done_id: i64,
+    pub(crate) done_id: i64,
     /// Every row up to this id is physically deleted (at most `done_id`).
     deleted_upto: i64,
     /// Reused buffer for the headers JSON of one multi-row insert.
     scratch: String,
-    /// Held (locked) for as long as the store lives; the OS releases the lock with the descriptor.
-    _lock: File,
+    /// A page of the file was found unreadable while running (`salvage`): no more deletes or
+    /// space reclaim on it; the next open refuses the file (`integrity`).
+    pub(crate) damaged: bool,
+    /// Queue ids found unreadable and already dead-lettered (their rows cannot be deleted).
+    pub(crate) unreadable: std::collections::BTreeSet<i64>,
+    /// Rows were deleted since the last space reclaim (`reclaim`).
+    pub(crate) reclaim_pending: bool,
+    /// Held for as long as the store lives (dropped after the connection: fields drop in order).
+    _lock: FileLock,
 }
 
-/// `<path>.lock`.
-fn lock_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
-}
-
-fn create_private(path: &Path, create_new: bool) -> std::io::Result<File> {
+pub(crate) fn create_private(path: &Path, create_new: bool) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(true).write(true);
     if create_new {
@@ -100,7 +101,7 @@ fn create_private(path: &Path, create_new: bool) -> std::io::Result<File> {
     o.open(path)
 }
 
-fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
+pub(crate) fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
     let hint = match e.kind() {
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
             "; the directory must exist and be writable by this process"
@@ -152,12 +153,10 @@ impl Store {
         Self::try_open(path, durability)?.ok_or_else(|| {
             Error::outbox(
                 path,
-                format!(
-                    "the outbox is in use by another Bus (lock {} is held); two processes must \
-                     never drain the same queue: give each process its own outbox_path, or \
-                     drop the other Bus first",
-                    lock_path(path).display()
-                ),
+                "the outbox is in use by another Bus (in this process or another, through this \
+                 path or another name of the same file: a symlink or a hard link); two drainers \
+                 must never send the same queue: give each process its own outbox_path, or drop \
+                 the other Bus first",
                 None,
             )
         })
@@ -166,26 +165,20 @@ impl Store {
     /// As [`Store::open`], but `None` when another holder has the lock (the operator requests
     /// run by a tool when no process holds the file).
     pub(crate) fn try_open(path: &Path, durability: Durability) -> Result<Option<Store>> {
-        let lock_file = lock_path(path);
-        let lock = create_private(&lock_file, false)
-            .map_err(|e| io_err(&lock_file, "cannot create the outbox lock file", e))?;
-        // `File::try_lock` (Rust 1.89, the workspace's rust-version) is an OS advisory lock: it
-        // is released when the process dies, so a crashed publisher never leaves the file locked.
-        let locked = lock.try_lock();
-        match locked {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(io_err(&lock_file, "cannot lock the outbox lock file", e))
-            }
-        }
         // Create the file ourselves so that it is born 0600 (SQLite would use the umask); the
-        // -wal and -shm files SQLite creates take the mode of the main file.
+        // -wal and -shm files SQLite creates take the mode of the main file. It exists before
+        // the lock is taken because the lock is on the file itself (`lock`).
         match create_private(path, true) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err(path, "cannot create the outbox file", e)),
         }
+        // An OS advisory lock: it is released when the process dies, so a crashed publisher
+        // never leaves the file locked.
+        let Some(lock) = FileLock::try_acquire(path)? else {
+            return Ok(None);
+        };
+        super::lock::refuse_hard_links(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -209,10 +202,15 @@ impl Store {
             done_id: 0,
             deleted_upto: 0,
             scratch: String::new(),
+            damaged: false,
+            unreadable: Default::default(),
+            reclaim_pending: true,
             _lock: lock,
         };
         store.configure(durability)?;
+        store.check_integrity()?;
         store.check_schema()?;
+        store.enable_reclaim();
         (store.last_id, store.done_id) = store
             .conn
             .query_row("SELECT last, done FROM outbox_seq", [], |r| {
@@ -320,9 +318,12 @@ impl Store {
                         None,
                     ));
                 }
+                // Before the first table: a file whose free pages can be given back to the
+                // filesystem (`reclaim`). Set only here: on an existing file the pragma writes
+                // its header, and a file must not change just by being opened.
                 self.conn
                     .execute_batch(&format!(
-                        "BEGIN IMMEDIATE; {TABLES} {SEQ} {VIEWS} \
+                        "PRAGMA auto_vacuum = INCREMENTAL; BEGIN IMMEDIATE; {TABLES} {SEQ} {VIEWS} \
                          PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                     ))
                     .map_err(|e| sql_err(&p, "cannot create the outbox schema", e))?;
@@ -432,7 +433,11 @@ impl Store {
     /// decoded is moved to the dead letters here, with the reason, and counted in
     /// [`Page::scanned`]: it is never sent, never retried, and the queue goes on.
     pub(crate) fn page(&mut self, after: i64, limit: usize) -> rusqlite::Result<Page> {
-        let read = read::sendable(&self.conn, after, limit)?;
+        let read = match read::sendable(&self.conn, after, limit) {
+            Ok(read) => read,
+            Err(e) if read::is_corrupt(&e) => return self.salvage(after, limit, &e),
+            Err(e) => return Err(e),
+        };
         let mut page = Page {
             rows: Vec::with_capacity(read.len()),
             scanned: read.len(),
@@ -497,9 +502,12 @@ impl Store {
     /// is confirmed, the table is emptied at once (SQLite then frees its pages without visiting
     /// each row, which is far cheaper than deleting them one by one).
     pub(crate) fn tidy(&mut self, chunk: i64) -> rusqlite::Result<bool> {
-        if self.deleted_upto >= self.done_id {
+        if self.deleted_upto >= self.done_id || self.damaged {
+            // A damaged file keeps its confirmed rows (deleting would touch the bad pages):
+            // they are below the watermark, never sent again, and the file is replaced anyway.
             return Ok(false);
         }
+        self.reclaim_pending = true;
         if self.done_id >= self.last_id {
             self.conn
                 .prepare_cached("DELETE FROM outbox")?
@@ -612,6 +620,7 @@ impl Store {
     }
 
     pub(crate) fn purge(&mut self) -> rusqlite::Result<u64> {
+        self.reclaim_pending = true;
         Ok(self.conn.execute("DELETE FROM dead_letters", [])? as u64)
     }
 
@@ -659,7 +668,7 @@ impl ReplayTx<'_> {
 }
 
 /// Moves the queue row of `failure` to the dead letters (inside the caller's transaction).
-fn dead_letter(
+pub(crate) fn dead_letter(
     tx: &rusqlite::Transaction<'_>,
     failure: &Failure,
     error: &str,

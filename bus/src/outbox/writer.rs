@@ -88,6 +88,9 @@ pub(crate) struct Ctx {
     pub(crate) commits: u64,
     /// When to look for operator requests (`requests`) next.
     pub(crate) requests: super::requests::Pickup,
+    /// When the writer last committed a publish or a confirmation (space is given back only
+    /// after a quiet time; reads such as stats do not count).
+    pub(crate) last_busy: std::time::Instant,
 }
 
 /// Confirmed rows deleted per step when the writer is idle: small enough that a publish arriving
@@ -106,6 +109,7 @@ impl Ctx {
     /// failure is logged and the watermark moved with the next batch (until then a restarted
     /// process would send these again, same msg ids).
     pub(crate) fn confirmed(&mut self, last: i64) {
+        self.last_busy = std::time::Instant::now();
         if let Err(e) = self.store.mark_done(last) {
             tracing::error!(path = %self.store.path.display(), error = %e, last, "cannot record confirmed outbox messages; will retry with the next batch (a restart would send them again)");
             return;
@@ -128,6 +132,25 @@ impl Ctx {
             return false;
         }
         self.tidy()
+    }
+
+    /// Called when nothing is waiting: gives free space back if the queue is empty and the
+    /// writer has been idle a while (`reclaim`); returns whether to call again.
+    fn reclaim_idle(&mut self) -> bool {
+        if !self.store.can_reclaim()
+            || self.last_busy.elapsed() < super::reclaim::IDLE_BEFORE_RECLAIM
+        {
+            return false;
+        }
+        match self.store.reclaim_step() {
+            Ok(more) => more,
+            Err(e) => {
+                // Only space is at stake; try again after the next drain.
+                tracing::warn!(path = %self.store.path.display(), error = %e, "cannot give the outbox's free space back; will try after the next drain");
+                self.store.reclaim_pending = false;
+                false
+            }
+        }
     }
 
     /// Deletes a chunk of confirmed rows; returns whether there is more to delete.
@@ -204,6 +227,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     committed: committed_tx,
                     commits: 0,
                     requests: super::requests::Pickup::default(),
+                    last_busy: std::time::Instant::now(),
                 },
             );
         })
@@ -250,7 +274,7 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
         let first = match rx.try_recv() {
             Ok(cmd) => cmd,
             Err(mpsc::TryRecvError::Empty) => {
-                if ctx.tidy_idle() {
+                if ctx.tidy_idle() || ctx.reclaim_idle() {
                     continue;
                 }
                 match rx.recv_timeout(ctx.requests.wait()) {
@@ -292,6 +316,7 @@ fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Resu
         return;
     }
     let batch = std::mem::take(group);
+    ctx.last_busy = std::time::Instant::now();
     let _span = tracing::trace_span!("outbox_commit", n = batch.len()).entered();
     match ctx.store.insert_all(batch.iter().map(|(m, _)| m)) {
         Ok(first) => {

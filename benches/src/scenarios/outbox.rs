@@ -1,0 +1,109 @@
+//! `outbox_publish_rate`: how fast `publish().await` commits to the outbox with the server down,
+//! against rusqlite inserting the same rows in batches by hand: the SQLite ceiling on this disk.
+
+use std::fmt::Write as _;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bus::Bus;
+
+use crate::msgs::{self, INSTANCE};
+use crate::runner::{rate, BenchResult, Rounds, Sample};
+use crate::sdk;
+use crate::server::free_port;
+
+/// The id headers the outbox stores with every typed message today, in its row's JSON text.
+/// (When the message id travels in one header only, this list loses `Bus-Msg-Id` with it.)
+const ID_HEADERS: [&str; 2] = ["Nats-Msg-Id", "Bus-Msg-Id"];
+
+/// The outbox table's columns as the SDK creates them (schema version 3).
+const TABLE: &str = "CREATE TABLE outbox (
+    id         INTEGER PRIMARY KEY,
+    subject    TEXT    NOT NULL,
+    reply      TEXT,
+    headers    TEXT    NOT NULL,
+    payload    BLOB    NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+)";
+
+/// `outbox_publish_rate`: the bus side publishes with `window` publishes in flight (what lets
+/// group commit batch them) to a port nobody listens on; the baseline inserts the same rows in
+/// transactions of `window` rows.
+pub struct PublishRate {
+    /// In-flight publishes on the bus side, and rows per transaction by hand.
+    pub window: usize,
+}
+
+impl Rounds for PublishRate {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        let window = self.window;
+        tokio::task::spawn_blocking(move || rusqlite_batches(n, window))
+            .await?
+            .map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        bus_commits(n, self.window).await.map(Sample::value)
+    }
+}
+
+/// Commits per second of `publish().await` on a bus whose server is down (a fresh file).
+async fn bus_commits(n: usize, window: usize) -> BenchResult<f64> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("nats://127.0.0.1:{}", free_port()?);
+    let bus = Bus::builder()
+        .nats([url.as_str()])
+        .outbox_path(dir.path().join("outbox.sqlite3"))
+        .connect()
+        .await?;
+    let msg = msgs::outbound(INSTANCE);
+    let start = Instant::now();
+    sdk::publish_windowed(&bus, &msg, n, window).await?;
+    Ok(rate(n, start, Instant::now()))
+}
+
+/// The hand-written outbox: one connection in WAL mode with `synchronous=NORMAL` (the SDK's
+/// default durability), one transaction per `window` rows, one cached prepared statement, the
+/// payload encoded once (the bytes are the same for every row) and each row's id header JSON
+/// written into a reused `String`.
+fn rusqlite_batches(n: usize, window: usize) -> BenchResult<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut conn = rusqlite::Connection::open(dir.path().join("hand.sqlite3"))?;
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+    conn.execute_batch(TABLE)?;
+    let payload = msgs::outbound_bytes();
+    let mut headers = String::with_capacity(128);
+    let subject = msgs::SUBJECT;
+    let start = Instant::now();
+    let mut id: i64 = 0;
+    while (id as usize) < n {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (id, subject, reply, headers, payload, created_at)
+                 VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
+            )?;
+            for _ in 0..window.min(n - id as usize) {
+                id += 1;
+                headers.clear();
+                headers.push('[');
+                for (i, name) in ID_HEADERS.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "," };
+                    write!(
+                        headers,
+                        "{sep}[\"{name}\",\"{:016x}{id:016x}\"]",
+                        0x5eed_u64
+                    )?;
+                }
+                headers.push(']');
+                insert.execute(rusqlite::params![id, subject, headers, &payload[..], now])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(rate(n, start, Instant::now()))
+}

@@ -1,0 +1,264 @@
+//! Discoverable services: request types announced through the NATS service API, so that
+//! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` (and `nats micro ls`) list them.
+//!
+//! Opt-in: a [`Service`] is started once per process with a name and a version, and each
+//! request type it answers is one endpoint of it, named after the type, on the subject its
+//! filter stands for. Requests are answered through the endpoint, so the service API counts
+//! them (requests, errors, processing time). Only on NATS: the service API is a NATS protocol.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use async_nats::service::{self, ServiceExt};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+use crate::message::{Filter, Request};
+use crate::nats::convert::from_header_map;
+use crate::nats::NatsBroker;
+use crate::{codec, Bus, Envelope, Error, Result};
+
+/// A service registered with the NATS service API. Its request types are added with
+/// [`serve`](Service::serve).
+///
+/// ```no_run
+/// # use bus::Message;
+/// # #[derive(serde::Serialize, serde::Deserialize, Message)]
+/// # #[subject("agent.route.<agent>")]
+/// # #[reply(RouteReply)]
+/// # struct Delegate { agent: String, task: String }
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// # struct RouteReply { accepted: bool }
+/// # async fn run(bus: &bus::Bus) -> Result<(), bus::Error> {
+/// let service = bus::service::Service::builder("planner", "1.0.0")
+///     .description("plans the agents' work")
+///     .start(bus)
+///     .await?;
+/// service
+///     .serve::<Delegate, _, _, _>(Delegate::filter(), |req| async move {
+///         Ok::<_, bus::Error>(RouteReply { accepted: !req.task.is_empty() })
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Service {
+    service: service::Service,
+    name: String,
+    /// Stopped endpoints, kept until the service stops: async-nats 0.35's `Service::stop`
+    /// fails (and leaves the `$SRV` responder running) once no endpoint is alive.
+    parked: Arc<std::sync::Mutex<Vec<service::endpoint::Endpoint>>>,
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to start a [`Service`]: its name, version and description.
+#[derive(Debug, Clone)]
+#[must_use = "a service builder does nothing until `start` is called"]
+pub struct ServiceBuilder {
+    name: String,
+    version: String,
+    description: Option<String>,
+}
+
+impl ServiceBuilder {
+    /// What `$SRV.INFO` says the service does.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = Some(text.into());
+        self
+    }
+
+    /// Registers the service on `bus`'s NATS connection (it answers `$SRV.PING`, `$SRV.INFO`
+    /// and `$SRV.STATS` from now on). Fails with [`Error::Config`] on a bus that is not on
+    /// NATS, or for a name or version the service API refuses (a name is letters, digits,
+    /// `-` and `_`; a version is semantic, `1.0.0`).
+    pub async fn start(self, bus: &Bus) -> Result<Service> {
+        let broker: Arc<dyn std::any::Any + Send + Sync> = bus.broker();
+        let Ok(nats) = broker.downcast::<NatsBroker>() else {
+            return Err(Error::Config(
+                "the NATS service API needs a bus on NATS (`Bus::builder().nats([..])`)".into(),
+            ));
+        };
+        let mut builder = nats.client().service_builder();
+        if let Some(d) = &self.description {
+            builder = builder.description(d);
+        }
+        let service = builder
+            .start(self.name.clone(), self.version.clone())
+            .await
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot start the service {:?} (version {:?}): {e}",
+                    self.name, self.version
+                ))
+            })?;
+        Ok(Service {
+            service,
+            name: self.name,
+            parked: Arc::default(),
+        })
+    }
+}
+
+impl Service {
+    /// A builder for a service named `name` at `version`.
+    pub fn builder(name: impl Into<String>, version: impl Into<String>) -> ServiceBuilder {
+        ServiceBuilder {
+            name: name.into(),
+            version: version.into(),
+            description: None,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Answers requests of type `M` that `filter` selects, as an endpoint of this service:
+    /// named after the type, on the filter's pattern, in the filter's queue group (default:
+    /// the service API's `q`), with the template and reply type as metadata
+    /// (`bus.template`, `bus.reply`). Like [`Bus::serve`], a handler's `Err` (or panic)
+    /// reaches the requester as [`Error::Remote`]; here it travels as the service API's
+    /// `Nats-Service-Error` header, which the service API counts as an error.
+    pub async fn serve<M, F, Fut, E>(&self, filter: M::Filter, handler: F) -> Result<Endpoint>
+    where
+        M: Request,
+        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<M::Reply, E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let pattern = filter.pattern()?;
+        let metadata = HashMap::from([
+            ("bus.template".to_owned(), M::SUBJECT.to_owned()),
+            (
+                "bus.reply".to_owned(),
+                std::any::type_name::<M::Reply>().to_owned(),
+            ),
+        ]);
+        let mut builder = self
+            .service
+            .endpoint_builder()
+            .name(M::TYPE_NAME)
+            .metadata(metadata);
+        if let Some(q) = filter.queue_group() {
+            builder = builder.queue_group(q);
+        }
+        let mut requests = builder.add(pattern.clone()).await.map_err(|e| {
+            Error::Config(format!(
+                "cannot add the endpoint {} on {pattern}: {e}",
+                M::TYPE_NAME
+            ))
+        })?;
+        let handler = Arc::new(handler);
+        let (stop, mut stopped) = watch::channel(false);
+        let parked = Arc::clone(&self.parked);
+        let task = tokio::spawn(async move {
+            let mut in_flight = tokio::task::JoinSet::new();
+            loop {
+                let request = tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => break,
+                    r = requests.next() => match r {
+                        Some(r) => r,
+                        None => break,
+                    },
+                };
+                while in_flight.try_join_next().is_some() {}
+                let handler = Arc::clone(&handler);
+                in_flight.spawn(answer::<M, F, Fut, E>(request, handler));
+            }
+            let _ = requests.stop().await;
+            while in_flight.join_next().await.is_some() {}
+            parked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(requests);
+        });
+        Ok(Endpoint { stop, task })
+    }
+
+    /// Unregisters the service: it stops answering `$SRV` requests and every endpoint ends
+    /// (after answering the requests it took).
+    pub async fn stop(self) -> Result<()> {
+        let stopped = self
+            .service
+            .stop()
+            .await
+            .map_err(|e| Error::Config(format!("cannot stop the service: {e}")));
+        self.parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        stopped
+    }
+}
+
+/// Answers one request through the service API.
+async fn answer<M, F, Fut, E>(request: service::Request, handler: Arc<F>)
+where
+    M: Request,
+    F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<M::Reply, E>> + Send + 'static,
+    E: fmt::Display + Send + 'static,
+{
+    let msg = &request.message;
+    if msg.reply.is_none() {
+        tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
+        return;
+    }
+    let outcome = match codec::decode::<M>(&msg.payload) {
+        Ok(body) => {
+            let headers = msg
+                .headers
+                .as_ref()
+                .map(from_header_map)
+                .unwrap_or_default();
+            let env = Envelope::new(
+                body,
+                msg.subject.to_string(),
+                msg.reply.as_ref().map(|r| r.to_string()),
+                headers,
+            );
+            match AssertUnwindSafe(handler(env)).catch_unwind().await {
+                Ok(Ok(reply)) => codec::encode(&reply, std::any::type_name::<M::Reply>())
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(panic) => Err(format!(
+                    "the handler panicked: {}",
+                    crate::handle::panic_message(&*panic)
+                )),
+            }
+        }
+        Err(e) => Err(format!("cannot decode request as `{}`: {e}", M::TYPE_NAME)),
+    };
+    let response = outcome.map_err(|status| service::error::Error { status, code: 500 });
+    if let Err(e) = request.respond(response).await {
+        tracing::warn!(error = %e, "cannot send reply");
+    }
+}
+
+/// A running endpoint of a [`Service`] (from [`Service::serve`]). Dropping it leaves it
+/// running; [`stop`](Endpoint::stop) ends it (`$SRV.INFO` keeps listing it, as async-nats
+/// does, until the service stops).
+#[derive(Debug)]
+pub struct Endpoint {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// Stops answering (unsubscribes) and waits until every request already taken was
+    /// answered.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
