@@ -59,11 +59,13 @@ const FANOUT: usize = 10;
 /// `diag_pubsub_bytes`: the typed bus vs raw async-nats moving pre-encoded bytes (no encode, no
 /// decode): the SDK's whole cost, serialisation included.
 /// `diag_raw_headers`: raw async-nats with the wire format's four headers ("bus") vs without.
+/// `diag_durable_noid`: `nats_pubsub_durable` with `WireHeaders::NoId` (no id header at all).
 /// `diag_request_headers`, `diag_request_spawn`: raw request/reply with the bus's headers, or
 /// answered on a task per request as `Bus::serve` does ("bus"), vs plain raw.
-const DIAGNOSTICS: [&str; 4] = [
+const DIAGNOSTICS: [&str; 5] = [
     "diag_pubsub_bytes",
     "diag_raw_headers",
+    "diag_durable_noid",
     "diag_request_headers",
     "diag_request_spawn",
 ];
@@ -296,6 +298,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             url: url.clone(),
             durable: false,
             window: plan.window,
+            wire: bus::WireHeaders::default(),
         };
         emit(
             rate("nats_pubsub_typed", &plan, plan.pubsub_n, 0.90)
@@ -324,9 +327,23 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             url: url.clone(),
             durable: true,
             window: plan.window,
+            wire: bus::WireHeaders::default(),
         };
         emit(
             rate("nats_pubsub_durable", &plan, plan.durable_n, 0.50)
+                .run(&mut s)
+                .await,
+        );
+    }
+    if named("diag_durable_noid") {
+        let mut s = nats::PubSub {
+            url: url.clone(),
+            durable: true,
+            window: plan.window,
+            wire: bus::WireHeaders::NoId,
+        };
+        emit(
+            rate("diag_durable_noid", &plan, plan.durable_n, 0.50)
                 .run(&mut s)
                 .await,
         );

@@ -145,11 +145,19 @@ pub async fn fanout_typed(url: &str, n: usize, subscribers: usize) -> BenchResul
 
 /// `nats_pubsub_durable`: as [`pubsub_typed`] with the outbox on (a fresh file per round) and
 /// `window` publishes in flight, which is how a producer lets group commit batch them.
-pub async fn pubsub_durable(url: &str, n: usize, window: usize) -> BenchResult<f64> {
+/// With `wire` [`WireHeaders::NoId`](bus::WireHeaders::NoId) (`diag_durable_noid`) the
+/// messages carry no id header at all.
+pub async fn pubsub_durable(
+    url: &str,
+    n: usize,
+    window: usize,
+    wire: bus::WireHeaders,
+) -> BenchResult<f64> {
     let dir = tempfile::tempdir()?;
     let publisher = Bus::builder()
         .nats([url])
         .outbox_path(dir.path().join("outbox.sqlite3"))
+        .wire_headers(wire)
         .connect()
         .await?;
     let (_subscriber, counter) = typed_subscriber(url, n, &publisher).await?;

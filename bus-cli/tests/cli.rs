@@ -54,7 +54,7 @@ async fn against_a_running_service_stats_replay_and_tap() {
         .expect(0)
         .json();
     assert_eq!(shown["payload"], dead["payload"]);
-    assert!(shown["headers"]["Bus-Msg-Id"].is_string(), "{shown}");
+    assert!(shown["headers"]["Nats-Msg-Id"].is_string(), "{shown}");
     let human = bus(&["dead-letters", "show", file, &id]).await.expect(0);
     assert!(
         human.stdout.contains("\"text\": \"poison 1\"")
@@ -149,7 +149,7 @@ async fn against_a_running_service_stats_replay_and_tap() {
             .iter()
             .any(|m| m["subject"] == "plugin.outbound.tick.svc-1"
                 && text_of(m).starts_with("tick ")
-                && m["headers"]["Bus-Msg-Id"].is_string()),
+                && m["headers"]["Nats-Msg-Id"].is_string()),
         "{tapped:?}"
     );
     ticker.abort();

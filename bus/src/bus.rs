@@ -307,8 +307,8 @@ impl Bus {
 
     /// Publishes raw bytes to a concrete subject, through the outbox if there is one.
     ///
-    /// Through the outbox (or with [`WireHeaders::Full`]) it adds a `Bus-Msg-Id` and a
-    /// `Nats-Msg-Id` header if the message has no `Bus-Msg-Id`.
+    /// Through the outbox (or with [`WireHeaders::Full`]) it adds a `Nats-Msg-Id` header if the
+    /// message has no id, unless the bus sends none ([`WireHeaders::NoId`]).
     pub async fn publish_raw(&self, mut msg: RawMessage) -> Result<()> {
         if self.inner.wire == WireHeaders::Full {
             stamp_msg_id(&mut msg.headers);
@@ -329,7 +329,9 @@ impl Bus {
             msg.headers.check()?;
             // A message from the outbox may be sent more than once: the id lets consumers
             // (and JetStream, through `Nats-Msg-Id`) drop the duplicate.
-            stamp_msg_id(&mut msg.headers);
+            if self.inner.wire != WireHeaders::NoId {
+                stamp_msg_id(&mut msg.headers);
+            }
             return match publish_span(&msg.subject) {
                 Some(span) => outbox.enqueue(msg).instrument(span).await,
                 None => outbox.enqueue(msg).await,
@@ -447,7 +449,7 @@ impl Bus {
                 reply.headers,
             )),
             Err(source) => Err(Error::Decode {
-                msg_id: reply.headers.get(headers::MSG_ID).map(str::to_string),
+                msg_id: headers::msg_id(&reply.headers).map(str::to_string),
                 subject: reply.subject,
                 type_name: std::any::type_name::<M::Reply>(),
                 source,
@@ -642,7 +644,7 @@ impl Bus {
                         let correlation = msg
                             .headers
                             .get(headers::CORRELATION_ID)
-                            .or_else(|| msg.headers.get(headers::MSG_ID))
+                            .or_else(|| crate::headers::msg_id(&msg.headers))
                             .map(str::to_owned);
                         let outcome = match codec::decode::<M>(&msg.payload) {
                             Ok(body) if check => {
@@ -995,12 +997,11 @@ fn full_headers<M: Message>(headers: &mut Headers) {
     headers.append(headers::TYPE, M::TYPE_NAME);
 }
 
-/// Gives the message an id (as `Bus-Msg-Id` and `Nats-Msg-Id`) unless it has one.
+/// Gives the message an id (`Nats-Msg-Id`) unless it has one (an older peer's `Bus-Msg-Id`
+/// counts).
 fn stamp_msg_id(headers: &mut Headers) {
-    if headers.get(headers::MSG_ID).is_none() {
-        let id = msg_id::new_msg_id();
-        headers.append(headers::NATS_MSG_ID, id.clone());
-        headers.append(headers::MSG_ID, id);
+    if headers::msg_id(headers).is_none() {
+        headers.append(headers::MSG_ID, msg_id::new_msg_id());
     }
 }
 

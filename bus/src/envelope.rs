@@ -87,14 +87,17 @@ impl<T> Envelope<T> {
         &self.subject
     }
 
-    /// Its `Bus-Msg-Id`: unique per message, stable across retries (use it to dedupe).
+    /// Its id (`Nats-Msg-Id`, or `Bus-Msg-Id` from an older peer): unique per message, stable
+    /// across retries (use it to dedupe).
     ///
     /// `None` for a message sent without one: by default ([`WireHeaders::Minimal`]) only
-    /// messages that went through an outbox, the ones that can arrive twice, carry an id.
+    /// messages that went through an outbox, the ones that can arrive twice, carry an id, and
+    /// with [`WireHeaders::NoId`] none does.
     ///
     /// [`WireHeaders::Minimal`]: crate::WireHeaders::Minimal
+    /// [`WireHeaders::NoId`]: crate::WireHeaders::NoId
     pub fn msg_id(&self) -> Option<&str> {
-        self.headers.get(headers::MSG_ID)
+        headers::msg_id(&self.headers)
     }
 
     /// Its `Bus-Correlation-Id`, on requests and their replies.

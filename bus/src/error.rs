@@ -55,7 +55,7 @@ pub enum Error {
     Decode {
         /// The subject the message arrived on.
         subject: String,
-        /// Its `Bus-Msg-Id`, if it had one.
+        /// Its id (`Nats-Msg-Id`), if it had one.
         msg_id: Option<String>,
         /// The type it was decoded as.
         type_name: &'static str,

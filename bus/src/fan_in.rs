@@ -302,7 +302,7 @@ impl<E: Incoming> Stream for FanIn<E> {
         Poll::Ready(Some(match E::decode_incoming(&msg.subject, &msg.payload) {
             Ok(body) => Ok(Envelope::new(body, msg.subject, msg.reply, msg.headers)),
             Err(e) => {
-                let msg_id = msg.headers.get(crate::headers::MSG_ID).map(str::to_owned);
+                let msg_id = crate::headers::msg_id(&msg.headers).map(str::to_owned);
                 let e = e.into_error(msg.subject, msg_id);
                 tracing::warn!(type_name = E::TYPE_NAME, error = %e, "fan-in message refused");
                 Err(e)

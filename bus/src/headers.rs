@@ -4,10 +4,12 @@ use std::borrow::Cow;
 
 use crate::Error;
 
-/// Unique id of a message, stable across every retry (also sent as [`NATS_MSG_ID`]).
-pub const MSG_ID: &str = "Bus-Msg-Id";
-/// The same id under the name JetStream dedupes on.
-pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+/// Unique id of a message, stable across every retry: the standard NATS header, which
+/// JetStream dedupes on. The one id header `bus` sends.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// The id header of older `bus` peers, which sent it beside [`MSG_ID`]: still read (by
+/// [`Envelope::msg_id`](crate::Envelope::msg_id), the outbox, the dead letters), never sent.
+pub const LEGACY_MSG_ID: &str = "Bus-Msg-Id";
 /// Always `application/msgpack` for typed messages.
 pub const CONTENT_TYPE: &str = "Content-Type";
 /// The value of [`CONTENT_TYPE`].
@@ -27,13 +29,18 @@ pub const TRACEPARENT: &str = "traceparent";
 #[cfg(feature = "nats")]
 pub(crate) const KNOWN_NAMES: [&str; 7] = [
     MSG_ID,
-    NATS_MSG_ID,
+    LEGACY_MSG_ID,
     CONTENT_TYPE,
     TYPE,
     CORRELATION_ID,
     ERROR,
     TRACEPARENT,
 ];
+
+/// The message id in `headers`: [`MSG_ID`], or [`LEGACY_MSG_ID`] from an older peer.
+pub(crate) fn msg_id(headers: &Headers) -> Option<&str> {
+    headers.get(MSG_ID).or_else(|| headers.get(LEGACY_MSG_ID))
+}
 
 /// Why a header name cannot travel over NATS, or `None` when it can: printable ASCII
 /// (`!` to `~`) without `:`, not empty. The one rule every backend and the outbox apply.
@@ -83,9 +90,8 @@ pub(crate) fn value_problem(value: &str) -> Option<&'static str> {
 #[non_exhaustive]
 pub enum WireHeaders {
     /// Only the headers a guarantee needs (the default):
-    /// - through the outbox, [`MSG_ID`] and [`NATS_MSG_ID`]: such a message may be sent more
-    ///   than once (a retry after a lost confirmation), so consumers and JetStream dedupe on
-    ///   its id;
+    /// - through the outbox, [`MSG_ID`] (`Nats-Msg-Id`): such a message may be sent more than
+    ///   once (a retry after a lost confirmation), so consumers and JetStream dedupe on its id;
     /// - on a direct publish (no outbox), none: it is sent once, there is nothing to dedupe;
     ///   [`Envelope::msg_id`](crate::Envelope::msg_id) is then `None` at the receiver;
     /// - a request carries [`CORRELATION_ID`], and its reply copies it.
@@ -93,10 +99,16 @@ pub enum WireHeaders {
     /// Receivers identify the type by the subject, and the payload is always MessagePack.
     #[default]
     Minimal,
-    /// Every typed message carries [`MSG_ID`], [`NATS_MSG_ID`], [`CONTENT_TYPE`]
-    /// (`application/msgpack`) and [`TYPE`]; replies carry [`CONTENT_TYPE`]. For peers that
-    /// route or dedupe on these headers, at the cost measured above.
+    /// Every typed message carries [`MSG_ID`], [`CONTENT_TYPE`] (`application/msgpack`) and
+    /// [`TYPE`]; replies carry [`CONTENT_TYPE`]. For peers that route or dedupe on these
+    /// headers, at the cost measured above.
     Full,
+    /// No header of `bus`'s own, not even an id through the outbox (a request still carries
+    /// [`CORRELATION_ID`]). For applications that take at-least-once delivery without dedupe:
+    /// a message resent after a lost confirmation arrives twice, JetStream cannot drop the
+    /// copy, and [`Envelope::msg_id`](crate::Envelope::msg_id) is `None`. What it buys is in
+    /// `benches/README.md` (`--only diag_durable_noid` against `nats_pubsub_durable`).
+    NoId,
 }
 
 /// Message headers: an ordered list of name/value pairs; a name may appear more than once.

@@ -184,7 +184,7 @@ impl<T: Message> Stream for Subscription<T> {
                 if this.check_subject_fields {
                     if let Err(e) = check_subject_fields(&body, &msg.subject) {
                         this.subject_mismatches += 1;
-                        let msg_id = msg.headers.get(crate::headers::MSG_ID);
+                        let msg_id = crate::headers::msg_id(&msg.headers);
                         tracing::warn!(?msg_id, type_name = T::TYPE_NAME, error = %e, "message refused by the subject/body check");
                         if let Some(acker) = acker {
                             acker.settle_detached(AckKind::Term);
@@ -201,7 +201,7 @@ impl<T: Message> Stream for Subscription<T> {
             Err(source) => {
                 metrics.decode_error();
                 this.decode_errors += 1;
-                let msg_id = msg.headers.get(crate::headers::MSG_ID).map(str::to_string);
+                let msg_id = crate::headers::msg_id(&msg.headers).map(str::to_string);
                 tracing::warn!(subject = %msg.subject, ?msg_id, type_name = T::TYPE_NAME, error = %source, "undecodable payload");
                 if let Some(acker) = acker {
                     acker.settle_detached(AckKind::Term);

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bus::headers::{MSG_ID, NATS_MSG_ID};
+use bus::headers::{LEGACY_MSG_ID, MSG_ID};
 use bus::outbox::{OutboxFile, QueuedMessage};
 use bus::{Bus, DeadLetter, Error, Headers, Message, RawMessage, RawSubscription, RetryPolicy};
 use bus_tests::support::{collect, flush, publish_around};
@@ -351,8 +351,8 @@ const V2_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/outbox-v2.sq
 fn fixture_msg(i: u32) -> RawMessage {
     let mut h = Headers::new();
     if i != 7 {
+        h.append(LEGACY_MSG_ID, format!("fixture-q-{i:02}"));
         h.append(MSG_ID, format!("fixture-q-{i:02}"));
-        h.append(NATS_MSG_ID, format!("fixture-q-{i:02}"));
     }
     if i.is_multiple_of(3) {
         h.append("X-Tenant", "café ☕ 日本");
@@ -392,7 +392,7 @@ fn check_fixture_dead_letters(dead: &[DeadLetter]) {
         assert_eq!(d.subject, format!("fixture.big.{i}"));
         assert_eq!(&d.payload[..], &vec![b'a' + i as u8; 2000][..]);
         let want: Headers = [
-            (MSG_ID, format!("fixture-big-{i}")),
+            (LEGACY_MSG_ID, format!("fixture-big-{i}")),
             ("X-Tenant", "Zürich ☃".into()),
         ]
         .into_iter()

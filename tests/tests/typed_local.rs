@@ -88,19 +88,15 @@ async fn publish_subscribe_with_filters() {
     assert_eq!(*env.body(), outbound("slack", "a1", "5"));
 }
 
-/// Every header of an envelope, in order, with the id values replaced by `<id>` (after checking
-/// that `Bus-Msg-Id` and `Nats-Msg-Id` agree).
+/// Every header of an envelope, in order, with the id values replaced by `<id>`; the id
+/// travels in one header only (`Nats-Msg-Id`), never also as the legacy `Bus-Msg-Id`.
 fn header_shape<T>(env: &Envelope<T>) -> Vec<(String, String)> {
     let h = env.headers();
-    assert_eq!(
-        h.get(headers::MSG_ID),
-        h.get(headers::NATS_MSG_ID),
-        "the two id headers carry the same id"
-    );
+    assert_eq!(h.get(headers::LEGACY_MSG_ID), None, "one id header");
     h.iter()
         .map(|(n, v)| {
             let v = match n {
-                headers::MSG_ID | headers::NATS_MSG_ID | headers::CORRELATION_ID => "<id>",
+                headers::MSG_ID | headers::CORRELATION_ID => "<id>",
                 _ => v,
             };
             (n.to_owned(), v.to_owned())
@@ -185,10 +181,48 @@ async fn minimal_wire_headers_send_the_ids_through_the_outbox() {
     bus.flush().await.unwrap();
     let first = next(&mut sub).await.unwrap();
     let second = next(&mut sub).await.unwrap();
-    let ids = shape(&[(headers::NATS_MSG_ID, "<id>"), (headers::MSG_ID, "<id>")]);
+    let ids = shape(&[(headers::MSG_ID, "<id>")]);
     assert_eq!(header_shape(&first), ids);
     assert_eq!(header_shape(&second), ids);
     assert_ne!(first.msg_id(), second.msg_id(), "one id per message");
+}
+
+#[tokio::test]
+async fn no_id_wire_headers_send_nothing_even_through_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::builder()
+        .local()
+        .outbox_path(dir.path().join("o.db"))
+        .wire_headers(WireHeaders::NoId)
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = Outbound::subscribe(&bus, Outbound::filter()).await.unwrap();
+    outbound("slack", "a1", "1").publish(&bus).await.unwrap();
+    let mut mine = Headers::new();
+    mine.insert("Tenant", "acme");
+    bus.publish_with_headers(&outbound("slack", "a1", "2"), mine)
+        .await
+        .unwrap();
+    bus.flush().await.unwrap();
+    let first = next(&mut sub).await.unwrap();
+    assert!(first.headers().is_empty(), "{:?}", first.headers());
+    assert_eq!(first.msg_id(), None);
+    let second = next(&mut sub).await.unwrap();
+    assert_eq!(header_shape(&second), shape(&[("Tenant", "acme")]));
+}
+
+#[tokio::test]
+async fn an_older_peers_bus_msg_id_is_still_read() {
+    let bus = Bus::local().await.unwrap();
+    let mut sub = Outbound::subscribe(&bus, Outbound::filter()).await.unwrap();
+    let mut h = Headers::new();
+    h.insert(headers::LEGACY_MSG_ID, "from-an-old-peer");
+    bus.publish_with_headers(&outbound("slack", "a1", "1"), h)
+        .await
+        .unwrap();
+    let env = next(&mut sub).await.unwrap();
+    assert_eq!(env.msg_id(), Some("from-an-old-peer"));
 }
 
 #[tokio::test]
@@ -212,7 +246,6 @@ async fn full_wire_headers_describe_every_typed_message() {
         header_shape(&env),
         shape(&[
             ("Tenant", "acme"),
-            (headers::NATS_MSG_ID, "<id>"),
             (headers::MSG_ID, "<id>"),
             (headers::CONTENT_TYPE, headers::MSGPACK),
             (headers::TYPE, "Outbound"),
@@ -224,7 +257,6 @@ async fn full_wire_headers_describe_every_typed_message() {
     assert_eq!(
         seen,
         [shape(&[
-            (headers::NATS_MSG_ID, "<id>"),
             (headers::MSG_ID, "<id>"),
             (headers::CONTENT_TYPE, headers::MSGPACK),
             (headers::TYPE, "Delegate"),

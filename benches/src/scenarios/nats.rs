@@ -30,6 +30,8 @@ pub struct PubSub {
     pub durable: bool,
     /// In-flight publishes of the durable bus side (group commit needs concurrent publishes).
     pub window: usize,
+    /// The bus side's wire headers (`NoId` for `diag_durable_noid`).
+    pub wire: bus::WireHeaders,
 }
 
 impl Rounds for PubSub {
@@ -38,7 +40,7 @@ impl Rounds for PubSub {
     }
     async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
         if self.durable {
-            sdk::pubsub_durable(&self.url, n, self.window).await
+            sdk::pubsub_durable(&self.url, n, self.window, self.wire).await
         } else {
             sdk::pubsub_typed(&self.url, n).await
         }
@@ -431,7 +433,6 @@ impl RawRequester {
             let id = format!("{:016x}{i:016x}", 0x5eed_u64);
             let mut h = async_nats::HeaderMap::new();
             h.insert("Nats-Msg-Id", id.as_str());
-            h.insert("Bus-Msg-Id", id.as_str());
             h.insert("Content-Type", "application/msgpack");
             h.insert("Bus-Type", "bus_bench::msgs::Delegate");
             h.insert("Bus-Correlation-Id", id.as_str());

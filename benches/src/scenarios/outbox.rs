@@ -12,8 +12,8 @@ use crate::sdk;
 use crate::server::free_port;
 
 /// The id headers the outbox stores with every typed message today, in its row's JSON text.
-/// (When the message id travels in one header only, this list loses `Bus-Msg-Id` with it.)
-const ID_HEADERS: [&str; 2] = ["Nats-Msg-Id", "Bus-Msg-Id"];
+/// The message id travels in one header only.
+const ID_HEADERS: [&str; 1] = ["Nats-Msg-Id"];
 
 /// The outbox table's columns as the SDK creates them (schema version 3).
 const TABLE: &str = "CREATE TABLE outbox (

@@ -180,11 +180,7 @@ impl JetStream {
 
     /// Sends `msg` through JetStream, keeping its ack future for the next confirmation.
     pub(crate) async fn publish(&self, msg: RawMessage, headers: Option<HeaderMap>) -> Result<()> {
-        let msg_id = msg
-            .headers
-            .get(headers::NATS_MSG_ID)
-            .or_else(|| msg.headers.get(headers::MSG_ID))
-            .map(str::to_owned);
+        let msg_id = headers::msg_id(&msg.headers).map(str::to_owned);
         let mut publish = jetstream::context::Publish::build().payload(msg.payload);
         if let Some(h) = headers {
             publish = publish.headers(h);

@@ -17,7 +17,6 @@ use tracing::Instrument;
 use super::store::{sql_err, Failure, Page, Row};
 use super::writer::{footprint, Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
-use crate::headers::MSG_ID;
 use crate::{Error, Result, RetryPolicy};
 
 /// Rows sent between two confirmations (and read per page). Large, so that the confirmation
@@ -362,10 +361,7 @@ impl Drainer {
         self.reconnected = false;
         let is_refused = |row: &Row| {
             rejections.iter().any(|r| match &r.msg_id {
-                Some(id) => {
-                    row.msg.headers.get(crate::headers::NATS_MSG_ID) == Some(id.as_str())
-                        || row.msg.headers.get(MSG_ID) == Some(id.as_str())
-                }
+                Some(id) => crate::headers::msg_id(&row.msg.headers) == Some(id.as_str()),
                 None => r.subject == row.msg.subject,
             })
         };
@@ -434,7 +430,7 @@ impl Drainer {
                 id: row.id,
                 attempts: row.attempts,
                 dead: self.retry.exhausted(row.attempts),
-                msg_id: row.msg.headers.get(MSG_ID).map(str::to_owned),
+                msg_id: crate::headers::msg_id(&row.msg.headers).map(str::to_owned),
             });
         }
         let error: Arc<str> = e.to_string().into();
@@ -466,7 +462,7 @@ impl Drainer {
                 crate::metrics::outbox_dead_lettered();
                 tracing::warn!(
                     subject = %row.msg.subject,
-                    msg_id = row.msg.headers.get(MSG_ID).unwrap_or(""),
+                    msg_id = crate::headers::msg_id(&row.msg.headers).unwrap_or(""),
                     attempts = row.attempts,
                     error = %error,
                     "outbox message dead-lettered after {} failed attempts; the queue goes on (see Bus::dead_letters)",

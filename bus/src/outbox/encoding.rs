@@ -47,7 +47,7 @@ pub(crate) fn encode_headers(headers: &Headers, out: &mut String) {
 
 const KNOWN_NAMES: [&str; 6] = [
     headers::MSG_ID,
-    headers::NATS_MSG_ID,
+    headers::LEGACY_MSG_ID,
     headers::CONTENT_TYPE,
     headers::TYPE,
     headers::CORRELATION_ID,

@@ -138,7 +138,7 @@ impl Store {
                     id: *id,
                     attempts: *attempts,
                     dead: true,
-                    msg_id: msg.headers.get(crate::headers::MSG_ID).map(str::to_owned),
+                    msg_id: crate::headers::msg_id(&msg.headers).map(str::to_owned),
                 };
                 dead_letter(
                     &tx,

@@ -12,7 +12,7 @@ use super::encoding::{encode_headers, known_name};
 use super::schema::{SCHEMA_VERSION, TABLES, VIEWS};
 use super::store::{now_ms, ORIGIN_OUTBOX};
 use crate::broker::RawMessage;
-use crate::headers::{Headers, MSG_ID};
+use crate::headers::Headers;
 
 /// What a migration carried over.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -152,7 +152,7 @@ impl DeadLetterInsert<'_> {
             id,
             ORIGIN_OUTBOX,
             queue_id,
-            msg.headers.get(MSG_ID),
+            crate::headers::msg_id(&msg.headers),
             msg.subject,
             msg.reply,
             self.headers,

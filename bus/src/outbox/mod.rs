@@ -11,7 +11,7 @@
 //! - Delivery is at-least-once and in publish order (FIFO by queue id). A row is deleted only
 //!   after the broker confirmed it (on NATS, a round trip through the server after each batch);
 //!   a batch whose confirmation fails, or that crossed a reconnect, is sent again. Duplicates
-//!   carry the same `Bus-Msg-Id`/`Nats-Msg-Id`, so a JetStream stream dedupes them. A confirmed
+//!   carry the same `Nats-Msg-Id`, so a JetStream stream dedupes them. A confirmed
 //!   batch moves a watermark in the file (one small update); the rows behind it are deleted
 //!   when the writer is idle, so a restarted process never resends them.
 //! - Time spent disconnected costs nothing. A send or confirmation that fails while the
@@ -42,7 +42,7 @@
 //! service runs. Table `outbox` is the queue (`id`, `subject`, `reply`, `headers`, `payload`,
 //! `created_at` in unix ms, `attempts`, `last_error`), but its rows up to `outbox_seq.done` are
 //! already confirmed and only wait to be deleted: read the view `queued` instead. `headers` is
-//! JSON text, `[["Bus-Msg-Id","…"],["X-Tenant","acme"]]`. Table `dead_letters` has the same
+//! JSON text, `[["Nats-Msg-Id","…"],["X-Tenant","acme"]]`. Table `dead_letters` has the same
 //! columns plus `origin` (`outbox`; a handler's dead letters will say `handler:<name>`),
 //! `queue_id`, `msg_id` and `failed_at`. What is stuck, and why:
 //!
@@ -210,7 +210,7 @@ pub struct DeadLetter {
     pub subject: String,
     /// The reply subject, if it had one.
     pub reply: Option<String>,
-    /// The headers (with its `Bus-Msg-Id`).
+    /// The headers (with its `Nats-Msg-Id`).
     pub headers: Headers,
     /// The payload.
     pub payload: Bytes,
@@ -253,7 +253,7 @@ pub struct QueuedMessage {
     pub subject: String,
     /// The reply subject, if it has one.
     pub reply: Option<String>,
-    /// The headers (with its `Bus-Msg-Id`).
+    /// The headers (with its `Nats-Msg-Id`).
     pub headers: Headers,
     /// The payload.
     pub payload: Bytes,

@@ -584,7 +584,7 @@ mod tests {
                         i,
                         format!("m{i}"),
                         format!("dl.{i}"),
-                        format!("[[\"Bus-Msg-Id\",\"m{i}\"]]"),
+                        format!("[[\"Nats-Msg-Id\",\"m{i}\"]]"),
                         format!("payload {i}").into_bytes()
                     ],
                 )

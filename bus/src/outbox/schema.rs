@@ -66,7 +66,8 @@ CREATE VIEW IF NOT EXISTS stuck AS
            datetime(created_at / 1000, 'unixepoch') AS created,
            (SELECT json_extract(h.value, '$[1]')
               FROM json_each(CASE WHEN json_valid(headers) THEN headers ELSE '[]' END) AS h
-             WHERE json_extract(h.value, '$[0]') = 'Bus-Msg-Id') AS msg_id
+             WHERE json_extract(h.value, '$[0]') IN ('Nats-Msg-Id', 'Bus-Msg-Id')
+             LIMIT 1) AS msg_id
       FROM queued
      WHERE attempts > 0 OR last_error IS NOT NULL
      ORDER BY id;

@@ -14,7 +14,6 @@ use super::lock::FileLock;
 use super::schema::{self, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
 use super::{migrate, read, DeadLetter, Durability, OutboxStats};
 use crate::broker::RawMessage;
-use crate::headers::MSG_ID;
 use crate::{Error, Result};
 
 /// The `origin` of a dead letter that failed in the outbox (handlers write `handler:<name>`).
@@ -459,7 +458,7 @@ impl Store {
                 id: m.id,
                 attempts: m.attempts,
                 dead: true,
-                msg_id: msg.headers.get(MSG_ID).map(str::to_owned),
+                msg_id: crate::headers::msg_id(&msg.headers).map(str::to_owned),
             };
             bad.push((failure, format!("the queued row cannot be decoded: {why}")));
         }
@@ -605,9 +604,7 @@ impl Store {
             )?
             .execute(params![
                 origin,
-                msg.headers
-                    .get(crate::headers::NATS_MSG_ID)
-                    .or_else(|| msg.headers.get(crate::headers::MSG_ID)),
+                crate::headers::msg_id(&msg.headers),
                 msg.subject,
                 msg.reply,
                 headers,
