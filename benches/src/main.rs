@@ -110,6 +110,23 @@ impl Plan {
             sides: Sides::Both,
         }
     }
+    /// `--small`: a tenth of [`quick`](Plan::quick)'s messages per round, for runs under
+    /// callgrind (whose instruction counts do not depend on the machine's load).
+    fn small() -> Plan {
+        let quick = Plan::quick();
+        Plan {
+            pubsub_n: quick.pubsub_n / 10,
+            durable_n: quick.durable_n / 10,
+            request_n: quick.request_n / 10,
+            local_n: quick.local_n / 10,
+            subs_n: quick.subs_n / 10,
+            drain_n: quick.drain_n / 10,
+            fanout_n: quick.fanout_n / 10,
+            outbox_n: quick.outbox_n / 10,
+            ..quick
+        }
+    }
+
     fn quick() -> Plan {
         Plan {
             rounds: 5,
@@ -136,7 +153,7 @@ struct Args {
     scaling: bool,
 }
 
-const USAGE: &str = "usage: bus-bench [--quick] [--only NAME[,NAME...]] [--rounds N] \
+const USAGE: &str = "usage: bus-bench [--quick|--small] [--only NAME[,NAME...]] [--rounds N] \
 [--side both|bus|baseline] [--server-bin PATH] [--scaling]\n\
 scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable nats_fanout_10 nats_request_p50 \
 local_pubsub_typed local_10k_subs handler_local outbox_publish_rate drain_after_outage \
@@ -154,6 +171,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => plan = Plan::quick(),
+            "--small" => plan = Plan::small(),
             "--only" => {
                 let v = it.next().ok_or("--only needs scenario names")?;
                 only.extend(v.split(',').map(str::to_string));
