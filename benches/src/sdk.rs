@@ -352,13 +352,13 @@ pub async fn local_handle(n: usize) -> BenchResult<f64> {
         .subscription_capacity(n + SLACK)
         .connect()
         .await?;
-    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let done = Arc::new(Notify::new());
-    let (c, d) = (count.clone(), done.clone());
+    // What the handler shares: one `Arc`, cloned into each message's future.
+    let state = Arc::new((std::sync::atomic::AtomicUsize::new(0), Notify::new()));
+    let shared = Arc::clone(&state);
     let handler = bus
         .handle::<Outbound, _, _, _>(Outbound::filter().channel(CHANNEL), move |env| {
-            let (c, d) = (c.clone(), d.clone());
-            async move { count_handler(env, &c, n, &d).await }
+            let state = Arc::clone(&shared);
+            async move { count_handler(env, &state.0, n, &state.1).await }
         })
         .await?;
     let msg = msgs::outbound(INSTANCE);
@@ -366,7 +366,7 @@ pub async fn local_handle(n: usize) -> BenchResult<f64> {
     for _ in 0..n {
         msg.publish(&bus).await?;
     }
-    within(WAIT, "the local handler", done.notified()).await?;
+    within(WAIT, "the local handler", state.1.notified()).await?;
     let end = Instant::now();
     if handler.stats().dead_lettered() > 0 {
         return Err(fail("the handler dead-lettered messages"));

@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -465,7 +465,7 @@ impl Bus {
         outcome: Result<T>,
     ) -> Result<T> {
         let label = crate::metrics::request_outcome(&outcome);
-        crate::metrics::request::<M>(started.elapsed(), label);
+        self.inner.metrics.request::<M>(started.elapsed(), label);
         outcome
     }
 
@@ -601,29 +601,23 @@ impl Bus {
         Fut: Future<Output = std::result::Result<M::Reply, E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let (guard, mut closing) = self.track()?;
+        let (guard, closing) = self.track()?;
         let raw = self.subscribe_raw(&filter).await?;
         let broker = self.inner.broker.clone();
         let wire = self.inner.wire;
         let check = self.inner.check_subject_fields;
         let handler = Arc::new(handler);
         let received = Arc::new(crate::metrics::Receive::of::<M>());
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let _running = guard;
             let mut messages = raw.messages;
-            let mut in_flight = tokio::task::JoinSet::new();
+            let in_flight = crate::stop::InFlight::default();
+            let stopping = crate::stop::StopSignal::watch(stopped, closing);
             loop {
-                let msg = tokio::select! {
-                    biased;
-                    Ok(_) = closing.wait_for(|c| *c) => break,
-                    Ok(_) = stopped.wait_for(|s| *s) => break,
-                    msg = messages.next() => match msg {
-                        Some(msg) => msg,
-                        None => break,
-                    },
+                let Some(Some(msg)) = stopping.next(&mut messages).await else {
+                    break;
                 };
-                while in_flight.try_join_next().is_some() {}
                 let Some(reply_to) = msg.reply.clone() else {
                     tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
                     continue;
@@ -694,7 +688,7 @@ impl Bus {
             }
             // Unsubscribe first (no new requests), then answer the ones in flight.
             drop(messages);
-            while in_flight.join_next().await.is_some() {}
+            in_flight.wait().await;
         });
         Ok(ServeHandle { task, stop })
     }

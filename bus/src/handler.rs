@@ -1,7 +1,9 @@
 //! `Handler`: runs a function for every message of a subscription, with retries, bounded
 //! concurrency, dead letters and a clean stop (DESIGN.md section 7).
 //!
-//! Each message is attempted on its own task (at most `concurrency` at once). An `Err` or a panic
+//! Each message is attempted at most `concurrency` at once: first inline on the handler's loop,
+//! then, if it has to wait, on a task of its own (so a quick handler costs no task and no
+//! allocation per message). An `Err` or a panic
 //! is a failed attempt: the message waits its [`RetryPolicy`] backoff *without* holding a slot, so
 //! a failing message never blocks the ones behind it, and after `max_attempts` it is
 //! dead-lettered with its subject, headers, payload, attempts, last error and the handler's name.
@@ -11,18 +13,20 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::future::OptionFuture;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
 use crate::broker::{RawMessage, RawSubscription, SubscriptionStats};
 use crate::durable::{Acker, Delivery, DurableSubscription};
 use crate::fan_in::Incoming;
+use crate::stop::{InFlight, StopSignal};
 use crate::{Envelope, RetryPolicy};
 
 /// How a [`Handler`] runs: its name, concurrency, order and retry policy.
@@ -274,17 +278,18 @@ where
     let stats = Arc::new(HandlerStats::default());
     let (stop, stopped) = watch::channel(false);
     let origin = format!("handler:{name}");
+    let concurrency = options.effective_concurrency();
     let run = Run {
-        handler: Arc::new(handler),
+        handler,
         retry: options.retry,
-        metrics: Arc::new(crate::metrics::HandlerMetrics::of::<M>(&name, &origin)),
+        metrics: crate::metrics::HandlerMetrics::of::<M>(&name, &origin),
         origin: Arc::from(origin),
         stats: Arc::clone(&stats),
         sink,
         progress_every: (options.ack_wait / 2).min(Duration::from_secs(1)),
+        slots: Slots::new(concurrency),
         _type: std::marker::PhantomData,
     };
-    let concurrency = options.effective_concurrency();
     let ordered = options.ordered;
     let task = match source {
         Source::Plain(raw) => tokio::spawn(async move {
@@ -293,9 +298,9 @@ where
                 raw.messages,
                 raw.stats,
                 raw.pattern,
-                (concurrency, ordered),
+                ordered,
                 (stopped, closing),
-                |run, msg, slot| run.deliver(msg, slot),
+                |run, msg, slot| Run::deliver(run, msg, slot),
             )
             .await
         }),
@@ -305,9 +310,9 @@ where
                 raw.deliveries,
                 raw.stats,
                 raw.pattern,
-                (concurrency, ordered),
+                ordered,
                 (stopped, closing),
-                move |run, d, slot| run.deliver_durable(d, slot, ordered),
+                move |run, d, slot| Run::deliver_durable(run, d, slot, ordered),
             )
             .await
         }),
@@ -322,30 +327,17 @@ where
 
 /// What every attempt of one handler shares.
 struct Run<M, F> {
-    handler: Arc<F>,
+    handler: F,
     retry: RetryPolicy,
     origin: Arc<str>,
     stats: Arc<HandlerStats>,
-    metrics: Arc<crate::metrics::HandlerMetrics>,
+    metrics: crate::metrics::HandlerMetrics,
     sink: DeadLetterSink,
     /// Durable, ordered: how often a message waiting for its retry is reported in progress.
     progress_every: Duration,
+    /// The concurrency bound (unused in ordered mode).
+    slots: Slots,
     _type: std::marker::PhantomData<fn() -> M>,
-}
-
-impl<M, F> Clone for Run<M, F> {
-    fn clone(&self) -> Self {
-        Run {
-            handler: Arc::clone(&self.handler),
-            retry: self.retry,
-            origin: Arc::clone(&self.origin),
-            stats: Arc::clone(&self.stats),
-            metrics: Arc::clone(&self.metrics),
-            sink: Arc::clone(&self.sink),
-            progress_every: self.progress_every,
-            _type: std::marker::PhantomData,
-        }
-    }
 }
 
 impl<M, F, Fut, E> Run<M, F>
@@ -355,54 +347,42 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + Send + 'static,
 {
-    #[allow(clippy::too_many_arguments)]
     async fn serve<T, P, PF>(
         self,
         mut messages: futures::stream::BoxStream<'static, T>,
         sub_stats: Arc<SubscriptionStats>,
         pattern: String,
-        (concurrency, ordered): (usize, bool),
-        (mut stopped, mut closing): (watch::Receiver<bool>, watch::Receiver<bool>),
+        ordered: bool,
+        (stopped, closing): (watch::Receiver<bool>, watch::Receiver<bool>),
         process: P,
     ) where
         T: Send + 'static,
-        P: Fn(Self, T, Option<Slot>) -> PF,
+        P: Fn(Arc<Self>, T, bool) -> PF,
         PF: Future<Output = ()> + Send + 'static,
     {
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let mut in_flight = JoinSet::new();
+        let run = Arc::new(self);
+        let stop = StopSignal::watch(stopped, closing);
+        let in_flight = InFlight::default();
         let mut reported_drops = 0;
         let mut taken = 0u32;
+        // The next attempt's future is built in this box, reused while attempts finish inline.
+        let mut next: Pin<Box<OptionFuture<PF>>> = Box::pin(None.into());
         loop {
-            // Stopped or closing: checked by a look at the flags on the fast path, waited for
-            // below only when there is nothing to do without waiting.
-            if *stopped.borrow() || *closing.borrow() {
+            // One flag for stop and close (no waiter registered per message).
+            if stop.is_set() {
                 break;
             }
-            // A slot first, so a busy handler leaves messages in the subscription's buffer.
-            let permit = match Arc::clone(&slots).try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => tokio::select! {
-                    biased;
-                    Ok(_) = stopped.wait_for(|s| *s) => break,
-                    Ok(_) = closing.wait_for(|c| *c) => break,
-                    permit = Arc::clone(&slots).acquire_owned() => match permit {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                },
-            };
+            // A slot first, so a busy handler leaves messages in the subscription's buffer
+            // (the attempt gives it back).
+            if !ordered && !run.slots.try_take() && stop.or(run.slots.take()).await.is_none() {
+                break;
+            }
             let msg = match messages.next().now_or_never() {
                 Some(Some(m)) => m,
                 Some(None) => break,
-                None => tokio::select! {
-                    biased;
-                    Ok(_) = stopped.wait_for(|s| *s) => break,
-                    Ok(_) = closing.wait_for(|c| *c) => break,
-                    msg = messages.next() => match msg {
-                        Some(m) => m,
-                        None => break,
-                    },
+                None => match stop.next(&mut messages).await {
+                    Some(Some(m)) => m,
+                    Some(None) | None => break,
                 },
             };
             // A stream that is never empty must not keep this task from yielding.
@@ -412,35 +392,29 @@ where
             }
             let dropped = sub_stats.dropped();
             if dropped > reported_drops {
-                tracing::warn!(%pattern, dropped = dropped - reported_drops, handler = %self.origin, "slow handler: the broker dropped messages");
-                self.metrics.receive.dropped(dropped - reported_drops);
+                tracing::warn!(%pattern, dropped = dropped - reported_drops, handler = %run.origin, "slow handler: the broker dropped messages");
+                run.metrics.receive.dropped(dropped - reported_drops);
                 reported_drops = dropped;
             }
-            while in_flight.try_join_next().is_some() {}
+            next.set(Some(process(Arc::clone(&run), msg, !ordered)).into());
             if ordered {
-                drop(permit);
-                process(self.clone(), msg, None).await;
-            } else {
-                // Polled once here first: a handler that finishes without waiting (the common
-                // quick case) costs no task; one that waits goes on on its own task.
-                let mut attempt = Box::pin(process(
-                    self.clone(),
-                    msg,
-                    Some((permit, Arc::clone(&slots))),
-                ));
-                if attempt.as_mut().now_or_never().is_none() {
-                    in_flight.spawn(attempt);
-                }
+                next.as_mut().await;
+            } else if next.as_mut().now_or_never().is_none() {
+                // It waits: it goes on on its own task, the next one gets a new box. A
+                // handler that finishes without waiting (the common quick case) costs no task
+                // and no allocation.
+                in_flight.spawn(std::mem::replace(&mut next, Box::pin(None.into())));
             }
         }
         // Stop taking messages (unsubscribe), then let what is in flight finish.
         drop(messages);
-        while in_flight.join_next().await.is_some() {}
+        in_flight.wait().await;
     }
 
-    /// Every attempt of one message, until it succeeds or is dead-lettered. Between attempts
-    /// the slot is given back, so a message waiting for its retry does not hold up others.
-    async fn deliver(self, msg: RawMessage, slot: Option<Slot>) {
+    /// Every attempt of one message, until it succeeds or is dead-lettered. `slot`: it holds a
+    /// slot taken for it; between attempts the slot is given back, so a message waiting for its
+    /// retry does not hold up others.
+    async fn deliver(self: Arc<Self>, msg: RawMessage, slot: bool) {
         self.metrics.receive.delivered();
         let span = crate::trace::receive_span(
             crate::trace::Receive::Handle,
@@ -456,7 +430,8 @@ where
     }
 
     /// [`deliver`](Self::deliver), inside the message's span if it has one.
-    async fn deliver_attempts(self, msg: RawMessage, mut slot: Option<Slot>) {
+    async fn deliver_attempts(self: Arc<Self>, msg: RawMessage, slot: bool) {
+        let mut slot = slot.then(|| Slot(&self.slots));
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -471,13 +446,11 @@ where
             tracing::debug!(subject = %msg.subject, attempts, %error, handler = %self.origin, "handler attempt failed; will retry");
             let wait = self.retry.backoff(attempts);
             match slot.take() {
-                Some((permit, slots)) => {
-                    drop(permit);
+                Some(held) => {
+                    drop(held);
                     tokio::time::sleep(wait).await;
-                    match slots.clone().acquire_owned().await {
-                        Ok(p) => slot = Some((p, slots)),
-                        Err(_) => return,
-                    }
+                    self.slots.take().await;
+                    slot = Some(Slot(&self.slots));
                 }
                 None => tokio::time::sleep(wait).await,
             }
@@ -523,7 +496,7 @@ where
     /// policy's backoff (the broker delivers it again; the slot is free meanwhile), or, at the
     /// last attempt, term and a dead letter. Ordered: retries in place, the broker told that
     /// the message is in progress, so nothing overtakes it.
-    async fn deliver_durable(self, delivery: Delivery, slot: Option<Slot>, ordered: bool) {
+    async fn deliver_durable(self: Arc<Self>, delivery: Delivery, slot: bool, ordered: bool) {
         self.metrics.receive.delivered();
         let span = crate::trace::receive_span(
             crate::trace::Receive::Handle,
@@ -543,7 +516,8 @@ where
     }
 
     /// [`deliver_durable`](Self::deliver_durable), inside the message's span if it has one.
-    async fn durable_attempts(self, delivery: Delivery, slot: Option<Slot>, ordered: bool) {
+    async fn durable_attempts(self: Arc<Self>, delivery: Delivery, slot: bool, ordered: bool) {
+        let slot = slot.then(|| Slot(&self.slots));
         let Delivery { message, acker } = delivery;
         let mut attempts = acker.delivered().max(1);
         loop {
@@ -590,8 +564,58 @@ where
     }
 }
 
-/// A handler slot: its permit and the semaphore to take one again from.
-type Slot = (tokio::sync::OwnedSemaphorePermit, Arc<Semaphore>);
+/// The concurrency bound of a handler: free slots, and the loop or a retry waiting for one.
+///
+/// A counter rather than a [`Semaphore`](tokio::sync::Semaphore): taking and giving back a
+/// slot is one atomic operation each (a semaphore locks its waiter list on every release),
+/// which matters when a quick handler takes and gives one per message.
+struct Slots {
+    free: AtomicUsize,
+    given_back: Notify,
+}
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Slots {
+            free: AtomicUsize::new(n),
+            given_back: Notify::new(),
+        }
+    }
+
+    fn try_take(&self) -> bool {
+        self.free
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Waits for a slot and takes it.
+    async fn take(&self) {
+        loop {
+            let given_back = self.given_back.notified();
+            let mut given_back = std::pin::pin!(given_back);
+            given_back.as_mut().enable();
+            if self.try_take() {
+                return;
+            }
+            given_back.await;
+        }
+    }
+
+    fn give_back(&self) {
+        self.free.fetch_add(1, Ordering::Release);
+        // With nobody waiting this stores one wake-up (no lock); a waiter then re-checks.
+        self.given_back.notify_one();
+    }
+}
+
+/// A slot a message holds while it is attempted; given back when dropped.
+struct Slot<'a>(&'a Slots);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
 
 /// How one run of the handler ended.
 enum Attempt {

@@ -25,8 +25,9 @@ pub const ERROR: &str = "Bus-Error";
 /// from inside a span that carries one.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// Every header name `bus` itself puts on the wire (received, they are stored without a copy).
-#[cfg(feature = "nats")]
+/// Every header name `bus` itself puts on the wire (received or read back from the outbox, they
+/// are stored without a copy; the outbox's JSON view writes them without escaping).
+#[cfg(any(feature = "nats", feature = "outbox"))]
 pub(crate) const KNOWN_NAMES: [&str; 7] = [
     MSG_ID,
     LEGACY_MSG_ID,

@@ -91,6 +91,7 @@ pub mod outbox;
 mod retry;
 #[cfg(feature = "nats")]
 pub mod service;
+mod stop;
 pub mod stream;
 mod subscription;
 pub mod trace;

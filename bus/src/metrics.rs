@@ -40,13 +40,17 @@ pub(crate) use noop::*;
 /// `bus_outbox_oldest_age_seconds` gauges.
 pub const OUTBOX_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The `outcome` label of a finished request.
-pub(crate) fn request_outcome<T>(result: &crate::Result<T>) -> &'static str {
+/// The `outcome` labels of a finished request.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+const OUTCOMES: [&str; 4] = ["ok", "timeout", "remote_error", "error"];
+
+/// The `outcome` of a finished request, as its index in [`OUTCOMES`].
+pub(crate) fn request_outcome<T>(result: &crate::Result<T>) -> usize {
     match result {
-        Ok(_) => "ok",
-        Err(crate::Error::Timeout { .. }) => "timeout",
-        Err(crate::Error::Remote { .. }) => "remote_error",
-        Err(_) => "error",
+        Ok(_) => 0,
+        Err(crate::Error::Timeout { .. }) => 1,
+        Err(crate::Error::Remote { .. }) => 2,
+        Err(_) => 3,
     }
 }
 
@@ -56,7 +60,7 @@ mod imp {
     use std::sync::OnceLock;
     use std::time::Duration;
 
-    use ::metrics::{counter, gauge, histogram, Counter, Unit};
+    use ::metrics::{counter, gauge, histogram, Counter, Histogram, Unit};
 
     use crate::Message;
 
@@ -131,6 +135,8 @@ mod imp {
     pub(crate) struct BusMetrics {
         published: [OnceLock<(TypeId, Counter)>; TYPE_SLOTS],
         raw_published: OnceLock<Counter>,
+        /// The `bus_request_duration_seconds` handles of each request type, one per outcome.
+        requests: [OnceLock<(TypeId, [Histogram; 4])>; TYPE_SLOTS],
     }
 
     impl std::fmt::Debug for BusMetrics {
@@ -146,20 +152,28 @@ mod imp {
             BusMetrics {
                 published: std::array::from_fn(|_| OnceLock::new()),
                 raw_published: OnceLock::new(),
+                requests: std::array::from_fn(|_| OnceLock::new()),
             }
         }
 
         /// One typed message of type `M` published.
         #[inline]
         pub(crate) fn published<M: Message>(&self) {
-            let id = TypeId::of::<M>();
-            for slot in &self.published {
-                let (slot_id, counter) = slot.get_or_init(|| (id, published_counter::<M>()));
-                if *slot_id == id {
-                    return counter.increment(1);
-                }
+            match typed::<M, _>(&self.published, published_counter::<M>) {
+                Some(counter) => counter.increment(1),
+                None => published_counter::<M>().increment(1),
             }
-            published_counter::<M>().increment(1);
+        }
+
+        /// A request of type `M` finished after `elapsed` with the outcome at `outcome` in
+        /// `OUTCOMES` (from [`request_outcome`](super::request_outcome)).
+        #[inline]
+        pub(crate) fn request<M: Message>(&self, elapsed: Duration, outcome: usize) {
+            let seconds = elapsed.as_secs_f64();
+            match typed::<M, _>(&self.requests, request_histograms::<M>) {
+                Some(histograms) => histograms[outcome].record(seconds),
+                None => request_histograms::<M>()[outcome].record(seconds),
+            }
         }
 
         /// One raw message published ([`Bus::publish_raw`](crate::Bus::publish_raw)).
@@ -173,8 +187,33 @@ mod imp {
         }
     }
 
+    /// `M`'s entry in `slots`: the first free slot is filled for it; `None` once every slot
+    /// holds another type.
+    #[inline]
+    fn typed<M: 'static, T>(
+        slots: &[OnceLock<(TypeId, T)>; TYPE_SLOTS],
+        make: impl Fn() -> T,
+    ) -> Option<&T> {
+        let id = TypeId::of::<M>();
+        slots.iter().find_map(|slot| {
+            let (slot_id, value) = slot.get_or_init(|| (id, make()));
+            (*slot_id == id).then_some(value)
+        })
+    }
+
     fn published_counter<M: Message>() -> Counter {
         counter!("bus_published_total", "type" => M::TYPE_NAME, "subject" => M::SUBJECT)
+    }
+
+    fn request_histograms<M: Message>() -> [Histogram; 4] {
+        super::OUTCOMES.map(|outcome| {
+            histogram!(
+                "bus_request_duration_seconds",
+                "type" => M::TYPE_NAME,
+                "subject" => M::SUBJECT,
+                "outcome" => outcome
+            )
+        })
     }
 
     /// The handles of one typed subscription, handler or responder, resolved when it starts.
@@ -276,16 +315,6 @@ mod imp {
     }
 
     /// One request finished after `elapsed`.
-    pub(crate) fn request<M: Message>(elapsed: Duration, outcome: &'static str) {
-        histogram!(
-            "bus_request_duration_seconds",
-            "type" => M::TYPE_NAME,
-            "subject" => M::SUBJECT,
-            "outcome" => outcome
-        )
-        .record(elapsed.as_secs_f64());
-    }
-
     /// Sets the outbox gauges of the file `outbox`.
     #[cfg(feature = "outbox")]
     pub(crate) fn outbox_gauges(outbox: &str, stats: &crate::OutboxStats) {
@@ -314,6 +343,8 @@ mod noop {
         pub(crate) fn published<M: Message>(&self) {}
         #[inline]
         pub(crate) fn published_raw(&self) {}
+        #[inline]
+        pub(crate) fn request<M: Message>(&self, _elapsed: Duration, _outcome: usize) {}
     }
 
     #[derive(Debug, Clone)]
@@ -354,8 +385,6 @@ mod noop {
 
     #[cfg(feature = "outbox")]
     pub(crate) fn outbox_dead_lettered() {}
-
-    pub(crate) fn request<M: Message>(_elapsed: Duration, _outcome: &'static str) {}
 
     #[cfg(feature = "outbox")]
     pub(crate) fn outbox_gauges(_outbox: &str, _stats: &crate::OutboxStats) {}

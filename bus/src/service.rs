@@ -162,7 +162,7 @@ impl Service {
         let (stop, mut stopped) = watch::channel(false);
         let parked = Arc::clone(&self.parked);
         let task = tokio::spawn(async move {
-            let mut in_flight = tokio::task::JoinSet::new();
+            let in_flight = crate::stop::InFlight::default();
             loop {
                 let request = tokio::select! {
                     _ = stopped.wait_for(|s| *s) => break,
@@ -171,12 +171,11 @@ impl Service {
                         None => break,
                     },
                 };
-                while in_flight.try_join_next().is_some() {}
                 let handler = Arc::clone(&handler);
                 in_flight.spawn(answer::<M, F, Fut, E>(request, handler));
             }
             let _ = requests.stop().await;
-            while in_flight.join_next().await.is_some() {}
+            in_flight.wait().await;
             parked
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

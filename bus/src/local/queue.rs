@@ -125,8 +125,11 @@ pub(crate) struct Receiver {
     taken: VecDeque<RawMessage>,
 }
 
-/// A batch buffer larger than this many slots is freed once empty instead of kept for the next
-/// burst, so a subscription that once took a flood does not hold its memory forever.
+/// A batch buffer larger than this many slots is given back to this size once the flood is
+/// over (a batch that fills less than a quarter of it), so a subscription that once took a
+/// flood does not hold its memory forever. During the flood the two buffers (the publisher's
+/// and the consumer's batch) keep their size, so a long burst grows them once, not once per
+/// batch.
 const KEEP_SLOTS: usize = 1024;
 
 impl Receiver {
@@ -137,8 +140,8 @@ impl Receiver {
         }
         let mut state = self.shared.lock();
         if !state.items.is_empty() {
-            if self.taken.capacity() > KEEP_SLOTS {
-                self.taken = VecDeque::new();
+            if self.taken.capacity() > KEEP_SLOTS && state.items.len() < self.taken.capacity() / 4 {
+                self.taken.shrink_to(KEEP_SLOTS);
             }
             std::mem::swap(&mut state.items, &mut self.taken);
             drop(state);
@@ -185,6 +188,31 @@ mod tests {
 
     fn poll(rx: &mut Receiver) -> Poll<Option<RawMessage>> {
         rx.poll_recv(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_flood_grows_the_buffers_once_and_they_shrink_after_it() {
+        let (tx, mut rx) = queue(100_000);
+        let mut grown = Vec::new();
+        for _ in 0..4 {
+            for i in 0..10_000 {
+                tx.try_push(msg(i)).unwrap();
+            }
+            for _ in 0..10_000 {
+                assert!(matches!(poll(&mut rx), Poll::Ready(Some(_))));
+            }
+            // What the publisher fills next: the consumer's last batch buffer, handed back.
+            grown.push(rx.shared.lock().items.capacity());
+        }
+        // The buffers keep their size while the batches stay big (none starts from empty).
+        assert!(grown[1..].iter().all(|&c| c >= 10_000), "{grown:?}");
+        // Once the batches are small again, both go back to KEEP_SLOTS.
+        for i in 0..2 {
+            tx.try_push(msg(i)).unwrap();
+            assert!(matches!(poll(&mut rx), Poll::Ready(Some(_))));
+        }
+        assert!(rx.taken.capacity() <= KEEP_SLOTS, "{}", rx.taken.capacity());
+        assert!(rx.shared.lock().items.capacity() <= KEEP_SLOTS);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use rusqlite::types::ValueRef;
 
 use crate::broker::RawMessage;
-use crate::headers::{self, Headers};
+use crate::headers::{Headers, KNOWN_NAMES};
 
 /// Appends `headers` as JSON text (`[[name,value],...]`) to `out`.
 pub(crate) fn encode_headers(headers: &Headers, out: &mut String) {
@@ -44,15 +44,6 @@ pub(crate) fn encode_headers(headers: &Headers, out: &mut String) {
     }
     out.push(']');
 }
-
-const KNOWN_NAMES: [&str; 6] = [
-    headers::MSG_ID,
-    headers::LEGACY_MSG_ID,
-    headers::CONTENT_TYPE,
-    headers::TYPE,
-    headers::CORRELATION_ID,
-    headers::ERROR,
-];
 
 /// Whether `name` is one of [`KNOWN_NAMES`] itself, the constant (its address, not its text:
 /// a copy is simply escaped-checked like any other name).
@@ -452,6 +443,7 @@ pub(crate) fn decode_columns(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers;
 
     fn round_trip(h: &Headers) -> Headers {
         let mut s = String::new();
