@@ -66,7 +66,7 @@ impl RawMessage {
 }
 
 /// A message the broker refused after it accepted it for sending, as a
-/// [`confirm`](Broker::confirm) reports it in [`Error::Rejected`](crate::Error::Rejected).
+/// [`confirm`](Broker::confirm) reports it in [`Error::Rejected`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Rejection {

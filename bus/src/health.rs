@@ -26,7 +26,7 @@ use crate::broker::SubscriptionStats;
 #[subject("plugin.health.<instance>")]
 #[non_exhaustive]
 pub struct Health {
-    /// The instance name ([`BusBuilder::health`](crate::BusBuilder::health); by default the
+    /// The instance name ([`BusBuilder::instance`](crate::BusBuilder::instance); by default the
     /// host's name and the process id).
     pub instance: String,
     /// The connection state, as [`ConnectionState`](crate::ConnectionState) displays it.
