@@ -2,10 +2,10 @@
 //! the generated code refers to `::bus::__private` only.
 //!
 //! The pipeline has one file per stage, after `serde_derive`:
-//! [`ast`] reads the struct, [`attr`] reads `#[subject]` and `#[reply]`, [`check`] applies the rules
-//! (the subject grammar itself lives in `bus-subject`), and [`expand`] writes the tokens, with the
-//! rustdoc of every generated item written by [`doc`]. Every
-//! problem is collected in a [`ctxt::Ctxt`] so the user sees all of them at once, and the expansion
+//! `ast` reads the struct, `attr` reads `#[subject]` and `#[reply]`, `check` applies the rules
+//! (the subject grammar itself lives in `bus-subject`), and `expand` writes the tokens, with the
+//! rustdoc of every generated item written by `doc`. Every
+//! problem is collected in a `ctxt::Ctxt` so the user sees all of them at once, and the expansion
 //! still runs on what could be understood so call sites do not fail in turn.
 
 mod ast;
