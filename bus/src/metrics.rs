@@ -314,7 +314,6 @@ mod imp {
         counter!("bus_dead_lettered_total", "origin" => "outbox").increment(1);
     }
 
-    /// One request finished after `elapsed`.
     /// Sets the outbox gauges of the file `outbox`.
     #[cfg(feature = "outbox")]
     pub(crate) fn outbox_gauges(outbox: &str, stats: &crate::OutboxStats) {

@@ -166,15 +166,21 @@ async fn minimal_wire_headers_send_nothing_on_a_direct_publish() {
     assert!(reply.correlation_id().is_some());
 }
 
+/// A local bus with an outbox file in `dir`, sending `wire` headers.
+async fn local_outbox_bus(dir: &std::path::Path, wire: WireHeaders) -> Bus {
+    Bus::builder()
+        .local()
+        .outbox_path(dir.join("o.db"))
+        .wire_headers(wire)
+        .connect()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn minimal_wire_headers_send_the_ids_through_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::builder()
-        .local()
-        .outbox_path(dir.path().join("o.db"))
-        .connect()
-        .await
-        .unwrap();
+    let bus = local_outbox_bus(dir.path(), WireHeaders::default()).await;
     let mut sub = Outbound::subscribe(&bus, Outbound::filter()).await.unwrap();
     outbound("slack", "a1", "1").publish(&bus).await.unwrap();
     outbound("slack", "a1", "2").publish(&bus).await.unwrap();
@@ -190,13 +196,7 @@ async fn minimal_wire_headers_send_the_ids_through_the_outbox() {
 #[tokio::test]
 async fn no_id_wire_headers_send_nothing_even_through_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::builder()
-        .local()
-        .outbox_path(dir.path().join("o.db"))
-        .wire_headers(WireHeaders::NoId)
-        .connect()
-        .await
-        .unwrap();
+    let bus = local_outbox_bus(dir.path(), WireHeaders::NoId).await;
     let mut sub = Outbound::subscribe(&bus, Outbound::filter()).await.unwrap();
     outbound("slack", "a1", "1").publish(&bus).await.unwrap();
     let mut mine = Headers::new();
