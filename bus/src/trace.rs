@@ -276,7 +276,23 @@ pub(crate) enum Receive {
 
 /// The span a received message is processed in, when it carries a valid `traceparent`: an INFO
 /// span with the remote context as its parent.
+#[inline]
 pub(crate) fn receive_span(
+    kind: Receive,
+    type_name: &'static str,
+    template: &'static str,
+    subject: &str,
+    headers: &Headers,
+) -> Option<Span> {
+    // Most messages carry no headers at all: no call, no search.
+    if headers.is_empty() {
+        return None;
+    }
+    traced_span(kind, type_name, template, subject, headers)
+}
+
+/// [`receive_span`] of a message with headers.
+fn traced_span(
     kind: Receive,
     type_name: &'static str,
     template: &'static str,
