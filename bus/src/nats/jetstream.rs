@@ -39,7 +39,8 @@ const SETUP_RETRY_CAP: Duration = Duration::from_secs(5);
 /// A declared stream's name and the subjects it covers, as known so far.
 #[derive(Debug, Clone)]
 struct Route {
-    stream: String,
+    /// Shared: a publish learns its stream per message (no copy of the name).
+    stream: Arc<str>,
     subjects: Vec<String>,
 }
 
@@ -113,7 +114,7 @@ impl JetStream {
             .iter()
             .filter(|s| !s.is_existing())
             .map(|s| Route {
-                stream: s.name().to_owned(),
+                stream: Arc::from(s.name()),
                 subjects: s.subjects().to_vec(),
             })
             .collect();
@@ -141,7 +142,7 @@ impl JetStream {
     }
 
     /// The declared stream covering the concrete `subject`, if one is known to.
-    fn route(&self, subject: &str) -> Option<String> {
+    fn route(&self, subject: &str) -> Option<Arc<str>> {
         self.routes
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -157,7 +158,7 @@ impl JetStream {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .find(|r| r.subjects.iter().any(|s| crate::stream::covers(s, pattern)))
-            .map(|r| r.stream.clone())
+            .map(|r| r.stream.to_string())
     }
 
     /// Whether a declared stream may cover `subject` once set up: a declared subject matches
@@ -169,7 +170,7 @@ impl JetStream {
     /// The stream a publish to `subject` goes to, waiting (up to the request timeout) for the
     /// streams to be set up on this connection when one of them may cover it. `None`: a core
     /// NATS publish.
-    pub(crate) async fn target(&self, subject: &str) -> Option<String> {
+    pub(crate) async fn target(&self, subject: &str) -> Option<Arc<str>> {
         if *self.setup.borrow() != Setup::Ready && self.may_cover(subject) {
             let mut rx = self.setup.subscribe();
             let _ = tokio::time::timeout(self.request_timeout, rx.wait_for(|s| *s == Setup::Ready))
@@ -248,7 +249,7 @@ impl JetStream {
         for cfg in &self.declared {
             match self.ensure(cfg).await {
                 Ok(subjects) => routes.push(Route {
-                    stream: cfg.name().to_owned(),
+                    stream: Arc::from(cfg.name()),
                     subjects,
                 }),
                 Err(e) => {
@@ -256,7 +257,7 @@ impl JetStream {
                     // Keep what is known, so that publishes still go to the stream.
                     if !cfg.is_existing() {
                         routes.push(Route {
-                            stream: cfg.name().to_owned(),
+                            stream: Arc::from(cfg.name()),
                             subjects: cfg.subjects().to_vec(),
                         });
                     }
@@ -513,10 +514,11 @@ async fn durable_consumer(
     })
 }
 
-/// Settles a JetStream delivery: publishes the ack kind to its reply subject.
+/// Settles a JetStream delivery: publishes the ack kind to its reply subject (kept as
+/// async-nats's `Subject`, which clones without a copy).
 struct NatsAck {
     client: Client,
-    reply: String,
+    reply: async_nats::Subject,
 }
 
 impl AckHandle for NatsAck {
@@ -534,26 +536,25 @@ impl AckHandle for NatsAck {
 
 /// The delivery count in a JetStream ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.…`
 /// (9 tokens), or with domain and account hash first (12 or more tokens, servers since 2.9).
+/// Per delivery, so read without collecting the tokens.
 fn ack_delivered(reply: &str) -> Option<u32> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
-    let tokens: Vec<&str> = rest.split('.').collect();
-    let at = match tokens.len() {
+    let at = match rest.split('.').count() {
         7 => 2,
         n if n >= 9 => 4,
         _ => return None,
     };
-    tokens.get(at)?.parse().ok()
+    rest.split('.').nth(at)?.parse().ok()
 }
 
 /// A message on a puller's inbox as a [`Delivery`], if it is one (not a status message).
-fn delivery(client: &Client, msg: async_nats::Message) -> Option<Delivery> {
-    let reply = msg.reply.as_ref()?.to_string();
-    let Some(delivered) = ack_delivered(&reply) else {
-        tracing::warn!(subject = %msg.subject, reply, "JetStream delivery without a readable ack subject; skipped");
+fn delivery(client: &Client, mut msg: async_nats::Message) -> Option<Delivery> {
+    let reply = msg.reply.take()?;
+    let Some(delivered) = ack_delivered(reply.as_str()) else {
+        tracing::warn!(subject = %msg.subject, reply = %reply, "JetStream delivery without a readable ack subject; skipped");
         return None;
     };
-    let mut raw = super::convert::from_nats(msg);
-    raw.reply = None;
+    let raw = super::convert::from_nats(msg);
     let acker = Acker::new(
         delivered,
         NatsAck {
@@ -831,24 +832,24 @@ impl JetStream {
         if acks.is_empty() {
             return (Vec::new(), None);
         }
-        let outcomes = futures::future::join_all(acks.into_iter().map(|p| async move {
-            let outcome = p.ack.await;
-            (p.subject, p.msg_id, outcome)
-        }))
-        .await;
         let mut rejections = Vec::new();
         let mut unproven = None;
         let mut unanswered = Vec::new();
-        for (subject, msg_id, outcome) in outcomes {
-            let Err(e) = outcome else { continue };
+        // In order, one after the other: acks arrive in publish order, so once the first is
+        // in, the others mostly are too and complete on their first poll (no timer armed, no
+        // waker registered per ack, as awaiting them all at once does). A missing ack ends it:
+        // the confirmation as a whole is unproven, and the batch is sent again.
+        for p in acks {
+            let Err(e) = p.ack.await else { continue };
+            let (subject, msg_id) = (p.subject, p.msg_id);
             let reason = match e.kind() {
                 PublishErrorKind::TimedOut => {
                     unproven = unproven.or(Some(Unproven::Timeout));
-                    continue;
+                    break;
                 }
                 PublishErrorKind::BrokenPipe => {
                     unproven = Some(Unproven::ConnectionLost);
-                    continue;
+                    break;
                 }
                 PublishErrorKind::StreamNotFound => {
                     unanswered.push((subject, msg_id));
@@ -863,7 +864,7 @@ impl JetStream {
             };
             rejections.push(Rejection::new(subject, reason).with_msg_id(msg_id));
         }
-        let mut gone: Vec<(String, bool)> = Vec::new();
+        let mut gone: Vec<(Arc<str>, bool)> = Vec::new();
         for (subject, msg_id) in unanswered {
             let stream = self.route(&subject);
             let missing = match &stream {
@@ -886,7 +887,7 @@ impl JetStream {
             } else {
                 tracing::debug!(
                     subject,
-                    stream,
+                    stream = stream.as_deref(),
                     "JetStream stream without a leader right now; the message is sent again"
                 );
                 unproven = unproven.or(Some(Unproven::Timeout));

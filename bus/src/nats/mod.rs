@@ -173,7 +173,7 @@ impl NatsBroker {
         self.check_size(&msg)?;
         if msg.reply.is_none() && self.js.routes_anything() {
             if let Some(stream) = self.js.target(&msg.subject).await {
-                tracing::trace!(subject = %msg.subject, stream, "publish through JetStream");
+                tracing::trace!(subject = %msg.subject, stream = &*stream, "publish through JetStream");
                 let h = if msg.headers.is_empty() {
                     None
                 } else {
