@@ -1113,7 +1113,10 @@ mod tests {
         );
         // The taken port was tried, then a new one (and another if that one was taken by
         // then: other tests pick ports at the same time).
-        assert!(picks >= 2, "the taken port was tried, then a new one: {picks} picks");
+        assert!(
+            picks >= 2,
+            "the taken port was tried, then a new one: {picks} picks"
+        );
         assert_ne!(cluster.node(0).cluster_port(), Some(taken_port));
         assert!(cluster.meta_leader().is_some());
     }
