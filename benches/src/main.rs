@@ -60,12 +60,20 @@ const FANOUT: usize = 10;
 /// decode): the SDK's whole cost, serialisation included.
 /// `diag_raw_headers`: raw async-nats with the wire format's four headers ("bus") vs without.
 /// `diag_durable_noid`: `nats_pubsub_durable` with `WireHeaders::NoId` (no id header at all).
+/// `diag_durable_by_hand`: `nats_pubsub_durable`'s bus side vs the same guarantee by hand (a
+/// rusqlite outbox and raw async-nats with one `Nats-Msg-Id`).
+/// `diag_jetstream_msgid`: `jetstream_durable`'s raw baseline with a `Nats-Msg-Id` per message
+/// ("bus") vs without: what the id the bus must send costs by itself. `diag_jetstream_ceiling`:
+/// `jetstream_durable`'s bus side vs that raw baseline with the id.
 /// `diag_request_headers`, `diag_request_spawn`: raw request/reply with the bus's headers, or
 /// answered on a task per request as `Bus::serve` does ("bus"), vs plain raw.
-const DIAGNOSTICS: [&str; 5] = [
+const DIAGNOSTICS: [&str; 8] = [
     "diag_pubsub_bytes",
     "diag_raw_headers",
     "diag_durable_noid",
+    "diag_durable_by_hand",
+    "diag_jetstream_msgid",
+    "diag_jetstream_ceiling",
     "diag_request_headers",
     "diag_request_spawn",
 ];
@@ -291,7 +299,9 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
     let named = |name: &str| args.only.iter().any(|o| o == name);
     let needs_server = NEEDS_SERVER.iter().chain(&DIAGNOSTICS).any(|s| selected(s));
     let spec = ServerSpec {
-        jetstream: selected("jetstream_durable"),
+        jetstream: selected("jetstream_durable")
+            || named("diag_jetstream_msgid")
+            || named("diag_jetstream_ceiling"),
         ..args.server.clone()
     };
     let mut server = if needs_server {
@@ -353,6 +363,17 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
                 .await,
         );
     }
+    if named("diag_durable_by_hand") {
+        let mut s = nats::DurableByHand {
+            url: url.clone(),
+            window: plan.window,
+        };
+        emit(
+            rate("diag_durable_by_hand", &plan, plan.durable_n, 0.90)
+                .run(&mut s)
+                .await,
+        );
+    }
     if named("diag_durable_noid") {
         let mut s = nats::PubSub {
             url: url.clone(),
@@ -377,16 +398,35 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
                 .await,
         );
     }
-    if selected("jetstream_durable") {
-        let mut s = jetstream::Durable {
-            url: url.clone(),
-            window: plan.window,
-        };
-        emit(
-            rate("jetstream_durable", &plan, plan.durable_n, 0.90)
-                .run(&mut s)
-                .await,
-        );
+    for (name, baseline, measured, on) in [
+        (
+            "jetstream_durable",
+            jetstream::Side::Raw,
+            jetstream::Side::Bus,
+            selected("jetstream_durable"),
+        ),
+        (
+            "diag_jetstream_msgid",
+            jetstream::Side::Raw,
+            jetstream::Side::RawWithId,
+            named("diag_jetstream_msgid"),
+        ),
+        (
+            "diag_jetstream_ceiling",
+            jetstream::Side::RawWithId,
+            jetstream::Side::Bus,
+            named("diag_jetstream_ceiling"),
+        ),
+    ] {
+        if on {
+            let mut s = jetstream::Durable {
+                url: url.clone(),
+                window: plan.window,
+                baseline,
+                measured,
+            };
+            emit(rate(name, &plan, plan.durable_n, 0.90).run(&mut s).await);
+        }
     }
     if selected("nats_request_p50") {
         let mut s = nats::Request {

@@ -20,24 +20,51 @@ pub const SUBJECTS: &str = "plugin.outbound.bench.>";
 /// The durable consumer's name.
 pub const DURABLE: &str = "bench-handler";
 
-/// `jetstream_durable`.
+/// What one side of a JetStream round runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Side {
+    /// Raw async-nats by hand ([`raw_durable`]).
+    Raw,
+    /// Raw async-nats by hand with a `Nats-Msg-Id` on every message.
+    RawWithId,
+    /// The SDK ([`bus_round`]).
+    Bus,
+}
+
+/// `jetstream_durable` (`Raw` against `Bus`), and the diagnostics that explain it:
+/// `diag_jetstream_msgid` (`Raw` against `RawWithId`: what the id the issue asks for costs by
+/// itself, in async-nats's header map on both connections and in the stream's duplicate
+/// tracking on the server, which shares the machine's cores with the client) and
+/// `diag_jetstream_ceiling` (`RawWithId` against `Bus`: the SDK against the best hand-written
+/// code that gives the same end-to-end dedupe).
 pub struct Durable {
     /// The URL of a server with JetStream on.
     pub url: String,
-    /// PubAcks in flight on the baseline, publishes in flight on the bus side.
+    /// PubAcks in flight by hand, publishes in flight on the SDK.
     pub window: usize,
+    /// The side the ratio divides by.
+    pub baseline: Side,
+    /// The side reported as "bus".
+    pub measured: Side,
+}
+
+impl Durable {
+    async fn round(&self, side: Side, n: usize) -> BenchResult<Sample> {
+        match side {
+            Side::Raw => raw_durable(&self.url, n, self.window, false).await,
+            Side::RawWithId => raw_durable(&self.url, n, self.window, true).await,
+            Side::Bus => bus_round(&self.url, n, self.window).await,
+        }
+        .map(Sample::value)
+    }
 }
 
 impl Rounds for Durable {
     async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
-        raw_durable(&self.url, n, self.window)
-            .await
-            .map(Sample::value)
+        self.round(self.baseline, n).await
     }
     async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
-        bus_round(&self.url, n, self.window)
-            .await
-            .map(Sample::value)
+        self.round(self.measured, n).await
     }
 }
 
@@ -107,8 +134,9 @@ async fn bus_round(url: &str, n: usize, window: usize) -> BenchResult<f64> {
 /// By hand: a file stream on [`SUBJECTS`], `n` JetStream publishes with up to `window` PubAcks
 /// outstanding (every one awaited and checked), and a durable pull consumer with explicit ack on
 /// another connection that decodes each message and acks it. msg/s from the first publish to the
-/// last ack sent.
-async fn raw_durable(url: &str, n: usize, window: usize) -> BenchResult<f64> {
+/// last ack sent. With `msg_id`, each message carries a unique `Nats-Msg-Id` (32 hex digits, as
+/// the bus's) built by hand into a reused buffer.
+async fn raw_durable(url: &str, n: usize, window: usize, msg_id: bool) -> BenchResult<f64> {
     let publisher = jetstream::new(async_nats::connect(url).await?);
     let _ = publisher.delete_stream(STREAM).await;
     let stream = publisher
@@ -156,10 +184,22 @@ async fn raw_durable(url: &str, n: usize, window: usize) -> BenchResult<f64> {
     let mut encoder = msgs::HandEncoder::new();
     let start = Instant::now();
     let mut acks = std::collections::VecDeque::with_capacity(window);
-    for _ in 0..n {
-        let ack = publisher
-            .publish(msgs::outbound_subject(&msg), encoder.encode(&msg)?)
-            .await?;
+    let mut id = String::with_capacity(32);
+    for i in 0..n {
+        let subject = msgs::outbound_subject(&msg);
+        let payload = encoder.encode(&msg)?;
+        let ack = if msg_id {
+            use std::fmt::Write as _;
+            id.clear();
+            write!(id, "{:016x}{i:016x}", 0x5eed_u64)?;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            publisher
+                .publish_with_headers(subject, headers, payload)
+                .await?
+        } else {
+            publisher.publish(subject, payload).await?
+        };
         acks.push_back(ack);
         if acks.len() >= window {
             if let Some(a) = acks.pop_front() {

@@ -588,3 +588,111 @@ async fn raw_fanout(url: &str, n: usize, subscribers: usize) -> BenchResult<f64>
     }
     Ok(rate(n, start, end))
 }
+
+/// Diagnostic (`--only diag_durable_by_hand`): `nats_pubsub_durable`'s bus side against the same
+/// guarantee written by hand: a SQLite outbox and raw async-nats sending one `Nats-Msg-Id`.
+pub struct DurableByHand {
+    /// The server URL.
+    pub url: String,
+    /// Rows per transaction by hand, publishes in flight on the bus side.
+    pub window: usize,
+}
+
+impl Rounds for DurableByHand {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_durable_by_hand(&self.url, n, self.window)
+            .await
+            .map(Sample::value)
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        sdk::pubsub_durable(&self.url, n, self.window, bus::WireHeaders::default())
+            .await
+            .map(Sample::value)
+    }
+}
+
+/// A row of the hand-written outbox: its id, subject and encoded payload.
+type HandRow = (i64, String, Bytes);
+
+/// A durable publisher as a careful engineer writes it without the SDK, pipelined in three
+/// stages like the SDK's: the producer encodes `window` messages at a time (as the typed
+/// baseline) and hands them to a SQLite thread (the outbox file of `outbox_publish_rate`'s
+/// baseline: WAL, `synchronous=NORMAL`, one transaction per batch, one cached statement); once a
+/// batch is committed, a publishing task sends each message with its `Nats-Msg-Id`, flushes
+/// (the server has them all), and has the thread delete the batch's rows. At most two batches
+/// wait for their commit, which bounds the producer as the SDK's publish window does. msg/s from
+/// the first message produced to the last received (decoded as the typed baseline).
+pub async fn raw_durable_by_hand(url: &str, n: usize, window: usize) -> BenchResult<f64> {
+    use std::fmt::Write as _;
+
+    let pair = RawPair::connect(url, n, check_typed).await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hand.sqlite3");
+    let (to_sql, mut batches) = tokio::sync::mpsc::channel::<Vec<HandRow>>(2);
+    let (to_nats, mut committed) = tokio::sync::mpsc::unbounded_channel::<Vec<HandRow>>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<i64>();
+    let writer = std::thread::spawn(move || -> BenchResult<()> {
+        use super::outbox::{insert_by_hand, now_ms, open_by_hand, INSERT};
+        let mut conn = open_by_hand(&path)?;
+        let mut headers = String::with_capacity(64);
+        while let Some(rows) = batches.blocking_recv() {
+            let now = now_ms();
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(INSERT)?;
+                for (id, subject, payload) in &rows {
+                    insert_by_hand(&mut insert, &mut headers, *id, subject, payload, now)?;
+                }
+                if let Some(last) = done_rx.try_iter().last() {
+                    tx.execute("DELETE FROM outbox WHERE id <= ?1", [last])?;
+                }
+            }
+            tx.commit()?;
+            if to_nats.send(rows).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    let publisher = pair.publisher.clone();
+    let sender = tokio::spawn(async move {
+        let mut id = String::with_capacity(32);
+        while let Some(rows) = committed.recv().await {
+            let last = rows.last().map_or(0, |r| r.0);
+            for (i, subject, payload) in rows {
+                id.clear();
+                write!(id, "{:016x}{i:016x}", 0x5eed_u64)?;
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", id.as_str());
+                publisher.publish_with_headers(subject, h, payload).await?;
+            }
+            publisher.flush().await?;
+            let _ = done_tx.send(last);
+        }
+        Ok::<(), crate::runner::BoxError>(())
+    });
+
+    let msg = msgs::outbound(msgs::INSTANCE);
+    let mut encoder = msgs::HandEncoder::new();
+    let start = Instant::now();
+    let mut next: i64 = 0;
+    while (next as usize) < n {
+        let size = window.min(n - next as usize);
+        let mut rows = Vec::with_capacity(size);
+        for _ in 0..size {
+            next += 1;
+            rows.push((next, msgs::outbound_subject(&msg), encoder.encode(&msg)?));
+        }
+        to_sql
+            .send(rows)
+            .await
+            .map_err(|_| fail("the hand-written outbox thread stopped"))?;
+    }
+    drop(to_sql);
+    let rate = pair.finish(n, start).await?;
+    within(WAIT, "the hand-written sender", sender).await???;
+    writer
+        .join()
+        .map_err(|_| fail("the hand-written outbox thread panicked"))??;
+    Ok(rate)
+}

@@ -2,6 +2,7 @@
 //! against rusqlite inserting the same rows in batches by hand: the SQLite ceiling on this disk.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bus::Bus;
@@ -68,42 +69,69 @@ async fn bus_commits(n: usize, window: usize) -> BenchResult<f64> {
 /// written into a reused `String`.
 fn rusqlite_batches(n: usize, window: usize) -> BenchResult<f64> {
     let dir = tempfile::tempdir()?;
-    let mut conn = rusqlite::Connection::open(dir.path().join("hand.sqlite3"))?;
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
-    conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
-    conn.execute_batch(TABLE)?;
+    let mut conn = open_by_hand(&dir.path().join("hand.sqlite3"))?;
     let payload = msgs::outbound_bytes();
     let mut headers = String::with_capacity(128);
     let subject = msgs::SUBJECT;
     let start = Instant::now();
     let mut id: i64 = 0;
     while (id as usize) < n {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = now_ms();
         let tx = conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO outbox (id, subject, reply, headers, payload, created_at)
-                 VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
-            )?;
+            let mut insert = tx.prepare_cached(INSERT)?;
             for _ in 0..window.min(n - id as usize) {
                 id += 1;
-                headers.clear();
-                headers.push('[');
-                for (i, name) in ID_HEADERS.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { "," };
-                    write!(
-                        headers,
-                        "{sep}[\"{name}\",\"{:016x}{id:016x}\"]",
-                        0x5eed_u64
-                    )?;
-                }
-                headers.push(']');
-                insert.execute(rusqlite::params![id, subject, headers, &payload[..], now])?;
+                insert_by_hand(&mut insert, &mut headers, id, subject, &payload, now)?;
             }
         }
         tx.commit()?;
     }
     Ok(rate(n, start, Instant::now()))
+}
+
+/// The hand-written outbox's file: WAL, `synchronous=NORMAL` (the SDK's default durability)
+/// and the SDK's table.
+pub(crate) fn open_by_hand(path: &Path) -> BenchResult<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+    conn.execute_batch(TABLE)?;
+    Ok(conn)
+}
+
+/// The hand-written outbox's insert, prepared once per transaction.
+pub(crate) const INSERT: &str = "INSERT INTO outbox (id, subject, reply, headers, payload, \
+    created_at) VALUES (?1, ?2, NULL, ?3, ?4, ?5)";
+
+/// Inserts row `id` as the SDK stores it, its id headers written as JSON text into the reused
+/// `headers`.
+pub(crate) fn insert_by_hand(
+    insert: &mut rusqlite::Statement<'_>,
+    headers: &mut String,
+    id: i64,
+    subject: &str,
+    payload: &[u8],
+    now: i64,
+) -> BenchResult<()> {
+    headers.clear();
+    headers.push('[');
+    for (i, name) in ID_HEADERS.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        write!(
+            headers,
+            "{sep}[\"{name}\",\"{:016x}{id:016x}\"]",
+            0x5eed_u64
+        )?;
+    }
+    headers.push(']');
+    insert.execute(rusqlite::params![id, subject, headers.as_str(), payload, now])?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, as the SDK's `created_at`.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
