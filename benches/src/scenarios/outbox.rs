@@ -125,7 +125,13 @@ pub(crate) fn insert_by_hand(
         )?;
     }
     headers.push(']');
-    insert.execute(rusqlite::params![id, subject, headers.as_str(), payload, now])?;
+    insert.execute(rusqlite::params![
+        id,
+        subject,
+        headers.as_str(),
+        payload,
+        now
+    ])?;
     Ok(())
 }
 
