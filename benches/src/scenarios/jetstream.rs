@@ -2,7 +2,8 @@
 //! handler acking, against raw async-nats JetStream publishing with PubAcks (pipelined) and a
 //! durable pull consumer acking by hand, in the same run.
 //!
-//! The server is started with JetStream on when this scenario is selected.
+//! The server is started with JetStream on when this scenario or one of its diagnostics
+//! (`diag_jetstream_msgid`, `diag_jetstream_ceiling`) is selected.
 
 use std::time::Instant;
 
