@@ -365,3 +365,61 @@ async fn durable_subscribe_settles_by_hand() {
         d.ack().await.unwrap();
     }
 }
+
+/// A durable handler's envelope carries its delivery state, as a durable subscription's does:
+/// failing the first delivery, the handler sees `(delivered, is_durable)` = `(1, true)` then
+/// `(2, true)`, with the message's id and headers, on both backends.
+#[tokio::test]
+async fn durable_handler_envelope_carries_its_delivery() {
+    let (buses, _server) = buses().await;
+    for (bus, backend) in buses.iter().zip(["local", "nats"]) {
+        let seen: Arc<Mutex<Vec<(u32, bool, Option<String>)>>> = Arc::default();
+        let record = seen.clone();
+        let handler = bus
+            .handle_with::<Outbound, _, _, _>(
+                Outbound::filter().channel("state"),
+                HandlerOptions::named("state")
+                    .durable("state")
+                    .retry(fast_retry()),
+                move |env| {
+                    let mut seen = record.lock().unwrap();
+                    seen.push((
+                        env.delivered(),
+                        env.is_durable(),
+                        env.msg_id().map(str::to_owned),
+                    ));
+                    let first = seen.len() == 1;
+                    async move {
+                        if first {
+                            Err("the first delivery fails")
+                        } else {
+                            Ok(())
+                        }
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        let mut headers = bus::Headers::new();
+        headers.append(bus::headers::MSG_ID, "state-1");
+        bus.publish_with_headers(
+            &Outbound {
+                channel: "state".into(),
+                instance: "a".into(),
+                text: "t".into(),
+            },
+            headers,
+        )
+        .await
+        .unwrap();
+        until("the second delivery handled", || handler.stats().handled() == 1).await;
+        let seen = seen.lock().unwrap().clone();
+        let id = Some("state-1".to_owned());
+        assert_eq!(
+            seen,
+            vec![(1, true, id.clone()), (2, true, id)],
+            "delivery state per attempt on {backend}"
+        );
+        handler.stop().await;
+    }
+}
