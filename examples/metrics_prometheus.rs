@@ -97,7 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => print!("{}", prometheus.render()),
     }
     sender.stop().await;
-    planner.shutdown().await;
+    planner.stop().await;
     Ok(())
 }
 

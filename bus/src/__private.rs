@@ -9,11 +9,8 @@ pub use futures::future::BoxFuture;
 pub use std::string::String;
 
 pub use crate::catalog::Registration;
-pub use crate::fan_in::{
-    decode_messages, handle as fan_in_handle, subscribe as fan_in_subscribe, Incoming, Undecodable,
-    Variant, VariantOf,
-};
-pub use crate::fan_in::{FanIn, Messages};
+pub use crate::fan_in::{handle as fan_in_handle, subscribe as fan_in_subscribe, FanIn};
+pub use crate::incoming::{decode_messages, Incoming, Messages, Undecodable, Variant, VariantOf};
 pub use bus_subject::templates_overlap;
 pub use inventory;
 

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::{Broker, ConnectionState};
-use crate::handle::DEFAULT_REQUEST_TIMEOUT;
+use crate::broker::Broker;
+use crate::connection::ConnectionState;
+use crate::error::{Error, Result};
+use crate::handle::{Bus, DEFAULT_REQUEST_TIMEOUT};
 use crate::headers::WireHeaders;
 use crate::local::{LocalBroker, LocalOptions};
 #[cfg(feature = "nats")]
@@ -16,7 +18,6 @@ use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 use crate::outbox::{Durability, Outbox, OutboxOptions};
 use crate::stream::StreamConfig;
-use crate::{Bus, Error, Result};
 
 /// The outbox file used on NATS when none is named with [`BusBuilder::outbox_path`]. A relative
 /// path: it is resolved against the process's working directory.
@@ -476,5 +477,23 @@ async fn wait_connected(bus: &Bus, timeout: Duration) -> Result<()> {
         }),
         ConnectionState::Closed => Err(Error::Closed),
         _ => Ok(()),
+    }
+}
+
+impl Bus {
+    /// A builder for every other setup: NATS, an outbox, a broker of your own, timeouts, auth,
+    /// TLS.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), bus::Error> {
+    /// let bus = bus::Bus::builder()
+    ///     .nats(["nats://127.0.0.1:4222"])
+    ///     .outbox_path("var/bus-outbox.sqlite3")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
     }
 }

@@ -3,27 +3,35 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-#[cfg(feature = "outbox")]
-use crate::broker::check_subject;
-use crate::broker::{Broker, ConnectionState, RawMessage, RawSubscription};
+use crate::broker::Broker;
+use crate::codec;
+use crate::connection::ConnectionState;
+use crate::dead_letter::{DeadLetterSink, MemoryDeadLetters};
 use crate::durable::DurableSpec;
-use crate::handler::{self, DeadLetterSink, Handler, HandlerOptions, MemoryDeadLetters, Source};
+use crate::envelope::{Delivered, Envelope};
+use crate::error::{Error, Result};
+use crate::handler::{self, Handler, HandlerOptions, Source};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::health::{Health, Tracker};
+use crate::incoming::Incoming;
+use crate::local::LocalBroker;
 use crate::message::{Filter, Message, Request};
+use crate::msg_id;
 #[cfg(feature = "nats")]
 use crate::nats::NatsBroker;
 #[cfg(feature = "outbox")]
 use crate::outbox::{DeadLetters, Outbox, OutboxStats};
-use crate::{codec, msg_id, BusBuilder, Envelope, Error, LocalBroker, Result, Subscription};
+#[cfg(feature = "outbox")]
+use crate::raw::check_subject;
+use crate::raw::{RawMessage, RawSubscription};
+use crate::respond::{Responder, ServeHandle};
+use crate::subscription::Subscription;
 
 /// How long [`Bus::close`] waits for handlers, responders and the outbox.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,20 +150,10 @@ impl Bus {
         ))
     }
 
-    /// A builder for every other setup: NATS, an outbox, a broker of your own, timeouts, auth,
-    /// TLS.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), bus::Error> {
-    /// let bus = bus::Bus::builder()
-    ///     .nats(["nats://127.0.0.1:4222"])
-    ///     .outbox_path("var/bus-outbox.sqlite3")
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn builder() -> BusBuilder {
-        BusBuilder::default()
+    /// Whether requests and subscriptions check that a body's placeholder fields agree with
+    /// its subject ([`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields)).
+    pub(crate) fn checks_subject_fields(&self) -> bool {
+        self.inner.check_subject_fields
     }
 
     pub(crate) fn from_parts(
@@ -442,12 +440,7 @@ impl Bus {
             );
         }
         let outcome = match codec::decode::<M::Reply>(&reply.payload) {
-            Ok(body) => Ok(Envelope::new(
-                body,
-                reply.subject,
-                reply.reply,
-                reply.headers,
-            )),
+            Ok(body) => Ok(Envelope::of_message(body, reply, Delivered::Plain, None)),
             Err(source) => Err(Error::Decode {
                 msg_id: headers::msg_id(&reply.headers).map(str::to_string),
                 subject: reply.subject,
@@ -530,59 +523,33 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let durable = options
-            .durable_name()
-            .or(filter.durable_name())
-            .map(str::to_owned);
-        self.handle_inner(filter, options, durable.as_deref(), handler)
-            .await
+        self.start_handler(&filter, options, handler).await
     }
 
-    /// [`handle_with`](Bus::handle_with), on the durable consumer `durable` if one is named
-    /// (by the options or, later, the filter).
-    async fn handle_inner<M, F, Fut, E>(
-        &self,
-        filter: M::Filter,
-        options: HandlerOptions,
-        durable: Option<&str>,
-        handler: F,
-    ) -> Result<Handler>
-    where
-        M: Message,
-        F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
-        E: fmt::Display + Send + 'static,
-    {
-        let tracked = self.track()?;
-        let source = match durable {
-            Some(name) => {
-                let spec = options.durable_spec(name, filter.pattern()?, filter.queue_group());
-                Source::Durable(self.inner.broker.consume(&spec).await?)
-            }
-            None => Source::Plain(self.subscribe_raw(&filter).await?),
-        };
-        let sink: DeadLetterSink = self.handler_sink();
-        let handler = handler::spawn::<M, F, Fut, E>(source, options, sink, tracked, handler);
-        self.inner.health.track_handler(handler.stats());
-        Ok(handler)
-    }
-
-    /// [`handle_with`](Bus::handle_with) for anything a handler can decode: what the `handle`
-    /// of a `#[derive(Messages)]` enum calls.
-    pub(crate) async fn handle_incoming<M, F, Fut, E>(
+    /// Starts a handler of anything it can decode (a message type, or a `#[derive(Messages)]`
+    /// enum) on what `filter` selects: the durable consumer the options or the filter name, or
+    /// a plain subscription. Every `handle` goes through here.
+    pub(crate) async fn start_handler<M, F, Fut, E>(
         &self,
         filter: &impl Filter,
         options: HandlerOptions,
         handler: F,
     ) -> Result<Handler>
     where
-        M: crate::fan_in::Incoming,
+        M: Incoming,
         F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
         let tracked = self.track()?;
-        let source = Source::Plain(self.subscribe_raw(filter).await?);
+        let durable = options.durable_name().or(filter.durable_name());
+        let source = match durable {
+            Some(name) => {
+                let spec = options.durable_spec(name, filter.pattern()?, filter.queue_group());
+                Source::Durable(self.inner.broker.consume(&spec).await?)
+            }
+            None => Source::Plain(self.subscribe_raw(filter).await?),
+        };
         let handler =
             handler::spawn::<M, F, Fut, E>(source, options, self.handler_sink(), tracked, handler);
         self.inner.health.track_handler(handler.stats());
@@ -601,96 +568,16 @@ impl Bus {
         Fut: Future<Output = std::result::Result<M::Reply, E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let (guard, closing) = self.track()?;
+        let tracked = self.track()?;
         let raw = self.subscribe_raw(&filter).await?;
-        let broker = self.inner.broker.clone();
-        let wire = self.inner.wire;
-        let check = self.inner.check_subject_fields;
-        let handler = Arc::new(handler);
-        let received = Arc::new(crate::metrics::Receive::of::<M>());
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let _running = guard;
-            let mut messages = raw.messages;
-            let in_flight = crate::stop::InFlight::default();
-            let stopping = crate::stop::StopSignal::watch(stopped, closing);
-            loop {
-                let Some(Some(msg)) = stopping.next(&mut messages).await else {
-                    break;
-                };
-                let Some(reply_to) = msg.reply.clone() else {
-                    tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
-                    continue;
-                };
-                let broker = broker.clone();
-                let handler = handler.clone();
-                let received = received.clone();
-                received.delivered();
-                let span = crate::trace::receive_span(
-                    crate::trace::Receive::Serve,
-                    M::TYPE_NAME,
-                    M::SUBJECT,
-                    &msg.subject,
-                    &msg.headers,
-                );
-                in_flight.spawn(
-                    async move {
-                        let correlation = msg
-                            .headers
-                            .get(headers::CORRELATION_ID)
-                            .or_else(|| crate::headers::msg_id(&msg.headers))
-                            .map(str::to_owned);
-                        let outcome = match codec::decode::<M>(&msg.payload) {
-                            Ok(body) if check => {
-                                match crate::subscription::check_subject_fields(&body, &msg.subject)
-                                {
-                                    Ok(()) => {
-                                        let env = Envelope::new(
-                                            body,
-                                            msg.subject,
-                                            msg.reply,
-                                            msg.headers,
-                                        );
-                                        handler(env).await.map_err(|e| e.to_string())
-                                    }
-                                    Err(e) => Err(e.to_string()),
-                                }
-                            }
-                            Ok(body) => {
-                                let env = Envelope::new(body, msg.subject, msg.reply, msg.headers);
-                                // A panic is answered like an error: the requester must never
-                                // wait for a timeout because a handler panicked.
-                                match AssertUnwindSafe(handler(env)).catch_unwind().await {
-                                    Ok(Ok(reply)) => Ok(reply),
-                                    Ok(Err(e)) => Err(e.to_string()),
-                                    Err(panic) => Err(format!(
-                                        "the handler panicked: {}",
-                                        panic_message(&*panic)
-                                    )),
-                                }
-                            }
-                            Err(e) => {
-                                received.decode_error();
-                                Err(format!("cannot decode request as `{}`: {e}", M::TYPE_NAME))
-                            }
-                        };
-                        let reply = build_reply::<M>(reply_to, correlation, outcome, wire);
-                        if let Err(e) = broker.publish(reply).await {
-                            tracing::warn!(error = %e, "cannot send reply");
-                        }
-                    }
-                    .instrument(
-                        span.unwrap_or_else(|| {
-                            tracing::trace_span!("serve", type_name = M::TYPE_NAME)
-                        }),
-                    ),
-                );
-            }
-            // Unsubscribe first (no new requests), then answer the ones in flight.
-            drop(messages);
-            in_flight.wait().await;
-        });
-        Ok(ServeHandle { task, stop })
+        let responder = Responder::new(handler, self.inner.check_subject_fields);
+        Ok(crate::respond::serve(
+            raw,
+            self.inner.broker.clone(),
+            self.inner.wire,
+            responder,
+            tracked,
+        ))
     }
 
     /// Waits until every stream declared with [`BusBuilder::stream`] is set up on the current
@@ -806,7 +693,10 @@ impl Bus {
     pub(crate) fn start_heartbeat(&self, interval: Duration) {
         self.every(Duration::ZERO, interval, |bus| async move {
             let health = bus.health().await;
-            let raw = match (health.subject(), codec::encode(&health, Health::TYPE_NAME)) {
+            let raw = match (
+                health.subject(),
+                codec::encode(&health, <Health as Message>::TYPE_NAME),
+            ) {
                 (Ok(subject), Ok(payload)) => RawMessage::new(subject, payload),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %e, "heartbeat: cannot build the health message");
@@ -923,67 +813,6 @@ impl Bus {
     }
 }
 
-fn build_reply<M: Request>(
-    reply_to: String,
-    correlation: Option<String>,
-    outcome: std::result::Result<M::Reply, String>,
-    wire: WireHeaders,
-) -> RawMessage {
-    let mut h = Headers::with_capacity(2);
-    if let Some(c) = correlation {
-        h.append(headers::CORRELATION_ID, c);
-    }
-    crate::trace::inject(&mut h);
-    let payload = match outcome.and_then(|r| {
-        codec::encode(&r, std::any::type_name::<M::Reply>()).map_err(|e| e.to_string())
-    }) {
-        Ok(bytes) => {
-            if wire == WireHeaders::Full {
-                h.append(headers::CONTENT_TYPE, headers::MSGPACK);
-            }
-            bytes
-        }
-        Err(message) => {
-            h.append(headers::ERROR, error_header(&message));
-            bytes::Bytes::new()
-        }
-    };
-    RawMessage {
-        subject: reply_to,
-        reply: None,
-        headers: h,
-        payload,
-    }
-}
-
-/// The longest `Bus-Error` text sent, in bytes: far under any server's max_payload, so the
-/// error reply always goes out.
-pub(crate) const MAX_ERROR_LEN: usize = 1024;
-
-/// A handler's error text as a header value: CR, LF and other control characters (which a
-/// header cannot carry) become spaces, and a text over [`MAX_ERROR_LEN`] bytes is cut at a
-/// character boundary and marked with `…`.
-fn error_header(message: &str) -> String {
-    let mut out = String::with_capacity(message.len().min(MAX_ERROR_LEN));
-    for c in message.chars() {
-        if out.len() + c.len_utf8() > MAX_ERROR_LEN - '…'.len_utf8() {
-            out.push('…');
-            break;
-        }
-        out.push(if c.is_control() { ' ' } else { c });
-    }
-    out
-}
-
-/// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
-}
-
 /// The headers [`WireHeaders::Full`] adds to a typed message, after the caller's.
 fn full_headers<M: Message>(headers: &mut Headers) {
     stamp_msg_id(headers);
@@ -1007,32 +836,5 @@ fn publish_span(subject: &str) -> Option<tracing::Span> {
         Some(tracing::trace_span!("publish", subject))
     } else {
         None
-    }
-}
-
-/// A running [`Bus::serve`] responder. Dropping the handle leaves it running; call
-/// [`stop`](ServeHandle::stop) to end it.
-#[derive(Debug)]
-pub struct ServeHandle {
-    task: tokio::task::JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
-
-impl ServeHandle {
-    /// Stops answering: unsubscribes at once; requests already taken are still answered (in
-    /// the background; [`shutdown`](ServeHandle::shutdown) waits for them).
-    pub fn stop(self) {
-        let _ = self.stop.send(true);
-    }
-
-    /// Stops answering and waits until every request already taken was answered.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-
-    /// Whether the responder is still running.
-    pub fn is_running(&self) -> bool {
-        !self.task.is_finished()
     }
 }

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The size of the per-thread blocks payloads are copied into.
 const BLOCK: usize = 16 * 1024;

@@ -26,9 +26,12 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, Stream};
 
-use crate::broker::{RawMessage, SubscriptionStats};
-pub use crate::local::LOCAL_DURABLE_CAPACITY;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::raw::{RawMessage, SubscriptionStats};
+
+/// Messages one durable consumer of the local broker keeps (waiting or unsettled) before it
+/// drops new ones.
+pub const LOCAL_DURABLE_CAPACITY: usize = 100_000;
 
 /// How a delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,7 +285,7 @@ impl DurableSpec {
 
     /// Refuses a name, pattern or queue group that is not valid NATS syntax.
     pub fn check(&self) -> Result<()> {
-        crate::broker::check_subscription(&self.pattern, self.queue.as_deref())?;
+        crate::raw::check_subscription(&self.pattern, self.queue.as_deref())?;
         bus_subject::check_token(&self.name).map_err(|e| Error::Durable {
             name: self.name.clone(),
             reason: format!(

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::durable::Acker;
+use crate::error::Result;
 use crate::headers::{self, Headers};
-use crate::Result;
+use crate::raw::RawMessage;
 
 /// A typed message as received, with its subject and headers.
 ///
@@ -27,14 +28,37 @@ pub struct Envelope<T> {
     settle: Settle,
 }
 
-/// The delivery an envelope from a durable consumer settles (shared by its clones); nothing on
-/// a plain subscription. Never part of an envelope's equality.
-#[derive(Clone, Default)]
-struct Settle(Option<Arc<(u32, Mutex<Option<Acker>>)>>);
+/// How a message was delivered: what [`Envelope::delivered`] and [`Envelope::is_durable`]
+/// report. Every path that hands a received message to user code says which it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// From a plain subscription: once, with nothing to settle.
+    Plain,
+    /// From a durable consumer, for the `n`th time (1 the first time).
+    Durable(u32),
+}
+
+/// The delivery state of an envelope, and the delivery it settles (shared by its clones) when
+/// it came from a durable subscription; a handler settles its deliveries itself, so its
+/// envelopes carry the state only. Never part of an envelope's equality.
+#[derive(Clone)]
+struct Settle {
+    delivered: Delivered,
+    acker: Option<Arc<Mutex<Option<Acker>>>>,
+}
+
+impl Default for Settle {
+    fn default() -> Self {
+        Settle {
+            delivered: Delivered::Plain,
+            acker: None,
+        }
+    }
+}
 
 impl Settle {
     fn take(&self) -> Option<Acker> {
-        let (_, acker) = &**self.0.as_ref()?;
+        let acker = self.acker.as_ref()?;
         acker.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -47,29 +71,54 @@ impl PartialEq for Settle {
 
 impl fmt::Debug for Settle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            None => f.write_str("none"),
-            Some(cell) => write!(f, "delivery {}", cell.0),
+        match self.delivered {
+            Delivered::Plain => f.write_str("plain"),
+            Delivered::Durable(n) => write!(f, "durable delivery {n}"),
         }
     }
 }
 
 impl<T> Envelope<T> {
-    /// Wraps a body with the subject and headers it arrived with.
+    /// Wraps a body with the subject and headers it arrived with, as a plain delivery (for
+    /// tests of code that takes envelopes).
     pub fn new(body: T, subject: String, reply: Option<String>, headers: Headers) -> Self {
+        Envelope::received(body, subject, reply, headers, Delivered::Plain, None)
+    }
+
+    /// The one way every delivery path (subscriptions, handlers, responders, fan-in, replies)
+    /// builds the envelope it hands out: the decoded body, the message's subject, reply and
+    /// headers, how it was delivered, and, from a durable subscription, the delivery it settles.
+    #[inline]
+    pub(crate) fn received(
+        body: T,
+        subject: String,
+        reply: Option<String>,
+        headers: Headers,
+        delivered: Delivered,
+        acker: Option<Acker>,
+    ) -> Self {
         Envelope {
             body,
             subject,
             reply,
             headers,
-            settle: Settle::default(),
+            settle: Settle {
+                delivered,
+                acker: acker.map(|a| Arc::new(Mutex::new(Some(a)))),
+            },
         }
     }
 
-    /// The envelope of a durable consumer's delivery, settled through `acker`.
-    pub(crate) fn with_acker(mut self, acker: Acker) -> Self {
-        self.settle = Settle(Some(Arc::new((acker.delivered(), Mutex::new(Some(acker))))));
-        self
+    /// [`received`](Envelope::received) with the parts of `msg` (its payload already decoded
+    /// into `body`).
+    #[inline]
+    pub(crate) fn of_message(
+        body: T,
+        msg: RawMessage,
+        delivered: Delivered,
+        acker: Option<Acker>,
+    ) -> Self {
+        Envelope::received(body, msg.subject, msg.reply, msg.headers, delivered, acker)
     }
 
     /// The message.
@@ -127,14 +176,19 @@ impl<T> Envelope<T> {
     }
 
     /// How many times this message was delivered, this delivery included: 1 the first time,
-    /// more after a durable consumer redelivered it; always 1 on a plain subscription.
+    /// more after a durable consumer redelivered it (in a durable handler: the attempt); always
+    /// 1 on a plain subscription.
     pub fn delivered(&self) -> u32 {
-        self.settle.0.as_ref().map_or(1, |cell| cell.0)
+        match self.settle.delivered {
+            Delivered::Plain => 1,
+            Delivered::Durable(n) => n.max(1),
+        }
     }
 
-    /// Whether it came from a durable consumer, and so has a delivery to settle.
+    /// Whether it came from a durable consumer. From a durable subscription it has a delivery
+    /// to settle; in a durable handler the handler settles it (ack after `Ok`).
     pub fn is_durable(&self) -> bool {
-        self.settle.0.is_some()
+        matches!(self.settle.delivered, Delivered::Durable(_))
     }
 
     /// Done: a durable consumer never delivers it again. Does nothing on a plain subscription
@@ -187,8 +241,8 @@ impl<T> Envelope<T> {
     /// Still working on it: the ack wait starts again. Does nothing on a plain subscription or
     /// once settled.
     pub async fn in_progress(&self) -> Result<()> {
-        let progress = self.settle.0.as_ref().and_then(|cell| {
-            let acker = cell.1.lock().unwrap_or_else(|e| e.into_inner());
+        let progress = self.settle.acker.as_ref().and_then(|cell| {
+            let acker = cell.lock().unwrap_or_else(|e| e.into_inner());
             acker.as_ref().and_then(Acker::progress)
         });
         match progress {

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::connection::{ConnectionState, Refusal};
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -137,7 +139,7 @@ pub enum Error {
     #[error("the server refused {} message(s), e.g. on {:?}: {}", rejections.len(), rejections.first().map_or("", |r| r.subject.as_str()), rejections.first().map_or("", |r| r.reason.as_str()))]
     Rejected {
         /// Each refused subject with the server's reason.
-        rejections: Vec<crate::broker::Rejection>,
+        rejections: Vec<Rejection>,
     },
 
     /// The server does not allow this connection to publish or subscribe to a subject: a
@@ -153,6 +155,19 @@ pub enum Error {
     /// The broker is closed (the `Bus` was shut down).
     #[error("the broker connection is closed")]
     Closed,
+
+    /// A background loop (a handler, a responder, a service endpoint) did not finish its
+    /// in-flight work within the time its `stop_timeout` gave it: that work was abandoned
+    /// (a durable delivery left unacknowledged is delivered again after its ack wait).
+    #[error("{what} did not stop within {timeout:?}: {abandoned} message(s) in flight were abandoned; a handler that never returns needs a timeout of its own")]
+    StopTimeout {
+        /// What was stopped, e.g. `handler "slack-sender"`.
+        what: String,
+        /// The time it was given.
+        timeout: Duration,
+        /// Messages still in flight when the time ran out.
+        abandoned: usize,
+    },
 
     /// A NATS client error.
     #[error("NATS {op} failed: {source}")]
@@ -229,7 +244,7 @@ pub enum Error {
     #[error("the NATS server refused the connection ({refusal}): {detail}")]
     ConnectionRefused {
         /// Why, in one word.
-        refusal: crate::Refusal,
+        refusal: Refusal,
         /// The client's and server's words, and what to check.
         detail: String,
     },
@@ -254,7 +269,7 @@ pub enum Error {
         /// The deadline given.
         timeout: Duration,
         /// The connection state when it ran out.
-        state: crate::ConnectionState,
+        state: ConnectionState,
         /// Why the broker cannot be reached, when known.
         detail: Option<String>,
     },
@@ -325,5 +340,40 @@ impl Error {
             detail: detail.into(),
             source,
         }
+    }
+}
+
+/// A message the broker refused after it accepted it for sending, as a
+/// [`confirm`](crate::Broker::confirm) reports it in [`Error::Rejected`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejection {
+    /// The subject of the refused message (every message sent to it since the previous
+    /// confirmation was refused).
+    pub subject: String,
+    /// The server's reason, e.g. `Permissions Violation for Publish to "plugin.outbound.x"`
+    /// or `maximum messages exceeded (JetStream error 10077, status 503)`.
+    pub reason: String,
+    /// The `Nats-Msg-Id` of the refused message, when the broker refuses single messages (a
+    /// JetStream stream does, in its PubAck) and the message had one: then only that message
+    /// of the batch was refused. `None`: every message on `subject` since the previous
+    /// confirmation was refused (a permissions violation).
+    pub msg_id: Option<String>,
+}
+
+impl Rejection {
+    /// A rejection of the messages on `subject`.
+    pub fn new(subject: impl Into<String>, reason: impl Into<String>) -> Self {
+        Rejection {
+            subject: subject.into(),
+            reason: reason.into(),
+            msg_id: None,
+        }
+    }
+
+    /// The same rejection, naming the refused message by its `Nats-Msg-Id`.
+    pub fn with_msg_id(mut self, msg_id: Option<String>) -> Self {
+        self.msg_id = msg_id;
+        self
     }
 }

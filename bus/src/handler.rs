@@ -23,11 +23,13 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
-use crate::broker::{RawMessage, RawSubscription, SubscriptionStats};
+use crate::dead_letter::{DeadLetterSink, Failed};
 use crate::durable::{Acker, Delivery, DurableSubscription};
-use crate::fan_in::Incoming;
-use crate::stop::{InFlight, StopSignal};
-use crate::{Envelope, RetryPolicy};
+use crate::envelope::{Delivered, Envelope};
+use crate::incoming::Incoming;
+use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
+use crate::retry::RetryPolicy;
+use crate::stop::{InFlight, Running, StopSignal};
 
 /// How a [`Handler`] runs: its name, concurrency, order and retry policy.
 ///
@@ -191,31 +193,13 @@ impl HandlerStats {
     }
 }
 
-// Without the `outbox` feature there is no `Bus::dead_letters` view (its `DeadLetters` type
-// lives in the outbox module): handler dead letters are then kept and counted, not listed.
-#[cfg_attr(not(feature = "outbox"), allow(dead_code))]
-/// A message a handler gave up on, as handed to the bus's dead letters.
-#[derive(Debug, Clone)]
-pub(crate) struct Failed {
-    pub(crate) msg: RawMessage,
-    pub(crate) attempts: u32,
-    pub(crate) last_error: String,
-    /// `handler:<name>`.
-    pub(crate) origin: String,
-    pub(crate) failed_at: SystemTime,
-}
-
-/// Where a handler puts what it gives up on.
-pub(crate) type DeadLetterSink = Arc<dyn Fn(Failed) + Send + Sync>;
-
 /// A running handler (from `T::handle` / [`Bus::handle`](crate::Bus::handle)).
 ///
 /// Dropping it leaves it running until the bus closes; [`stop`](Handler::stop) ends it cleanly.
 pub struct Handler {
     name: String,
     stats: Arc<HandlerStats>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    running: Running,
 }
 
 impl fmt::Debug for Handler {
@@ -243,13 +227,21 @@ impl Handler {
     /// for this subscriber; a durable consumer: kept for it, and what this handler had fetched
     /// but not started is handed back at once, to another instance or the next start).
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.running.stop().await;
+    }
+
+    /// [`stop`](Handler::stop), waiting at most `timeout` for the messages in flight; past it
+    /// they are abandoned (their futures dropped; a durable delivery left unacknowledged is
+    /// delivered again after its ack wait) and [`Error::StopTimeout`](crate::Error::StopTimeout)
+    /// says how many. For a handler that may never return.
+    pub async fn stop_timeout(self, timeout: Duration) -> crate::error::Result<()> {
+        let what = format!("handler {:?}", self.name);
+        self.running.stop_timeout(&what, timeout).await
     }
 
     /// Whether it is still running.
     pub fn is_running(&self) -> bool {
-        !self.task.is_finished()
+        self.running.is_running()
     }
 }
 
@@ -280,7 +272,6 @@ where
         .clone()
         .unwrap_or_else(|| M::TYPE_NAME.to_owned());
     let stats = Arc::new(HandlerStats::default());
-    let (stop, stopped) = watch::channel(false);
     let origin = format!("handler:{name}");
     let concurrency = options.effective_concurrency();
     let run = Run {
@@ -295,37 +286,40 @@ where
         _type: std::marker::PhantomData,
     };
     let ordered = options.ordered;
-    let task = match source {
-        Source::Plain(raw) => tokio::spawn(async move {
-            let _running = running;
-            run.serve(
-                raw.messages,
-                raw.stats,
-                raw.pattern,
-                ordered,
-                (stopped, closing),
-                Run::plain_starter(),
-            )
-            .await
-        }),
-        Source::Durable(raw) => tokio::spawn(async move {
-            let _running = running;
-            run.serve(
-                raw.deliveries,
-                raw.stats,
-                raw.pattern,
-                ordered,
-                (stopped, closing),
-                Run::durable_starter(ordered),
-            )
-            .await
-        }),
-    };
+    let running = Running::spawn(move |stopped, in_flight| async move {
+        let _running = running;
+        let stop = StopSignal::watch(stopped, closing);
+        match source {
+            Source::Plain(raw) => {
+                let start = Run::plain_starter();
+                run.serve(
+                    raw.messages,
+                    raw.stats,
+                    raw.pattern,
+                    ordered,
+                    (stop, in_flight),
+                    start,
+                )
+                .await
+            }
+            Source::Durable(raw) => {
+                let start = Run::durable_starter(ordered);
+                run.serve(
+                    raw.deliveries,
+                    raw.stats,
+                    raw.pattern,
+                    ordered,
+                    (stop, in_flight),
+                    start,
+                )
+                .await
+            }
+        }
+    });
     Handler {
         name,
         stats,
-        stop,
-        task,
+        running,
     }
 }
 
@@ -357,15 +351,13 @@ where
         sub_stats: Arc<SubscriptionStats>,
         pattern: String,
         ordered: bool,
-        (stopped, closing): (watch::Receiver<bool>, watch::Receiver<bool>),
+        (stop, in_flight): (StopSignal, InFlight),
         mut process: P,
     ) where
         T: Send + 'static,
         P: FnMut(&Arc<Self>, T, bool) -> Option<Rest>,
     {
         let run = Arc::new(self);
-        let stop = StopSignal::watch(stopped, closing);
-        let in_flight = InFlight::default();
         let mut reported_drops = 0;
         let mut taken = 0u32;
         let mut slice = std::time::Instant::now();
@@ -420,7 +412,7 @@ where
     /// with the box the handler's future runs in and the buffer its subject is kept in, both
     /// reused while messages finish inline.
     fn plain_starter() -> impl FnMut(&Arc<Self>, RawMessage, bool) -> Option<Rest> {
-        let mut running: Running<Fut> = Box::pin(Fuse::terminated());
+        let mut running: Attempting<Fut> = Box::pin(Fuse::terminated());
         let mut subject = String::new();
         move |run, msg, slot| run.start(msg, slot, &mut running, &mut subject)
     }
@@ -434,7 +426,7 @@ where
         self: &Arc<Self>,
         mut msg: RawMessage,
         slot: bool,
-        running: &mut Running<Fut>,
+        running: &mut Attempting<Fut>,
         subject: &mut String,
     ) -> Option<Rest> {
         self.metrics.receive.delivered();
@@ -450,7 +442,7 @@ where
             return Some(Box::pin(all.instrument(span)));
         }
         let mut keep = Keep::new(std::mem::take(subject));
-        let env = match self.envelope(&mut msg, &mut keep) {
+        let env = match self.envelope(&mut msg, &mut keep, Delivered::Plain) {
             Ok(env) => env,
             Err(error) => {
                 *subject = keep.subject;
@@ -508,7 +500,7 @@ where
                     }
                 },
                 First::Failed(error) => error,
-                First::NotYet => match self.attempt(&mut msg, &mut keep).await {
+                First::NotYet => match self.attempt(&mut msg, &mut keep, Delivered::Plain).await {
                     Attempt::Done => return,
                     Attempt::Undecodable(error) => return self.give_up(msg, attempts, error),
                     Attempt::Failed(error) => error,
@@ -532,8 +524,13 @@ where
     }
 
     /// One run of the handler on `msg`, counted (see [`envelope`](Self::envelope)).
-    async fn attempt(&self, msg: &mut RawMessage, keep: &mut Keep) -> Attempt {
-        let env = match self.envelope(msg, keep) {
+    async fn attempt(
+        &self,
+        msg: &mut RawMessage,
+        keep: &mut Keep,
+        delivered: Delivered,
+    ) -> Attempt {
+        let env = match self.envelope(msg, keep, delivered) {
             Ok(env) => env,
             Err(error) => return Attempt::Undecodable(error),
         };
@@ -552,7 +549,12 @@ where
     /// its envelope), with `msg`'s subject, reply and headers, which `keep` keeps a copy of.
     /// `Err`: the payload does not decode, which no retry can fix.
     #[inline(always)]
-    fn envelope(&self, msg: &mut RawMessage, keep: &mut Keep) -> Result<Envelope<M>, String> {
+    fn envelope(
+        &self,
+        msg: &mut RawMessage,
+        keep: &mut Keep,
+        delivered: Delivered,
+    ) -> Result<Envelope<M>, String> {
         let body = match M::decode_incoming(&msg.subject, &msg.payload) {
             Ok(body) => body,
             Err(e) => {
@@ -561,7 +563,9 @@ where
             }
         };
         let (subject, reply, headers) = keep.lend(msg);
-        Ok(Envelope::new(body, subject, reply, headers))
+        Ok(Envelope::received(
+            body, subject, reply, headers, delivered, None,
+        ))
     }
 
     /// Counts how an attempt ended: `None` after `Ok`, else the error's (or panic's) text.
@@ -573,10 +577,7 @@ where
                 return None;
             }
             Ok(Err(e)) => e.to_string(),
-            Err(panic) => format!(
-                "the handler panicked: {}",
-                crate::handle::panic_message(&*panic)
-            ),
+            Err(panic) => crate::panic::describe(&*panic),
         };
         self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
         self.metrics.failure();
@@ -627,7 +628,8 @@ where
         let Delivery { mut message, acker } = delivery;
         let mut attempts = acker.delivered().max(1);
         loop {
-            let error = match self.attempt(&mut message, &mut keep).await {
+            let delivered = Delivered::Durable(attempts);
+            let error = match self.attempt(&mut message, &mut keep, delivered).await {
                 Attempt::Done => {
                     if let Err(e) = acker.ack().await {
                         tracing::warn!(subject = %keep.subject, error = %e, handler = %self.origin, "cannot acknowledge; the message will be delivered again");
@@ -766,12 +768,12 @@ enum Attempt {
 type Rest = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The box the first attempt of a message runs the handler's future in.
-type Running<Fut> = Pin<Box<Fuse<CatchUnwind<AssertUnwindSafe<Fut>>>>>;
+type Attempting<Fut> = Pin<Box<Fuse<CatchUnwind<AssertUnwindSafe<Fut>>>>>;
 
 /// Where a message's first attempt stands when [`Run::attempts`] takes over.
 enum First<Fut> {
     /// The handler is still at it.
-    Running(Running<Fut>),
+    Running(Attempting<Fut>),
     /// It failed, with this text.
     Failed(String),
     /// Not made yet.
@@ -841,71 +843,5 @@ async fn in_progress_for(acker: &Acker, wait: Duration, every: Duration) {
             return;
         }
         tokio::time::sleep_until(until.min(now + every)).await;
-    }
-}
-
-/// Handler dead letters of a bus without an outbox file: kept in memory, the newest
-/// [`MEMORY_DEAD_LETTERS`], older ones counted as evicted.
-pub(crate) const MEMORY_DEAD_LETTERS: usize = 10_000;
-
-/// The in-memory dead letters of handlers.
-#[derive(Debug, Default)]
-pub(crate) struct MemoryDeadLetters {
-    letters: std::sync::Mutex<std::collections::VecDeque<(i64, Failed)>>,
-    next_id: AtomicU64,
-    evicted: AtomicU64,
-}
-
-#[cfg_attr(not(feature = "outbox"), allow(dead_code))]
-impl MemoryDeadLetters {
-    pub(crate) fn push(&self, failed: Failed) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) as i64 + 1;
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if l.len() >= MEMORY_DEAD_LETTERS {
-            l.pop_front();
-            let evicted = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
-            if evicted.is_power_of_two() {
-                tracing::warn!(evicted, kept = MEMORY_DEAD_LETTERS, "in-memory handler dead letters full: the oldest are dropped (configure an outbox to keep them all)");
-            }
-        }
-        l.push_back((id, failed));
-    }
-
-    pub(crate) fn list(&self) -> Vec<(i64, Failed)> {
-        self.letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    pub(crate) fn take(&self, id: i64) -> Option<Failed> {
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let i = l.iter().position(|(i, _)| *i == id)?;
-        l.remove(i).map(|(_, f)| f)
-    }
-
-    pub(crate) fn purge(&self) -> u64 {
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = l.len() as u64;
-        l.clear();
-        n
-    }
-
-    pub(crate) fn len(&self) -> u64 {
-        self.letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len() as u64
     }
 }

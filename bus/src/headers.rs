@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Unique id of a message, stable across every retry: the standard NATS header, which
 /// JetStream dedupes on. The one id header `bus` sends.

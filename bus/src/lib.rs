@@ -66,20 +66,19 @@
 // The derive names `::bus::…`; inside this crate that is the crate itself (for `Health`).
 extern crate self as bus;
 
+// The modules from the bottom up: each imports only from modules above it in this list
+// (ARCHITECTURE.md has the map).
 pub mod broker;
-mod builder;
-pub mod catalog;
-// Named `handle` inside the crate: the root name `bus` is the crate itself (see above).
 mod codec;
+mod connection;
+mod dead_letter;
 pub mod durable;
 mod envelope;
 mod error;
-mod fan_in;
-#[path = "bus.rs"]
-mod handle;
 pub mod handler;
 pub mod headers;
 mod health;
+mod incoming;
 mod local;
 mod message;
 pub mod metrics;
@@ -88,13 +87,22 @@ mod msg_id;
 mod nats;
 #[cfg(feature = "outbox")]
 pub mod outbox;
+mod panic;
+mod raw;
+mod respond;
 mod retry;
-#[cfg(feature = "nats")]
-pub mod service;
 mod stop;
 pub mod stream;
 mod subscription;
 pub mod trace;
+// Named `handle` inside the crate: the root name `bus` is the crate itself (see above).
+mod builder;
+pub mod catalog;
+mod fan_in;
+#[path = "bus.rs"]
+mod handle;
+#[cfg(feature = "nats")]
+pub mod service;
 
 #[doc(hidden)]
 pub mod __private;
@@ -108,13 +116,12 @@ pub use crate::builder::DEFAULT_OUTBOX_PATH;
 pub use crate::catalog::catalog;
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
-pub use crate::fan_in::{FanIn, Messages};
-pub use crate::handle::{
-    Bus, CloseReport, ServeHandle, DEFAULT_CLOSE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
-};
+pub use crate::fan_in::FanIn;
+pub use crate::handle::{Bus, CloseReport, DEFAULT_CLOSE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 pub use crate::handler::{Handler, HandlerOptions, HandlerStats};
 pub use crate::headers::{Headers, WireHeaders};
 pub use crate::health::Health;
+pub use crate::incoming::Messages;
 pub use crate::local::{LocalBroker, LocalOptions};
 pub use crate::message::{Filter, FilterValue, Message, Request, SubjectToken};
 pub use crate::msg_id::new_msg_id;
@@ -122,6 +129,7 @@ pub use crate::msg_id::new_msg_id;
 pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
+pub use crate::respond::ServeHandle;
 pub use crate::retry::RetryPolicy;
 pub use crate::stream::StreamConfig;
 pub use crate::subscription::Subscription;

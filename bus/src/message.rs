@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::Result;
+use crate::error::Result;
 
 /// A typed message with a subject template. Implemented by `#[derive(Message)]`; you do not
 /// implement it by hand.

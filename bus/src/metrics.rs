@@ -231,7 +231,7 @@ mod imp {
     }
 
     impl Receive {
-        pub(crate) fn of<M: crate::fan_in::Incoming>() -> Receive {
+        pub(crate) fn of<M: crate::incoming::Incoming>() -> Receive {
             let labels = [("type", M::TYPE_NAME), ("subject", M::SUBJECT)];
             Receive {
                 delivered: counter!("bus_delivered_total", &labels),
@@ -272,7 +272,7 @@ mod imp {
 
     impl HandlerMetrics {
         /// `origin` is the dead letters' `handler:<name>`.
-        pub(crate) fn of<M: crate::fan_in::Incoming>(name: &str, origin: &str) -> HandlerMetrics {
+        pub(crate) fn of<M: crate::incoming::Incoming>(name: &str, origin: &str) -> HandlerMetrics {
             let labels = [
                 ("handler", name.to_owned()),
                 ("type", M::TYPE_NAME.to_owned()),
@@ -350,7 +350,7 @@ mod noop {
     pub(crate) struct Receive;
 
     impl Receive {
-        pub(crate) fn of<M: crate::fan_in::Incoming>() -> Receive {
+        pub(crate) fn of<M: crate::incoming::Incoming>() -> Receive {
             Receive
         }
         #[inline]
@@ -367,7 +367,10 @@ mod noop {
     }
 
     impl HandlerMetrics {
-        pub(crate) fn of<M: crate::fan_in::Incoming>(_name: &str, _origin: &str) -> HandlerMetrics {
+        pub(crate) fn of<M: crate::incoming::Incoming>(
+            _name: &str,
+            _origin: &str,
+        ) -> HandlerMetrics {
             HandlerMetrics { receive: Receive }
         }
         #[inline]

@@ -9,17 +9,20 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_nats::service::{self, ServiceExt};
-use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
+use futures::StreamExt;
 
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::handle::Bus;
 use crate::message::{Filter, Request};
 use crate::nats::convert::from_header_map;
 use crate::nats::NatsBroker;
-use crate::{codec, Bus, Envelope, Error, Result};
+use crate::raw::RawMessage;
+use crate::respond::Responder;
+use crate::stop::Running;
 
 /// A service registered with the NATS service API. Its request types are added with
 /// [`serve`](Service::serve).
@@ -47,6 +50,8 @@ use crate::{codec, Bus, Envelope, Error, Result};
 pub struct Service {
     service: service::Service,
     name: String,
+    /// The bus's subject/body check, applied to every request (as by [`Bus::serve`]).
+    check: bool,
     /// Stopped endpoints, kept until the service stops: async-nats 0.35's `Service::stop`
     /// fails (and leaves the `$SRV` responder running) once no endpoint is alive.
     parked: Arc<std::sync::Mutex<Vec<service::endpoint::Endpoint>>>,
@@ -103,6 +108,7 @@ impl ServiceBuilder {
         Ok(Service {
             service,
             name: self.name,
+            check: bus.checks_subject_fields(),
             parked: Arc::default(),
         })
     }
@@ -158,11 +164,9 @@ impl Service {
                 M::TYPE_NAME
             ))
         })?;
-        let handler = Arc::new(handler);
-        let (stop, mut stopped) = watch::channel(false);
+        let responder = Arc::new(Responder::new(handler, self.check));
         let parked = Arc::clone(&self.parked);
-        let task = tokio::spawn(async move {
-            let in_flight = crate::stop::InFlight::default();
+        let running = Running::spawn(move |mut stopped, in_flight| async move {
             loop {
                 let request = tokio::select! {
                     _ = stopped.wait_for(|s| *s) => break,
@@ -171,8 +175,7 @@ impl Service {
                         None => break,
                     },
                 };
-                let handler = Arc::clone(&handler);
-                in_flight.spawn(answer::<M, F, Fut, E>(request, handler));
+                in_flight.spawn(answer(request, Arc::clone(&responder)));
             }
             let _ = requests.stop().await;
             in_flight.wait().await;
@@ -181,7 +184,10 @@ impl Service {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(requests);
         });
-        Ok(Endpoint { stop, task })
+        Ok(Endpoint {
+            what: format!("service endpoint `{}`", M::TYPE_NAME),
+            running,
+        })
     }
 
     /// Unregisters the service: it stops answering `$SRV` requests and every endpoint ends
@@ -200,8 +206,8 @@ impl Service {
     }
 }
 
-/// Answers one request through the service API.
-async fn answer<M, F, Fut, E>(request: service::Request, handler: Arc<F>)
+/// Answers one request through the service API, with the bus's one [`Responder`].
+async fn answer<M, F, Fut, E>(request: service::Request, responder: Arc<Responder<M, F>>)
 where
     M: Request,
     F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
@@ -209,39 +215,28 @@ where
     E: fmt::Display + Send + 'static,
 {
     let msg = &request.message;
-    if msg.reply.is_none() {
+    let Some(reply) = &msg.reply else {
         tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
         return;
-    }
-    let outcome = match codec::decode::<M>(&msg.payload) {
-        Ok(body) => {
-            let headers = msg
-                .headers
-                .as_ref()
-                .map(from_header_map)
-                .unwrap_or_default();
-            let env = Envelope::new(
-                body,
-                msg.subject.to_string(),
-                msg.reply.as_ref().map(|r| r.to_string()),
-                headers,
-            );
-            match AssertUnwindSafe(handler(env)).catch_unwind().await {
-                Ok(Ok(reply)) => codec::encode(&reply, std::any::type_name::<M::Reply>())
-                    .map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(panic) => Err(format!(
-                    "the handler panicked: {}",
-                    crate::handle::panic_message(&*panic)
-                )),
-            }
-        }
-        Err(e) => Err(format!("cannot decode request as `{}`: {e}", M::TYPE_NAME)),
     };
-    let response = outcome.map_err(|status| service::error::Error { status, code: 500 });
-    if let Err(e) = request.respond(response).await {
-        tracing::warn!(error = %e, "cannot send reply");
-    }
+    let raw = RawMessage {
+        subject: msg.subject.to_string(),
+        reply: Some(reply.to_string()),
+        headers: msg
+            .headers
+            .as_ref()
+            .map(from_header_map)
+            .unwrap_or_default(),
+        payload: msg.payload.clone(),
+    };
+    responder
+        .answer(raw, |outcome| async move {
+            let response = outcome.map_err(|status| service::error::Error { status, code: 500 });
+            if let Err(e) = request.respond(response).await {
+                tracing::warn!(error = %e, "cannot send reply");
+            }
+        })
+        .await
 }
 
 /// A running endpoint of a [`Service`] (from [`Service::serve`]). Dropping it leaves it
@@ -249,15 +244,25 @@ where
 /// does, until the service stops).
 #[derive(Debug)]
 pub struct Endpoint {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    what: String,
+    running: Running,
 }
 
 impl Endpoint {
     /// Stops answering (unsubscribes) and waits until every request already taken was
     /// answered.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.running.stop().await;
+    }
+
+    /// [`stop`](Endpoint::stop), waiting at most `timeout` for the requests already taken;
+    /// past it they are abandoned and the error says how many.
+    pub async fn stop_timeout(self, timeout: std::time::Duration) -> Result<()> {
+        self.running.stop_timeout(&self.what, timeout).await
+    }
+
+    /// Whether the endpoint is still answering.
+    pub fn is_running(&self) -> bool {
+        self.running.is_running()
     }
 }

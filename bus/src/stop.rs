@@ -1,14 +1,85 @@
-//! How the loops of handlers and responders stop: [`StopSignal`] (stop and close as one flag)
-//! and [`InFlight`] (the tasks they started, waited for).
+//! How everything that runs in the background stops: [`Running`] (the one stop convention of
+//! handlers, responders, service endpoints and discovery), [`StopSignal`] (stop and close as one
+//! flag that their loops read) and [`InFlight`] (the tasks they started, waited for).
+//!
+//! The convention: `stop().await` stops taking work, lets what is in flight finish and returns
+//! when it has; `stop_timeout(t).await` does the same within `t`, and past it abandons what is
+//! still running (a durable delivery left unacknowledged is delivered again after its ack wait)
+//! and says so with [`Error::StopTimeout`]. Dropping a handle leaves it running until the bus
+//! closes.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use futures::task::AtomicWaker;
 use futures::StreamExt;
 use tokio::sync::{watch, Notify};
+
+use crate::error::{Error, Result};
+
+/// A loop running in the background and how to stop it (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    in_flight: InFlight,
+}
+
+impl Running {
+    /// Runs `run` on a task of its own; it reads `stopped` (through a [`StopSignal`]) and
+    /// spawns its work on `in_flight`.
+    pub(crate) fn spawn<F, Fut>(run: F) -> Running
+    where
+        F: FnOnce(watch::Receiver<bool>, InFlight) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let in_flight = InFlight::default();
+        let task = tokio::spawn(run(stopped, in_flight.clone()));
+        Running {
+            stop,
+            task,
+            in_flight,
+        }
+    }
+
+    /// Stops taking work and waits until what is in flight has finished.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// [`stop`](Running::stop) within `timeout`; past it, what still runs is abandoned and
+    /// [`Error::StopTimeout`] names `what` and how much was abandoned.
+    pub(crate) async fn stop_timeout(mut self, what: &str, timeout: Duration) -> Result<()> {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(timeout, &mut self.task).await.is_ok() {
+            return Ok(());
+        }
+        let abandoned = self.in_flight.abandon();
+        self.task.abort();
+        let _ = self.task.await;
+        tracing::warn!(
+            what,
+            ?timeout,
+            abandoned,
+            "did not stop in time; in-flight work abandoned"
+        );
+        Err(Error::StopTimeout {
+            what: what.to_owned(),
+            timeout,
+            abandoned,
+        })
+    }
+
+    /// Whether it is still running.
+    pub(crate) fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
 
 /// Stop and close as one flag that a handler's or a responder's loop reads per message. A
 /// watcher task waits on the two watches once; the loop registers its waker only where it waits
@@ -82,14 +153,25 @@ impl Drop for StopSignal {
 ///
 /// What a [`JoinSet`](tokio::task::JoinSet) would do here, without its per-task bookkeeping
 /// (a lock to insert, one to report completion, one to reap): a task costs one spawn and two
-/// atomic operations, which matters for a responder that spawns one per request.
-#[derive(Default)]
+/// atomic operations, which matters for a responder that spawns one per request. A task that
+/// does not finish at once also waits for [`abandon`](InFlight::abandon) (a bounded stop).
+#[derive(Default, Clone)]
 pub(crate) struct InFlight(Arc<InFlightState>);
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("count", &self.0.count.load(Ordering::Relaxed))
+            .finish()
+    }
+}
 
 #[derive(Default)]
 struct InFlightState {
     count: AtomicUsize,
     idle: Notify,
+    abandoned: AtomicBool,
+    abandon: Notify,
 }
 
 /// Counts its task as finished when dropped (also when the task panicked or was cancelled).
@@ -113,9 +195,33 @@ impl InFlight {
         self.0.count.fetch_add(1, Ordering::AcqRel);
         let guard = InFlightGuard(Arc::clone(&self.0));
         tokio::spawn(async move {
-            let _guard = guard;
-            drop(task.await);
+            let state = &guard.0;
+            let mut task = std::pin::pin!(task);
+            // The task first: one that finishes at once never looks at the abandon signal.
+            let abandoned = state.abandon.notified();
+            let mut abandoned = std::pin::pin!(abandoned);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(out) = task.as_mut().poll(cx) {
+                    drop(out);
+                    return Poll::Ready(());
+                }
+                // Registered before the flag is read, so an abandon in between is not missed.
+                if abandoned.as_mut().poll(cx).is_ready() || state.abandoned.load(Ordering::Acquire)
+                {
+                    return Poll::Ready(());
+                }
+                Poll::Pending
+            })
+            .await;
         });
+    }
+
+    /// Drops every task still running (their futures are cancelled); returns how many.
+    pub(crate) fn abandon(&self) -> usize {
+        let n = self.0.count.load(Ordering::Acquire);
+        self.0.abandoned.store(true, Ordering::Release);
+        self.0.abandon.notify_waiters();
+        n
     }
 
     /// Waits until every task spawned so far has finished.

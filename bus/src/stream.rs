@@ -29,7 +29,7 @@
 
 use std::time::Duration;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// What a stream does with a new message once it is at one of its limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

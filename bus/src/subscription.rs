@@ -8,11 +8,13 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 
-use bus_subject::{parse_template, Segment};
-
-use crate::broker::{RawMessage, RawSubscription, SubscriptionStats};
+use crate::codec;
 use crate::durable::{AckKind, Acker, Delivery, DurableSubscription};
-use crate::{codec, Envelope, Error, Message, Result};
+use crate::envelope::{Delivered, Envelope};
+use crate::error::{Error, Result};
+use crate::incoming::check_subject_fields;
+use crate::message::Message;
+use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 
 /// A typed subscription: a [`Stream`] of `Result<Envelope<T>, Error>`.
 ///
@@ -192,11 +194,10 @@ impl<T: Message> Stream for Subscription<T> {
                         return Poll::Ready(Some(Err(e)));
                     }
                 }
-                let env = Envelope::new(body, msg.subject, msg.reply, msg.headers);
-                Ok(match acker {
-                    None => env,
-                    Some(acker) => env.with_acker(acker),
-                })
+                let delivered = acker
+                    .as_ref()
+                    .map_or(Delivered::Plain, |a| Delivered::Durable(a.delivered()));
+                Ok(Envelope::of_message(body, msg, delivered, acker))
             }
             Err(source) => {
                 metrics.decode_error();
@@ -285,86 +286,5 @@ impl Source {
                 .poll_next(cx)
                 .map(|d| d.map(|Delivery { message, acker, .. }| (message, Some(acker)))),
         }
-    }
-}
-
-/// The subject/body check: `Ok` when the placeholder fields of `body` rebuild `subject`.
-///
-/// Otherwise an [`Error::SubjectMismatch`] naming the first placeholder that disagrees, or, for a
-/// subject that does not even fit `M`'s template (possible only through a raw subscription wrapped
-/// by hand), an [`Error::InvalidSubject`].
-pub(crate) fn check_subject_fields<M: Message>(body: &M, subject: &str) -> Result<()> {
-    let rebuilt = body.subject();
-    if matches!(&rebuilt, Ok(s) if s == subject) {
-        return Ok(());
-    }
-    Err(mismatch::<M>(rebuilt, subject))
-}
-
-/// Why `subject` and the body's subject (`rebuilt`) differ.
-#[cold]
-fn mismatch<M: Message>(rebuilt: Result<String>, subject: &str) -> Error {
-    let segments = match parse_template(M::SUBJECT) {
-        Ok(t) => t.segments,
-        // The derive accepted the template, so this does not happen; say so rather than panic.
-        Err(_) => Vec::new(),
-    };
-    let received: Vec<&str> = subject.split('.').collect();
-    let fits = received.len() == segments.len()
-        && segments
-            .iter()
-            .zip(&received)
-            .all(|(seg, tok)| !matches!(seg, Segment::Literal(l) if l != tok));
-    if !fits {
-        return Error::InvalidSubject {
-            subject: subject.to_string(),
-            reason: format!(
-                "it does not fit the subject template of `{}`, `{}`",
-                M::TYPE_NAME,
-                M::SUBJECT
-            ),
-        };
-    }
-    let mut placeholders = segments
-        .iter()
-        .zip(&received)
-        .filter_map(|(seg, tok)| match seg {
-            Segment::Placeholder(name) => Some((*name, *tok)),
-            Segment::Literal(_) => None,
-        });
-    let (field, subject_value, body_value) = match &rebuilt {
-        Ok(rebuilt) => {
-            let body_tokens =
-                rebuilt
-                    .split('.')
-                    .zip(&segments)
-                    .filter_map(|(tok, seg)| match seg {
-                        Segment::Placeholder(_) => Some(tok),
-                        Segment::Literal(_) => None,
-                    });
-            // The first placeholder whose tokens differ. The rebuilt subject has the
-            // template's literals, so its placeholder tokens line up with the received ones.
-            match placeholders
-                .zip(body_tokens)
-                .find(|((_, received), rebuilt)| received != rebuilt)
-            {
-                Some(((field, received), rebuilt)) => (field, received, rebuilt.to_string()),
-                None => ("", subject, rebuilt.clone()),
-            }
-        }
-        // A body field that is not one token cannot match any subject.
-        Err(Error::InvalidSubjectToken { field, value, .. }) => {
-            let received = placeholders
-                .find(|(name, _)| name == field)
-                .map_or("", |(_, tok)| tok);
-            (*field, received, value.clone())
-        }
-        Err(other) => ("", subject, other.to_string()),
-    };
-    Error::SubjectMismatch {
-        subject: subject.to_string(),
-        field,
-        subject_value: subject_value.to_string(),
-        body_value,
     }
 }

@@ -139,7 +139,7 @@ pub async fn plugin_agent_plugin(
         .unwrap();
     // Every span of the chain is closed once its task is done.
     handler.stop().await;
-    responder.shutdown().await;
+    responder.stop().await;
     Chain {
         root: root_cx,
         request_header: request_header.expect("the request carried no traceparent"),

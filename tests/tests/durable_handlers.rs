@@ -412,7 +412,10 @@ async fn durable_handler_envelope_carries_its_delivery() {
         )
         .await
         .unwrap();
-        until("the second delivery handled", || handler.stats().handled() == 1).await;
+        until("the second delivery handled", || {
+            handler.stats().handled() == 1
+        })
+        .await;
         let seen = seen.lock().unwrap().clone();
         let id = Some("state-1".to_owned());
         assert_eq!(

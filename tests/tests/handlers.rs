@@ -423,3 +423,54 @@ async fn handler_dead_letters_live_in_the_outbox_file() {
         "the outbox's msg id is kept"
     );
 }
+
+/// `stop_timeout` bounds a stop: a handler that never returns is abandoned after the timeout,
+/// the error says how many messages were in flight, and the handler no longer runs; an
+/// ordinary handler stops within the timeout with `Ok`. On both backends.
+#[tokio::test]
+async fn stop_timeout_bounds_a_handler_that_never_returns() {
+    let (buses, _server) = buses().await;
+    for bus in &buses {
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = started.clone();
+        let stuck = bus
+            .handle_with::<Outbound, _, _, _>(
+                Outbound::filter().channel("stuck"),
+                HandlerOptions::named("stuck").concurrency(4),
+                move |_| {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        std::future::pending::<()>().await;
+                        Ok::<_, String>(())
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        for i in 0..3 {
+            outbound("stuck", &format!("m{i}"), "x")
+                .publish(bus)
+                .await
+                .unwrap();
+        }
+        until("three attempts started", || {
+            started.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        let t0 = Instant::now();
+        let outcome = stuck.stop_timeout(Duration::from_millis(200)).await;
+        let took = t0.elapsed();
+        match outcome {
+            Err(bus::Error::StopTimeout { abandoned, .. }) => assert_eq!(abandoned, 3),
+            other => panic!("expected StopTimeout, got {other:?}"),
+        }
+        assert!(took < Duration::from_secs(5), "bounded stop took {took:?}");
+
+        let quick = Outbound::handle(bus, Outbound::filter().channel("quick"), |_| async {
+            Ok::<_, String>(())
+        })
+        .await
+        .unwrap();
+        quick.stop_timeout(Duration::from_secs(5)).await.unwrap();
+    }
+}

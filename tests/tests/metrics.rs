@@ -269,7 +269,7 @@ async fn local_bus_counts_publishes_deliveries_handlers_and_requests() {
         .request(&bus)
         .await;
     }
-    server.shutdown().await;
+    server.stop().await;
     let ask = [
         ("type", "LocalAsk"),
         ("subject", "agent.route.mlask.<agent>"),
@@ -383,7 +383,7 @@ async fn nats_bus_counts_the_outbox_and_requests() {
     );
     assert_eq!(ok.len(), 3, "{ok:?}");
     assert_eq!(counter("bus_delivered_total", &ask), 3);
-    served.shutdown().await;
+    served.stop().await;
 
     // With the server gone, what is published waits in the outbox, and the gauges say so.
     server.kill();

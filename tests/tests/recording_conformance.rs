@@ -97,7 +97,7 @@ async fn bus_runs_on_a_custom_broker() {
     .unwrap();
     assert!(reply.accepted);
     bus.flush().await.unwrap();
-    served.stop();
+    served.stop().await;
 
     let seen: Vec<String> = broker
         .published()

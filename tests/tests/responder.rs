@@ -34,10 +34,13 @@ async fn nats(server: &NatsServer, check: bool) -> Bus {
         .await
         .unwrap();
     let mut state = bus.watch_state();
-    tokio::time::timeout(TIMEOUT, state.wait_for(|s| *s == ConnectionState::Connected))
-        .await
-        .expect("connected in time")
-        .unwrap();
+    tokio::time::timeout(
+        TIMEOUT,
+        state.wait_for(|s| *s == ConnectionState::Connected),
+    )
+    .await
+    .expect("connected in time")
+    .unwrap();
     bus
 }
 
@@ -98,8 +101,8 @@ async fn both_serve_paths(bus: &Bus, label: &str) {
         .unwrap();
     failures_answered_at_once(bus, "typed", &format!("{label}, T::serve")).await;
     failures_answered_at_once(bus, "facade", &format!("{label}, Bus::serve")).await;
-    typed.shutdown().await;
-    facade.shutdown().await;
+    typed.stop().await;
+    facade.stop().await;
 }
 
 #[tokio::test]

@@ -16,12 +16,11 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::broker::{RawMessage, SubscriptionStats};
-use crate::durable::{AckHandle, AckKind, Acker, Delivery, DurableSpec, DurableSubscription};
-use crate::{Error, Result};
-
-/// Messages one local durable keeps (waiting or unsettled) before it drops new ones.
-pub const LOCAL_DURABLE_CAPACITY: usize = 100_000;
+use crate::durable::{
+    AckHandle, AckKind, Acker, Delivery, DurableSpec, DurableSubscription, LOCAL_DURABLE_CAPACITY,
+};
+use crate::error::{Error, Result};
+use crate::raw::{RawMessage, SubscriptionStats};
 
 /// One durable consumer of the local broker.
 #[derive(Debug)]

@@ -23,14 +23,14 @@ use futures::{FutureExt, Stream};
 use tokio::sync::{oneshot, watch};
 
 use self::durable::Durable;
-pub use self::durable::LOCAL_DURABLE_CAPACITY;
 use self::queue::PushError;
 use self::trie::{Entry, MatchResult, Trie};
-use crate::broker::{
-    check_size, check_subject, check_subscription, Broker, ConnectionState, RawMessage,
-    RawSubscription, SubscriptionStats,
+use crate::broker::Broker;
+use crate::connection::ConnectionState;
+use crate::error::{Error, Result};
+use crate::raw::{
+    check_size, check_subject, check_subscription, RawMessage, RawSubscription, SubscriptionStats,
 };
-use crate::{Error, Result};
 
 /// Distinct subjects whose match results are cached. When full, one entry makes room for each
 /// new one; every subscribe and unsubscribe empties it.
@@ -619,7 +619,7 @@ impl Broker for LocalBroker {
     }
 
     /// A durable consumer kept in memory (see [`durable`](crate::durable)): it takes every
-    /// message on its pattern from its first `consume` on, up to [`LOCAL_DURABLE_CAPACITY`] kept
+    /// message on its pattern from its first `consume` on, up to [`LOCAL_DURABLE_CAPACITY`](crate::durable::LOCAL_DURABLE_CAPACITY) kept
     /// (beyond, dropped and counted in each puller's stats), whether a puller is attached or
     /// not. It lives as long as the broker.
     fn consume(

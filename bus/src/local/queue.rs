@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use crate::broker::RawMessage;
+use crate::raw::RawMessage;
 
 /// What a push refused, with the message handed back.
 #[derive(Debug)]

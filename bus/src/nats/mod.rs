@@ -30,11 +30,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use self::options::{NatsAuth, NatsOptions};
 
 use self::events::{Registered, Shared};
-use crate::broker::{
-    check_size, check_subject, check_subscription, Broker, ConnectionState, RawMessage,
-    RawSubscription, Rejection, SubscriptionStats,
+use crate::broker::Broker;
+use crate::connection::ConnectionState;
+use crate::error::{Error, Rejection, Result};
+use crate::raw::{
+    check_size, check_subject, check_subscription, RawMessage, RawSubscription, SubscriptionStats,
 };
-use crate::{Error, Result};
 
 /// The NATS backend: one async-nats connection, reconnecting forever.
 ///

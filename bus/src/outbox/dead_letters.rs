@@ -6,7 +6,7 @@ use super::store::sql_err;
 use super::writer::Writer;
 use super::DeadLetter;
 use crate::broker::Broker;
-use crate::handler::MemoryDeadLetters;
+use crate::dead_letter::MemoryDeadLetters;
 use crate::{Error, Result};
 
 /// The dead letters of a bus: list, count, replay and purge. Messages the outbox failed to send

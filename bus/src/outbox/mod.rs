@@ -226,7 +226,7 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// A handler's dead letter kept in memory (a bus without an outbox).
-    pub(crate) fn from_handler(id: i64, f: crate::handler::Failed) -> DeadLetter {
+    pub(crate) fn from_handler(id: i64, f: crate::dead_letter::Failed) -> DeadLetter {
         DeadLetter {
             id,
             origin: f.origin,
@@ -430,9 +430,9 @@ impl Outbox {
 
     /// Where handlers put what they give up on when the bus has an outbox: its dead-letter
     /// table, beside the outbox's own, so one list, one replay and the CLI see both.
-    pub(crate) fn handler_sink(&self) -> crate::handler::DeadLetterSink {
+    pub(crate) fn handler_sink(&self) -> crate::dead_letter::DeadLetterSink {
         let writer = self.writer.clone();
-        std::sync::Arc::new(move |failed: crate::handler::Failed| {
+        std::sync::Arc::new(move |failed: crate::dead_letter::Failed| {
             let at = failed
                 .failed_at
                 .duration_since(std::time::UNIX_EPOCH)
