@@ -152,6 +152,7 @@ impl Bus {
 
     /// Whether requests and subscriptions check that a body's placeholder fields agree with
     /// its subject ([`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields)).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn checks_subject_fields(&self) -> bool {
         self.inner.check_subject_fields
     }
@@ -665,7 +666,11 @@ impl Bus {
         if let Some(outbox) = &self.inner.outbox {
             match outbox.stats().await {
                 Ok(s) => {
-                    crate::metrics::outbox_gauges(&outbox.path().display().to_string(), &s);
+                    crate::metrics::outbox_gauges(
+                        &outbox.path().display().to_string(),
+                        s.depth,
+                        s.oldest_age,
+                    );
                     depth = s.depth;
                     oldest = s.oldest_age.map(|a| a.as_millis() as u64);
                     dead = s.dead_letters;

@@ -45,11 +45,11 @@ pub const OUTBOX_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from
 const OUTCOMES: [&str; 4] = ["ok", "timeout", "remote_error", "error"];
 
 /// The `outcome` of a finished request, as its index in [`OUTCOMES`].
-pub(crate) fn request_outcome<T>(result: &crate::Result<T>) -> usize {
+pub(crate) fn request_outcome<T>(result: &crate::error::Result<T>) -> usize {
     match result {
         Ok(_) => 0,
-        Err(crate::Error::Timeout { .. }) => 1,
-        Err(crate::Error::Remote { .. }) => 2,
+        Err(crate::error::Error::Timeout { .. }) => 1,
+        Err(crate::error::Error::Remote { .. }) => 2,
         Err(_) => 3,
     }
 }
@@ -62,7 +62,7 @@ mod imp {
 
     use ::metrics::{counter, gauge, histogram, Counter, Histogram, Unit};
 
-    use crate::Message;
+    use crate::message::Message;
 
     /// Message types whose handles a bus keeps; a bus publishing more types than this resolves
     /// the handles of the others on each publish (correct, only slower).
@@ -316,11 +316,11 @@ mod imp {
 
     /// Sets the outbox gauges of the file `outbox`.
     #[cfg(feature = "outbox")]
-    pub(crate) fn outbox_gauges(outbox: &str, stats: &crate::OutboxStats) {
+    pub(crate) fn outbox_gauges(outbox: &str, depth: u64, oldest_age: Option<Duration>) {
         let labels = [("outbox", outbox.to_owned())];
-        gauge!("bus_outbox_depth", &labels).set(stats.depth as f64);
+        gauge!("bus_outbox_depth", &labels).set(depth as f64);
         gauge!("bus_outbox_oldest_age_seconds", &labels)
-            .set(stats.oldest_age.map_or(0.0, |a| a.as_secs_f64()));
+            .set(oldest_age.map_or(0.0, |a| a.as_secs_f64()));
     }
 }
 
@@ -329,7 +329,7 @@ mod imp {
 mod noop {
     use std::time::Duration;
 
-    use crate::Message;
+    use crate::message::Message;
 
     #[derive(Debug)]
     pub(crate) struct BusMetrics;
@@ -389,5 +389,5 @@ mod noop {
     pub(crate) fn outbox_dead_lettered() {}
 
     #[cfg(feature = "outbox")]
-    pub(crate) fn outbox_gauges(_outbox: &str, _stats: &crate::OutboxStats) {}
+    pub(crate) fn outbox_gauges(_outbox: &str, _depth: u64, _oldest_age: Option<Duration>) {}
 }

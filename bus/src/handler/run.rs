@@ -1,330 +1,35 @@
-//! `Handler`: runs a function for every message of a subscription, with retries, bounded
-//! concurrency, dead letters and a clean stop (DESIGN.md section 7).
-//!
-//! Each message is attempted at most `concurrency` at once: first inline on the handler's loop,
-//! then, if it has to wait, on a task of its own (so a quick handler costs no task and no
-//! allocation per message). An `Err` or a panic
-//! is a failed attempt: the message waits its [`RetryPolicy`] backoff *without* holding a slot, so
-//! a failing message never blocks the ones behind it, and after `max_attempts` it is
-//! dead-lettered with its subject, headers, payload, attempts, last error and the handler's name.
-//! A payload that does not decode is dead-lettered at once: retrying cannot fix it. In ordered
-//! mode one message is finished (retries included) before the next starts.
+//! The loop of a running handler and the attempts of each message: first inline on the loop,
+//! then on a task of its own, retried with backoff, dead-lettered at the end; durable deliveries
+//! acked, naked or terminated.
 
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::future::{CatchUnwind, Fuse};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
+use super::slots::{Slot, Slots};
+use super::{HandlerOptions, HandlerStats};
 use crate::dead_letter::{DeadLetterSink, Failed};
-use crate::durable::{Acker, Delivery, DurableSubscription};
+use crate::durable::{Acker, Delivery};
 use crate::envelope::{Delivered, Envelope};
 use crate::incoming::Incoming;
-use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
+use crate::raw::{RawMessage, SubscriptionStats};
 use crate::retry::RetryPolicy;
-use crate::stop::{InFlight, Running, StopSignal};
-
-/// How a [`Handler`] runs: its name, concurrency, order and retry policy.
-///
-/// ```
-/// use bus::{HandlerOptions, RetryPolicy};
-/// let options = HandlerOptions::named("slack-sender")
-///     .concurrency(8)
-///     .retry(RetryPolicy::default().max_attempts(5));
-/// assert_eq!(options.name(), Some("slack-sender"));
-/// ```
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct HandlerOptions {
-    name: Option<String>,
-    concurrency: usize,
-    ordered: bool,
-    retry: RetryPolicy,
-    durable: Option<String>,
-    ack_wait: Duration,
-}
+use crate::stop::{InFlight, StopSignal};
 
 /// How long a handler's loop works through messages that are already there before it yields to
 /// the other tasks of its worker thread.
 const TIME_SLICE: Duration = Duration::from_millis(2);
 
-/// Messages handled at once by default: enough to overlap I/O-bound handlers, few enough that
-/// a burst does not start thousands of tasks.
-pub const DEFAULT_CONCURRENCY: usize = 64;
-
-impl Default for HandlerOptions {
-    fn default() -> Self {
-        HandlerOptions {
-            name: None,
-            concurrency: DEFAULT_CONCURRENCY,
-            ordered: false,
-            retry: RetryPolicy::default(),
-            durable: None,
-            ack_wait: crate::durable::DEFAULT_ACK_WAIT,
-        }
-    }
-}
-
-impl HandlerOptions {
-    /// Options with this handler name (what dead letters say they died in; default: the type).
-    pub fn named(name: impl Into<String>) -> Self {
-        HandlerOptions {
-            name: Some(name.into()),
-            ..HandlerOptions::default()
-        }
-    }
-
-    /// The handler's name, if one was set.
-    pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
-    /// At most this many messages in the handler at once (default [`DEFAULT_CONCURRENCY`];
-    /// 0 counts as 1).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
-        self
-    }
-
-    /// Ordered processing: one message at a time, each finished (retries included) before the
-    /// next starts. Implies a concurrency of 1.
-    pub fn ordered(mut self, ordered: bool) -> Self {
-        self.ordered = ordered;
-        self
-    }
-
-    /// How failed attempts are retried (default: 3 attempts, 100 ms then 400 ms).
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Durable mode: the handler takes its messages from the durable consumer `name` (see
-    /// [`durable`](crate::durable)), so messages published while it was down are handled when
-    /// it comes back, and with a queue group several instances share one consumer.
-    ///
-    /// A message is acknowledged after `Ok`; after `Err` (or a panic) it is refused with the
-    /// retry policy's backoff and the broker delivers it again; the delivery count is the
-    /// attempt count, so after `max_attempts` deliveries it is terminated and dead-lettered
-    /// (`max_deliver` is `max_attempts`). A payload that does not decode is terminated and
-    /// dead-lettered at once. In [ordered](HandlerOptions::ordered) mode the retries are made
-    /// in place (telling the broker the message is in progress), so nothing overtakes it.
-    ///
-    /// ```
-    /// use bus::HandlerOptions;
-    /// let options = HandlerOptions::named("slack-sender").durable("slack-sender");
-    /// assert_eq!(options.durable_name(), Some("slack-sender"));
-    /// ```
-    pub fn durable(mut self, name: impl Into<String>) -> Self {
-        self.durable = Some(name.into());
-        self
-    }
-
-    /// The durable consumer's name, in durable mode.
-    pub fn durable_name(&self) -> Option<&str> {
-        self.durable.as_deref()
-    }
-
-    /// Durable mode: how long a delivery may stay unacknowledged before the broker delivers it
-    /// again, e.g. after the process died (default 30 s). Keep it above the handler's longest
-    /// run; a handler still working sends "in progress" only in ordered mode.
-    pub fn ack_wait(mut self, wait: Duration) -> Self {
-        self.ack_wait = wait.max(Duration::from_millis(1));
-        self
-    }
-
-    /// The durable consumer this handler runs on: `durable` on `pattern`, max_deliver the
-    /// retry policy's attempts (unlimited in ordered mode, which retries in place), a prefetch
-    /// that keeps every slot busy without holding many messages while their ack wait runs.
-    pub(crate) fn durable_spec(
-        &self,
-        durable: &str,
-        pattern: String,
-        queue: Option<&str>,
-    ) -> crate::durable::DurableSpec {
-        let mut spec = crate::durable::DurableSpec::new(durable, pattern)
-            .ack_wait(self.ack_wait)
-            .prefetch((self.effective_concurrency() * 4).clamp(8, 512));
-        if !self.ordered {
-            spec = spec.max_deliver(self.retry.max_attempts.max(1));
-        }
-        if let Some(q) = queue {
-            spec = spec.queue(q);
-        }
-        spec
-    }
-
-    fn effective_concurrency(&self) -> usize {
-        if self.ordered {
-            1
-        } else {
-            self.concurrency
-        }
-    }
-}
-
-/// What a handler counted so far.
-#[derive(Debug, Default)]
-pub struct HandlerStats {
-    handled: AtomicU64,
-    failed_attempts: AtomicU64,
-    dead_lettered: AtomicU64,
-}
-
-impl HandlerStats {
-    /// Messages the handler finished with `Ok`.
-    pub fn handled(&self) -> u64 {
-        self.handled.load(Ordering::Relaxed)
-    }
-    /// Attempts that returned `Err` or panicked.
-    pub fn failed_attempts(&self) -> u64 {
-        self.failed_attempts.load(Ordering::Relaxed)
-    }
-    /// Messages given up on and dead-lettered.
-    pub fn dead_lettered(&self) -> u64 {
-        self.dead_lettered.load(Ordering::Relaxed)
-    }
-}
-
-/// A running handler (from `T::handle` / [`Bus::handle`](crate::Bus::handle)).
-///
-/// Dropping it leaves it running until the bus closes; [`stop`](Handler::stop) ends it cleanly.
-pub struct Handler {
-    name: String,
-    stats: Arc<HandlerStats>,
-    running: Running,
-}
-
-impl fmt::Debug for Handler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handler")
-            .field("name", &self.name)
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Handler {
-    /// The handler's name (the type's name unless [`HandlerOptions::named`] set one).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// What it counted so far.
-    pub fn stats(&self) -> &Arc<HandlerStats> {
-        &self.stats
-    }
-
-    /// Stops taking messages (unsubscribes) and waits for the ones in flight to finish, their
-    /// pending retries included. Messages not yet taken stay with the broker (core NATS: gone
-    /// for this subscriber; a durable consumer: kept for it, and what this handler had fetched
-    /// but not started is handed back at once, to another instance or the next start).
-    pub async fn stop(self) {
-        self.running.stop().await;
-    }
-
-    /// [`stop`](Handler::stop), waiting at most `timeout` for the messages in flight; past it
-    /// they are abandoned (their futures dropped; a durable delivery left unacknowledged is
-    /// delivered again after its ack wait) and [`Error::StopTimeout`](crate::Error::StopTimeout)
-    /// says how many. For a handler that may never return.
-    pub async fn stop_timeout(self, timeout: Duration) -> crate::error::Result<()> {
-        let what = format!("handler {:?}", self.name);
-        self.running.stop_timeout(&what, timeout).await
-    }
-
-    /// Whether it is still running.
-    pub fn is_running(&self) -> bool {
-        self.running.is_running()
-    }
-}
-
-/// What a handler takes its messages from.
-pub(crate) enum Source {
-    /// A plain subscription: retries in memory.
-    Plain(RawSubscription),
-    /// A durable consumer: acked, naked for redelivery, terminated.
-    Durable(DurableSubscription),
-}
-
-/// Starts a handler on `source`.
-pub(crate) fn spawn<M, F, Fut, E>(
-    source: Source,
-    options: HandlerOptions,
-    sink: DeadLetterSink,
-    (running, closing): (tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>),
-    handler: F,
-) -> Handler
-where
-    M: Incoming,
-    F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), E>> + Send + 'static,
-    E: fmt::Display + Send + 'static,
-{
-    let name = options
-        .name
-        .clone()
-        .unwrap_or_else(|| M::TYPE_NAME.to_owned());
-    let stats = Arc::new(HandlerStats::default());
-    let origin = format!("handler:{name}");
-    let concurrency = options.effective_concurrency();
-    let run = Run {
-        handler,
-        retry: options.retry,
-        metrics: crate::metrics::HandlerMetrics::of::<M>(&name, &origin),
-        origin: Arc::from(origin),
-        stats: Arc::clone(&stats),
-        sink,
-        progress_every: (options.ack_wait / 2).min(Duration::from_secs(1)),
-        slots: Slots::new(concurrency),
-        _type: std::marker::PhantomData,
-    };
-    let ordered = options.ordered;
-    let running = Running::spawn(move |stopped, in_flight| async move {
-        let _running = running;
-        let stop = StopSignal::watch(stopped, closing);
-        match source {
-            Source::Plain(raw) => {
-                let start = Run::plain_starter();
-                run.serve(
-                    raw.messages,
-                    raw.stats,
-                    raw.pattern,
-                    ordered,
-                    (stop, in_flight),
-                    start,
-                )
-                .await
-            }
-            Source::Durable(raw) => {
-                let start = Run::durable_starter(ordered);
-                run.serve(
-                    raw.deliveries,
-                    raw.stats,
-                    raw.pattern,
-                    ordered,
-                    (stop, in_flight),
-                    start,
-                )
-                .await
-            }
-        }
-    });
-    Handler {
-        name,
-        stats,
-        running,
-    }
-}
-
 /// What every attempt of one handler shares.
-struct Run<M, F> {
+pub(super) struct Run<M, F> {
     handler: F,
     retry: RetryPolicy,
     origin: Arc<str>,
@@ -338,6 +43,30 @@ struct Run<M, F> {
     _type: std::marker::PhantomData<fn() -> M>,
 }
 
+impl<M: Incoming, F> Run<M, F> {
+    /// What the attempts of handler `name` share.
+    pub(super) fn new(
+        handler: F,
+        options: &HandlerOptions,
+        name: &str,
+        stats: Arc<HandlerStats>,
+        sink: DeadLetterSink,
+    ) -> Self {
+        let origin = format!("handler:{name}");
+        Run {
+            handler,
+            retry: options.retry.clone(),
+            metrics: crate::metrics::HandlerMetrics::of::<M>(name, &origin),
+            origin: Arc::from(origin),
+            stats,
+            sink,
+            progress_every: (options.ack_wait / 2).min(Duration::from_secs(1)),
+            slots: Slots::new(options.effective_concurrency()),
+            _type: std::marker::PhantomData,
+        }
+    }
+}
+
 impl<M, F, Fut, E> Run<M, F>
 where
     M: Incoming,
@@ -345,7 +74,7 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + Send + 'static,
 {
-    async fn serve<T, P>(
+    pub(super) async fn serve<T, P>(
         self,
         mut messages: futures::stream::BoxStream<'static, T>,
         sub_stats: Arc<SubscriptionStats>,
@@ -411,7 +140,7 @@ where
     /// How the loop starts on a message of a plain subscription (see [`start`](Self::start)):
     /// with the box the handler's future runs in and the buffer its subject is kept in, both
     /// reused while messages finish inline.
-    fn plain_starter() -> impl FnMut(&Arc<Self>, RawMessage, bool) -> Option<Rest> {
+    pub(super) fn plain_starter() -> impl FnMut(&Arc<Self>, RawMessage, bool) -> Option<Rest> {
         let mut running: Attempting<Fut> = Box::pin(Fuse::terminated());
         let mut subject = String::new();
         move |run, msg, slot| run.start(msg, slot, &mut running, &mut subject)
@@ -586,7 +315,9 @@ where
 
     /// How the loop starts on a durable delivery: [`deliver_durable`](Self::deliver_durable)
     /// built in a box reused while deliveries finish inline, and polled once.
-    fn durable_starter(ordered: bool) -> impl FnMut(&Arc<Self>, Delivery, bool) -> Option<Rest> {
+    pub(super) fn durable_starter(
+        ordered: bool,
+    ) -> impl FnMut(&Arc<Self>, Delivery, bool) -> Option<Rest> {
         let mut next = Box::pin(Fuse::terminated());
         move |run, delivery, slot| {
             next.set(Run::deliver_durable(Arc::clone(run), delivery, slot, ordered).fuse());
@@ -669,88 +400,6 @@ where
             origin: self.origin.to_string(),
             failed_at: SystemTime::now(),
         });
-    }
-}
-
-/// The concurrency bound of a handler: free slots, and the loop or a retry waiting for one.
-///
-/// A counter rather than a [`Semaphore`](tokio::sync::Semaphore): taking and giving back a
-/// slot is one atomic operation each (a semaphore locks its waiter list on every release),
-/// which matters when a quick handler takes and gives one per message.
-struct Slots {
-    free: AtomicUsize,
-    /// Takers waiting in [`take`](Slots::take): a slot given back wakes one only if there are
-    /// any (most of the time there are none, and a quick handler gives one back per message).
-    waiting: AtomicUsize,
-    given_back: Notify,
-}
-
-impl Slots {
-    fn new(n: usize) -> Self {
-        Slots {
-            free: AtomicUsize::new(n),
-            waiting: AtomicUsize::new(0),
-            given_back: Notify::new(),
-        }
-    }
-
-    // `SeqCst` on `free` and `waiting`: a taker counts itself waiting and then looks at `free`,
-    // a giver adds to `free` and then looks at `waiting`, so one of them sees the other.
-    fn try_take(&self) -> bool {
-        self.free
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    }
-
-    /// Waits for a slot and takes it.
-    async fn take(&self) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        // Counted out also when this future is dropped (a stop while waiting).
-        let _waiting = Waiting(&self.waiting);
-        loop {
-            let given_back = self.given_back.notified();
-            let mut given_back = std::pin::pin!(given_back);
-            given_back.as_mut().enable();
-            if self.try_take() {
-                return;
-            }
-            given_back.await;
-        }
-    }
-
-    /// Gives a slot back if one was taken.
-    #[inline]
-    fn give_back_if(&self, taken: bool) {
-        if taken {
-            self.give_back();
-        }
-    }
-
-    fn give_back(&self) {
-        self.free.fetch_add(1, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            // A wake-up stored if the waiter is between counting itself and waiting; it
-            // re-checks `free` either way.
-            self.given_back.notify_one();
-        }
-    }
-}
-
-/// A taker counted in [`Slots::waiting`] until dropped.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A slot a message holds while it is attempted; given back when dropped.
-struct Slot<'a>(&'a Slots);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.give_back();
     }
 }
 
