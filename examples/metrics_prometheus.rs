@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::local().await?;
 
     let sender = bus
-        .handle_with::<Outbound, _, _, _>(
+        .handle_with(
             Outbound::filter().channel("slack"),
             HandlerOptions::named("slack-sender").retry(
                 RetryPolicy::default()

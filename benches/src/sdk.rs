@@ -213,7 +213,7 @@ impl BusRequester {
 impl Drop for BusRequester {
     fn drop(&mut self) {
         if let Some(s) = self.serve.take() {
-            s.stop();
+            tokio::spawn(s.stop());
         }
     }
 }
@@ -356,7 +356,7 @@ pub async fn local_handle(n: usize) -> BenchResult<f64> {
     let state = Arc::new((std::sync::atomic::AtomicUsize::new(0), Notify::new()));
     let shared = Arc::clone(&state);
     let handler = bus
-        .handle::<Outbound, _, _, _>(Outbound::filter().channel(CHANNEL), move |env| {
+        .handle(Outbound::filter().channel(CHANNEL), move |env| {
             let state = Arc::clone(&shared);
             async move { count_handler(env, &state.0, n, &state.1).await }
         })

@@ -63,7 +63,7 @@ async fn main() -> Result<(), bus::Error> {
     // The first try of a poison message fails; its replay goes through.
     let tried = Arc::new(Mutex::new(HashSet::new()));
     let _mailer = bus
-        .handle_with::<Outbound, _, _, _>(
+        .handle_with(
             Outbound::filter().channel("email"),
             HandlerOptions::named("mailer").retry(RetryPolicy::default().max_attempts(1)),
             move |msg| {

@@ -238,7 +238,7 @@ async fn unowned_file_with_dead_letters(dir: &std::path::Path, n: usize) -> Stri
         .await
         .unwrap();
     let _failing = bus
-        .handle_with::<Outbound, _, _, _>(
+        .handle_with(
             Outbound::filter(),
             bus::HandlerOptions::named("mailer").retry(bus::RetryPolicy::default().max_attempts(1)),
             |_m| async { Err::<(), _>("down") },

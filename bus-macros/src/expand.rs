@@ -54,7 +54,12 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
         }
     };
 
-    let filter_impls = filter_impls(&filter, &docs, plan);
+    let message = if plan.generic {
+        quote! { () }
+    } else {
+        quote! { #ty }
+    };
+    let filter_impls = filter_impls(&filter, &docs, plan, &message);
     let filter_fn_doc = docs.filter_fn();
     let filter_fn = quote! {
         #[doc = #filter_fn_doc]
@@ -88,7 +93,7 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
         methods: request_methods,
     } = match &attrs.reply {
         Some(reply) => request_items(ty, &filter, &docs, reply),
-        None => not_a_request_items(&filter, &docs),
+        None => not_a_request_items(&docs),
     };
     let publish_doc = docs.publish();
     let subscribe_doc = docs.subscribe();
@@ -225,7 +230,9 @@ fn subject_fn(plan: &Plan) -> TokenStream {
     }
 }
 
-fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
+/// `message`: the filter's `Message` type (the derived type; `()` where the derive cannot
+/// implement `Message`, so the filter still compiles and adds no error of its own).
+fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan, message: &TokenStream) -> TokenStream {
     let methods = plan.placeholders.iter().enumerate().filter_map(|(i, p)| {
         let method = p.method.as_ref()?;
         let name = &p.name;
@@ -293,6 +300,8 @@ fn filter_impls(filter: &Ident, docs: &Docs, plan: &Plan) -> TokenStream {
 
         #[automatically_derived]
         impl ::bus::__private::Filter for #filter {
+            type Message = #message;
+
             fn pattern(&self) -> ::bus::__private::Result<::bus::__private::String> {
                 self.parts.pattern(&[#(#pattern),*])
             }
@@ -392,7 +401,7 @@ fn request_items(ty: &Ident, filter: &Ident, docs: &Docs, reply: &syn::Type) -> 
 /// `Self: SameAs<__S>` makes `Self`: a bound on `Self` alone would be checked, and fail, where it
 /// is written. They return a boxed future, not an `async fn`'s: the bounds of an `async fn`'s
 /// future are checked again at the call and at `.await`, three errors for one mistake.
-fn not_a_request_items(filter: &Ident, docs: &Docs) -> RequestItems {
+fn not_a_request_items(docs: &Docs) -> RequestItems {
     let request_doc = docs.not_a_request("request");
     let serve_doc = docs.not_a_request("serve");
     let methods = quote! {
@@ -416,7 +425,7 @@ fn not_a_request_items(filter: &Ident, docs: &Docs) -> RequestItems {
         #[doc(hidden)]
         pub fn serve<'__a, __S, __R, __F, __Fut, __E>(
             bus: &'__a ::bus::__private::Bus,
-            filter: #filter,
+            filter: <__S as ::bus::__private::Message>::Filter,
             handler: __F,
         ) -> ::bus::__private::BoxFuture<
             '__a,
@@ -424,8 +433,7 @@ fn not_a_request_items(filter: &Ident, docs: &Docs) -> RequestItems {
         >
         where
             Self: ::bus::__private::SameAs<__S>,
-            __S: ::bus::__private::Request<Reply = __R>
-                + ::bus::__private::Message<Filter = #filter>,
+            __S: ::bus::__private::Request<Reply = __R>,
             __F: ::core::ops::Fn(::bus::__private::Envelope<__S>) -> __Fut
                 + ::core::marker::Send
                 + ::core::marker::Sync

@@ -203,11 +203,19 @@ impl BusBuilder {
     }
 
     /// How many failed send attempts (while connected) move an outbox message to the dead
-    /// letters, and the backoff between them (default: 3 attempts, 100 ms then 400 ms).
+    /// letters, and the backoff between them (default: 3 attempts, 100 ms then 400 ms). The
+    /// outbox's only: a handler's retries are its own ([`HandlerOptions::retry`](crate::HandlerOptions::retry)).
     #[cfg(feature = "outbox")]
-    pub fn retry(mut self, policy: crate::RetryPolicy) -> Self {
+    pub fn outbox_retry(mut self, policy: crate::RetryPolicy) -> Self {
         self.outbox_options.retry = policy;
         self
+    }
+
+    /// The former name of [`outbox_retry`](BusBuilder::outbox_retry), which says what it governs.
+    #[cfg(feature = "outbox")]
+    #[deprecated(note = "renamed `outbox_retry`: it governs the outbox's send attempts only")]
+    pub fn retry(self, policy: crate::RetryPolicy) -> Self {
+        self.outbox_retry(policy)
     }
 
     /// Which headers typed messages carry on the wire: [`WireHeaders::Minimal`] (the default:

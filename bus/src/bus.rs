@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::handler::{self, Handler, HandlerOptions, Source};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::health::{Health, Tracker};
-use crate::incoming::Incoming;
+use crate::incoming::{Incoming, Undecodable};
 use crate::local::LocalBroker;
 use crate::message::{Filter, Message, Request};
 use crate::msg_id;
@@ -357,7 +357,10 @@ impl Bus {
     }
 
     /// Subscribes to the messages of type `M` that `filter` selects.
-    pub async fn subscribe<M: Message>(&self, filter: M::Filter) -> Result<Subscription<M>> {
+    pub async fn subscribe<M: Message>(
+        &self,
+        filter: impl Filter<Message = M>,
+    ) -> Result<Subscription<M>> {
         let check = self.inner.check_subject_fields;
         let sub = match filter.durable_name() {
             Some(name) => {
@@ -442,12 +445,11 @@ impl Bus {
         }
         let outcome = match codec::decode::<M::Reply>(&reply.payload) {
             Ok(body) => Ok(Envelope::of_message(body, reply, Delivered::Plain, None)),
-            Err(source) => Err(Error::Decode {
-                msg_id: headers::msg_id(&reply.headers).map(str::to_string),
-                subject: reply.subject,
-                type_name: std::any::type_name::<M::Reply>(),
-                source,
-            }),
+            Err(source) => {
+                let msg_id = headers::msg_id(&reply.headers).map(str::to_string);
+                let type_name = std::any::type_name::<M::Reply>();
+                Err(Undecodable::Payload(type_name, source).into_error(reply.subject, msg_id))
+            }
         };
         self.request_done::<M, _>(started, outcome)
     }
@@ -478,7 +480,7 @@ impl Bus {
     ///
     /// let bus = Bus::local().await?;
     /// let handler = bus
-    ///     .handle::<Inbound, _, _, _>(Inbound::filter(), |msg| async move {
+    ///     .handle(Inbound::filter(), |msg| async move {
     ///         if msg.text.is_empty() {
     ///             return Err("empty message");
     ///         }
@@ -489,7 +491,11 @@ impl Bus {
     /// handler.stop().await; // finishes what is in flight
     /// # Ok(()) }
     /// ```
-    pub async fn handle<M, F, Fut, E>(&self, filter: M::Filter, handler: F) -> Result<Handler>
+    pub async fn handle<M, F, Fut, E>(
+        &self,
+        filter: impl Filter<Message = M>,
+        handler: F,
+    ) -> Result<Handler>
     where
         M: Message,
         F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
@@ -514,7 +520,7 @@ impl Bus {
     /// [`handle`](Bus::handle) with options: name, concurrency, ordered processing, retries.
     pub async fn handle_with<M, F, Fut, E>(
         &self,
-        filter: M::Filter,
+        filter: impl Filter<Message = M>,
         options: HandlerOptions,
         handler: F,
     ) -> Result<Handler>
@@ -562,7 +568,11 @@ impl Bus {
     ///
     /// A handler error is sent back as a `Bus-Error` header and surfaces at the requester as
     /// [`Error::Remote`].
-    pub async fn serve<M, F, Fut, E>(&self, filter: M::Filter, handler: F) -> Result<ServeHandle>
+    pub async fn serve<M, F, Fut, E>(
+        &self,
+        filter: impl Filter<Message = M>,
+        handler: F,
+    ) -> Result<ServeHandle>
     where
         M: Request,
         F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,

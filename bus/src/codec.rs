@@ -55,7 +55,10 @@ pub fn encode<T: Serialize>(value: &T, type_name: &'static str) -> Result<Bytes>
                 .map(|()| Bytes::from(buf))
         }
     });
-    encoded.map_err(|source| Error::Encode { type_name, source })
+    encoded.map_err(|source| Error::Encode {
+        type_name,
+        source: Box::new(source),
+    })
 }
 
 /// `bytes` split off the current block.

@@ -12,7 +12,9 @@ use crate::raw::RawMessage;
 
 /// A typed message as received, with its subject and headers.
 ///
-/// Derefs to the body, so `env.text` reads a field directly.
+/// Derefs to the body, so `env.text` reads a field directly, whatever its name: a body field
+/// called `subject`, `headers` or `reply` is `env.subject`, while the envelope's own facts are
+/// methods (`env.subject()`, `env.headers()`, `env.reply_to()`).
 ///
 /// From a durable consumer (a filter with `.durable(name)`), it also settles its delivery:
 /// [`ack`](Envelope::ack), [`nak`](Envelope::nak) or [`term`](Envelope::term), once. An
@@ -20,8 +22,13 @@ use crate::raw::RawMessage;
 /// unsettled past the ack wait, too. On a plain subscription there is nothing to settle and
 /// these methods do nothing.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Envelope<T> {
-    body: T,
+// A tuple struct: its fields have no names, so none can hide a body field of the same name
+// (`env.subject` is the body's `subject` field; `env.subject()` the subject it arrived on).
+pub struct Envelope<T>(T, Arrival);
+
+/// Where and how a message arrived: everything an envelope holds besides the body.
+#[derive(Debug, Clone, PartialEq)]
+struct Arrival {
     subject: String,
     reply: Option<String>,
     headers: Headers,
@@ -97,16 +104,18 @@ impl<T> Envelope<T> {
         delivered: Delivered,
         acker: Option<Acker>,
     ) -> Self {
-        Envelope {
+        Envelope(
             body,
-            subject,
-            reply,
-            headers,
-            settle: Settle {
-                delivered,
-                acker: acker.map(|a| Arc::new(Mutex::new(Some(a)))),
+            Arrival {
+                subject,
+                reply,
+                headers,
+                settle: Settle {
+                    delivered,
+                    acker: acker.map(|a| Arc::new(Mutex::new(Some(a)))),
+                },
             },
-        }
+        )
     }
 
     /// [`received`](Envelope::received) with the parts of `msg` (its payload already decoded
@@ -123,17 +132,17 @@ impl<T> Envelope<T> {
 
     /// The message.
     pub fn body(&self) -> &T {
-        &self.body
+        &self.0
     }
 
     /// The message, without the envelope.
     pub fn into_body(self) -> T {
-        self.body
+        self.0
     }
 
     /// The concrete subject it arrived on.
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.1.subject
     }
 
     /// Its id (`Nats-Msg-Id`, or `Bus-Msg-Id` from an older peer): unique per message, stable
@@ -146,40 +155,34 @@ impl<T> Envelope<T> {
     /// [`WireHeaders::Minimal`]: crate::WireHeaders::Minimal
     /// [`WireHeaders::NoId`]: crate::WireHeaders::NoId
     pub fn msg_id(&self) -> Option<&str> {
-        headers::msg_id(&self.headers)
+        headers::msg_id(&self.1.headers)
     }
 
     /// Its `Bus-Correlation-Id`, on requests and their replies.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.headers.get(headers::CORRELATION_ID)
+        self.1.headers.get(headers::CORRELATION_ID)
     }
 
     /// Every header.
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        &self.1.headers
     }
 
     /// The reply subject, on a request.
     pub fn reply_to(&self) -> Option<&str> {
-        self.reply.as_deref()
+        self.1.reply.as_deref()
     }
 
     /// Applies `f` to the body, keeping subject, headers and the delivery to settle.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
-        Envelope {
-            body: f(self.body),
-            subject: self.subject,
-            reply: self.reply,
-            headers: self.headers,
-            settle: self.settle,
-        }
+        Envelope(f(self.0), self.1)
     }
 
     /// How many times this message was delivered, this delivery included: 1 the first time,
     /// more after a durable consumer redelivered it (in a durable handler: the attempt); always
     /// 1 on a plain subscription.
     pub fn delivered(&self) -> u32 {
-        match self.settle.delivered {
+        match self.1.settle.delivered {
             Delivered::Plain => 1,
             Delivered::Durable(n) => n.max(1),
         }
@@ -188,7 +191,7 @@ impl<T> Envelope<T> {
     /// Whether it came from a durable consumer. From a durable subscription it has a delivery
     /// to settle; in a durable handler the handler settles it (ack after `Ok`).
     pub fn is_durable(&self) -> bool {
-        matches!(self.settle.delivered, Delivered::Durable(_))
+        matches!(self.1.settle.delivered, Delivered::Durable(_))
     }
 
     /// Done: a durable consumer never delivers it again. Does nothing on a plain subscription
@@ -214,7 +217,7 @@ impl<T> Envelope<T> {
     /// # Ok(()) }
     /// ```
     pub async fn ack(&self) -> Result<()> {
-        match self.settle.take() {
+        match self.1.settle.take() {
             Some(acker) => acker.ack().await,
             None => Ok(()),
         }
@@ -223,7 +226,7 @@ impl<T> Envelope<T> {
     /// Not done: a durable consumer delivers it again after `delay` (zero: at once), counting
     /// one more delivery. Does nothing on a plain subscription or once settled.
     pub async fn nak(&self, delay: Duration) -> Result<()> {
-        match self.settle.take() {
+        match self.1.settle.take() {
             Some(acker) => acker.nak(delay).await,
             None => Ok(()),
         }
@@ -232,7 +235,7 @@ impl<T> Envelope<T> {
     /// Never deliver it again, although it was not done (give up on it). Does nothing on a
     /// plain subscription or once settled.
     pub async fn term(&self) -> Result<()> {
-        match self.settle.take() {
+        match self.1.settle.take() {
             Some(acker) => acker.term().await,
             None => Ok(()),
         }
@@ -241,7 +244,7 @@ impl<T> Envelope<T> {
     /// Still working on it: the ack wait starts again. Does nothing on a plain subscription or
     /// once settled.
     pub async fn in_progress(&self) -> Result<()> {
-        let progress = self.settle.acker.as_ref().and_then(|cell| {
+        let progress = self.1.settle.acker.as_ref().and_then(|cell| {
             let acker = cell.lock().unwrap_or_else(|e| e.into_inner());
             acker.as_ref().and_then(Acker::progress)
         });
@@ -255,6 +258,6 @@ impl<T> Envelope<T> {
 impl<T> Deref for Envelope<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.body
+        &self.0
     }
 }

@@ -49,7 +49,7 @@ pub enum Error {
         type_name: &'static str,
         /// The encoder's error.
         #[source]
-        source: rmp_serde::encode::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// A payload did not decode into the expected type. The stream goes on after this item.
@@ -63,7 +63,7 @@ pub enum Error {
         type_name: &'static str,
         /// The decoder's error.
         #[source]
-        source: rmp_serde::decode::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// Payload plus headers exceed what the broker accepts. Nothing was sent.

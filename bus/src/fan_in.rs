@@ -18,12 +18,15 @@ use crate::message::Filter;
 use crate::raw::{RawSubscription, SubscriptionStats};
 use crate::subscription::poll_status;
 
-/// A pattern, as a [`Filter`].
-struct PatternFilter {
+/// A pattern, as a [`Filter`] of the enum `E`.
+struct PatternFilter<E> {
     pattern: String,
+    _type: PhantomData<fn() -> E>,
 }
 
-impl Filter for PatternFilter {
+impl<E: 'static> Filter for PatternFilter<E> {
+    type Message = E;
+
     fn pattern(&self) -> Result<String> {
         Ok(self.pattern.clone())
     }
@@ -55,8 +58,9 @@ fn check_pattern<E: Messages>(pattern: &str) -> Result<()> {
 pub async fn subscribe<E: Messages + Incoming>(bus: &Bus, pattern: &str) -> Result<FanIn<E>> {
     check_pattern::<E>(pattern)?;
     let raw = bus
-        .subscribe_raw(&PatternFilter {
+        .subscribe_raw(&PatternFilter::<E> {
             pattern: pattern.to_owned(),
+            _type: PhantomData,
         })
         .await?;
     Ok(FanIn {
@@ -80,8 +84,9 @@ where
 {
     check_pattern::<E>(pattern)?;
     bus.start_handler::<E, F, Fut, Er>(
-        &PatternFilter {
+        &PatternFilter::<E> {
             pattern: pattern.to_owned(),
+            _type: PhantomData,
         },
         HandlerOptions::default(),
         handler,

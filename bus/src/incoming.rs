@@ -153,7 +153,7 @@ impl Undecodable {
                 subject,
                 msg_id,
                 type_name,
-                source,
+                source: Box::new(source),
             },
             Undecodable::NoVariant(reason) => Error::InvalidSubject { subject, reason },
         }

@@ -30,7 +30,7 @@ use std::time::Duration;
 /// # async fn run() -> Result<(), bus::Error> {
 /// let bus = bus::Bus::builder()
 ///     .nats(["nats://127.0.0.1:4222"])
-///     .retry(RetryPolicy::default().max_attempts(5))
+///     .outbox_retry(RetryPolicy::default().max_attempts(5))
 ///     .connect()
 ///     .await?;
 /// # Ok(()) }

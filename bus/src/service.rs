@@ -41,7 +41,7 @@ use crate::stop::Running;
 ///     .start(bus)
 ///     .await?;
 /// service
-///     .serve::<Delegate, _, _, _>(Delegate::filter(), |req| async move {
+///     .serve(Delegate::filter(), |req| async move {
 ///         Ok::<_, bus::Error>(RouteReply { accepted: !req.task.is_empty() })
 ///     })
 ///     .await?;
@@ -135,7 +135,11 @@ impl Service {
     /// (`bus.template`, `bus.reply`). Like [`Bus::serve`], a handler's `Err` (or panic)
     /// reaches the requester as [`Error::Remote`]; here it travels as the service API's
     /// `Nats-Service-Error` header, which the service API counts as an error.
-    pub async fn serve<M, F, Fut, E>(&self, filter: M::Filter, handler: F) -> Result<Endpoint>
+    pub async fn serve<M, F, Fut, E>(
+        &self,
+        filter: impl Filter<Message = M>,
+        handler: F,
+    ) -> Result<Endpoint>
     where
         M: Request,
         F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,

@@ -12,7 +12,7 @@ use crate::codec;
 use crate::durable::{AckKind, Acker, Delivery, DurableSubscription};
 use crate::envelope::{Delivered, Envelope};
 use crate::error::{Error, Result};
-use crate::incoming::check_subject_fields;
+use crate::incoming::{check_subject_fields, Undecodable};
 use crate::message::Message;
 use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 
@@ -207,12 +207,7 @@ impl<T: Message> Stream for Subscription<T> {
                 if let Some(acker) = acker {
                     acker.settle_detached(AckKind::Term);
                 }
-                Err(Error::Decode {
-                    subject: msg.subject,
-                    msg_id,
-                    type_name: T::TYPE_NAME,
-                    source,
-                })
+                Err(Undecodable::Payload(T::TYPE_NAME, source).into_error(msg.subject, msg_id))
             }
         }))
     }

@@ -101,7 +101,7 @@ pub async fn plugin_agent_plugin(
     .unwrap();
     let (handled_tx, mut handled_rx) = tokio::sync::mpsc::unbounded_channel();
     let handler = plugin
-        .handle::<TraceOut, _, _, _>(TraceOut::filter().channel(tag), move |msg| {
+        .handle(TraceOut::filter().channel(tag), move |msg| {
             let handled_tx = handled_tx.clone();
             async move {
                 let _ = handled_tx.send((msg.trace_context(), TraceContext::current()));

@@ -430,7 +430,7 @@ async fn serve_registers_request_types_with_the_nats_service_api() {
         .await
         .unwrap();
     let endpoint = service
-        .serve::<Assign, _, _, _>(Assign::filter(), |req| async move {
+        .serve(Assign::filter(), |req| async move {
             if req.task.is_empty() {
                 return Err("empty task");
             }

@@ -160,7 +160,7 @@ fn publish_paced(bus: Bus, n: usize) -> tokio::task::JoinHandle<()> {
 
 /// An in-process durable handler recording what it handles.
 async fn record(bus: &Bus, seen: Arc<Mutex<Seen>>) -> Handler {
-    bus.handle_with::<Outbound, _, _, _>(
+    bus.handle_with(
         Outbound::filter().channel("fault"),
         HandlerOptions::named("recorder")
             .durable("recorder")

@@ -56,7 +56,7 @@ async fn durable_retries_by_redelivery_then_dead_letters() {
         let attempts: Attempts = Arc::default();
         let seen = attempts.clone();
         let handler = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("dr"),
                 HandlerOptions::named("flaky")
                     .durable("flaky")
@@ -115,7 +115,7 @@ async fn durable_handler_resumes_after_stop() {
     for bus in &buses {
         let got: Arc<Mutex<Vec<String>>> = Arc::default();
         let start = |got: Arc<Mutex<Vec<String>>>| {
-            bus.handle_with::<Outbound, _, _, _>(
+            bus.handle_with(
                 // The durable named on the filter (DESIGN.md's `filter.durable(name)`).
                 Outbound::filter().channel("resume").durable("resumer"),
                 HandlerOptions::named("resumer").ordered(true),
@@ -176,7 +176,7 @@ async fn durable_queue_group_shares_one_consumer() {
         for who in 0..2 {
             let got = got.clone();
             handlers.push(
-                bus.handle_with::<Outbound, _, _, _>(
+                bus.handle_with(
                     Outbound::filter().channel("shared").queue("senders"),
                     HandlerOptions::named(format!("sender-{who}"))
                         .durable("senders")
@@ -232,7 +232,7 @@ async fn durable_ordered_mode_keeps_order_through_retries() {
         let attempts: Attempts = Arc::default();
         let (o, r, a) = (order.clone(), running.clone(), attempts.clone());
         let handler = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("dord"),
                 HandlerOptions::named("dordered")
                     .durable("dordered")
@@ -281,7 +281,7 @@ async fn durable_decode_failure_is_dead_lettered_at_once() {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
         let handler = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("bad"),
                 HandlerOptions::named("decoder").durable("decoder"),
                 move |_msg| {
@@ -373,10 +373,12 @@ async fn durable_subscribe_settles_by_hand() {
 async fn durable_handler_envelope_carries_its_delivery() {
     let (buses, _server) = buses().await;
     for (bus, backend) in buses.iter().zip(["local", "nats"]) {
-        let seen: Arc<Mutex<Vec<(u32, bool, Option<String>)>>> = Arc::default();
+        // (delivered, is_durable, msg id) per attempt.
+        type Seen = Arc<Mutex<Vec<(u32, bool, Option<String>)>>>;
+        let seen: Seen = Arc::default();
         let record = seen.clone();
         let handler = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("state"),
                 HandlerOptions::named("state")
                     .durable("state")

@@ -56,7 +56,7 @@ async fn retries_then_dead_letters() {
         let attempts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let seen = attempts.clone();
         let handler = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("h"),
                 HandlerOptions::named("flaky").retry(fast_retry()),
                 move |msg| {
@@ -133,7 +133,7 @@ async fn a_retry_never_blocks_the_others() {
         let done = Arc::new(AtomicUsize::new(0));
         let d = done.clone();
         let handler = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("nb"),
                 // One slot: if the failing message kept it during its 2 s backoff, nothing else
                 // could run.
@@ -188,7 +188,7 @@ async fn ordered_mode_keeps_order_through_retries() {
         let (o, r) = (order.clone(), running.clone());
         let tries: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
         let handler = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("ord"),
                 HandlerOptions::named("ordered")
                     .ordered(true)
@@ -243,7 +243,7 @@ async fn concurrency_is_bounded_and_stop_drains() {
         let finished = Arc::new(AtomicUsize::new(0));
         let (r, p, f) = (running.clone(), peak.clone(), finished.clone());
         let handler = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("conc"),
                 HandlerOptions::named("bounded").concurrency(4),
                 move |_msg| {
@@ -299,7 +299,7 @@ async fn close_drains_handlers_and_reports_what_is_left() {
         let started = Arc::new(AtomicUsize::new(0));
         let (f, s) = (finished.clone(), started.clone());
         let _handler = bus
-            .handle::<Outbound, _, _, _>(Outbound::filter().channel("close"), move |_msg| {
+            .handle(Outbound::filter().channel("close"), move |_msg| {
                 let (f, s) = (f.clone(), s.clone());
                 async move {
                     s.fetch_add(1, Ordering::SeqCst);
@@ -326,7 +326,7 @@ async fn close_drains_handlers_and_reports_what_is_left() {
             "close returned before in-flight work finished"
         );
         assert!(matches!(
-            bus.handle::<Outbound, _, _, _>(Outbound::filter(), |_m| async { Ok::<_, String>(()) })
+            bus.handle(Outbound::filter(), |_m| async { Ok::<_, String>(()) })
                 .await,
             Err(bus::Error::Closed)
         ));
@@ -434,7 +434,7 @@ async fn stop_timeout_bounds_a_handler_that_never_returns() {
         let started = Arc::new(AtomicUsize::new(0));
         let s = started.clone();
         let stuck = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("stuck"),
                 HandlerOptions::named("stuck").concurrency(4),
                 move |_| {

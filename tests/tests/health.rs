@@ -33,7 +33,7 @@ async fn heartbeats_are_typed_and_current() {
         .await
         .unwrap();
     let handler = bus
-        .handle_with::<Outbound, _, _, _>(
+        .handle_with(
             Outbound::filter().channel("hb"),
             HandlerOptions::named("failing").retry(RetryPolicy::default().max_attempts(1)),
             |_m| async { Err::<(), _>("no") },

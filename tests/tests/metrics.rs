@@ -208,7 +208,7 @@ async fn local_bus_counts_publishes_deliveries_handlers_and_requests() {
 
     // A handler: two messages succeed, one fails both of its two attempts.
     let handler = bus
-        .handle_with::<LocalJob, _, _, _>(
+        .handle_with(
             LocalJob::filter(),
             HandlerOptions::named("metrics-jobs").retry(
                 RetryPolicy::default()

@@ -287,7 +287,7 @@ fn outbox_bus_builder(server: &NatsServer, user: &str, dir: &std::path::Path) ->
         .reconnect_delay(Duration::from_millis(100))
         .request_timeout(Duration::from_secs(1))
         .outbox_path(dir.join("outbox.sqlite3"))
-        .retry(
+        .outbox_retry(
             bus::RetryPolicy::default()
                 .base(Duration::from_millis(20))
                 .jitter(0.0),

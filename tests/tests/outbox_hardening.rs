@@ -26,7 +26,7 @@ async fn nats_bus(url: &str, outbox: &Path) -> Bus {
         .nats([url])
         .outbox_path(outbox)
         .reconnect_delay(Duration::from_millis(100))
-        .retry(bus::RetryPolicy::default().base(Duration::from_millis(10)))
+        .outbox_retry(bus::RetryPolicy::default().base(Duration::from_millis(10)))
         .connect()
         .await
         .expect("connect must succeed, even with the server down")
@@ -628,7 +628,7 @@ async fn oversize_is_capped_while_the_server_is_unknown_and_dead_lettered_once_i
         .outbox_path(dir.path().join("o.db"))
         .outbox_max_payload(64 * 1024)
         .reconnect_delay(Duration::from_millis(100))
-        .retry(bus::RetryPolicy::default().base(Duration::from_millis(10)))
+        .outbox_retry(bus::RetryPolicy::default().base(Duration::from_millis(10)))
         .connect()
         .await
         .unwrap();

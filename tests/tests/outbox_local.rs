@@ -798,7 +798,7 @@ async fn the_retry_policy_of_the_builder_decides_when_a_message_is_dead() {
     let bus = Bus::builder()
         .local()
         .outbox_path(dir.path().join("o.db"))
-        .retry(RetryPolicy::default().max_attempts(1))
+        .outbox_retry(RetryPolicy::default().max_attempts(1))
         .connect()
         .await
         .unwrap();

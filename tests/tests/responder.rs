@@ -96,7 +96,7 @@ async fn both_serve_paths(bus: &Bus, label: &str) {
         .await
         .unwrap();
     let facade = bus
-        .serve::<Delegate, _, _, _>(Delegate::filter().agent("facade"), answer)
+        .serve(Delegate::filter().agent("facade"), answer)
         .await
         .unwrap();
     failures_answered_at_once(bus, "typed", &format!("{label}, T::serve")).await;
@@ -138,7 +138,7 @@ async fn service_failures_answered_at_once() {
             .await
             .unwrap();
         let endpoint = service
-            .serve::<Delegate, _, _, _>(Delegate::filter().agent("svc"), answer)
+            .serve(Delegate::filter().agent("svc"), answer)
             .await
             .unwrap();
         failures_answered_at_once(&bus, "svc", &format!("service, check {check}")).await;
@@ -163,11 +163,11 @@ async fn contradicting_request_refused_by_every_path() {
         Ok::<RouteReply, String>(RouteReply { accepted: false })
     };
     let _facade = bus
-        .serve::<Delegate, _, _, _>(Delegate::filter().agent("facade"), refuse)
+        .serve(Delegate::filter().agent("facade"), refuse)
         .await
         .unwrap();
     let _endpoint = service
-        .serve::<Delegate, _, _, _>(Delegate::filter().agent("svc"), refuse)
+        .serve(Delegate::filter().agent("svc"), refuse)
         .await
         .unwrap();
     for agent in ["facade", "svc"] {

@@ -128,7 +128,7 @@ async fn request_refused_when_on(bus: &Bus) {
     .await
     .unwrap();
     assert!(ok.accepted);
-    handle.stop();
+    handle.stop().await;
 }
 
 /// Off (the default), the same contradiction is delivered as before; one subscription can turn

@@ -374,7 +374,7 @@ async fn request_reply_and_serve() {
     );
 
     // A stopped responder no longer answers.
-    planner.stop();
+    planner.stop().await;
     tokio::task::yield_now().await;
     let err = bus
         .request_with_timeout(&delegate("planner", "plan"), Duration::from_millis(500))

@@ -190,7 +190,7 @@ impl Service {
         let tried = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let sink = Arc::clone(&delivered);
         let mailer = bus
-            .handle_with::<Outbound, _, _, _>(
+            .handle_with(
                 Outbound::filter().channel("work"),
                 HandlerOptions::named("mailer").retry(RetryPolicy::default().max_attempts(1)),
                 move |m| {

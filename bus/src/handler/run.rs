@@ -55,7 +55,7 @@ impl<M: Incoming, F> Run<M, F> {
         let origin = format!("handler:{name}");
         Run {
             handler,
-            retry: options.retry.clone(),
+            retry: options.retry,
             metrics: crate::metrics::HandlerMetrics::of::<M>(name, &origin),
             origin: Arc::from(origin),
             stats,

@@ -34,7 +34,7 @@ async fn main() {
         .expect("the FAULTS stream exists");
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let _handler = bus
-        .handle_with::<Outbound, _, _, _>(
+        .handle_with(
             Outbound::filter().channel("fault"),
             HandlerOptions::named(durable.clone())
                 .durable(durable.clone())

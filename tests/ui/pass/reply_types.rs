@@ -35,7 +35,7 @@ async fn call_sites(bus: &bus::Bus) -> Result<(), bus::Error> {
         })
     })
     .await?;
-    handle.stop();
+    handle.stop().await;
     let _ = Ping::serve(bus, Ping::filter(), |_req: Envelope<Ping>| async {
         Err::<Vec<u8>, _>("not today")
     })
