@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bus::{Bus, ConnectionState, Message as _};
+use bus::{Bus, ConnectionState};
 use bus_tests::msgs::{outbound, Delegate, Outbound, RouteReply};
 use bus_tests::server::NatsServer;
 use futures::StreamExt;
@@ -38,7 +38,11 @@ async fn the_python_peer_of_the_wire_format_talks_to_a_rust_service() {
     let echo_bus = bus.clone();
     let _echo = Outbound::handle(&bus, Outbound::filter().channel("python"), move |msg| {
         let bus = echo_bus.clone();
-        async move { outbound("slack", &msg.instance, &msg.text).publish(&bus).await }
+        async move {
+            outbound("slack", &msg.instance, &msg.text)
+                .publish(&bus)
+                .await
+        }
     })
     .await
     .unwrap();
