@@ -1,4 +1,4 @@
-//! A small service to try the `bus` command on (the README's "Operations" section was
+//! A small service to try the `bus` command on (the manual in bus-cli/README.md was
 //! captured against it): it publishes an invoice every second through its outbox, a handler
 //! mails them and gives up on the first try of every tenth ("poison", a dead letter in the
 //! outbox file; a replay succeeds), it answers `agent.route.billing` requests, and it sends a

@@ -1,8 +1,8 @@
-//! `bus`: the operator's command for a `bus` deployment (DESIGN.md section 8).
+//! `bus`: the operator's command for a `bus` deployment (`docs/design.md`, section 8).
 //!
 //! `bus outbox` and `bus dead-letters` work on an outbox file that a running service holds,
-//! without stopping it; `bus tap`, `bus pub`, `bus req` and `bus health` talk to NATS. See the
-//! README's "Operations" section, or `bus help`.
+//! without stopping it; `bus tap`, `bus pub`, `bus req` and `bus health` talk to NATS. See
+//! `bus-cli/README.md` (every command, its output and exit codes), or `bus help`.
 
 mod cli;
 mod net;

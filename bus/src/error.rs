@@ -9,6 +9,44 @@ use crate::connection::{ConnectionState, Refusal};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in `bus`. Each message says what to do next.
+///
+/// [`Error::is_transient`] says whether trying again later can succeed without changing
+/// anything. What each failure looks like:
+///
+/// | what happened | what you see |
+/// | --- | --- |
+/// | a placeholder value that is not one token (`"a.b"`, `"*"`, white space, control characters, over 3,840 bytes) | [`Error::InvalidSubjectToken`] from `publish`/`filter`, before anything is queued or sent |
+/// | a raw subject or pattern that is not NATS syntax, or longer than `MAX_SUBJECT_LEN` (3,840 bytes: nats-server closes the connection over its 4,096-byte protocol line) | [`Error::InvalidSubject`], before anything is queued, sent or subscribed |
+/// | a header name or value NATS cannot carry (`:`, white space or non-ASCII in a name; CR, LF or NUL in a value) | [`Error::InvalidHeader`] from `publish_with_headers`/`publish_raw`, on every backend, before queueing |
+/// | a payload over the server's max_payload | [`Error::PayloadTooLarge`] from `publish`, before anything is queued or sent (through the outbox: once the server's limit is known) |
+/// | a payload over `.outbox_max_payload(..)` (8 MiB) before the first connection | [`Error::OutboxMessageTooLarge`] from `publish`, nothing queued; under the cap but over the server's limit found later: a dead letter after 3 attempts, the connection undisturbed |
+/// | the server's permissions refuse a publish | without an outbox, `flush()` returns [`Error::Rejected`] naming each refused subject and the server's `Permissions Violation` text; through the outbox, each refused message is a dead letter after 3 attempts with that text; the allowed messages of the batch are delivered |
+/// | the server's permissions refuse a subscription | `subscribe` returns `Ok` and the first item of the stream is [`Error::PermissionDenied`], then the stream ends; `handle` and `serve` fail with it |
+/// | no permission on the confirmation subject (`_bus.confirm.>`) | nothing is dead-lettered, the queue waits with a growing backoff, and `flush` fails with [`Error::Outbox`]: "the queue is blocked: permission denied …", naming the prefix to grant (not a bare timeout) |
+/// | a second `Bus` on an outbox that is held (same path, a symlink, a hard link, another process) | `connect` fails with [`Error::Outbox`]: `the outbox is in use by another Bus` |
+/// | an outbox file with several hard links | `connect` fails with [`Error::Outbox`] saying it has N names and to use a symlink |
+/// | a damaged outbox file | `connect` fails with [`Error::Outbox`] naming the file, SQLite's finding and how to recover; a page damaged while running: its rows become dead letters (reason: the page is damaged), the queue goes on |
+/// | an outbox schema that is not the outbox's (changed tables, a v2 file that cannot be migrated) | `connect` fails with [`Error::Outbox`] saying what differs; the file is left unchanged |
+/// | the outbox's directory, file or `<path>.lock` cannot be used | [`Error::Outbox`] saying which: the directory must exist and be writable; the lock path is a directory; the file or lock file belongs to another uid (both uids named) or is read-only (`chmod u+w`) |
+/// | wrong credentials, unknown user, unregistered NKey | [`ConnectionState::Refused`]`(`[`Refusal::Authorization`]`)` with the reason ([`Bus::connection_error`]), logged once per outage |
+/// | a malformed NKey seed, an unreadable creds or TLS file | `connect()` fails with [`Error::Config`] |
+/// | a plain client against a TLS server, `require_tls` against a plain one, an untrusted certificate | `ConnectionState::Refused(Refusal::TlsRequiredByServer / TlsRequiredByClient / Tls)` |
+/// | you want `connect` to fail instead of waiting in the background | `.wait_for_connection(d)`: [`Error::ConnectionRefused`] at the first refusal, [`Error::ConnectTimeout`] if nothing answers |
+/// | a flush that must not wait forever | [`Bus::flush_timeout`]: [`Error::FlushTimeout`] with the state and the reason |
+/// | the server enters lame duck mode (a rolling restart) | [`ConnectionState::LameDuck`]; publishing and draining go on until the server closes the connection, then the client fails over; no error |
+/// | a lost connection under a batch | [`Error::ConnectionLost`] from `confirm`; the outbox sends the batch again |
+/// | nobody serves a request's subject | [`Error::NoResponders`] at once, not a timeout |
+/// | a handler error, a panic, a huge or multi-line error text in `serve` | the requester gets [`Error::Remote`] with the text (control characters replaced, at most 1,024 bytes), never a timeout |
+/// | a payload that does not decode | an [`Error::Decode`] item on the typed stream (subject, msg id); a handler dead-letters it at once |
+/// | a body whose placeholder fields contradict its subject, with the check on | an [`Error::SubjectMismatch`] item (see [`Subscription`](crate::Subscription)) |
+/// | a handler or responder started after [`Bus::close`] | [`Error::Closed`] |
+///
+/// [`ConnectionState::Refused`]: crate::ConnectionState::Refused
+/// [`ConnectionState::LameDuck`]: crate::ConnectionState::LameDuck
+/// [`Refusal::Authorization`]: crate::Refusal::Authorization
+/// [`Bus::connection_error`]: crate::Bus::connection_error
+/// [`Bus::flush_timeout`]: crate::Bus::flush_timeout
+/// [`Bus::close`]: crate::Bus::close
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -1,5 +1,5 @@
 //! The built-in heartbeat: a typed [`Health`] snapshot on `plugin.health.<instance>`
-//! (DESIGN.md section 8), sent directly on an interval, never queued: a stale heartbeat
+//! (`docs/design.md`, section 8), sent directly on an interval, never queued: a stale heartbeat
 //! delivered after an outage would say the opposite of the truth.
 
 use std::sync::{Mutex, PoisonError, Weak};
@@ -11,6 +11,33 @@ use crate::broker::SubscriptionStats;
 
 /// One instance's health, as [`Bus::health`](crate::Bus::health) returns it and the heartbeat
 /// sends it. Any plugin can watch every instance with `Health::subscribe(&bus, Health::filter())`.
+///
+/// `Bus::builder().instance("planner-1").heartbeat(Duration::from_secs(5))` sends one on
+/// `plugin.health.planner-1` every 5 s: connection state, outbox depth and oldest age, dead
+/// letters, slow-consumer drops, handler failures, version, uptime. It is sent straight to the
+/// broker while connected and never queued (a stale heartbeat delivered after an outage would
+/// say the opposite of the truth). `bus health` (the operator command) prints the latest one of
+/// every instance.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), bus::Error> {
+/// use std::time::Duration;
+/// use bus::{Health, Message};
+/// use futures::StreamExt;
+///
+/// let bus = bus::Bus::builder()
+///     .instance("planner-1")
+///     .heartbeat(Duration::from_millis(50))
+///     .connect()
+///     .await?;
+/// let mut beats = Health::subscribe(&bus, Health::filter()).await?;
+/// let beat = beats.next().await.unwrap()?;
+/// assert_eq!(beat.subject(), "plugin.health.planner-1");
+/// # Ok(()) }
+/// ```
+///
+/// The snapshot in-process, without a heartbeat:
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

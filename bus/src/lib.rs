@@ -44,7 +44,20 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See the README for the subject rules, the wire format and the outbox guarantees.
+//! # Where the guides are
+//!
+//! - [`handler`]: handlers, their retries, concurrency, ordered mode, dead letters and stop.
+//! - [`durable`] and [`stream`]: durable consumers on JetStream streams, and what each mode
+//!   guarantees.
+//! - `outbox` (feature `outbox`): the outbox's guarantees, its file, dead letters, recovery.
+//! - [`Subscription`]: who receives a message, and the subject/body check.
+//! - [`trace`], [`metrics`], [`Health`]: traces across processes, metrics, heartbeats.
+//! - [`catalog`](mod@catalog): every message type of the binary, overlaps, AsyncAPI, discovery.
+//! - [`Error`]: every failure and when it happens.
+//! - [`broker`]: the contract of a broker, and writing one of your own.
+//!
+//! The wire format (for peers in other languages) is `docs/wire-format.md` in the repository,
+//! the operator command `bus` is `bus-cli/README.md`.
 //!
 //! # Features
 //!
@@ -59,7 +72,98 @@
 //!
 //! With neither (`default-features = false`) `bus` is a local-only bus with no network or
 //! SQLite code in its dependency tree; any [`Broker`] can still be plugged in with
-//! [`BusBuilder::broker`].
+//! [`BusBuilder::broker`]. `cargo run -p bus-examples --example quickstart --no-default-features`
+//! runs the tour on it, and `tests/run.sh` checks its dependency tree.
+//!
+//! # Backends
+//!
+//! A [`Bus`] runs on any `Arc<dyn Broker>`:
+//! `Bus::builder().broker(Arc::new(MyBroker::new())).connect()`. The built-in [`LocalBroker`]
+//! and `NatsBroker` are recognised there and called directly (no boxed future per publish); a
+//! broker of your own goes through the trait. Its contract (NATS semantics, refusals before
+//! delivery, order per subscriber) is written on the [`Broker`] trait, and
+//! [`broker::check_publish`], [`broker::check_subscription`], [`RawSubscription::new`] and
+//! [`broker::DropCounter`] give a third-party implementation the same checks and counters the
+//! built-in ones use. The conformance suite of the repository (`tests/src/conformance.rs`) runs
+//! unchanged on the local broker, on a real nats-server and on a broker written in the test
+//! crate against the public API only.
+//!
+//! # Logging
+//!
+//! `bus` logs through `tracing` and installs no subscriber: your application chooses one, and
+//! with `tracing-subscriber`'s `EnvFilter` the usual `RUST_LOG` applies. Targets are the module
+//! paths, all under `bus`:
+//!
+//! | target | what it says |
+//! | --- | --- |
+//! | `bus::nats::events`, `bus::nats` | connected (`info`), disconnected and reconnecting, lame duck, slow consumer (`warn`), server and client errors (`error`) |
+//! | `bus::outbox::drainer`, `bus::outbox::writer`, `bus::outbox` | send failures and retries (`debug`), messages dead-lettered, failed confirmations (`warn`), storage errors (`error`); a `debug` span per drained batch |
+//! | `bus::outbox::dead_letters` | a dead letter replayed (`info`) |
+//! | `bus::subscription` | undecodable payloads, slow-consumer drops, subject/body mismatches (`warn`) |
+//! | `bus::local` | subscribe and unsubscribe (`debug`), each delivery (`trace`), slow consumers (`warn`) |
+//! | `bus::handle` | `trace` spans `publish`, `request`, `serve`; a reply that cannot be sent (`warn`); `bus closed` (`info`) |
+//! | `bus::trace` | `info` spans `handle`, `serve`, `receive`, `request` for messages that carry a `traceparent` (see [`trace`]) |
+//! | `bus::handler` | a failed handler attempt (`debug`), a message dead-lettered by a handler, a slow handler (`warn`) |
+//!
+//! During an outage `bus` stays quiet: one `warn` when the connection is lost (`NATS
+//! disconnected; reconnecting (publishes wait in the outbox)`), one `info` when it is back, with
+//! the outage length and the outbox's depth (`NATS reconnected after 2.6s; sending the 3
+//! messages queued in the outbox`, fields `outage_ms`, `queued`), and the reconnect attempts at
+//! `debug`; a batch the lost connection interrupted is sent again at `debug` too. Only a refusal
+//! (credentials, TLS) is an `error`, once per outage. async-nats itself logs each of its
+//! connection events at `info` under the target `async_nats` (one line per reconnect attempt):
+//! `RUST_LOG=info,async_nats=warn` hides them.
+//!
+//! `RUST_LOG=bus=info` shows the connection's life and every problem; `RUST_LOG=bus::outbox=debug`
+//! follows the queue; `trace` is for debugging only (the `publish` span is made only when `trace`
+//! is on, because even a disabled span costs a local publish a visible share). In your
+//! application, with `tracing-subscriber`'s `fmt` and `env-filter` features:
+//!
+//! ```text
+//! tracing_subscriber::fmt()
+//!     .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+//!     .init();
+//! ```
+//!
+//! # Shutdown and `Drop`
+//!
+//! [`Bus::close`] (or [`Bus::close_timeout`], default [`DEFAULT_CLOSE_TIMEOUT`]) is the clean
+//! way out: every handler and responder stops taking messages and finishes the ones in flight
+//! (their retries included), then the outbox is flushed, and the returned [`CloseReport`] says
+//! whether all of that finished in time and how many messages are left queued in the outbox file
+//! (the next process on the file sends them). New handlers and responders are refused afterwards
+//! with [`Error::Closed`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), bus::Error> {
+//! let bus = bus::Bus::local().await?;
+//! let report = bus.close().await?;
+//! assert!(report.stopped_in_time && report.flushed);
+//! assert_eq!(report.left_queued, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Without `close`, a `Bus` shuts down when its last clone is dropped. What that does:
+//!
+//! - **Call [`Bus::flush`] first** (or [`Bus::flush_timeout`]). It returns once everything
+//!   published before it is confirmed by the server (or dead-lettered). Without an outbox this is
+//!   the only way to know: a publish that returned `Ok` may still sit in the client's buffer when
+//!   the last handle goes, and is then lost.
+//! - **With an outbox**, nothing committed is lost by a drop: the drainer stops, the writer
+//!   finishes its current transaction and releases the file's lock (the drop waits for it,
+//!   briefly, on the calling thread). What was not yet confirmed stays in the file and the next
+//!   `Bus` on the same file sends it; a batch that was in flight may then arrive twice, with the
+//!   same `Nats-Msg-Id`.
+//! - **Subscriptions, handlers and responders outlive the `Bus` handle.** On NATS a live
+//!   [`Subscription`] keeps the connection open and goes on receiving until it is dropped; on the
+//!   local broker it yields what was already delivered to it, then ends once every handle on the
+//!   broker is gone. Dropping a [`Handler`] or a [`ServeHandle`] leaves it running until the bus
+//!   closes; call `stop()` ([`Handler::stop`] waits for its in-flight messages,
+//!   [`ServeHandle::shutdown`] for its in-flight requests). Dropping a `Subscription`
+//!   unsubscribes.
+//! - Ending the tokio runtime ends every task of the bus; the outbox file is consistent at any
+//!   point (SQLite WAL), so a killed process loses nothing it had committed.
 
 #![forbid(unsafe_code)]
 

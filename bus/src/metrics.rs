@@ -1,4 +1,4 @@
-//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (DESIGN.md section 8).
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (`docs/design.md`, section 8).
 //!
 //! `bus` records; the application picks the exporter (Prometheus, StatsD, OpenTelemetry, …) by
 //! installing a `metrics` recorder, and nothing is recorded until it does. Every name has the
@@ -27,9 +27,27 @@
 //! before a recorder existed stay no-ops. The outbox gauges are refreshed every
 //! [`OUTBOX_GAUGE_INTERVAL`] and by every [`Bus::health`](crate::Bus::health) call.
 //!
-//! Without a recorder every handle is a no-op: the hot paths pay a branch (measured with
-//! `bus-bench`, README "Metrics"). The `metrics` cargo feature (default) can be turned off to
-//! drop the dependency altogether; these functions then compile to nothing.
+//! Without a recorder every handle is a no-op: the hot paths pay a branch (callgrind,
+//! `bus-bench`'s `local_pubsub_typed`, bus side: +39 instructions per message on about 2,400,
+//! +1.6 %). The `metrics` cargo feature (default) can be turned off to drop the dependency
+//! altogether; these functions then compile to nothing.
+//!
+//! # Exporting them
+//!
+//! `cargo run --example metrics_prometheus` prints them in the Prometheus text format
+//! (`-- --serve 127.0.0.1:9898` serves them on `/metrics`), with `metrics-exporter-prometheus`
+//! without its default features (no hyper, no TLS):
+//!
+//! ```text
+//! bus_published_total{type="Outbound",subject="plugin.outbound.<channel>.<instance>"} 3
+//! bus_handler_attempts_total{handler="slack-sender",type="Outbound"} 4
+//! bus_handler_failures_total{handler="slack-sender",type="Outbound"} 2
+//! bus_dead_lettered_total{origin="handler:slack-sender"} 1
+//! bus_request_duration_seconds_count{type="Delegate",subject="agent.route.<agent>",outcome="ok"} 2
+//! ```
+//!
+//! The repository's `tests/tests/metrics.rs` reads every metric back with `metrics-util`'s
+//! `DebuggingRecorder`, exact counts on the local bus and on nats-server.
 
 #[cfg(feature = "metrics")]
 pub(crate) use imp::*;

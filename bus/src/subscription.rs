@@ -31,6 +31,51 @@ use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 /// item instead of a message. The check is off by default: a peer that builds its subjects from
 /// the same fields (every `bus` publisher does) cannot disagree, and off it costs nothing.
 ///
+/// # Who gets a message
+///
+/// Subscriptions are core NATS subscriptions (and the local broker keeps the same semantics): a
+/// message goes to the subscribers that are subscribed **at the moment the server routes it**.
+/// The outbox makes a publish durable up to the server, not up to a subscriber. A subscriber that
+/// is not running, not subscribed yet, or reconnecting when a message passes misses it for good,
+/// and nothing tells the publisher. The answer is a durable consumer (a filter with
+/// `.durable(name)`, see [`durable`](crate::durable)): messages published while it was down
+/// arrive when it comes back. Or use request/reply when the publisher must know someone took it
+/// ([`Error::NoResponders`] says nobody did).
+///
+/// # The subject/body check
+///
+/// A peer that builds the subject and the body separately (another language, a hand-written
+/// client) can send a body whose placeholder fields contradict the subject. With the check on,
+/// each received message's subject is rebuilt from its body and compared; on, it costs one
+/// subject built per received message, and `serve` answers such a request with the error
+/// instead of calling the handler:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), bus::Error> {
+/// # use bus::Message;
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, Message)]
+/// # #[subject("plugin.outbound.<channel>.<instance>")]
+/// # pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
+/// use futures::StreamExt;
+///
+/// let bus = bus::Bus::builder().check_subject_fields(true).connect().await?;
+/// let mut sub = Outbound::subscribe(&bus, Outbound::filter()).await?;
+/// // What a careless peer sends: `channel: "email"` on a `slack` subject.
+/// let body = Outbound { channel: "email".into(), instance: "a1".into(), text: "hi".into() };
+/// let payload = rmp_serde::to_vec_named(&body).unwrap();
+/// bus.publish_raw(bus::RawMessage::new("plugin.outbound.slack.a1", payload)).await?;
+/// match sub.next().await.unwrap() {
+///     Err(bus::Error::SubjectMismatch { field, subject_value, body_value, .. }) => {
+///         assert_eq!((field, subject_value.as_str(), body_value.as_str()), ("channel", "slack", "email"));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Durable consumers
+///
 /// On a durable consumer (a filter with `.durable(name)`), each envelope is a delivery to
 /// settle ([`Envelope::ack`], [`nak`](Envelope::nak), [`term`](Envelope::term)); one that does
 /// not decode or fails the subject/body check is terminated (a redelivery cannot fix it) and

@@ -1,5 +1,5 @@
 //! Trace propagation across processes: the W3C [`traceparent`](https://www.w3.org/TR/trace-context/)
-//! header (DESIGN.md section 8).
+//! header (`docs/design.md`, section 8).
 //!
 //! # What is sent
 //!
@@ -47,6 +47,45 @@
 //! spawned with `.instrument(span)`, say) with no layer to install. On a subscriber that is not
 //! built on `Registry`, `attach` returns `false` and nothing is propagated without the
 //! `opentelemetry` feature.
+//!
+//! # Starting a trace
+//!
+//! Without OpenTelemetry, attach a context to the root span of a trace; the spans `bus` makes
+//! inside it continue it, and one trace runs plugin -> agent -> plugin:
+//!
+//! ```
+//! use bus::trace::TraceContext;
+//! use tracing::Instrument;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), bus::Error> {
+//! # let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
+//! # #[derive(serde::Serialize, serde::Deserialize, bus::Message)]
+//! # #[subject("plugin.outbound.<channel>.<instance>")]
+//! # pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
+//! let bus = bus::Bus::local().await?;
+//! let job = tracing::info_span!("job");
+//! TraceContext::new_root().attach(&job);
+//! let msg = Outbound { channel: "slack".into(), instance: "a1".into(), text: "hi".into() };
+//! msg.publish(&bus).instrument(job).await?; // carries traceparent: 00-<trace>-<span>-01
+//! # Ok(()) }
+//! ```
+//!
+//! With the feature `opentelemetry` (off by default, outside the default dependency tree) the
+//! context comes from, and goes to, OpenTelemetry: every span of yours has ids from the OTel
+//! tracer, and a received context becomes the span's remote parent. The set-up is
+//! OpenTelemetry's own:
+//!
+//! ```text
+//! # Cargo.toml: bus = { version = "0.1", features = ["opentelemetry"] }
+//! let tracer = provider.tracer("my-service");
+//! tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer)).init();
+//! ```
+//!
+//! The repository's `tests/tests/trace.rs` (extensions, local and NATS, through an outbox) and
+//! `tests/tests/trace_otel.rs` (OpenTelemetry SDK, in-memory exporter: one trace id, each span
+//! the child of the one before; `tests/run.sh` runs it with `--features opentelemetry`) check
+//! all of this.
 //!
 //! [`Bus::handle`]: crate::Bus::handle
 //! [`Bus::serve`]: crate::Bus::serve

@@ -14,3 +14,19 @@ pub mod trace_chain;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The code blocks of the other manuals (wire format, operator CLI, benchmark): each is marked
+/// with its language (`text`, `sh`, `python`, `json`), so a Rust block added there is compiled too.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/wire-format.md")]
+pub struct WireFormatDoctests;
+
+/// See [`WireFormatDoctests`].
+#[cfg(doctest)]
+#[doc = include_str!("../../bus-cli/README.md")]
+pub struct CliManualDoctests;
+
+/// See [`WireFormatDoctests`].
+#[cfg(doctest)]
+#[doc = include_str!("../../benches/README.md")]
+pub struct BenchManualDoctests;

@@ -1,5 +1,5 @@
 //! The wire format, seen from a foreign peer: plain async-nats plus a MessagePack map, as a
-//! Python or Go client would send, using only what the README's wire-format section says.
+//! Python or Go client would send, using only what docs/wire-format.md says.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

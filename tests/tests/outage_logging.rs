@@ -133,7 +133,7 @@ async fn an_outage_logs_one_warn_and_one_info_with_the_queue_depth() {
         .filter(|e| e.message.contains("connection attempt failed"))
         .count();
     assert!(attempts >= 3, "reconnect attempts at DEBUG: {ours:#?}");
-    // async-nats logs each of its events at INFO itself (README "Logging": `async_nats=warn`
+    // async-nats logs each of its events at INFO itself (bus docs, "Logging": `async_nats=warn`
     // hides them), never above.
     let loud: Vec<&Captured> = all
         .iter()

@@ -9,6 +9,60 @@
 //! dead-lettered with its subject, headers, payload, attempts, last error and the handler's name.
 //! A payload that does not decode is dead-lettered at once: retrying cannot fix it. In ordered
 //! mode one message is finished (retries included) before the next starts.
+//!
+//! # A handler instead of a loop
+//!
+//! `T::handle(&bus, filter, handler)` (or [`Bus::handle`](crate::Bus::handle)) runs an async
+//! function for every message instead of a loop you write over `subscribe`, on both backends;
+//! [`Bus::handle_with`](crate::Bus::handle_with) takes [`HandlerOptions`]:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), bus::Error> {
+//! # use bus::Message;
+//! # #[derive(Debug, serde::Serialize, serde::Deserialize, Message)]
+//! # #[subject("plugin.outbound.<channel>.<instance>")]
+//! # pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
+//! use bus::{HandlerOptions, RetryPolicy};
+//! let bus = bus::Bus::local().await?;
+//! let sender = Outbound::handle(&bus, Outbound::filter().channel("slack"), |msg| async move {
+//!     if msg.text.is_empty() {
+//!         return Err(format!("nothing to send for {}", msg.instance)); // a failed attempt
+//!     }
+//!     Ok(()) // done
+//! }).await?;
+//! // With options: a name (what dead letters say they died in), concurrency, ordered, retries.
+//! let ordered = bus.handle_with(
+//!     Outbound::filter().channel("audit"),
+//!     HandlerOptions::named("auditor").ordered(true).retry(RetryPolicy::default().max_attempts(5)),
+//!     |_msg| async { Ok::<_, String>(()) },
+//! ).await?;
+//! sender.stop().await;   // stops taking messages, waits for the ones in flight
+//! ordered.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! - **Retries**: an `Err` or a panic is retried after the [`RetryPolicy`]'s backoff (default:
+//!   3 attempts, 100 ms then 400 ms, 20 % jitter; the same type and default as the outbox's).
+//!   After the last attempt the message is dead-lettered with `origin` `handler:<name>` and
+//!   counted in [`Handler::stats`].
+//! - **Concurrency** is bounded ([`HandlerOptions::concurrency`], default 64); a handler that
+//!   completes without waiting runs inline, without a task. **Ordered** mode
+//!   ([`HandlerOptions::ordered`]) handles one message at a time.
+//! - **Where dead letters live**: in the outbox file's dead-letter table when the bus has one
+//!   (every NATS bus by default; `bus dead-letters list FILE` and the `sqlite3` shell show them
+//!   next to the outbox's), otherwise in memory in the `Bus` (the local broker without an
+//!   outbox: the newest 10,000, older ones counted as evicted). Both are listed, replayed and
+//!   purged through [`Bus::dead_letters`](crate::Bus::dead_letters) and counted in
+//!   [`Health::dead_letters`](crate::Health::dead_letters).
+//! - **Stopping**: [`Handler::stop`] stops taking messages and waits for those in flight, retries
+//!   included; [`Bus::close`](crate::Bus::close) does it for every handler. Dropping a `Handler`
+//!   leaves it running until the bus closes.
+//! - **What a handler does not fix**: a core subscription still misses what is published while
+//!   no handler runs (see [`Subscription`](crate::Subscription)), and the retries of a handler
+//!   are in memory: a message being retried when the process dies is gone (at most once across
+//!   a crash, as core NATS is). A durable handler (a filter with `.durable(name)`, see
+//!   [`durable`](crate::durable)) fixes both.
 
 mod options;
 mod run;

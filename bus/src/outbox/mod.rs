@@ -43,7 +43,7 @@
 //! `created_at` in unix ms, `attempts`, `last_error`), but its rows up to `outbox_seq.done` are
 //! already confirmed and only wait to be deleted: read the view `queued` instead. `headers` is
 //! JSON text, `[["Nats-Msg-Id","…"],["X-Tenant","acme"]]`. Table `dead_letters` has the same
-//! columns plus `origin` (`outbox`; a handler's dead letters will say `handler:<name>`),
+//! columns plus `origin` (`outbox`, or `handler:<name>` for a handler's dead letters),
 //! `queue_id`, `msg_id` and `failed_at`. What is stuck, and why:
 //!
 //! ```text
@@ -70,6 +70,67 @@
 //! `bus` CLI ([`OperatorRequests`]) asks there for a replay or purge, and the process holding
 //! the file runs each pending row within about 500 ms, through its own writer, and answers it
 //! in the same row. The table is optional (a file without it is still version 3).
+//!
+//! # Where the file is, and who holds it
+//!
+//! Without `.outbox_path(..)`, a NATS bus uses [`DEFAULT_OUTBOX_PATH`](crate::DEFAULT_OUTBOX_PATH),
+//! `bus-outbox.sqlite3`, a path **relative to the working directory** of the process; started
+//! from another directory, the process opens another (empty) queue and the old one waits where
+//! it was. Services should pass an absolute path. Next to the file live `<path>.lock` and, while
+//! it is open, SQLite's `<path>-wal` and `<path>-shm`; keep them together, and do not delete
+//! them while a process runs.
+//!
+//! One holder at a time, for as long as its `Bus` lives: a second `Bus` on the same file, in
+//! another process or the same one, fails at `connect` with `the outbox is in use by another
+//! Bus` whether it names the file by the same path, another spelling, a symlink or a hard link
+//! (two drainers must never send the same queue). Give each process (each instance of a plugin)
+//! its own `outbox_path`. The lock dies with the process, so a crash never leaves the file
+//! locked. A file with several hard links is refused at open even when nobody holds it (SQLite
+//! names its log after the path, so after a crash another name would miss the last commits); a
+//! symlink is safe.
+//!
+//! # A damaged file, a foreign schema, space
+//!
+//! - At open, SQLite's `quick_check` reads the file (for up to 2 s; a bigger backlog is checked
+//!   that long and the rest as it is read). A damaged file fails `connect` with an
+//!   [`Error::Outbox`] naming the file and what SQLite found; it is never
+//!   repaired or reset. To recover: stop the process, move the file aside with its `-wal` and
+//!   `-shm`, restart (a new queue is created), and read the old one with
+//!   [`OutboxFile::open_read_only`] or `bus dead-letters` (every readable row is listed, each
+//!   unreadable one is named), or `sqlite3 FILE .recover`. A page that goes bad while running:
+//!   the readable rows are still sent in order, each unreadable one becomes a dead letter at
+//!   once (its queue id and the reason; its content is lost), `flush` returns, and the next open
+//!   refuses the file.
+//! - A schema that is not the outbox's (a version-3 file whose tables were changed, a version-2
+//!   file the migration cannot read) fails `connect`, with the file left as it was.
+//! - The file grows with the backlog and shrinks back once the queue is empty and the bus has
+//!   been idle for a second (incremental vacuum, then the log is truncated). A file made by an
+//!   earlier bus is switched to this with one `VACUUM` at open when it holds at most 64 MiB of
+//!   live data (else at a later open).
+//! - Confirmations that cannot happen (no permission on the confirmation subject): nothing is
+//!   dead-lettered, the queue waits with a growing backoff, and `flush` fails with
+//!   [`Error::Outbox`] ("the queue is blocked: permission denied …")
+//!   instead of hanging. In lame duck mode the drainer keeps sending until the server closes the
+//!   connection, then fails over.
+//! - `.no_outbox()` publishes straight to the client; a message published while the server is
+//!   unreachable, or in flight when it dies, can then be lost. `Bus::local()` has no outbox
+//!   unless `.outbox_path(..)` asks for one.
+//!
+//! # Dead letters from Rust
+//!
+//! ```no_run
+//! # async fn inspect(bus: bus::Bus) -> Result<(), bus::Error> {
+//! let dead = bus.dead_letters();
+//! for letter in dead.list().await? {
+//!     println!("{} {} attempts={} last error: {}", letter.id, letter.subject, letter.attempts, letter.last_error);
+//! }
+//! if let Some(first) = dead.list().await?.first() {
+//!     dead.replay(first.id).await?;     // back to the end of the queue, same msg id
+//! }
+//! dead.purge().await?;
+//! let stats = bus.outbox_stats().await?; // depth and oldest age, for health checks
+//! # let _ = stats; Ok(()) }
+//! ```
 //!
 //! # Shape
 //!
