@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-
 use super::{asyncapi_of, catalog, Descriptor};
-use crate::broker::RawMessage;
+use crate::error::{Error, Result};
+use crate::handle::Bus;
 use crate::headers::Headers;
-use crate::{Bus, Result};
+use crate::raw::RawMessage;
+use crate::stop::Running;
 
 /// The subject catalog requests go to. Every responder answers (no queue group), each with
 /// its own [`ServiceCatalog`] as JSON.
@@ -37,15 +37,23 @@ pub struct ServiceCatalog {
 /// the bus lives; [`stop`](Responder::stop) ends it.
 #[derive(Debug)]
 pub struct Responder {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    running: Running,
 }
 
 impl Responder {
     /// Stops answering (unsubscribes) and waits for the task to end.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.running.stop().await;
+    }
+
+    /// [`stop`](Responder::stop), waiting at most `timeout`.
+    pub async fn stop_timeout(self, timeout: Duration) -> Result<()> {
+        self.running.stop_timeout("catalog responder", timeout).await
+    }
+
+    /// Whether it is still answering.
+    pub fn is_running(&self) -> bool {
+        self.running.is_running()
     }
 }
 
@@ -72,10 +80,9 @@ pub async fn serve(bus: &Bus) -> Result<Responder> {
     };
     let payload =
         bytes::Bytes::from(serde_json::to_vec(&answer).map_err(|e| {
-            crate::Error::Config(format!("cannot encode the catalog as JSON: {e}"))
+            Error::Config(format!("cannot encode the catalog as JSON: {e}"))
         })?);
-    let (stop, mut stopped) = watch::channel(false);
-    let task = tokio::spawn(async move {
+    let running = Running::spawn(move |mut stopped, _| async move {
         loop {
             let msg = tokio::select! {
                 _ = stopped.wait_for(|s| *s) => break,
@@ -93,14 +100,14 @@ pub async fn serve(bus: &Bus) -> Result<Responder> {
             }
         }
     });
-    Ok(Responder { stop, task })
+    Ok(Responder { running })
 }
 
 /// Every running service's catalog: the answers to one request on [`CATALOG_SUBJECT`]
 /// gathered for `timeout` (none is an empty result, not an error). What `bus catalog` shows.
 pub async fn discover(bus: &Bus, timeout: Duration) -> Result<Discovered> {
     let broker = bus.broker();
-    let inbox = format!("_INBOX.bus-catalog.{}", crate::new_msg_id());
+    let inbox = format!("_INBOX.bus-catalog.{}", crate::msg_id::new_msg_id());
     let mut sub = broker.subscribe(&inbox, None).await?;
     let mut ask = RawMessage::new(CATALOG_SUBJECT, bytes::Bytes::new());
     ask.reply = Some(inbox);
