@@ -85,19 +85,27 @@ pub enum DeadLettersCommand {
         id: i64,
     },
     /// Put dead letters back at the end of the queue (same msg id, fresh attempts).
+    #[command(
+        override_usage = "bus dead-letters replay [OPTIONS] <FILE> <ID>...\n       \
+                                bus dead-letters replay [OPTIONS] <FILE> --all"
+    )]
     Replay(ChangeArgs),
     /// Delete dead letters for good.
+    #[command(
+        override_usage = "bus dead-letters purge [OPTIONS] <FILE> <ID>...\n       \
+                                bus dead-letters purge [OPTIONS] <FILE> --all"
+    )]
     Purge(ChangeArgs),
 }
 
-/// What `replay` and `purge` take.
+/// What `replay` and `purge` take: the file first, then ids or `--all` (the usage line says so;
+/// a required group of the two would be printed ahead of the file).
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["ids", "all"]))]
 pub struct ChangeArgs {
     /// The outbox file (the service's `outbox_path`).
     pub file: PathBuf,
-    /// The dead letters' ids (see `list`).
-    #[arg(value_name = "ID")]
+    /// The dead letters' ids (see `list`); or `--all`.
+    #[arg(value_name = "ID", required_unless_present = "all")]
     pub ids: Vec<i64>,
     /// Every dead letter in the file (as listed when the command starts).
     #[arg(long, conflicts_with = "ids")]

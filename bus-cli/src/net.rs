@@ -53,7 +53,17 @@ async fn connect(args: &ServerArgs) -> Result<Bus, Failure> {
     }
     b.connect()
         .await
-        .map_err(|e| Failure::Failed(format!("cannot connect to {}: {e}", args.server.join(","))))
+        .map_err(|e| Failure::Failed(format!("cannot connect to {}: {e}", servers(args))))
+}
+
+/// The server URLs, comma-separated, as they may be shown: without a password or token.
+fn servers(args: &ServerArgs) -> String {
+    let shown: Vec<String> = args
+        .server
+        .iter()
+        .map(|u| bus::redact_url(u.trim()))
+        .collect();
+    shown.join(",")
 }
 
 /// A JSON argument (`-`: stdin) as MessagePack.
@@ -104,7 +114,7 @@ pub async fn tap(args: TapArgs, json: bool) -> Outcome {
     out::note(format!(
         "listening on {} at {}",
         args.pattern,
-        args.conn.server.join(",")
+        servers(&args.conn)
     ));
     let mut seen = 0u64;
     let stop = tokio::signal::ctrl_c();

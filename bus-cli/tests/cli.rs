@@ -588,6 +588,101 @@ async fn usage_and_file_errors() {
     bus(&["--version"]).await.expect(0);
 }
 
+/// What the usage of `replay` and `purge` says is what parses: the file first, then ids or
+/// `--all`, run against a real file. (Before, the usage read `<ID|--all> <FILE>`, and a command
+/// written that way failed as wrong usage.)
+#[tokio::test]
+async fn replay_and_purge_parse_as_their_usage_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = unowned_file_with_dead_letters(dir.path(), 3).await;
+    for op in ["replay", "purge"] {
+        let help = bus(&["dead-letters", op, "--help"]).await.expect(0);
+        let usage: Vec<&str> = help
+            .stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("Usage:"))
+            .take_while(|l| !l.trim().is_empty())
+            .map(|l| l.trim_start_matches("Usage:").trim())
+            .collect();
+        assert_eq!(
+            usage,
+            [
+                format!("bus dead-letters {op} [OPTIONS] <FILE> <ID>..."),
+                format!("bus dead-letters {op} [OPTIONS] <FILE> --all"),
+            ],
+            "{help:?}"
+        );
+        // Ids before the file, as the old usage had it: wrong usage.
+        bus(&["dead-letters", op, "1", &file]).await.expect(2);
+    }
+    let one = bus(&["dead-letters", "replay", &file, "1", "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(one["requests"][0]["outcome"], "replayed", "{one}");
+    let rest = bus(&["dead-letters", "purge", &file, "--all", "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(rest["requests"].as_array().unwrap().len(), 2, "{rest}");
+}
+
+/// A password in `--server`'s URL is never printed: not in the note of `tap`, nor in the error
+/// of a refused or unreachable connection (the URL is shown as `nats://alice:***@…`).
+#[tokio::test]
+async fn a_password_in_the_server_url_is_never_printed() {
+    const SECRET: &str = "S3cretPassw0rdXYZ";
+    let server = NatsServer::builder().user_password("alice", SECRET).start();
+    let with_secret = |password: &str| {
+        server
+            .url()
+            .replacen("nats://", &format!("nats://alice:{password}@"), 1)
+    };
+    let good = with_secret(SECRET);
+    let sent = bus(&["pub", "cli.secret", "1", "--server", &good])
+        .await
+        .expect(0);
+    assert!(!format!("{sent:?}").contains(SECRET), "{sent:?}");
+    let wrong = with_secret("Wr0ngPassw0rdXYZ");
+    let refused = bus(&[
+        "pub",
+        "cli.secret",
+        "1",
+        "--server",
+        &wrong,
+        "--connect-timeout",
+        "3",
+    ])
+    .await
+    .expect(1);
+    assert!(refused.stderr.contains("nats://alice:***@"), "{refused:?}");
+    assert!(
+        !format!("{refused:?}").contains("Wr0ngPassw0rdXYZ"),
+        "{refused:?}"
+    );
+    let port = bus_tests::server::free_port();
+    let down = format!("nats://alice:{SECRET}@127.0.0.1:{port}");
+    let unreachable = bus(&[
+        "pub",
+        "cli.secret",
+        "1",
+        "--server",
+        &down,
+        "--connect-timeout",
+        "0.5",
+    ])
+    .await
+    .expect(1);
+    assert!(
+        unreachable.stderr.contains("cannot connect"),
+        "{unreachable:?}"
+    );
+    assert!(
+        !format!("{unreachable:?}").contains(SECRET),
+        "{unreachable:?}"
+    );
+}
+
 /// `bus catalog` merges what every running service reports on `_bus.catalog`: the table, the
 /// JSON, and one AsyncAPI 3.0 document; no service answering is an error.
 #[tokio::test]

@@ -58,6 +58,14 @@ pub enum Refusal {
     /// The TLS handshake failed: the server's certificate is not trusted or does not match
     /// the host, or the server wants a client certificate it did not get or does not trust.
     Tls,
+    /// The server answered the client's `CONNECT` with `-ERR 'Maximum Control Line
+    /// Exceeded'`: the credentials (a long token or JWT) and the client name make that line
+    /// longer than the server's `max_control_line` (4,096 bytes by default). Use shorter
+    /// credentials, or raise `max_control_line` on the server.
+    ControlLine,
+    /// The server answered the client's `CONNECT` with another `-ERR` that every attempt will
+    /// get again (a protocol or permissions error at connect); the connection error quotes it.
+    ServerError,
 }
 
 impl fmt::Display for Refusal {
@@ -67,6 +75,8 @@ impl fmt::Display for Refusal {
             Refusal::TlsRequiredByServer => "TLS required by server",
             Refusal::TlsRequiredByClient => "TLS required by client",
             Refusal::Tls => "TLS handshake failed",
+            Refusal::ControlLine => "control line too long",
+            Refusal::ServerError => "server error at connect",
         })
     }
 }

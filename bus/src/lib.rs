@@ -230,7 +230,7 @@ pub use crate::local::{LocalBroker, LocalOptions};
 pub use crate::message::{Filter, FilterValue, Message, Request, SubjectToken};
 pub use crate::msg_id::new_msg_id;
 #[cfg(feature = "nats")]
-pub use crate::nats::{NatsAuth, NatsBroker, NatsOptions};
+pub use crate::nats::{redact_url, NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
 pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
 pub use crate::respond::ServeHandle;

@@ -347,3 +347,130 @@ async fn cluster_node_of_the_publisher_killed() {
     tally.assert_nothing_lost();
     assert_eq!(dead, 0, "no outbox dead letters");
 }
+
+/// A durable consumer that has to be made again starts where its handler stopped, never at
+/// "new": (1) the stream is deleted and made again, and messages are stored in it before the
+/// handler's consumer is back; (2) the consumer alone is deleted, and messages are stored before
+/// it is back. Every message the stream acknowledged is handled. (Before: the consumer was made
+/// again with `DeliverPolicy::New`, so what the stream stored in the gap was never delivered.)
+#[tokio::test]
+async fn consumer_made_again_misses_nothing_stored_in_the_gap() {
+    use async_nats::jetstream::stream;
+    let server = JsServer::start();
+    let js = raw_context(&server.url()).await;
+    let config = || stream::Config {
+        name: "REMADE".into(),
+        subjects: vec!["plugin.outbound.remade.>".into()],
+        ..Default::default()
+    };
+    js.create_stream(config()).await.unwrap();
+    let consumer = Bus::builder()
+        .nats([server.url()])
+        .no_outbox()
+        .reconnect_delay(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let record = seen.clone();
+    let handler = consumer
+        .handle_with::<Outbound, _, _, _>(
+            Outbound::filter().channel("remade"),
+            HandlerOptions::named("remade")
+                .durable("remade")
+                .ack_wait(Duration::from_secs(2)),
+            move |msg| {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(msg.text.parse().expect("index"));
+                async { Ok::<_, String>(()) }
+            },
+        )
+        .await
+        .expect("handle");
+    // Publishes `range` as one pipelined burst; returns once the stream acknowledged each.
+    let publish = |range: std::ops::Range<usize>| {
+        let js = js.clone();
+        async move {
+            let mut acks = Vec::new();
+            for i in range {
+                let payload =
+                    rmp_serde::to_vec_named(&outbound("remade", "p", &i.to_string())).unwrap();
+                acks.push(
+                    js.publish("plugin.outbound.remade.p", payload.into())
+                        .await
+                        .unwrap(),
+                );
+            }
+            for ack in acks {
+                ack.await.expect("stored by the stream");
+            }
+        }
+    };
+    let handled = |n: usize| {
+        let seen = seen.clone();
+        move || {
+            let mut got = seen.lock().unwrap().clone();
+            got.sort_unstable();
+            got.dedup();
+            got.len() >= n
+        }
+    };
+    let lost = |n: usize| {
+        let got = seen.lock().unwrap().clone();
+        (0..n).filter(|i| !got.contains(i)).collect::<Vec<_>>()
+    };
+    publish(0..5).await;
+    wait_until("the first messages handled", GUARD, handled(5)).await;
+
+    // (1) The stream deleted and made again. The pause lets the handler see its consumer go and
+    // fail to make it again (no stream), so the burst lands while it waits to retry.
+    js.delete_stream("REMADE").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    js.create_stream(config()).await.unwrap();
+    publish(5..25).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !handled(25)() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lost_after_stream = lost(25);
+    eprintln!("stream deleted and made again: 20 stored in the gap, lost {lost_after_stream:?}");
+    assert!(lost_after_stream.is_empty(), "lost {lost_after_stream:?}");
+
+    // (2) The consumer alone deleted. A stand-in holds its name for the time of the burst (an
+    // incompatible one: acks off), so the handler cannot make it again before the messages
+    // are stored; then the stand-in goes and the handler's consumer comes back.
+    let remade = js.get_stream("REMADE").await.unwrap();
+    let stand_in = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("remade".into()),
+        filter_subject: "plugin.outbound.remade.>".into(),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+        ..Default::default()
+    };
+    let mut attempts = 0;
+    loop {
+        remade.delete_consumer("remade").await.unwrap();
+        // The handler may have made its consumer again in between: then once more.
+        match remade.create_consumer(stand_in.clone()).await {
+            Ok(_) => break,
+            Err(e) => {
+                attempts += 1;
+                assert!(attempts < 20, "cannot put the stand-in in place: {e}");
+            }
+        }
+    }
+    publish(25..75).await;
+    remade.delete_consumer("remade").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !handled(75)() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lost_after_consumer = lost(75);
+    eprintln!("consumer deleted: 50 stored in the gap, lost {lost_after_consumer:?}");
+    assert!(
+        lost_after_consumer.is_empty(),
+        "lost {lost_after_consumer:?}"
+    );
+    handler.stop().await;
+}

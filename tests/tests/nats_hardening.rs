@@ -17,9 +17,11 @@ const GUARD: Duration = Duration::from_secs(20);
 /// A server with user `app` (denied publishing to `plugin.outbound.denied.>` and subscribing to
 /// `plugin.inbound.secret.>`) and user `noconfirm` (denied the confirmation subject).
 fn server() -> NatsServer {
-    NatsServer::builder()
-        .config(
-            r#"authorization {
+    NatsServer::builder().config(SERVER_AUTH).start()
+}
+
+/// The users of [`server`].
+const SERVER_AUTH: &str = r#"authorization {
   users = [
     { user: "app", password: "pw", permissions: {
         publish: { deny: ["plugin.outbound.denied.>"] },
@@ -27,10 +29,7 @@ fn server() -> NatsServer {
     { user: "noconfirm", password: "pw", permissions: {
         publish: { deny: ["_bus.confirm.>"] } } }
   ]
-}"#,
-        )
-        .start()
-}
+}"#;
 
 async fn broker(server: &NatsServer, user: &str) -> NatsBroker {
     let mut o = nats_options(&server.url(), Duration::from_secs(2));
@@ -137,6 +136,49 @@ async fn denied_subscribe_fails() {
         .unwrap()
         .unwrap();
     assert_eq!(&m.payload[..], b"hi");
+}
+
+/// A denied subscription made before the connection is up (the server is not there yet) cannot
+/// be refused by `subscribe`, which returns `Ok`: the typed stream's first item is the
+/// `PermissionDenied`, and then it ends (as the README says). On a connected bus `subscribe`
+/// itself fails (`denied_subscribe_fails`).
+#[tokio::test]
+async fn a_denied_subscription_made_before_the_connection_yields_the_error() {
+    let port = bus_tests::server::free_port();
+    let bus = Bus::builder()
+        .nats([format!("nats://127.0.0.1:{port}")])
+        .user_password("app", "pw")
+        .reconnect_delay(Duration::from_millis(100))
+        .no_outbox()
+        .connect()
+        .await
+        .unwrap();
+    assert_ne!(bus.state(), bus::ConnectionState::Connected);
+    let mut sub = bus
+        .subscribe::<Secret>(Secret::filter().who("x"))
+        .await
+        .expect("nothing to refuse it yet");
+    let _server = NatsServer::builder().port(port).config(SERVER_AUTH).start();
+    let first = tokio::time::timeout(GUARD, sub.next())
+        .await
+        .expect("no item");
+    match first {
+        Some(Err(Error::PermissionDenied { subject, .. })) => {
+            assert_eq!(subject, "plugin.inbound.secret.x");
+        }
+        other => panic!("want a PermissionDenied item, got {other:?}"),
+    }
+    let end = tokio::time::timeout(GUARD, sub.next())
+        .await
+        .expect("never ended");
+    assert!(end.is_none(), "ends after the error: {end:?}");
+}
+
+/// A message on a subject `app` may not subscribe to.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, bus::Message)]
+#[subject("plugin.inbound.secret.<who>")]
+struct Secret {
+    who: String,
 }
 
 /// Without permission on the confirmation subject, `flush` fails fast... at the request timeout,
@@ -388,6 +430,12 @@ async fn an_unconfirmable_outbox_says_so_and_backs_off() {
     .expect("flush never reported the blocked queue");
     let text = err.to_string();
     assert!(text.contains("_bus.confirm.>"), "{text}");
+    // What the README says: through the outbox it is `Error::Outbox`, not `PermissionDenied`.
+    assert!(matches!(err, Error::Outbox { .. }), "{err:?}");
+    assert!(
+        text.contains("the queue is blocked: permission denied"),
+        "{text}"
+    );
     assert_eq!(bus.dead_letters().count().await.unwrap(), 0);
     assert_eq!(
         bus.outbox_stats().await.unwrap().unwrap().depth,

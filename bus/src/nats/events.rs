@@ -554,6 +554,15 @@ pub(crate) fn classify(
 ) -> (Option<Refusal>, String) {
     let words =
         std::error::Error::source(e).map_or_else(|| e.kind().to_string(), ToString::to_string);
+    if let Some(text) = server_error_text(e) {
+        return match server_refusal(&text, options) {
+            Some((refusal, detail)) => (Some(refusal), detail),
+            None => (
+                None,
+                format!("the server answered the connection attempt with `-ERR '{text}'`"),
+            ),
+        };
+    }
     match e.kind() {
         ConnectErrorKind::AuthorizationViolation => {
             return (Some(Refusal::Authorization), authorization_detail(options))
@@ -612,6 +621,127 @@ pub(crate) fn classify(
                  and signed by a CA the server trusts"
             ),
         )
+    }
+}
+
+/// The text of the server's `-ERR` that ended a connection attempt, if one did: async-nats
+/// 0.35 returns any `-ERR` answering its `CONNECT` (but `Authorization Violation`) as an I/O
+/// error whose source is the `ServerError`.
+fn server_error_text(e: &async_nats::ConnectError) -> Option<String> {
+    let mut cur = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(server) = err.downcast_ref::<async_nats::ServerError>() {
+            return Some(match server {
+                async_nats::ServerError::AuthorizationViolation => {
+                    "Authorization Violation".to_owned()
+                }
+                async_nats::ServerError::SlowConsumer(_) => "Slow Consumer".to_owned(),
+                async_nats::ServerError::Other(text) => {
+                    text.trim_matches(|c| c == '\'' || c == ' ').to_owned()
+                }
+            });
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Sorts a server's `-ERR` answering the client's `CONNECT` into a refusal (every attempt will
+/// get it again until the configuration changes) or not (`None`: it may pass, the reconnect
+/// loop goes on).
+///
+/// Permanent, by nats-server's texts (2.9 to 2.15):
+/// - `Authorization Violation`, `User Authentication Expired`, `User Authentication Revoked`,
+///   `Account Authentication Expired`: the credentials ([`Refusal::Authorization`]);
+/// - `Maximum Control Line Exceeded`: the `CONNECT` line, which carries the credentials, is
+///   longer than the server's `max_control_line` ([`Refusal::ControlLine`]);
+/// - `Secure Connection - TLS Required`: the server wants TLS ([`Refusal::TlsRequiredByServer`]);
+/// - `Permissions Violation …`, `Invalid Client Protocol`, `Unknown Protocol Operation`,
+///   `Client Parser ERROR`, `No Responders Requires Headers Support`, `Maximum Payload
+///   Violation`: what the client sends at connect is refused as such ([`Refusal::ServerError`]).
+///
+/// Transient: `Maximum Connections Exceeded` and `Maximum Account Active Connections Exceeded`
+/// (others may disconnect), `Authentication Timeout` (a slow client or network), `Stale
+/// Connection`, `Slow Consumer`, a server shutting down, and anything not listed above.
+fn server_refusal(text: &str, options: Option<&NatsOptions>) -> Option<(Refusal, String)> {
+    let lower = text.to_ascii_lowercase();
+    let has = |needle: &str| lower.contains(needle);
+    if has("authorization violation")
+        || has("authentication expired")
+        || has("authentication revoked")
+    {
+        return Some((
+            Refusal::Authorization,
+            if has("authorization violation") {
+                authorization_detail(options)
+            } else {
+                format!(
+                    "the server answered `{text}` to {}: the credentials are no longer valid; \
+                     issue new ones (e.g. a new .creds file with `nsc generate creds`)",
+                    credentials_used(options)
+                )
+            },
+        ));
+    }
+    if has("maximum control line exceeded") {
+        return Some((
+            Refusal::ControlLine,
+            format!(
+                "the server answered `-ERR '{text}'` to this client's CONNECT: the CONNECT line \
+                 carries the credentials ({}) and the client name, and is longer than the \
+                 server's max_control_line (4096 bytes unless configured); use shorter \
+                 credentials (an NKey or a .creds file instead of a long token) or raise \
+                 max_control_line in the server's configuration",
+                credentials_size(options)
+            ),
+        ));
+    }
+    if has("tls required") {
+        return Some((
+            Refusal::TlsRequiredByServer,
+            format!(
+                "the server answered `-ERR '{text}'`: it requires TLS; connect with a tls:// \
+                 URL or require_tls, and give the CA that signed its certificate with \
+                 tls_root_certificate"
+            ),
+        ));
+    }
+    let permanent = [
+        "permissions violation",
+        "invalid client protocol",
+        "unknown protocol operation",
+        "parser error",
+        "requires headers support",
+        "maximum payload violation",
+    ];
+    if permanent.iter().any(|p| has(p)) {
+        return Some((
+            Refusal::ServerError,
+            format!(
+                "the server answered `-ERR '{text}'` to this client's CONNECT (as {}), and \
+                 will at every attempt; check the server's configuration for this user \
+                 (permissions, limits) and the client's options",
+                credentials_used(options)
+            ),
+        ));
+    }
+    None
+}
+
+/// The credentials in words with their size in bytes, never their value.
+fn credentials_size(options: Option<&NatsOptions>) -> String {
+    let size = match options.map(|o| &o.auth) {
+        Some(NatsAuth::Token(t)) => Some(t.len()),
+        Some(NatsAuth::UserPassword(u, p)) => Some(u.len() + p.len()),
+        Some(NatsAuth::CredentialsFile(path)) => std::fs::metadata(path)
+            .ok()
+            .and_then(|m| usize::try_from(m.len()).ok()),
+        _ => None,
+    };
+    let what = credentials_used(options);
+    match size {
+        Some(n) => format!("{what} of {n} bytes"),
+        None => what,
     }
 }
 
@@ -698,6 +828,36 @@ mod tests {
         }
         let (_, detail) = classify(&io(ConnectionRefused, "Connection refused"), Some(&plain));
         assert!(detail.contains("Connection refused"), "{detail}");
+        let mut long_token = plain.clone();
+        long_token.auth = NatsAuth::Token("x".repeat(5000));
+        for (text, want) in [
+            ("maximum control line exceeded", Some(Refusal::ControlLine)),
+            (
+                "'Maximum Control Line Exceeded'",
+                Some(Refusal::ControlLine),
+            ),
+            ("User Authentication Expired", Some(Refusal::Authorization)),
+            (
+                "Secure Connection - TLS Required",
+                Some(Refusal::TlsRequiredByServer),
+            ),
+            ("Invalid Client Protocol", Some(Refusal::ServerError)),
+            ("maximum connections exceeded", None),
+            ("Authentication Timeout", None),
+            ("Stale Connection", None),
+        ] {
+            let got = server_refusal(text, Some(&long_token));
+            assert_eq!(got.as_ref().map(|(r, _)| *r), want, "{text}");
+            if let Some((_, detail)) = got {
+                assert!(!detail.contains("xxxxxxxx"), "never the token: {detail}");
+            }
+        }
+        let (_, detail) =
+            server_refusal("maximum control line exceeded", Some(&long_token)).unwrap();
+        assert!(
+            detail.contains("a token of 5000 bytes") && detail.contains("max_control_line"),
+            "{detail}"
+        );
         let (_, detail) = classify(&auth, Some(&plain));
         assert!(detail.contains("Authorization Violation") && detail.contains("no credentials"));
     }

@@ -425,9 +425,14 @@ impl JetStream {
     ) -> Result<DurableSubscription> {
         spec.check()?;
         let stream = self.stream_for(&spec.pattern).await?;
-        durable_consumer(&self.context, &stream, &spec).await?;
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let made = durable_consumer(&self.context, &stream, &spec, |_| {
+            jetstream::consumer::DeliverPolicy::New
+        })
+        .await?;
+        lock_progress(&progress).attached(&made);
         tracing::debug!(durable = %spec.name, pattern = %spec.pattern, stream, "JetStream durable consumer attached");
-        self.attach(stream, spec, state).await
+        self.attach(stream, spec, state, progress).await
     }
 
     /// The stream whose subjects cover `pattern`: a declared one, else one the server has.
@@ -473,26 +478,85 @@ impl JetStream {
     }
 }
 
+/// How far the handler of one durable consumer got, in stream sequences: where the consumer
+/// starts when it has to be made again (deleted, or lost with its stream).
+#[derive(Debug, Default)]
+struct Progress {
+    /// The creation time of the stream the consumer was last made on (Unix nanoseconds);
+    /// another one means the stream was deleted and made again, its sequences restarted.
+    stream_created: Option<i128>,
+    /// The highest stream sequence acknowledged (or terminated), or the consumer's ack floor
+    /// when it was attached, whichever is higher.
+    acked: u64,
+    /// Stream sequences delivered and not settled for good yet (not acked nor terminated).
+    open: std::collections::BTreeSet<u64>,
+}
+
+impl Progress {
+    /// The consumer was (re)made on a stream (and answered with its state).
+    fn attached(&mut self, made: &Made) {
+        if self.stream_created != Some(made.stream_created) {
+            // A stream made again: its sequences mean nothing to the old ones.
+            self.acked = 0;
+            self.open.clear();
+        }
+        self.stream_created = Some(made.stream_created);
+        self.acked = self.acked.max(made.ack_floor);
+    }
+
+    fn delivered(&mut self, seq: u64) {
+        if seq > self.acked {
+            self.open.insert(seq);
+        }
+    }
+
+    fn settled(&mut self, seq: u64) {
+        self.open.remove(&seq);
+        self.acked = self.acked.max(seq);
+    }
+
+    /// Where a consumer made again starts on a stream created at `stream_created`: after the
+    /// last ack (or at the oldest delivery still open), or at the start of a stream that is
+    /// not the one the handler read.
+    fn start(&self, stream_created: i128) -> jetstream::consumer::DeliverPolicy {
+        use jetstream::consumer::DeliverPolicy;
+        if self.stream_created != Some(stream_created) {
+            return DeliverPolicy::All;
+        }
+        let start_sequence = self
+            .open
+            .first()
+            .copied()
+            .unwrap_or(self.acked.saturating_add(1));
+        DeliverPolicy::ByStartSequence { start_sequence }
+    }
+}
+
+fn lock_progress(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    p.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What making (or updating) a durable consumer found.
+#[derive(Debug)]
+struct Made {
+    /// The stream's creation time, Unix nanoseconds.
+    stream_created: i128,
+    /// The consumer's ack floor, as a stream sequence.
+    ack_floor: u64,
+}
+
 /// Creates the durable pull consumer `spec.name` on `stream`, or updates it to `spec`.
+///
+/// A consumer that exists keeps where it is (its deliver policy cannot change); one that does
+/// not starts at `start(stream creation time)`: a new durable at the messages published from
+/// now on, one made again at where its handler stopped (see [`Progress::start`]).
 async fn durable_consumer(
     context: &jetstream::Context,
     stream: &str,
     spec: &DurableSpec,
-) -> Result<jetstream::consumer::PullConsumer> {
-    use jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-    let config = pull::Config {
-        durable_name: Some(spec.name.clone()),
-        filter_subject: spec.pattern.clone(),
-        ack_policy: AckPolicy::Explicit,
-        // A new durable starts with what is published from now on; an existing one resumes
-        // where it stopped.
-        deliver_policy: DeliverPolicy::New,
-        ack_wait: spec.ack_wait,
-        max_deliver: spec.max_deliver.map_or(-1, i64::from),
-        backoff: spec.backoff.clone(),
-        max_ack_pending: i64::try_from(spec.max_ack_pending).unwrap_or(i64::MAX),
-        ..Default::default()
-    };
+    start: impl FnOnce(i128) -> jetstream::consumer::DeliverPolicy,
+) -> Result<Made> {
+    use jetstream::consumer::{pull, AckPolicy};
     let s = context
         .get_stream(stream)
         .await
@@ -502,15 +566,36 @@ async fn durable_consumer(
                 spec.name
             ),
         })?;
-    s.create_consumer(config).await.map_err(|e| {
-        let reason = match e.kind() {
-            jetstream::stream::ConsumerErrorKind::JetStream(js) => js_error_text(&js),
-            _ => e.to_string(),
-        };
-        Error::Durable {
-            name: spec.name.clone(),
-            reason: format!("cannot create or update it on stream {stream:?}: {reason}"),
-        }
+    let stream_created = s.cached_info().created.unix_timestamp_nanos();
+    let deliver_policy = match s.consumer_info(&spec.name).await {
+        Ok(existing) => existing.config.deliver_policy,
+        Err(_) => start(stream_created),
+    };
+    let config = pull::Config {
+        durable_name: Some(spec.name.clone()),
+        filter_subject: spec.pattern.clone(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver.map_or(-1, i64::from),
+        backoff: spec.backoff.clone(),
+        max_ack_pending: i64::try_from(spec.max_ack_pending).unwrap_or(i64::MAX),
+        ..Default::default()
+    };
+    let consumer: jetstream::consumer::PullConsumer =
+        s.create_consumer(config).await.map_err(|e| {
+            let reason = match e.kind() {
+                jetstream::stream::ConsumerErrorKind::JetStream(js) => js_error_text(&js),
+                _ => e.to_string(),
+            };
+            Error::Durable {
+                name: spec.name.clone(),
+                reason: format!("cannot create or update it on stream {stream:?}: {reason}"),
+            }
+        })?;
+    Ok(Made {
+        stream_created,
+        ack_floor: consumer.cached_info().ack_floor.stream_sequence,
     })
 }
 
@@ -519,17 +604,27 @@ async fn durable_consumer(
 struct NatsAck {
     client: Client,
     reply: async_nats::Subject,
+    /// The delivery's stream sequence, and its consumer's progress, told when it is settled.
+    progress: Option<(u64, Arc<Mutex<Progress>>)>,
 }
 
 impl AckHandle for NatsAck {
     fn send(&self, kind: AckKind) -> futures::future::BoxFuture<'static, Result<()>> {
         let client = self.client.clone();
         let reply = self.reply.clone();
+        let progress = match kind {
+            AckKind::Ack | AckKind::Term => self.progress.clone(),
+            AckKind::Nak(_) | AckKind::Progress => None,
+        };
         Box::pin(async move {
             client
                 .publish(reply, ack_payload(kind))
                 .await
-                .map_err(|e| Error::nats("acknowledge", e))
+                .map_err(|e| Error::nats("acknowledge", e))?;
+            if let Some((seq, progress)) = progress {
+                lock_progress(&progress).settled(seq);
+            }
+            Ok(())
         })
     }
 }
@@ -539,30 +634,48 @@ impl AckHandle for NatsAck {
 /// Per delivery, so read over the bytes (`str::split` searches for each dot, about 2 k
 /// instructions per delivery here).
 fn ack_delivered(reply: &str) -> Option<u32> {
-    let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+    ack_token(reply, 0)?.parse().ok()
+}
+
+/// The stream sequence in a JetStream ack subject (the token after the delivery count).
+fn ack_stream_seq(reply: &str) -> Option<u64> {
+    ack_token(reply, 1)?.parse().ok()
+}
+
+/// The token `offset` places after the delivery count of a JetStream ack subject.
+fn ack_token(reply: &str, offset: usize) -> Option<&str> {
+    let rest = reply.strip_prefix("$JS.ACK.")?;
     let dot = |b: &u8| *b == b'.';
-    let at = match rest.iter().filter(|b| dot(b)).count() + 1 {
+    let at = match rest.as_bytes().iter().filter(|b| dot(b)).count() + 1 {
         7 => 2,
         n if n >= 9 => 4,
         _ => return None,
     };
-    let token = rest.split(dot).nth(at)?;
-    std::str::from_utf8(token).ok()?.parse().ok()
+    rest.split('.').nth(at + offset)
 }
 
 /// A message on a puller's inbox as a [`Delivery`], if it is one (not a status message).
-fn delivery(client: &Client, mut msg: async_nats::Message) -> Option<Delivery> {
+fn delivery(
+    client: &Client,
+    progress: &Arc<Mutex<Progress>>,
+    mut msg: async_nats::Message,
+) -> Option<Delivery> {
     let reply = msg.reply.take()?;
     let Some(delivered) = ack_delivered(reply.as_str()) else {
         tracing::warn!(subject = %msg.subject, reply = %reply, "JetStream delivery without a readable ack subject; skipped");
         return None;
     };
+    let progress = ack_stream_seq(reply.as_str()).map(|seq| {
+        lock_progress(progress).delivered(seq);
+        (seq, Arc::clone(progress))
+    });
     let raw = super::convert::from_nats(msg);
     let acker = Acker::new(
         delivered,
         NatsAck {
             client: client.clone(),
             reply,
+            progress,
         },
     );
     Some(Delivery::new(raw, acker))
@@ -577,6 +690,7 @@ struct Deliveries {
     taken: Arc<tokio::sync::Notify>,
     sub: super::SharedSubscriber,
     client: Client,
+    progress: Arc<Mutex<Progress>>,
 }
 
 impl futures::Stream for Deliveries {
@@ -602,7 +716,7 @@ impl Drop for Deliveries {
         let _ = tokio::task::unconstrained(sub.unsubscribe()).now_or_never();
         // Sent to us before the UNSUB: back to the consumer at once, not after the ack wait.
         while let Some(Some(msg)) = tokio::task::unconstrained(sub.next()).now_or_never() {
-            if let Some(d) = delivery(&self.client, msg) {
+            if let Some(d) = delivery(&self.client, &self.progress, msg) {
                 d.acker.settle_detached(AckKind::Nak(Duration::ZERO));
             }
         }
@@ -616,6 +730,7 @@ impl JetStream {
         stream: String,
         spec: DurableSpec,
         state: watch::Receiver<ConnectionState>,
+        progress: Arc<Mutex<Progress>>,
     ) -> Result<DurableSubscription> {
         let inbox = self.client.new_inbox();
         let sub = self
@@ -637,6 +752,7 @@ impl JetStream {
             tx,
             taken: Arc::clone(&taken),
             outstanding: 0,
+            progress: Arc::clone(&progress),
         };
         tokio::spawn(puller.run(state));
         Ok(DurableSubscription::new(
@@ -647,6 +763,7 @@ impl JetStream {
                 taken,
                 sub,
                 client: self.client.clone(),
+                progress,
             },
         ))
     }
@@ -673,6 +790,8 @@ struct Puller {
     taken: Arc<tokio::sync::Notify>,
     /// Messages asked for and not yet received.
     outstanding: usize,
+    /// Where the handler got: where the consumer starts if it has to be made again.
+    progress: Arc<Mutex<Progress>>,
 }
 
 impl Puller {
@@ -686,8 +805,14 @@ impl Puller {
         loop {
             let connected = *state.borrow() == ConnectionState::Connected;
             if connected && recreate && tokio::time::Instant::now() >= retry_at {
-                match durable_consumer(&self.context, &self.stream, &self.spec).await {
-                    Ok(_) => {
+                let progress = &self.progress;
+                let made = durable_consumer(&self.context, &self.stream, &self.spec, |created| {
+                    lock_progress(progress).start(created)
+                })
+                .await;
+                match made {
+                    Ok(made) => {
+                        lock_progress(&self.progress).attached(&made);
                         recreate = false;
                         retry_wait = Duration::from_millis(50);
                     }
@@ -783,7 +908,7 @@ impl Puller {
         match msg.status {
             None | Some(StatusCode::OK) => {
                 self.outstanding = self.outstanding.saturating_sub(1);
-                if let Some(d) = delivery(&self.client, msg) {
+                if let Some(d) = delivery(&self.client, &self.progress, msg) {
                     // Never full: requests only ask for what fits.
                     if let Err(tokio::sync::mpsc::error::TrySendError::Full(d)) =
                         self.tx.try_send(d)
@@ -1019,8 +1144,45 @@ mod tests {
             ack_delivered("$JS.ACK._.HASH.S.C.7.1.1.1700000000000000000.5"),
             Some(7)
         );
+        assert_eq!(
+            ack_stream_seq("$JS.ACK.S.C.3.10.9.1700000000000000000.0"),
+            Some(10)
+        );
+        assert_eq!(
+            ack_stream_seq("$JS.ACK.hub.HASH.S.C.2.11.9.1700000000000000000.0.tok"),
+            Some(11)
+        );
         assert_eq!(ack_delivered("_INBOX.x"), None);
         assert_eq!(ack_delivered("$JS.ACK.S.C"), None);
+    }
+
+    /// A consumer made again starts at the oldest delivery still open, else after the last
+    /// ack; on a stream made again, at its start.
+    #[test]
+    fn a_consumer_made_again_starts_where_its_handler_stopped() {
+        use jetstream::consumer::DeliverPolicy;
+        let mut p = Progress::default();
+        p.attached(&Made {
+            stream_created: 1,
+            ack_floor: 4,
+        });
+        let at = |start_sequence| DeliverPolicy::ByStartSequence { start_sequence };
+        assert_eq!(p.start(1), at(5));
+        for seq in 5..=8 {
+            p.delivered(seq);
+        }
+        p.settled(5);
+        p.settled(7);
+        assert_eq!(p.start(1), at(6), "6 is not acked yet");
+        p.settled(6);
+        p.settled(8);
+        assert_eq!(p.start(1), at(9));
+        assert_eq!(p.start(2), DeliverPolicy::All, "another stream");
+        p.attached(&Made {
+            stream_created: 2,
+            ack_floor: 0,
+        });
+        assert_eq!(p.start(2), at(1));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use self::options::{NatsAuth, NatsOptions};
+pub use self::options::{redact_url, NatsAuth, NatsOptions};
 
 use self::events::{Registered, Shared};
 use crate::broker::Broker;
@@ -101,6 +101,7 @@ impl NatsBroker {
         options: NatsOptions,
         streams: Vec<crate::StreamConfig>,
     ) -> Result<NatsBroker> {
+        let options = options.with_url_credentials()?;
         options.validate()?;
         for s in &streams {
             s.validate()?;
@@ -120,7 +121,8 @@ impl NatsBroker {
             .map(|u| {
                 u.parse::<async_nats::ServerAddr>().map_err(|e| {
                     Error::Config(format!(
-                        "invalid NATS server URL {u:?}: {e}; expected e.g. nats://host:4222"
+                        "invalid NATS server URL {:?}: {e}; expected e.g. nats://host:4222",
+                        redact_url(u)
                     ))
                 })
             })
@@ -135,7 +137,9 @@ impl NatsBroker {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client.clone());
         shared.refresh_max_payload();
-        tracing::debug!(urls = ?options.urls, "NATS client started");
+        // Credentials were taken out of the URLs above; redacted all the same.
+        let shown: Vec<String> = options.urls.iter().map(|u| redact_url(u)).collect();
+        tracing::debug!(urls = ?shown, "NATS client started");
         let js = Arc::new(self::jetstream::JetStream::new(
             client.clone(),
             streams,

@@ -15,7 +15,10 @@ pub(crate) const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 262_144;
 pub(crate) const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// How to authenticate to NATS.
-#[derive(Debug, Clone, Default)]
+///
+/// Its `Debug` never shows a secret: tokens, passwords and seeds print as `***` (a seed as its
+/// public key).
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum NatsAuth {
     /// No credentials.
@@ -33,11 +36,34 @@ pub enum NatsAuth {
     CredentialsFile(PathBuf),
 }
 
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::Token(_) => f.write_str("Token(***)"),
+            NatsAuth::UserPassword(user, _) => write!(f, "UserPassword({user:?}, ***)"),
+            NatsAuth::NKey(seed) => match nkeys::KeyPair::from_seed(seed.trim()) {
+                Ok(pair) => write!(f, "NKey({})", pair.public_key()),
+                Err(_) => f.write_str("NKey(***)"),
+            },
+            NatsAuth::CredentialsFile(path) => {
+                f.debug_tuple("CredentialsFile").field(path).finish()
+            }
+        }
+    }
+}
+
 /// Connection options of the NATS backend. Set them through [`BusBuilder`](crate::BusBuilder).
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows the URLs through [`redact_url`] and the credentials as [`NatsAuth`]'s
+/// `Debug` does: no secret.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct NatsOptions {
-    /// Server URLs.
+    /// Server URLs. Credentials in a URL (`nats://user:password@host:4222`, or
+    /// `nats://token@host:4222`) are taken out of it when connecting and used as
+    /// [`NatsAuth::UserPassword`] (or [`NatsAuth::Token`]); they may not be combined with
+    /// [`auth`](NatsOptions::auth), and every URL that has some must have the same.
     pub urls: Vec<String>,
     /// Client name.
     pub name: Option<String>,
@@ -61,6 +87,94 @@ pub struct NatsOptions {
     /// Subject prefix of the confirmation echo, `<prefix>.<unique id>` (see
     /// [`NatsBroker`](crate::NatsBroker)); needs publish and subscribe permission on `<prefix>.>`.
     pub confirm_subject: String,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("NatsOptions")
+            .field("urls", &urls)
+            .field("name", &self.name)
+            .field("auth", &self.auth)
+            .field("tls_root_certificate", &self.tls_root_certificate)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("require_tls", &self.require_tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("confirm_subject", &self.confirm_subject)
+            .finish()
+    }
+}
+
+/// A server URL fit to print: the password of its user info replaced by `***`
+/// (`nats://alice:***@host:4222`), or the whole user info when it is a token
+/// (`nats://***@host:4222`). A URL without user info is returned as it is.
+///
+/// Every URL the SDK logs, puts in an error or prints goes through it.
+///
+/// ```
+/// assert_eq!(bus::redact_url("nats://alice:s3cret@127.0.0.1:4222"), "nats://alice:***@127.0.0.1:4222");
+/// assert_eq!(bus::redact_url("tls://t0ken@nats.example:4222"), "tls://***@nats.example:4222");
+/// assert_eq!(bus::redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match split_userinfo(url) {
+        None => url.to_owned(),
+        Some(parts) => {
+            let hidden = match parts.userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{}{hidden}@{}", parts.scheme, parts.rest)
+        }
+    }
+}
+
+/// A URL cut around its user info: `<scheme>` `<userinfo>@` `<rest>`.
+struct UserInfo<'a> {
+    /// Up to and including `://` (empty without a scheme).
+    scheme: &'a str,
+    userinfo: &'a str,
+    /// The host, port and whatever follows.
+    rest: &'a str,
+}
+
+/// Finds the user info of `url` (the part of its authority before the last `@`), if any.
+fn split_userinfo(url: &str) -> Option<UserInfo<'_>> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let after = &url[start..];
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let at = after[..authority_end].rfind('@')?;
+    Some(UserInfo {
+        scheme: &url[..start],
+        userinfo: &after[..at],
+        rest: &after[at + 1..],
+    })
+}
+
+/// `%XX` escapes of a URL's user info decoded (invalid ones are kept as they are).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit();
+        if escape {
+            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Default for NatsOptions {
@@ -92,6 +206,46 @@ impl NatsOptions {
             urls: urls.into_iter().map(Into::into).collect(),
             ..NatsOptions::default()
         }
+    }
+
+    /// These options with the credentials of the URLs taken out of them and put in
+    /// [`auth`](NatsOptions::auth): async-nats 0.35 ignores a URL's user info (so the client
+    /// would connect without them), and a URL that keeps them is a secret waiting to be logged.
+    pub(crate) fn with_url_credentials(mut self) -> Result<NatsOptions> {
+        let mut found: Option<(String, NatsAuth)> = None;
+        for url in &mut self.urls {
+            let Some(parts) = split_userinfo(url) else {
+                continue;
+            };
+            let auth = match parts.userinfo.split_once(':') {
+                Some((user, password)) => {
+                    NatsAuth::UserPassword(percent_decode(user), percent_decode(password))
+                }
+                None => NatsAuth::Token(percent_decode(parts.userinfo)),
+            };
+            let shown = redact_url(url);
+            let stripped = format!("{}{}", parts.scheme, parts.rest);
+            match &found {
+                None => found = Some((shown, auth)),
+                Some((first, seen)) if !same_auth(seen, &auth) => {
+                    return Err(Error::Config(format!(
+                        "the NATS server URLs {first} and {shown} carry different credentials;                          one client logs in one way: give the same credentials to every URL,                          or none and set them with .user_password() or .token()"
+                    )))
+                }
+                Some(_) => {}
+            }
+            *url = stripped;
+        }
+        if let Some((shown, auth)) = found {
+            if !matches!(self.auth, NatsAuth::None) {
+                return Err(Error::Config(format!(
+                    "the NATS server URL {shown} carries credentials and others were set too                      ({:?}); give them one way only",
+                    self.auth
+                )));
+            }
+            self.auth = auth;
+        }
+        Ok(self)
     }
 
     /// The subscription buffer actually used.
@@ -207,6 +361,15 @@ impl NatsOptions {
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(self.request_timeout))
             .subscription_capacity(self.async_nats_capacity()))
+    }
+}
+
+/// Whether two credentials taken from URLs are the same.
+fn same_auth(a: &NatsAuth, b: &NatsAuth) -> bool {
+    match (a, b) {
+        (NatsAuth::Token(x), NatsAuth::Token(y)) => x == y,
+        (NatsAuth::UserPassword(u, p), NatsAuth::UserPassword(v, q)) => u == v && p == q,
+        _ => false,
     }
 }
 
@@ -363,6 +526,71 @@ mod tests {
         o.tls_client_cert = Some((pem, dir.path().join("missing.pem")));
         assert!(
             matches!(o.validate(), Err(Error::Config(t)) if t.contains("cannot read the TLS client key"))
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        for (url, shown) in [
+            (
+                "nats://alice:S3cret@127.0.0.1:4222",
+                "nats://alice:***@127.0.0.1:4222",
+            ),
+            ("nats://T0ken@host:4222", "nats://***@host:4222"),
+            ("alice:S3cret@host:4222", "alice:***@host:4222"),
+            ("nats://a:b@c:S3cret@host/x@y", "nats://a:***@host/x@y"),
+            ("nats://host:4222/p@th", "nats://host:4222/p@th"),
+            ("nats://host:4222", "nats://host:4222"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn url_credentials_move_to_auth_and_never_show() {
+        let o = NatsOptions::new(["nats://alice:S3cret%40x@a:4222", "nats://b:4222"])
+            .with_url_credentials()
+            .unwrap();
+        assert_eq!(o.urls, ["nats://a:4222", "nats://b:4222"]);
+        assert!(matches!(&o.auth, NatsAuth::UserPassword(u, p) if u == "alice" && p == "S3cret@x"));
+        let shown = format!("{o:?}");
+        assert!(
+            !shown.contains("S3cret") && shown.contains("alice"),
+            "{shown}"
+        );
+        let o = NatsOptions::new(["tls://T0ken@a:4222"])
+            .with_url_credentials()
+            .unwrap();
+        assert!(matches!(&o.auth, NatsAuth::Token(t) if t == "T0ken"));
+        assert!(!format!("{o:?}").contains("T0ken"));
+        let mixed = NatsOptions::new(["nats://a:S3cret@a:4222", "nats://a:0ther@b:4222"]);
+        match mixed.with_url_credentials() {
+            Err(Error::Config(text)) => {
+                assert!(text.contains("different credentials"), "{text}");
+                assert!(
+                    !text.contains("S3cret") && !text.contains("0ther"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut both = NatsOptions::new(["nats://a:S3cret@a:4222"]);
+        both.auth = NatsAuth::Token("T0ken".into());
+        match both.with_url_credentials() {
+            Err(Error::Config(text)) => {
+                assert!(
+                    !text.contains("S3cret") && !text.contains("T0ken"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut nkey = NatsOptions::new(["nats://a:4222"]);
+        nkey.auth = NatsAuth::NKey(USER_SEED.into());
+        let shown = format!("{nkey:?}");
+        assert!(
+            !shown.contains(USER_SEED) && shown.contains(USER_PUBLIC),
+            "{shown}"
         );
     }
 
