@@ -7,14 +7,14 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use super::{asyncapi_of, catalog, Descriptor};
 use crate::error::{Error, Result};
 use crate::handle::Bus;
 use crate::headers::Headers;
 use crate::raw::RawMessage;
 use crate::stop::Running;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 
 /// The subject catalog requests go to. Every responder answers (no queue group), each with
 /// its own [`ServiceCatalog`] as JSON.
@@ -48,7 +48,9 @@ impl Responder {
 
     /// [`stop`](Responder::stop), waiting at most `timeout`.
     pub async fn stop_timeout(self, timeout: Duration) -> Result<()> {
-        self.running.stop_timeout("catalog responder", timeout).await
+        self.running
+            .stop_timeout("catalog responder", timeout)
+            .await
     }
 
     /// Whether it is still answering.
@@ -78,10 +80,10 @@ pub async fn serve(bus: &Bus) -> Result<Responder> {
         bus_version: env!("CARGO_PKG_VERSION").to_owned(),
         messages: catalog(),
     };
-    let payload =
-        bytes::Bytes::from(serde_json::to_vec(&answer).map_err(|e| {
-            Error::Config(format!("cannot encode the catalog as JSON: {e}"))
-        })?);
+    let payload = bytes::Bytes::from(
+        serde_json::to_vec(&answer)
+            .map_err(|e| Error::Config(format!("cannot encode the catalog as JSON: {e}")))?,
+    );
     let running = Running::spawn(move |mut stopped, _| async move {
         loop {
             let msg = tokio::select! {

@@ -13,8 +13,8 @@ pub(crate) mod convert;
 mod events;
 mod jetstream;
 mod options;
+mod subscriber;
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use self::options::{redact_url, NatsAuth, NatsOptions};
 
 use self::events::{Registered, Shared};
+use self::subscriber::{forward_ready, lock_sub, next_message, SharedSubscriber};
 use crate::broker::Broker;
 use crate::connection::ConnectionState;
 use crate::error::{Error, Rejection, Result};
@@ -146,7 +147,7 @@ impl NatsBroker {
             options.request_timeout,
         ));
         if js.routes_anything() {
-            tokio::spawn(self::jetstream::keep_streams(
+            tokio::spawn(self::jetstream::streams::keep_streams(
                 Arc::downgrade(&js),
                 shared.state.subscribe(),
             ));
@@ -507,54 +508,6 @@ fn subscriber_sid(sub: &async_nats::Subscriber) -> Option<u64> {
 /// was undercounted by half in tests. Here every drop is counted exactly. async-nats's own buffer
 /// is several times larger (see `options.rs`) and this loop never waits on the subscriber, so it
 /// only overflows if this task is starved; those drops are still counted from the events.
-/// The async-nats subscriber, shared by the pump (which reads it) and the stream (which takes it
-/// out on drop to unsubscribe at once).
-type SharedSubscriber = Arc<std::sync::Mutex<Option<async_nats::Subscriber>>>;
-
-fn lock_sub(sub: &SharedSubscriber) -> std::sync::MutexGuard<'_, Option<async_nats::Subscriber>> {
-    sub.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The next message of the shared subscriber; `None` once it was taken out or ended.
-fn next_message(sub: &SharedSubscriber) -> impl Future<Output = Option<async_nats::Message>> + '_ {
-    std::future::poll_fn(move |cx| match lock_sub(sub).as_mut() {
-        Some(s) => s.poll_next_unpin(cx),
-        None => Poll::Ready(None),
-    })
-}
-
-/// Waits for a message of the shared subscriber, then hands it and every other one async-nats
-/// already holds to `forward`, under one lock and in one wake-up (a message at a time cost a
-/// lock and a trip through `select!` each). `false` once the subscriber ended or was taken out,
-/// or `forward` refused (our side closed).
-fn forward_ready<'a>(
-    sub: &'a SharedSubscriber,
-    forward: &'a mut impl FnMut(async_nats::Message) -> bool,
-) -> impl Future<Output = bool> + 'a {
-    std::future::poll_fn(move |cx| {
-        let mut guard = lock_sub(sub);
-        let Some(s) = guard.as_mut() else {
-            return Poll::Ready(false);
-        };
-        let mut moved = false;
-        loop {
-            match s.poll_next_unpin(cx) {
-                Poll::Ready(Some(msg)) => {
-                    moved = true;
-                    if !forward(msg) {
-                        return Poll::Ready(false);
-                    }
-                }
-                Poll::Ready(None) => return Poll::Ready(false),
-                // The waker is registered; come back with what was moved, if anything.
-                Poll::Pending if moved => return Poll::Ready(true),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    })
-}
-
 async fn pump(
     sub: SharedSubscriber,
     tx: mpsc::Sender<async_nats::Message>,
