@@ -11,8 +11,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
 use crate::msgs;
-use crate::runner::{fail, rate, within, BenchResult, Rounds, Sample};
-use crate::scenarios::nats::WAIT;
+use crate::runner::{fail, rate, within, BenchResult, Rounds, Sample, WAIT};
 
 /// The stream both sides use (created fresh per round, deleted after).
 pub const STREAM: &str = "BENCH_OUTBOUND";

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::store::sql_err;
+use super::io::sql_err;
 use super::writer::Writer;
 use super::DeadLetter;
 use crate::broker::Broker;

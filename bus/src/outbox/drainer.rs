@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use super::store::{sql_err, Failure, Page, Row};
+use super::io::sql_err;
+use super::store::{Failure, Page, Row};
 use super::writer::{footprint, Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
 use crate::{Error, Result, RetryPolicy};

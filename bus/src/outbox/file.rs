@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::schema::{self, SCHEMA_VERSION};
-use super::store::{layout_err, sql_err, version_err};
+use super::io::sql_err;
+use super::schema::{self, layout_err, version_err, SCHEMA_VERSION};
 use super::{read, DeadLetter, OutboxStats, QueuedMessage};
 use crate::{Error, Result};
 

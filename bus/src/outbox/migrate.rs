@@ -9,8 +9,8 @@
 use rusqlite::{params, Connection};
 
 use super::encoding::{encode_headers, known_name};
-use super::schema::{SCHEMA_VERSION, TABLES, VIEWS};
-use super::store::{now_ms, ORIGIN_OUTBOX};
+use super::io::now_ms;
+use super::schema::{ORIGIN_OUTBOX, SCHEMA_VERSION, TABLES, VIEWS};
 use crate::broker::RawMessage;
 use crate::headers::Headers;
 

@@ -98,6 +98,7 @@ mod drainer;
 mod encoding;
 mod file;
 mod integrity;
+mod io;
 mod lock;
 mod migrate;
 mod read;
@@ -183,7 +184,7 @@ impl OutboxStats {
     ) -> Self {
         OutboxStats {
             depth,
-            oldest_age: oldest_ms.map(store::age_of),
+            oldest_age: oldest_ms.map(io::age_of),
             dead_letters,
             schema_version,
             file_size,
@@ -463,7 +464,7 @@ impl Outbox {
             .call(|ctx| {
                 ctx.store
                     .stats()
-                    .map_err(|e| store::sql_err(&ctx.store.path, "cannot read the outbox stats", e))
+                    .map_err(|e| io::sql_err(&ctx.store.path, "cannot read the outbox stats", e))
             })
             .await
     }

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::io::{now_ms, sql_err};
 use super::read::from_ms;
-use super::schema::{self, REQUESTS, SCHEMA_VERSION};
-use super::store::{layout_err, now_ms, sql_err, version_err, ReplayTx, Store};
-use super::writer::Ctx;
+use super::schema::{self, layout_err, version_err, REQUESTS, SCHEMA_VERSION};
+use super::store::{ReplayTx, Store};
 use super::Durability;
 use crate::{Error, Result};
 
@@ -63,7 +63,7 @@ const PURGED: &str = "purged";
 /// `result` of a request whose dead letter was not there (already replayed or purged).
 const NOT_FOUND: &str = "not found";
 
-/// The owner's side: when it looks next. Lives in the writer thread's [`Ctx`].
+/// The owner's side: when it looks next. Lives on the writer thread.
 #[derive(Debug, Default)]
 pub(crate) struct Pickup {
     /// `None`: at once (at start, and while a long request list is being worked through).
@@ -100,36 +100,36 @@ impl Processed {
     }
 }
 
-/// Called by the writer thread between commands: runs the pending requests when it is time to
-/// look, and tells the drainer about replayed rows.
-pub(crate) fn pick_up(ctx: &mut Ctx) {
-    let now = Instant::now();
-    if ctx.requests.next.is_some_and(|t| now < t) {
-        return;
-    }
-    ctx.requests.next = Some(now + POLL);
-    match process(&mut ctx.store, CHUNK) {
-        Ok(done) => {
-            if ctx.requests.failing {
-                ctx.requests.failing = false;
-                tracing::info!(path = %ctx.store.path.display(), "operator requests can be read again");
-            }
-            if let Some(last) = done.last_queued {
-                ctx.committed.send_replace(last);
-                // The drainer finds the rows in SQLite, as after `DeadLetters::replay`.
-                ctx.shared.mark_overflowed();
-            }
-            if done.ran() > 0 {
-                tracing::info!(path = %ctx.store.path.display(), replayed = done.replayed, purged = done.purged, not_done = done.other, more = done.more, "operator requests from the outbox file run");
-            }
-            if done.more {
-                ctx.requests.next = None;
-            }
+impl Pickup {
+    /// Called by the writer thread between commands: runs the pending requests when it is time
+    /// to look. Returns the new highest queue id when requests replayed dead letters (the caller
+    /// tells the drainer, which finds the rows in SQLite as after `DeadLetters::replay`).
+    pub(crate) fn poll(&mut self, store: &mut Store) -> Option<i64> {
+        let now = Instant::now();
+        if self.next.is_some_and(|t| now < t) {
+            return None;
         }
-        Err(e) => {
-            if !ctx.requests.failing {
-                ctx.requests.failing = true;
-                tracing::warn!(path = %ctx.store.path.display(), error = %e, "cannot run the operator requests of the outbox file (replay/purge asked by a tool); will retry every 500 ms");
+        self.next = Some(now + POLL);
+        match process(store, CHUNK) {
+            Ok(done) => {
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(path = %store.path.display(), "operator requests can be read again");
+                }
+                if done.ran() > 0 {
+                    tracing::info!(path = %store.path.display(), replayed = done.replayed, purged = done.purged, not_done = done.other, more = done.more, "operator requests from the outbox file run");
+                }
+                if done.more {
+                    self.next = None;
+                }
+                done.last_queued
+            }
+            Err(e) => {
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(path = %store.path.display(), error = %e, "cannot run the operator requests of the outbox file (replay/purge asked by a tool); will retry every 500 ms");
+                }
+                None
             }
         }
     }

@@ -1,6 +1,10 @@
 //! The outbox file's schema (version 3), its operator views, and the check that a file has it.
 
+use std::path::Path;
+
 use rusqlite::Connection;
+
+use crate::Error;
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).
 ///
@@ -8,6 +12,9 @@ use rusqlite::Connection;
 /// shell. Version 2 kept the whole message in one private blob; it is migrated on open
 /// (`migrate`). Version 1 predates any release.
 pub(crate) const SCHEMA_VERSION: i64 = 3;
+
+/// The `origin` of a dead letter that failed in the outbox (handlers write `handler:<name>`).
+pub(crate) const ORIGIN_OUTBOX: &str = "outbox";
 
 /// The tables. Queue ids are assigned by the writer from `outbox_seq`, not by AUTOINCREMENT
 /// (which rewrites `sqlite_sequence` once per inserted row): ids must never be reused once the
@@ -157,4 +164,35 @@ pub(crate) fn check(conn: &Connection) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The error for a file whose `user_version` is not one this build can open.
+pub(crate) fn version_err(path: &Path, version: i64) -> Error {
+    let detail = if version < SCHEMA_VERSION {
+        format!(
+            "outbox schema version {version} is from a pre-release bus and cannot be migrated \
+             (only version 2 can); drain it with the bus that wrote it, or move it aside"
+        )
+    } else {
+        format!(
+            "unknown outbox schema version {version} (this build of bus understands version \
+             {SCHEMA_VERSION}); the file was written by a newer bus: upgrade bus, or point \
+             outbox_path at another file (the queued messages are left untouched)"
+        )
+    };
+    Error::outbox(path, detail, None)
+}
+
+/// The error for a version-3 file whose tables are not the ones of version 3.
+pub(crate) fn layout_err(path: &Path, why: &str) -> Error {
+    Error::outbox(
+        path,
+        format!(
+            "the outbox file says schema version {SCHEMA_VERSION} but its tables do not match it \
+             ({why}); it was changed by something other than bus: move it aside (it may still \
+             hold unsent messages; it is never reset automatically) and point outbox_path \
+             elsewhere"
+        ),
+        None,
+    )
 }

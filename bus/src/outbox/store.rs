@@ -3,21 +3,19 @@
 //!
 //! Only the writer thread touches the connection, so nothing here is shared or locked.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags};
 
 use super::encoding::encode_headers;
-use super::lock::FileLock;
-use super::schema::{self, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
+use super::io::{create_private, io_err, now_ms, sql_err};
+use super::lock::{refuse_hard_links, FileLock};
+use super::schema::{
+    self, layout_err, version_err, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS,
+};
 use super::{migrate, read, DeadLetter, Durability, OutboxStats};
 use crate::broker::RawMessage;
 use crate::{Error, Result};
-
-/// The `origin` of a dead letter that failed in the outbox (handlers write `handler:<name>`).
-pub(crate) const ORIGIN_OUTBOX: &str = "outbox";
 
 /// A queued message as the drainer sees it. The row keeps its message for as long as it is
 /// queued: each send attempt hands the broker a copy (the trait takes it by value), so a batch
@@ -83,69 +81,6 @@ pub(crate) struct Store {
     _lock: FileLock,
 }
 
-pub(crate) fn create_private(path: &Path, create_new: bool) -> std::io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true);
-    if create_new {
-        o.create_new(true);
-    } else {
-        o.create(true);
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // The queue holds message payloads: readable by its owner only.
-        o.mode(0o600);
-    }
-    o.open(path)
-}
-
-pub(crate) fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
-    let hint = match e.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            "; the directory must exist and be writable by this process"
-        }
-        std::io::ErrorKind::NotFound => "; create the directory first",
-        std::io::ErrorKind::StorageFull => "; the disk is full, free some space",
-        _ => "",
-    };
-    Error::outbox(path, format!("{what}: {e}{hint}"), Some(Box::new(e)))
-}
-
-/// Maps a SQLite error to an [`Error::Outbox`] that says what to do.
-pub(crate) fn sql_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
-    Error::outbox(path, sql_detail(what, &e), Some(Box::new(e)))
-}
-
-/// The text of [`sql_err`]: what failed, why, and what to do.
-pub(crate) fn sql_detail(what: &str, e: &rusqlite::Error) -> String {
-    let hint = match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => {
-            "; the disk is full: free some space (the message was NOT queued)"
-        }
-        Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => {
-            "; the file or its directory is not writable by this process"
-        }
-        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
-            "; the file is not a SQLite database or is corrupt: move it aside (it may still hold \
-             unsent messages; it is never reset automatically) and point outbox_path elsewhere"
-        }
-        Some(ErrorCode::CannotOpen) => "; check that the directory exists and is writable",
-        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
-            "; another process holds the file"
-        }
-        _ => "",
-    };
-    format!("{what}: {e}{hint}")
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Takes the lock, creates the file `0600` if needed, sets the pragmas and checks the schema.
     pub(crate) fn open(path: &Path, durability: Durability) -> Result<Store> {
@@ -177,7 +112,7 @@ impl Store {
         let Some(lock) = FileLock::try_acquire(path)? else {
             return Ok(None);
         };
-        super::lock::refuse_hard_links(path)?;
+        refuse_hard_links(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -595,7 +530,7 @@ impl Store {
         failed_at_ms: i64,
     ) -> rusqlite::Result<()> {
         let mut headers = String::new();
-        super::encoding::encode_headers(&msg.headers, &mut headers);
+        encode_headers(&msg.headers, &mut headers);
         self.conn
             .prepare_cached(
                 "INSERT INTO dead_letters (origin, queue_id, msg_id, subject, reply, headers,
@@ -681,40 +616,4 @@ pub(crate) fn dead_letter(
     tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
         .execute([failure.id])?;
     Ok(())
-}
-
-/// The error for a file whose `user_version` is not one this build can open.
-pub(crate) fn version_err(path: &Path, version: i64) -> Error {
-    let detail = if version < SCHEMA_VERSION {
-        format!(
-            "outbox schema version {version} is from a pre-release bus and cannot be migrated \
-             (only version 2 can); drain it with the bus that wrote it, or move it aside"
-        )
-    } else {
-        format!(
-            "unknown outbox schema version {version} (this build of bus understands version \
-             {SCHEMA_VERSION}); the file was written by a newer bus: upgrade bus, or point \
-             outbox_path at another file (the queued messages are left untouched)"
-        )
-    };
-    Error::outbox(path, detail, None)
-}
-
-/// The error for a version-3 file whose tables are not the ones of version 3.
-pub(crate) fn layout_err(path: &Path, why: &str) -> Error {
-    Error::outbox(
-        path,
-        format!(
-            "the outbox file says schema version {SCHEMA_VERSION} but its tables do not match it \
-             ({why}); it was changed by something other than bus: move it aside (it may still \
-             hold unsent messages; it is never reset automatically) and point outbox_path \
-             elsewhere"
-        ),
-        None,
-    )
-}
-
-/// How old a row created at `created_ms` is now.
-pub(crate) fn age_of(created_ms: i64) -> Duration {
-    Duration::from_millis((now_ms() - created_ms).max(0) as u64)
 }

@@ -13,7 +13,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch, Notify};
 
-use super::store::{sql_detail, Row, Store, Watermarks};
+use super::io::sql_detail;
+use super::store::{Row, Store, Watermarks};
 use super::Durability;
 use crate::broker::RawMessage;
 use crate::{Error, Result};
@@ -269,7 +270,10 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
     let mut group: Vec<(RawMessage, oneshot::Sender<Result<()>>)> = Vec::new();
     loop {
         // Replays and purges asked through the file, every 500 ms, busy or idle.
-        super::requests::pick_up(&mut ctx);
+        if let Some(last) = ctx.requests.poll(&mut ctx.store) {
+            ctx.committed.send_replace(last);
+            ctx.shared.mark_overflowed();
+        }
         // Delete confirmed rows only when nothing is waiting, so publishes never wait for it.
         let first = match rx.try_recv() {
             Ok(cmd) => cmd,
