@@ -77,7 +77,8 @@
 //! concurrent publishes together (`writer`, `store`). One drainer task sends the queue in FIFO
 //! order, confirms each batch with the broker and only then marks it done (`drainer`), while
 //! the next page is read on the writer thread; the dead-letter API runs on the writer thread
-//! too (`dead_letters`), and so do the requests a tool writes into the file (`requests`).
+//! too (`dead_letters`), and so do the requests a tool writes into the file (`operator_requests`: the tool's
+//! side; `request_runner`: the owner's; `request_rows`: the rows both read).
 //! `schema` holds the tables and views, `encoding` the columns of a
 //! message, `read` the queries the writer and [`OutboxFile`] share, `migrate` the upgrade
 //! from version 2.
@@ -101,9 +102,11 @@ mod integrity;
 mod io;
 mod lock;
 mod migrate;
+mod operator_requests;
 mod read;
 mod reclaim;
-mod requests;
+mod request_rows;
+mod request_runner;
 mod schema;
 mod store;
 mod writer;
@@ -113,7 +116,8 @@ mod tests;
 
 pub use dead_letters::DeadLetters;
 pub use file::OutboxFile;
-pub use requests::{OperatorRequest, OperatorRequests, RequestOp, RequestOutcome};
+pub use operator_requests::OperatorRequests;
+pub use request_rows::{OperatorRequest, RequestOp, RequestOutcome};
 
 /// What a committed publish survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

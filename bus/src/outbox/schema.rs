@@ -91,10 +91,10 @@ CREATE VIEW IF NOT EXISTS dead AS
      ORDER BY id;
 ";
 
-/// The operator requests (`requests`): replays and purges of dead letters that a tool beside
+/// The operator requests (`operator_requests`): replays and purges of dead letters that a tool beside
 /// the service (the `bus` CLI) writes into the file and the owning process runs. Not part of
 /// the checked layout and created by whichever side needs it first, so a file with or without
-/// it is still a version-3 file that every version-3 build opens (see `requests` for why no
+/// it is still a version-3 file that every version-3 build opens (see `operator_requests` for why no
 /// version bump). `op` is not constrained: a build that does not know an operation answers it
 /// instead of a newer tool failing to ask. The partial index keeps the owner's poll (every
 /// 500 ms) a lookup of the pending rows only.

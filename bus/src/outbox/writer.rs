@@ -87,8 +87,8 @@ pub(crate) struct Ctx {
     pub(crate) committed: watch::Sender<i64>,
     /// Group commits so far (a test checks that concurrent publishes share them).
     pub(crate) commits: u64,
-    /// When to look for operator requests (`requests`) next.
-    pub(crate) requests: super::requests::Pickup,
+    /// When to look for operator requests (`request_runner`) next.
+    pub(crate) requests: super::request_runner::Pickup,
     /// When the writer last committed a publish or a confirmation (space is given back only
     /// after a quiet time; reads such as stats do not count).
     pub(crate) last_busy: std::time::Instant,
@@ -227,7 +227,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     shared: thread_shared,
                     committed: committed_tx,
                     commits: 0,
-                    requests: super::requests::Pickup::default(),
+                    requests: super::request_runner::Pickup::default(),
                     last_busy: std::time::Instant::now(),
                 },
             );
