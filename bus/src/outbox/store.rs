@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags};
 
-use super::encoding::encode_headers;
+use super::encoding::{encode_headers, json_text};
 use super::io::{create_private, io_err, now_ms, sql_err};
 use super::lock::{refuse_hard_links, FileLock};
 use super::schema::{
@@ -69,7 +69,7 @@ pub(crate) struct Store {
     /// Every row up to this id is physically deleted (at most `done_id`).
     deleted_upto: i64,
     /// Reused buffer for the headers JSON of one multi-row insert.
-    scratch: String,
+    scratch: Vec<u8>,
     /// A page of the file was found unreadable while running (`salvage`): no more deletes or
     /// space reclaim on it; the next open refuses the file (`integrity`).
     pub(crate) damaged: bool,
@@ -135,7 +135,7 @@ impl Store {
             last_id: 0,
             done_id: 0,
             deleted_upto: 0,
-            scratch: String::new(),
+            scratch: Vec::new(),
             damaged: false,
             unreadable: Default::default(),
             reclaim_pending: true,
@@ -344,7 +344,7 @@ impl Store {
                     stmt.raw_bind_parameter(at + 1, id)?;
                     stmt.raw_bind_parameter(at + 2, m.subject.as_str())?;
                     stmt.raw_bind_parameter(at + 3, m.reply.as_deref())?;
-                    stmt.raw_bind_parameter(at + 4, &self.scratch[start..end])?;
+                    stmt.raw_bind_parameter(at + 4, json_text(&self.scratch[start..end]))?;
                     stmt.raw_bind_parameter(at + 5, &m.payload[..])?;
                     start = end;
                     if !full {
@@ -529,7 +529,7 @@ impl Store {
         error: &str,
         failed_at_ms: i64,
     ) -> rusqlite::Result<()> {
-        let mut headers = String::new();
+        let mut headers = Vec::new();
         encode_headers(&msg.headers, &mut headers);
         self.conn
             .prepare_cached(
@@ -542,7 +542,7 @@ impl Store {
                 crate::headers::msg_id(&msg.headers),
                 msg.subject,
                 msg.reply,
-                headers,
+                json_text(&headers),
                 &msg.payload[..],
                 failed_at_ms,
                 attempts,
