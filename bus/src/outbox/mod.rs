@@ -465,11 +465,7 @@ impl Outbox {
 
     pub(crate) async fn stats(&self) -> Result<OutboxStats> {
         self.writer
-            .call(|ctx| {
-                ctx.store
-                    .stats()
-                    .map_err(|e| io::sql_err(&ctx.store.path, "cannot read the outbox stats", e))
-            })
+            .call("cannot read the outbox stats", |ctx| ctx.store.stats())
             .await
     }
     /// The file, for the metrics' `outbox` label.

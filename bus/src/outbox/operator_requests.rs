@@ -32,7 +32,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use super::io::{now_ms, sql_err};
 use super::request_rows::{request, OperatorRequest, RequestOp, COLUMNS};
 use super::request_runner::{process, CHUNK};
-use super::schema::{self, layout_err, version_err, REQUESTS, SCHEMA_VERSION};
+use super::schema::{self, REQUESTS};
 use super::store::Store;
 use super::Durability;
 use crate::{Error, Result};
@@ -114,31 +114,7 @@ impl OperatorRequests {
                 None,
             ));
         }
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sql_err(path, "cannot read the outbox file", e))?;
-        match version {
-            SCHEMA_VERSION => schema::check(&conn).map_err(|why| layout_err(path, &why))?,
-            0 => {
-                return Err(Error::outbox(
-                    path,
-                    "this SQLite file is not a bus outbox (it has no outbox schema version)",
-                    None,
-                ))
-            }
-            2 => {
-                return Err(Error::outbox(
-                    path,
-                    format!(
-                        "this outbox file has schema version 2 (written by an older bus); a Bus \
-                         of this version migrates it to version {SCHEMA_VERSION} when it opens \
-                         it, and only then can requests be written into it"
-                    ),
-                    None,
-                ))
-            }
-            v => return Err(version_err(path, v)),
-        }
+        schema::check_current(&conn, path, "and only then can requests be written into it")?;
         let exists: bool = conn
             .query_row(
                 "SELECT count(*) > 0 FROM sqlite_master \

@@ -10,9 +10,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use super::encoding::{encode_headers, json_text};
 use super::io::{create_private, io_err, now_ms, sql_err};
 use super::lock::{refuse_hard_links, FileLock};
-use super::schema::{
-    self, layout_err, version_err, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS,
-};
+use super::schema::{self, Found, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
 use super::{migrate, read, DeadLetter, Durability, OutboxStats};
 use crate::broker::RawMessage;
 use crate::{Error, Result};
@@ -230,28 +228,16 @@ const DEAD_LETTER: &str = "INSERT INTO dead_letters (origin, queue_id, msg_id, s
 impl Store {
     fn check_schema(&mut self) -> Result<()> {
         let p = self.path.clone();
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sql_err(&p, "cannot read the outbox schema version", e))?;
-        match version {
-            0 => {
-                let tables: i64 = self
-                    .conn
-                    .query_row(
-                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| sql_err(&p, "cannot read the outbox schema", e))?;
-                if tables > 0 {
-                    return Err(Error::outbox(
-                        &p,
-                        "this SQLite file is not a bus outbox (it has tables but no outbox schema \
-                         version); point outbox_path at a new file",
-                        None,
-                    ));
-                }
+        match schema::found(&self.conn, &p)? {
+            Found::Foreign => {
+                return Err(Error::outbox(
+                    &p,
+                    "this SQLite file is not a bus outbox (it has tables but no outbox schema \
+                     version); point outbox_path at a new file",
+                    None,
+                ))
+            }
+            Found::Empty => {
                 // Before the first table: a file whose free pages can be given back to the
                 // filesystem (`reclaim`). Set only here: on an existing file the pragma writes
                 // its header, and a file must not change just by being opened.
@@ -262,7 +248,7 @@ impl Store {
                     ))
                     .map_err(|e| sql_err(&p, "cannot create the outbox schema", e))?;
             }
-            2 => {
+            Found::V2 => {
                 let started = std::time::Instant::now();
                 let done = migrate::v2_to_v3(&mut self.conn).map_err(|e| {
                     sql_err(
@@ -274,10 +260,9 @@ impl Store {
                 })?;
                 tracing::info!(path = %p.display(), queued = done.queued, dead_letters = done.dead_letters, undecodable = done.undecodable, elapsed = ?started.elapsed(), "outbox migrated from schema version 2 to 3");
             }
-            SCHEMA_VERSION => {}
-            v => return Err(version_err(&p, v)),
+            Found::Current => {}
         }
-        schema::check(&self.conn).map_err(|why| layout_err(&p, &why))?;
+        schema::check_layout(&self.conn, &p)?;
         // An operator may have dropped a view; they cost nothing to put back.
         self.conn
             .execute_batch(VIEWS)

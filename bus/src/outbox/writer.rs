@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch, Notify};
 
-use super::io::sql_detail;
+use super::io::{sql_detail, sql_err};
 use super::store::{Row, Store, Watermarks};
 use super::Durability;
 use crate::broker::RawMessage;
@@ -392,18 +392,14 @@ impl Writer {
         rx.await.map_err(|_| self.closed())?
     }
 
-    /// Runs `f` on the writer thread and returns its result.
-    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    /// Runs `f` on the writer thread and returns its result; a SQLite error becomes an
+    /// [`Error::Outbox`] that says `what` failed (and what to do about it).
+    pub(crate) async fn call<T, F>(&self, what: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Ctx) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Ctx) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let op: Op = Box::new(move |ctx| {
-            let _ = tx.send(f(ctx));
-        });
-        self.tx.send(Command::Op(op)).map_err(|_| self.closed())?;
-        rx.await.map_err(|_| self.closed())?
+        self.start(what, f)?.await.map_err(|_| self.closed())?
     }
 
     /// Runs `f` on the writer thread without waiting for it (in order with everything else).
@@ -416,16 +412,20 @@ impl Writer {
             .map_err(|_| self.closed())
     }
 
-    /// Runs `f` on the writer thread; the answer arrives on the returned receiver, so the caller
-    /// can do something else meanwhile (the drainer reads its next page this way).
-    pub(crate) fn start<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    /// As [`call`](Writer::call), but the answer arrives on the returned receiver, so the
+    /// caller can do something else meanwhile (the drainer reads its next page this way).
+    pub(crate) fn start<T, F>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<oneshot::Receiver<Result<T>>>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Ctx) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Ctx) -> rusqlite::Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         self.submit(move |ctx| {
-            let _ = tx.send(f(ctx));
+            let _ = tx.send(f(ctx).map_err(|e| sql_err(&ctx.store.path, what, e)));
         })?;
         Ok(rx)
     }
