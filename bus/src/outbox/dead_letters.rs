@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use super::records::DeadLetter;
 use super::writer::Writer;
-use super::DeadLetter;
 use crate::broker::Broker;
 use crate::handler::MemoryDeadLetters;
 use crate::{Error, Result};

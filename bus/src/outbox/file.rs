@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::io::sql_err;
+use super::read;
+use super::records::{DeadLetter, OutboxStats, QueuedMessage};
 use super::schema::{self, SCHEMA_VERSION};
-use super::{read, DeadLetter, OutboxStats, QueuedMessage};
 use crate::{Error, Result};
 
 /// A read-only view of an outbox file: stats, the queue and the dead letters, while a running

@@ -33,8 +33,7 @@ use super::io::{now_ms, sql_err};
 use super::request_rows::{request, OperatorRequest, RequestOp, COLUMNS};
 use super::request_runner::{process, CHUNK};
 use super::schema::{self, REQUESTS};
-use super::store::Store;
-use super::Durability;
+use super::store::{Durability, Store};
 use crate::{Error, Result};
 
 /// How long a tool's connection waits for the owner's write transaction to end.
@@ -262,9 +261,7 @@ mod tests {
 
     use super::*;
     use crate::headers::MSG_ID;
-    use crate::outbox::read;
-    use crate::outbox::RequestOutcome;
-    use crate::outbox::{Outbox, OutboxOptions};
+    use crate::outbox::{read, Outbox, OutboxOptions, RequestOutcome};
     use crate::LocalBroker;
 
     /// A new outbox file with dead letters `1..=n` (subject `dl.<i>`, msg id `m<i>`), not held.

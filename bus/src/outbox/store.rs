@@ -10,10 +10,22 @@ use rusqlite::{params, Connection, OpenFlags};
 use super::encoding::{encode_headers, json_text};
 use super::io::{create_private, io_err, now_ms, sql_err};
 use super::lock::{refuse_hard_links, FileLock};
+use super::records::{DeadLetter, OutboxStats};
 use super::schema::{self, Found, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
-use super::{migrate, read, DeadLetter, Durability, OutboxStats};
+use super::{migrate, read};
 use crate::broker::RawMessage;
 use crate::{Error, Result};
+
+/// What a committed publish survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// A crash of the process (WAL, `synchronous=NORMAL`). The default.
+    #[default]
+    ProcessCrash,
+    /// A power loss or OS crash (`synchronous=FULL`: an fsync on every commit).
+    PowerLoss,
+}
 
 /// A queued message as the drainer sees it. The row keeps its message for as long as it is
 /// queued: each send attempt hands the broker a copy (the trait takes it by value), so a batch

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::broker::{ConnectionState, RawSubscription};
 use crate::headers::MSG_ID;
+use crate::Headers;
 
 const LIMIT: Duration = Duration::from_secs(30);
 

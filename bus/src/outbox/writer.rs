@@ -14,8 +14,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::io::{sql_detail, sql_err};
-use super::store::{Row, Store, Watermarks};
-use super::Durability;
+use super::store::{Durability, Row, Store, Watermarks};
 use crate::broker::RawMessage;
 use crate::{Error, Result};
 
