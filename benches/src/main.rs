@@ -12,6 +12,7 @@
 // A benchmark's output is its report: printing to stdout/stderr is the point of this binary.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod hand_outbox;
 mod msgs;
 mod report;
 mod runner;

@@ -15,6 +15,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Result of a bench step.
 pub type BenchResult<T> = Result<T, BoxError>;
 
+/// How long any wait for messages may take before the round counts as lost messages.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// Extra subscription capacity over the messages of a round, for probes.
+pub const SLACK: usize = 1024;
+
 /// Turns a message into a [`BoxError`].
 pub fn fail(msg: impl Into<String>) -> BoxError {
     msg.into().into()
@@ -237,6 +243,29 @@ pub async fn within<T>(
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| fail(format!("timed out after {limit:?} waiting for {what}")))
+}
+
+/// Requests made before timing starts, so connection setup and first-use costs stay out.
+pub const REQUEST_WARMUP: usize = 200;
+
+/// Makes requests with `send` (given the attempt's index, answering whether it succeeded) until
+/// [`REQUEST_WARMUP`] succeeded, pausing after a failure, at most 1000 attempts.
+pub async fn warm_up<F, Fut>(mut send: F)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut ok = 0;
+    for i in 0..1000 {
+        if send(i).await {
+            ok += 1;
+            if ok == REQUEST_WARMUP {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::msgs::{self, Delegate, Outbound, RouteReply, CHANNEL, INSTANCE, WARM};
-use crate::runner::{fail, rate, within, BenchResult};
-use crate::scenarios::nats::{warm_up, SLACK, WAIT};
+use crate::runner::{fail, rate, warm_up, within, BenchResult, SLACK, WAIT};
 use crate::server::Server;
 
 /// Counts `n` measured messages on a typed subscription and returns when the last arrived.

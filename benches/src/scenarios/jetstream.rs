@@ -11,8 +11,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
 use crate::msgs;
-use crate::runner::{fail, rate, within, BenchResult, Rounds, Sample};
-use crate::scenarios::nats::WAIT;
+use crate::runner::{fail, rate, within, BenchResult, Rounds, Sample, WAIT};
 
 /// The stream both sides use (created fresh per round, deleted after).
 pub const STREAM: &str = "BENCH_OUTBOUND";
@@ -135,8 +134,8 @@ async fn bus_round(url: &str, n: usize, window: usize) -> BenchResult<f64> {
 /// By hand: a file stream on [`SUBJECTS`], `n` JetStream publishes with up to `window` PubAcks
 /// outstanding (every one awaited and checked), and a durable pull consumer with explicit ack on
 /// another connection that decodes each message and acks it. msg/s from the first publish to the
-/// last ack sent. With `msg_id`, each message carries a unique `Nats-Msg-Id` (32 hex digits, as
-/// the bus's) built by hand into a reused buffer.
+/// last ack sent. With `msg_id`, each message carries a unique `Nats-Msg-Id` (32 hex digits; the
+/// bus's are 22-character NUIDs) built by hand into a reused buffer.
 async fn raw_durable(url: &str, n: usize, window: usize, msg_id: bool) -> BenchResult<f64> {
     let publisher = jetstream::new(async_nats::connect(url).await?);
     let _ = publisher.delete_stream(STREAM).await;

@@ -6,8 +6,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::msgs::{self, Outbound};
-use crate::runner::{fail, rate, within, BenchResult, Rounds, Sample};
-use crate::scenarios::nats::{SLACK, WAIT};
+use crate::runner::{fail, rate, within, BenchResult, Rounds, Sample, SLACK, WAIT};
 use crate::sdk;
 
 /// `local_pubsub_typed`: the local broker vs a hand-written tokio mpsc carrying the same struct

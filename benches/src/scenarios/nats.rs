@@ -1,7 +1,6 @@
 //! The NATS scenarios: `nats_pubsub_typed`, `nats_pubsub_durable`, `nats_request_p50`,
 //! `drain_after_outage`. Baselines are raw async-nats written the way one would by hand.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,15 +11,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::msgs::{self, PATTERN, PAYLOAD_BYTES, REQUEST_SUBJECT, SUBJECT, WARM_SUBJECT};
-use crate::runner::{fail, quantile_us, rate, within, BenchResult, Rounds, Sample};
+use crate::runner::{
+    fail, quantile_us, rate, warm_up, within, BenchResult, Rounds, Sample, SLACK, WAIT,
+};
 use crate::sdk;
 use crate::server::Server;
-
-/// How long any wait for messages may take before the round counts as lost messages.
-pub const WAIT: Duration = Duration::from_secs(120);
-
-/// Extra subscription capacity over the messages of a round, for probes.
-pub const SLACK: usize = 1024;
 
 /// `nats_pubsub_typed` (outbox off) and `nats_pubsub_durable` (outbox on).
 pub struct PubSub {
@@ -339,29 +334,6 @@ impl Rounds for Request {
     }
 }
 
-/// Requests made before timing starts, so connection setup and first-use costs stay out.
-pub const REQUEST_WARMUP: usize = 200;
-
-/// Makes requests with `send` (given the attempt's index, answering whether it succeeded) until
-/// [`REQUEST_WARMUP`] succeeded, pausing after a failure, at most 1000 attempts.
-pub async fn warm_up<F, Fut>(mut send: F)
-where
-    F: FnMut(usize) -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let mut ok = 0;
-    for i in 0..1000 {
-        if send(i).await {
-            ok += 1;
-            if ok == REQUEST_WARMUP {
-                break;
-            }
-        } else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
 /// Variations of the raw request/reply, for the diagnostics that explain the bus's latency.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawRequestShape {
@@ -632,7 +604,7 @@ pub async fn raw_durable_by_hand(url: &str, n: usize, window: usize) -> BenchRes
     let (to_nats, mut committed) = tokio::sync::mpsc::unbounded_channel::<Vec<HandRow>>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<i64>();
     let writer = std::thread::spawn(move || -> BenchResult<()> {
-        use super::outbox::{insert_by_hand, now_ms, open_by_hand, INSERT};
+        use crate::hand_outbox::{insert_by_hand, now_ms, open_by_hand, INSERT};
         let mut conn = open_by_hand(&path)?;
         let mut headers = String::with_capacity(64);
         while let Some(rows) = batches.blocking_recv() {

@@ -1,32 +1,15 @@
 //! `outbox_publish_rate`: how fast `publish().await` commits to the outbox with the server down,
 //! against rusqlite inserting the same rows in batches by hand: the SQLite ceiling on this disk.
 
-use std::fmt::Write as _;
-use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bus::Bus;
 
+use crate::hand_outbox::{insert_by_hand, now_ms, open_by_hand, INSERT};
 use crate::msgs::{self, INSTANCE};
 use crate::runner::{rate, BenchResult, Rounds, Sample};
 use crate::sdk;
 use crate::server::free_port;
-
-/// The id headers the outbox stores with every typed message today, in its row's JSON text.
-/// The message id travels in one header only.
-const ID_HEADERS: [&str; 1] = ["Nats-Msg-Id"];
-
-/// The outbox table's columns as the SDK creates them (schema version 3).
-const TABLE: &str = "CREATE TABLE outbox (
-    id         INTEGER PRIMARY KEY,
-    subject    TEXT    NOT NULL,
-    reply      TEXT,
-    headers    TEXT    NOT NULL,
-    payload    BLOB    NOT NULL,
-    created_at INTEGER NOT NULL,
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-)";
 
 /// `outbox_publish_rate`: the bus side publishes with `window` publishes in flight (what lets
 /// group commit batch them) to a port nobody listens on; the baseline inserts the same rows in
@@ -88,56 +71,4 @@ fn rusqlite_batches(n: usize, window: usize) -> BenchResult<f64> {
         tx.commit()?;
     }
     Ok(rate(n, start, Instant::now()))
-}
-
-/// The hand-written outbox's file: WAL, `synchronous=NORMAL` (the SDK's default durability)
-/// and the SDK's table.
-pub(crate) fn open_by_hand(path: &Path) -> BenchResult<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
-    conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
-    conn.execute_batch(TABLE)?;
-    Ok(conn)
-}
-
-/// The hand-written outbox's insert, prepared once per transaction.
-pub(crate) const INSERT: &str = "INSERT INTO outbox (id, subject, reply, headers, payload, \
-    created_at) VALUES (?1, ?2, NULL, ?3, ?4, ?5)";
-
-/// Inserts row `id` as the SDK stores it, its id headers written as JSON text into the reused
-/// `headers`.
-pub(crate) fn insert_by_hand(
-    insert: &mut rusqlite::Statement<'_>,
-    headers: &mut String,
-    id: i64,
-    subject: &str,
-    payload: &[u8],
-    now: i64,
-) -> BenchResult<()> {
-    headers.clear();
-    headers.push('[');
-    for (i, name) in ID_HEADERS.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        write!(
-            headers,
-            "{sep}[\"{name}\",\"{:016x}{id:016x}\"]",
-            0x5eed_u64
-        )?;
-    }
-    headers.push(']');
-    insert.execute(rusqlite::params![
-        id,
-        subject,
-        headers.as_str(),
-        payload,
-        now
-    ])?;
-    Ok(())
-}
-
-/// Milliseconds since the Unix epoch, as the SDK's `created_at`.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

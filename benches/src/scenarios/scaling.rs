@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use crate::msgs::{self, Outbound, CHANNEL, INSTANCE};
 use crate::report::Line;
-use crate::runner::{fail, median, quantile_us, within, BenchResult};
-use crate::scenarios::nats::{RawRequestShape, RawRequester, SLACK, WAIT};
+use crate::runner::{fail, median, quantile_us, within, BenchResult, SLACK, WAIT};
+use crate::scenarios::nats::{RawRequestShape, RawRequester};
 use crate::scenarios::rss::{child_json, proc_status_mib};
 use crate::sdk::{self, BusRequester};
 use crate::server::{free_port, Server, ServerSpec};

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
+use rustc_hash::{FxBuildHasher, FxHasher};
 use tokio::sync::{oneshot, watch};
 
 use self::durable::Durable;
@@ -312,40 +313,13 @@ impl LocalBroker {
     }
 }
 
+/// Match results keyed by the FxHash of the subject; the entry keeps the subject to rule out
+/// collisions (a colliding subject simply replaces the entry: it is a cache).
+type Cache = HashMap<u64, (Box<str>, Arc<MatchResult<Sub>>), FxBuildHasher>;
+
 /// FxHash (rustc's hasher): the cache is keyed by subjects, short strings for which SipHash's
 /// DoS resistance costs more than the whole lookup. A flood of crafted subjects can at worst
 /// slow the cache, which is emptied when full.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.write(&[i]);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
-/// Match results keyed by the FxHash of the subject; the entry keeps the subject to rule out
-/// collisions (a colliding subject simply replaces the entry: it is a cache).
-type Cache = HashMap<u64, (Box<str>, Arc<MatchResult<Sub>>), FxBuild>;
-
 fn subject_hash(subject: &str) -> u64 {
     use std::hash::Hasher;
     let mut h = FxHasher::default();

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::FxBuild;
+use rustc_hash::FxBuildHasher;
 
 /// What the trie stores for one subscription; `S` is the broker's subscription record.
 pub(crate) trait Entry {
@@ -69,7 +69,7 @@ struct Members<S> {
     list: Vec<Arc<S>>,
     // Boxed: 8 bytes in every node instead of a 40-byte map that almost no node ever uses.
     #[allow(clippy::box_collection)]
-    index: Option<Box<HashMap<u64, usize, FxBuild>>>,
+    index: Option<Box<HashMap<u64, usize, FxBuildHasher>>>,
 }
 
 impl<S> Default for Members<S> {
@@ -98,7 +98,7 @@ impl<S: Entry> Members<S> {
                 index.insert(entry.id(), at);
             }
             None if at >= Self::INDEX_FROM => {
-                let mut index: HashMap<u64, usize, FxBuild> = HashMap::default();
+                let mut index: HashMap<u64, usize, FxBuildHasher> = HashMap::default();
                 index.reserve(at + 1);
                 index.extend(self.list.iter().enumerate().map(|(i, e)| (e.id(), i)));
                 index.insert(entry.id(), at);
@@ -141,7 +141,7 @@ impl<S: Entry> Members<S> {
 
 #[derive(Debug)]
 struct Level<S> {
-    literals: HashMap<Box<str>, Node<S>, FxBuild>,
+    literals: HashMap<Box<str>, Node<S>, FxBuildHasher>,
     star: Option<Box<Node<S>>>,
     full: Option<Box<Node<S>>>,
 }

@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use super::store::sql_err;
+use super::records::DeadLetter;
 use super::writer::Writer;
-use super::DeadLetter;
 use crate::broker::Broker;
 use crate::dead_letter::MemoryDeadLetters;
 use crate::{Error, Result};
@@ -81,11 +80,8 @@ impl DeadLetters {
                 .collect());
         }
         self.writer()?
-            .call(|ctx| {
-                let path = ctx.store.path.clone();
-                ctx.store
-                    .dead_letters()
-                    .map_err(|e| sql_err(&path, "cannot list the dead letters", e))
+            .call("cannot list the dead letters", |ctx| {
+                ctx.store.dead_letters()
             })
             .await
     }
@@ -96,11 +92,8 @@ impl DeadLetters {
             return Ok(letters.len());
         }
         self.writer()?
-            .call(|ctx| {
-                let path = ctx.store.path.clone();
-                ctx.store
-                    .dead_letter_count()
-                    .map_err(|e| sql_err(&path, "cannot count the dead letters", e))
+            .call("cannot count the dead letters", |ctx| {
+                ctx.store.dead_letter_count()
             })
             .await
     }
@@ -116,22 +109,22 @@ impl DeadLetters {
             tracing::info!(dead_letter = id, subject = %failed.msg.subject, "dead letter replayed");
             return broker.publish(failed.msg).await;
         }
-        self.writer()?
-            .call(move |ctx| {
-                let path = ctx.store.path.clone();
-                match ctx.store.replay(id) {
-                    Ok(Some(new_id)) => {
-                        ctx.committed.send_replace(new_id);
-                        // The drainer finds the row in SQLite; it is not worth decoding it here.
-                        ctx.shared.mark_overflowed();
-                        tracing::info!(dead_letter = id, queue_id = new_id, "dead letter replayed");
-                        Ok(())
-                    }
-                    Ok(None) => Err(Error::DeadLetterNotFound(id)),
-                    Err(e) => Err(sql_err(&path, "cannot replay the dead letter", e)),
+        let replayed = self
+            .writer()?
+            .call("cannot replay the dead letter", move |ctx| {
+                let new_id = ctx.store.replay(id)?;
+                if let Some(new_id) = new_id {
+                    ctx.committed.send_replace(new_id);
+                    // The drainer finds the row in SQLite; it is not worth decoding it here.
+                    ctx.shared.mark_overflowed();
+                    tracing::info!(dead_letter = id, queue_id = new_id, "dead letter replayed");
                 }
-            })
-            .await
+                Ok(new_id)
+            });
+        replayed
+            .await?
+            .map(drop)
+            .ok_or(Error::DeadLetterNotFound(id))
     }
 
     /// Deletes every dead letter; returns how many.
@@ -140,12 +133,7 @@ impl DeadLetters {
             return Ok(letters.purge());
         }
         self.writer()?
-            .call(|ctx| {
-                let path = ctx.store.path.clone();
-                ctx.store
-                    .purge()
-                    .map_err(|e| sql_err(&path, "cannot purge the dead letters", e))
-            })
+            .call("cannot purge the dead letters", |ctx| ctx.store.purge())
             .await
     }
 }

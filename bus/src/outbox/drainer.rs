@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use super::store::{sql_err, Failure, Page, Row};
+use super::store::{Failure, Page, Row};
 use super::writer::{footprint, Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
 use crate::{Error, Result, RetryPolicy};
@@ -25,6 +25,8 @@ pub(crate) const BATCH: usize = 4096;
 /// Wait after a failure that did not count (the connection changed under the batch), so that a
 /// flapping connection does not turn into a busy loop.
 const UNCOUNTED_RETRY: Duration = Duration::from_millis(100);
+/// What a failed page read says.
+const READ_QUEUE: &str = "cannot read the outbox queue";
 /// Wait before retrying a failed SQLite operation of the drainer (a full disk, say).
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -160,12 +162,9 @@ impl Drainer {
     /// nearly) when the batch about to be sent is confirmed.
     fn start_prefetch(&mut self) {
         let after = self.last_taken;
-        let started = self.writer.start(move |ctx| {
-            let path = ctx.store.path.clone();
-            ctx.store
-                .page(after, BATCH)
-                .map_err(|e| sql_err(&path, "cannot read the outbox queue", e))
-        });
+        let started = self
+            .writer
+            .start(READ_QUEUE, move |ctx| ctx.store.page(after, BATCH));
         self.prefetch = started.ok().map(|rx| (after, rx));
     }
 
@@ -184,13 +183,8 @@ impl Drainer {
             }
         }
         self.retry_store("read the queue", move |w| async move {
-            w.call(move |ctx| {
-                let path = ctx.store.path.clone();
-                ctx.store
-                    .page(after, BATCH)
-                    .map_err(|e| sql_err(&path, "cannot read the outbox queue", e))
-            })
-            .await
+            w.call(READ_QUEUE, move |ctx| ctx.store.page(after, BATCH))
+                .await
         })
         .await
     }
@@ -438,10 +432,8 @@ impl Drainer {
         self.retry_store("record a failed attempt", |w| {
             let (failures, error) = (failures.clone(), error.clone());
             async move {
-                w.call(move |ctx| {
-                    ctx.store
-                        .fail(&failures, &error)
-                        .map_err(|e| sql_err(&ctx.store.path, "cannot record a failed attempt", e))
+                w.call("cannot record a failed attempt", move |ctx| {
+                    ctx.store.fail(&failures, &error)
                 })
                 .await
             }

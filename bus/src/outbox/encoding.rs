@@ -4,134 +4,41 @@
 //! `[name, value]` pairs, `[["Bus-Msg-Id","7f3a…"],["X-Tenant","café"]]`. JSON keeps the
 //! order and repeated names of [`Headers`], any Unicode (also NUL and control characters,
 //! escaped), and is readable and queryable with the `sqlite3` shell's JSON functions, so an
-//! operator can inspect a queue without this crate. Both directions are hand-written: they run
-//! once per message on the hot path, and the common header (an ASCII name, a hex id) needs no
-//! escaping, so it is copied as it is.
+//! operator can inspect a queue without this crate. `serde_json` writes and reads it.
 //!
 //! Reading never fails: a value that cannot be a message (invalid UTF-8, malformed JSON, a NULL,
 //! a number where text belongs) gives a best-effort message plus the reason, and the caller
 //! decides (the drainer dead-letters such a row; the read-only view shows it).
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::fmt;
 
 use bytes::Bytes;
-use rusqlite::types::ValueRef;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+use serde::ser::{Serialize, Serializer};
 
 use crate::broker::RawMessage;
 use crate::headers::{Headers, KNOWN_NAMES};
 
+/// The headers as JSON: an array of `[name, value]` arrays, in order.
+struct Pairs<'a>(&'a Headers);
+
+impl Serialize for Pairs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
 /// Appends `headers` as JSON text (`[[name,value],...]`) to `out`.
-pub(crate) fn encode_headers(headers: &Headers, out: &mut String) {
-    out.reserve(
-        2 + headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 8)
-            .sum::<usize>(),
-    );
-    out.push('[');
-    for (i, (name, value)) in headers.iter().enumerate() {
-        out.push_str(if i == 0 { "[\"" } else { ",[\"" });
-        // Our own names need no escaping and are the most common ones.
-        if is_known(name) {
-            out.push_str(name);
-        } else {
-            push_json_chars(name, out);
-        }
-        out.push_str("\",\"");
-        push_json_chars(value, out);
-        out.push_str("\"]");
-    }
-    out.push(']');
+pub(crate) fn encode_headers(headers: &Headers, out: &mut Vec<u8>) {
+    // Strings into memory: nothing can fail.
+    let _ = serde_json::to_writer(out, &Pairs(headers));
 }
 
-/// Whether `name` is one of [`KNOWN_NAMES`] itself, the constant (its address, not its text:
-/// a copy is simply escaped-checked like any other name).
-fn is_known(name: &str) -> bool {
-    KNOWN_NAMES.iter().any(|k| std::ptr::eq(*k, name))
-}
-
-// Eight bytes at a time (SWAR): this runs over every header of every queued message, and its
-// strings are short, which a byte loop or `memchr` handle slowly.
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// The high bit of each byte of `v` below `n` (`n` at most 0x80). Exact for the lowest such
-/// byte; a byte above it may be flagged too, which neither caller minds.
-fn below(v: u64, n: u8) -> u64 {
-    v.wrapping_sub(LO * n as u64) & !v & HI
-}
-
-/// The high bit of each byte of `v` equal to `b`, as exact as [`below`].
-fn equal(v: u64, b: u8) -> u64 {
-    below(v ^ (LO * b as u64), 1)
-}
-
-/// Whether `s` has a byte JSON must escape: `"`, `\` or a control character.
-fn needs_escape(s: &[u8]) -> bool {
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        if below(v, 0x20) | equal(v, b'"') | equal(v, b'\\') != 0 {
-            return true;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
-}
-
-/// Whether `s` has a `\` or a control character (then JSON strings need the full parser).
-fn has_backslash_or_control(s: &[u8]) -> bool {
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        if below(v, 0x20) | equal(v, b'\\') != 0 {
-            return true;
-        }
-    }
-    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'\\')
-}
-
-/// The position of the first `"` in `s`.
-fn find_quote(s: &[u8]) -> Option<usize> {
-    let mut chunks = s.chunks_exact(8);
-    let mut at = 0;
-    for c in &mut chunks {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let m = equal(v, b'"');
-        if m != 0 {
-            return Some(at + m.trailing_zeros() as usize / 8);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'"')
-        .map(|p| at + p)
-}
-
-/// Appends `s` as the inside of a JSON string.
-fn push_json_chars(s: &str, out: &mut String) {
-    if !needs_escape(s.as_bytes()) {
-        out.push_str(s);
-        return;
-    }
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
+/// Binds JSON text written by [`encode_headers`] as a TEXT value (it is UTF-8 by construction).
+pub(crate) fn json_text(json: &[u8]) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(json))
 }
 
 /// The name as a `'static` string when it is one of ours, so reading does not allocate it.
@@ -144,6 +51,48 @@ pub(crate) fn known_name(name: &str) -> Cow<'static, str> {
     Cow::Owned(name.to_owned())
 }
 
+/// A header name as read, one of ours without an allocation (see [`known_name`]).
+struct Name(Cow<'static, str>);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Name;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a header name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name, E> {
+                Ok(Name(known_name(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `[[name, value], ...]` read straight into [`Headers`].
+struct Read(Headers);
+
+impl<'de> Deserialize<'de> for Read {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Read;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of [name, value] pairs")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Read, A::Error> {
+                let mut headers = Headers::with_capacity(seq.size_hint().unwrap_or(2));
+                while let Some((Name(name), value)) = seq.next_element::<(Name, String)>()? {
+                    headers.append(name, value);
+                }
+                Ok(Read(headers))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 /// The inverse of [`encode_headers`]. Accepts any JSON of that shape (white space, every
 /// escape), as an operator's `json_set` may write it; refuses anything else with the reason.
 pub(crate) fn decode_headers(text: &[u8]) -> Result<Headers, String> {
@@ -154,190 +103,9 @@ pub(crate) fn decode_headers(text: &[u8]) -> Result<Headers, String> {
             text.len()
         )
     })?;
-    let mut p = Parser {
-        s: text,
-        at: 0,
-        // Without a backslash or a control byte anywhere, every string ends at its next quote.
-        plain: !has_backslash_or_control(text.as_bytes()),
-        headers: Headers::with_capacity(2),
-    };
-    p.document().map_err(|e| {
-        format!(
-            "headers are not a JSON array of [name, value] pairs: {e} at byte {} of {}",
-            p.at,
-            text.len()
-        )
-    })?;
-    Ok(p.headers)
-}
-
-struct Parser<'a> {
-    s: &'a str,
-    at: usize,
-    /// The text has no escape and no control byte (the common case).
-    plain: bool,
-    headers: Headers,
-}
-
-impl<'a> Parser<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.s.as_bytes().get(self.at).copied()
-    }
-
-    fn skip_ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.at += 1;
-        }
-    }
-
-    fn expect(&mut self, want: u8) -> Result<(), &'static str> {
-        self.skip_ws();
-        if self.peek() == Some(want) {
-            self.at += 1;
-            Ok(())
-        } else {
-            Err(match want {
-                b'[' => "expected `[`",
-                b']' => "expected `]`",
-                b',' => "expected `,`",
-                _ => "unexpected character",
-            })
-        }
-    }
-
-    /// `[` (pair (`,` pair)*)? `]`, then only white space.
-    fn document(&mut self) -> Result<(), &'static str> {
-        self.expect(b'[')?;
-        self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-        } else {
-            loop {
-                self.expect(b'[')?;
-                let name = self.string()?;
-                self.expect(b',')?;
-                let value = self.string()?;
-                self.expect(b']')?;
-                self.headers
-                    .append(known_name(&name), Cow::Owned(value.into_owned()));
-                self.skip_ws();
-                match self.peek() {
-                    Some(b',') => self.at += 1,
-                    Some(b']') => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return Err("expected `,` or `]`"),
-                }
-            }
-        }
-        self.skip_ws();
-        if self.at != self.s.len() {
-            return Err("trailing characters");
-        }
-        Ok(())
-    }
-
-    fn string(&mut self) -> Result<Cow<'a, str>, &'static str> {
-        let s: &'a str = self.s;
-        self.skip_ws();
-        if self.peek() != Some(b'"') {
-            return Err("expected a string");
-        }
-        self.at += 1;
-        let start = self.at;
-        if self.plain {
-            let end = start + find_quote(&s.as_bytes()[start..]).ok_or("unterminated string")?;
-            self.at = end + 1;
-            return Ok(Cow::Borrowed(&s[start..end]));
-        }
-        let bytes = self.s.as_bytes();
-        // No escape before the closing quote: borrow.
-        while let Some(&b) = bytes.get(self.at) {
-            match b {
-                b'"' => {
-                    self.at += 1;
-                    return Ok(Cow::Borrowed(&s[start..self.at - 1]));
-                }
-                b'\\' => break,
-                b if b < 0x20 => return Err("control character in a string"),
-                _ => self.at += 1,
-            }
-        }
-        let mut out = String::from(&self.s[start..self.at]);
-        loop {
-            let Some(&b) = bytes.get(self.at) else {
-                return Err("unterminated string");
-            };
-            match b {
-                b'"' => {
-                    self.at += 1;
-                    return Ok(Cow::Owned(out));
-                }
-                b'\\' => {
-                    self.at += 1;
-                    let Some(&e) = bytes.get(self.at) else {
-                        return Err("unterminated string");
-                    };
-                    self.at += 1;
-                    out.push(match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => self.unicode_escape()?,
-                        _ => return Err("invalid escape"),
-                    });
-                }
-                b if b < 0x20 => return Err("control character in a string"),
-                _ => {
-                    // Copy up to the next quote or backslash (the text is valid UTF-8, and
-                    // both are ASCII, so the slice ends on a character boundary).
-                    let run = bytes[self.at..]
-                        .iter()
-                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                        .unwrap_or(bytes.len() - self.at);
-                    out.push_str(&self.s[self.at..self.at + run]);
-                    self.at += run;
-                }
-            }
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, &'static str> {
-        let digits = self
-            .s
-            .get(self.at..self.at + 4)
-            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or("invalid \\u escape")?;
-        self.at += 4;
-        u32::from_str_radix(digits, 16).map_err(|_| "invalid \\u escape")
-    }
-
-    /// After `\u`: one code point, or a surrogate pair `\uD8xx\uDCxx`.
-    fn unicode_escape(&mut self) -> Result<char, &'static str> {
-        let hi = self.hex4()?;
-        let code = match hi {
-            0xD800..=0xDBFF => {
-                if self.s.as_bytes().get(self.at..self.at + 2) != Some(b"\\u") {
-                    return Err("unpaired surrogate in a \\u escape");
-                }
-                self.at += 2;
-                let lo = self.hex4()?;
-                if !(0xDC00..=0xDFFF).contains(&lo) {
-                    return Err("unpaired surrogate in a \\u escape");
-                }
-                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-            }
-            0xDC00..=0xDFFF => return Err("unpaired surrogate in a \\u escape"),
-            c => c,
-        };
-        char::from_u32(code).ok_or("invalid \\u escape")
-    }
+    serde_json::from_str::<Read>(text)
+        .map(|r| r.0)
+        .map_err(|e| format!("headers are not a JSON array of [name, value] pairs: {e}"))
 }
 
 /// A message read back from its columns, and why it is not one if it is not.
@@ -445,9 +213,14 @@ mod tests {
     use super::*;
     use crate::headers;
 
-    fn round_trip(h: &Headers) -> Headers {
-        let mut s = String::new();
+    fn json(h: &Headers) -> String {
+        let mut s = Vec::new();
         encode_headers(h, &mut s);
+        String::from_utf8(s).unwrap()
+    }
+
+    fn round_trip(h: &Headers) -> Headers {
+        let s = json(h);
         decode_headers(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
@@ -462,8 +235,7 @@ mod tests {
         h.append("", "");
         assert_eq!(round_trip(&h), h);
         assert_eq!(round_trip(&Headers::new()), Headers::new());
-        let mut s = String::new();
-        encode_headers(&h, &mut s);
+        let s = json(&h);
         assert!(
             !s.bytes().any(|b| b < 0x20),
             "control characters escaped: {s}"
@@ -472,27 +244,18 @@ mod tests {
     }
 
     #[test]
-    fn the_word_at_a_time_scans_agree_with_a_byte_loop() {
-        for len in 0..24 {
-            for at in 0..len {
-                for b in 0..=255u8 {
-                    let mut s = vec![b'a'; len];
-                    s[at] = b;
-                    if b == b'a' {
-                        continue;
-                    }
-                    let naive_escape = s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
-                    assert_eq!(needs_escape(&s), naive_escape, "{s:?}");
-                    let naive_bc = s.iter().any(|&c| c < 0x20 || c == b'\\');
-                    assert_eq!(has_backslash_or_control(&s), naive_bc, "{s:?}");
-                    let naive_quote = s.iter().position(|&c| c == b'"');
-                    assert_eq!(find_quote(&s), naive_quote, "{s:?}");
-                    // A second match after the first does not move the first.
-                    s.push(b'"');
-                    assert_eq!(find_quote(&s), naive_quote.or(Some(len)), "{s:?}");
-                }
-            }
-        }
+    fn the_stored_text_is_what_earlier_versions_wrote() {
+        let mut h = Headers::new();
+        h.append(headers::MSG_ID, "0123abcd");
+        h.append("X-Ctl", "q\" b\\ nul\0 t\t n\n r\r bell\u{7} del\u{7f} é");
+        let text = "[[\"Nats-Msg-Id\",\"0123abcd\"],\
+                    [\"X-Ctl\",\"q\\\" b\\\\ nul\\u0000 t\\t n\\n r\\r bell\\u0007 del\u{7f} é\"]]";
+        assert_eq!(json(&h), text);
+        assert_eq!(decode_headers(text.as_bytes()).unwrap(), h);
+        // Backspace and form feed were written as `\u0008` and `\u000c`; both forms read alike.
+        let old = decode_headers(br#"[["X","\u0008\u000c"]]"#).unwrap();
+        assert_eq!(old, decode_headers(br#"[["X","\b\f"]]"#).unwrap());
+        assert_eq!(old.get("X"), Some("\u{8}\u{c}"));
     }
 
     #[test]
@@ -523,24 +286,27 @@ mod tests {
     #[test]
     fn malformed_headers_are_refused_with_the_reason() {
         for (bad, why) in [
-            (&b"[[\"X-\xc3\",\"v\"]]"[..], "not valid UTF-8"),
-            (b"", "expected `[`"),
-            (b"[[\"a\",\"b\"]", "expected `,` or `]`"),
-            (b"[[\"a\"]]", "expected `,`"),
+            (
+                &b"[[\"X-\xc3\",\"v\"]]"[..],
+                "not valid UTF-8 (at byte 5 of 13)",
+            ),
+            (b"", "EOF while parsing a value"),
+            (b"[[\"a\",\"b\"]", "EOF while parsing a list"),
+            (b"[[\"a\"]]", "invalid length 1"),
+            (b"[[\"a\",\"b\",\"c\"]]", "trailing"),
             (b"[[\"a\",1]]", "expected a string"),
-            (b"{\"a\":\"b\"}", "expected `[`"),
-            (b"[[\"a\",\"b\"]] x", "trailing"),
+            (b"{\"a\":\"b\"}", "expected an array of [name, value] pairs"),
+            (b"[[\"a\",\"b\"]] x", "trailing characters"),
             (b"[[\"a\",\"b\\q\"]]", "invalid escape"),
-            (b"[[\"a\",\"\\ud834\"]]", "unpaired surrogate"),
-            (b"[[\"a\",\"\\udd1e\"]]", "unpaired surrogate"),
-            (b"[[\"a\",\"\\u12\"]]", "\\u escape"),
-            (b"[[\"a\",\"\\u+123\"]]", "invalid \\u escape"),
+            (b"[[\"a\",\"\\ud834\"]]", "hex escape"),
+            (b"[[\"a\",\"\\udd1e\"]]", "lone leading surrogate"),
+            (b"[[\"a\",\"\\u12\"]]", "invalid escape"),
             (b"[[\"a\",\"line\nbreak\"]]", "control character"),
-            (b"[[\"a\",\"open", "unterminated"),
+            (b"[[\"a\",\"open", "EOF while parsing a string"),
         ] {
             let err = decode_headers(bad).expect_err(&String::from_utf8_lossy(bad));
             assert!(
-                err.contains(why),
+                err.starts_with("headers are not") && err.contains(why),
                 "{:?}: {err}",
                 String::from_utf8_lossy(bad)
             );

@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use super::io::sql_err;
+use super::read;
+use super::records::{DeadLetter, OutboxStats, QueuedMessage};
 use super::schema::{self, SCHEMA_VERSION};
-use super::store::{layout_err, sql_err, version_err};
-use super::{read, DeadLetter, OutboxStats, QueuedMessage};
 use crate::{Error, Result};
 
 /// A read-only view of an outbox file: stats, the queue and the dead letters, while a running
@@ -92,11 +93,10 @@ impl OutboxFile {
             }
             other => other?,
         };
-        file.check()?;
         Ok(file)
     }
 
-    /// Opens the connection and makes the first read (where a missing `-shm` shows).
+    /// Opens the connection and checks the schema: the first read, where a missing `-shm` shows.
     fn connect(path: &Path, immutable: bool) -> Result<OutboxFile> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = if immutable {
@@ -114,36 +114,8 @@ impl OutboxFile {
             conn,
             path: path.to_path_buf(),
         };
-        file.version()?;
+        schema::check_current(&file.conn, path, "which read-only access cannot do")?;
         Ok(file)
-    }
-
-    fn version(&self) -> Result<i64> {
-        self.conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sql_err(&self.path, "cannot read the outbox file", e))
-    }
-
-    fn check(&self) -> Result<()> {
-        let p = &self.path;
-        match self.version()? {
-            SCHEMA_VERSION => schema::check(&self.conn).map_err(|why| layout_err(p, &why)),
-            0 => Err(Error::outbox(
-                p,
-                "this SQLite file is not a bus outbox (it has no outbox schema version)",
-                None,
-            )),
-            2 => Err(Error::outbox(
-                p,
-                format!(
-                    "this outbox file has schema version 2 (written by an older bus); a Bus of \
-                     this version migrates it to version {SCHEMA_VERSION} when it opens it, \
-                     which read-only access cannot do"
-                ),
-                None,
-            )),
-            v => Err(version_err(p, v)),
-        }
     }
 
     /// The file this view reads.

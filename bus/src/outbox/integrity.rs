@@ -21,8 +21,10 @@ use std::time::Duration;
 
 use rusqlite::ErrorCode;
 
+use super::io::{now_ms, sql_err};
 use super::read::{self, SENDABLE_COLUMNS};
-use super::store::{dead_letter, now_ms, Failure, Page, Row, Store, ORIGIN_OUTBOX};
+use super::schema::ORIGIN_OUTBOX;
+use super::store::{dead_letter, Failure, Page, Row, Store};
 use crate::{Error, Result};
 
 /// How long the check at open may read the file before it stops (and the open goes on).
@@ -82,7 +84,7 @@ impl Store {
                 Ok(())
             }
             Err(e) if read::is_corrupt(&e) => Err(damaged(p, &e.to_string())),
-            Err(e) => Err(super::store::sql_err(p, "cannot check the outbox file", e)),
+            Err(e) => Err(sql_err(p, "cannot check the outbox file", e)),
         }
     }
 

@@ -43,7 +43,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-use super::store::{create_private, io_err};
+use super::io::{create_private, io_err};
 use crate::{Error, Result};
 
 /// The file's identity: device and inode on Unix, the canonical path elsewhere.

@@ -8,9 +8,9 @@
 
 use rusqlite::{params, Connection};
 
-use super::encoding::{encode_headers, known_name};
-use super::schema::{SCHEMA_VERSION, TABLES, VIEWS};
-use super::store::{now_ms, ORIGIN_OUTBOX};
+use super::encoding::{encode_headers, json_text, known_name};
+use super::io::now_ms;
+use super::schema::{ORIGIN_OUTBOX, SCHEMA_VERSION, TABLES, VIEWS};
 use crate::broker::RawMessage;
 use crate::headers::Headers;
 
@@ -45,7 +45,7 @@ pub(crate) fn v2_to_v3(conn: &mut Connection) -> rusqlite::Result<Migrated> {
                                        payload, created_at, attempts, last_error, failed_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?,
-        headers: String::new(),
+        headers: Vec::new(),
     };
     {
         let mut read = tx.prepare(
@@ -96,7 +96,7 @@ pub(crate) fn v2_to_v3(conn: &mut Connection) -> rusqlite::Result<Migrated> {
                         id,
                         msg.subject,
                         msg.reply,
-                        dead.headers,
+                        json_text(&dead.headers),
                         &msg.payload[..],
                         created_at,
                         attempts,
@@ -132,7 +132,7 @@ pub(crate) fn v2_to_v3(conn: &mut Connection) -> rusqlite::Result<Migrated> {
 /// The one insert into the version-3 dead letters, with its reused headers buffer.
 struct DeadLetterInsert<'c> {
     stmt: rusqlite::Statement<'c>,
-    headers: String,
+    headers: Vec<u8>,
 }
 
 impl DeadLetterInsert<'_> {
@@ -155,7 +155,7 @@ impl DeadLetterInsert<'_> {
             crate::headers::msg_id(&msg.headers),
             msg.subject,
             msg.reply,
-            self.headers,
+            json_text(&self.headers),
             &msg.payload[..],
             created_at,
             attempts,

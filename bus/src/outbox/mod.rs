@@ -138,32 +138,35 @@
 //! concurrent publishes together (`writer`, `store`). One drainer task sends the queue in FIFO
 //! order, confirms each batch with the broker and only then marks it done (`drainer`), while
 //! the next page is read on the writer thread; the dead-letter API runs on the writer thread
-//! too (`dead_letters`), and so do the requests a tool writes into the file (`requests`).
-//! `schema` holds the tables and views, `encoding` the columns of a
-//! message, `read` the queries the writer and [`OutboxFile`] share, `migrate` the upgrade
-//! from version 2.
+//! too (`dead_letters`), and so do the requests a tool writes into the file
+//! (`operator_requests`: the tool's side; `request_runner`: the owner's; `request_rows`: the
+//! rows both read). `schema` holds the tables and views and the version check, `encoding` the
+//! columns of a message, `read` the queries the writer and [`OutboxFile`] share, `migrate` the
+//! upgrade from version 2, `records` the types the API hands out, and `io`, below them all,
+//! the errors that say what to do and the clock of the file's timestamps.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
-
-use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::broker::{Broker, ConnectionState, RawMessage};
-use crate::{Error, Headers, Result, RetryPolicy};
+use crate::{Error, Result, RetryPolicy};
 
 mod dead_letters;
 mod drainer;
 mod encoding;
 mod file;
 mod integrity;
+mod io;
 mod lock;
 mod migrate;
+mod operator_requests;
 mod read;
 mod reclaim;
-mod requests;
+mod records;
+mod request_rows;
+mod request_runner;
 mod schema;
 mod store;
 mod writer;
@@ -173,18 +176,10 @@ mod tests;
 
 pub use dead_letters::DeadLetters;
 pub use file::OutboxFile;
-pub use requests::{OperatorRequest, OperatorRequests, RequestOp, RequestOutcome};
-
-/// What a committed publish survives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Durability {
-    /// A crash of the process (WAL, `synchronous=NORMAL`). The default.
-    #[default]
-    ProcessCrash,
-    /// A power loss or OS crash (`synchronous=FULL`: an fsync on every commit).
-    PowerLoss,
-}
+pub use operator_requests::OperatorRequests;
+pub use records::{DeadLetter, OutboxStats, QueuedMessage};
+pub use request_rows::{OperatorRequest, RequestOp, RequestOutcome};
+pub use store::Durability;
 
 /// The default of [`OutboxOptions::max_payload`]: 8 MiB, the largest max_payload nats-server
 /// recommends (it warns at start-up above it; its own default is 1 MiB).
@@ -218,73 +213,6 @@ impl Default for OutboxOptions {
     }
 }
 
-/// Depth and age of the outbox queue, for health checks and tools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct OutboxStats {
-    /// Messages committed and not yet confirmed by the broker.
-    pub depth: u64,
-    /// Age of the oldest of them.
-    pub oldest_age: Option<Duration>,
-    /// Messages in the dead-letter table.
-    pub dead_letters: u64,
-    /// The file's schema version (`PRAGMA user_version`).
-    pub schema_version: u32,
-    /// Bytes the outbox takes on disk: the file and its write-ahead log.
-    pub file_size: u64,
-}
-
-impl OutboxStats {
-    fn new(
-        depth: u64,
-        oldest_ms: Option<i64>,
-        dead_letters: u64,
-        schema_version: u32,
-        file_size: u64,
-    ) -> Self {
-        OutboxStats {
-            depth,
-            oldest_age: oldest_ms.map(store::age_of),
-            dead_letters,
-            schema_version,
-            file_size,
-        }
-    }
-}
-
-/// A message that failed every send attempt, or could not be read back from the queue.
-///
-/// A row that could not be decoded is shown as well as it can be (text decoded lossily,
-/// headers empty if they were unreadable); its [`last_error`](DeadLetter::last_error) says
-/// what was wrong, and the file keeps its raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// Its id in the dead-letter table (for [`DeadLetters::replay`]).
-    pub id: i64,
-    /// Where it died: `"outbox"` for the outbox's drainer; a handler will write
-    /// `"handler:<name>"`.
-    pub origin: String,
-    /// Its id in the queue when it died there, if it was queued.
-    pub queue_id: Option<i64>,
-    /// The subject.
-    pub subject: String,
-    /// The reply subject, if it had one.
-    pub reply: Option<String>,
-    /// The headers (with its `Nats-Msg-Id`).
-    pub headers: Headers,
-    /// The payload.
-    pub payload: Bytes,
-    /// Send attempts made.
-    pub attempts: u32,
-    /// The error of the last attempt.
-    pub last_error: String,
-    /// When it was first queued.
-    pub created_at: SystemTime,
-    /// When it was dead-lettered.
-    pub failed_at: SystemTime,
-}
-
 impl DeadLetter {
     /// A handler's dead letter kept in memory (a bus without an outbox).
     pub(crate) fn from_handler(id: i64, f: crate::dead_letter::Failed) -> DeadLetter {
@@ -302,32 +230,6 @@ impl DeadLetter {
             failed_at: f.failed_at,
         }
     }
-}
-
-/// A message waiting in the outbox queue, as [`OutboxFile::queued`] reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QueuedMessage {
-    /// Its queue id: the queue is sent in this order.
-    pub id: i64,
-    /// The subject.
-    pub subject: String,
-    /// The reply subject, if it has one.
-    pub reply: Option<String>,
-    /// The headers (with its `Nats-Msg-Id`).
-    pub headers: Headers,
-    /// The payload.
-    pub payload: Bytes,
-    /// When it was queued.
-    pub created_at: SystemTime,
-    /// Failed send attempts so far.
-    pub attempts: u32,
-    /// The error of the last failed attempt.
-    pub last_error: Option<String>,
-    /// Set when the stored row is not a message that can be sent (invalid UTF-8, malformed
-    /// headers, a NULL): why. The drainer moves such a row to the dead letters when it reaches
-    /// it; the other fields are then shown as well as they could be read.
-    pub decode_error: Option<String>,
 }
 
 /// The outbox: the writer thread, the drainer task, and the watermarks `flush` compares.
@@ -521,11 +423,7 @@ impl Outbox {
 
     pub(crate) async fn stats(&self) -> Result<OutboxStats> {
         self.writer
-            .call(|ctx| {
-                ctx.store
-                    .stats()
-                    .map_err(|e| store::sql_err(&ctx.store.path, "cannot read the outbox stats", e))
-            })
+            .call("cannot read the outbox stats", |ctx| ctx.store.stats())
             .await
     }
     /// The file, for the metrics' `outbox` label.

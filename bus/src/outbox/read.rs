@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension};
 use bytes::BytesMut;
 
 use super::encoding::{decode_columns, not_a_payload, Decoded};
-use super::{DeadLetter, QueuedMessage};
+use super::records::{DeadLetter, QueuedMessage};
 
 /// Milliseconds since the Unix epoch as a time (negative counts as the epoch).
 pub(crate) fn from_ms(ms: i64) -> SystemTime {

@@ -1,6 +1,11 @@
 //! The outbox file's schema (version 3), its operator views, and the check that a file has it.
 
+use std::path::Path;
+
 use rusqlite::Connection;
+
+use super::io::sql_err;
+use crate::{Error, Result};
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).
 ///
@@ -8,6 +13,9 @@ use rusqlite::Connection;
 /// shell. Version 2 kept the whole message in one private blob; it is migrated on open
 /// (`migrate`). Version 1 predates any release.
 pub(crate) const SCHEMA_VERSION: i64 = 3;
+
+/// The `origin` of a dead letter that failed in the outbox (handlers write `handler:<name>`).
+pub(crate) const ORIGIN_OUTBOX: &str = "outbox";
 
 /// The tables. Queue ids are assigned by the writer from `outbox_seq`, not by AUTOINCREMENT
 /// (which rewrites `sqlite_sequence` once per inserted row): ids must never be reused once the
@@ -84,10 +92,10 @@ CREATE VIEW IF NOT EXISTS dead AS
      ORDER BY id;
 ";
 
-/// The operator requests (`requests`): replays and purges of dead letters that a tool beside
+/// The operator requests (`operator_requests`): replays and purges of dead letters that a tool beside
 /// the service (the `bus` CLI) writes into the file and the owning process runs. Not part of
 /// the checked layout and created by whichever side needs it first, so a file with or without
-/// it is still a version-3 file that every version-3 build opens (see `requests` for why no
+/// it is still a version-3 file that every version-3 build opens (see `operator_requests` for why no
 /// version bump). `op` is not constrained: a build that does not know an operation answers it
 /// instead of a newer tool failing to ask. The partial index keeps the owner's poll (every
 /// 500 ms) a lookup of the pending rows only.
@@ -130,7 +138,7 @@ fn describe(cols: &Columns) -> String {
 /// Checks that `conn` holds the version-3 tables exactly (names, types, NOT NULL, keys) and one
 /// `outbox_seq` row; `Err` says what differs. The reference is [`TABLES`] itself, created in
 /// memory, so the check cannot drift from the schema it checks.
-pub(crate) fn check(conn: &Connection) -> Result<(), String> {
+pub(crate) fn check(conn: &Connection) -> std::result::Result<(), String> {
     let reference = Connection::open_in_memory()
         .and_then(|r| r.execute_batch(&format!("{TABLES}{SEQ}")).map(|()| r))
         .map_err(|e| format!("cannot build the reference schema: {e}"))?;
@@ -157,4 +165,102 @@ pub(crate) fn check(conn: &Connection) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The error for a file whose `user_version` is not one this build can open.
+fn version_err(path: &Path, version: i64) -> Error {
+    let detail = if version < SCHEMA_VERSION {
+        format!(
+            "outbox schema version {version} is from a pre-release bus and cannot be migrated \
+             (only version 2 can); drain it with the bus that wrote it, or move it aside"
+        )
+    } else {
+        format!(
+            "unknown outbox schema version {version} (this build of bus understands version \
+             {SCHEMA_VERSION}); the file was written by a newer bus: upgrade bus, or point \
+             outbox_path at another file (the queued messages are left untouched)"
+        )
+    };
+    Error::outbox(path, detail, None)
+}
+
+/// The error for a version-3 file whose tables are not the ones of version 3.
+fn layout_err(path: &Path, why: &str) -> Error {
+    Error::outbox(
+        path,
+        format!(
+            "the outbox file says schema version {SCHEMA_VERSION} but its tables do not match it \
+             ({why}); it was changed by something other than bus: move it aside (it may still \
+             hold unsent messages; it is never reset automatically) and point outbox_path \
+             elsewhere"
+        ),
+        None,
+    )
+}
+
+/// What a file's `PRAGMA user_version` says it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// No version and no table: a new file.
+    Empty,
+    /// No version but tables: some other SQLite file.
+    Foreign,
+    /// Version 2, which only a `Bus` migrates.
+    V2,
+    /// This build's version.
+    Current,
+}
+
+/// Reads the schema version of the file open on `conn`; a version this build cannot open is an
+/// error that says what to do.
+pub(crate) fn found(conn: &Connection, path: &Path) -> Result<Found> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| sql_err(path, "cannot read the outbox schema version", e))?;
+    match version {
+        0 => {
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| sql_err(path, "cannot read the outbox schema", e))?;
+            Ok(if tables > 0 {
+                Found::Foreign
+            } else {
+                Found::Empty
+            })
+        }
+        2 => Ok(Found::V2),
+        SCHEMA_VERSION => Ok(Found::Current),
+        v => Err(version_err(path, v)),
+    }
+}
+
+/// Checks that the file open on `conn` has this build's tables ([`check`]).
+pub(crate) fn check_layout(conn: &Connection, path: &Path) -> Result<()> {
+    check(conn).map_err(|why| layout_err(path, &why))
+}
+
+/// For a tool beside the service, which neither creates nor migrates a file: the file must be
+/// a version-3 outbox with its tables. `v2` ends the sentence about a version-2 file (what the
+/// tool cannot do with it).
+pub(crate) fn check_current(conn: &Connection, path: &Path, v2: &str) -> Result<()> {
+    match found(conn, path)? {
+        Found::Current => check_layout(conn, path),
+        Found::Empty | Found::Foreign => Err(Error::outbox(
+            path,
+            "this SQLite file is not a bus outbox (it has no outbox schema version)",
+            None,
+        )),
+        Found::V2 => Err(Error::outbox(
+            path,
+            format!(
+                "this outbox file has schema version 2 (written by an older bus); a Bus of this \
+                 version migrates it to version {SCHEMA_VERSION} when it opens it, {v2}"
+            ),
+            None,
+        )),
+    }
 }

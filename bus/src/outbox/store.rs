@@ -3,21 +3,29 @@
 //!
 //! Only the writer thread touches the connection, so nothing here is shared or locked.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags};
 
-use super::encoding::encode_headers;
-use super::lock::FileLock;
-use super::schema::{self, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
-use super::{migrate, read, DeadLetter, Durability, OutboxStats};
+use super::encoding::{encode_headers, json_text};
+use super::io::{create_private, io_err, now_ms, sql_err};
+use super::lock::{refuse_hard_links, FileLock};
+use super::records::{DeadLetter, OutboxStats};
+use super::schema::{self, Found, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
+use super::{migrate, read};
 use crate::broker::RawMessage;
 use crate::{Error, Result};
 
-/// The `origin` of a dead letter that failed in the outbox (handlers write `handler:<name>`).
-pub(crate) const ORIGIN_OUTBOX: &str = "outbox";
+/// What a committed publish survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// A crash of the process (WAL, `synchronous=NORMAL`). The default.
+    #[default]
+    ProcessCrash,
+    /// A power loss or OS crash (`synchronous=FULL`: an fsync on every commit).
+    PowerLoss,
+}
 
 /// A queued message as the drainer sees it. The row keeps its message for as long as it is
 /// queued: each send attempt hands the broker a copy (the trait takes it by value), so a batch
@@ -71,7 +79,7 @@ pub(crate) struct Store {
     /// Every row up to this id is physically deleted (at most `done_id`).
     deleted_upto: i64,
     /// Reused buffer for the headers JSON of one multi-row insert.
-    scratch: String,
+    scratch: Vec<u8>,
     /// A page of the file was found unreadable while running (`salvage`): no more deletes or
     /// space reclaim on it; the next open refuses the file (`integrity`).
     pub(crate) damaged: bool,
@@ -81,69 +89,6 @@ pub(crate) struct Store {
     pub(crate) reclaim_pending: bool,
     /// Held for as long as the store lives (dropped after the connection: fields drop in order).
     _lock: FileLock,
-}
-
-pub(crate) fn create_private(path: &Path, create_new: bool) -> std::io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true);
-    if create_new {
-        o.create_new(true);
-    } else {
-        o.create(true);
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // The queue holds message payloads: readable by its owner only.
-        o.mode(0o600);
-    }
-    o.open(path)
-}
-
-pub(crate) fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
-    let hint = match e.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            "; the directory must exist and be writable by this process"
-        }
-        std::io::ErrorKind::NotFound => "; create the directory first",
-        std::io::ErrorKind::StorageFull => "; the disk is full, free some space",
-        _ => "",
-    };
-    Error::outbox(path, format!("{what}: {e}{hint}"), Some(Box::new(e)))
-}
-
-/// Maps a SQLite error to an [`Error::Outbox`] that says what to do.
-pub(crate) fn sql_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
-    Error::outbox(path, sql_detail(what, &e), Some(Box::new(e)))
-}
-
-/// The text of [`sql_err`]: what failed, why, and what to do.
-pub(crate) fn sql_detail(what: &str, e: &rusqlite::Error) -> String {
-    let hint = match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => {
-            "; the disk is full: free some space (the message was NOT queued)"
-        }
-        Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => {
-            "; the file or its directory is not writable by this process"
-        }
-        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
-            "; the file is not a SQLite database or is corrupt: move it aside (it may still hold \
-             unsent messages; it is never reset automatically) and point outbox_path elsewhere"
-        }
-        Some(ErrorCode::CannotOpen) => "; check that the directory exists and is writable",
-        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
-            "; another process holds the file"
-        }
-        _ => "",
-    };
-    format!("{what}: {e}{hint}")
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Store {
@@ -177,7 +122,7 @@ impl Store {
         let Some(lock) = FileLock::try_acquire(path)? else {
             return Ok(None);
         };
-        super::lock::refuse_hard_links(path)?;
+        refuse_hard_links(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -200,7 +145,7 @@ impl Store {
             last_id: 0,
             done_id: 0,
             deleted_upto: 0,
-            scratch: String::new(),
+            scratch: Vec::new(),
             damaged: false,
             unreadable: Default::default(),
             reclaim_pending: true,
@@ -295,28 +240,16 @@ const DEAD_LETTER: &str = "INSERT INTO dead_letters (origin, queue_id, msg_id, s
 impl Store {
     fn check_schema(&mut self) -> Result<()> {
         let p = self.path.clone();
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sql_err(&p, "cannot read the outbox schema version", e))?;
-        match version {
-            0 => {
-                let tables: i64 = self
-                    .conn
-                    .query_row(
-                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| sql_err(&p, "cannot read the outbox schema", e))?;
-                if tables > 0 {
-                    return Err(Error::outbox(
-                        &p,
-                        "this SQLite file is not a bus outbox (it has tables but no outbox schema \
-                         version); point outbox_path at a new file",
-                        None,
-                    ));
-                }
+        match schema::found(&self.conn, &p)? {
+            Found::Foreign => {
+                return Err(Error::outbox(
+                    &p,
+                    "this SQLite file is not a bus outbox (it has tables but no outbox schema \
+                     version); point outbox_path at a new file",
+                    None,
+                ))
+            }
+            Found::Empty => {
                 // Before the first table: a file whose free pages can be given back to the
                 // filesystem (`reclaim`). Set only here: on an existing file the pragma writes
                 // its header, and a file must not change just by being opened.
@@ -327,7 +260,7 @@ impl Store {
                     ))
                     .map_err(|e| sql_err(&p, "cannot create the outbox schema", e))?;
             }
-            2 => {
+            Found::V2 => {
                 let started = std::time::Instant::now();
                 let done = migrate::v2_to_v3(&mut self.conn).map_err(|e| {
                     sql_err(
@@ -339,10 +272,9 @@ impl Store {
                 })?;
                 tracing::info!(path = %p.display(), queued = done.queued, dead_letters = done.dead_letters, undecodable = done.undecodable, elapsed = ?started.elapsed(), "outbox migrated from schema version 2 to 3");
             }
-            SCHEMA_VERSION => {}
-            v => return Err(version_err(&p, v)),
+            Found::Current => {}
         }
-        schema::check(&self.conn).map_err(|why| layout_err(&p, &why))?;
+        schema::check_layout(&self.conn, &p)?;
         // An operator may have dropped a view; they cost nothing to put back.
         self.conn
             .execute_batch(VIEWS)
@@ -409,7 +341,7 @@ impl Store {
                     stmt.raw_bind_parameter(at + 1, id)?;
                     stmt.raw_bind_parameter(at + 2, m.subject.as_str())?;
                     stmt.raw_bind_parameter(at + 3, m.reply.as_deref())?;
-                    stmt.raw_bind_parameter(at + 4, &self.scratch[start..end])?;
+                    stmt.raw_bind_parameter(at + 4, json_text(&self.scratch[start..end]))?;
                     stmt.raw_bind_parameter(at + 5, &m.payload[..])?;
                     start = end;
                     if !full {
@@ -594,8 +526,8 @@ impl Store {
         error: &str,
         failed_at_ms: i64,
     ) -> rusqlite::Result<()> {
-        let mut headers = String::new();
-        super::encoding::encode_headers(&msg.headers, &mut headers);
+        let mut headers = Vec::new();
+        encode_headers(&msg.headers, &mut headers);
         self.conn
             .prepare_cached(
                 "INSERT INTO dead_letters (origin, queue_id, msg_id, subject, reply, headers,
@@ -607,7 +539,7 @@ impl Store {
                 crate::headers::msg_id(&msg.headers),
                 msg.subject,
                 msg.reply,
-                headers,
+                json_text(&headers),
                 &msg.payload[..],
                 failed_at_ms,
                 attempts,
@@ -681,40 +613,4 @@ pub(crate) fn dead_letter(
     tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
         .execute([failure.id])?;
     Ok(())
-}
-
-/// The error for a file whose `user_version` is not one this build can open.
-pub(crate) fn version_err(path: &Path, version: i64) -> Error {
-    let detail = if version < SCHEMA_VERSION {
-        format!(
-            "outbox schema version {version} is from a pre-release bus and cannot be migrated \
-             (only version 2 can); drain it with the bus that wrote it, or move it aside"
-        )
-    } else {
-        format!(
-            "unknown outbox schema version {version} (this build of bus understands version \
-             {SCHEMA_VERSION}); the file was written by a newer bus: upgrade bus, or point \
-             outbox_path at another file (the queued messages are left untouched)"
-        )
-    };
-    Error::outbox(path, detail, None)
-}
-
-/// The error for a version-3 file whose tables are not the ones of version 3.
-pub(crate) fn layout_err(path: &Path, why: &str) -> Error {
-    Error::outbox(
-        path,
-        format!(
-            "the outbox file says schema version {SCHEMA_VERSION} but its tables do not match it \
-             ({why}); it was changed by something other than bus: move it aside (it may still \
-             hold unsent messages; it is never reset automatically) and point outbox_path \
-             elsewhere"
-        ),
-        None,
-    )
-}
-
-/// How old a row created at `created_ms` is now.
-pub(crate) fn age_of(created_ms: i64) -> Duration {
-    Duration::from_millis((now_ms() - created_ms).max(0) as u64)
 }

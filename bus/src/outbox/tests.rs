@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::broker::{ConnectionState, RawSubscription};
 use crate::headers::MSG_ID;
+use crate::Headers;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -505,7 +506,11 @@ async fn concurrent_enqueues_share_transactions() {
     for r in futures::future::join_all(all).await {
         r.unwrap();
     }
-    let commits = outbox.writer.call(|ctx| Ok(ctx.commits)).await.unwrap();
+    let commits = outbox
+        .writer
+        .call("test", |ctx| Ok(ctx.commits))
+        .await
+        .unwrap();
     assert!(
         commits < 1000,
         "1000 concurrent enqueues took {commits} commits"
@@ -522,7 +527,7 @@ async fn a_full_disk_fails_the_publish_and_loses_nothing_acknowledged() {
     // The file may not grow past its current size: the same SQLITE_FULL a full disk gives.
     outbox
         .writer
-        .call(|ctx| {
+        .call("test", |ctx| {
             let pages: i64 = ctx
                 .store
                 .conn
@@ -579,7 +584,7 @@ async fn power_loss_durability_syncs_every_commit() {
 async fn synchronous(outbox: &Outbox) -> i64 {
     outbox
         .writer
-        .call(|ctx| {
+        .call("test", |ctx| {
             Ok(ctx
                 .store
                 .conn
@@ -917,7 +922,7 @@ async fn undecodable_rows_are_dead_lettered_once_and_the_queue_goes_on() {
     // The raw bytes are kept as they were.
     let raw: Vec<u8> = outbox
         .writer
-        .call(move |ctx| {
+        .call("test", move |ctx| {
             Ok(ctx
                 .store
                 .conn

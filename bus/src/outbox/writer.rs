@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch, Notify};
 
-use super::store::{sql_detail, Row, Store, Watermarks};
-use super::Durability;
+use super::io::{sql_detail, sql_err};
+use super::store::{Durability, Row, Store, Watermarks};
 use crate::broker::RawMessage;
 use crate::{Error, Result};
 
@@ -86,8 +86,8 @@ pub(crate) struct Ctx {
     pub(crate) committed: watch::Sender<i64>,
     /// Group commits so far (a test checks that concurrent publishes share them).
     pub(crate) commits: u64,
-    /// When to look for operator requests (`requests`) next.
-    pub(crate) requests: super::requests::Pickup,
+    /// When to look for operator requests (`request_runner`) next.
+    pub(crate) requests: super::request_runner::Pickup,
     /// When the writer last committed a publish or a confirmation (space is given back only
     /// after a quiet time; reads such as stats do not count).
     pub(crate) last_busy: std::time::Instant,
@@ -226,7 +226,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     shared: thread_shared,
                     committed: committed_tx,
                     commits: 0,
-                    requests: super::requests::Pickup::default(),
+                    requests: super::request_runner::Pickup::default(),
                     last_busy: std::time::Instant::now(),
                 },
             );
@@ -269,7 +269,10 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
     let mut group: Vec<(RawMessage, oneshot::Sender<Result<()>>)> = Vec::new();
     loop {
         // Replays and purges asked through the file, every 500 ms, busy or idle.
-        super::requests::pick_up(&mut ctx);
+        if let Some(last) = ctx.requests.poll(&mut ctx.store) {
+            ctx.committed.send_replace(last);
+            ctx.shared.mark_overflowed();
+        }
         // Delete confirmed rows only when nothing is waiting, so publishes never wait for it.
         let first = match rx.try_recv() {
             Ok(cmd) => cmd,
@@ -388,18 +391,14 @@ impl Writer {
         rx.await.map_err(|_| self.closed())?
     }
 
-    /// Runs `f` on the writer thread and returns its result.
-    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    /// Runs `f` on the writer thread and returns its result; a SQLite error becomes an
+    /// [`Error::Outbox`] that says `what` failed (and what to do about it).
+    pub(crate) async fn call<T, F>(&self, what: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Ctx) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Ctx) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let op: Op = Box::new(move |ctx| {
-            let _ = tx.send(f(ctx));
-        });
-        self.tx.send(Command::Op(op)).map_err(|_| self.closed())?;
-        rx.await.map_err(|_| self.closed())?
+        self.start(what, f)?.await.map_err(|_| self.closed())?
     }
 
     /// Runs `f` on the writer thread without waiting for it (in order with everything else).
@@ -412,16 +411,20 @@ impl Writer {
             .map_err(|_| self.closed())
     }
 
-    /// Runs `f` on the writer thread; the answer arrives on the returned receiver, so the caller
-    /// can do something else meanwhile (the drainer reads its next page this way).
-    pub(crate) fn start<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    /// As [`call`](Writer::call), but the answer arrives on the returned receiver, so the
+    /// caller can do something else meanwhile (the drainer reads its next page this way).
+    pub(crate) fn start<T, F>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<oneshot::Receiver<Result<T>>>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Ctx) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Ctx) -> rusqlite::Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         self.submit(move |ctx| {
-            let _ = tx.send(f(ctx));
+            let _ = tx.send(f(ctx).map_err(|e| sql_err(&ctx.store.path, what, e)));
         })?;
         Ok(rx)
     }

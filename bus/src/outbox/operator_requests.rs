@@ -25,301 +25,19 @@
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags};
 
-use super::read::from_ms;
-use super::schema::{self, REQUESTS, SCHEMA_VERSION};
-use super::store::{layout_err, now_ms, sql_err, version_err, ReplayTx, Store};
-use super::writer::Ctx;
-use super::Durability;
+use super::io::{now_ms, sql_err};
+use super::request_rows::{request, OperatorRequest, RequestOp, COLUMNS};
+use super::request_runner::{process, CHUNK};
+use super::schema::{self, REQUESTS};
+use super::store::{Durability, Store};
 use crate::{Error, Result};
 
-/// How often the owner looks for pending requests.
-pub(crate) const POLL: Duration = Duration::from_millis(500);
-/// Requests run in one transaction; with more pending, the owner goes on right after the
-/// commands that are waiting (publishes never wait for a long replay).
-const CHUNK: usize = 1000;
-/// Answered requests older than this are deleted (when the owner runs new ones).
-const KEEP_DONE_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How long a tool's connection waits for the owner's write transaction to end.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-const ANY_PENDING: &str = "SELECT id FROM operator_requests WHERE done_at IS NULL LIMIT 1";
-const PENDING: &str = "SELECT id, op, dead_letter_id FROM operator_requests
-    WHERE done_at IS NULL ORDER BY id LIMIT ?1";
-const ANSWER: &str = "UPDATE operator_requests SET done_at = ?2, result = ?3, queue_id = ?4
-    WHERE id = ?1";
-const PRUNE: &str = "DELETE FROM operator_requests WHERE done_at IS NOT NULL AND done_at < ?1";
-const COLUMNS: &str =
-    "SELECT id, op, dead_letter_id, requested_at, done_at, result, queue_id FROM operator_requests";
-
-/// `result` of a request that replayed its dead letter (the new queue id is in `queue_id`).
-const REPLAYED: &str = "replayed";
-/// `result` of a request that purged its dead letter.
-const PURGED: &str = "purged";
-/// `result` of a request whose dead letter was not there (already replayed or purged).
-const NOT_FOUND: &str = "not found";
-
-/// The owner's side: when it looks next. Lives in the writer thread's [`Ctx`].
-#[derive(Debug, Default)]
-pub(crate) struct Pickup {
-    /// `None`: at once (at start, and while a long request list is being worked through).
-    next: Option<Instant>,
-    /// The last look failed and was logged; the next failure is not logged again.
-    failing: bool,
-}
-
-impl Pickup {
-    /// How long the writer thread may wait for a command before it must look.
-    pub(crate) fn wait(&self) -> Duration {
-        self.next.map_or(Duration::ZERO, |t| {
-            t.saturating_duration_since(Instant::now())
-        })
-    }
-}
-
-/// What one [`process`] call did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Processed {
-    pub(crate) replayed: usize,
-    pub(crate) purged: usize,
-    /// Requests whose dead letter was not there, or whose operation is unknown.
-    pub(crate) other: usize,
-    /// More requests are pending than one call runs.
-    pub(crate) more: bool,
-    /// The new highest queue id, if anything was replayed.
-    pub(crate) last_queued: Option<i64>,
-}
-
-impl Processed {
-    fn ran(&self) -> usize {
-        self.replayed + self.purged + self.other
-    }
-}
-
-/// Called by the writer thread between commands: runs the pending requests when it is time to
-/// look, and tells the drainer about replayed rows.
-pub(crate) fn pick_up(ctx: &mut Ctx) {
-    let now = Instant::now();
-    if ctx.requests.next.is_some_and(|t| now < t) {
-        return;
-    }
-    ctx.requests.next = Some(now + POLL);
-    match process(&mut ctx.store, CHUNK) {
-        Ok(done) => {
-            if ctx.requests.failing {
-                ctx.requests.failing = false;
-                tracing::info!(path = %ctx.store.path.display(), "operator requests can be read again");
-            }
-            if let Some(last) = done.last_queued {
-                ctx.committed.send_replace(last);
-                // The drainer finds the rows in SQLite, as after `DeadLetters::replay`.
-                ctx.shared.mark_overflowed();
-            }
-            if done.ran() > 0 {
-                tracing::info!(path = %ctx.store.path.display(), replayed = done.replayed, purged = done.purged, not_done = done.other, more = done.more, "operator requests from the outbox file run");
-            }
-            if done.more {
-                ctx.requests.next = None;
-            }
-        }
-        Err(e) => {
-            if !ctx.requests.failing {
-                ctx.requests.failing = true;
-                tracing::warn!(path = %ctx.store.path.display(), error = %e, "cannot run the operator requests of the outbox file (replay/purge asked by a tool); will retry every 500 ms");
-            }
-        }
-    }
-}
-
-/// Runs up to `limit` pending requests, oldest first, in one transaction that also marks each
-/// done with its outcome.
-pub(crate) fn process(store: &mut Store, limit: usize) -> rusqlite::Result<Processed> {
-    // A plain read first: an owner with nothing to do takes no write lock.
-    let pending: Option<i64> = store
-        .conn
-        .prepare_cached(ANY_PENDING)?
-        .query_row([], |r| r.get(0))
-        .optional()?;
-    if pending.is_none() {
-        return Ok(Processed::default());
-    }
-    let now = now_ms();
-    let (mut done, last_queued) = store.with_replays(|r| {
-        // Read again inside the transaction: a row withdrawn meanwhile is not run.
-        let rows = {
-            let mut stmt = r.tx.prepare_cached(PENDING)?;
-            let rows = stmt.query_map(
-                [limit.saturating_add(1).min(i64::MAX as usize) as i64],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        text(row.get_ref(1)?),
-                        row.get_ref(2)?.as_i64().ok(),
-                    ))
-                },
-            )?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        let mut done = Processed {
-            more: rows.len() > limit,
-            ..Processed::default()
-        };
-        for (id, op, dead_letter) in rows.into_iter().take(limit) {
-            let (result, queue_id) = run_one(r, op.as_deref(), dead_letter, &mut done)?;
-            r.tx.prepare_cached(ANSWER)?
-                .execute(params![id, now, result, queue_id])?;
-        }
-        r.tx.prepare_cached(PRUNE)?.execute([now - KEEP_DONE_MS])?;
-        Ok(done)
-    })?;
-    done.last_queued = last_queued;
-    Ok(done)
-}
-
-/// Runs one request; returns its `result` text and the new queue id of a replay.
-fn run_one(
-    r: &mut ReplayTx<'_>,
-    op: Option<&str>,
-    dead_letter: Option<i64>,
-    done: &mut Processed,
-) -> rusqlite::Result<(String, Option<i64>)> {
-    let Some(id) = dead_letter else {
-        done.other += 1;
-        return Ok(("refused: dead_letter_id is not an integer".into(), None));
-    };
-    match op {
-        Some("replay") => match r.replay(id)? {
-            Some(queue_id) => {
-                done.replayed += 1;
-                Ok((REPLAYED.into(), Some(queue_id)))
-            }
-            None => {
-                done.other += 1;
-                Ok((NOT_FOUND.into(), None))
-            }
-        },
-        Some("purge") => {
-            let n =
-                r.tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
-                    .execute([id])?;
-            if n == 0 {
-                done.other += 1;
-                Ok((NOT_FOUND.into(), None))
-            } else {
-                done.purged += 1;
-                Ok((PURGED.into(), None))
-            }
-        }
-        other => {
-            done.other += 1;
-            Ok((
-                format!(
-                    "refused: unknown operation {:?} (this bus {} runs replay and purge)",
-                    other.unwrap_or(""),
-                    env!("CARGO_PKG_VERSION")
-                ),
-                None,
-            ))
-        }
-    }
-}
-
-/// A TEXT value, if it is one.
-fn text(v: ValueRef<'_>) -> Option<String> {
-    match v {
-        ValueRef::Text(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        _ => None,
-    }
-}
-
-/// What an operator asks of the owner of an outbox file, for one dead letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RequestOp {
-    /// Move it back to the end of the queue, with fresh attempts and the same msg id (as
-    /// [`DeadLetters::replay`](super::DeadLetters::replay)).
-    Replay,
-    /// Delete it.
-    Purge,
-}
-
-impl RequestOp {
-    /// Its name in the file's `op` column: `replay` or `purge`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestOp::Replay => "replay",
-            RequestOp::Purge => "purge",
-        }
-    }
-}
-
-/// What the owner did with a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RequestOutcome {
-    /// The dead letter is back in the queue, as this queue id.
-    Replayed {
-        /// Its new queue id.
-        queue_id: i64,
-    },
-    /// The dead letter was deleted.
-    Purged,
-    /// There was no such dead letter (any more).
-    NotFound,
-    /// The owner did not run it, and says why (an operation it does not know, say).
-    Refused(String),
-}
-
-impl RequestOutcome {
-    fn from_columns(result: String, queue_id: Option<i64>) -> RequestOutcome {
-        match (result.as_str(), queue_id) {
-            (REPLAYED, Some(queue_id)) => RequestOutcome::Replayed { queue_id },
-            (PURGED, _) => RequestOutcome::Purged,
-            (NOT_FOUND, _) => RequestOutcome::NotFound,
-            _ => RequestOutcome::Refused(result),
-        }
-    }
-}
-
-/// One row of `operator_requests`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct OperatorRequest {
-    /// The request's id.
-    pub id: i64,
-    /// The operation as written (`replay`, `purge`).
-    pub op: String,
-    /// The dead letter it is about.
-    pub dead_letter_id: i64,
-    /// When it was written.
-    pub requested_at: SystemTime,
-    /// When the owner ran it; `None` while it is pending.
-    pub done_at: Option<SystemTime>,
-    /// What came of it; `None` while it is pending.
-    pub outcome: Option<RequestOutcome>,
-}
-
-fn request(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRequest> {
-    let done_at: Option<i64> = r.get_ref(4)?.as_i64().ok();
-    let outcome = done_at.map(|_| {
-        RequestOutcome::from_columns(
-            text(r.get_ref(5).unwrap_or(ValueRef::Null)).unwrap_or_default(),
-            r.get_ref(6).ok().and_then(|v| v.as_i64().ok()),
-        )
-    });
-    Ok(OperatorRequest {
-        id: r.get(0)?,
-        op: text(r.get_ref(1)?).unwrap_or_default(),
-        dead_letter_id: r.get_ref(2)?.as_i64().unwrap_or(0),
-        requested_at: from_ms(r.get_ref(3)?.as_i64().unwrap_or(0)),
-        done_at: done_at.map(from_ms),
-        outcome,
-    })
-}
 
 /// Asks the process that holds an outbox file to replay or purge dead letters, through the
 /// file (table `operator_requests`), without stopping it and without a second drainer.
@@ -395,31 +113,7 @@ impl OperatorRequests {
                 None,
             ));
         }
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| sql_err(path, "cannot read the outbox file", e))?;
-        match version {
-            SCHEMA_VERSION => schema::check(&conn).map_err(|why| layout_err(path, &why))?,
-            0 => {
-                return Err(Error::outbox(
-                    path,
-                    "this SQLite file is not a bus outbox (it has no outbox schema version)",
-                    None,
-                ))
-            }
-            2 => {
-                return Err(Error::outbox(
-                    path,
-                    format!(
-                        "this outbox file has schema version 2 (written by an older bus); a Bus \
-                         of this version migrates it to version {SCHEMA_VERSION} when it opens \
-                         it, and only then can requests be written into it"
-                    ),
-                    None,
-                ))
-            }
-            v => return Err(version_err(path, v)),
-        }
+        schema::check_current(&conn, path, "and only then can requests be written into it")?;
         let exists: bool = conn
             .query_row(
                 "SELECT count(*) > 0 FROM sqlite_master \
@@ -563,10 +257,11 @@ mod tests {
 
     use futures::StreamExt;
 
+    use std::time::Instant;
+
     use super::*;
     use crate::headers::MSG_ID;
-    use crate::outbox::read;
-    use crate::outbox::{Outbox, OutboxOptions};
+    use crate::outbox::{read, Outbox, OutboxOptions, RequestOutcome};
     use crate::LocalBroker;
 
     /// A new outbox file with dead letters `1..=n` (subject `dl.<i>`, msg id `m<i>`), not held.

@@ -1,0 +1,101 @@
+//! What the outbox API hands out: the queue's stats, a queued message, a dead letter.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::io::age_of;
+use crate::Headers;
+
+/// Depth and age of the outbox queue, for health checks and tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxStats {
+    /// Messages committed and not yet confirmed by the broker.
+    pub depth: u64,
+    /// Age of the oldest of them.
+    pub oldest_age: Option<Duration>,
+    /// Messages in the dead-letter table.
+    pub dead_letters: u64,
+    /// The file's schema version (`PRAGMA user_version`).
+    pub schema_version: u32,
+    /// Bytes the outbox takes on disk: the file and its write-ahead log.
+    pub file_size: u64,
+}
+
+impl OutboxStats {
+    pub(crate) fn new(
+        depth: u64,
+        oldest_ms: Option<i64>,
+        dead_letters: u64,
+        schema_version: u32,
+        file_size: u64,
+    ) -> Self {
+        OutboxStats {
+            depth,
+            oldest_age: oldest_ms.map(age_of),
+            dead_letters,
+            schema_version,
+            file_size,
+        }
+    }
+}
+
+/// A message that failed every send attempt, or could not be read back from the queue.
+///
+/// A row that could not be decoded is shown as well as it can be (text decoded lossily,
+/// headers empty if they were unreadable); its [`last_error`](DeadLetter::last_error) says
+/// what was wrong, and the file keeps its raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// Its id in the dead-letter table (for [`DeadLetters::replay`](super::DeadLetters::replay)).
+    pub id: i64,
+    /// Where it died: `"outbox"` for the outbox's drainer; a handler will write
+    /// `"handler:<name>"`.
+    pub origin: String,
+    /// Its id in the queue when it died there, if it was queued.
+    pub queue_id: Option<i64>,
+    /// The subject.
+    pub subject: String,
+    /// The reply subject, if it had one.
+    pub reply: Option<String>,
+    /// The headers (with its `Nats-Msg-Id`).
+    pub headers: Headers,
+    /// The payload.
+    pub payload: Bytes,
+    /// Send attempts made.
+    pub attempts: u32,
+    /// The error of the last attempt.
+    pub last_error: String,
+    /// When it was first queued.
+    pub created_at: SystemTime,
+    /// When it was dead-lettered.
+    pub failed_at: SystemTime,
+}
+
+/// A message waiting in the outbox queue, as [`OutboxFile::queued`](super::OutboxFile::queued) reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueuedMessage {
+    /// Its queue id: the queue is sent in this order.
+    pub id: i64,
+    /// The subject.
+    pub subject: String,
+    /// The reply subject, if it has one.
+    pub reply: Option<String>,
+    /// The headers (with its `Nats-Msg-Id`).
+    pub headers: Headers,
+    /// The payload.
+    pub payload: Bytes,
+    /// When it was queued.
+    pub created_at: SystemTime,
+    /// Failed send attempts so far.
+    pub attempts: u32,
+    /// The error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Set when the stored row is not a message that can be sent (invalid UTF-8, malformed
+    /// headers, a NULL): why. The drainer moves such a row to the dead letters when it reaches
+    /// it; the other fields are then shown as well as they could be read.
+    pub decode_error: Option<String>,
+}
