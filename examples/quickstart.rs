@@ -1,5 +1,6 @@
 //! The five-minute tour, on the embedded local broker (no server, nothing on disk):
-//! a typed publish, a filtered wildcard subscription, a queue group and a request/reply.
+//! a typed publish, a filtered wildcard subscription, a queue group, a request/reply and a
+//! handler whose failures end in the dead letters.
 //!
 //! Run it with `cargo run --example quickstart`.
 
@@ -7,7 +8,7 @@
 
 use std::time::Duration;
 
-use bus::{Bus, Envelope, Message};
+use bus::{Bus, Envelope, HandlerOptions, Message, RetryPolicy};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +137,37 @@ async fn main() -> Result<(), bus::Error> {
     if let Err(e) = lonely.request(&bus).await {
         println!("no responders     {e}");
     }
+
+    // 7. A handler that gives up: its message lands in the dead letters (kept in memory without
+    //    an outbox, in the outbox file with one), to list, replay or purge.
+    let archiver = bus
+        .handle_with(
+            Outbound::filter().channel("archive"),
+            HandlerOptions::named("archiver").retry(RetryPolicy::default().max_attempts(1)),
+            |msg| async move { Err(format!("no archive for {}", msg.instance)) },
+        )
+        .await?;
+    Outbound {
+        channel: "archive".into(),
+        instance: "cold".into(),
+        text: "old logs".into(),
+    }
+    .publish(&bus)
+    .await?;
+    let dead_letters = bus.dead_letters();
+    for _ in 0..500 {
+        if dead_letters.count().await? > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dead = dead_letters.list().await?;
+    assert_eq!(dead.len(), 1, "the failed message is dead-lettered");
+    println!(
+        "dead letter       {} from {} after {} attempt(s): {}",
+        dead[0].subject, dead[0].origin, dead[0].attempts, dead[0].last_error
+    );
+    archiver.stop().await;
     Ok(())
 }
 

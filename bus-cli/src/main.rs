@@ -1,4 +1,4 @@
-//! `bus`: the operator's command for a `bus` deployment (`docs/design.md`, section 8).
+//! `bus`: the operator's command for a `bus` deployment (`docs/design.md`, "Operations").
 //!
 //! `bus outbox` and `bus dead-letters` work on an outbox file that a running service holds,
 //! without stopping it; `bus tap`, `bus pub`, `bus req` and `bus health` talk to NATS. See

@@ -25,7 +25,7 @@
 use std::fmt;
 use std::ops::Range;
 
-/// The five subject roots the ADR allows. A template's first two tokens must be one of them.
+/// The five subject roots the decision record allows (`docs/adr/0002-nats-broker.md`, "Decision"). A template's first two tokens must be one of them.
 pub const ROOTS: [&str; 5] = [
     "plugin.inbound",
     "plugin.outbound",

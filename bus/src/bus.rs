@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::broker::Broker;
 use crate::codec;
 use crate::connection::ConnectionState;
-use crate::dead_letter::{DeadLetterSink, MemoryDeadLetters};
+use crate::dead_letter::{DeadLetterSink, DeadLetters, MemoryDeadLetters};
 use crate::durable::DurableSpec;
 use crate::envelope::{Delivered, Envelope};
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ use crate::msg_id;
 #[cfg(feature = "nats")]
 use crate::nats::NatsBroker;
 #[cfg(feature = "outbox")]
-use crate::outbox::{DeadLetters, Outbox, OutboxStats};
+use crate::outbox::{Outbox, OutboxStats};
 #[cfg(feature = "outbox")]
 use crate::raw::check_subject;
 use crate::raw::{RawMessage, RawSubscription};
@@ -806,16 +806,16 @@ impl Bus {
 
     /// The dead letters: messages the outbox failed to send and messages handlers gave up on,
     /// each saying where it died (`origin`). In the outbox file when there is one, else (handler
-    /// dead letters only) in memory.
-    #[cfg(feature = "outbox")]
+    /// dead letters only) in memory. On every build, with or without the `outbox` feature.
     pub fn dead_letters(&self) -> DeadLetters {
-        match &self.inner.outbox {
-            Some(outbox) => outbox.dead_letters(),
-            None => DeadLetters::in_memory(
-                Arc::clone(&self.inner.handler_dead_letters),
-                self.inner.broker.clone(),
-            ),
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            return outbox.dead_letters();
         }
+        DeadLetters::in_memory(
+            Arc::clone(&self.inner.handler_dead_letters),
+            self.inner.broker.clone(),
+        )
     }
 
     /// Depth and oldest age of the outbox, for health checks; `None` without an outbox.

@@ -1,4 +1,4 @@
-//! Durable consumers: subscriptions that outlive their process (`docs/design.md`, section 7).
+//! Durable consumers: subscriptions that outlive their process (`docs/design.md`, "Consuming").
 //!
 //! A durable consumer is known by name. Messages published on its subjects while no puller is
 //! attached are kept for it and delivered when one comes back; each delivery must be settled

@@ -1,5 +1,5 @@
 //! The built-in heartbeat: a typed [`Health`] snapshot on `plugin.health.<instance>`
-//! (`docs/design.md`, section 8), sent directly on an interval, never queued: a stale heartbeat
+//! (`docs/design.md`, "Operations"), sent directly on an interval, never queued: a stale heartbeat
 //! delivered after an outage would say the opposite of the truth.
 
 use std::sync::{Mutex, PoisonError, Weak};

@@ -218,6 +218,7 @@ pub use crate::builder::BusBuilder;
 #[cfg(feature = "outbox")]
 pub use crate::builder::DEFAULT_OUTBOX_PATH;
 pub use crate::catalog::catalog;
+pub use crate::dead_letter::{DeadLetter, DeadLetters};
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
 pub use crate::fan_in::FanIn;
@@ -232,7 +233,7 @@ pub use crate::msg_id::new_msg_id;
 #[cfg(feature = "nats")]
 pub use crate::nats::{redact_url, NatsAuth, NatsBroker, NatsOptions};
 #[cfg(feature = "outbox")]
-pub use crate::outbox::{DeadLetter, DeadLetters, Durability, OutboxOptions, OutboxStats};
+pub use crate::outbox::{Durability, OutboxOptions, OutboxStats};
 pub use crate::respond::ServeHandle;
 pub use crate::retry::RetryPolicy;
 pub use crate::stream::StreamConfig;

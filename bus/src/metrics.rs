@@ -1,4 +1,4 @@
-//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (`docs/design.md`, section 8).
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (`docs/design.md`, "Operations").
 //!
 //! `bus` records; the application picks the exporter (Prometheus, StatsD, OpenTelemetry, …) by
 //! installing a `metrics` recorder, and nothing is recorded until it does. Every name has the

@@ -1,4 +1,4 @@
-//! `StreamConfig`: a JetStream stream the application declares (`docs/design.md`, section 7).
+//! `StreamConfig`: a JetStream stream the application declares (`docs/design.md`, "Consuming").
 //!
 //! Streams are the application's choice, declared once on the builder:
 //!

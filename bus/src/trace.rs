@@ -1,5 +1,5 @@
 //! Trace propagation across processes: the W3C [`traceparent`](https://www.w3.org/TR/trace-context/)
-//! header (`docs/design.md`, section 8).
+//! header (`docs/design.md`, "Operations").
 //!
 //! # What is sent
 //!

@@ -1,4 +1,4 @@
-//! The trace chain of DESIGN.md section 8, shared by `tests/trace.rs` (span extensions) and
+//! The trace chain of `docs/design.md`, "Operations", shared by `tests/trace.rs` (span extensions) and
 //! `tests/trace_otel.rs` (OpenTelemetry): a plugin requests an agent, the agent publishes while
 //! it answers, a plugin's handler receives that publish. Each hop records the trace context it
 //! saw, so a test can check that one trace id runs through all of them.

@@ -1,4 +1,4 @@
-//! The catalog (DESIGN.md section 9): the link-time registry, the overlap check, the AsyncAPI
+//! The catalog (`docs/design.md`, "The catalog"): the link-time registry, the overlap check, the AsyncAPI
 //! document (validated against the AsyncAPI 3.0 JSON Schema), catalog discovery across
 //! processes' buses on a real nats-server, and typed fan-in (`#[derive(Messages)]`).
 

@@ -1,6 +1,6 @@
 //! `handle` in durable mode (`HandlerOptions::durable`) on both backends: the local broker and a
-//! real nats-server with JetStream (run it on both lines with `NATS_SERVER_BIN`). Fault cases
-//! (c) and (d) of issue 10: a handler that fails twice then succeeds handles the message once
+//! real nats-server with JetStream (run it on both lines with `NATS_SERVER_BIN`). The fault
+//! cases: a handler that fails twice then succeeds handles the message once
 //! after 3 deliveries; one that always fails is dead-lettered after exactly 3 and the rest go
 //! on. Also: resume after a stop, a queue group sharing one durable, ordered mode, decode
 //! failures, and `subscribe` on a durable filter. Each test prints what it counted (`--nocapture`).
@@ -47,7 +47,7 @@ fn count(attempts: &Attempts, key: &str) -> usize {
     *n
 }
 
-/// Fault cases (c) and (d): fails twice then succeeds -> handled once, 3 deliveries; always
+/// Fails twice then succeeds -> handled once, 3 deliveries; always
 /// fails -> dead-lettered after exactly 3 deliveries; the others are handled once each.
 #[tokio::test]
 async fn durable_retries_by_redelivery_then_dead_letters() {
@@ -116,7 +116,7 @@ async fn durable_handler_resumes_after_stop() {
         let got: Arc<Mutex<Vec<String>>> = Arc::default();
         let start = |got: Arc<Mutex<Vec<String>>>| {
             bus.handle_with(
-                // The durable named on the filter (DESIGN.md's `filter.durable(name)`).
+                // The durable named on the filter (`docs/design.md`'s `filter.durable(name)`).
                 Outbound::filter().channel("resume").durable("resumer"),
                 HandlerOptions::named("resumer").ordered(true),
                 move |msg| {

@@ -3,7 +3,7 @@
 //! streams created, updated and used as found; the server down at connect; a stream at its
 //! limit with discard new makes `confirm` name exactly the refused msg ids; resends with the
 //! same `Nats-Msg-Id` are stored once; a deleted stream is a rejection; without a declared
-//! stream nothing goes through JetStream. Fault case (e) of issue 10 is
+//! stream nothing goes through JetStream. The stream-limit fault case is
 //! `discard_new_rejections_name_exactly_the_refused_messages` (counts printed with
 //! `--nocapture`).
 #![allow(clippy::print_stderr)]

@@ -1,4 +1,4 @@
-//! The metrics of DESIGN.md section 8 read back through a real `metrics` recorder
+//! The metrics of `docs/design.md`, "Operations" read back through a real `metrics` recorder
 //! (`metrics-util`'s `DebuggingRecorder`), with exact counts, on the local bus and on a real
 //! nats-server with an outbox.
 //!

@@ -1,4 +1,4 @@
-//! Quiet during outages (issue 11, point 6), on a real nats-server killed and started again on
+//! Quiet during outages, on a real nats-server killed and started again on
 //! its port, every event captured by a `tracing` layer: one WARN when the connection is lost,
 //! one INFO when it is back with the outage length and the outbox's depth, the reconnect
 //! attempts at DEBUG, no ERROR.

@@ -1,4 +1,4 @@
-//! Issue 9, the outbox's part: the lock follows the file (symlinks, hard links, a second
+//! The outbox against hostile files: the lock follows the file (symlinks, hard links, a second
 //! process), a damaged file (at open and while running), a schema that is not the outbox's, a
 //! lock path that cannot be used, the size limit at publish, and space given back after a
 //! drain. Every test runs on real files, the NATS ones on a real nats-server, and counts what

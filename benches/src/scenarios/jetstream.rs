@@ -1,4 +1,4 @@
-//! `jetstream_durable` (issue 10's acceptance): outbox on, a stream on the subjects, a durable
+//! `jetstream_durable`: outbox on, a stream on the subjects, a durable
 //! handler acking, against raw async-nats JetStream publishing with PubAcks (pipelined) and a
 //! durable pull consumer acking by hand, in the same run.
 //!

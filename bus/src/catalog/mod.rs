@@ -1,4 +1,4 @@
-//! The catalog: every message type of this binary, known at link time (`docs/design.md`, section 9).
+//! The catalog: every message type of this binary, known at link time (`docs/design.md`, "The catalog").
 //!
 //! Each `#[derive(Message)]` registers one [`Descriptor`] with a static (through `inventory`,
 //! no build script, nothing run before `main`). From them:

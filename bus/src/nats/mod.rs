@@ -1,6 +1,6 @@
 //! `NatsBroker`: the NATS backend on async-nats 0.35.
 //!
-//! What async-nats 0.35 does not do and this module adds (`docs/design.md`, section 6):
+//! What async-nats 0.35 does not do and this module adds (`docs/design.md`, "async-nats 0.35 as measured here"):
 //! - the size check on every publish (payload plus headers against the server's max_payload);
 //!   only plain `publish` checks it there, and an oversize message makes the server close the
 //!   connection;

@@ -6,8 +6,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::io::sql_err;
 use super::read;
-use super::records::{DeadLetter, OutboxStats, QueuedMessage};
+use super::records::{OutboxStats, QueuedMessage};
 use super::schema::{self, SCHEMA_VERSION};
+use crate::dead_letter::DeadLetter;
 use crate::{Error, Result};
 
 /// A read-only view of an outbox file: stats, the queue and the dead letters, while a running
@@ -19,7 +20,7 @@ use crate::{Error, Result};
 /// broker confirmed is recorded by the service's writer thread right after its `flush`
 /// returns, so a message can still show as queued just after it was delivered. The calls are blocking (SQLite is): in async code run
 /// them with `tokio::task::spawn_blocking`. To change anything (replay, purge), use the
-/// service's [`DeadLetters`](super::DeadLetters).
+/// service's [`DeadLetters`](crate::DeadLetters).
 ///
 /// ```no_run
 /// # fn run() -> Result<(), bus::Error> {

@@ -174,10 +174,10 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use dead_letters::DeadLetters;
+pub use crate::dead_letter::{DeadLetter, DeadLetters};
 pub use file::OutboxFile;
 pub use operator_requests::OperatorRequests;
-pub use records::{DeadLetter, OutboxStats, QueuedMessage};
+pub use records::{OutboxStats, QueuedMessage};
 pub use request_rows::{OperatorRequest, RequestOp, RequestOutcome};
 pub use store::Durability;
 
@@ -209,25 +209,6 @@ impl Default for OutboxOptions {
             durability: Durability::default(),
             retry: RetryPolicy::default(),
             max_payload: DEFAULT_OUTBOX_MAX_PAYLOAD,
-        }
-    }
-}
-
-impl DeadLetter {
-    /// A handler's dead letter kept in memory (a bus without an outbox).
-    pub(crate) fn from_handler(id: i64, f: crate::dead_letter::Failed) -> DeadLetter {
-        DeadLetter {
-            id,
-            origin: f.origin,
-            queue_id: None,
-            subject: f.msg.subject,
-            reply: f.msg.reply,
-            headers: f.msg.headers,
-            payload: f.msg.payload,
-            attempts: f.attempts,
-            last_error: f.last_error,
-            created_at: f.failed_at,
-            failed_at: f.failed_at,
         }
     }
 }
@@ -418,7 +399,7 @@ impl Outbox {
     }
 
     pub(crate) fn dead_letters(&self) -> DeadLetters {
-        DeadLetters::new(self.writer.clone())
+        DeadLetters::in_store(std::sync::Arc::new(self.writer.clone()))
     }
 
     pub(crate) async fn stats(&self) -> Result<OutboxStats> {

@@ -7,7 +7,7 @@
 //! (WAL lets it write beside the owner's connection; it never takes the `.lock`), and waits for
 //! the row's `done_at`. The owner's writer thread looks for pending rows every
 //! [`POLL`] (one indexed `SELECT`, no write lock when there is nothing to do), busy or idle, and
-//! runs them with the code of [`DeadLetters`](super::DeadLetters) (`Store::with_replays`: same
+//! runs them with the code of [`DeadLetters`](crate::DeadLetters) (`Store::with_replays`: same
 //! SQL, the drainer told), marking each row done with its outcome in the same transaction: a
 //! request is run exactly once, and a crash leaves it pending for the next owner. A row the tool
 //! withdraws (deletes) before the owner's transaction starts is never run.
@@ -228,12 +228,24 @@ impl OperatorRequests {
             .map_err(|e| sql_err(&self.path, "cannot withdraw the operator requests", e))
     }
 
-    /// For the `bus` CLI: when no process holds the file, runs every pending request here,
-    /// as its owner would, and returns how many (`None`: a process holds the file; its owner
-    /// runs them). Opens the outbox like a `Bus` does (the lock, the checks, a migration)
-    /// but starts no drainer: replayed messages are sent by the next `Bus` on the file. A
-    /// `Bus` that tries to open the file meanwhile fails as for any other holder.
-    #[doc(hidden)]
+    /// For tools beside a service (the `bus` CLI): when no process holds the file, runs every
+    /// pending request here, as its owner would, and returns how many (`None`: a process holds
+    /// the file; its owner runs them). Opens the outbox like a `Bus` does (the lock, the
+    /// checks, a migration) but starts no drainer: replayed messages are sent by the next `Bus`
+    /// on the file. A `Bus` that tries to open the file meanwhile fails as for any other holder.
+    ///
+    /// ```no_run
+    /// use bus::outbox::{OperatorRequests, RequestOp};
+    /// # fn run() -> Result<(), bus::Error> {
+    /// let path = "var/bus-outbox.sqlite3";
+    /// let mut requests = OperatorRequests::open(path)?;
+    /// requests.submit(RequestOp::Replay, &[7])?;
+    /// match OperatorRequests::run_unowned(path)? {
+    ///     Some(n) => println!("no service holds the file: ran {n} request(s) here"),
+    ///     None => println!("the service that holds the file runs it"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn run_unowned(path: impl AsRef<Path>) -> Result<Option<usize>> {
         let path = path.as_ref();
         let Some(mut store) = Store::try_open(path, Durability::PowerLoss)? else {

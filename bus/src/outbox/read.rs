@@ -15,7 +15,8 @@ use rusqlite::{Connection, OptionalExtension};
 use bytes::BytesMut;
 
 use super::encoding::{decode_columns, not_a_payload, Decoded};
-use super::records::{DeadLetter, QueuedMessage};
+use super::records::QueuedMessage;
+use crate::dead_letter::DeadLetter;
 
 /// Milliseconds since the Unix epoch as a time (negative counts as the epoch).
 pub(crate) fn from_ms(ms: i64) -> SystemTime {

@@ -41,39 +41,6 @@ impl OutboxStats {
     }
 }
 
-/// A message that failed every send attempt, or could not be read back from the queue.
-///
-/// A row that could not be decoded is shown as well as it can be (text decoded lossily,
-/// headers empty if they were unreadable); its [`last_error`](DeadLetter::last_error) says
-/// what was wrong, and the file keeps its raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// Its id in the dead-letter table (for [`DeadLetters::replay`](super::DeadLetters::replay)).
-    pub id: i64,
-    /// Where it died: `"outbox"` for the outbox's drainer; a handler will write
-    /// `"handler:<name>"`.
-    pub origin: String,
-    /// Its id in the queue when it died there, if it was queued.
-    pub queue_id: Option<i64>,
-    /// The subject.
-    pub subject: String,
-    /// The reply subject, if it had one.
-    pub reply: Option<String>,
-    /// The headers (with its `Nats-Msg-Id`).
-    pub headers: Headers,
-    /// The payload.
-    pub payload: Bytes,
-    /// Send attempts made.
-    pub attempts: u32,
-    /// The error of the last attempt.
-    pub last_error: String,
-    /// When it was first queued.
-    pub created_at: SystemTime,
-    /// When it was dead-lettered.
-    pub failed_at: SystemTime,
-}
-
 /// A message waiting in the outbox queue, as [`OutboxFile::queued`](super::OutboxFile::queued) reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -32,7 +32,7 @@ pub(crate) fn text(v: ValueRef<'_>) -> Option<String> {
 #[non_exhaustive]
 pub enum RequestOp {
     /// Move it back to the end of the queue, with fresh attempts and the same msg id (as
-    /// [`DeadLetters::replay`](super::DeadLetters::replay)).
+    /// [`DeadLetters::replay`](crate::DeadLetters::replay)).
     Replay,
     /// Delete it.
     Purge,

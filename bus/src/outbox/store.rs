@@ -10,10 +10,11 @@ use rusqlite::{params, Connection, OpenFlags};
 use super::encoding::{encode_headers, json_text};
 use super::io::{create_private, io_err, now_ms, sql_err};
 use super::lock::{refuse_hard_links, FileLock};
-use super::records::{DeadLetter, OutboxStats};
+use super::records::OutboxStats;
 use super::schema::{self, Found, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
 use super::{migrate, read};
 use crate::broker::RawMessage;
+use crate::dead_letter::DeadLetter;
 use crate::{Error, Result};
 
 /// What a committed publish survives.
