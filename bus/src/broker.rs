@@ -14,6 +14,9 @@ pub use crate::raw::{
     check_publish, check_subscription, DropCounter, RawMessage, RawSubscription, SubscriptionStats,
 };
 
+/// The default time a request waits for its reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The contract both backends ([`LocalBroker`](crate::LocalBroker) and
 /// [`NatsBroker`](crate::NatsBroker)) keep, checked by one conformance suite.
 ///

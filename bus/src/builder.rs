@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::Broker;
+use crate::broker::DEFAULT_REQUEST_TIMEOUT;
 use crate::connection::ConnectionState;
 use crate::error::{Error, Result};
-use crate::handle::{Bus, DEFAULT_REQUEST_TIMEOUT};
+use crate::handle::Bus;
 use crate::headers::WireHeaders;
 use crate::local::{LocalBroker, LocalOptions};
 #[cfg(feature = "nats")]
@@ -206,7 +207,7 @@ impl BusBuilder {
     /// letters, and the backoff between them (default: 3 attempts, 100 ms then 400 ms). The
     /// outbox's only: a handler's retries are its own ([`HandlerOptions::retry`](crate::HandlerOptions::retry)).
     #[cfg(feature = "outbox")]
-    pub fn outbox_retry(mut self, policy: crate::RetryPolicy) -> Self {
+    pub fn outbox_retry(mut self, policy: crate::retry::RetryPolicy) -> Self {
         self.outbox_options.retry = policy;
         self
     }
@@ -214,7 +215,7 @@ impl BusBuilder {
     /// The former name of [`outbox_retry`](BusBuilder::outbox_retry), which says what it governs.
     #[cfg(feature = "outbox")]
     #[deprecated(note = "renamed `outbox_retry`: it governs the outbox's send attempts only")]
-    pub fn retry(self, policy: crate::RetryPolicy) -> Self {
+    pub fn retry(self, policy: crate::retry::RetryPolicy) -> Self {
         self.outbox_retry(policy)
     }
 

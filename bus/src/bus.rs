@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, DEFAULT_REQUEST_TIMEOUT};
 use crate::codec;
 use crate::connection::ConnectionState;
 use crate::dead_letter::{DeadLetterSink, DeadLetters, MemoryDeadLetters};
@@ -47,9 +47,6 @@ pub struct CloseReport {
     /// Messages still queued in the outbox file: the next process on the file sends them.
     pub left_queued: u64,
 }
-
-/// The default time a request waits for its reply.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A handle on the event bus. Cheap to clone; every clone shares one broker connection and outbox.
 ///

@@ -85,7 +85,7 @@ pub(crate) struct Tracker {
     /// The live subscriptions' counters (dead ones are pruned as they are seen).
     subscriptions: Mutex<Vec<Weak<SubscriptionStats>>>,
     /// Every handler's counters (kept after it stops: failures count since start).
-    handlers: Mutex<Vec<std::sync::Arc<crate::HandlerStats>>>,
+    handlers: Mutex<Vec<std::sync::Arc<crate::handler::HandlerStats>>>,
 }
 
 impl Tracker {
@@ -111,7 +111,7 @@ impl Tracker {
         subs.push(std::sync::Arc::downgrade(stats));
     }
 
-    pub(crate) fn track_handler(&self, stats: &std::sync::Arc<crate::HandlerStats>) {
+    pub(crate) fn track_handler(&self, stats: &std::sync::Arc<crate::handler::HandlerStats>) {
         self.handlers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -211,6 +211,7 @@ pub mod service;
 #[doc(hidden)]
 pub mod __private;
 
+pub use crate::broker::DEFAULT_REQUEST_TIMEOUT;
 pub use crate::broker::{
     Broker, ConnectionState, RawMessage, RawSubscription, Refusal, SubscriptionStats,
 };
@@ -222,7 +223,7 @@ pub use crate::dead_letter::{DeadLetter, DeadLetters};
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, Result};
 pub use crate::fan_in::FanIn;
-pub use crate::handle::{Bus, CloseReport, DEFAULT_CLOSE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+pub use crate::handle::{Bus, CloseReport, DEFAULT_CLOSE_TIMEOUT};
 pub use crate::handler::{Handler, HandlerOptions, HandlerStats};
 pub use crate::headers::{Headers, WireHeaders};
 pub use crate::health::Health;

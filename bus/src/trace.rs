@@ -100,9 +100,10 @@ use std::sync::OnceLock;
 use tracing::Span;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::envelope::Envelope;
 use crate::headers::Headers;
 pub use crate::headers::TRACEPARENT;
-use crate::{Envelope, Message};
+use crate::message::Message;
 
 /// A W3C trace context: the trace id, the id of the span a message was sent from, and the
 /// trace flags (bit 0: sampled).

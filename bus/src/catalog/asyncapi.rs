@@ -2,7 +2,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{catalog, payload_schema, Descriptor};
+use super::registry::{catalog, Descriptor};
+use super::schema::payload_schema;
 
 /// The content type of every payload `bus` sends.
 const MSGPACK: &str = "application/msgpack";

@@ -7,7 +7,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{asyncapi_of, catalog, Descriptor};
+use super::asyncapi::asyncapi_of;
+use super::registry::{catalog, Descriptor};
 use crate::error::{Error, Result};
 use crate::handle::Bus;
 use crate::headers::Headers;

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{catalog, Descriptor};
+use super::registry::{catalog, Descriptor};
 
 /// Two message types whose templates can produce the same concrete subject: a subscriber to
 /// one receives the other's messages and fails to decode them (or, worse, decodes them).

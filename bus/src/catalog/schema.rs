@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::Descriptor;
+use super::registry::Descriptor;
 
 /// The JSON Schema (draft 7) of a message type's MessagePack payload: an object with one
 /// property per field; fields whose type is not `Option<…>` are required.

@@ -67,10 +67,10 @@
 mod options;
 mod run;
 mod slots;
+mod stats;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,35 +78,13 @@ use tokio::sync::watch;
 
 pub use self::options::{HandlerOptions, DEFAULT_CONCURRENCY};
 use self::run::Run;
+pub use self::stats::HandlerStats;
 use crate::dead_letter::DeadLetterSink;
 use crate::durable::DurableSubscription;
 use crate::envelope::Envelope;
 use crate::incoming::Incoming;
 use crate::raw::RawSubscription;
 use crate::stop::{Running, StopSignal};
-
-/// What a handler counted so far.
-#[derive(Debug, Default)]
-pub struct HandlerStats {
-    pub(super) handled: AtomicU64,
-    pub(super) failed_attempts: AtomicU64,
-    pub(super) dead_lettered: AtomicU64,
-}
-
-impl HandlerStats {
-    /// Messages the handler finished with `Ok`.
-    pub fn handled(&self) -> u64 {
-        self.handled.load(Ordering::Relaxed)
-    }
-    /// Attempts that returned `Err` or panicked.
-    pub fn failed_attempts(&self) -> u64 {
-        self.failed_attempts.load(Ordering::Relaxed)
-    }
-    /// Messages given up on and dead-lettered.
-    pub fn dead_lettered(&self) -> u64 {
-        self.dead_lettered.load(Ordering::Relaxed)
-    }
-}
 
 /// A running handler (from `T::handle` / [`Bus::handle`](crate::Bus::handle)).
 ///

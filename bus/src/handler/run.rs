@@ -14,8 +14,9 @@ use futures::future::{CatchUnwind, Fuse};
 use futures::{FutureExt, StreamExt};
 use tracing::Instrument;
 
+use super::options::HandlerOptions;
 use super::slots::{Slot, Slots};
-use super::{HandlerOptions, HandlerStats};
+use super::stats::HandlerStats;
 use crate::dead_letter::{DeadLetterSink, Failed};
 use crate::durable::{Acker, Delivery};
 use crate::envelope::{Delivered, Envelope};
@@ -436,7 +437,7 @@ enum First<Fut> {
 struct Keep {
     subject: String,
     reply: Option<String>,
-    headers: crate::Headers,
+    headers: crate::headers::Headers,
 }
 
 impl Keep {
@@ -450,7 +451,7 @@ impl Keep {
 
     /// Keeps a copy of `msg`'s subject, reply and headers, and hands `msg`'s own over.
     #[inline(always)]
-    fn lend(&mut self, msg: &mut RawMessage) -> (String, Option<String>, crate::Headers) {
+    fn lend(&mut self, msg: &mut RawMessage) -> (String, Option<String>, crate::headers::Headers) {
         self.subject.clear();
         self.subject.push_str(&msg.subject);
         self.reply.clone_from(&msg.reply);
@@ -475,7 +476,7 @@ impl Keep {
 }
 
 /// Logs a settlement that could not be sent (the ack wait brings the message back).
-fn settle(outcome: crate::Result<()>, msg: &RawMessage, origin: &str) {
+fn settle(outcome: crate::error::Result<()>, msg: &RawMessage, origin: &str) {
     if let Err(e) = outcome {
         tracing::warn!(subject = %msg.subject, error = %e, handler = %origin, "cannot settle a durable delivery; the broker will deliver it again after the ack wait");
     }

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::broker::RawMessage;
+use crate::error::{Error, Result};
 use crate::headers::{self as names, Headers};
-use crate::{Error, Result};
 
 /// `Headers` -> `HeaderMap`, keeping every value of a multi-valued name in order. Refuses names
 /// and values NATS cannot carry ([`Headers::check`]'s rule), which async-nats would otherwise

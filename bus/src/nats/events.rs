@@ -481,25 +481,6 @@ impl Shared {
     }
 }
 
-impl super::NatsBroker {
-    /// Why the client cannot connect, while it cannot: the server's refusal with what to check
-    /// (see [`ConnectionState::Refused`]), or why the server is unreachable (`Connection
-    /// refused`, a timeout, …). `None` while connected, and before the first failed attempt.
-    ///
-    /// The reason behind a failure async-nats only calls "IO error" is learned from one extra
-    /// connection attempt without retry, made at most every couple of seconds while the
-    /// client keeps failing; so it may lag a change of the cause by that much.
-    pub fn connection_error(&self) -> Option<String> {
-        self.shared.connection_error()
-    }
-
-    /// Makes the INFO of a reconnect say how many messages wait in `depth`'s queue (the
-    /// outbox of the bus on this connection).
-    pub(crate) fn set_queue_depth(&self, depth: QueueDepth) {
-        self.shared.set_queue_depth(depth);
-    }
-}
-
 /// One connection attempt with the client's options and no retry.
 async fn probe(config: &ProbeConfig) -> ProbeOutcome {
     let options = match config.options.probe_connect_options().await {

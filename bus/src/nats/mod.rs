@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::options::{redact_url, NatsAuth, NatsOptions};
 
-use self::events::{Registered, Shared};
+use self::events::{QueueDepth, Registered, Shared};
 use self::subscriber::{forward_ready, lock_sub, next_message, SharedSubscriber};
 use crate::broker::Broker;
 use crate::connection::ConnectionState;
@@ -100,7 +100,7 @@ impl NatsBroker {
     /// PubAck. Fails on an invalid stream configuration too.
     pub async fn connect_with_streams(
         options: NatsOptions,
-        streams: Vec<crate::StreamConfig>,
+        streams: Vec<crate::stream::StreamConfig>,
     ) -> Result<NatsBroker> {
         let options = options.with_url_credentials()?;
         options.validate()?;
@@ -679,6 +679,25 @@ impl Broker for NatsBroker {
     ) -> BoxFuture<'_, Result<crate::durable::DurableSubscription>> {
         let spec = spec.clone();
         async move { self.js.consume(spec, self.shared.state.subscribe()).await }.boxed()
+    }
+}
+
+impl NatsBroker {
+    /// Why the client cannot connect, while it cannot: the server's refusal with what to check
+    /// (see [`ConnectionState::Refused`]), or why the server is unreachable (`Connection
+    /// refused`, a timeout, …). `None` while connected, and before the first failed attempt.
+    ///
+    /// The reason behind a failure async-nats only calls "IO error" is learned from one extra
+    /// connection attempt without retry, made at most every couple of seconds while the
+    /// client keeps failing; so it may lag a change of the cause by that much.
+    pub fn connection_error(&self) -> Option<String> {
+        self.shared.connection_error()
+    }
+
+    /// Makes the INFO of a reconnect say how many messages wait in `depth`'s queue (the
+    /// outbox of the bus on this connection).
+    pub(crate) fn set_queue_depth(&self, depth: QueueDepth) {
+        self.shared.set_queue_depth(depth);
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The subscription buffer used on NATS when none is set: deep enough that a subscriber which
 /// briefly falls behind a full-speed publisher loses nothing (async-nats's own default, 65,536,
@@ -187,7 +187,7 @@ impl Default for NatsOptions {
             tls_client_cert: None,
             require_tls: false,
             connect_timeout: Duration::from_secs(5),
-            request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
+            request_timeout: crate::broker::DEFAULT_REQUEST_TIMEOUT,
             reconnect_delay: Duration::from_secs(2),
             subscription_capacity: None,
             confirm_subject: "_bus.confirm".to_string(),

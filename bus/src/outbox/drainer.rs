@@ -17,7 +17,8 @@ use tracing::Instrument;
 use super::store::{Failure, Page, Row};
 use super::writer::{footprint, Shared, Writer};
 use crate::broker::{Broker, ConnectionState};
-use crate::{Error, Result, RetryPolicy};
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 
 /// Rows sent between two confirmations (and read per page). Large, so that the confirmation
 /// round trip is amortised over many messages; a page of this many rows is a few MiB at most.

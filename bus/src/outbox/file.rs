@@ -9,7 +9,7 @@ use super::read;
 use super::records::{OutboxStats, QueuedMessage};
 use super::schema::{self, SCHEMA_VERSION};
 use crate::dead_letter::DeadLetter;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// A read-only view of an outbox file: stats, the queue and the dead letters, while a running
 /// `Bus` holds the file (or not).

@@ -25,7 +25,7 @@ use super::io::{now_ms, sql_err};
 use super::read::{self, SENDABLE_COLUMNS};
 use super::schema::ORIGIN_OUTBOX;
 use super::store::{dead_letter, Failure, Page, Row, Store};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// How long the check at open may read the file before it stops (and the open goes on).
 pub(crate) const OPEN_CHECK_BUDGET: Duration = Duration::from_secs(2);

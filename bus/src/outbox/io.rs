@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::ErrorCode;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Opens `path` for reading and writing, created `0600` if missing (`create_new`: it must not
 /// exist yet).

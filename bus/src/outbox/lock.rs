@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex, PoisonError};
 
 use super::io::{create_private, io_err};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The file's identity: device and inode on Unix, the canonical path elsewhere.
 #[cfg(unix)]

@@ -151,7 +151,8 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 
 use crate::broker::{Broker, ConnectionState, RawMessage};
-use crate::{Error, Result, RetryPolicy};
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 
 mod dead_letters;
 mod drainer;

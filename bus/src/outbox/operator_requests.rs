@@ -34,7 +34,7 @@ use super::request_rows::{request, OperatorRequest, RequestOp, COLUMNS};
 use super::request_runner::{process, CHUNK};
 use super::schema::{self, REQUESTS};
 use super::store::{Durability, Store};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// How long a tool's connection waits for the owner's write transaction to end.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -273,8 +273,8 @@ mod tests {
 
     use super::*;
     use crate::headers::MSG_ID;
+    use crate::local::LocalBroker;
     use crate::outbox::{read, Outbox, OutboxOptions, RequestOutcome};
-    use crate::LocalBroker;
 
     /// A new outbox file with dead letters `1..=n` (subject `dl.<i>`, msg id `m<i>`), not held.
     fn file_with_dead_letters(dir: &Path, n: i64) -> PathBuf {

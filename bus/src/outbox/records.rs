@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::io::age_of;
-use crate::Headers;
+use crate::headers::Headers;
 
 /// Depth and age of the outbox queue, for health checks and tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

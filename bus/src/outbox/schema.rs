@@ -5,7 +5,7 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use super::io::sql_err;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).
 ///

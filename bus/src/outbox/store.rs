@@ -15,7 +15,7 @@ use super::schema::{self, Found, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, T
 use super::{migrate, read};
 use crate::broker::RawMessage;
 use crate::dead_letter::DeadLetter;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// What a committed publish survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

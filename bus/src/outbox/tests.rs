@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::broker::{ConnectionState, RawSubscription};
+use crate::headers::Headers;
 use crate::headers::MSG_ID;
-use crate::Headers;
 
 const LIMIT: Duration = Duration::from_secs(30);
 

@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use super::io::{sql_detail, sql_err};
 use super::store::{Durability, Row, Store, Watermarks};
 use crate::broker::RawMessage;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Most enqueues committed in one transaction; bounds the latency of the first one.
 const MAX_GROUP: usize = 4096;
