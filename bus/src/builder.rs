@@ -426,7 +426,7 @@ impl BusBuilder {
         };
         if let Some(instance) = &self.instance {
             bus_subject::check_token(instance).map_err(|e| {
-                crate::Error::Config(format!(
+                Error::Config(format!(
                     "instance name {instance:?} is not a subject token: {e}"
                 ))
             })?;

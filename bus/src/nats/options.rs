@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 
 /// The subscription buffer used on NATS when none is set: deep enough that a subscriber which
 /// briefly falls behind a full-speed publisher loses nothing (async-nats's own default, 65,536,
@@ -437,14 +438,17 @@ fn check_pem_file(what: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Exponential backoff (0, 2, 4, 8 … ms) capped at `cap`: async-nats's default reaches 4 s, too
-/// long for a bus whose outbox waits on the reconnect.
+/// The wait before reconnect attempt `attempts` (1 is the first, at once): the bus's one backoff,
+/// [`RetryPolicy`], from 2 ms doubling up to `cap`, without jitter. async-nats's default reaches
+/// 4 s, too long for a bus whose outbox waits on the reconnect.
 pub(crate) fn reconnect_delay(attempts: usize, cap: Duration) -> Duration {
-    if attempts <= 1 {
-        return Duration::ZERO;
-    }
-    let exp = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(63);
-    Duration::from_millis(2u64.saturating_pow(exp)).min(cap)
+    let failed = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+    RetryPolicy::default()
+        .base(Duration::from_millis(2))
+        .multiplier(2.0)
+        .cap(cap)
+        .jitter(0.0)
+        .backoff(failed)
 }
 
 #[cfg(test)]
