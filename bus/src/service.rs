@@ -195,18 +195,16 @@ impl Service {
     }
 
     /// Unregisters the service: it stops answering `$SRV` requests and every endpoint ends
-    /// (after answering the requests it took).
-    pub async fn stop(self) -> Result<()> {
-        let stopped = self
-            .service
-            .stop()
-            .await
-            .map_err(|e| Error::Config(format!("cannot stop the service: {e}")));
+    /// (after answering the requests it took). Like every stop in `bus`, it returns when that is
+    /// done; what cannot be undone (the server gone) is logged, not returned.
+    pub async fn stop(self) {
+        if let Err(e) = self.service.stop().await {
+            tracing::warn!(service = %self.name, error = %e, "cannot unregister the service");
+        }
         self.parked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
-        stopped
     }
 }
 

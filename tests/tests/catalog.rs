@@ -484,7 +484,7 @@ async fn serve_registers_request_types_with_the_nats_service_api() {
     );
 
     endpoint.stop().await;
-    service.stop().await.unwrap();
+    service.stop().await;
     let gone = tokio::time::timeout(
         Duration::from_secs(2),
         raw.request("$SRV.PING.planner", bytes::Bytes::new()),

@@ -42,9 +42,10 @@ const SLOW_WARN_INTERVAL_MS: u64 = 1000;
 
 /// Options of the local broker.
 ///
+/// Set with builder methods, like every options type of `bus`:
+///
 /// ```
-/// let mut options = bus::LocalOptions::default();
-/// options.subscription_capacity = 1_000;
+/// let options = bus::LocalOptions::default().subscription_capacity(1_000);
 /// let broker = bus::LocalBroker::with_options(options);
 /// # let _ = broker;
 /// ```
@@ -63,6 +64,20 @@ impl Default for LocalOptions {
             subscription_capacity: 65_536,
             max_payload: 1024 * 1024,
         }
+    }
+}
+
+impl LocalOptions {
+    /// Sets the messages a subscription buffers before it counts as a slow consumer.
+    pub fn subscription_capacity(mut self, capacity: usize) -> Self {
+        self.subscription_capacity = capacity;
+        self
+    }
+
+    /// Sets the largest payload plus headers accepted.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
     }
 }
 

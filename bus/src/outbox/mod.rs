@@ -193,7 +193,7 @@ pub struct OutboxOptions {
     /// What a committed publish survives.
     pub durability: Durability,
     /// How many failed send attempts (while connected) make a dead letter, and the backoff
-    /// between them. Set it with [`BusBuilder::retry`](crate::BusBuilder::retry).
+    /// between them. Set it with [`BusBuilder::outbox_retry`](crate::BusBuilder::outbox_retry).
     pub retry: RetryPolicy,
     /// The largest message (payload plus headers) the outbox queues while the server's own
     /// limit is not known (on NATS: until the first connection brings the server's INFO):
@@ -211,6 +211,26 @@ impl Default for OutboxOptions {
             retry: RetryPolicy::default(),
             max_payload: DEFAULT_OUTBOX_MAX_PAYLOAD,
         }
+    }
+}
+
+impl OutboxOptions {
+    /// Sets what a committed publish survives.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the send attempts and the backoff between them.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the largest message queued while the server's own limit is not known.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
     }
 }
 
