@@ -815,6 +815,12 @@ impl Bus {
         )
     }
 
+    /// Messages the bus's handlers have taken and not finished (for `bus::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn handlers_in_flight(&self) -> u64 {
+        self.inner.health.handlers_in_flight()
+    }
+
     /// Depth and oldest age of the outbox, for health checks; `None` without an outbox.
     #[cfg(feature = "outbox")]
     pub async fn outbox_stats(&self) -> Result<Option<OutboxStats>> {

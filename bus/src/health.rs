@@ -127,6 +127,17 @@ impl Tracker {
             .sum()
     }
 
+    /// Messages every handler has taken and not finished (retries waiting included).
+    #[cfg(feature = "testing")]
+    pub(crate) fn handlers_in_flight(&self) -> u64 {
+        self.handlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|h| h.in_flight())
+            .sum()
+    }
+
     pub(crate) fn drops(&self) -> u64 {
         self.subscriptions
             .lock()

@@ -70,6 +70,9 @@
 //! - `opentelemetry`: trace contexts taken from and given to OpenTelemetry through
 //!   `tracing-opentelemetry` (see [`trace`]); without it they travel in span extensions.
 //!
+//! - `testing`: [`testing`](crate::testing), a harness for your own tests (a recorded bus,
+//!   quiescence, faults on demand, tokio's paused clock); for `[dev-dependencies]`.
+//!
 //! With neither (`default-features = false`) `bus` is a local-only bus with no network or
 //! SQLite code in its dependency tree; any [`Broker`] can still be plugged in with
 //! [`BusBuilder::broker`]. `cargo run -p bus-examples --example quickstart --no-default-features`
@@ -195,6 +198,7 @@ mod panic;
 mod raw;
 mod respond;
 mod retry;
+mod settled;
 mod stop;
 pub mod stream;
 mod subscription;
@@ -207,6 +211,8 @@ mod fan_in;
 mod handle;
 #[cfg(feature = "nats")]
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod __private;

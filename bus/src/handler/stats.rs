@@ -8,6 +8,10 @@ pub struct HandlerStats {
     pub(super) handled: AtomicU64,
     pub(super) failed_attempts: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
+    /// Messages taken from the subscription (a durable redelivery again).
+    taken: AtomicU64,
+    /// Durable deliveries handed back to the broker (a nak) to come again.
+    requeued: AtomicU64,
 }
 
 impl HandlerStats {
@@ -22,5 +26,30 @@ impl HandlerStats {
     /// Messages given up on and dead-lettered.
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Messages taken and not finished yet: being handled, or waiting for a retry's backoff.
+    pub fn in_flight(&self) -> u64 {
+        let done = self.handled() + self.dead_lettered() + self.requeued.load(Ordering::Relaxed);
+        self.taken.load(Ordering::Relaxed).saturating_sub(done)
+    }
+
+    /// A message was taken from the subscription.
+    pub(super) fn took(&self) {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A message was finished with `Ok`.
+    pub(super) fn did_handle(&self) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        crate::settled::poke();
+    }
+    /// A message was dead-lettered.
+    pub(super) fn did_dead_letter(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        crate::settled::poke();
+    }
+    /// A durable delivery was handed back to the broker, to come again.
+    pub(super) fn did_requeue(&self) {
+        self.requeued.fetch_add(1, Ordering::Relaxed);
+        crate::settled::poke();
     }
 }
