@@ -42,7 +42,7 @@
 //! use bus::{HandlerOptions, Message, RetryPolicy};
 //!
 //! #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Message)]
-//! #[subject("orders.placed.<shop>")]
+//! #[subject("plugin.inbound.<shop>")]
 //! struct OrderPlaced { shop: String, id: u64 }
 //!
 //! #[tokio::main(flavor = "current_thread", start_paused = true)]
