@@ -821,6 +821,12 @@ impl Bus {
         self.inner.health.handlers_in_flight()
     }
 
+    /// Makes the next `n` attempts of the handlers named `name` fail (for `bus::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn fail_next_attempts(&self, name: &str, n: u64) -> usize {
+        self.inner.health.fail_next_attempts(name, n)
+    }
+
     /// Depth and oldest age of the outbox, for health checks; `None` without an outbox.
     #[cfg(feature = "outbox")]
     pub async fn outbox_stats(&self) -> Result<Option<OutboxStats>> {

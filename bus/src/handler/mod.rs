@@ -165,6 +165,8 @@ where
         .clone()
         .unwrap_or_else(|| M::TYPE_NAME.to_owned());
     let stats = Arc::new(HandlerStats::default());
+    #[cfg(feature = "testing")]
+    let _ = stats.faults.name.set(name.clone());
     let run = Run::new(handler, &options, &name, Arc::clone(&stats), sink);
     let ordered = options.ordered;
     let running = Running::spawn(move |stopped, in_flight| async move {

@@ -303,10 +303,13 @@ where
     #[inline(always)]
     fn failure(&self, outcome: std::thread::Result<Result<(), E>>) -> Option<String> {
         let error = match outcome {
-            Ok(Ok(())) => {
-                self.stats.did_handle();
-                return None;
-            }
+            Ok(Ok(())) => match self.stats.injected_failure() {
+                None => {
+                    self.stats.did_handle();
+                    return None;
+                }
+                Some(injected) => injected,
+            },
             Ok(Err(e)) => e.to_string(),
             Err(panic) => crate::panic::describe(&*panic),
         };

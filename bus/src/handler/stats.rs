@@ -12,6 +12,18 @@ pub struct HandlerStats {
     taken: AtomicU64,
     /// Durable deliveries handed back to the broker (a nak) to come again.
     requeued: AtomicU64,
+    /// The handler's name and the attempts `bus::testing` makes fail.
+    #[cfg(feature = "testing")]
+    pub(crate) faults: Faults,
+}
+
+/// A handler's injected faults (`bus::testing`).
+#[cfg(feature = "testing")]
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub(crate) name: std::sync::OnceLock<String>,
+    /// Attempts still to fail.
+    pub(crate) fail_next: AtomicU64,
 }
 
 impl HandlerStats {
@@ -31,6 +43,22 @@ impl HandlerStats {
     pub fn in_flight(&self) -> u64 {
         let done = self.handled() + self.dead_lettered() + self.requeued.load(Ordering::Relaxed);
         self.taken.load(Ordering::Relaxed).saturating_sub(done)
+    }
+
+    /// Whether an attempt that succeeded is to count as failed (`bus::testing`), and with what
+    /// error; always `None` without the `testing` feature.
+    #[inline(always)]
+    pub(super) fn injected_failure(&self) -> Option<String> {
+        #[cfg(feature = "testing")]
+        if self
+            .faults
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Some("failure injected by bus::testing".to_owned());
+        }
+        None
     }
 
     /// A message was taken from the subscription.

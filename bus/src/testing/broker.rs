@@ -16,6 +16,7 @@ use crate::broker::Broker;
 use crate::connection::ConnectionState;
 use crate::durable::{DurableSpec, DurableSubscription};
 use crate::error::{Error, Result};
+use crate::local::LocalBroker;
 use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 
 /// Replies go to subjects under this prefix on both built-in brokers.
@@ -43,6 +44,8 @@ const INBOX: &str = "_INBOX.";
 /// ```
 pub struct TestBroker {
     inner: Arc<dyn Broker>,
+    /// `inner` when it is the embedded broker: its durables' unsettled messages are counted.
+    local: Option<Arc<LocalBroker>>,
     shared: Arc<Shared>,
 }
 
@@ -69,7 +72,9 @@ struct Watched {
 
 impl Watched {
     fn buffered(&self) -> u64 {
-        self.stats.delivered().saturating_sub(self.taken.load(Ordering::Relaxed))
+        self.stats
+            .delivered()
+            .saturating_sub(self.taken.load(Ordering::Relaxed))
     }
 }
 
@@ -102,7 +107,13 @@ impl TestBroker {
                 }
             }
         });
-        TestBroker { inner, shared }
+        let any: Arc<dyn std::any::Any + Send + Sync> = inner.clone();
+        let local = any.downcast::<LocalBroker>().ok();
+        TestBroker {
+            inner,
+            local,
+            shared,
+        }
     }
 
     /// Every entry recorded so far, in order.
@@ -157,7 +168,11 @@ impl TestBroker {
 
     /// Live subscriptions with messages waiting in their buffers: pattern and count.
     pub fn buffered(&self) -> Vec<(String, u64)> {
-        let mut subs = self.shared.subs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut subs = self
+            .shared
+            .subs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         subs.retain(|w| w.strong_count() > 0);
         subs.iter()
             .filter_map(Weak::upgrade)
@@ -166,13 +181,23 @@ impl TestBroker {
             .collect()
     }
 
+    /// On the embedded broker, each durable consumer with messages not settled yet (waiting,
+    /// out with a puller, or waiting for a redelivery): name and count. Empty on NATS.
+    pub fn durables_unsettled(&self) -> Vec<(String, u64)> {
+        match &self.local {
+            Some(local) => local.durables_unsettled(),
+            None => Vec::new(),
+        }
+    }
+
     /// `Err` when a fault says this operation fails.
     fn fault(&self, op: &'static str, budget: Option<&AtomicU64>) -> Result<()> {
         if self.shared.disconnected.load(Ordering::SeqCst) {
             return Err(Error::ConnectionLost { op });
         }
         if let Some(budget) = budget {
-            let taken = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            let taken =
+                budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             if taken.is_ok() {
                 return Err(Error::ConnectionLost { op });
             }

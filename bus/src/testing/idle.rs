@@ -17,6 +17,8 @@ pub struct InFlight {
     pub outbox_queued: u64,
     /// Subscriptions with messages waiting in their buffers: pattern and count.
     pub buffered: Vec<(String, u64)>,
+    /// Durable consumers (embedded broker) with messages not settled yet: name and count.
+    pub durables: Vec<(String, u64)>,
     /// Messages handlers have taken and not finished (running, or waiting for a retry).
     pub handlers: u64,
     /// Requests sent and not answered yet.
@@ -28,6 +30,7 @@ impl InFlight {
     pub fn is_idle(&self) -> bool {
         self.outbox_queued == 0
             && self.buffered.is_empty()
+            && self.durables.is_empty()
             && self.handlers == 0
             && self.open_requests == 0
     }
@@ -42,6 +45,9 @@ impl fmt::Display for InFlight {
         )?;
         for (pattern, n) in &self.buffered {
             write!(f, ", {n} buffered on {pattern:?}")?;
+        }
+        for (name, n) in &self.durables {
+            write!(f, ", {n} unsettled in durable {name:?}")?;
         }
         Ok(())
     }

@@ -26,7 +26,7 @@
 //!   jumps its clock whenever every task waits on a timer);
 //! - **faults on demand**, through [`TestBus::broker`] (a [`TestBroker`]): deliver every message
 //!   twice with the same msg id, fail the next N publishes or confirmations, disconnect and
-//!   reconnect;
+//!   reconnect; and [`TestBus::fail_next_attempts`] makes a handler's next attempts fail;
 //! - **the same test on NATS**: [`TestBus::nats`] records the same way against a real server.
 //!
 //! A handler that fails twice and then succeeds, on 100 messages, and one that always fails and
@@ -251,6 +251,7 @@ impl TestBus {
         InFlight {
             outbox_queued,
             buffered: self.broker.buffered(),
+            durables: self.broker.durables_unsettled(),
             handlers: self.bus.handlers_in_flight(),
             open_requests: self.broker.open_requests(),
         }
@@ -260,7 +261,10 @@ impl TestBus {
     /// after the [idle timeout](TestBusBuilder::idle_timeout) of wall time.
     pub async fn wait_idle(&self) {
         if let Err(busy) = self.try_wait_idle(self.idle_timeout).await {
-            panic!("TestBus::wait_idle: not idle after {:?}: {busy}", self.idle_timeout);
+            panic!(
+                "TestBus::wait_idle: not idle after {:?}: {busy}",
+                self.idle_timeout
+            );
         }
     }
 
@@ -278,7 +282,10 @@ impl TestBus {
     /// Waits for a record of an `M` for which `matches` holds (published, consumed or
     /// requested: see [`Recorded::record`]'s `kind`) and returns it; panics after the
     /// [idle timeout](TestBusBuilder::idle_timeout) of wall time.
-    pub async fn wait_for<M: Message>(&self, matches: impl Fn(&Recorded<M>) -> bool) -> Recorded<M> {
+    pub async fn wait_for<M: Message>(
+        &self,
+        matches: impl Fn(&Recorded<M>) -> bool,
+    ) -> Recorded<M> {
         let deadline = std::time::Instant::now() + self.idle_timeout;
         loop {
             let poked = crate::settled::signal().notified();
@@ -293,13 +300,55 @@ impl TestBus {
                 return found;
             }
             if std::time::Instant::now() >= deadline {
-                panic!("TestBus::wait_for: no matching {} after {:?}", M::TYPE_NAME, self.idle_timeout);
+                panic!(
+                    "TestBus::wait_for: no matching {} after {:?}",
+                    M::TYPE_NAME,
+                    self.idle_timeout
+                );
             }
             tokio::select! {
                 _ = poked => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
+    }
+
+    /// Makes the next `n` attempts of the handler named `name` fail (each handler of that
+    /// name, if several): the handler runs, and its attempt counts as failed whatever it
+    /// returned, as if it had failed after doing its work; the message is retried or
+    /// dead-lettered by its policy. A handler is named by [`HandlerOptions::named`], else after
+    /// its message type ([`fail_next_attempts_of`](TestBus::fail_next_attempts_of)). Panics
+    /// when no handler has that name.
+    ///
+    /// [`HandlerOptions::named`]: crate::HandlerOptions::named
+    pub fn fail_next_attempts(&self, name: &str, n: u64) {
+        let handlers = self.bus.fail_next_attempts(name, n);
+        assert!(
+            handlers > 0,
+            "TestBus::fail_next_attempts: no handler named {name:?}"
+        );
+    }
+
+    /// [`fail_next_attempts`](TestBus::fail_next_attempts) of the handler of `M` (one started
+    /// without a name of its own).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// #[derive(serde::Serialize, serde::Deserialize, bus::Message)]
+    /// #[subject("plugin.inbound.<channel>")]
+    /// struct Inbound { channel: String }
+    ///
+    /// let t = bus::testing::TestBus::start().await?;
+    /// let h = Inbound::handle(t.bus(), Inbound::filter(), |_m| async { Ok::<_, bus::Error>(()) }).await?;
+    /// t.fail_next_attempts_of::<Inbound>(1);
+    /// Inbound { channel: "a".into() }.publish(t.bus()).await?;
+    /// t.wait_idle().await;
+    /// assert_eq!((h.stats().failed_attempts(), h.stats().handled()), (1, 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn fail_next_attempts_of<M: Message>(&self, n: u64) {
+        self.fail_next_attempts(M::TYPE_NAME, n);
     }
 
     /// Waits until every stream declared with [`BusBuilder::stream`] is set up (on NATS; at once
@@ -398,7 +447,9 @@ impl TestBusBuilder {
         {
             if self.outbox {
                 let made = tempfile::tempdir().map_err(|e| {
-                    crate::Error::Config(format!("cannot make the outbox's temporary directory: {e}"))
+                    crate::Error::Config(format!(
+                        "cannot make the outbox's temporary directory: {e}"
+                    ))
                 })?;
                 builder = builder.outbox_path(made.path().join("outbox.db"));
                 dir = Some(made);

@@ -84,7 +84,12 @@ async fn records_publishes_and_consumptions_in_order_with_ids() {
     let kinds: Vec<Kind> = t.records().iter().map(|r| r.kind).collect();
     assert_eq!(
         kinds,
-        [Kind::Published, Kind::Published, Kind::Consumed, Kind::Consumed]
+        [
+            Kind::Published,
+            Kind::Published,
+            Kind::Consumed,
+            Kind::Consumed
+        ]
     );
     assert!(t.published::<Ask>().is_empty());
 }
@@ -155,7 +160,13 @@ async fn wait_idle_waits_for_a_retry_in_its_backoff() {
             HandlerOptions::default().retry(slow()),
             move |_o| {
                 let n = counted.fetch_add(1, Ordering::SeqCst);
-                async move { if n == 0 { Err("first") } else { Ok(()) } }
+                async move {
+                    if n == 0 {
+                        Err("first")
+                    } else {
+                        Ok(())
+                    }
+                }
             },
         )
         .await
@@ -281,7 +292,11 @@ async fn the_outbox_retries_failed_sends_and_confirmations() {
     assert_eq!(sub.next().await.unwrap().unwrap().id, 2);
     assert_eq!(sub.next().await.unwrap().unwrap().id, 2);
     t.wait_idle().await;
-    let twice: Vec<_> = t.published::<Order>().into_iter().filter(|o| o.id == 2).collect();
+    let twice: Vec<_> = t
+        .published::<Order>()
+        .into_iter()
+        .filter(|o| o.id == 2)
+        .collect();
     assert_eq!(twice.len(), 2);
     assert_eq!(twice[0].record.msg_id, twice[1].record.msg_id);
     assert!(t.dead_letters().await.unwrap().is_empty());
@@ -292,7 +307,10 @@ async fn the_outbox_holds_messages_while_disconnected() {
     let t = TestBus::builder().outbox().start().await.unwrap();
     t.broker().disconnect();
     order("a", 1).publish(t.bus()).await.unwrap();
-    let busy = t.try_wait_idle(Duration::from_millis(50)).await.unwrap_err();
+    let busy = t
+        .try_wait_idle(Duration::from_millis(50))
+        .await
+        .unwrap_err();
     assert_eq!(busy.outbox_queued, 1);
     assert!(t.published::<Order>().is_empty());
     t.broker().reconnect();
@@ -338,4 +356,36 @@ async fn wait_for_finds_a_record() {
     let found = t.wait_for::<Order>(|o| o.id == 3).await;
     assert_eq!(found.record.kind, Kind::Published);
     assert_eq!(found.body, order("a", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_durable_retry_after_a_nak_is_waited_for() {
+    let t = TestBus::start().await.unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let h = t
+        .bus()
+        .handle_with(
+            Order::filter().durable("naked"),
+            HandlerOptions::default().retry(slow()),
+            move |_o| {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        Err("not yet")
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+    order("a", 1).publish(t.bus()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    t.wait_idle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(h.stats().handled(), 1);
+    assert_eq!(t.consumed::<Order>().len(), 3);
+    assert!(started.elapsed() >= Duration::from_secs(180));
 }
