@@ -124,7 +124,6 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -367,8 +366,8 @@ impl TestBus {
 #[derive(Debug)]
 pub struct TestBusBuilder {
     bus: BusBuilder,
+    #[cfg_attr(not(feature = "outbox"), allow(dead_code))]
     outbox: bool,
-    nats: bool,
     idle_timeout: Duration,
 }
 
@@ -377,7 +376,6 @@ impl Default for TestBusBuilder {
         TestBusBuilder {
             bus: Bus::builder(),
             outbox: false,
-            nats: false,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
@@ -407,7 +405,6 @@ impl TestBusBuilder {
     #[cfg(feature = "nats")]
     pub fn nats(mut self, url: &str) -> Self {
         self.bus = self.bus.nats([url]);
-        self.nats = true;
         self.outbox = true;
         self
     }
@@ -442,6 +439,7 @@ impl TestBusBuilder {
     pub async fn start(self) -> Result<TestBus> {
         #[allow(unused_mut)]
         let mut builder = self.bus;
+        #[allow(unused_mut)]
         let mut dir = None;
         #[cfg(feature = "outbox")]
         {
@@ -467,11 +465,10 @@ impl TestBusBuilder {
                 test
             })
             .await?;
-        let _ = self.nats;
         let broker = wrapped.expect("connect_through wraps the broker");
         #[cfg(feature = "nats")]
         let nats = inner.and_then(|b| {
-            let any: Arc<dyn Any + Send + Sync> = b;
+            let any: Arc<dyn std::any::Any + Send + Sync> = b;
             any.downcast::<crate::nats::NatsBroker>().ok()
         });
         #[cfg(not(feature = "nats"))]
