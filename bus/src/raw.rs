@@ -69,6 +69,10 @@ pub struct SubscriptionStats {
     dropped: AtomicU64,
     /// Why the server ended this subscription (a permissions violation), once it did.
     failure: std::sync::OnceLock<String>,
+    /// Messages a NATS subscription moved into its own buffer (`bus::testing` counts what
+    /// waits there).
+    #[cfg(feature = "testing")]
+    received: AtomicU64,
 }
 
 impl SubscriptionStats {
@@ -87,6 +91,20 @@ impl SubscriptionStats {
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn fail(&self, reason: String) {
         let _ = self.failure.set(reason);
+    }
+    /// Counts `n` messages moved into a NATS subscription's buffer (only with `testing`).
+    #[inline(always)]
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn add_received(&self, n: u64) {
+        #[cfg(feature = "testing")]
+        self.received.fetch_add(n, Ordering::Relaxed);
+        let _ = n;
+    }
+    /// Messages put in the subscription's buffer so far: [`delivered`](Self::delivered) on the
+    /// local broker (counted as they are buffered), those received on NATS.
+    #[cfg(feature = "testing")]
+    pub(crate) fn buffered_total(&self) -> u64 {
+        self.delivered().max(self.received.load(Ordering::Relaxed))
     }
     pub(crate) fn add_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);

@@ -72,9 +72,8 @@ struct Watched {
 
 impl Watched {
     fn buffered(&self) -> u64 {
-        self.stats
-            .delivered()
-            .saturating_sub(self.taken.load(Ordering::Relaxed))
+        let buffered = self.stats.buffered_total();
+        buffered.saturating_sub(self.taken.load(Ordering::Relaxed))
     }
 }
 

@@ -113,10 +113,12 @@
 //! # On NATS
 //!
 //! [`TestBus::nats`] runs the same bus, record and faults on a real nats-server (with an outbox
-//! in a temporary directory, as every NATS bus has). `wait_idle` first confirms with the server
-//! (a round trip), then counts as on the embedded broker; a message the server has not yet
-//! pushed to a subscriber is not visible to it, and durable consumers' unacknowledged messages
-//! are not counted. A paused clock does not apply to the network.
+//! in a temporary directory, as every NATS bus has; [`TestBusBuilder::no_outbox`] goes without).
+//! `wait_idle` first confirms with the server (a round trip, after which what the server had
+//! received is in the subscriptions' buffers), then counts as on the embedded broker. Not
+//! counted there: messages of other processes still on their way, and a JetStream consumer's
+//! unacknowledged messages (a nak's redelivery is waited for only while its handler holds it).
+//! A paused clock does not apply to the network.
 
 mod broker;
 mod idle;
@@ -406,6 +408,13 @@ impl TestBusBuilder {
     pub fn nats(mut self, url: &str) -> Self {
         self.bus = self.bus.nats([url]);
         self.outbox = true;
+        self
+    }
+
+    /// No outbox (the default on the embedded broker; on NATS, publishes then go straight to
+    /// the server).
+    pub fn no_outbox(mut self) -> Self {
+        self.outbox = false;
         self
     }
 
