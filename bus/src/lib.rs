@@ -70,7 +70,7 @@
 //! - `opentelemetry`: trace contexts taken from and given to OpenTelemetry through
 //!   `tracing-opentelemetry` (see [`trace`]); without it they travel in span extensions.
 //!
-//! - `testing`: [`testing`](crate::testing), a harness for your own tests (a recorded bus,
+//! - `testing`: `bus::testing`, a harness for your own tests (a recorded bus,
 //!   quiescence, faults on demand, tokio's paused clock); for `[dev-dependencies]`.
 //!
 //! With neither (`default-features = false`) `bus` is a local-only bus with no network or
@@ -163,7 +163,7 @@
 //!   local broker it yields what was already delivered to it, then ends once every handle on the
 //!   broker is gone. Dropping a [`Handler`] or a [`ServeHandle`] leaves it running until the bus
 //!   closes; call `stop()` ([`Handler::stop`] waits for its in-flight messages,
-//!   [`ServeHandle::shutdown`] for its in-flight requests). Dropping a `Subscription`
+//!   [`ServeHandle::stop`] for its in-flight requests). Dropping a `Subscription`
 //!   unsubscribes.
 //! - Ending the tokio runtime ends every task of the bus; the outbox file is consistent at any
 //!   point (SQLite WAL), so a killed process loses nothing it had committed.
