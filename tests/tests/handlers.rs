@@ -438,17 +438,16 @@ async fn a_dropped_handle_keeps_running() {
 /// the outbox's own: the read-only view (what the CLI reads) sees it, with its origin.
 #[tokio::test]
 async fn handler_dead_letters_live_in_the_outbox_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.sqlite3");
-    let bus = Bus::builder().outbox_path(&path).connect().await.unwrap();
-    let handler = Outbound::handle(&bus, Outbound::filter().channel("dl"), |_m| async {
+    let t = TestBus::builder().outbox().start().await.unwrap();
+    let (bus, path) = (t.bus(), t.outbox_path().unwrap());
+    let handler = Outbound::handle(bus, Outbound::filter().channel("dl"), |_m| async {
         Err::<(), _>("refused")
     })
     .await
     .unwrap();
-    outbound("dl", "a", "x").publish(&bus).await.unwrap();
-    let stats = handler.stats().clone();
-    until("dead-lettered", || stats.dead_lettered() == 1).await;
+    outbound("dl", "a", "x").publish(bus).await.unwrap();
+    t.wait_idle().await;
+    assert_eq!(handler.stats().dead_lettered(), 1);
     handler.stop().await;
     let dead = bus.dead_letters().list().await.unwrap();
     assert_eq!(dead.len(), 1);

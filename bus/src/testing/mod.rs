@@ -139,6 +139,10 @@ use crate::error::Result;
 use crate::handle::Bus;
 use crate::message::Message;
 
+/// The outbox file's name in the harness's temporary directory.
+#[cfg_attr(not(feature = "outbox"), allow(dead_code))]
+const OUTBOX_FILE: &str = "outbox.sqlite3";
+
 /// How long [`TestBus::wait_idle`] waits, in wall time, before it fails the test.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -204,6 +208,11 @@ impl TestBus {
     /// The recording broker under the bus: faults on demand.
     pub fn broker(&self) -> &TestBroker {
         &self.broker
+    }
+
+    /// The outbox's file, in its temporary directory (with [`TestBusBuilder::outbox`]).
+    pub fn outbox_path(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|d| d.path().join(OUTBOX_FILE))
     }
 
     /// Every entry of the record, in order.
@@ -458,7 +467,7 @@ impl TestBusBuilder {
                         "cannot make the outbox's temporary directory: {e}"
                     ))
                 })?;
-                builder = builder.outbox_path(made.path().join("outbox.db"));
+                builder = builder.outbox_path(made.path().join(OUTBOX_FILE));
                 dir = Some(made);
             } else {
                 builder = builder.no_outbox();
