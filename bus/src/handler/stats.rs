@@ -8,9 +8,12 @@ pub struct HandlerStats {
     pub(super) handled: AtomicU64,
     pub(super) failed_attempts: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
-    /// Messages taken from the subscription (a durable redelivery again).
+    /// Messages taken from the subscription (a durable redelivery again); counted only with
+    /// the `testing` feature, so that a handler's hot path pays nothing for it otherwise.
+    #[cfg(feature = "testing")]
     taken: AtomicU64,
     /// Durable deliveries handed back to the broker (a nak) to come again.
+    #[cfg(feature = "testing")]
     requeued: AtomicU64,
     /// The handler's name and the attempts `bus::testing` makes fail.
     #[cfg(feature = "testing")]
@@ -39,7 +42,9 @@ impl HandlerStats {
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
     }
-    /// Messages taken and not finished yet: being handled, or waiting for a retry's backoff.
+    /// Messages taken and not finished yet: being handled, or waiting for a retry's backoff
+    /// (feature `testing`: what `bus::testing` waits for).
+    #[cfg(feature = "testing")]
     pub fn in_flight(&self) -> u64 {
         let done = self.handled() + self.dead_lettered() + self.requeued.load(Ordering::Relaxed);
         self.taken.load(Ordering::Relaxed).saturating_sub(done)
@@ -62,7 +67,9 @@ impl HandlerStats {
     }
 
     /// A message was taken from the subscription.
+    #[inline(always)]
     pub(super) fn took(&self) {
+        #[cfg(feature = "testing")]
         self.taken.fetch_add(1, Ordering::Relaxed);
     }
     /// A message was finished with `Ok`.
@@ -77,6 +84,7 @@ impl HandlerStats {
     }
     /// A durable delivery was handed back to the broker, to come again.
     pub(super) fn did_requeue(&self) {
+        #[cfg(feature = "testing")]
         self.requeued.fetch_add(1, Ordering::Relaxed);
         crate::settled::poke();
     }
