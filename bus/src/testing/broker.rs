@@ -126,6 +126,31 @@ impl TestBroker {
 
     /// Delivers every message published from now on twice, with the same msg id, as a
     /// redelivery after a lost acknowledgement would (`false` turns it off).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// #[derive(serde::Serialize, serde::Deserialize, bus::Message)]
+    /// #[subject("plugin.inbound.<channel>")]
+    /// struct Inbound { channel: String }
+    ///
+    /// let t = bus::testing::TestBus::start().await?;
+    /// let effects = Arc::new(AtomicU32::new(0));
+    /// let counted = Arc::clone(&effects);
+    /// let _h = Inbound::handle(t.bus(), Inbound::filter(), move |_m| {
+    ///     counted.fetch_add(1, Ordering::SeqCst); // not idempotent
+    ///     async { Ok::<_, bus::Error>(()) }
+    /// })
+    /// .await?;
+    /// t.broker().duplicate_deliveries(true);
+    /// Inbound { channel: "a".into() }.publish(t.bus()).await?;
+    /// t.wait_idle().await;
+    /// assert_eq!(t.published::<Inbound>().len(), 1);
+    /// assert_eq!(effects.load(Ordering::SeqCst), 2); // the double effect, visible
+    /// # Ok(()) }
+    /// ```
     pub fn duplicate_deliveries(&self, on: bool) {
         self.shared.duplicate.store(on, Ordering::SeqCst);
     }

@@ -292,6 +292,22 @@ impl TestBus {
     /// Waits for a record of an `M` for which `matches` holds (published, consumed or
     /// requested: see [`Recorded::record`]'s `kind`) and returns it; panics after the
     /// [idle timeout](TestBusBuilder::idle_timeout) of wall time.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use bus::testing::{Kind, TestBus};
+    /// #[derive(serde::Serialize, serde::Deserialize, bus::Message)]
+    /// #[subject("agent.events.<agent>")]
+    /// struct Step { agent: String, seq: u64 }
+    ///
+    /// let t = TestBus::start().await?;
+    /// let bus = t.bus().clone();
+    /// tokio::spawn(async move { Step { agent: "a".into(), seq: 7 }.publish(&bus).await });
+    /// let step = t.wait_for::<Step>(|s| s.seq == 7).await;
+    /// assert_eq!((step.record.kind, step.record.subject.as_str()), (Kind::Published, "agent.events.a"));
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_for<M: Message>(
         &self,
         matches: impl Fn(&Recorded<M>) -> bool,
