@@ -143,6 +143,12 @@ echo "run.sh: current line: $NATS_SERVER_BIN_CURRENT (v$current_version)" >&2
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
+# `bus::testing` (feature `testing`, the harness for users' tests): its own tests (no sleeps,
+# most on tokio's paused clock) and the doctests of `bus` with it, the acceptance example of a
+# paused-clock retry and dead-letter run among them.
+cargo test -p bus --features testing --lib testing::
+cargo test -p bus --features testing --doc
+
 # The `opentelemetry` feature is in no default build: its test (one trace id across plugin ->
 # agent -> plugin, exported through the OpenTelemetry SDK) runs here, and the feature must stay
 # out of the default dependency tree.
@@ -154,7 +160,8 @@ fi
 # JetStream (streams, PubAcks, durable consumers and their fault tests) once more on the current
 # line: its store, clustering and API answers differ from 2.9's.
 NATS_SERVER_BIN=$NATS_SERVER_BIN_CURRENT cargo test -p bus-tests \
-    --test jetstream --test durable_conformance --test durable_handlers --test durable_faults
+    --test jetstream --test durable_conformance --test durable_handlers --test durable_faults \
+    --test testing_harness
 
 # The core without its optional backends (features `nats` and `outbox`): neither async-nats nor
 # rusqlite in its dependency tree, and the quickstart runs on it.

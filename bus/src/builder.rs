@@ -396,6 +396,15 @@ impl BusBuilder {
     /// NKey seed, an unreadable or invalid credentials or TLS file, …) or an unusable outbox
     /// file.
     pub async fn connect(self) -> Result<Bus> {
+        self.connect_through(|broker| broker).await
+    }
+
+    /// [`connect`](BusBuilder::connect), the bus running on what `wrap` makes of the broker
+    /// (`bus::testing` records through it); the outbox sends through it too.
+    pub(crate) async fn connect_through(
+        self,
+        wrap: impl FnOnce(Arc<dyn Broker>) -> Arc<dyn Broker>,
+    ) -> Result<Bus> {
         let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         for s in &self.streams {
             s.validate()?;
@@ -410,6 +419,7 @@ impl BusBuilder {
             }
             Backend::Custom(broker) => broker,
         };
+        let broker = wrap(broker);
         #[cfg(feature = "outbox")]
         let outbox = {
             let path = match self.outbox {

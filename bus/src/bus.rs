@@ -588,7 +588,7 @@ impl Bus {
         ))
     }
 
-    /// Waits until every stream declared with [`BusBuilder::stream`] is set up on the current
+    /// Waits until every stream declared with [`BusBuilder::stream`](crate::BusBuilder::stream) is set up on the current
     /// NATS connection; after `timeout`, [`Error::Stream`] with the reason of the last failed
     /// attempt (they go on). At once on a broker without streams.
     pub async fn streams_ready(&self, timeout: Duration) -> Result<()> {
@@ -813,6 +813,18 @@ impl Bus {
             Arc::clone(&self.inner.handler_dead_letters),
             self.inner.broker.clone(),
         )
+    }
+
+    /// Messages the bus's handlers have taken and not finished (for `bus::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn handlers_in_flight(&self) -> u64 {
+        self.inner.health.handlers_in_flight()
+    }
+
+    /// Makes the next `n` attempts of the handlers named `name` fail (for `bus::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn fail_next_attempts(&self, name: &str, n: u64) -> usize {
+        self.inner.health.fail_next_attempts(name, n)
     }
 
     /// Depth and oldest age of the outbox, for health checks; `None` without an outbox.

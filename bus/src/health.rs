@@ -127,6 +127,33 @@ impl Tracker {
             .sum()
     }
 
+    /// Messages every handler has taken and not finished (retries waiting included).
+    #[cfg(feature = "testing")]
+    pub(crate) fn handlers_in_flight(&self) -> u64 {
+        self.handlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|h| h.in_flight())
+            .sum()
+    }
+
+    /// Makes the next `n` attempts of the handlers named `name` fail; how many handlers that is.
+    #[cfg(feature = "testing")]
+    pub(crate) fn fail_next_attempts(&self, name: &str, n: u64) -> usize {
+        let handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
+        let named = handlers
+            .iter()
+            .filter(|h| h.faults.name.get().map(String::as_str) == Some(name));
+        named
+            .map(|h| {
+                h.faults
+                    .fail_next
+                    .store(n, std::sync::atomic::Ordering::SeqCst)
+            })
+            .count()
+    }
+
     pub(crate) fn drops(&self) -> u64 {
         self.subscriptions
             .lock()

@@ -70,6 +70,9 @@
 //! - `opentelemetry`: trace contexts taken from and given to OpenTelemetry through
 //!   `tracing-opentelemetry` (see [`trace`]); without it they travel in span extensions.
 //!
+//! - `testing`: `bus::testing`, a harness for your own tests (a recorded bus,
+//!   quiescence, faults on demand, tokio's paused clock); for `[dev-dependencies]`.
+//!
 //! With neither (`default-features = false`) `bus` is a local-only bus with no network or
 //! SQLite code in its dependency tree; any [`Broker`] can still be plugged in with
 //! [`BusBuilder::broker`]. `cargo run -p bus-examples --example quickstart --no-default-features`
@@ -160,7 +163,7 @@
 //!   local broker it yields what was already delivered to it, then ends once every handle on the
 //!   broker is gone. Dropping a [`Handler`] or a [`ServeHandle`] leaves it running until the bus
 //!   closes; call `stop()` ([`Handler::stop`] waits for its in-flight messages,
-//!   [`ServeHandle::shutdown`] for its in-flight requests). Dropping a `Subscription`
+//!   [`ServeHandle::stop`] for its in-flight requests). Dropping a `Subscription`
 //!   unsubscribes.
 //! - Ending the tokio runtime ends every task of the bus; the outbox file is consistent at any
 //!   point (SQLite WAL), so a killed process loses nothing it had committed.
@@ -195,6 +198,7 @@ mod panic;
 mod raw;
 mod respond;
 mod retry;
+mod settled;
 mod stop;
 pub mod stream;
 mod subscription;
@@ -207,6 +211,8 @@ mod fan_in;
 mod handle;
 #[cfg(feature = "nats")]
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod __private;

@@ -69,6 +69,10 @@ pub struct SubscriptionStats {
     dropped: AtomicU64,
     /// Why the server ended this subscription (a permissions violation), once it did.
     failure: std::sync::OnceLock<String>,
+    /// Messages a NATS subscription moved into its own buffer (`bus::testing` counts what
+    /// waits there).
+    #[cfg(feature = "testing")]
+    received: AtomicU64,
 }
 
 impl SubscriptionStats {
@@ -87,6 +91,20 @@ impl SubscriptionStats {
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn fail(&self, reason: String) {
         let _ = self.failure.set(reason);
+    }
+    /// Counts `n` messages moved into a NATS subscription's buffer (only with `testing`).
+    #[inline(always)]
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn add_received(&self, n: u64) {
+        #[cfg(feature = "testing")]
+        self.received.fetch_add(n, Ordering::Relaxed);
+        let _ = n;
+    }
+    /// Messages put in the subscription's buffer so far: [`delivered`](Self::delivered) on the
+    /// local broker (counted as they are buffered), those received on NATS.
+    #[cfg(feature = "testing")]
+    pub(crate) fn buffered_total(&self) -> u64 {
+        self.delivered().max(self.received.load(Ordering::Relaxed))
     }
     pub(crate) fn add_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
@@ -122,7 +140,7 @@ pub struct RawSubscription {
 }
 
 impl RawSubscription {
-    /// A subscription of a [`Broker`] written outside this crate: `messages` are counted as
+    /// A subscription of a [`Broker`](crate::Broker) written outside this crate: `messages` are counted as
     /// delivered as the subscriber takes them; the returned [`DropCounter`] counts what the
     /// broker had to drop for this subscriber (reported to it as [`Error::SlowConsumer`]).
     pub fn new(
@@ -156,7 +174,7 @@ impl fmt::Debug for RawSubscription {
 
 /// Everything a broker must refuse before it sends a message: an invalid subject, headers NATS
 /// cannot carry, a size over `max_payload`. The same checks, with the same errors, for every
-/// backend; a [`Broker`] written outside this crate calls it first in its `publish`.
+/// backend; a [`Broker`](crate::Broker) written outside this crate calls it first in its `publish`.
 pub fn check_publish(msg: &RawMessage, max_payload: usize) -> Result<()> {
     check_subject(&msg.subject)?;
     msg.headers.check()?;

@@ -2,6 +2,7 @@
 //! block the messages behind, dead letters after the last attempt, panics as failed attempts,
 //! bounded concurrency, ordered mode, and `stop` finishing what is in flight. Each test counts
 //! what was handled, lost, duplicated and reordered (printed to stderr with `--nocapture`).
+//! Most run on `bus::testing`'s harness: `wait_idle` instead of polling, no sleeps.
 #![allow(clippy::print_stderr)]
 
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bus::testing::TestBus;
 use bus::{Bus, HandlerOptions, RetryPolicy};
 use bus_tests::msgs::{outbound, Outbound};
 use bus_tests::server::NatsServer;
@@ -33,6 +35,45 @@ async fn buses() -> (Vec<Bus>, NatsServer) {
     (vec![Bus::local().await.unwrap(), nats], server)
 }
 
+/// The same pair on the harness: a local one, and a NATS one (no outbox) on its own server.
+async fn harnesses() -> (Vec<TestBus>, NatsServer) {
+    let server = NatsServer::start();
+    let nats = TestBus::builder()
+        .nats(&server.url())
+        .no_outbox()
+        .configure(|b| {
+            b.reconnect_delay(Duration::from_millis(100))
+                .wait_for_connection(GUARD)
+        })
+        .start()
+        .await
+        .unwrap();
+    (vec![TestBus::start().await.unwrap(), nats], server)
+}
+
+/// A count a test can wait for without polling.
+#[derive(Clone)]
+struct Count(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Count {
+    fn new() -> Count {
+        Count(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+    fn add(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+    fn get(&self) -> usize {
+        *self.0.borrow()
+    }
+    async fn reaches(&self, n: usize) {
+        let mut rx = self.0.subscribe();
+        tokio::time::timeout(GUARD, rx.wait_for(|v| *v >= n))
+            .await
+            .expect("timed out waiting for a count")
+            .unwrap();
+    }
+}
+
 fn fast_retry() -> RetryPolicy {
     RetryPolicy::default()
         .base(Duration::from_millis(20))
@@ -51,8 +92,9 @@ async fn until(what: &str, f: impl Fn() -> bool) {
 /// that always fails is dead-lettered after exactly 3 attempts, and the others go on.
 #[tokio::test]
 async fn retries_then_dead_letters() {
-    let (buses, _server) = buses().await;
-    for bus in &buses {
+    let (harnesses, _server) = harnesses().await;
+    for t in &harnesses {
+        let bus = t.bus();
         let attempts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let seen = attempts.clone();
         let handler = bus
@@ -86,10 +128,8 @@ async fn retries_then_dead_letters() {
                 .unwrap();
         }
         let stats = handler.stats().clone();
-        until("all handled or dead", || {
-            stats.handled() + stats.dead_lettered() == 5
-        })
-        .await;
+        t.wait_idle().await;
+        assert_eq!(t.published::<Outbound>().len(), 5);
         let a = attempts.lock().unwrap().clone();
         assert_eq!(a["m0"], 3, "fails twice then succeeds: 3 deliveries");
         assert_eq!(a["m1"], 3, "always fails: exactly 3 attempts");
@@ -110,10 +150,8 @@ async fn retries_then_dead_letters() {
         assert_eq!(body.text, "never");
         // Replayed to its subject: the handler sees it again (and, still failing, it comes back).
         bus.dead_letters().replay(dead[0].id).await.unwrap();
-        until("the replay handled and dead-lettered again", || {
-            stats.dead_lettered() == 2
-        })
-        .await;
+        t.wait_idle().await;
+        assert_eq!(stats.dead_lettered(), 2);
         assert_eq!(attempts.lock().unwrap()["m1"], 6);
         assert_eq!(bus.dead_letters().count().await.unwrap(), 1);
         assert_eq!(bus.dead_letters().purge().await.unwrap(), 1);
@@ -128,9 +166,10 @@ async fn retries_then_dead_letters() {
 /// A message waiting for its retry does not hold up the ones behind it (unordered mode).
 #[tokio::test]
 async fn a_retry_never_blocks_the_others() {
-    let (buses, _server) = buses().await;
-    for bus in &buses {
-        let done = Arc::new(AtomicUsize::new(0));
+    let (harnesses, _server) = harnesses().await;
+    for t in &harnesses {
+        let bus = t.bus();
+        let done = Count::new();
         let d = done.clone();
         let handler = bus
             .handle_with(
@@ -148,7 +187,7 @@ async fn a_retry_never_blocks_the_others() {
                         if msg.text == "fail" {
                             return Err("not yet");
                         }
-                        d.fetch_add(1, Ordering::Relaxed);
+                        d.add();
                         Ok(())
                     }
                 },
@@ -163,16 +202,14 @@ async fn a_retry_never_blocks_the_others() {
                 .await
                 .unwrap();
         }
-        until("the 20 behind the failing one", || {
-            done.load(Ordering::Relaxed) == 20
-        })
-        .await;
+        done.reaches(20).await;
         assert!(
             started.elapsed() < Duration::from_millis(1500),
             "{}: the others waited for the failing message's backoff ({:?})",
             bus.broker().kind(),
             started.elapsed()
         );
+        assert_eq!(done.get(), 20);
         drop(handler);
     }
 }
@@ -181,8 +218,9 @@ async fn a_retry_never_blocks_the_others() {
 /// next starts. Counts reordering.
 #[tokio::test]
 async fn ordered_mode_keeps_order_through_retries() {
-    let (buses, _server) = buses().await;
-    for bus in &buses {
+    let (harnesses, _server) = harnesses().await;
+    for t in &harnesses {
+        let bus = t.bus();
         let order: Arc<Mutex<Vec<usize>>> = Arc::default();
         let running = Arc::new(AtomicUsize::new(0));
         let (o, r) = (order.clone(), running.clone());
@@ -198,7 +236,8 @@ async fn ordered_mode_keeps_order_through_retries() {
                     async move {
                         let i: usize = msg.text.parse().unwrap();
                         assert_eq!(r.fetch_add(1, Ordering::SeqCst), 0, "two at once");
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        // Gives another message every chance to start meanwhile.
+                        tokio::task::yield_now().await;
                         r.fetch_sub(1, Ordering::SeqCst);
                         let n = {
                             let mut t = tries.lock().unwrap();
@@ -224,7 +263,8 @@ async fn ordered_mode_keeps_order_through_retries() {
                 .unwrap();
         }
         let stats = handler.stats().clone();
-        until("50 handled in order", || stats.handled() == 50).await;
+        t.wait_idle().await;
+        assert_eq!(stats.handled(), 50);
         let got = order.lock().unwrap().clone();
         let reordered = got.windows(2).filter(|w| w[0] > w[1]).count();
         assert_eq!(got, (0..50).collect::<Vec<_>>(), "{reordered} reordered");
@@ -236,22 +276,28 @@ async fn ordered_mode_keeps_order_through_retries() {
 /// finished, and nothing is taken after it.
 #[tokio::test]
 async fn concurrency_is_bounded_and_stop_drains() {
-    let (buses, _server) = buses().await;
-    for bus in &buses {
+    let (harnesses, _server) = harnesses().await;
+    for t in &harnesses {
+        let bus = t.bus();
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let finished = Arc::new(AtomicUsize::new(0));
+        let started = Count::new();
+        // Each message holds its slot until the test opens the gate.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let (r, p, f) = (running.clone(), peak.clone(), finished.clone());
+        let (s, g) = (started.clone(), gate.clone());
         let handler = bus
             .handle_with(
                 Outbound::filter().channel("conc"),
                 HandlerOptions::named("bounded").concurrency(4),
                 move |_msg| {
-                    let (r, p, f) = (r.clone(), p.clone(), f.clone());
+                    let (r, p, f, s, g) = (r.clone(), p.clone(), f.clone(), s.clone(), g.clone());
                     async move {
                         let now = r.fetch_add(1, Ordering::SeqCst) + 1;
                         p.fetch_max(now, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        s.add();
+                        g.acquire().await.unwrap().forget();
                         r.fetch_sub(1, Ordering::SeqCst);
                         f.fetch_add(1, Ordering::SeqCst);
                         Ok::<_, String>(())
@@ -266,8 +312,12 @@ async fn concurrency_is_bounded_and_stop_drains() {
                 .await
                 .unwrap();
         }
-        until("some in flight", || running.load(Ordering::SeqCst) > 0).await;
-        handler.stop().await;
+        // Four run at once, the other eight wait for a slot.
+        started.reaches(4).await;
+        assert_eq!(running.load(Ordering::SeqCst), 4);
+        let stopping = tokio::spawn(handler.stop());
+        gate.add_permits(12);
+        stopping.await.unwrap();
         assert_eq!(
             running.load(Ordering::SeqCst),
             0,
@@ -281,9 +331,9 @@ async fn concurrency_is_bounded_and_stop_drains() {
             peak.load(Ordering::SeqCst)
         );
         assert!(peak.load(Ordering::SeqCst) >= 2, "no concurrency at all");
-        // Nothing after stop.
+        // Nothing after stop: no subscriber is left to take it.
         outbound("conc", "late", "x").publish(bus).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        t.wait_idle().await;
         assert_eq!(finished.load(Ordering::SeqCst), at_stop);
     }
 }
@@ -355,12 +405,13 @@ async fn close_drains_handlers_and_reports_what_is_left() {
 /// Dropping a `Handler` (or a `ServeHandle`) leaves it running until the bus closes.
 #[tokio::test]
 async fn a_dropped_handle_keeps_running() {
-    let bus = Bus::local().await.unwrap();
+    let t = TestBus::start().await.unwrap();
+    let bus = t.bus();
     let seen = Arc::new(AtomicUsize::new(0));
     let s = seen.clone();
     drop(
         // The generated `T::handle`, as a user writes it.
-        Outbound::handle(&bus, Outbound::filter().channel("drop"), move |_m| {
+        Outbound::handle(bus, Outbound::filter().channel("drop"), move |_m| {
             let s = s.clone();
             async move {
                 s.fetch_add(1, Ordering::SeqCst);
@@ -370,14 +421,12 @@ async fn a_dropped_handle_keeps_running() {
         .await
         .unwrap(),
     );
-    outbound("drop", "a", "x").publish(&bus).await.unwrap();
-    until("the dropped handler ran", || {
-        seen.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    outbound("drop", "a", "x").publish(bus).await.unwrap();
+    t.wait_idle().await;
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the dropped handler ran");
     bus.close().await.unwrap();
-    outbound("drop", "b", "x").publish(&bus).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    outbound("drop", "b", "x").publish(bus).await.unwrap();
+    t.wait_idle().await;
     assert_eq!(
         seen.load(Ordering::SeqCst),
         1,
@@ -389,17 +438,16 @@ async fn a_dropped_handle_keeps_running() {
 /// the outbox's own: the read-only view (what the CLI reads) sees it, with its origin.
 #[tokio::test]
 async fn handler_dead_letters_live_in_the_outbox_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox.sqlite3");
-    let bus = Bus::builder().outbox_path(&path).connect().await.unwrap();
-    let handler = Outbound::handle(&bus, Outbound::filter().channel("dl"), |_m| async {
+    let t = TestBus::builder().outbox().start().await.unwrap();
+    let (bus, path) = (t.bus(), t.outbox_path().unwrap());
+    let handler = Outbound::handle(bus, Outbound::filter().channel("dl"), |_m| async {
         Err::<(), _>("refused")
     })
     .await
     .unwrap();
-    outbound("dl", "a", "x").publish(&bus).await.unwrap();
-    let stats = handler.stats().clone();
-    until("dead-lettered", || stats.dead_lettered() == 1).await;
+    outbound("dl", "a", "x").publish(bus).await.unwrap();
+    t.wait_idle().await;
+    assert_eq!(handler.stats().dead_lettered(), 1);
     handler.stop().await;
     let dead = bus.dead_letters().list().await.unwrap();
     assert_eq!(dead.len(), 1);

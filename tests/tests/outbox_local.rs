@@ -810,3 +810,44 @@ async fn the_retry_policy_of_the_builder_decides_when_a_message_is_dead() {
     let dead = bus.dead_letters().list().await.unwrap();
     assert_eq!(dead.iter().map(|d| d.attempts).collect::<Vec<_>>(), [1]);
 }
+
+/// On `bus::testing`'s harness (an outbox in a temporary directory, a recording broker): a lost
+/// confirmation sends the batch again with the same msg id, and while the broker is
+/// disconnected the outbox holds the message, then drains it; `wait_idle` instead of a flush
+/// and a collection timeout.
+#[tokio::test]
+async fn lost_confirmations_and_a_disconnect_on_the_harness() {
+    let t = bus::testing::TestBus::builder()
+        .outbox()
+        .start()
+        .await
+        .unwrap();
+    let _handler = t
+        .bus()
+        .handle(Step::filter(), |_s| async { Ok::<_, Error>(()) })
+        .await
+        .unwrap();
+    t.broker().fail_confirms(1);
+    let step = |seq| Step {
+        agent: "a".into(),
+        seq,
+    };
+    step(1).publish(t.bus()).await.unwrap();
+    t.wait_idle().await;
+    let sent = t.published::<Step>();
+    assert_eq!(sent.len(), 2, "sent again after the lost confirmation");
+    assert_eq!(sent[0].record.msg_id, sent[1].record.msg_id);
+    assert_eq!(t.consumed::<Step>().len(), 2);
+
+    t.broker().disconnect();
+    step(2).publish(t.bus()).await.unwrap();
+    let busy = t
+        .try_wait_idle(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(busy.outbox_queued, 1);
+    t.broker().reconnect();
+    t.wait_idle().await;
+    assert_eq!(t.published::<Step>().last().unwrap().seq, 2);
+    assert!(t.dead_letters().await.unwrap().is_empty());
+}

@@ -109,6 +109,7 @@ where
                     Some(None) | None => break,
                 },
             };
+            run.stats.took();
             // A stream that is never empty must not keep this task from yielding: it yields
             // after a time slice of work (looked at every 16 messages). Not every 128 messages:
             // a yielded task is scheduled again only after the worker polled the driver, and
@@ -302,10 +303,13 @@ where
     #[inline(always)]
     fn failure(&self, outcome: std::thread::Result<Result<(), E>>) -> Option<String> {
         let error = match outcome {
-            Ok(Ok(())) => {
-                self.stats.handled.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
+            Ok(Ok(())) => match self.stats.injected_failure() {
+                None => {
+                    self.stats.did_handle();
+                    return None;
+                }
+                Some(injected) => injected,
+            },
             Ok(Err(e)) => e.to_string(),
             Err(panic) => crate::panic::describe(&*panic),
         };
@@ -383,6 +387,7 @@ where
             if !ordered {
                 drop(slot);
                 settle(acker.nak(wait).await, &message, &self.origin);
+                self.stats.did_requeue();
                 return;
             }
             in_progress_for(&acker, wait, self.progress_every).await;
@@ -391,7 +396,7 @@ where
     }
 
     fn give_up(&self, msg: RawMessage, attempts: u32, last_error: String) {
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.did_dead_letter();
         self.metrics.dead_lettered();
         tracing::warn!(subject = %msg.subject, attempts, error = %last_error, handler = %self.origin, "handler gave up on a message; dead-lettered");
         (self.sink)(Failed {

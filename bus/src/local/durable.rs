@@ -116,6 +116,14 @@ impl Durable {
         self.notify.notify_one();
     }
 
+    /// Messages kept and not settled yet (waiting, out with a puller, or waiting for a
+    /// redelivery), for `bus::testing`'s quiescence.
+    #[cfg(feature = "testing")]
+    pub(crate) fn unsettled(&self) -> u64 {
+        let inner = lock(&self.inner);
+        (inner.waiting.len() + inner.unsettled.len()) as u64
+    }
+
     /// Ends every puller's stream (the broker was closed).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
@@ -253,6 +261,7 @@ impl Durable {
                         inner.out -= 1;
                     }
                     inner.unsettled.remove(&seq);
+                    crate::settled::poke();
                 }
                 AckKind::Nak(_) | AckKind::Progress if !current => return,
                 AckKind::Nak(_) if entry.delivered >= max_deliver => {

@@ -193,6 +193,20 @@ impl LocalBroker {
         self.shared.read_trie().len()
     }
 
+    /// Each durable consumer with messages not settled yet: name and count (for
+    /// `bus::testing`'s quiescence).
+    #[cfg(feature = "testing")]
+    pub(crate) fn durables_unsettled(&self) -> Vec<(String, u64)> {
+        self.shared
+            .durables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|d| (d.spec().name.clone(), d.unsettled()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Closes the broker: the state becomes [`ConnectionState::Closed`], every subscription
     /// stream ends, and publishes, subscribes and requests fail with [`Error::Closed`].
     pub fn close(&self) {

@@ -519,6 +519,7 @@ async fn pump(
     let mut forward = |msg: async_nats::Message| -> bool {
         match tx.try_send(msg) {
             Ok(()) => {
+                stats.add_received(1);
                 if dropped_in_burst > 0 {
                     tracing::warn!(%pattern, dropped = dropped_in_burst, "NATS slow consumer: messages dropped");
                     dropped_in_burst = 0;
