@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::handler::{self, Handler, HandlerOptions, Source};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::health::{Health, Tracker};
+use crate::inbox::{Inbox, SendOutput};
 use crate::incoming::{Incoming, Undecodable};
 use crate::local::LocalBroker;
 use crate::message::{Filter, Message, Request};
@@ -514,6 +515,28 @@ impl Bus {
         Arc::new(move |failed| dead.push(failed))
     }
 
+    /// The inbox of the deduplicating handler `name`: in the outbox file when there is one,
+    /// else in memory, its outputs published through this bus (held weakly: a handler does not
+    /// keep its bus alive).
+    async fn inbox(&self, name: &str, window: std::time::Duration) -> Result<Inbox> {
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            return Inbox::in_file(window, outbox.inbox_table(name)).await;
+        }
+        let _ = name;
+        let weak = Arc::downgrade(&self.inner);
+        let send: SendOutput = Arc::new(move |msg| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(inner) => Bus { inner }.publish_raw(msg).await,
+                    None => Err(Error::Closed),
+                }
+            })
+        });
+        Ok(Inbox::in_memory(window, send))
+    }
+
     /// [`handle`](Bus::handle) with options: name, concurrency, ordered processing, retries.
     pub async fn handle_with<M, F, Fut, E>(
         &self,
@@ -554,8 +577,15 @@ impl Bus {
             }
             None => Source::Plain(self.subscribe_raw(filter).await?),
         };
+        let inbox = match options.dedupe_window() {
+            Some(window) => Some(Arc::new(
+                self.inbox(&options.handler_name::<M>(), window).await?,
+            )),
+            None => None,
+        };
+        let sink = self.handler_sink();
         let handler =
-            handler::spawn::<M, F, Fut, E>(source, options, self.handler_sink(), tracked, handler);
+            handler::spawn::<M, F, Fut, E>(source, options, sink, inbox, tracked, handler);
         self.inner.health.track_handler(handler.stats());
         Ok(handler)
     }

@@ -23,6 +23,8 @@ pub struct HandlerOptions {
     pub(super) retry: RetryPolicy,
     pub(super) durable: Option<String>,
     pub(super) ack_wait: Duration,
+    // Effects once (the inbox).
+    pub(super) dedupe: Option<Duration>,
 }
 
 /// Messages handled at once by default: enough to overlap I/O-bound handlers, few enough that
@@ -38,6 +40,7 @@ impl Default for HandlerOptions {
             retry: RetryPolicy::default(),
             durable: None,
             ack_wait: crate::durable::DEFAULT_ACK_WAIT,
+            dedupe: None,
         }
     }
 }
@@ -108,6 +111,46 @@ impl HandlerOptions {
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait.max(Duration::from_millis(1));
         self
+    }
+
+    // Effects once: the inbox.
+
+    /// Deduplicates by msg id: a message whose id this handler already finished within `window`
+    /// is acknowledged (durable) or dropped (plain) without running the handler again, whether
+    /// it comes back as a redelivery, an outbox resend or after a restart of the process (with
+    /// an outbox file), and counted in [`HandlerStats::duplicates_skipped`]. Messages without a
+    /// msg id are handled as without `dedupe` and counted in
+    /// [`HandlerStats::without_msg_id`]. Inside the handler, [`Envelope::publish`] queues
+    /// messages in the same transaction as the completion (consume and produce as one step).
+    ///
+    /// Completions live in the outbox file's `inbox` table when the bus has an outbox (every
+    /// NATS bus by default), pruned past `window`; otherwise in memory, at most 100,000 per
+    /// handler, forgotten at a restart. The handler's name is the key: two handlers with one
+    /// name share completions. See the [`inbox`](crate::handler#effects-once-the-inbox) notes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus::HandlerOptions;
+    /// let options = HandlerOptions::named("billing").dedupe(Duration::from_secs(24 * 3600));
+    /// assert_eq!(options.dedupe_window(), Some(Duration::from_secs(24 * 3600)));
+    /// ```
+    ///
+    /// [`HandlerStats::duplicates_skipped`]: crate::HandlerStats::duplicates_skipped
+    /// [`HandlerStats::without_msg_id`]: crate::HandlerStats::without_msg_id
+    /// [`Envelope::publish`]: crate::Envelope::publish
+    pub fn dedupe(mut self, window: Duration) -> Self {
+        self.dedupe = Some(window);
+        self
+    }
+
+    /// The dedupe window, if [`dedupe`](HandlerOptions::dedupe) is on.
+    pub fn dedupe_window(&self) -> Option<Duration> {
+        self.dedupe
+    }
+
+    /// The name of a handler of `M` with these options: the one set, or the type's.
+    pub(crate) fn handler_name<M: crate::incoming::Incoming>(&self) -> String {
+        self.name.clone().unwrap_or_else(|| M::TYPE_NAME.to_owned())
     }
 
     /// The durable consumer this handler runs on: `durable` on `pattern`, max_deliver the
