@@ -80,6 +80,7 @@ impl Completions {
     }
 
     /// How many are kept.
+    #[cfg(any(test, feature = "outbox"))]
     pub(crate) fn len(&self) -> usize {
         self.at.len()
     }
