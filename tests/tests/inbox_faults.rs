@@ -384,7 +384,10 @@ async fn outputs_published_through_the_envelope_arrive_once_across_three_kills()
     let mut kills = Vec::new();
     for quarter in 1..=3 {
         let s = seen.clone();
-        wait_until("outputs downstream", GUARD, || distinct(&s) >= quarter * n / 4).await;
+        wait_until("outputs downstream", GUARD, || {
+            distinct(&s) >= quarter * n / 4
+        })
+        .await;
         let (mut killed, reader) = child;
         killed.kill().expect("SIGKILL the handler process");
         killed.wait().unwrap();
@@ -413,7 +416,10 @@ async fn outputs_published_through_the_envelope_arrive_once_across_three_kills()
     let mut per_id: HashMap<&str, usize> = HashMap::new();
     let mut per_task: HashMap<&str, usize> = HashMap::new();
     for (id, task) in seen.iter() {
-        assert!(id.ends_with(".0"), "an output's id derives from its input's: {id}");
+        assert!(
+            id.ends_with(".0"),
+            "an output's id derives from its input's: {id}"
+        );
         *per_id.entry(id).or_default() += 1;
         *per_task.entry(task).or_default() += 1;
     }
@@ -439,10 +445,9 @@ async fn local_memory_inbox_skips_copies_and_publishes_outputs_after_ok() {
     let outputs: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let o = outputs.clone();
     let downstream = Delegate::handle(&bus, Delegate::filter(), move |msg| {
-        o.lock().unwrap().push((
-            msg.msg_id().unwrap_or("-").to_owned(),
-            msg.task.clone(),
-        ));
+        o.lock()
+            .unwrap()
+            .push((msg.msg_id().unwrap_or("-").to_owned(), msg.task.clone()));
         async { Ok::<_, String>(()) }
     })
     .await
@@ -455,7 +460,11 @@ async fn local_memory_inbox_skips_copies_and_publishes_outputs_after_ok() {
             HandlerOptions::named("local-inbox")
                 .ordered(true)
                 .dedupe(Duration::from_secs(60))
-                .retry(bus::RetryPolicy::default().base(Duration::from_millis(1)).max_attempts(2)),
+                .retry(
+                    bus::RetryPolicy::default()
+                        .base(Duration::from_millis(1))
+                        .max_attempts(2),
+                ),
             move |msg| {
                 let e = e.clone();
                 async move {
@@ -516,7 +525,11 @@ async fn local_memory_inbox_skips_copies_and_publishes_outputs_after_ok() {
     );
     for i in 0..n {
         let want = (format!("l-{i}.0"), i.to_string());
-        assert_eq!(outputs.iter().filter(|o| **o == want).count(), 1, "{want:?}");
+        assert_eq!(
+            outputs.iter().filter(|o| **o == want).count(),
+            1,
+            "{want:?}"
+        );
     }
 }
 
