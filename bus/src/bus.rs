@@ -537,6 +537,29 @@ impl Bus {
         Ok(Inbox::in_memory(window, send))
     }
 
+    /// `inbox` with the shared store of handler `name` (a JetStream key-value bucket).
+    async fn shared_inbox(
+        &self,
+        inbox: Inbox,
+        name: &str,
+        window: std::time::Duration,
+        options: &HandlerOptions,
+    ) -> Result<Inbox> {
+        #[cfg(feature = "nats")]
+        if let Direct::Nats(nats) = &self.inner.direct {
+            let js = nats.jetstream_context();
+            let store =
+                crate::inbox::SharedStore::open(&js, name, window, options.ack_wait_value())
+                    .await?;
+            return Ok(inbox.with_shared(store));
+        }
+        let _ = (inbox, name, window, options);
+        Err(Error::Unsupported {
+            broker: self.inner.broker.kind(),
+            what: "a shared dedupe store (HandlerOptions::dedupe_shared needs JetStream key-value)",
+        })
+    }
+
     /// [`handle`](Bus::handle) with options: name, concurrency, ordered processing, retries.
     pub async fn handle_with<M, F, Fut, E>(
         &self,
@@ -578,9 +601,14 @@ impl Bus {
             None => Source::Plain(self.subscribe_raw(filter).await?),
         };
         let inbox = match options.dedupe_window() {
-            Some(window) => Some(Arc::new(
-                self.inbox(&options.handler_name::<M>(), window).await?,
-            )),
+            Some(window) => {
+                let name = options.handler_name::<M>();
+                let mut inbox = self.inbox(&name, window).await?;
+                if options.is_dedupe_shared() {
+                    inbox = self.shared_inbox(inbox, &name, window, &options).await?;
+                }
+                Some(Arc::new(inbox))
+            }
             None => None,
         };
         let sink = self.handler_sink();

@@ -7,6 +7,8 @@
 //!   the stream keeps both), and the handler process SIGKILLed twice after its effects were
 //!   recorded and committed but before its acks reached the server: every message has its
 //!   effect exactly once, and the handlers' stats account for every copy skipped;
+//! - the same with two handler processes on one durable consumer (a queue group) sharing
+//!   their completions in a JetStream key-value bucket, both frozen and one killed twice;
 //! - a handler that republishes each message as another type through its envelope, SIGKILLed
 //!   mid-run three times: downstream every output arrives, each exactly once by msg id.
 #![allow(clippy::print_stderr)]
@@ -26,12 +28,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GUARD: Duration = Duration::from_secs(180);
 
-/// A TCP proxy in front of the server whose client-to-server direction can be frozen: a
+/// A TCP proxy in front of the server whose client-to-server direction can be frozen (a
 /// handler process behind a frozen proxy still receives what was fetched, runs it and commits
-/// its completions, but its acks never reach the server.
+/// its completions, but nothing it sends reaches the server), or made to drop acks only (every
+/// other message, a shared inbox's writes included, goes through).
 struct Proxy {
     port: u16,
     frozen: Arc<AtomicBool>,
+    drop_acks: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -41,8 +45,9 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let frozen = Arc::new(AtomicBool::new(false));
+        let drop_acks = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (f, c) = (frozen.clone(), conns.clone());
+        let (f, c, d) = (frozen.clone(), conns.clone(), drop_acks.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
@@ -50,9 +55,10 @@ impl Proxy {
                 };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
-                let frozen = f.clone();
+                let (frozen, drop_acks) = (f.clone(), d.clone());
                 let up = tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
+                    let mut pending = Vec::new();
                     loop {
                         let n = match cr.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
@@ -61,7 +67,9 @@ impl Proxy {
                         while frozen.load(Ordering::SeqCst) {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
-                        if sw.write_all(&buf[..n]).await.is_err() {
+                        pending.extend_from_slice(&buf[..n]);
+                        let out = forward(&mut pending, drop_acks.load(Ordering::SeqCst));
+                        if sw.write_all(&out).await.is_err() {
                             break;
                         }
                     }
@@ -75,8 +83,14 @@ impl Proxy {
         Proxy {
             port,
             frozen,
+            drop_acks,
             conns,
         }
+    }
+
+    /// From now on, acks (publishes to `$JS.ACK.…`) are dropped; everything else goes through.
+    fn drop_acks(&self) {
+        self.drop_acks.store(true, Ordering::SeqCst);
     }
 
     fn url(&self) -> String {
@@ -93,7 +107,42 @@ impl Proxy {
             conn.abort();
         }
         self.frozen.store(false, Ordering::SeqCst);
+        self.drop_acks.store(false, Ordering::SeqCst);
     }
+}
+
+/// The complete client protocol operations at the start of `pending` (taken out of it), to
+/// send on; with `drop_acks`, without the publishes to `$JS.ACK.…`.
+fn forward(pending: &mut Vec<u8>, drop_acks: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pending.len());
+    let mut at = 0;
+    while let Some(eol) = pending[at..].windows(2).position(|w| w == b"\r\n") {
+        let line = &pending[at..at + eol];
+        let text = String::from_utf8_lossy(line);
+        let mut words = text.split_ascii_whitespace();
+        let op = words.next().unwrap_or("").to_ascii_uppercase();
+        let end = if op == "PUB" || op == "HPUB" {
+            let total: usize = text
+                .split_ascii_whitespace()
+                .last()
+                .and_then(|t| t.parse().ok())
+                .expect("a publish says its size");
+            let end = at + eol + 2 + total + 2;
+            if end > pending.len() {
+                break;
+            }
+            end
+        } else {
+            at + eol + 2
+        };
+        let is_ack = words.next().is_some_and(|s| s.starts_with("$JS.ACK."));
+        if !(drop_acks && is_ack) {
+            out.extend_from_slice(&pending[at..end]);
+        }
+        at = end;
+    }
+    pending.drain(..at);
+    out
 }
 
 /// What the handler processes printed.
@@ -323,6 +372,87 @@ async fn copies_and_redeliveries_after_kills_between_effect_and_ack_run_once() {
         skipped > n as u64,
         "the stats account for every second copy and for the redeliveries the kills left \
          (committed, not acknowledged): {skipped}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_the_shared_store_run_each_message_once_across_kills() {
+    let server = JsServer::start();
+    let proxy = Proxy::start(&server.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = 10_000;
+    let stream = StreamConfig::new("FAULTS", ["plugin.outbound.fault.>"])
+        .duplicate_window(Duration::from_secs(1));
+    let bus = publisher(&server.url(), dir.path(), vec![stream]).await;
+    // Each instance has its own outbox file: only the bucket is shared.
+    let outbox = |k: usize| dir.path().join(format!("handler-{k}.sqlite3"));
+    let log = Arc::new(Mutex::new(Log::default()));
+    let effects = |log: &Arc<Mutex<Log>>| log.lock().unwrap().effects.len();
+
+    let stay = spawn_handler(&proxy.url(), &outbox(0), "shared", log.clone());
+    let mut killed = spawn_handler(&proxy.url(), &outbox(1), "shared", log.clone());
+    attached(&server.url(), "FAULTS").await;
+    let publishing = {
+        let bus = bus.clone();
+        tokio::spawn(async move { publish_with_ids(&bus, n).await })
+    };
+    let mut kills = Vec::new();
+    for third in 1..=2 {
+        let l = log.clone();
+        wait_until("effects", GUARD, || effects(&l) >= third * n / 3).await;
+        // Acks dropped for both (their completions, in the bucket too, still written), one
+        // killed; the other's connection is cut too, so what it finished comes back as well,
+        // possibly to the new instance.
+        proxy.drop_acks();
+        quiet(&log).await;
+        let (mut child, reader) = killed;
+        child.kill().expect("SIGKILL the handler process");
+        child.wait().unwrap();
+        reader.join().unwrap();
+        proxy.cut();
+        kills.push(effects(&log));
+        killed = spawn_handler(&proxy.url(), &outbox(1), "shared", log.clone());
+    }
+    publishing.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publish_with_ids(&bus, n).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !drained(&server.url(), "FAULTS").await {
+        assert!(tokio::time::Instant::now() < deadline, "never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    quiet(&log).await;
+    for (mut child, reader) in [stay, killed] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+    }
+
+    let log = log.lock().unwrap();
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for (id, _) in &log.effects {
+        *per_id.entry(id).or_default() += 1;
+    }
+    let handled: u64 = log.stats.iter().map(|s| s.0).sum();
+    let skipped: u64 = log.stats.iter().map(|s| s.1).sum();
+    eprintln!(
+        "shared store: {n} messages x2, two instances, one killed after {kills:?} effects: {} \
+         effects, {} distinct; stats per process {:?}: handled {handled}, duplicates skipped \
+         {skipped}",
+        log.effects.len(),
+        per_id.len(),
+        log.stats
+    );
+    assert_eq!(per_id.len(), n, "every message had its effect");
+    assert_eq!(
+        log.effects.len(),
+        n,
+        "no two instances (or runs) had one effect"
+    );
+    assert_eq!(handled, n as u64, "each message completed once");
+    assert!(
+        skipped > n as u64,
+        "every second copy and redelivery skipped: {skipped}"
     );
 }
 

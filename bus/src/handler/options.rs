@@ -25,6 +25,7 @@ pub struct HandlerOptions {
     pub(super) ack_wait: Duration,
     // Effects once (the inbox).
     pub(super) dedupe: Option<Duration>,
+    pub(super) dedupe_shared: bool,
 }
 
 /// Messages handled at once by default: enough to overlap I/O-bound handlers, few enough that
@@ -41,6 +42,7 @@ impl Default for HandlerOptions {
             durable: None,
             ack_wait: crate::durable::DEFAULT_ACK_WAIT,
             dedupe: None,
+            dedupe_shared: false,
         }
     }
 }
@@ -141,6 +143,39 @@ impl HandlerOptions {
     pub fn dedupe(mut self, window: Duration) -> Self {
         self.dedupe = Some(window);
         self
+    }
+
+    /// [`dedupe`](HandlerOptions::dedupe) shared by every instance of the handler (a queue
+    /// group spread over processes), on NATS: each message is claimed in a JetStream key-value
+    /// bucket `bus_inbox_<name>` (entries kept `window`) before it runs, so two instances never
+    /// both run one message; the local inbox (outbox file or memory) is kept too. A claim lasts
+    /// the [ack wait](HandlerOptions::ack_wait): an instance that died mid-handler leaves a claim
+    /// that another instance takes over when the message reaches it after that; a copy that
+    /// reaches another instance while the claim is live waits there until it is done (then
+    /// skipped) or expired. Refused on a broker without JetStream key-value.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus::HandlerOptions;
+    /// let options = HandlerOptions::named("billing")
+    ///     .durable("billing")
+    ///     .dedupe_shared(Duration::from_secs(24 * 3600));
+    /// assert!(options.is_dedupe_shared());
+    /// ```
+    pub fn dedupe_shared(mut self, window: Duration) -> Self {
+        self.dedupe = Some(window);
+        self.dedupe_shared = true;
+        self
+    }
+
+    /// Whether [`dedupe_shared`](HandlerOptions::dedupe_shared) is on.
+    pub fn is_dedupe_shared(&self) -> bool {
+        self.dedupe_shared && self.dedupe.is_some()
+    }
+
+    /// The ack wait of a durable handler (how long a shared inbox claim lasts).
+    pub(crate) fn ack_wait_value(&self) -> Duration {
+        self.ack_wait
     }
 
     /// The dedupe window, if [`dedupe`](HandlerOptions::dedupe) is on.

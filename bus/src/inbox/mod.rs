@@ -17,13 +17,21 @@
 //!   the handler publishes through its envelope is published after `Ok`, best effort (a
 //!   failure there fails the attempt, and a retry may publish the first outputs again).
 //!
+//! - **Shared by every instance** ([`HandlerOptions::dedupe_shared`], NATS only): on top of
+//!   the above, a JetStream key-value bucket per handler where creating a message's key is the
+//!   claim, so two instances of a queue group never both run one message (see `shared`).
+//!
 //! While one copy of a message is being handled (retries included), another copy that arrives
-//! is skipped as a duplicate: the first copy's delivery answers for both.
+//! in the same process is skipped as a duplicate: the first copy's delivery answers for both.
+//!
+//! [`HandlerOptions::dedupe_shared`]: crate::HandlerOptions::dedupe_shared
 //!
 //! [`HandlerOptions::dedupe`]: crate::HandlerOptions::dedupe
 //! [`Envelope::publish`]: crate::Envelope::publish
 
 mod memory;
+#[cfg(feature = "nats")]
+mod shared;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +42,10 @@ use futures::future::BoxFuture;
 
 use self::memory::Completions;
 pub(crate) use self::memory::MEMORY_CAP;
+#[cfg(feature = "nats")]
+use self::shared::SharedClaim;
+#[cfg(feature = "nats")]
+pub(crate) use self::shared::SharedStore;
 use crate::error::Result;
 #[cfg(feature = "outbox")]
 use crate::outbox::InboxTable;
@@ -55,6 +67,8 @@ pub(crate) struct Inbox {
     table: Option<InboxTable>,
     send: Option<SendOutput>,
     completed: AtomicU64,
+    #[cfg(feature = "nats")]
+    shared: Option<Arc<SharedStore>>,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -102,6 +116,8 @@ impl Inbox {
             table: None,
             send: Some(send),
             completed: AtomicU64::new(0),
+            #[cfg(feature = "nats")]
+            shared: None,
         }
     }
 
@@ -127,7 +143,16 @@ impl Inbox {
             table: Some(table),
             send: None,
             completed: AtomicU64::new(0),
+            #[cfg(feature = "nats")]
+            shared: None,
         })
+    }
+
+    /// This inbox, with `store` shared by every instance of the handler as well.
+    #[cfg(feature = "nats")]
+    pub(crate) fn with_shared(mut self, store: SharedStore) -> Inbox {
+        self.shared = Some(Arc::new(store));
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -135,8 +160,31 @@ impl Inbox {
     }
 
     /// Whether to run the message `msg_id`; `Run` marks it running until
-    /// [`complete`](Self::complete) or [`release`](Self::release).
+    /// [`complete`](Self::complete) or [`release`](Self::release). With a shared store, a
+    /// message this process may run is then claimed there (waiting while another instance
+    /// holds it).
     pub(crate) async fn claim(&self, msg_id: &str) -> Result<Claim> {
+        let local = self.claim_here(msg_id).await?;
+        #[cfg(feature = "nats")]
+        if let (Claim::Run, Some(shared)) = (&local, &self.shared) {
+            let claimed = shared.claim(msg_id).await;
+            return match claimed {
+                Ok(SharedClaim::Run) => Ok(Claim::Run),
+                Ok(SharedClaim::Done) => {
+                    self.state().running.remove(msg_id);
+                    Ok(Claim::Duplicate)
+                }
+                Err(e) => {
+                    self.state().running.remove(msg_id);
+                    Err(e)
+                }
+            };
+        }
+        Ok(local)
+    }
+
+    /// [`claim`](Self::claim) in this process: its memory, then its file.
+    async fn claim_here(&self, msg_id: &str) -> Result<Claim> {
         let now = now_ms();
         {
             let mut state = self.state();
@@ -171,7 +219,14 @@ impl Inbox {
     /// The message `msg_id` is no longer running (it failed, was handed back, or the attempt
     /// was dropped): a copy may run.
     pub(crate) fn release(&self, msg_id: &str) {
-        self.state().running.remove(msg_id);
+        let was_running = self.state().running.remove(msg_id);
+        #[cfg(feature = "nats")]
+        if let (true, Some(shared)) = (was_running, &self.shared) {
+            let (shared, id) = (Arc::clone(shared), msg_id.to_owned());
+            tokio::spawn(async move { shared.release(&id).await });
+        }
+        #[cfg(not(feature = "nats"))]
+        let _ = was_running;
     }
 
     /// The handler finished `msg_id` (`None`: a message without an id) with `outputs` to
@@ -191,8 +246,7 @@ impl Inbox {
             if self.completed.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
                 table.prune(now.saturating_sub(self.window_ms));
             }
-            self.done(msg_id, now);
-            return Ok(());
+            return self.done(msg_id, now).await;
         }
         if let Some(send) = &self.send {
             for msg in outputs {
@@ -200,16 +254,26 @@ impl Inbox {
             }
         }
         self.completed.fetch_add(1, Ordering::Relaxed);
-        self.done(msg_id, now);
-        Ok(())
+        self.done(msg_id, now).await
     }
 
-    /// Records `msg_id` as finished and no longer running, at once (no copy sees neither).
-    fn done(&self, msg_id: Option<&str>, now: i64) {
-        if let Some(id) = msg_id {
-            let mut state = self.state();
-            state.running.remove(id);
-            state.done.insert(id.to_owned(), now);
+    /// Records `msg_id` as finished and no longer running, at once (no copy here sees
+    /// neither), and in the shared store. A shared store that cannot be written is logged, not
+    /// returned: the outputs are committed, and the claim there expires (another instance
+    /// could then run a copy once more).
+    async fn done(&self, msg_id: Option<&str>, now: i64) -> Result<()> {
+        let Some(id) = msg_id else {
+            return Ok(());
+        };
+        #[cfg(feature = "nats")]
+        if let Some(shared) = &self.shared {
+            if let Err(e) = shared.done(id).await {
+                tracing::warn!(msg_id = %id, error = %e, "cannot record a completion in the shared inbox; its claim will expire");
+            }
         }
+        let mut state = self.state();
+        state.running.remove(id);
+        state.done.insert(id.to_owned(), now);
+        Ok(())
     }
 }

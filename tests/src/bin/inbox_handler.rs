@@ -5,6 +5,8 @@
 //!
 //! - mode `effect`: prints `effect <msg id> <text>` on its own line for every message it runs
 //!   on (its effect), before returning `Ok`;
+//! - mode `shared`: as `effect`, with `HandlerOptions::dedupe_shared` (the instances of one
+//!   durable share completions in a JetStream key-value bucket);
 //! - mode `produce`: republishes each message as a `Delegate` to agent `produced` through its
 //!   envelope (committed with the completion), and prints nothing per message.
 //!
@@ -28,10 +30,20 @@ async fn main() {
         panic!("usage: inbox_handler NATS_URL DURABLE_NAME ACK_WAIT_MS OUTBOX_PATH MODE");
     };
     let ack_wait = Duration::from_millis(ack_wait.parse().expect("ACK_WAIT_MS must be a number"));
-    let produce = match mode.as_str() {
-        "effect" => false,
-        "produce" => true,
-        other => panic!("MODE is effect or produce, not {other:?}"),
+    let (produce, shared) = match mode.as_str() {
+        "effect" => (false, false),
+        "shared" => (false, true),
+        "produce" => (true, false),
+        other => panic!("MODE is effect, shared or produce, not {other:?}"),
+    };
+    let window = Duration::from_secs(3600);
+    let options = HandlerOptions::named(durable.clone())
+        .durable(durable.clone())
+        .ack_wait(ack_wait);
+    let options = if shared {
+        options.dedupe_shared(window)
+    } else {
+        options.dedupe(window)
     };
     let bus = Bus::builder()
         .nats([url.as_str()])
@@ -46,30 +58,23 @@ async fn main() {
         .expect("the FAULTS stream exists");
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let handler = bus
-        .handle_with(
-            Outbound::filter().channel("fault"),
-            HandlerOptions::named(durable.clone())
-                .durable(durable.clone())
-                .ack_wait(ack_wait)
-                .dedupe(Duration::from_secs(3600)),
-            move |msg| {
-                let out = out.clone();
-                async move {
-                    if produce {
-                        let next = Delegate {
-                            agent: "produced".into(),
-                            task: msg.text.clone(),
-                        };
-                        return msg.publish(&next).map_err(|e| e.to_string());
-                    }
-                    let mut out = out.lock().expect("stdout");
-                    writeln!(out, "effect {} {}", msg.msg_id().unwrap_or("-"), msg.text)
-                        .expect("stdout");
-                    out.flush().expect("stdout");
-                    Ok::<_, String>(())
+        .handle_with(Outbound::filter().channel("fault"), options, move |msg| {
+            let out = out.clone();
+            async move {
+                if produce {
+                    let next = Delegate {
+                        agent: "produced".into(),
+                        task: msg.text.clone(),
+                    };
+                    return msg.publish(&next).map_err(|e| e.to_string());
                 }
-            },
-        )
+                let mut out = out.lock().expect("stdout");
+                writeln!(out, "effect {} {}", msg.msg_id().unwrap_or("-"), msg.text)
+                    .expect("stdout");
+                out.flush().expect("stdout");
+                Ok::<_, String>(())
+            }
+        })
         .await
         .expect("handle");
     let stats = handler.stats().clone();
