@@ -174,6 +174,7 @@ impl HandlerOptions {
     }
 
     /// The ack wait of a durable handler (how long a shared inbox claim lasts).
+    #[cfg(feature = "nats")]
     pub(crate) fn ack_wait_value(&self) -> Duration {
         self.ack_wait
     }
