@@ -677,3 +677,62 @@ async fn envelope_publish_outside_a_dedupe_handler_is_refused() {
         .expect_err("not in a dedupe handler");
     assert!(err.to_string().contains("HandlerOptions::dedupe"), "{err}");
 }
+
+/// A deduplicating handler on a core subscription of a NATS bus with an outbox: its completions
+/// are in the file (`OutboxStats::inbox`, what `bus outbox stats` shows), and a bus opened again
+/// on the file skips the same msg ids, while the messages it never finished still run.
+#[tokio::test]
+async fn completions_survive_a_restart_and_show_in_the_stats() {
+    let server = bus_tests::server::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite3");
+    let effects: Arc<Mutex<Vec<String>>> = Arc::default();
+    let run = |ids: std::ops::Range<usize>| {
+        let (url, path, effects) = (server.url(), path.clone(), effects.clone());
+        async move {
+            let bus = Bus::builder()
+                .nats([url.as_str()])
+                .outbox_path(&path)
+                .connect()
+                .await
+                .unwrap();
+            let e = effects.clone();
+            let handler = bus
+                .handle_with(
+                    Outbound::filter().channel("restart"),
+                    HandlerOptions::named("restart").dedupe(Duration::from_secs(600)),
+                    move |msg| {
+                        e.lock().unwrap().push(msg.text.clone());
+                        async { Ok::<_, String>(()) }
+                    },
+                )
+                .await
+                .unwrap();
+            let expected = ids.len() as u64;
+            for i in ids {
+                let mut headers = Headers::new();
+                headers.insert("Nats-Msg-Id", format!("r-{i}"));
+                bus.publish_with_headers(&outbound("restart", "p", &i.to_string()), headers)
+                    .await
+                    .unwrap();
+            }
+            bus.flush().await.unwrap();
+            let stats = handler.stats().clone();
+            wait_until("every message handled or skipped", GUARD, || {
+                stats.handled() + stats.duplicates_skipped() >= expected
+            })
+            .await;
+            let inbox = bus.outbox_stats().await.unwrap().unwrap().inbox;
+            handler.stop().await;
+            bus.close().await.unwrap();
+            (stats.handled(), stats.duplicates_skipped(), inbox)
+        }
+    };
+    assert_eq!(run(0..50).await, (50, 0, 50));
+    // Again on the same file: 0..50 were finished, 50..80 are new.
+    assert_eq!(run(0..80).await, (30, 50, 80));
+    let file = bus::outbox::OutboxFile::open_read_only(&path).unwrap();
+    assert_eq!(file.stats().unwrap().inbox, 80);
+    let effects = effects.lock().unwrap();
+    assert_eq!(effects.len(), 80, "each message ran once");
+}

@@ -3,8 +3,9 @@
 //! inbox's whole cost (a lookup in memory per message, a completion committed to SQLite before
 //! each ack, group-committed across the messages in flight).
 //!
-//! Each round declares a fresh file stream, fills it with `n` messages through a publishing
-//! bus, then starts the handler on a consuming bus that has an outbox file (on both sides, so
+//! Each round declares a fresh file stream, makes the durable consumer (a handler started and
+//! stopped at once), fills the stream with `n` messages through a publishing bus, then starts the
+//! handler on a consuming bus that has an outbox file (on both sides, so
 //! only `dedupe` differs) and times it from its start to the `n`th message handled.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,8 +55,6 @@ async fn round(url: &str, n: usize, window: usize, dedupe: bool) -> BenchResult<
         .stream(declared.clone())
         .connect()
         .await?;
-    crate::sdk::publish_windowed(&publisher, &msgs::outbound(msgs::INSTANCE), n, window).await?;
-    publisher.flush().await?;
     let consumer = Bus::builder()
         .nats([url])
         .outbox_path(dir.path().join("consumer.sqlite3"))
@@ -66,6 +65,18 @@ async fn round(url: &str, n: usize, window: usize, dedupe: bool) -> BenchResult<
     if dedupe {
         options = options.dedupe(Duration::from_secs(3600));
     }
+    // The durable consumer takes what is published after it exists: make it, detach, fill.
+    consumer
+        .handle_with(
+            Outbound::filter().channel(msgs::CHANNEL),
+            options.clone(),
+            |_env| async { Err::<(), _>("not yet".to_string()) },
+        )
+        .await?
+        .stop()
+        .await;
+    crate::sdk::publish_windowed(&publisher, &msgs::outbound(msgs::INSTANCE), n, window).await?;
+    publisher.flush().await?;
     let count = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
     let (c, d) = (count.clone(), done.clone());
