@@ -202,16 +202,16 @@ impl<T> Envelope<T> {
     /// use std::time::Duration;
     /// use bus::{HandlerOptions, Message};
     /// #[derive(serde::Serialize, serde::Deserialize, Message)]
-    /// #[subject("agent.task.<id>")]
-    /// struct Task { id: String, text: String }
+    /// #[subject("plugin.inbound.<channel>")]
+    /// struct Task { channel: String, text: String }
     /// #[derive(serde::Serialize, serde::Deserialize, Message)]
-    /// #[subject("agent.result.<id>")]
-    /// struct Answer { id: String, text: String }
+    /// #[subject("agent.events.<channel>")]
+    /// struct Answer { channel: String, text: String }
     ///
     /// let bus = bus::Bus::local().await?;
     /// let options = HandlerOptions::named("agent").dedupe(Duration::from_secs(3600));
     /// let agent = bus.handle_with(Task::filter(), options, |task| async move {
-    ///     let answer = Answer { id: task.id.clone(), text: task.text.to_uppercase() };
+    ///     let answer = Answer { channel: task.channel.clone(), text: task.text.to_uppercase() };
     ///     task.publish(&answer) // committed with the completion, after Ok
     /// }).await?;
     /// # agent.stop().await;
