@@ -161,7 +161,7 @@ fi
 # line: its store, clustering and API answers differ from 2.9's.
 NATS_SERVER_BIN=$NATS_SERVER_BIN_CURRENT cargo test -p bus-tests \
     --test jetstream --test durable_conformance --test durable_handlers --test durable_faults \
-    --test testing_harness
+    --test testing_harness --test inbox_faults
 
 # The core without its optional backends (features `nats` and `outbox`): neither async-nats nor
 # rusqlite in its dependency tree, and the quickstart runs on it.

@@ -29,10 +29,11 @@ use scenarios::{jetstream, local, nats, outbox, rss, scaling};
 use server::{Server, ServerSpec};
 
 /// Every scenario, in run order. The names are the contract of the report.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
     "jetstream_durable",
+    "handler_dedupe",
     "nats_fanout_10",
     "nats_request_p50",
     "local_pubsub_typed",
@@ -44,10 +45,11 @@ const SCENARIOS: [&str; 11] = [
 ];
 
 /// The scenarios that need a running nats-server (the diagnostics all do).
-const NEEDS_SERVER: [&str; 6] = [
+const NEEDS_SERVER: [&str; 7] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
     "jetstream_durable",
+    "handler_dedupe",
     "nats_fanout_10",
     "nats_request_p50",
     "drain_after_outage",
@@ -164,7 +166,7 @@ struct Args {
 
 const USAGE: &str = "usage: bus-bench [--quick|--small] [--only NAME[,NAME...]] [--rounds N] \
 [--side both|bus|baseline] [--server-bin PATH] [--scaling]\n\
-scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable nats_fanout_10 nats_request_p50 \
+scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable handler_dedupe nats_fanout_10 nats_request_p50 \
 local_pubsub_typed local_10k_subs handler_local outbox_publish_rate drain_after_outage \
 outbox_1m_rss_mib; only when named: the diag_* diagnostics\n\
 --scaling groups (with --only): local unsubscribe idle drain request";
@@ -301,6 +303,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
     let needs_server = NEEDS_SERVER.iter().chain(&DIAGNOSTICS).any(|s| selected(s));
     let spec = ServerSpec {
         jetstream: selected("jetstream_durable")
+            || selected("handler_dedupe")
             || named("diag_jetstream_msgid")
             || named("diag_jetstream_ceiling"),
         ..args.server.clone()
@@ -428,6 +431,17 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             };
             emit(rate(name, &plan, plan.durable_n, 0.90).run(&mut s).await);
         }
+    }
+    if selected("handler_dedupe") {
+        let mut s = scenarios::dedupe::HandlerDedupe {
+            url: url.clone(),
+            window: plan.window,
+        };
+        emit(
+            rate("handler_dedupe", &plan, plan.durable_n, 0.70)
+                .run(&mut s)
+                .await,
+        );
     }
     if selected("nats_request_p50") {
         let mut s = nats::Request {

@@ -52,6 +52,7 @@ fn stats(file: &Path, json: bool) -> Outcome {
             "oldest_age_ms": stats.oldest_age.map(|d| d.as_millis() as u64),
             "dead_letters": stats.dead_letters,
             "file_size": stats.file_size,
+            "inbox": stats.inbox,
         }));
     } else {
         out::fields(&[
@@ -61,6 +62,7 @@ fn stats(file: &Path, json: bool) -> Outcome {
             ("oldest", stats.oldest_age.map_or("-".into(), out::duration)),
             ("dead letters", stats.dead_letters.to_string()),
             ("size on disk", out::bytes(stats.file_size)),
+            ("inbox", stats.inbox.to_string()),
         ]);
     }
     Ok(())

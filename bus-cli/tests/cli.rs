@@ -75,6 +75,10 @@ async fn against_a_running_service_stats_replay_and_tap() {
     assert!(stats["oldest_age_ms"].is_u64(), "{stats}");
     assert_eq!(stats["dead_letters"], 1);
     assert_eq!(stats["schema_version"], 3);
+    assert_eq!(
+        stats["inbox"], 0,
+        "no deduplicating handler: an empty inbox"
+    );
     let queued = bus(&["outbox", "list", file, "--json", "--limit", "100000"])
         .await
         .expect(0)

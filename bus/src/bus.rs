@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::handler::{self, Handler, HandlerOptions, Source};
 use crate::headers::{self, Headers, WireHeaders};
 use crate::health::{Health, Tracker};
+use crate::inbox::{Inbox, SendOutput};
 use crate::incoming::{Incoming, Undecodable};
 use crate::local::LocalBroker;
 use crate::message::{Filter, Message, Request};
@@ -514,6 +515,51 @@ impl Bus {
         Arc::new(move |failed| dead.push(failed))
     }
 
+    /// The inbox of the deduplicating handler `name`: in the outbox file when there is one,
+    /// else in memory, its outputs published through this bus (held weakly: a handler does not
+    /// keep its bus alive).
+    async fn inbox(&self, name: &str, window: std::time::Duration) -> Result<Inbox> {
+        #[cfg(feature = "outbox")]
+        if let Some(outbox) = &self.inner.outbox {
+            return Inbox::in_file(window, outbox.inbox_table(name)).await;
+        }
+        let _ = name;
+        let weak = Arc::downgrade(&self.inner);
+        let send: SendOutput = Arc::new(move |msg| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(inner) => Bus { inner }.publish_raw(msg).await,
+                    None => Err(Error::Closed),
+                }
+            })
+        });
+        Ok(Inbox::in_memory(window, send))
+    }
+
+    /// `inbox` with the shared store of handler `name` (a JetStream key-value bucket).
+    async fn shared_inbox(
+        &self,
+        inbox: Inbox,
+        name: &str,
+        window: std::time::Duration,
+        options: &HandlerOptions,
+    ) -> Result<Inbox> {
+        #[cfg(feature = "nats")]
+        if let Direct::Nats(nats) = &self.inner.direct {
+            let js = nats.jetstream_context();
+            let store =
+                crate::inbox::SharedStore::open(&js, name, window, options.ack_wait_value())
+                    .await?;
+            return Ok(inbox.with_shared(store));
+        }
+        let _ = (inbox, name, window, options);
+        Err(Error::Unsupported {
+            broker: self.inner.broker.kind(),
+            what: "a shared dedupe store (HandlerOptions::dedupe_shared needs JetStream key-value)",
+        })
+    }
+
     /// [`handle`](Bus::handle) with options: name, concurrency, ordered processing, retries.
     pub async fn handle_with<M, F, Fut, E>(
         &self,
@@ -554,8 +600,20 @@ impl Bus {
             }
             None => Source::Plain(self.subscribe_raw(filter).await?),
         };
+        let inbox = match options.dedupe_window() {
+            Some(window) => {
+                let name = options.handler_name::<M>();
+                let mut inbox = self.inbox(&name, window).await?;
+                if options.is_dedupe_shared() {
+                    inbox = self.shared_inbox(inbox, &name, window, &options).await?;
+                }
+                Some(Arc::new(inbox))
+            }
+            None => None,
+        };
+        let sink = self.handler_sink();
         let handler =
-            handler::spawn::<M, F, Fut, E>(source, options, self.handler_sink(), tracked, handler);
+            handler::spawn::<M, F, Fut, E>(source, options, sink, inbox, tracked, handler);
         self.inner.health.track_handler(handler.stats());
         Ok(handler)
     }

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::durable::Acker;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::headers::{self, Headers};
+use crate::message::Message;
 use crate::raw::RawMessage;
 
 /// A typed message as received, with its subject and headers.
@@ -52,6 +53,8 @@ pub(crate) enum Delivered {
 struct Settle {
     delivered: Delivered,
     acker: Option<Arc<Mutex<Option<Acker>>>>,
+    /// In a deduplicating handler: where [`Envelope::publish`] collects its messages.
+    outputs: Option<Arc<Outputs>>,
 }
 
 impl Default for Settle {
@@ -59,7 +62,45 @@ impl Default for Settle {
         Settle {
             delivered: Delivered::Plain,
             acker: None,
+            outputs: None,
         }
+    }
+}
+
+/// What a handler's attempt published through its envelope ([`Envelope::publish`]): committed
+/// with the handler's inbox completion after `Ok`, dropped after `Err` or a panic.
+#[derive(Debug, Default)]
+pub(crate) struct Outputs {
+    /// The incoming message's id, which the outputs' ids derive from.
+    origin: Option<String>,
+    msgs: Mutex<Vec<RawMessage>>,
+}
+
+impl Outputs {
+    /// A collector for the attempt on the message with id `origin`.
+    pub(crate) fn new(origin: Option<&str>) -> Arc<Outputs> {
+        Arc::new(Outputs {
+            origin: origin.map(str::to_owned),
+            msgs: Mutex::default(),
+        })
+    }
+
+    /// What was collected, in publish order.
+    pub(crate) fn take(&self) -> Vec<RawMessage> {
+        std::mem::take(&mut *self.msgs.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn push(&self, mut msg: RawMessage) {
+        let mut msgs = self.msgs.lock().unwrap_or_else(|e| e.into_inner());
+        // The n-th output of message `id` is `id.n`: a re-run that publishes the same outputs
+        // in the same order gives them the same ids (a JetStream stream and a deduplicating
+        // consumer drop the copies).
+        let id = match &self.origin {
+            Some(origin) => format!("{origin}.{}", msgs.len()),
+            None => crate::msg_id::new_msg_id(),
+        };
+        msg.headers.insert(headers::MSG_ID, id);
+        msgs.push(msg);
     }
 }
 
@@ -113,6 +154,7 @@ impl<T> Envelope<T> {
                 settle: Settle {
                     delivered,
                     acker: acker.map(|a| Arc::new(Mutex::new(Some(a)))),
+                    outputs: None,
                 },
             },
         )
@@ -128,6 +170,77 @@ impl<T> Envelope<T> {
         acker: Option<Acker>,
     ) -> Self {
         Envelope::received(body, msg.subject, msg.reply, msg.headers, delivered, acker)
+    }
+
+    /// Gives the envelope of a deduplicating handler's attempt the collector its
+    /// [`publish`](Envelope::publish) writes to.
+    pub(crate) fn with_outputs(mut self, outputs: Arc<Outputs>) -> Self {
+        self.1.settle.outputs = Some(outputs);
+        self
+    }
+
+    /// Publishes `msg` as part of handling this message (consume and produce as one step), in
+    /// a handler with [`HandlerOptions::dedupe`](crate::HandlerOptions::dedupe).
+    ///
+    /// Nothing leaves at once: the message is collected, and after the handler returns `Ok`
+    /// it is queued in the outbox **in the same transaction** as the handler's inbox
+    /// completion; only then is the incoming message acknowledged. A handler that fails (or
+    /// panics) publishes nothing, and after a crash between the commit and the ack the inbox
+    /// skips the redelivered copy: every output is queued exactly once. The `n`-th message
+    /// published while handling the message with id `id` gets the id `id.n`, so a re-run that
+    /// publishes the same messages in the same order gives them the same ids. Without an
+    /// outbox (the local broker) the outputs are published after `Ok`, one by one, best
+    /// effort (see [`inbox`](crate::HandlerOptions::dedupe)).
+    ///
+    /// Refused with [`Error::Config`] on an envelope not from a deduplicating handler (a
+    /// subscription's, or a handler's without `dedupe`): publish through the `Bus` there. Bad
+    /// subjects and headers are refused here, before anything is collected.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// use std::time::Duration;
+    /// use bus::{HandlerOptions, Message};
+    /// #[derive(serde::Serialize, serde::Deserialize, Message)]
+    /// #[subject("plugin.inbound.<channel>")]
+    /// struct Task { channel: String, text: String }
+    /// #[derive(serde::Serialize, serde::Deserialize, Message)]
+    /// #[subject("agent.events.<channel>")]
+    /// struct Answer { channel: String, text: String }
+    ///
+    /// let bus = bus::Bus::local().await?;
+    /// let options = HandlerOptions::named("agent").dedupe(Duration::from_secs(3600));
+    /// let agent = bus.handle_with(Task::filter(), options, |task| async move {
+    ///     let answer = Answer { channel: task.channel.clone(), text: task.text.to_uppercase() };
+    ///     task.publish(&answer) // committed with the completion, after Ok
+    /// }).await?;
+    /// # agent.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn publish<N: Message>(&self, msg: &N) -> Result<()> {
+        self.publish_with_headers(msg, Headers::new())
+    }
+
+    /// [`publish`](Envelope::publish) with headers.
+    pub fn publish_with_headers<N: Message>(&self, msg: &N, headers: Headers) -> Result<()> {
+        let Some(outputs) = &self.1.settle.outputs else {
+            return Err(Error::Config(
+                "Envelope::publish works only in a handler with HandlerOptions::dedupe (which \
+                 commits what the handler publishes with its completion); publish through the \
+                 Bus here"
+                    .into(),
+            ));
+        };
+        let subject = msg.subject()?;
+        crate::raw::check_subject(&subject)?;
+        headers.check()?;
+        outputs.push(RawMessage {
+            subject,
+            reply: None,
+            headers,
+            payload: crate::codec::encode(msg, N::TYPE_NAME)?,
+        });
+        Ok(())
     }
 
     /// The message.

@@ -185,6 +185,7 @@ mod error;
 pub mod handler;
 pub mod headers;
 mod health;
+mod inbox;
 mod incoming;
 mod local;
 mod message;

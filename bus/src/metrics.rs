@@ -17,6 +17,8 @@
 //! | `bus_slow_consumer_drops_total` | counter | `type`, `subject` | messages the broker dropped because a subscription or handler fell behind |
 //! | `bus_handler_attempts_total` | counter | `handler`, `type` | runs of a handler on a message (retries included) |
 //! | `bus_handler_failures_total` | counter | `handler`, `type` | runs that returned `Err` or panicked |
+//! | `bus_handler_duplicates_total` | counter | `handler`, `type` | messages a deduplicating handler skipped (finished within its window, or a copy in progress) |
+//! | `bus_handler_without_msg_id_total` | counter | `handler`, `type` | messages a deduplicating handler ran without dedupe: they carry no msg id |
 //! | `bus_request_duration_seconds` | histogram | `type`, `subject`, `outcome` | request round trips; `outcome` is `ok`, `timeout`, `remote_error` or `error` |
 //!
 //! # When a recorder is installed
@@ -280,6 +282,8 @@ mod imp {
         attempts: Counter,
         failures: Counter,
         dead_lettered: Counter,
+        duplicates: Counter,
+        without_msg_id: Counter,
     }
 
     impl std::fmt::Debug for HandlerMetrics {
@@ -300,6 +304,8 @@ mod imp {
                 attempts: counter!("bus_handler_attempts_total", &labels),
                 failures: counter!("bus_handler_failures_total", &labels),
                 dead_lettered: counter!("bus_dead_lettered_total", "origin" => origin.to_owned()),
+                duplicates: counter!("bus_handler_duplicates_total", &labels),
+                without_msg_id: counter!("bus_handler_without_msg_id_total", &labels),
             }
         }
 
@@ -316,6 +322,18 @@ mod imp {
         #[inline]
         pub(crate) fn dead_lettered(&self) {
             self.dead_lettered.increment(1);
+        }
+
+        /// A deduplicating handler skipped a duplicate.
+        #[inline]
+        pub(crate) fn duplicate(&self) {
+            self.duplicates.increment(1);
+        }
+
+        /// A deduplicating handler ran a message without a msg id.
+        #[inline]
+        pub(crate) fn without_msg_id(&self) {
+            self.without_msg_id.increment(1);
         }
     }
 
@@ -397,6 +415,10 @@ mod noop {
         pub(crate) fn failure(&self) {}
         #[inline]
         pub(crate) fn dead_lettered(&self) {}
+        #[inline]
+        pub(crate) fn duplicate(&self) {}
+        #[inline]
+        pub(crate) fn without_msg_id(&self) {}
     }
 
     #[cfg(feature = "outbox")]

@@ -1,6 +1,7 @@
 //! The scenarios, grouped by backend. Each implements [`Rounds`](crate::runner::Rounds): a
 //! baseline round and a bus round of the same work.
 
+pub mod dedupe;
 pub mod jetstream;
 pub mod local;
 pub mod nats;

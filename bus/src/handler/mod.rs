@@ -63,6 +63,49 @@
 //!   are in memory: a message being retried when the process dies is gone (at most once across
 //!   a crash, as core NATS is). A durable handler (a filter with `.durable(name)`, see
 //!   [`durable`](crate::durable)) fixes both.
+//!
+//! # Effects once: the inbox
+//!
+//! A durable handler is at-least-once: after a crash between its work and its ack, or when an
+//! outbox resend arrives whose first copy already did, it runs twice.
+//! [`HandlerOptions::dedupe`] closes that: a message whose msg id the handler (by name) already
+//! finished within the window is acknowledged without running again, across redeliveries,
+//! outbox resends and, with an outbox file, restarts; [`Handler::stats`] counts what was
+//! skipped ([`HandlerStats::duplicates_skipped`]) and the messages that carry no id and were
+//! run as without dedupe ([`HandlerStats::without_msg_id`]). Completions are kept in the outbox
+//! file's `inbox` table when there is one (`bus outbox stats FILE` shows its size), otherwise in
+//! bounded memory (100,000 per handler; nothing survives a restart).
+//!
+//! **Consume and produce as one step**: in such a handler, [`Envelope::publish`] collects
+//! messages; after `Ok` they are queued in the outbox in the same SQLite transaction as the
+//! completion, and only then is the incoming message acknowledged. A failed attempt publishes
+//! nothing; a crash after the commit is answered by the inbox when the message comes again. So
+//! every output is queued exactly once, with an id derived from the incoming message's
+//! (`<id>.<n>`), the same on a re-run. Without an outbox the outputs are published after `Ok`,
+//! best effort.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), bus::Error> {
+//! # use bus::Message;
+//! # #[derive(Debug, serde::Serialize, serde::Deserialize, Message)]
+//! # #[subject("plugin.outbound.<channel>.<instance>")]
+//! # pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
+//! use std::time::Duration;
+//! use bus::{Headers, HandlerOptions};
+//! let bus = bus::Bus::local().await?;
+//! let options = HandlerOptions::named("sender").dedupe(Duration::from_secs(600));
+//! let sender = bus.handle_with(Outbound::filter(), options, |_msg| async { Ok::<_, String>(()) }).await?;
+//! let msg = Outbound { channel: "slack".into(), instance: "a".into(), text: "hi".into() };
+//! let mut id = Headers::new();
+//! id.insert("Nats-Msg-Id", "order-17");
+//! bus.publish_with_headers(&msg, id.clone()).await?;
+//! bus.publish_with_headers(&msg, id).await?; // the same message again: skipped
+//! sender.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Envelope::publish`]: crate::Envelope::publish
 
 mod options;
 mod run;
@@ -82,6 +125,7 @@ pub use self::stats::HandlerStats;
 use crate::dead_letter::DeadLetterSink;
 use crate::durable::DurableSubscription;
 use crate::envelope::Envelope;
+use crate::inbox::Inbox;
 use crate::incoming::Incoming;
 use crate::raw::RawSubscription;
 use crate::stop::{Running, StopSignal};
@@ -151,6 +195,7 @@ pub(crate) fn spawn<M, F, Fut, E>(
     source: Source,
     options: HandlerOptions,
     sink: DeadLetterSink,
+    inbox: Option<Arc<Inbox>>,
     (running, closing): (tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>),
     handler: F,
 ) -> Handler
@@ -160,14 +205,11 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + Send + 'static,
 {
-    let name = options
-        .name
-        .clone()
-        .unwrap_or_else(|| M::TYPE_NAME.to_owned());
+    let name = options.handler_name::<M>();
     let stats = Arc::new(HandlerStats::default());
     #[cfg(feature = "testing")]
     let _ = stats.faults.name.set(name.clone());
-    let run = Run::new(handler, &options, &name, Arc::clone(&stats), sink);
+    let run = Run::new(handler, &options, &name, Arc::clone(&stats), sink, inbox);
     let ordered = options.ordered;
     let running = Running::spawn(move |stopped, in_flight| async move {
         let _running = running;

@@ -23,6 +23,9 @@ pub struct HandlerOptions {
     pub(super) retry: RetryPolicy,
     pub(super) durable: Option<String>,
     pub(super) ack_wait: Duration,
+    // Effects once (the inbox).
+    pub(super) dedupe: Option<Duration>,
+    pub(super) dedupe_shared: bool,
 }
 
 /// Messages handled at once by default: enough to overlap I/O-bound handlers, few enough that
@@ -38,6 +41,8 @@ impl Default for HandlerOptions {
             retry: RetryPolicy::default(),
             durable: None,
             ack_wait: crate::durable::DEFAULT_ACK_WAIT,
+            dedupe: None,
+            dedupe_shared: false,
         }
     }
 }
@@ -108,6 +113,80 @@ impl HandlerOptions {
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait.max(Duration::from_millis(1));
         self
+    }
+
+    // Effects once: the inbox.
+
+    /// Deduplicates by msg id: a message whose id this handler already finished within `window`
+    /// is acknowledged (durable) or dropped (plain) without running the handler again, whether
+    /// it comes back as a redelivery, an outbox resend or after a restart of the process (with
+    /// an outbox file), and counted in [`HandlerStats::duplicates_skipped`]. Messages without a
+    /// msg id are handled as without `dedupe` and counted in
+    /// [`HandlerStats::without_msg_id`]. Inside the handler, [`Envelope::publish`] queues
+    /// messages in the same transaction as the completion (consume and produce as one step).
+    ///
+    /// Completions live in the outbox file's `inbox` table when the bus has an outbox (every
+    /// NATS bus by default), pruned past `window`; otherwise in memory, at most 100,000 per
+    /// handler, forgotten at a restart. The handler's name is the key: two handlers with one
+    /// name share completions. See the [`inbox`](crate::handler#effects-once-the-inbox) notes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus::HandlerOptions;
+    /// let options = HandlerOptions::named("billing").dedupe(Duration::from_secs(24 * 3600));
+    /// assert_eq!(options.dedupe_window(), Some(Duration::from_secs(24 * 3600)));
+    /// ```
+    ///
+    /// [`HandlerStats::duplicates_skipped`]: crate::HandlerStats::duplicates_skipped
+    /// [`HandlerStats::without_msg_id`]: crate::HandlerStats::without_msg_id
+    /// [`Envelope::publish`]: crate::Envelope::publish
+    pub fn dedupe(mut self, window: Duration) -> Self {
+        self.dedupe = Some(window);
+        self
+    }
+
+    /// [`dedupe`](HandlerOptions::dedupe) shared by every instance of the handler (a queue
+    /// group spread over processes), on NATS: each message is claimed in a JetStream key-value
+    /// bucket `bus_inbox_<name>` (entries kept `window`) before it runs, so two instances never
+    /// both run one message; the local inbox (outbox file or memory) is kept too. A claim lasts
+    /// the [ack wait](HandlerOptions::ack_wait): an instance that died mid-handler leaves a claim
+    /// that another instance takes over when the message reaches it after that; a copy that
+    /// reaches another instance while the claim is live waits there until it is done (then
+    /// skipped) or expired. Refused on a broker without JetStream key-value.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus::HandlerOptions;
+    /// let options = HandlerOptions::named("billing")
+    ///     .durable("billing")
+    ///     .dedupe_shared(Duration::from_secs(24 * 3600));
+    /// assert!(options.is_dedupe_shared());
+    /// ```
+    pub fn dedupe_shared(mut self, window: Duration) -> Self {
+        self.dedupe = Some(window);
+        self.dedupe_shared = true;
+        self
+    }
+
+    /// Whether [`dedupe_shared`](HandlerOptions::dedupe_shared) is on.
+    pub fn is_dedupe_shared(&self) -> bool {
+        self.dedupe_shared && self.dedupe.is_some()
+    }
+
+    /// The ack wait of a durable handler (how long a shared inbox claim lasts).
+    #[cfg(feature = "nats")]
+    pub(crate) fn ack_wait_value(&self) -> Duration {
+        self.ack_wait
+    }
+
+    /// The dedupe window, if [`dedupe`](HandlerOptions::dedupe) is on.
+    pub fn dedupe_window(&self) -> Option<Duration> {
+        self.dedupe
+    }
+
+    /// The name of a handler of `M` with these options: the one set, or the type's.
+    pub(crate) fn handler_name<M: crate::incoming::Incoming>(&self) -> String {
+        self.name.clone().unwrap_or_else(|| M::TYPE_NAME.to_owned())
     }
 
     /// The durable consumer this handler runs on: `durable` on `pattern`, max_deliver the

@@ -19,7 +19,9 @@ use super::slots::{Slot, Slots};
 use super::stats::HandlerStats;
 use crate::dead_letter::{DeadLetterSink, Failed};
 use crate::durable::{Acker, Delivery};
-use crate::envelope::{Delivered, Envelope};
+use crate::envelope::{Delivered, Envelope, Outputs};
+use crate::headers::Headers;
+use crate::inbox::{Claim, Inbox};
 use crate::incoming::Incoming;
 use crate::raw::{RawMessage, SubscriptionStats};
 use crate::retry::RetryPolicy;
@@ -41,6 +43,8 @@ pub(super) struct Run<M, F> {
     progress_every: Duration,
     /// The concurrency bound (unused in ordered mode).
     slots: Slots,
+    /// With [`HandlerOptions::dedupe`]: the completions, and where outputs go.
+    inbox: Option<Arc<Inbox>>,
     _type: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -52,6 +56,7 @@ impl<M: Incoming, F> Run<M, F> {
         name: &str,
         stats: Arc<HandlerStats>,
         sink: DeadLetterSink,
+        inbox: Option<Arc<Inbox>>,
     ) -> Self {
         let origin = format!("handler:{name}");
         Run {
@@ -63,6 +68,7 @@ impl<M: Incoming, F> Run<M, F> {
             sink,
             progress_every: (options.ack_wait / 2).min(Duration::from_secs(1)),
             slots: Slots::new(options.effective_concurrency()),
+            inbox,
             _type: std::marker::PhantomData,
         }
     }
@@ -172,6 +178,11 @@ where
             let all = Arc::clone(self).attempts(msg, slot, Keep::default(), First::NotYet);
             return Some(Box::pin(all.instrument(span)));
         }
+        if self.inbox.is_some() {
+            // The inbox is asked first: no inline attempt.
+            let all = Arc::clone(self).attempts(msg, slot, Keep::default(), First::NotYet);
+            return Some(Box::pin(all));
+        }
         let mut keep = Keep::new(std::mem::take(subject));
         let env = match self.envelope(&mut msg, &mut keep, Delivered::Plain) {
             Ok(env) => env,
@@ -219,6 +230,12 @@ where
         mut first: First<Fut>,
     ) {
         let mut slot = slot.then(|| Slot(&self.slots));
+        let claim = match self.claim(&msg.headers).await {
+            Claimed::Run(claim) => claim,
+            Claimed::Duplicate => return,
+            Claimed::Failed(error) => return self.give_up(msg, 1, error),
+        };
+        let id = claim.as_ref().map(ClaimGuard::id);
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -231,7 +248,10 @@ where
                     }
                 },
                 First::Failed(error) => error,
-                First::NotYet => match self.attempt(&mut msg, &mut keep, Delivered::Plain).await {
+                First::NotYet => match self
+                    .attempt(&mut msg, &mut keep, Delivered::Plain, id)
+                    .await
+                {
                     Attempt::Done => return,
                     Attempt::Undecodable(error) => return self.give_up(msg, attempts, error),
                     Attempt::Failed(error) => error,
@@ -254,19 +274,71 @@ where
         }
     }
 
-    /// One run of the handler on `msg`, counted (see [`envelope`](Self::envelope)).
+    /// What the inbox says of a message before its first attempt (see [`Inbox::claim`]):
+    /// a duplicate is counted here; `Run(None)`: no inbox, or no msg id (counted).
+    async fn claim(&self, headers: &Headers) -> Claimed {
+        let Some(inbox) = &self.inbox else {
+            return Claimed::Run(None);
+        };
+        let Some(id) = crate::headers::msg_id(headers) else {
+            self.stats.without_msg_id.fetch_add(1, Ordering::Relaxed);
+            self.metrics.without_msg_id();
+            return Claimed::Run(None);
+        };
+        match inbox.claim(id).await {
+            Ok(Claim::Run) => Claimed::Run(Some(ClaimGuard {
+                inbox: Arc::clone(inbox),
+                id: id.to_owned(),
+            })),
+            Ok(Claim::Duplicate) => {
+                self.stats.did_skip_duplicate();
+                self.metrics.duplicate();
+                tracing::debug!(msg_id = %id, handler = %self.origin, "duplicate skipped");
+                Claimed::Duplicate
+            }
+            Err(e) => Claimed::Failed(format!("cannot read the handler's inbox: {e}")),
+        }
+    }
+
+    /// One run of the handler on `msg`, counted (see [`envelope`](Self::envelope)). With an
+    /// inbox, what the handler published through its envelope is committed with its completion
+    /// of `id` after `Ok` (a commit that fails is a failed attempt that published nothing).
     async fn attempt(
         &self,
         msg: &mut RawMessage,
         keep: &mut Keep,
         delivered: Delivered,
+        id: Option<&str>,
     ) -> Attempt {
         let env = match self.envelope(msg, keep, delivered) {
             Ok(env) => env,
             Err(error) => return Attempt::Undecodable(error),
         };
         self.metrics.attempt();
-        let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
+        let outcome = match &self.inbox {
+            None => AssertUnwindSafe((self.handler)(env)).catch_unwind().await,
+            Some(inbox) => {
+                let outputs = Outputs::new(id);
+                let env = env.with_outputs(Arc::clone(&outputs));
+                let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
+                if let Ok(Ok(())) = &outcome {
+                    let mut msgs = outputs.take();
+                    for m in &mut msgs {
+                        crate::trace::inject(&mut m.headers);
+                    }
+                    if let Err(e) = inbox.complete(id, msgs).await {
+                        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.failure();
+                        keep.restore(msg);
+                        return Attempt::Failed(format!(
+                            "the handler returned Ok but its completion could not be committed \
+                             (nothing it published was queued): {e}"
+                        ));
+                    }
+                }
+                outcome
+            }
+        };
         match self.failure(outcome) {
             None => Attempt::Done,
             Some(error) => {
@@ -363,9 +435,26 @@ where
         let mut keep = Keep::default();
         let Delivery { mut message, acker } = delivery;
         let mut attempts = acker.delivered().max(1);
+        let claim = match self.claim(&message.headers).await {
+            Claimed::Run(claim) => claim,
+            Claimed::Duplicate => {
+                // Finished before (or a copy is being handled): done for this delivery.
+                return settle(acker.ack().await, &message, &self.origin);
+            }
+            Claimed::Failed(error) => {
+                tracing::warn!(subject = %message.subject, %error, handler = %self.origin, "cannot tell whether the message is a duplicate; it will be delivered again");
+                drop(slot);
+                return settle(
+                    acker.nak(self.retry.backoff(attempts)).await,
+                    &message,
+                    &self.origin,
+                );
+            }
+        };
+        let id = claim.as_ref().map(ClaimGuard::id);
         loop {
             let delivered = Delivered::Durable(attempts);
-            let error = match self.attempt(&mut message, &mut keep, delivered).await {
+            let error = match self.attempt(&mut message, &mut keep, delivered, id).await {
                 Attempt::Done => {
                     if let Err(e) = acker.ack().await {
                         tracing::warn!(subject = %keep.subject, error = %e, handler = %self.origin, "cannot acknowledge; the message will be delivered again");
@@ -406,6 +495,35 @@ where
             origin: self.origin.to_string(),
             failed_at: SystemTime::now(),
         });
+    }
+}
+
+/// What the inbox said of a message before its first attempt.
+enum Claimed {
+    /// Run it; with a claim to hold until it is finished, when the inbox dedupes it.
+    Run(Option<ClaimGuard>),
+    /// Skip it (counted).
+    Duplicate,
+    /// The inbox could not tell.
+    Failed(String),
+}
+
+/// A message marked running in the inbox; released when dropped (after a completion that is a
+/// no-op), so a copy that arrives after a failure or a handback may run.
+struct ClaimGuard {
+    inbox: Arc<Inbox>,
+    id: String,
+}
+
+impl ClaimGuard {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        self.inbox.release(&self.id);
     }
 }
 

@@ -8,6 +8,9 @@ pub struct HandlerStats {
     pub(super) handled: AtomicU64,
     pub(super) failed_attempts: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
+    // Effects once (the inbox).
+    pub(super) duplicates_skipped: AtomicU64,
+    pub(super) without_msg_id: AtomicU64,
     /// Messages taken from the subscription (a durable redelivery again); counted only with
     /// the `testing` feature, so that a handler's hot path pays nothing for it otherwise.
     #[cfg(feature = "testing")]
@@ -46,7 +49,10 @@ impl HandlerStats {
     /// (feature `testing`: what `bus::testing` waits for).
     #[cfg(feature = "testing")]
     pub fn in_flight(&self) -> u64 {
-        let done = self.handled() + self.dead_lettered() + self.requeued.load(Ordering::Relaxed);
+        let done = self.handled()
+            + self.dead_lettered()
+            + self.duplicates_skipped()
+            + self.requeued.load(Ordering::Relaxed);
         self.taken.load(Ordering::Relaxed).saturating_sub(done)
     }
 
@@ -77,6 +83,11 @@ impl HandlerStats {
         self.handled.fetch_add(1, Ordering::Relaxed);
         crate::settled::poke();
     }
+    /// A duplicate was skipped by the inbox (acknowledged or dropped, never run).
+    pub(super) fn did_skip_duplicate(&self) {
+        self.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
+        crate::settled::poke();
+    }
     /// A message was dead-lettered.
     pub(super) fn did_dead_letter(&self) {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -87,5 +98,20 @@ impl HandlerStats {
         #[cfg(feature = "testing")]
         self.requeued.fetch_add(1, Ordering::Relaxed);
         crate::settled::poke();
+    }
+
+    // Effects once (the inbox).
+
+    /// Messages a deduplicating handler ([`HandlerOptions::dedupe`]) skipped: their msg id was
+    /// finished within the window, or a copy was being handled at the time. Acknowledged
+    /// (durable) or dropped (plain), never run.
+    ///
+    /// [`HandlerOptions::dedupe`]: crate::HandlerOptions::dedupe
+    pub fn duplicates_skipped(&self) -> u64 {
+        self.duplicates_skipped.load(Ordering::Relaxed)
+    }
+    /// Messages a deduplicating handler ran without dedupe because they carry no msg id.
+    pub fn without_msg_id(&self) -> u64 {
+        self.without_msg_id.load(Ordering::Relaxed)
     }
 }

@@ -79,6 +79,11 @@ pub struct NatsBroker {
 }
 
 impl NatsBroker {
+    /// A JetStream context on this connection (the shared inbox's key-value bucket).
+    pub(crate) fn jetstream_context(&self) -> async_nats::jetstream::Context {
+        self.js.context()
+    }
+
     /// The async-nats client, for the NATS service API (`bus::service`).
     pub(crate) fn client(&self) -> &Client {
         &self.client

@@ -149,13 +149,17 @@ impl OutboxFile {
     /// Depth, oldest age and dead-letter count of the queue, and the file's schema version and
     /// size on disk.
     pub fn stats(&self) -> Result<OutboxStats> {
-        let (depth, oldest, dead) = self.snapshot("cannot read the outbox stats", read::counts)?;
+        let ((depth, oldest, dead), inbox) = self
+            .snapshot("cannot read the outbox stats", |c| {
+                Ok((read::counts(c)?, read::inbox_size(c)?))
+            })?;
         Ok(OutboxStats::new(
             depth,
             oldest,
             dead,
             SCHEMA_VERSION as u32,
             read::file_size(&self.path),
+            inbox,
         ))
     }
 

@@ -246,7 +246,7 @@ pub(crate) struct Outbox {
     drainer: tokio::task::JoinHandle<()>,
     thread: Option<JoinHandle<()>>,
     /// Who decides the size a message may have (see [`PublishLimit`]).
-    limit: PublishLimit,
+    limit: Arc<PublishLimit>,
 }
 
 /// The size check at `publish`, before a message is queued: a message the server would refuse
@@ -304,6 +304,76 @@ impl PublishLimit {
     }
 }
 
+/// One handler's completions in the outbox file's `inbox` table, written through the writer
+/// thread: a completion is committed in the same transaction as the messages the handler
+/// published meanwhile ([`commit`](InboxTable::commit)).
+#[derive(Debug, Clone)]
+pub(crate) struct InboxTable {
+    writer: writer::Writer,
+    limit: Arc<PublishLimit>,
+    handler: Arc<str>,
+}
+
+impl InboxTable {
+    /// Queues `outputs` and records that this handler finished `msg_id` (if it has one) at `at`
+    /// (unix ms), in one transaction. An output over the size limit fails the whole commit before anything
+    /// is written.
+    pub(crate) async fn commit(
+        &self,
+        outputs: Vec<RawMessage>,
+        msg_id: Option<String>,
+        at: i64,
+    ) -> Result<()> {
+        for msg in &outputs {
+            self.limit.check(msg)?;
+        }
+        let done = msg_id.map(|msg_id| store::InboxRow {
+            handler: Arc::clone(&self.handler),
+            msg_id,
+            at,
+        });
+        self.writer.complete(outputs, done).await
+    }
+
+    /// The msg ids this handler finished at or after `since` (unix ms), oldest first.
+    pub(crate) async fn since(&self, since: i64) -> Result<Vec<(String, i64)>> {
+        let handler = Arc::clone(&self.handler);
+        self.writer
+            .call("cannot read the inbox", move |ctx| {
+                ctx.store.inbox_since(&handler, since)
+            })
+            .await
+    }
+
+    /// When this handler finished `msg_id` (unix ms), if it did.
+    pub(crate) async fn done_at(&self, msg_id: String) -> Result<Option<i64>> {
+        let handler = Arc::clone(&self.handler);
+        self.writer
+            .call("cannot read the inbox", move |ctx| {
+                ctx.store.inbox_done_at(&handler, &msg_id)
+            })
+            .await
+    }
+
+    /// Deletes this handler's completions older than `before` (unix ms), without waiting.
+    pub(crate) fn prune(&self, before: i64) {
+        let handler = Arc::clone(&self.handler);
+        let _ = self.writer.submit(move |ctx| {
+            if let Err(e) = ctx.store.inbox_prune(&handler, before) {
+                tracing::warn!(error = %e, handler = %handler, "cannot prune the inbox; will retry");
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for PublishLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishLimit")
+            .field("cap", &self.cap)
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
@@ -322,12 +392,12 @@ impl Outbox {
         options: OutboxOptions,
         broker: Arc<dyn Broker>,
     ) -> Result<Outbox> {
-        let limit = PublishLimit {
+        let limit = Arc::new(PublishLimit {
             broker: broker.clone(),
             state: broker.state(),
             known: Default::default(),
             cap: options.max_payload,
-        };
+        });
         let started = writer::spawn(path, options.durability).await?;
         let (done_tx, done_rx) = watch::channel(started.watermarks.done);
         let state = broker.state();
@@ -428,6 +498,15 @@ impl Outbox {
             .call("cannot read the outbox stats", |ctx| ctx.store.stats())
             .await
     }
+    /// The inbox table of handler `handler` in this file (see [`InboxTable`]).
+    pub(crate) fn inbox_table(&self, handler: &str) -> InboxTable {
+        InboxTable {
+            writer: self.writer.clone(),
+            limit: Arc::clone(&self.limit),
+            handler: Arc::from(handler),
+        }
+    }
+
     /// The file, for the metrics' `outbox` label.
     pub(crate) fn path(&self) -> &std::path::Path {
         self.writer.path()

@@ -233,6 +233,19 @@ pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>, u
     Ok((depth, oldest, dead_letter_count(conn)?))
 }
 
+/// Rows in the `inbox` table (0 when the file has none yet).
+pub(crate) fn inbox_size(conn: &Connection) -> rusqlite::Result<u64> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'inbox'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
+}
+
 /// Bytes the outbox takes on disk: the file and its write-ahead log.
 pub(crate) fn file_size(path: &Path) -> u64 {
     let mut wal = path.as_os_str().to_owned();

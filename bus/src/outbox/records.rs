@@ -21,6 +21,9 @@ pub struct OutboxStats {
     pub schema_version: u32,
     /// Bytes the outbox takes on disk: the file and its write-ahead log.
     pub file_size: u64,
+    /// Completions in the `inbox` table: messages deduplicating handlers finished within their
+    /// window (see [`HandlerOptions::dedupe`](crate::HandlerOptions::dedupe)).
+    pub inbox: u64,
 }
 
 impl OutboxStats {
@@ -30,6 +33,7 @@ impl OutboxStats {
         dead_letters: u64,
         schema_version: u32,
         file_size: u64,
+        inbox: u64,
     ) -> Self {
         OutboxStats {
             depth,
@@ -37,6 +41,7 @@ impl OutboxStats {
             dead_letters,
             schema_version,
             file_size,
+            inbox,
         }
     }
 }

@@ -113,6 +113,21 @@ CREATE INDEX IF NOT EXISTS operator_requests_pending
     ON operator_requests (id) WHERE done_at IS NULL;
 ";
 
+/// The handlers' inbox (`inbox`): one row per message a deduplicating handler finished
+/// (`handler`, `msg_id`, `done_at` in unix ms), written in the same transaction as what the
+/// handler published through its envelope (see [`inbox`](crate::inbox)), and pruned past the
+/// handler's window. Like `operator_requests`, not part of the checked layout and created at
+/// open if missing, so a file with or without it is still a version-3 file.
+pub(crate) const INBOX: &str = "
+CREATE TABLE IF NOT EXISTS inbox (
+    handler TEXT    NOT NULL,
+    msg_id  TEXT    NOT NULL,
+    done_at INTEGER NOT NULL,
+    PRIMARY KEY (handler, msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_done ON inbox (handler, done_at);
+";
+
 /// The column layout of a table: name, declared type, NOT NULL, primary key position.
 type Columns = Vec<(String, String, bool, i64)>;
 

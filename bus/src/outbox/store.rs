@@ -11,7 +11,9 @@ use super::encoding::{encode_headers, json_text};
 use super::io::{create_private, io_err, now_ms, sql_err};
 use super::lock::{refuse_hard_links, FileLock};
 use super::records::OutboxStats;
-use super::schema::{self, Found, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS};
+use super::schema::{
+    self, Found, INBOX, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS,
+};
 use super::{migrate, read};
 use crate::broker::RawMessage;
 use crate::dead_letter::DeadLetter;
@@ -282,7 +284,10 @@ impl Store {
             .map_err(|e| sql_err(&p, "cannot create the outbox views", e))?;
         self.conn
             .execute_batch(REQUESTS)
-            .map_err(|e| sql_err(&p, "cannot create the operator requests table", e))
+            .map_err(|e| sql_err(&p, "cannot create the operator requests table", e))?;
+        self.conn
+            .execute_batch(INBOX)
+            .map_err(|e| sql_err(&p, "cannot create the inbox table", e))
     }
 
     /// The committed and done watermarks of a freshly opened queue.
@@ -303,10 +308,12 @@ impl Store {
         })
     }
 
-    /// Inserts `msgs` in one transaction; returns the id of the first (the others follow it).
+    /// Inserts `msgs` and the inbox completions `done` in one transaction; returns the id of
+    /// the first message (the others follow it).
     pub(crate) fn insert_all<'a>(
         &mut self,
         msgs: impl Iterator<Item = &'a RawMessage>,
+        done: &[InboxRow],
     ) -> rusqlite::Result<i64> {
         let first = self.last_id + 1;
         let mut id = self.last_id;
@@ -355,6 +362,14 @@ impl Store {
             }
             tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
                 .execute([id])?;
+            if !done.is_empty() {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO inbox (handler, msg_id, done_at) VALUES (?1, ?2, ?3)",
+                )?;
+                for row in done {
+                    insert.execute(params![&*row.handler, row.msg_id, row.at])?;
+                }
+            }
         }
         tx.commit()?;
         self.last_id = id;
@@ -563,8 +578,53 @@ impl Store {
             dead_letters,
             SCHEMA_VERSION as u32,
             read::file_size(&self.path),
+            read::inbox_size(&self.conn)?,
         ))
     }
+}
+
+/// The inbox (see [`INBOX`]).
+impl Store {
+    /// The msg ids handler `handler` finished at or after `since` (unix ms), oldest first.
+    pub(crate) fn inbox_since(
+        &self,
+        handler: &str,
+        since: i64,
+    ) -> rusqlite::Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT msg_id, done_at FROM inbox WHERE handler = ?1 AND done_at >= ?2 ORDER BY done_at",
+        )?;
+        let rows = stmt.query_map(params![handler, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// When handler `handler` finished `msg_id` (unix ms), if it did.
+    pub(crate) fn inbox_done_at(
+        &self,
+        handler: &str,
+        msg_id: &str,
+    ) -> rusqlite::Result<Option<i64>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .prepare_cached("SELECT done_at FROM inbox WHERE handler = ?1 AND msg_id = ?2")?
+            .query_row(params![handler, msg_id], |r| r.get(0))
+            .optional()
+    }
+
+    /// Deletes handler `handler`'s completions older than `before` (unix ms); returns how many.
+    pub(crate) fn inbox_prune(&mut self, handler: &str, before: i64) -> rusqlite::Result<usize> {
+        self.conn
+            .prepare_cached("DELETE FROM inbox WHERE handler = ?1 AND done_at < ?2")?
+            .execute(params![handler, before])
+    }
+}
+
+/// One inbox completion: handler `handler` finished the message `msg_id` at `at` (unix ms).
+#[derive(Debug, Clone)]
+pub(crate) struct InboxRow {
+    pub(crate) handler: std::sync::Arc<str>,
+    pub(crate) msg_id: String,
+    pub(crate) at: i64,
 }
 
 /// The transaction of [`Store::with_replays`].

@@ -650,7 +650,7 @@ fn confirmed_rows_left_in_the_file_are_never_resent() {
     {
         let mut st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
         let msgs: Vec<RawMessage> = (0..10).map(|i| msg("a", format!("{i}"))).collect();
-        assert_eq!(st.insert_all(msgs.iter()).unwrap(), 1);
+        assert_eq!(st.insert_all(msgs.iter(), &[]).unwrap(), 1);
         st.mark_done(6).unwrap();
         assert_eq!(st.page(0, 100).unwrap().rows.first().map(|r| r.id), Some(7));
         assert_eq!(st.stats().unwrap().depth, 4);
@@ -674,7 +674,7 @@ fn confirmed_rows_left_in_the_file_are_never_resent() {
     assert!(!st.tidy(2).unwrap());
     assert_eq!(rows_in_file(&st), 0);
     // Ids keep counting after the queue emptied.
-    assert_eq!(st.insert_all([msg("a", "x")].iter()).unwrap(), 11);
+    assert_eq!(st.insert_all([msg("a", "x")].iter(), &[]).unwrap(), 11);
 }
 
 #[test]
@@ -686,8 +686,8 @@ fn a_large_group_is_stored_in_order_and_intact() {
     let msgs: Vec<RawMessage> = (0..150)
         .map(|i| msg(&format!("s.{i}"), "x".repeat(i)))
         .collect();
-    assert_eq!(st.insert_all(msgs.iter()).unwrap(), 1);
-    assert_eq!(st.insert_all(msgs[..3].iter()).unwrap(), 151);
+    assert_eq!(st.insert_all(msgs.iter(), &[]).unwrap(), 1);
+    assert_eq!(st.insert_all(msgs[..3].iter(), &[]).unwrap(), 151);
     let page = st.page(0, 1000).unwrap();
     assert_eq!(
         (page.rows.len(), page.scanned, page.last),
@@ -719,7 +719,7 @@ fn rows_are_stored_in_columns_the_sqlite_shell_can_read() {
     let mut m = msg("a.b", "p");
     m.headers.append("X-Tenant", "café \"q\"");
     m.reply = Some("_INBOX.1".into());
-    let id = st.insert_all([m.clone()].iter()).unwrap();
+    let id = st.insert_all([m.clone()].iter(), &[]).unwrap();
     let (subject, reply, tenant, payload_type, payload): (String, String, String, String, Vec<u8>) =
         st.conn
             .query_row(
@@ -885,7 +885,7 @@ async fn undecodable_rows_are_dead_lettered_once_and_the_queue_goes_on() {
     {
         let mut st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
         let msgs: Vec<RawMessage> = (1..=n).map(|i| msg("q", format!("{i}"))).collect();
-        st.insert_all(msgs.iter()).unwrap();
+        st.insert_all(msgs.iter(), &[]).unwrap();
         for (id, how) in bad {
             corrupt(&st.conn, id, how);
         }

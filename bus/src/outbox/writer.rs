@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::io::{sql_detail, sql_err};
-use super::store::{Durability, Row, Store, Watermarks};
+use super::store::{Durability, InboxRow, Row, Store, Watermarks};
 use crate::broker::RawMessage;
 use crate::error::{Error, Result};
 
@@ -168,8 +168,13 @@ impl Ctx {
 
 type Op = Box<dyn FnOnce(&mut Ctx) + Send>;
 
+type Reply = oneshot::Sender<Result<()>>;
+
 enum Command {
-    Enqueue(RawMessage, oneshot::Sender<Result<()>>),
+    Enqueue(RawMessage, Reply),
+    /// A handler's outputs and its inbox completion, committed together (see
+    /// [`Writer::complete`]).
+    Complete(Vec<RawMessage>, Option<InboxRow>, Reply),
     Op(Op),
     Shutdown,
 }
@@ -265,8 +270,23 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
     })
 }
 
+/// What the next group commit holds: queued messages (each answered, unless it is a handler's
+/// output) and inbox completions (each answered once, with its outputs).
+#[derive(Default)]
+struct Group {
+    msgs: Vec<(RawMessage, Option<Reply>)>,
+    done: Vec<InboxRow>,
+    done_replies: Vec<Reply>,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.msgs.len() + self.done_replies.len()
+    }
+}
+
 fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
-    let mut group: Vec<(RawMessage, oneshot::Sender<Result<()>>)> = Vec::new();
+    let mut group = Group::default();
     loop {
         // Replays and purges asked through the file, every 500 ms, busy or idle.
         if let Some(last) = ctx.requests.poll(&mut ctx.store) {
@@ -293,7 +313,15 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
         while let Some(cmd) = next.take() {
             match cmd {
                 Command::Enqueue(msg, reply) => {
-                    group.push((msg, reply));
+                    group.msgs.push((msg, Some(reply)));
+                    if group.len() >= MAX_GROUP {
+                        commit_group(&mut ctx, &mut group);
+                    }
+                }
+                Command::Complete(outputs, done, reply) => {
+                    group.msgs.extend(outputs.into_iter().map(|m| (m, None)));
+                    group.done.extend(done);
+                    group.done_replies.push(reply);
                     if group.len() >= MAX_GROUP {
                         commit_group(&mut ctx, &mut group);
                     }
@@ -314,14 +342,18 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
     }
 }
 
-fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Result<()>>)>) {
-    if group.is_empty() {
+fn commit_group(ctx: &mut Ctx, group: &mut Group) {
+    if group.len() == 0 {
         return;
     }
-    let batch = std::mem::take(group);
+    let Group {
+        msgs: batch,
+        done,
+        done_replies,
+    } = std::mem::take(group);
     ctx.last_busy = std::time::Instant::now();
-    let _span = tracing::trace_span!("outbox_commit", n = batch.len()).entered();
-    match ctx.store.insert_all(batch.iter().map(|(m, _)| m)) {
+    let _span = tracing::trace_span!("outbox_commit", n = batch.len(), done = done.len()).entered();
+    match ctx.store.insert_all(batch.iter().map(|(m, _)| m), &done) {
         Ok(first) => {
             ctx.commits += 1;
             let last = first + batch.len() as i64 - 1;
@@ -349,7 +381,7 @@ fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Resu
                 }
             }
             ctx.shared.notify.notify_one();
-            for reply in replies {
+            for reply in replies.into_iter().flatten().chain(done_replies) {
                 let _ = reply.send(Ok(()));
             }
         }
@@ -358,7 +390,8 @@ fn commit_group(ctx: &mut Ctx, group: &mut Vec<(RawMessage, oneshot::Sender<Resu
             tracing::error!(path = %path.display(), error = %e, n = batch.len(), "outbox commit failed; the messages were not queued");
             let detail = sql_detail("cannot queue the message", &e);
             let mut first = Some(e);
-            for (_, reply) in batch {
+            let replies = batch.into_iter().filter_map(|(_, r)| r);
+            for reply in replies.chain(done_replies) {
                 // rusqlite errors are not Clone: the first caller gets the source, all get the text.
                 let source = first
                     .take()
@@ -387,6 +420,20 @@ impl Writer {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Enqueue(msg, tx))
+            .map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Queues a handler's `outputs` and records its inbox completion `done` in one
+    /// transaction; returns once it is committed (all of it, or, on `Err`, none of it).
+    pub(crate) async fn complete(
+        &self,
+        outputs: Vec<RawMessage>,
+        done: Option<InboxRow>,
+    ) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Complete(outputs, done, tx))
             .map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
     }

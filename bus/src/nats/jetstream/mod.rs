@@ -131,6 +131,11 @@ impl JetStream {
         }
     }
 
+    /// The JetStream context (what the shared inbox makes its key-value bucket with).
+    pub(crate) fn context(&self) -> jetstream::Context {
+        self.context.clone()
+    }
+
     /// Whether any stream was declared: if not, nothing goes through JetStream.
     #[inline]
     pub(crate) fn routes_anything(&self) -> bool {
