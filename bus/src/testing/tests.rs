@@ -253,6 +253,49 @@ async fn duplicates_make_a_non_idempotent_handlers_double_effect_visible() {
     assert_eq!(effects.load(Ordering::SeqCst), 2);
 }
 
+/// The same duplicates through a `dedupe` handler: the second copy is skipped by the inbox, so
+/// the effect happens once, and the stats account for the skipped copy.
+#[tokio::test(start_paused = true)]
+async fn duplicates_through_a_dedupe_handler_have_one_effect() {
+    let t = TestBus::start().await.unwrap();
+    t.broker().duplicate_deliveries(true);
+    let effects = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&effects);
+    let h = t
+        .bus()
+        .handle_with(
+            Order::filter(),
+            crate::HandlerOptions::named("once").dedupe(std::time::Duration::from_secs(60)),
+            move |_o| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, Error>(()) }
+            },
+        )
+        .await
+        .unwrap();
+    for (i, id) in ["m-1", "m-2"].iter().enumerate() {
+        t.bus()
+            .publish_raw(
+                crate::RawMessage::new(
+                    "plugin.inbound.a",
+                    crate::codec::encode(&order("a", i as u64), Order::TYPE_NAME).unwrap(),
+                )
+                .with_headers({
+                    let mut h = crate::Headers::new();
+                    h.append(crate::headers::MSG_ID, *id);
+                    h
+                }),
+            )
+            .await
+            .unwrap();
+    }
+    t.wait_idle().await;
+    assert_eq!(t.consumed::<Order>().len(), 4, "every copy was delivered");
+    assert_eq!(effects.load(Ordering::SeqCst), 2, "one effect per msg id");
+    assert_eq!(h.stats().handled(), 2);
+    assert_eq!(h.stats().duplicates_skipped(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn failed_publishes_and_a_disconnect_fail_direct_publishes() {
     let t = TestBus::start().await.unwrap();
