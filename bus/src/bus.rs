@@ -545,6 +545,7 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        options.check_key::<M>()?;
         let tracked = self.track()?;
         let durable = options.durable_name().or(filter.durable_name());
         let source = match durable {
