@@ -74,7 +74,7 @@ async fn against_a_running_service_stats_replay_and_tap() {
     assert!(stats["depth"].as_u64().unwrap() >= 5, "{stats}");
     assert!(stats["oldest_age_ms"].is_u64(), "{stats}");
     assert_eq!(stats["dead_letters"], 1);
-    assert_eq!(stats["schema_version"], 3);
+    assert_eq!(stats["schema_version"], 4);
     let queued = bus(&["outbox", "list", file, "--json", "--limit", "100000"])
         .await
         .expect(0)
