@@ -338,6 +338,7 @@ impl Bus {
     /// # #[subject("plugin.outbound.<channel>.<instance>")]
     /// # pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
     /// use std::time::Duration;
+    /// use futures::StreamExt;
     /// let bus = bus::Bus::local().await?;
     /// let mut sub = bus.subscribe(Outbound::filter().channel("slack")).await?;
     /// let reminder = Outbound { channel: "slack".into(), instance: "a".into(), text: "later".into() };
