@@ -27,9 +27,7 @@ use crate::msg_id;
 use crate::nats::NatsBroker;
 #[cfg(feature = "outbox")]
 use crate::outbox::{Outbox, OutboxStats};
-#[cfg(feature = "outbox")]
-use crate::raw::check_subject;
-use crate::raw::{RawMessage, RawSubscription};
+use crate::raw::{check_subject, RawMessage, RawSubscription};
 use crate::respond::{Responder, ServeHandle};
 use crate::subscription::Subscription;
 

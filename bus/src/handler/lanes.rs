@@ -26,6 +26,9 @@ use rustc_hash::FxBuildHasher;
 
 use super::slots::Slots;
 
+/// A key function on a decoded message, type-erased: `None` for a message of another type.
+type KeyFn = Arc<dyn Fn(&dyn Any) -> Option<u64> + Send + Sync>;
+
 /// What the key of a message is.
 #[derive(Clone)]
 pub(crate) enum KeyOf {
@@ -35,7 +38,7 @@ pub(crate) enum KeyOf {
     Typed {
         type_id: TypeId,
         type_name: &'static str,
-        key: Arc<dyn Fn(&dyn Any) -> Option<u64> + Send + Sync>,
+        key: KeyFn,
     },
 }
 
