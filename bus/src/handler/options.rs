@@ -165,8 +165,10 @@ impl HandlerOptions {
     /// still dead-letters it. Messages waiting behind a busy subject are taken from the
     /// subscription (at most four per slot, up to 512) and wait in memory; on a durable
     /// consumer each waits within its ack wait, so keep [`ack_wait`](HandlerOptions::ack_wait)
-    /// above what a subject's backlog takes. [`ordered(true)`](HandlerOptions::ordered) wins
-    /// over this (one message at a time).
+    /// above what a subject's backlog takes. [`Handler::stop`](crate::Handler::stop) handles
+    /// the messages already waiting in a lane before it returns. Keys are 64-bit hashes: two
+    /// subjects with the same hash share a lane (in order, only less parallel).
+    /// [`ordered(true)`](HandlerOptions::ordered) wins over this (one message at a time).
     ///
     /// ```
     /// use bus::HandlerOptions;
