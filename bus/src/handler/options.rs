@@ -6,7 +6,7 @@ use super::lanes::KeyOf;
 use crate::durable::DurableSpec;
 use crate::retry::RetryPolicy;
 
-/// How a [`Handler`] runs: its name, concurrency, order and retry policy.
+/// How a [`Handler`](super::Handler) runs: its name, concurrency, order and retry policy.
 ///
 /// ```
 /// use bus::{HandlerOptions, RetryPolicy};
