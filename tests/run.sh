@@ -158,10 +158,11 @@ if cargo tree -p bus -e normal --prefix none | grep -E '^(opentelemetry|tracing-
     exit 1
 fi
 # JetStream (streams, PubAcks, durable consumers and their fault tests) once more on the current
-# line: its store, clustering and API answers differ from 2.9's.
+# line: its store, clustering and API answers differ from 2.9's; and the guarantees promised on
+# both lines: order per key in handlers, delivery later through the outbox.
 NATS_SERVER_BIN=$NATS_SERVER_BIN_CURRENT cargo test -p bus-tests \
     --test jetstream --test durable_conformance --test durable_handlers --test durable_faults \
-    --test testing_harness --test inbox_faults
+    --test testing_harness --test inbox_faults --test handlers --test scheduled
 
 # The core without its optional backends (features `nats` and `outbox`): neither async-nats nor
 # rusqlite in its dependency tree, and the quickstart runs on it.

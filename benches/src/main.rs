@@ -25,11 +25,11 @@ use std::time::Instant;
 
 use report::{Better, Line, Target};
 use runner::{interleave, BenchResult, Outcome, Rounds, Sample, Sides};
-use scenarios::{jetstream, local, nats, outbox, rss, scaling};
+use scenarios::{jetstream, keyed, local, nats, outbox, rss, scaling};
 use server::{Server, ServerSpec};
 
 /// Every scenario, in run order. The names are the contract of the report.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
     "jetstream_durable",
@@ -39,6 +39,7 @@ const SCENARIOS: [&str; 12] = [
     "local_pubsub_typed",
     "local_10k_subs",
     "handler_local",
+    "handler_ordered_by_subject",
     "outbox_publish_rate",
     "drain_after_outage",
     "outbox_1m_rss_mib",
@@ -97,6 +98,9 @@ struct Plan {
     fanout_n: usize,
     /// Publishes per round of `outbox_publish_rate`.
     outbox_n: usize,
+    /// Messages per round of `handler_ordered_by_subject` (its ordered baseline handles them
+    /// one at a time, 0-2 ms each).
+    keyed_n: usize,
     /// In-flight publishes where a producer lets the outbox group-commit.
     window: usize,
     /// Which sides run (`--side`, for profiling one alone).
@@ -117,6 +121,7 @@ impl Plan {
             rss_n: 1_000_000,
             fanout_n: 100_000,
             outbox_n: 200_000,
+            keyed_n: 20_000,
             window: 1024,
             sides: Sides::Both,
         }
@@ -134,6 +139,7 @@ impl Plan {
             drain_n: quick.drain_n / 10,
             fanout_n: quick.fanout_n / 10,
             outbox_n: quick.outbox_n / 10,
+            keyed_n: quick.keyed_n / 10,
             ..quick
         }
     }
@@ -151,6 +157,7 @@ impl Plan {
             rss_n: 1_000_000,
             fanout_n: 40_000,
             outbox_n: 100_000,
+            keyed_n: 4_000,
             window: 1024,
             sides: Sides::Both,
         }
@@ -167,7 +174,7 @@ struct Args {
 const USAGE: &str = "usage: bus-bench [--quick|--small] [--only NAME[,NAME...]] [--rounds N] \
 [--side both|bus|baseline] [--server-bin PATH] [--scaling]\n\
 scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable handler_dedupe nats_fanout_10 nats_request_p50 \
-local_pubsub_typed local_10k_subs handler_local outbox_publish_rate drain_after_outage \
+local_pubsub_typed local_10k_subs handler_local handler_ordered_by_subject outbox_publish_rate drain_after_outage \
 outbox_1m_rss_mib; only when named: the diag_* diagnostics\n\
 --scaling groups (with --only): local unsubscribe idle drain request";
 
@@ -487,6 +494,15 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         let mut s = local::Handler;
         emit(
             rate("handler_local", &plan, plan.local_n, 0.90)
+                .run(&mut s)
+                .await,
+        );
+    }
+    if selected("handler_ordered_by_subject") {
+        // Order per subject vs full order: at least 8x (see `keyed`).
+        let mut s = keyed::OrderedBySubject;
+        emit(
+            rate("handler_ordered_by_subject", &plan, plan.keyed_n, 8.0)
                 .run(&mut s)
                 .await,
         );

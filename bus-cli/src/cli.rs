@@ -56,7 +56,8 @@ pub enum OutboxCommand {
         /// The outbox file (the service's `outbox_path`).
         file: PathBuf,
     },
-    /// The queued messages, oldest first.
+    /// The queued messages, oldest first, then the scheduled ones (published for later, not due
+    /// yet) with their due time.
     List {
         /// The outbox file (the service's `outbox_path`).
         file: PathBuf,

@@ -164,6 +164,14 @@ pub fn ago(t: SystemTime) -> String {
     }
 }
 
+/// How far `t` is from now: `in 3.2s`, or `due` once it has passed.
+pub fn until(t: SystemTime) -> String {
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => format!("in {}", duration(d)),
+        Err(_) => "due".into(),
+    }
+}
+
 /// Unix milliseconds of `t` (0 before the epoch).
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

@@ -53,6 +53,8 @@ fn stats(file: &Path, json: bool) -> Outcome {
             "dead_letters": stats.dead_letters,
             "file_size": stats.file_size,
             "inbox": stats.inbox,
+            "scheduled": stats.scheduled,
+            "next_due_ms": stats.next_due.map(out::unix_ms),
         }));
     } else {
         out::fields(&[
@@ -61,6 +63,13 @@ fn stats(file: &Path, json: bool) -> Outcome {
             ("queued", stats.depth.to_string()),
             ("oldest", stats.oldest_age.map_or("-".into(), out::duration)),
             ("dead letters", stats.dead_letters.to_string()),
+            ("scheduled", stats.scheduled.to_string()),
+            (
+                "next due",
+                stats.next_due.map_or("-".into(), |t| {
+                    format!("{} ({})", out::utc(t), out::until(t))
+                }),
+            ),
             ("size on disk", out::bytes(stats.file_size)),
             ("inbox", stats.inbox.to_string()),
         ]);
@@ -68,40 +77,66 @@ fn stats(file: &Path, json: bool) -> Outcome {
     Ok(())
 }
 
+/// The queue, oldest first, then (on the first page) the messages published for later that are
+/// not due yet, soonest first, with their due time: they join the end of the queue when due.
 fn list_queue(file: &Path, limit: usize, after: Option<i64>, json: bool) -> Outcome {
     let outbox = OutboxFile::open_read_only(file)?;
     let rows = outbox.queued(limit, after)?;
+    let scheduled = match after {
+        None => outbox.scheduled(limit, None)?,
+        Some(_) => Vec::new(),
+    };
     if json {
-        out::json(&Value::Array(rows.iter().map(queued_json).collect()));
+        let all = rows.iter().chain(&scheduled).map(queued_json).collect();
+        out::json(&Value::Array(all));
         return Ok(());
     }
     if rows.is_empty() {
         out::note(format!("nothing queued in {}", file.display()));
-        return Ok(());
+    } else {
+        let mut table = Table::new(&["ID", "AGE", "ATTEMPTS", "SUBJECT", "LAST ERROR", "PAYLOAD"]);
+        for m in &rows {
+            table.row(vec![
+                m.id.to_string(),
+                out::ago(m.created_at).trim_end_matches(" ago").to_string(),
+                m.attempts.to_string(),
+                m.subject.clone(),
+                out::cut(
+                    m.decode_error
+                        .as_deref()
+                        .or(m.last_error.as_deref())
+                        .unwrap_or("-"),
+                    40,
+                ),
+                out::cut(&preview(&m.payload), 72),
+            ]);
+        }
+        table.print();
+        if rows.len() == limit {
+            out::note(format!(
+                "(first {limit}; more with --after {})",
+                rows.last().map_or(0, |m| m.id)
+            ));
+        }
     }
-    let mut table = Table::new(&["ID", "AGE", "ATTEMPTS", "SUBJECT", "LAST ERROR", "PAYLOAD"]);
-    for m in &rows {
-        table.row(vec![
-            m.id.to_string(),
-            out::ago(m.created_at).trim_end_matches(" ago").to_string(),
-            m.attempts.to_string(),
-            m.subject.clone(),
-            out::cut(
-                m.decode_error
-                    .as_deref()
-                    .or(m.last_error.as_deref())
-                    .unwrap_or("-"),
-                40,
-            ),
-            out::cut(&preview(&m.payload), 72),
-        ]);
-    }
-    table.print();
-    if rows.len() == limit {
-        out::note(format!(
-            "(first {limit}; more with --after {})",
-            rows.last().map_or(0, |m| m.id)
-        ));
+    if !scheduled.is_empty() {
+        out::note("scheduled (published for later, not due yet; they join the queue when due):");
+        let mut table = Table::new(&["SCHEDULED", "DUE", "SUBJECT", "PAYLOAD"]);
+        for m in &scheduled {
+            let due = m.due_at.unwrap_or(m.created_at);
+            table.row(vec![
+                m.id.to_string(),
+                format!("{} ({})", out::utc(due), out::until(due)),
+                m.subject.clone(),
+                out::cut(&preview(&m.payload), 72),
+            ]);
+        }
+        table.print();
+        if scheduled.len() == limit {
+            out::note(format!(
+                "(the first {limit} due; `bus outbox stats` counts them all)"
+            ));
+        }
     }
     Ok(())
 }
@@ -247,6 +282,8 @@ fn queued_json(q: &QueuedMessage) -> Value {
     m.insert("attempts".into(), q.attempts.into());
     m.insert("last_error".into(), q.last_error.clone().into());
     m.insert("decode_error".into(), q.decode_error.clone().into());
+    // Set for a message published for later, not due yet (its id is then its schedule id).
+    m.insert("due_at_ms".into(), q.due_at.map(out::unix_ms).into());
     Value::Object(m)
 }
 

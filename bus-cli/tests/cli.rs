@@ -74,7 +74,7 @@ async fn against_a_running_service_stats_replay_and_tap() {
     assert!(stats["depth"].as_u64().unwrap() >= 5, "{stats}");
     assert!(stats["oldest_age_ms"].is_u64(), "{stats}");
     assert_eq!(stats["dead_letters"], 1);
-    assert_eq!(stats["schema_version"], 3);
+    assert_eq!(stats["schema_version"], 4);
     assert_eq!(
         stats["inbox"], 0,
         "no deduplicating handler: an empty inbox"
@@ -738,4 +738,55 @@ async fn catalog_lists_what_the_running_services_report() {
         "{doc}"
     );
     responder.stop().await;
+}
+
+/// Messages published for later show in `bus outbox list` with their due time (after the
+/// queue), and `bus outbox stats` counts them, while the service holds the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_messages_are_listed_with_their_due_time_and_counted() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        Bus::builder().nats([server.url()]),
+        &dir.path().join("outbox.sqlite3"),
+    )
+    .await;
+    let file = service.file();
+    let due = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let msg = Outbound {
+        channel: "later".into(),
+        instance: "svc-1".into(),
+        text: "in an hour".into(),
+    };
+    msg.publish_at(&service.bus, due).await.unwrap();
+    let due_ms = due
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let stats = bus(&["outbox", "stats", file, "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(stats["scheduled"], 1, "{stats}");
+    assert_eq!(stats["schema_version"], 4, "{stats}");
+    let next = stats["next_due_ms"].as_u64().unwrap();
+    assert!(next.abs_diff(due_ms) <= 1, "{stats}");
+    let listed = bus(&["outbox", "list", file, "--json"])
+        .await
+        .expect(0)
+        .json();
+    let scheduled: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["due_at_ms"].is_u64())
+        .collect();
+    assert_eq!(scheduled.len(), 1, "{listed}");
+    assert_eq!(text_of(scheduled[0]), "in an hour");
+    assert_eq!(scheduled[0]["subject"], "plugin.outbound.later.svc-1");
+    let human = bus(&["outbox", "list", file]).await.expect(0);
+    assert!(
+        human.stdout.contains("plugin.outbound.later.svc-1") && human.stdout.contains("(in "),
+        "{human:?}"
+    );
 }

@@ -124,6 +124,28 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
                     bus.publish(self).await
                 }
 
+                /// Publishes this message to be delivered `delay` from now: see
+                /// [`Bus::publish_at`](::bus::Bus::publish_at) (with an outbox it waits in the
+                /// outbox file until due; without one, in memory).
+                pub async fn publish_after(
+                    &self,
+                    bus: &::bus::__private::Bus,
+                    delay: ::std::time::Duration,
+                ) -> ::bus::__private::Result<()> {
+                    bus.publish_after(self, delay).await
+                }
+
+                /// Publishes this message to be delivered at `when`: see
+                /// [`Bus::publish_at`](::bus::Bus::publish_at) (with an outbox it waits in the
+                /// outbox file until due; without one, in memory).
+                pub async fn publish_at(
+                    &self,
+                    bus: &::bus::__private::Bus,
+                    when: ::std::time::SystemTime,
+                ) -> ::bus::__private::Result<()> {
+                    bus.publish_at(self, when).await
+                }
+
                 #[doc = #subscribe_doc]
                 pub async fn subscribe(
                     bus: &::bus::__private::Bus,

@@ -28,9 +28,7 @@ use crate::msg_id;
 use crate::nats::NatsBroker;
 #[cfg(feature = "outbox")]
 use crate::outbox::{Outbox, OutboxStats};
-#[cfg(feature = "outbox")]
-use crate::raw::check_subject;
-use crate::raw::{RawMessage, RawSubscription};
+use crate::raw::{check_subject, RawMessage, RawSubscription};
 use crate::respond::{Responder, ServeHandle};
 use crate::subscription::Subscription;
 
@@ -288,6 +286,13 @@ impl Bus {
         // The derive builds the subject token by token and checks each placeholder value as it
         // is written (the template's literals were checked at compile time): it is not checked
         // again here. The broker, or the outbox before queueing, checks it once.
+        self.send(self.encode(msg, headers)?, None).await?;
+        self.inner.metrics.published::<M>();
+        Ok(())
+    }
+
+    /// `msg` as the raw message `publish` sends, with `headers` and the policy's.
+    fn encode<M: Message>(&self, msg: &M, headers: Headers) -> Result<RawMessage> {
         let mut raw = RawMessage {
             subject: msg.subject()?,
             reply: None,
@@ -297,7 +302,52 @@ impl Bus {
         if self.inner.wire == WireHeaders::Full {
             full_headers::<M>(&mut raw.headers);
         }
-        self.send(raw).await?;
+        Ok(raw)
+    }
+
+    /// Publishes a typed message to be delivered `delay` from now: [`publish_at`](Bus::publish_at)
+    /// `now + delay`.
+    pub async fn publish_after<M: Message>(&self, msg: &M, delay: Duration) -> Result<()> {
+        self.publish_at(msg, std::time::SystemTime::now() + delay)
+            .await
+    }
+
+    /// Publishes a typed message to be delivered at `when` (at once if `when` has passed).
+    ///
+    /// With an outbox (every NATS bus by default) the message waits in the outbox file, not in
+    /// memory, until it is due: it survives a restart of the process (the next `Bus` on the file
+    /// sends it when due, or at once if it became due meanwhile), needs no server feature
+    /// (nats-server 2.9 does), and is never sent before `when`. When due it joins the end of the
+    /// queue, so due messages keep FIFO order: by due time, then in the order they were
+    /// published; a message published for `when` goes after one published plainly before
+    /// `when` and before one published plainly after it. Until then it shows in
+    /// [`OutboxFile::scheduled`](crate::outbox::OutboxFile::scheduled), `bus outbox list` and
+    /// [`OutboxStats::scheduled`]; [`flush`](Bus::flush) does not wait for it. Returns once it is
+    /// committed to the file. It keeps one msg id from here to every delivery.
+    ///
+    /// Without an outbox (the local broker by default, or NATS with `.no_outbox()`) it waits in
+    /// memory on a timer and is published then: it is **lost** if the process ends or the bus
+    /// closes first, and an error at that time (e.g. disconnected) is only logged.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), bus::Error> {
+    /// # use bus::Message;
+    /// # #[derive(Debug, serde::Serialize, serde::Deserialize, Message)]
+    /// # #[subject("plugin.outbound.<channel>.<instance>")]
+    /// # pub struct Outbound { pub channel: String, pub instance: String, pub text: String }
+    /// use std::time::Duration;
+    /// use futures::StreamExt;
+    /// let bus = bus::Bus::local().await?;
+    /// let mut sub = bus.subscribe(Outbound::filter().channel("slack")).await?;
+    /// let reminder = Outbound { channel: "slack".into(), instance: "a".into(), text: "later".into() };
+    /// reminder.publish_after(&bus, Duration::from_millis(20)).await?;
+    /// assert_eq!(sub.next().await.unwrap()?.text, "later");
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_at<M: Message>(&self, msg: &M, when: std::time::SystemTime) -> Result<()> {
+        self.send(self.encode(msg, Headers::new())?, Some(when))
+            .await?;
         self.inner.metrics.published::<M>();
         Ok(())
     }
@@ -310,13 +360,15 @@ impl Bus {
         if self.inner.wire == WireHeaders::Full {
             stamp_msg_id(&mut msg.headers);
         }
-        self.send(msg).await?;
+        self.send(msg, None).await?;
         self.inner.metrics.published_raw();
         Ok(())
     }
 
-    /// The one place a message leaves the bus: into the outbox, or straight to the broker.
-    async fn send(&self, mut msg: RawMessage) -> Result<()> {
+    /// The one place a message leaves the bus: into the outbox, or straight to the broker;
+    /// `due`: not before then (kept in the outbox file, or without one on a timer in memory).
+    async fn send(&self, mut msg: RawMessage, due: Option<std::time::SystemTime>) -> Result<()> {
+        let due = due.filter(|&when| when > std::time::SystemTime::now());
         crate::trace::inject(&mut msg.headers);
         #[cfg(feature = "outbox")]
         if let Some(outbox) = &self.inner.outbox {
@@ -329,10 +381,17 @@ impl Bus {
             if self.inner.wire != WireHeaders::NoId {
                 stamp_msg_id(&mut msg.headers);
             }
+            if let Some(due) = due {
+                self.inner.metrics.scheduled();
+                return outbox.schedule(msg, due).await;
+            }
             return match publish_span(&msg.subject) {
                 Some(span) => outbox.enqueue(msg).instrument(span).await,
                 None => outbox.enqueue(msg).await,
             };
+        }
+        if let Some(due) = due {
+            return self.send_later(msg, due);
         }
         match &self.inner.direct {
             Direct::Local(local) => {
@@ -352,6 +411,35 @@ impl Bus {
                 }
             }
         }
+    }
+
+    /// Without an outbox: sends `msg` at `due` from a timer in memory (lost if the bus is gone
+    /// by then; an error then is logged). The message is checked now, so that a bad subject or
+    /// header fails the call.
+    fn send_later(&self, mut msg: RawMessage, due: std::time::SystemTime) -> Result<()> {
+        check_subject(&msg.subject)?;
+        msg.headers.check()?;
+        self.inner.metrics.scheduled();
+        if self.inner.wire == WireHeaders::Full {
+            // The id it is sent with, given now.
+            stamp_msg_id(&mut msg.headers);
+        }
+        let bus = Arc::downgrade(&self.inner);
+        let wait = due
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(inner) = bus.upgrade() else {
+                tracing::warn!(subject = %msg.subject, "a message published for later was dropped: its bus was closed before it was due (without an outbox it waits in memory)");
+                return;
+            };
+            let subject = msg.subject.clone();
+            if let Err(e) = (Bus { inner }).send(msg, None).await {
+                tracing::warn!(%subject, error = %e, "a message published for later could not be sent when it was due");
+            }
+        });
+        Ok(())
     }
 
     /// Subscribes to the messages of type `M` that `filter` selects.
@@ -591,6 +679,7 @@ impl Bus {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        options.check_key::<M>()?;
         let tracked = self.track()?;
         let durable = options.durable_name().or(filter.durable_name());
         let source = match durable {
@@ -662,6 +751,10 @@ impl Bus {
 
     /// Returns once every message published before the call is confirmed by the broker or
     /// dead-lettered (with an outbox), or processed by the broker (without one).
+    ///
+    /// Messages published for later ([`publish_at`](Bus::publish_at)) that are not due when
+    /// `flush` is called are not waited for (it would wait until they are due); one that became
+    /// due before the call, and joined the queue, is.
     pub async fn flush(&self) -> Result<()> {
         #[cfg(feature = "outbox")]
         if let Some(outbox) = &self.inner.outbox {
@@ -735,6 +828,7 @@ impl Bus {
                         &outbox.path().display().to_string(),
                         s.depth,
                         s.oldest_age,
+                        s.scheduled,
                     );
                     depth = s.depth;
                     oldest = s.oldest_age.map(|a| a.as_millis() as u64);

@@ -12,6 +12,8 @@
 //! | `bus_dead_lettered_total` | counter | `origin` | messages given up on: `outbox`, or `handler:<name>` |
 //! | `bus_outbox_depth` | gauge | `outbox` (the file) | messages queued, not yet confirmed |
 //! | `bus_outbox_oldest_age_seconds` | gauge | `outbox` | age of the oldest of them (0 when empty) |
+//! | `bus_scheduled_total` | counter | | messages published for later (`publish_at`, `publish_after`), counted when accepted (also in `bus_published_total`) |
+//! | `bus_outbox_scheduled` | gauge | `outbox` | messages published for later waiting in the outbox file, not due yet (not in `bus_outbox_depth` until due) |
 //! | `bus_delivered_total` | counter | `type`, `subject` | messages received by a typed subscription, handler or responder (each delivery, undecodable ones included) |
 //! | `bus_decode_errors_total` | counter | `type`, `subject` | received payloads that did not decode as the type |
 //! | `bus_slow_consumer_drops_total` | counter | `type`, `subject` | messages the broker dropped because a subscription or handler fell behind |
@@ -116,6 +118,16 @@ mod imp {
             "Age of the oldest message queued in the outbox"
         );
         ::metrics::describe_counter!(
+            "bus_scheduled_total",
+            Unit::Count,
+            "Messages published for later (publish_at, publish_after)"
+        );
+        ::metrics::describe_gauge!(
+            "bus_outbox_scheduled",
+            Unit::Count,
+            "Messages published for later waiting in the outbox, not due yet"
+        );
+        ::metrics::describe_counter!(
             "bus_delivered_total",
             Unit::Count,
             "Messages received by typed subscriptions, handlers and responders"
@@ -198,6 +210,11 @@ mod imp {
 
         /// One raw message published ([`Bus::publish_raw`](crate::Bus::publish_raw)).
         #[inline]
+        /// One message published for later.
+        pub(crate) fn scheduled(&self) {
+            counter!("bus_scheduled_total").increment(1);
+        }
+
         pub(crate) fn published_raw(&self) {
             self.raw_published
                 .get_or_init(
@@ -352,9 +369,15 @@ mod imp {
 
     /// Sets the outbox gauges of the file `outbox`.
     #[cfg(feature = "outbox")]
-    pub(crate) fn outbox_gauges(outbox: &str, depth: u64, oldest_age: Option<Duration>) {
+    pub(crate) fn outbox_gauges(
+        outbox: &str,
+        depth: u64,
+        oldest_age: Option<Duration>,
+        scheduled: u64,
+    ) {
         let labels = [("outbox", outbox.to_owned())];
         gauge!("bus_outbox_depth", &labels).set(depth as f64);
+        gauge!("bus_outbox_scheduled", &labels).set(scheduled as f64);
         gauge!("bus_outbox_oldest_age_seconds", &labels)
             .set(oldest_age.map_or(0.0, |a| a.as_secs_f64()));
     }
@@ -378,6 +401,8 @@ mod noop {
         pub(crate) fn published<M: Message>(&self) {}
         #[inline]
         pub(crate) fn published_raw(&self) {}
+        #[inline]
+        pub(crate) fn scheduled(&self) {}
         #[inline]
         pub(crate) fn request<M: Message>(&self, _elapsed: Duration, _outcome: usize) {}
     }
@@ -429,5 +454,11 @@ mod noop {
     pub(crate) fn outbox_dead_lettered() {}
 
     #[cfg(feature = "outbox")]
-    pub(crate) fn outbox_gauges(_outbox: &str, _depth: u64, _oldest_age: Option<Duration>) {}
+    pub(crate) fn outbox_gauges(
+        _outbox: &str,
+        _depth: u64,
+        _oldest_age: Option<Duration>,
+        _scheduled: u64,
+    ) {
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod jetstream;
+pub mod lanes;
 pub mod msgs;
 pub mod recording;
 pub mod server;

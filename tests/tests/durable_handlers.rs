@@ -428,3 +428,20 @@ async fn durable_handler_envelope_carries_its_delivery() {
         handler.stop().await;
     }
 }
+
+/// Order per subject and per key on a durable consumer (local and JetStream): retries in
+/// place, so a later message of the key never overtakes a failing one; keys concurrently.
+#[tokio::test]
+async fn durable_ordered_per_key_keeps_each_keys_order_through_retries() {
+    use bus_tests::lanes::{check_per_key_order, Keyed};
+    let (buses, _server) = buses().await;
+    for bus in &buses {
+        for (channel, keyed) in [("dkeysub", Keyed::BySubject), ("dkeytext", Keyed::ByText)] {
+            let options = HandlerOptions::named(channel)
+                .durable(channel)
+                .concurrency(8)
+                .retry(fast_retry().max_attempts(3));
+            check_per_key_order(bus, channel, options, keyed, (10, 30)).await;
+        }
+    }
+}

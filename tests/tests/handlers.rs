@@ -522,3 +522,34 @@ async fn stop_timeout_bounds_a_handler_that_never_returns() {
         quick.stop_timeout(Duration::from_secs(5)).await.unwrap();
     }
 }
+
+/// Order per subject and per key from the message, on local and core NATS: in order per key
+/// through retries, never two of one key at once, keys concurrently.
+#[tokio::test]
+async fn ordered_per_key_keeps_each_keys_order_through_retries() {
+    use bus_tests::lanes::{check_per_key_order, Keyed};
+    let (buses, _server) = buses().await;
+    for bus in &buses {
+        for (channel, keyed) in [("keysub", Keyed::BySubject), ("keytext", Keyed::ByText)] {
+            let options = HandlerOptions::named(channel)
+                .concurrency(8)
+                .retry(fast_retry().max_attempts(3));
+            check_per_key_order(bus, channel, options, keyed, (10, 30)).await;
+        }
+    }
+}
+
+/// `ordered_by` with a key of another type than the handler's is refused when it starts.
+#[tokio::test]
+async fn ordered_by_a_key_of_another_type_is_refused() {
+    let bus = Bus::local().await.unwrap();
+    let err = bus
+        .handle_with(
+            Outbound::filter().channel("wrongkey"),
+            HandlerOptions::named("wrong").ordered_by(|s: &String| s.len()),
+            |_msg| async { Ok::<_, String>(()) },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ordered_by"), "{err}");
+}

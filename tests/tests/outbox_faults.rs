@@ -392,7 +392,7 @@ async fn a_v2_file_migrates_and_drains_to_the_server_in_order() {
     let stats = bus.outbox_stats().await.unwrap().unwrap();
     assert_eq!(
         (stats.depth, stats.dead_letters, stats.schema_version),
-        (37, 4, 3)
+        (37, 4, 4)
     );
     let _server = NatsServer::builder().port(port).start();
     flush(&bus, GUARD).await;

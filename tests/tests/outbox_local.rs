@@ -438,7 +438,7 @@ async fn a_v2_file_written_by_the_v2_code_migrates_and_drains_completely_in_fifo
     let stats = file.stats().unwrap();
     assert_eq!(
         (stats.depth, stats.dead_letters, stats.schema_version),
-        (37, 4, 3)
+        (37, 4, 4)
     );
     let queued = file.queued(1000, None).unwrap();
     let want = fixture_queue();
@@ -583,7 +583,7 @@ async fn the_read_only_view_reads_while_a_bus_publishes_and_drains() {
         (stats.depth, stats.oldest_age, stats.dead_letters),
         (0, None, 10)
     );
-    assert_eq!(stats.schema_version, 3);
+    assert_eq!(stats.schema_version, 4);
     assert!(stats.file_size > 0);
     let from_file = file.dead_letters().unwrap();
     assert_eq!(

@@ -3,6 +3,7 @@
 
 pub mod dedupe;
 pub mod jetstream;
+pub mod keyed;
 pub mod local;
 pub mod nats;
 pub mod outbox;

@@ -48,7 +48,10 @@
 //!   counted in [`Handler::stats`].
 //! - **Concurrency** is bounded ([`HandlerOptions::concurrency`], default 64); a handler that
 //!   completes without waiting runs inline, without a task. **Ordered** mode
-//!   ([`HandlerOptions::ordered`]) handles one message at a time.
+//!   ([`HandlerOptions::ordered`]) handles one message at a time. **Order per key**
+//!   ([`HandlerOptions::ordered_by_subject`], [`HandlerOptions::ordered_by`]) handles the
+//!   messages of one subject (or key) in order, retries included, and different keys
+//!   concurrently (see `lanes`).
 //! - **Where dead letters live**: in the outbox file's dead-letter table when the bus has one
 //!   (every NATS bus by default; `bus dead-letters list FILE` and the `sqlite3` shell show them
 //!   next to the outbox's), otherwise in memory in the `Bus` (the local broker without an
@@ -107,6 +110,7 @@
 //!
 //! [`Envelope::publish`]: crate::Envelope::publish
 
+mod lanes;
 mod options;
 mod run;
 mod slots;
@@ -119,8 +123,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use self::lanes::Lanes;
 pub use self::options::{HandlerOptions, DEFAULT_CONCURRENCY};
-use self::run::Run;
+use self::run::{Bound, Run};
 pub use self::stats::HandlerStats;
 use crate::dead_letter::DeadLetterSink;
 use crate::durable::DurableSubscription;
@@ -211,33 +216,41 @@ where
     let _ = stats.faults.name.set(name.clone());
     let run = Run::new(handler, &options, &name, Arc::clone(&stats), sink, inbox);
     let ordered = options.ordered;
+    // Order per key, unless ordered (one at a time) already.
+    let key = options.key.clone().filter(|_| !ordered);
+    let concurrency = options.effective_concurrency();
     let running = Running::spawn(move |stopped, in_flight| async move {
         let _running = running;
-        let stop = StopSignal::watch(stopped, closing);
-        match source {
-            Source::Plain(raw) => {
+        let stop = (StopSignal::watch(stopped, closing), in_flight);
+        let bound = if ordered {
+            Bound::Ordered
+        } else {
+            Bound::Slots
+        };
+        match (source, key) {
+            (Source::Plain(raw), None) => {
                 let start = Run::plain_starter();
-                run.serve(
-                    raw.messages,
-                    raw.stats,
-                    raw.pattern,
-                    ordered,
-                    (stop, in_flight),
-                    start,
-                )
-                .await
+                run.serve(raw.messages, raw.stats, raw.pattern, bound, stop, start)
+                    .await
             }
-            Source::Durable(raw) => {
+            (Source::Durable(raw), None) => {
                 let start = Run::durable_starter(ordered);
-                run.serve(
-                    raw.deliveries,
-                    raw.stats,
-                    raw.pattern,
-                    ordered,
-                    (stop, in_flight),
-                    start,
-                )
-                .await
+                run.serve(raw.deliveries, raw.stats, raw.pattern, bound, stop, start)
+                    .await
+            }
+            (Source::Plain(raw), Some(key)) => {
+                let lanes = Arc::new(Lanes::new(key, concurrency));
+                let start = Run::lane_starter(Arc::clone(&lanes), |m| m, Run::plain_one);
+                let bound = Bound::Taken(&lanes.taken);
+                run.serve(raw.messages, raw.stats, raw.pattern, bound, stop, start)
+                    .await
+            }
+            (Source::Durable(raw), Some(key)) => {
+                let lanes = Arc::new(Lanes::new(key, concurrency));
+                let start = Run::lane_starter(Arc::clone(&lanes), |d| &d.message, Run::durable_one);
+                let bound = Bound::Taken(&lanes.taken);
+                run.serve(raw.deliveries, raw.stats, raw.pattern, bound, stop, start)
+                    .await
             }
         }
     });

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::lanes::KeyOf;
 use crate::durable::DurableSpec;
 use crate::retry::RetryPolicy;
 
@@ -26,6 +27,8 @@ pub struct HandlerOptions {
     // Effects once (the inbox).
     pub(super) dedupe: Option<Duration>,
     pub(super) dedupe_shared: bool,
+    /// Order per key (see [`HandlerOptions::ordered_by_subject`]).
+    pub(super) key: Option<KeyOf>,
 }
 
 /// Messages handled at once by default: enough to overlap I/O-bound handlers, few enough that
@@ -43,6 +46,7 @@ impl Default for HandlerOptions {
             ack_wait: crate::durable::DEFAULT_ACK_WAIT,
             dedupe: None,
             dedupe_shared: false,
+            key: None,
         }
     }
 }
@@ -201,7 +205,7 @@ impl HandlerOptions {
         let mut spec = DurableSpec::new(durable, pattern)
             .ack_wait(self.ack_wait)
             .prefetch((self.effective_concurrency() * 4).clamp(8, 512));
-        if !self.ordered {
+        if !self.retries_in_place() {
             spec = spec.max_deliver(self.retry.max_attempts.max(1));
         }
         if let Some(q) = queue {
@@ -210,11 +214,83 @@ impl HandlerOptions {
         spec
     }
 
+    /// Ordered, or ordered per key: a failed attempt is retried in place, so that nothing of
+    /// its order overtakes it.
+    pub(super) fn retries_in_place(&self) -> bool {
+        self.ordered || self.key.is_some()
+    }
+
     pub(super) fn effective_concurrency(&self) -> usize {
         if self.ordered {
             1
         } else {
             self.concurrency
+        }
+    }
+}
+
+// Order per key.
+impl HandlerOptions {
+    /// Order per subject: messages on the same concrete subject (e.g. one
+    /// `plugin.outbound.<channel>.<instance>`) are handled strictly in the order they arrive,
+    /// each finished, retries included, before the next of its subject starts; messages on
+    /// different subjects run concurrently, up to the [`concurrency`](HandlerOptions::concurrency).
+    ///
+    /// A failed attempt is retried in place after its backoff (its subject's later messages
+    /// wait; others go on, the failed one holding no slot while it waits). On a durable
+    /// consumer the broker is told the message is in progress meanwhile, so it is not
+    /// delivered again and nothing of its subject overtakes it; `max_deliver` is then unlimited,
+    /// as in [ordered](HandlerOptions::ordered) mode, and the retry policy's `max_attempts`
+    /// still dead-letters it. Messages waiting behind a busy subject are taken from the
+    /// subscription (at most four per slot, up to 512) and wait in memory; on a durable
+    /// consumer each waits within its ack wait, so keep [`ack_wait`](HandlerOptions::ack_wait)
+    /// above what a subject's backlog takes. [`Handler::stop`](crate::Handler::stop) handles
+    /// the messages already waiting in a lane before it returns. Keys are 64-bit hashes: two
+    /// subjects with the same hash share a lane (in order, only less parallel).
+    /// [`ordered(true)`](HandlerOptions::ordered) wins over this (one message at a time).
+    ///
+    /// ```
+    /// use bus::HandlerOptions;
+    /// let options = HandlerOptions::named("sender").concurrency(32).ordered_by_subject();
+    /// # let _ = options;
+    /// ```
+    pub fn ordered_by_subject(mut self) -> Self {
+        self.key = Some(KeyOf::Subject);
+        self
+    }
+
+    /// Order per key: as [`ordered_by_subject`](HandlerOptions::ordered_by_subject), with the
+    /// key `key` computes from the message (decoded once for it, before the first attempt).
+    /// Messages with equal keys are handled in order, others concurrently. `M` must be the
+    /// type the handler handles: starting a handler of another type with these options fails
+    /// with [`Error::Config`](crate::Error::Config). A payload that does not decode is keyed by
+    /// its subject (its attempt dead-letters it).
+    ///
+    /// ```
+    /// # use bus::Message;
+    /// # #[derive(Debug, serde::Serialize, serde::Deserialize, Message)]
+    /// # #[subject("plugin.outbound.<channel>.<instance>")]
+    /// # pub struct Outbound { pub channel: String, pub instance: String, pub conversation: u64 }
+    /// use bus::HandlerOptions;
+    /// // In order per conversation, whatever instance it goes through.
+    /// let options = HandlerOptions::named("sender").ordered_by(|m: &Outbound| m.conversation);
+    /// # let _ = options;
+    /// ```
+    pub fn ordered_by<M, K>(mut self, key: impl Fn(&M) -> K + Send + Sync + 'static) -> Self
+    where
+        M: std::any::Any,
+        K: std::hash::Hash,
+    {
+        self.key = Some(KeyOf::typed(key));
+        self
+    }
+
+    /// `Err` if [`ordered_by`](HandlerOptions::ordered_by) was given a key of another type
+    /// than `M`, the handler's.
+    pub(crate) fn check_key<M: std::any::Any>(&self) -> crate::error::Result<()> {
+        match &self.key {
+            Some(key) => key.check::<M>().map_err(crate::error::Error::Config),
+            None => Ok(()),
         }
     }
 }

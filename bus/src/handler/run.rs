@@ -14,6 +14,7 @@ use futures::future::{CatchUnwind, Fuse};
 use futures::{FutureExt, StreamExt};
 use tracing::Instrument;
 
+use super::lanes::{hash_key, KeyOf, Lanes};
 use super::options::HandlerOptions;
 use super::slots::{Slot, Slots};
 use super::stats::HandlerStats;
@@ -86,7 +87,7 @@ where
         mut messages: futures::stream::BoxStream<'static, T>,
         sub_stats: Arc<SubscriptionStats>,
         pattern: String,
-        ordered: bool,
+        bound: Bound<'_>,
         (stop, in_flight): (StopSignal, InFlight),
         mut process: P,
     ) where
@@ -103,9 +104,16 @@ where
                 break;
             }
             // A slot first, so a busy handler leaves messages in the subscription's buffer
-            // (the attempt gives it back).
-            if !ordered && !run.slots.try_take() && stop.or(run.slots.take()).await.is_none() {
-                break;
+            // (the attempt gives it back; with lanes, the end of the message's lane turn).
+            let gate = match bound {
+                Bound::Ordered => None,
+                Bound::Slots => Some(&run.slots),
+                Bound::Taken(taken) => Some(taken),
+            };
+            if let Some(gate) = gate {
+                if !gate.try_take() && stop.or(gate.take()).await.is_none() {
+                    break;
+                }
             }
             let msg = match messages.next().now_or_never() {
                 Some(Some(m)) => m,
@@ -132,7 +140,8 @@ where
                 reported_drops = dropped;
             }
             // What did not finish at once goes on here (ordered) or on a task of its own.
-            if let Some(rest) = process(&run, msg, !ordered) {
+            let ordered = matches!(bound, Bound::Ordered);
+            if let Some(rest) = process(&run, msg, matches!(bound, Bound::Slots)) {
                 if ordered {
                     rest.await;
                 } else {
@@ -143,6 +152,61 @@ where
         // Stop taking messages (unsubscribe), then let what is in flight finish.
         drop(messages);
         in_flight.wait().await;
+    }
+
+    /// How the loop starts on a message with lanes (see [`lanes`](super::lanes)): the message
+    /// is queued behind its key's running lane, or starts one, a task that handles the lane's
+    /// messages one after the other with `one`, each holding a slot while it is attempted.
+    pub(super) fn lane_starter<T: Send + 'static>(
+        lanes: Arc<Lanes<T>>,
+        message: fn(&T) -> &RawMessage,
+        one: fn(Arc<Self>, T) -> Rest,
+    ) -> impl FnMut(&Arc<Self>, T, bool) -> Option<Rest> {
+        move |run, msg, _| {
+            let key = run.key(&lanes.key, message(&msg));
+            let first = lanes.admit(key, msg)?;
+            let (run, lanes) = (Arc::clone(run), Arc::clone(&lanes));
+            Some(Box::pin(async move {
+                let mut msg = first;
+                loop {
+                    run.slots.take().await;
+                    one(Arc::clone(&run), msg).await;
+                    match lanes.finished(key) {
+                        Some(next) => msg = next,
+                        None => return,
+                    }
+                }
+            }))
+        }
+    }
+
+    /// The lane key of `msg`: its subject's hash, or the key function's of its decoded body
+    /// (the subject's if it does not decode: its attempt dead-letters it).
+    fn key(&self, key: &KeyOf, msg: &RawMessage) -> u64 {
+        match key {
+            KeyOf::Subject => hash_key(msg.subject.as_str()),
+            KeyOf::Typed { key, .. } => M::decode_incoming(&msg.subject, &msg.payload)
+                .ok()
+                .and_then(|body| key(&body))
+                .unwrap_or_else(|| hash_key(msg.subject.as_str())),
+        }
+    }
+
+    /// One message of a plain subscription in a lane, holding a slot: its attempts, retried in
+    /// place.
+    pub(super) fn plain_one(run: Arc<Self>, msg: RawMessage) -> Rest {
+        let mut running: Attempting<Fut> = Box::pin(Fuse::terminated());
+        let mut subject = String::new();
+        match run.start(msg, true, &mut running, &mut subject) {
+            Some(rest) => rest,
+            None => Box::pin(std::future::ready(())),
+        }
+    }
+
+    /// One delivery of a durable consumer in a lane, holding a slot: retried in place, the
+    /// broker told it is in progress meanwhile (as in ordered mode).
+    pub(super) fn durable_one(run: Arc<Self>, delivery: Delivery) -> Rest {
+        Box::pin(Run::deliver_durable(run, delivery, true, true))
     }
 
     /// How the loop starts on a message of a plain subscription (see [`start`](Self::start)):
@@ -534,6 +598,16 @@ enum Attempt {
     Undecodable(String),
     /// `Err` or a panic, with its text.
     Failed(String),
+}
+
+/// What a handler's loop waits for before it takes a message.
+pub(super) enum Bound<'a> {
+    /// Nothing: ordered mode awaits each message before the next.
+    Ordered,
+    /// A concurrency slot, which the message holds.
+    Slots,
+    /// Room among the messages lanes have taken (the lane takes the slot).
+    Taken(&'a Slots),
 }
 
 /// What a handler's loop leaves to run on after starting on a message (awaited in ordered

@@ -7,7 +7,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::io::sql_err;
 use super::read;
 use super::records::{OutboxStats, QueuedMessage};
-use super::schema::{self, SCHEMA_VERSION};
+use super::schema;
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
 
@@ -62,8 +62,9 @@ impl OutboxFile {
     /// Opens the outbox file at `path` for reading only.
     ///
     /// Fails with [`Error::Outbox`] if there is no file, if it is not an outbox, or if its
-    /// schema is not version 3 (a version-2 file is migrated when a `Bus` of this version next
-    /// opens it; read-only access cannot migrate it).
+    /// schema is not version 4 or 3 (a version-3 file is read as it is, with nothing
+    /// scheduled; a version-2 file is migrated when a `Bus` of this version next opens it;
+    /// read-only access cannot migrate it).
     ///
     /// Like any SQLite reader, it needs the file's `-wal` and `-shm` companions: while a `Bus`
     /// holds the file they exist; on a file nobody has open, SQLite creates them empty beside
@@ -149,17 +150,14 @@ impl OutboxFile {
     /// Depth, oldest age and dead-letter count of the queue, and the file's schema version and
     /// size on disk.
     pub fn stats(&self) -> Result<OutboxStats> {
-        let ((depth, oldest, dead), inbox) = self
-            .snapshot("cannot read the outbox stats", |c| {
-                Ok((read::counts(c)?, read::inbox_size(c)?))
-            })?;
+        let (counts, version) = self.snapshot("cannot read the outbox stats", |c| {
+            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            Ok((read::counts(c)?, version))
+        })?;
         Ok(OutboxStats::new(
-            depth,
-            oldest,
-            dead,
-            SCHEMA_VERSION as u32,
+            counts,
+            version as u32,
             read::file_size(&self.path),
-            inbox,
         ))
     }
 
@@ -175,6 +173,22 @@ impl OutboxFile {
                 }
                 other => other,
             }
+        })
+    }
+
+    /// Up to `limit` messages published for later and not due yet
+    /// ([`Bus::publish_at`](crate::Bus::publish_at)), the soonest due first, each with its
+    /// [`due_at`](QueuedMessage::due_at) and its id among the scheduled ones. Page by passing
+    /// the last one's `(due_at, id)` as `after`. When one is due it moves to the queue
+    /// ([`queued`](OutboxFile::queued)) with a queue id. Empty for a version-3 file.
+    pub fn scheduled(
+        &self,
+        limit: usize,
+        after: Option<(std::time::SystemTime, i64)>,
+    ) -> Result<Vec<QueuedMessage>> {
+        let after = after.map(|(due, id)| (super::io::unix_ms(due), id));
+        self.snapshot("cannot read the scheduled messages", |c| {
+            read::scheduled(c, after, limit)
         })
     }
 

@@ -1,7 +1,9 @@
-//! Migration of an outbox file from schema version 2 (one private blob per message) to 3.
+//! Migration of an outbox file from schema version 2 (one private blob per message) to 3, and
+//! from 3 to 4 (the `scheduled` table).
 //!
-//! It runs when a `Bus` opens a version-2 file, in one transaction: a crash or an error in the
-//! middle leaves the file at version 2, untouched. Every queued row (above the confirmed
+//! They run when a `Bus` opens an older file, each in one transaction: a crash or an error in
+//! the middle leaves the file at the version it had, untouched (a version-2 file goes to 3, then
+//! to 4). From 3 to 4 only a table is added: the queue and the dead letters stay as they are. Every queued row (above the confirmed
 //! watermark) and every dead letter is carried over with its id, times, attempts and last error;
 //! `outbox_seq` (the id counter and the watermark) is kept as it is. A row whose blob cannot be
 //! decoded becomes a dead letter that keeps the blob as its payload and says why.
@@ -10,7 +12,7 @@ use rusqlite::{params, Connection};
 
 use super::encoding::{encode_headers, json_text, known_name};
 use super::io::now_ms;
-use super::schema::{ORIGIN_OUTBOX, SCHEMA_VERSION, TABLES, VIEWS};
+use super::schema::{ORIGIN_OUTBOX, SCHEDULED, TABLES, VIEWS};
 use crate::broker::RawMessage;
 use crate::headers::Headers;
 
@@ -123,10 +125,18 @@ pub(crate) fn v2_to_v3(conn: &mut Connection) -> rusqlite::Result<Migrated> {
         "DROP TABLE outbox_v2;
          DROP TABLE dead_letters_v2;
          {VIEWS}
-         PRAGMA user_version = {SCHEMA_VERSION};"
+         PRAGMA user_version = 3;"
     ))?;
     tx.commit()?;
     Ok(done)
+}
+
+/// Migrates the version-3 file open on `conn` to version 4: adds the `scheduled` table, in one
+/// transaction.
+pub(crate) fn v3_to_v4(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(&format!("{SCHEDULED} PRAGMA user_version = 4;"))?;
+    tx.commit()
 }
 
 /// The one insert into the version-3 dead letters, with its reused headers buffer.

@@ -38,7 +38,7 @@
 //!
 //! # The file, for operators
 //!
-//! The file is plain SQLite (schema version 3, `PRAGMA user_version`), readable while the
+//! The file is plain SQLite (schema version 4, `PRAGMA user_version`), readable while the
 //! service runs. Table `outbox` is the queue (`id`, `subject`, `reply`, `headers`, `payload`,
 //! `created_at` in unix ms, `attempts`, `last_error`), but its rows up to `outbox_seq.done` are
 //! already confirmed and only wait to be deleted: read the view `queued` instead. `headers` is
@@ -69,7 +69,17 @@
 //! `replay`|`purge`, `dead_letter_id`, `requested_at`, `done_at`, `result`, `queue_id`): the
 //! `bus` CLI ([`OperatorRequests`]) asks there for a replay or purge, and the process holding
 //! the file runs each pending row within about 500 ms, through its own writer, and answers it
-//! in the same row. The table is optional (a file without it is still version 3).
+//! in the same row. The table is optional (a file without it is still a valid outbox).
+//!
+//! Table `scheduled` holds the messages published for later
+//! ([`Bus::publish_at`](crate::Bus::publish_at)) that are not due yet (`id`, `due_at` in unix ms,
+//! the message's columns, `created_at`). When one is due, the writer moves it to the end of the
+//! queue in one transaction (by due time, then id), where it gets its queue id and is sent like
+//! any other: so it survives a restart, is never sent before `due_at`, and the queue stays in
+//! id order (its confirmed watermark is never held up by a message that is not due). The table
+//! came with schema version 4: a version-3 file is migrated when a `Bus` opens it, because an
+//! older build would never send what is scheduled in it; tools still read a version-3 file.
+//! [`OutboxFile::scheduled`] lists them, `bus outbox list` shows them with their due time.
 //!
 //! # Where the file is, and who holds it
 //!
@@ -434,6 +444,18 @@ impl Outbox {
     pub(crate) async fn enqueue(&self, msg: RawMessage) -> Result<()> {
         self.limit.check(&msg)?;
         self.writer.enqueue(msg).await
+    }
+
+    /// Keeps `msg` in the file until `due` (see `schema::SCHEDULED`); returns once it is
+    /// committed. A message over the size limit is refused first and never stored.
+    pub(crate) async fn schedule(&self, msg: RawMessage, due: std::time::SystemTime) -> Result<()> {
+        self.limit.check(&msg)?;
+        let due_at = io::unix_ms(due);
+        self.writer
+            .call("cannot schedule the message", move |ctx| {
+                ctx.schedule(&msg, due_at)
+            })
+            .await
     }
 
     /// Returns once everything enqueued before the call is confirmed or dead-lettered.

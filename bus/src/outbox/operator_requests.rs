@@ -16,8 +16,8 @@
 //! ([`OperatorRequests::run_unowned`]): it opens the outbox as its owner (the lock, the same
 //! checks and migration) without a drainer, runs every pending request and closes it.
 //!
-//! Why the schema stays at version 3: the table is an addition that no existing query reads,
-//! and `schema::check` only compares the three queue tables, so a version-3 build without this
+//! Why this table needs no schema version of its own: it is an addition that no existing query
+//! reads, and `schema::check` only compares the queue tables, so a build without this
 //! module opens a file that has it (and `OutboxFile` reads it) unchanged. A version bump would
 //! make every older build refuse a file that a newer tool had only asked something of. Such an
 //! older owner never creates the table, which is how a tool tells it apart

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension};
 use bytes::BytesMut;
 
 use super::encoding::{decode_columns, not_a_payload, Decoded};
-use super::records::QueuedMessage;
+use super::records::{Counts, QueuedMessage};
 use crate::dead_letter::DeadLetter;
 
 /// Milliseconds since the Unix epoch as a time (negative counts as the epoch).
@@ -121,6 +121,7 @@ fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMessage> {
             created_at: from_ms(created_at),
             attempts,
             last_error: opt_text(r.get_ref(7)?),
+            due_at: None,
             decode_error: problem,
         })
     }
@@ -221,16 +222,58 @@ pub(crate) fn dead_letter_count(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
 }
 
-/// Queue depth, `created_at` of the oldest queued row (unix ms), dead-letter count.
-pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>, u64)> {
-    let (depth, oldest) = conn.query_row(
+/// Queue depth, `created_at` of the oldest queued row (unix ms), dead-letter count, and the
+/// scheduled messages (none in a version-3 file, which has no such table).
+pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<Counts> {
+    let (scheduled, next_due) = if super::schema::has_scheduled(conn)? {
+        conn.query_row("SELECT count(*), min(due_at) FROM scheduled", [], |r| {
+            Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(from_ms)))
+        })?
+    } else {
+        (0, None)
+    };
+    let (depth, oldest_ms) = conn.query_row(
         "SELECT count(*), (SELECT created_at FROM outbox
                             WHERE id > (SELECT done FROM outbox_seq) ORDER BY id LIMIT 1)
            FROM outbox WHERE id > (SELECT done FROM outbox_seq)",
         [],
         |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1).unwrap_or(None))),
     )?;
-    Ok((depth, oldest, dead_letter_count(conn)?))
+    Ok(Counts {
+        depth,
+        oldest_ms,
+        dead_letters: dead_letter_count(conn)?,
+        scheduled,
+        next_due,
+        inbox: inbox_size(conn)?,
+    })
+}
+
+/// Up to `limit` scheduled messages (not due yet) after schedule id `after`, by due time then id
+/// (`after`: the last one of the previous page), each with its `due_at`. None in a version-3
+/// file.
+pub(crate) fn scheduled(
+    conn: &Connection,
+    after: Option<(i64, i64)>,
+    limit: usize,
+) -> rusqlite::Result<Vec<QueuedMessage>> {
+    if !super::schema::has_scheduled(conn)? {
+        return Ok(Vec::new());
+    }
+    let (due, id) = after.unwrap_or((i64::MIN, i64::MIN));
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, subject, reply, headers, payload, created_at, 0, NULL, due_at
+           FROM scheduled WHERE (due_at, id) > (?1, ?2) ORDER BY due_at, id LIMIT ?3",
+    )?;
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let mut rows = stmt.query(rusqlite::params![due, id, limit])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut m = queued_row(r)?;
+        m.due_at = Some(from_ms(r.get(8)?));
+        out.push(m);
+    }
+    Ok(out)
 }
 
 /// Rows in the `inbox` table (0 when the file has none yet).
@@ -372,6 +415,7 @@ pub(crate) fn queued_salvaged(
         created_at: UNIX_EPOCH,
         attempts: 0,
         last_error: None,
+        due_at: None,
         decode_error: Some(format!(
             "the row cannot be read from the file ({why}): the page that holds it is damaged"
         )),

@@ -1,4 +1,4 @@
-//! The outbox file's schema (version 3), its operator views, and the check that a file has it.
+//! The outbox file's schema (version 4), its operator views, and the check that a file has it.
 
 use std::path::Path;
 
@@ -9,10 +9,30 @@ use crate::error::{Error, Result};
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).
 ///
-/// Version 3: one column per part of a message (see [`TABLES`]), readable with the `sqlite3`
-/// shell. Version 2 kept the whole message in one private blob; it is migrated on open
-/// (`migrate`). Version 1 predates any release.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+/// Version 4: version 3 and the `scheduled` table (messages published for later, see
+/// [`SCHEDULED`]). Version 3: one column per part of a message (see [`TABLES`]), readable with
+/// the `sqlite3` shell. Version 2 kept the whole message in one private blob. Both are migrated
+/// on open (`migrate`); a version-3 file can still be read by tools (it has nothing scheduled).
+/// Version 1 predates any release.
+pub(crate) const SCHEMA_VERSION: i64 = 4;
+
+/// Messages published for later (`Bus::publish_at`): they wait here, not in the queue, until
+/// they are due; the writer then moves the due ones, by due time then id, to the end of the
+/// queue in one transaction (they get their queue id then), so the queue stays in id order and
+/// its confirmed watermark is never held up by a message that is not due. `due_at` and
+/// `created_at` are unix ms. Added by version 4.
+pub(crate) const SCHEDULED: &str = "
+CREATE TABLE scheduled (
+    id         INTEGER PRIMARY KEY,
+    due_at     INTEGER NOT NULL,
+    subject    TEXT    NOT NULL,
+    reply      TEXT,
+    headers    TEXT    NOT NULL,
+    payload    BLOB    NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX scheduled_due ON scheduled (due_at, id);
+";
 
 /// The `origin` of a dead letter that failed in the outbox (handlers write `handler:<name>`).
 pub(crate) const ORIGIN_OUTBOX: &str = "outbox";
@@ -150,14 +170,23 @@ fn describe(cols: &Columns) -> String {
         .join(", ")
 }
 
-/// Checks that `conn` holds the version-3 tables exactly (names, types, NOT NULL, keys) and one
+/// Checks that `conn` holds the version-4 tables exactly (names, types, NOT NULL, keys) and one
 /// `outbox_seq` row; `Err` says what differs. The reference is [`TABLES`] itself, created in
-/// memory, so the check cannot drift from the schema it checks.
-pub(crate) fn check(conn: &Connection) -> std::result::Result<(), String> {
+/// memory, so the check cannot drift from the schema it checks. `scheduled`: whether to check
+/// the `scheduled` table too (not on a version-3 file a tool reads).
+pub(crate) fn check(conn: &Connection, scheduled: bool) -> std::result::Result<(), String> {
     let reference = Connection::open_in_memory()
-        .and_then(|r| r.execute_batch(&format!("{TABLES}{SEQ}")).map(|()| r))
+        .and_then(|r| {
+            r.execute_batch(&format!("{TABLES}{SEQ}{SCHEDULED}"))
+                .map(|()| r)
+        })
         .map_err(|e| format!("cannot build the reference schema: {e}"))?;
-    for table in ["outbox", "dead_letters", "outbox_seq"] {
+    let tables: &[&str] = if scheduled {
+        &["outbox", "dead_letters", "outbox_seq", "scheduled"]
+    } else {
+        &["outbox", "dead_letters", "outbox_seq"]
+    };
+    for &table in tables {
         let want = columns(&reference, table).map_err(|e| e.to_string())?;
         let got = columns(conn, table).map_err(|e| format!("cannot read table {table}: {e}"))?;
         if got.is_empty() {
@@ -187,7 +216,7 @@ fn version_err(path: &Path, version: i64) -> Error {
     let detail = if version < SCHEMA_VERSION {
         format!(
             "outbox schema version {version} is from a pre-release bus and cannot be migrated \
-             (only version 2 can); drain it with the bus that wrote it, or move it aside"
+             (only versions 2 and 3 can); drain it with the bus that wrote it, or move it aside"
         )
     } else {
         format!(
@@ -199,12 +228,12 @@ fn version_err(path: &Path, version: i64) -> Error {
     Error::outbox(path, detail, None)
 }
 
-/// The error for a version-3 file whose tables are not the ones of version 3.
-fn layout_err(path: &Path, why: &str) -> Error {
+/// The error for a file whose tables are not the ones of its version.
+fn layout_err(path: &Path, version: i64, why: &str) -> Error {
     Error::outbox(
         path,
         format!(
-            "the outbox file says schema version {SCHEMA_VERSION} but its tables do not match it \
+            "the outbox file says schema version {version} but its tables do not match it \
              ({why}); it was changed by something other than bus: move it aside (it may still \
              hold unsent messages; it is never reset automatically) and point outbox_path \
              elsewhere"
@@ -222,6 +251,8 @@ pub(crate) enum Found {
     Foreign,
     /// Version 2, which only a `Bus` migrates.
     V2,
+    /// Version 3, which a `Bus` migrates and a tool reads (nothing scheduled).
+    V3,
     /// This build's version.
     Current,
 }
@@ -248,6 +279,7 @@ pub(crate) fn found(conn: &Connection, path: &Path) -> Result<Found> {
             })
         }
         2 => Ok(Found::V2),
+        3 => Ok(Found::V3),
         SCHEMA_VERSION => Ok(Found::Current),
         v => Err(version_err(path, v)),
     }
@@ -255,15 +287,27 @@ pub(crate) fn found(conn: &Connection, path: &Path) -> Result<Found> {
 
 /// Checks that the file open on `conn` has this build's tables ([`check`]).
 pub(crate) fn check_layout(conn: &Connection, path: &Path) -> Result<()> {
-    check(conn).map_err(|why| layout_err(path, &why))
+    check(conn, true).map_err(|why| layout_err(path, SCHEMA_VERSION, &why))
+}
+
+/// Whether the file open on `conn` has the `scheduled` table (a version-3 file a tool reads has
+/// not).
+pub(crate) fn has_scheduled(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'scheduled'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 /// For a tool beside the service, which neither creates nor migrates a file: the file must be
-/// a version-3 outbox with its tables. `v2` ends the sentence about a version-2 file (what the
-/// tool cannot do with it).
+/// a version-4 outbox with its tables, or a version-3 one (read as it is: nothing scheduled).
+/// `v2` ends the sentence about a version-2 file (what the tool cannot do with it).
 pub(crate) fn check_current(conn: &Connection, path: &Path, v2: &str) -> Result<()> {
     match found(conn, path)? {
         Found::Current => check_layout(conn, path),
+        Found::V3 => check(conn, false).map_err(|why| layout_err(path, 3, &why)),
         Found::Empty | Found::Foreign => Err(Error::outbox(
             path,
             "this SQLite file is not a bus outbox (it has no outbox schema version)",

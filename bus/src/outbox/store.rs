@@ -12,7 +12,7 @@ use super::io::{create_private, io_err, now_ms, sql_err};
 use super::lock::{refuse_hard_links, FileLock};
 use super::records::OutboxStats;
 use super::schema::{
-    self, Found, INBOX, ORIGIN_OUTBOX, REQUESTS, SCHEMA_VERSION, SEQ, TABLES, VIEWS,
+    self, Found, INBOX, ORIGIN_OUTBOX, REQUESTS, SCHEDULED, SCHEMA_VERSION, SEQ, TABLES, VIEWS,
 };
 use super::{migrate, read};
 use crate::broker::RawMessage;
@@ -200,6 +200,9 @@ impl Store {
     }
 }
 
+/// Scheduled messages moved to the queue per transaction: a long one would hold up publishes.
+const RELEASE_CHUNK: i64 = 4096;
+
 /// Rows per multi-row `INSERT` (5 parameters each and one shared, well under SQLite's limit of
 /// 32766).
 const ROWS_PER_INSERT: usize = 64;
@@ -258,8 +261,8 @@ impl Store {
                 // its header, and a file must not change just by being opened.
                 self.conn
                     .execute_batch(&format!(
-                        "PRAGMA auto_vacuum = INCREMENTAL; BEGIN IMMEDIATE; {TABLES} {SEQ} {VIEWS} \
-                         PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                        "PRAGMA auto_vacuum = INCREMENTAL; BEGIN IMMEDIATE; {TABLES} {SEQ} \
+                         {SCHEDULED} {VIEWS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                     ))
                     .map_err(|e| sql_err(&p, "cannot create the outbox schema", e))?;
             }
@@ -274,7 +277,9 @@ impl Store {
                     )
                 })?;
                 tracing::info!(path = %p.display(), queued = done.queued, dead_letters = done.dead_letters, undecodable = done.undecodable, elapsed = ?started.elapsed(), "outbox migrated from schema version 2 to 3");
+                self.migrate_v3()?;
             }
+            Found::V3 => self.migrate_v3()?,
             Found::Current => {}
         }
         schema::check_layout(&self.conn, &p)?;
@@ -288,6 +293,20 @@ impl Store {
         self.conn
             .execute_batch(INBOX)
             .map_err(|e| sql_err(&p, "cannot create the inbox table", e))
+    }
+
+    /// Migrates a version-3 file to 4 (`migrate::v3_to_v4`).
+    fn migrate_v3(&mut self) -> Result<()> {
+        migrate::v3_to_v4(&mut self.conn).map_err(|e| {
+            sql_err(
+                &self.path,
+                "cannot migrate the outbox from schema version 3 to 4 (the file is left at \
+                 version 3, unchanged)",
+                e,
+            )
+        })?;
+        tracing::info!(path = %self.path.display(), "outbox migrated from schema version 3 to 4");
+        Ok(())
     }
 
     /// The committed and done watermarks of a freshly opened queue.
@@ -374,6 +393,66 @@ impl Store {
         tx.commit()?;
         self.last_id = id;
         Ok(first)
+    }
+
+    /// Keeps `msg` in the `scheduled` table until `due_at` (unix ms; see [`SCHEDULED`]).
+    pub(crate) fn schedule(&mut self, msg: &RawMessage, due_at: i64) -> rusqlite::Result<()> {
+        self.scratch.clear();
+        encode_headers(&msg.headers, &mut self.scratch);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO scheduled (due_at, subject, reply, headers, payload, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                due_at,
+                msg.subject,
+                msg.reply,
+                json_text(&self.scratch),
+                &msg.payload[..],
+                now_ms()
+            ])?;
+        Ok(())
+    }
+
+    /// When the next scheduled message is due (unix ms), if any is.
+    pub(crate) fn next_due(&self) -> rusqlite::Result<Option<i64>> {
+        self.conn
+            .query_row("SELECT min(due_at) FROM scheduled", [], |r| r.get(0))
+    }
+
+    /// Moves up to [`RELEASE_CHUNK`] scheduled messages due at `now` (unix ms) to the end of the
+    /// queue, by due time then schedule id, in one transaction; they get the next queue ids and
+    /// fresh attempts. Returns the last queue id given, `None` if nothing was due.
+    pub(crate) fn release_due(&mut self, now: i64) -> rusqlite::Result<Option<i64>> {
+        let tx = self.conn.transaction()?;
+        let mut id = self.last_id;
+        {
+            let due: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM scheduled WHERE due_at <= ?1 ORDER BY due_at, id LIMIT ?2",
+                )?
+                .query_map(params![now, RELEASE_CHUNK], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            if due.is_empty() {
+                return Ok(None);
+            }
+            let mut queue = tx.prepare_cached(
+                "INSERT INTO outbox (id, subject, reply, headers, payload, created_at, attempts)
+                 SELECT ?2, subject, reply, headers, payload, ?3, 0 FROM scheduled WHERE id = ?1",
+            )?;
+            let mut remove = tx.prepare_cached("DELETE FROM scheduled WHERE id = ?1")?;
+            for scheduled in due {
+                id += 1;
+                queue.execute(params![scheduled, id, now])?;
+                remove.execute([scheduled])?;
+            }
+            tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
+                .execute([id])?;
+        }
+        tx.commit()?;
+        self.last_id = id;
+        Ok(Some(id))
     }
 
     /// Up to `limit` queued rows with an id above `after`, oldest first. A row that cannot be
@@ -571,14 +650,11 @@ impl Store {
 
     /// Depth, age of the oldest queued row, dead letters, schema version and size on disk.
     pub(crate) fn stats(&self) -> rusqlite::Result<OutboxStats> {
-        let (depth, oldest, dead_letters) = read::counts(&self.conn)?;
+        let counts = read::counts(&self.conn)?;
         Ok(OutboxStats::new(
-            depth,
-            oldest,
-            dead_letters,
+            counts,
             SCHEMA_VERSION as u32,
             read::file_size(&self.path),
-            read::inbox_size(&self.conn)?,
         ))
     }
 }

@@ -35,6 +35,8 @@ struct FakeBroker {
     /// Keep confirmed messages (off for the memory test, which only counts them).
     keep: bool,
     confirmed_count: std::sync::atomic::AtomicU64,
+    /// When each message was handed to `publish`, by payload (the scheduled-message tests).
+    sent_at: Mutex<Vec<(String, std::time::SystemTime)>>,
 }
 
 impl FakeBroker {
@@ -53,6 +55,7 @@ impl FakeBroker {
             max_payload: 1024,
             keep,
             confirmed_count: Default::default(),
+            sent_at: Mutex::default(),
         })
     }
     fn set_state(&self, s: ConnectionState) {
@@ -101,6 +104,13 @@ impl Broker for FakeBroker {
                     size: msg.wire_size(),
                     max: self.max_payload,
                 });
+            }
+            if self.keep {
+                let payload = String::from_utf8_lossy(&msg.payload).into_owned();
+                self.sent_at
+                    .lock()
+                    .unwrap()
+                    .push((payload, std::time::SystemTime::now()));
             }
             self.unconfirmed.lock().unwrap().push(msg);
             Ok(())
@@ -803,7 +813,7 @@ fn a_v2_row_that_cannot_be_decoded_becomes_a_dead_letter_holding_the_raw_row() {
         .conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4, "version 2 is migrated to 3, then to 4");
     let dead = st.dead_letters().unwrap();
     assert_eq!(dead.len(), 5, "4 from v2 and the undecodable row");
     let bad = dead.last().unwrap();
@@ -972,4 +982,127 @@ async fn the_retry_policy_decides_the_attempts() {
         let dead = outbox.dead_letters().list().await.unwrap();
         assert_eq!(dead[0].attempts, max);
     }
+}
+
+/// A version-3 file (no `scheduled` table) is migrated to version 4 on open, keeping its queue,
+/// watermark and dead letters; the migrated file schedules and releases like a new one.
+#[test]
+fn a_v3_file_is_migrated_to_v4_keeping_its_queue_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(&format!(
+            "{} {} {} PRAGMA user_version = 3;",
+            schema::TABLES,
+            schema::SEQ,
+            schema::VIEWS
+        ))
+        .unwrap();
+        c.execute_batch(
+            "INSERT INTO outbox (id, subject, headers, payload, created_at)
+                 VALUES (1, 'a.done', '[]', X'00', 5), (2, 'a.one', '[]', X'01', 6),
+                        (3, 'a.two', '[[\"Nats-Msg-Id\",\"m3\"]]', X'02', 7);
+             UPDATE outbox_seq SET last = 3, done = 1;
+             INSERT INTO dead_letters (origin, subject, headers, payload, created_at, attempts,
+                                       last_error, failed_at)
+                 VALUES ('outbox', 'a.dead', '[]', X'03', 8, 3, 'boom', 9);",
+        )
+        .unwrap();
+    }
+    let mut st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
+    let version: i64 = st
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
+    let page = st.page(0, 10).unwrap();
+    let ids: Vec<i64> = page.rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [2, 3], "the queue above the watermark, unchanged");
+    assert_eq!(page.rows[1].msg.subject, "a.two");
+    assert_eq!(
+        crate::headers::msg_id(&page.rows[1].msg.headers),
+        Some("m3")
+    );
+    let dead = st.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].subject.as_str(), dead[0].last_error.as_str()),
+        ("a.dead", "boom")
+    );
+    // Scheduling works on the migrated file, and due messages join the end of the queue.
+    st.schedule(&msg("a.later", "x"), 100).unwrap();
+    assert_eq!(st.next_due().unwrap(), Some(100));
+    assert_eq!(st.release_due(99).unwrap(), None, "not due yet");
+    assert_eq!(st.release_due(100).unwrap(), Some(4));
+    assert_eq!(st.next_due().unwrap(), None);
+    drop(st);
+    // Opened again: already version 4, nothing to migrate.
+    let st = store::Store::open(&path, Durability::ProcessCrash).unwrap();
+    assert_eq!(st.watermarks().unwrap().committed, 4);
+}
+
+/// Due scheduled messages join the queue by due time, then in the order they were scheduled,
+/// after what was queued before they were due; none is released before its due time.
+#[test]
+fn due_messages_are_released_by_due_time_then_schedule_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = store::Store::open(&dir.path().join("o.db"), Durability::ProcessCrash).unwrap();
+    st.schedule(&msg("s", "due-30-first"), 30).unwrap();
+    st.schedule(&msg("s", "due-10"), 10).unwrap();
+    st.schedule(&msg("s", "due-30-second"), 30).unwrap();
+    st.schedule(&msg("s", "due-50"), 50).unwrap();
+    st.insert_all([msg("s", "now")].iter(), &[]).unwrap();
+    assert_eq!(st.release_due(9).unwrap(), None);
+    assert_eq!(st.release_due(30).unwrap(), Some(4));
+    assert_eq!(st.next_due().unwrap(), Some(50));
+    let page = st.page(0, 10).unwrap();
+    let got: Vec<String> = page
+        .rows
+        .iter()
+        .map(|r| String::from_utf8(r.msg.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(got, ["now", "due-10", "due-30-first", "due-30-second"]);
+    assert_eq!(st.stats().unwrap().scheduled, 1);
+}
+
+/// Through the outbox: a scheduled message is not sent before its due time, `flush` does not
+/// wait for it, the stats count it until it is due, and it keeps its msg id.
+#[tokio::test]
+async fn scheduled_messages_wait_in_the_file_until_due_and_flush_does_not_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    let soon = std::time::SystemTime::now() + Duration::from_millis(300);
+    let late = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let (a, b) = (msg("s", "soon"), msg("s", "late"));
+    let id = crate::headers::msg_id(&a.headers).unwrap().to_owned();
+    outbox.schedule(a, soon).await.unwrap();
+    outbox.schedule(b, late).await.unwrap();
+    outbox.enqueue(msg("s", "now")).await.unwrap();
+    flush(&outbox).await;
+    let stats = outbox.stats().await.unwrap();
+    assert!(stats.scheduled >= 1 && stats.scheduled <= 2, "{stats:?}");
+    assert_eq!(stats.schema_version, 4);
+    // Wait for the one due soon (not the one due in an hour).
+    tokio::time::timeout(LIMIT, async {
+        while broker.confirmed().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the due message was never sent");
+    assert_eq!(broker.payloads(), ["now", "soon"]);
+    let sent = broker.sent_at.lock().unwrap().clone();
+    let (_, at) = sent.iter().find(|(p, _)| p == "soon").unwrap();
+    assert!(*at >= soon, "sent before its due time");
+    assert_eq!(
+        crate::headers::msg_id(&broker.confirmed()[1].headers),
+        Some(id.as_str())
+    );
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.scheduled, stats.depth), (1, 0));
+    assert!(stats
+        .next_due
+        .is_some_and(|d| d >= late - Duration::from_millis(1)));
 }

@@ -91,6 +91,8 @@ pub(crate) struct Ctx {
     /// When the writer last committed a publish or a confirmation (space is given back only
     /// after a quiet time; reads such as stats do not count).
     pub(crate) last_busy: std::time::Instant,
+    /// When the next scheduled message is due (unix ms), if one is (see [`Ctx::release_due`]).
+    pub(crate) next_due: Option<i64>,
 }
 
 /// Confirmed rows deleted per step when the writer is idle: small enough that a publish arriving
@@ -119,6 +121,54 @@ impl Ctx {
             if !self.tidy() {
                 break;
             }
+        }
+    }
+
+    /// Keeps `msg` in the file until `due_at` (unix ms); the writer wakes for it then.
+    pub(crate) fn schedule(&mut self, msg: &RawMessage, due_at: i64) -> rusqlite::Result<()> {
+        self.store.schedule(msg, due_at)?;
+        self.last_busy = std::time::Instant::now();
+        self.next_due = Some(self.next_due.map_or(due_at, |d| d.min(due_at)));
+        Ok(())
+    }
+
+    /// Moves the scheduled messages that are due to the end of the queue and tells the drainer
+    /// (which finds them in SQLite, as replayed dead letters). Called between commands; a
+    /// failure is logged and tried again a second later (the messages stay scheduled).
+    fn release_due(&mut self) {
+        let now = super::io::now_ms();
+        if self.next_due.is_none_or(|due| due > now) {
+            return;
+        }
+        let released = self.store.release_due(now).and_then(|last| {
+            let next = self.store.next_due()?;
+            Ok((last, next))
+        });
+        match released {
+            Ok((last, next)) => {
+                self.next_due = next;
+                if let Some(last) = last {
+                    self.last_busy = std::time::Instant::now();
+                    self.committed.send_replace(last);
+                    self.shared.mark_overflowed();
+                }
+            }
+            Err(e) => {
+                tracing::error!(path = %self.store.path.display(), error = %e, "cannot move due scheduled messages to the outbox queue; trying again in a second (they stay scheduled)");
+                self.next_due = Some(now + 1000);
+            }
+        }
+    }
+
+    /// How long the writer may wait for a command: until the next operator-request poll or the
+    /// next scheduled message's due time, whichever is first.
+    fn wait(&self) -> std::time::Duration {
+        let requests = self.requests.wait();
+        match self.next_due {
+            Some(due) => requests.min(std::time::Duration::from_millis(
+                (due - super::io::now_ms()).max(0) as u64,
+            )),
+            None => requests,
         }
     }
 
@@ -211,9 +261,14 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
     let thread = std::thread::Builder::new()
         .name("bus-outbox-writer".into())
         .spawn(move || {
-            let opened = Store::open(&thread_path, durability)
-                .and_then(|store| store.watermarks().map(|w| (store, w)));
-            let (store, w) = match opened {
+            let opened = Store::open(&thread_path, durability).and_then(|store| {
+                let w = store.watermarks()?;
+                let next_due = store
+                    .next_due()
+                    .map_err(|e| sql_err(&thread_path, "cannot read the scheduled messages", e))?;
+                Ok((store, (w, next_due)))
+            });
+            let (store, (w, next_due)) = match opened {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -233,6 +288,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
                     commits: 0,
                     requests: super::request_runner::Pickup::default(),
                     last_busy: std::time::Instant::now(),
+                    next_due,
                 },
             );
         })
@@ -293,6 +349,8 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
             ctx.committed.send_replace(last);
             ctx.shared.mark_overflowed();
         }
+        // Scheduled messages that are due join the queue, busy or idle.
+        ctx.release_due();
         // Delete confirmed rows only when nothing is waiting, so publishes never wait for it.
         let first = match rx.try_recv() {
             Ok(cmd) => cmd,
@@ -300,7 +358,7 @@ fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
                 if ctx.tidy_idle() || ctx.reclaim_idle() {
                     continue;
                 }
-                match rx.recv_timeout(ctx.requests.wait()) {
+                match rx.recv_timeout(ctx.wait()) {
                     Ok(cmd) => cmd,
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
