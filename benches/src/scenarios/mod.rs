@@ -2,6 +2,7 @@
 //! baseline round and a bus round of the same work.
 
 pub mod jetstream;
+pub mod latency;
 pub mod local;
 pub mod nats;
 pub mod outbox;
