@@ -588,7 +588,7 @@ impl Bus {
         ))
     }
 
-    /// Waits until every stream declared with [`BusBuilder::stream`] is set up on the current
+    /// Waits until every stream declared with [`BusBuilder::stream`](crate::BusBuilder::stream) is set up on the current
     /// NATS connection; after `timeout`, [`Error::Stream`] with the reason of the last failed
     /// attempt (they go on). At once on a broker without streams.
     pub async fn streams_ready(&self, timeout: Duration) -> Result<()> {

@@ -160,7 +160,7 @@
 //!   local broker it yields what was already delivered to it, then ends once every handle on the
 //!   broker is gone. Dropping a [`Handler`] or a [`ServeHandle`] leaves it running until the bus
 //!   closes; call `stop()` ([`Handler::stop`] waits for its in-flight messages,
-//!   [`ServeHandle::shutdown`] for its in-flight requests). Dropping a `Subscription`
+//!   [`ServeHandle::stop`](crate::ServeHandle::stop) for its in-flight requests). Dropping a `Subscription`
 //!   unsubscribes.
 //! - Ending the tokio runtime ends every task of the bus; the outbox file is consistent at any
 //!   point (SQLite WAL), so a killed process loses nothing it had committed.

@@ -122,7 +122,7 @@ pub struct RawSubscription {
 }
 
 impl RawSubscription {
-    /// A subscription of a [`Broker`] written outside this crate: `messages` are counted as
+    /// A subscription of a [`Broker`](crate::Broker) written outside this crate: `messages` are counted as
     /// delivered as the subscriber takes them; the returned [`DropCounter`] counts what the
     /// broker had to drop for this subscriber (reported to it as [`Error::SlowConsumer`]).
     pub fn new(
@@ -156,7 +156,7 @@ impl fmt::Debug for RawSubscription {
 
 /// Everything a broker must refuse before it sends a message: an invalid subject, headers NATS
 /// cannot carry, a size over `max_payload`. The same checks, with the same errors, for every
-/// backend; a [`Broker`] written outside this crate calls it first in its `publish`.
+/// backend; a [`Broker`](crate::Broker) written outside this crate calls it first in its `publish`.
 pub fn check_publish(msg: &RawMessage, max_payload: usize) -> Result<()> {
     check_subject(&msg.subject)?;
     msg.headers.check()?;

@@ -4,7 +4,7 @@
 //! Each message is attempted at most `concurrency` at once: first inline on the handler's loop,
 //! then, if it has to wait, on a task of its own (so a quick handler costs no task and no
 //! allocation per message). An `Err` or a panic
-//! is a failed attempt: the message waits its [`RetryPolicy`] backoff *without* holding a slot, so
+//! is a failed attempt: the message waits its [`RetryPolicy`](crate::RetryPolicy) backoff *without* holding a slot, so
 //! a failing message never blocks the ones behind it, and after `max_attempts` it is
 //! dead-lettered with its subject, headers, payload, attempts, last error and the handler's name.
 //! A payload that does not decode is dead-lettered at once: retrying cannot fix it. In ordered
@@ -42,7 +42,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - **Retries**: an `Err` or a panic is retried after the [`RetryPolicy`]'s backoff (default:
+//! - **Retries**: an `Err` or a panic is retried after the [`RetryPolicy`](crate::RetryPolicy)'s backoff (default:
 //!   3 attempts, 100 ms then 400 ms, 20 % jitter; the same type and default as the outbox's).
 //!   After the last attempt the message is dead-lettered with `origin` `handler:<name>` and
 //!   counted in [`Handler::stats`].

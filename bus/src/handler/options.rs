@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::durable::DurableSpec;
 use crate::retry::RetryPolicy;
 
-/// How a [`Handler`] runs: its name, concurrency, order and retry policy.
+/// How a [`Handler`](crate::Handler) runs: its name, concurrency, order and retry policy.
 ///
 /// ```
 /// use bus::{HandlerOptions, RetryPolicy};
