@@ -95,15 +95,15 @@ impl Line {
             ("bus", num(self.bus)),
             ("baseline", num(self.baseline)),
             ("unit", json!(self.unit)),
-            ("ratio", num(self.ratio().map(|r| round(r, 3)))),
+            ("ratio", ratio_num(self.ratio())),
         ];
         if self.bus_p99.is_some() || self.baseline_p99.is_some() {
             fields.push(("bus_p99", num(self.bus_p99)));
             fields.push(("baseline_p99", num(self.baseline_p99)));
             fields.push((
                 "ratio_p99",
-                num(match (self.bus_p99, self.baseline_p99) {
-                    (Some(b), Some(base)) => Some(round(base / b, 3)),
+                ratio_num(match (self.bus_p99, self.baseline_p99) {
+                    (Some(b), Some(base)) => Some(base / b),
                     _ => None,
                 }),
             ));
@@ -114,7 +114,7 @@ impl Line {
         }
         if self.baseline_old.is_some() {
             fields.push(("baseline_old", num(self.baseline_old)));
-            fields.push(("ratio_old", num(self.ratio_old().map(|r| round(r, 3)))));
+            fields.push(("ratio_old", ratio_num(self.ratio_old())));
         }
         if let Some(e) = &self.error {
             fields.push(("error", json!(e)));
@@ -149,6 +149,14 @@ fn num(x: Option<f64>) -> Value {
             // Two decimals are plenty for msg/s, µs and MiB; keeps the lines short.
             json!(round(v, 2))
         }
+        _ => Value::Null,
+    }
+}
+
+/// A ratio with three decimals (`num` keeps two, which made 0.908 read 0.91).
+fn ratio_num(x: Option<f64>) -> Value {
+    match x {
+        Some(v) if v.is_finite() => json!(round(v, 3)),
         _ => Value::Null,
     }
 }
@@ -463,6 +471,9 @@ mod tests {
         l.baseline_old = Some(60.0);
         let v: Value = serde_json::from_str(&l.to_json()).unwrap();
         assert_eq!(v["ratio_old"], json!(1.5));
+        // Three decimals, as the README's contract shows them.
+        let v: Value = serde_json::from_str(&line(Better::Higher, 90.8, 100.0).to_json()).unwrap();
+        assert_eq!(v["ratio"], json!(0.908));
     }
 
     #[test]
