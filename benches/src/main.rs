@@ -3,10 +3,13 @@
 //! ```text
 //! cargo run --release -p bus-bench -- [--quick] [--only NAME[,NAME…]] [--rounds N]
 //!     [--side both|bus|baseline] [--server-bin PATH] [--scaling]
+//!     [--compare BEFORE.jsonl[,…] [--after AFTER.jsonl[,…]]]
 //! ```
 //!
 //! Starts its own nats-server, runs each scenario's baseline and bus rounds interleaved, prints
 //! one JSON object per scenario per line on stdout, then a table. Progress goes to stderr.
+//! `--compare` then prints the before/after table against a saved run (the medians of several);
+//! with `--after` it compares saved runs only, without running anything.
 //! See `benches/README.md` for what each scenario measures and what `ratio` means.
 
 // A benchmark's output is its report: printing to stdout/stderr is the point of this binary.
@@ -25,10 +28,11 @@ use std::time::Instant;
 
 use report::{Better, Line, Target};
 use runner::{interleave, BenchResult, Outcome, Rounds, Sample, Sides};
-use scenarios::{jetstream, keyed, local, nats, outbox, rss, scaling};
+use scenarios::{jetstream, keyed, latency, local, nats, outbox, rss, scaling};
 use server::{Server, ServerSpec};
 
-/// Every scenario, in run order. The names are the contract of the report.
+/// Every scenario, in run order. The names are the contract of the report. The latency rows
+/// (`--only latency` selects them all) are [`LATENCY_SCENARIOS`].
 const SCENARIOS: [&str; 13] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
@@ -45,7 +49,27 @@ const SCENARIOS: [&str; 13] = [
     "outbox_1m_rss_mib",
 ];
 
-/// The scenarios that need a running nats-server (the diagnostics all do).
+/// The latency rows, in run order: the first message after `connect()`, then publish ->
+/// delivery at 500 and 5,000 msg/s per path (`latency_<path>_<rate>`, paths as
+/// [`latency::Path::ALL`]).
+const LATENCY_SCENARIOS: [&str; 11] = [
+    "latency_first_message",
+    "latency_core_500",
+    "latency_outbox_500",
+    "latency_powerloss_500",
+    "latency_durable_500",
+    "latency_request_500",
+    "latency_core_5000",
+    "latency_outbox_5000",
+    "latency_powerloss_5000",
+    "latency_durable_5000",
+    "latency_request_5000",
+];
+
+/// The steady rates of the latency rows, msg/s.
+const LATENCY_RATES: [u32; 2] = [500, 5000];
+
+/// The scenarios that need a running nats-server (the diagnostics and latency rows all do).
 const NEEDS_SERVER: [&str; 7] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
@@ -105,6 +129,12 @@ struct Plan {
     window: usize,
     /// Which sides run (`--side`, for profiling one alone).
     sides: Sides,
+    /// Rounds of each latency row (each round sets up both sides afresh).
+    latency_rounds: usize,
+    /// Seconds of steady publishing per latency round (500 msg/s for 4 s is 2,000 messages).
+    latency_secs: f64,
+    /// Fresh publishers per round of `latency_first_message`.
+    first_n: usize,
 }
 
 impl Plan {
@@ -124,6 +154,9 @@ impl Plan {
             keyed_n: 20_000,
             window: 1024,
             sides: Sides::Both,
+            latency_rounds: 5,
+            latency_secs: 4.0,
+            first_n: 3,
         }
     }
     /// `--small`: a tenth of [`quick`](Plan::quick)'s messages per round, for runs under
@@ -140,6 +173,8 @@ impl Plan {
             fanout_n: quick.fanout_n / 10,
             outbox_n: quick.outbox_n / 10,
             keyed_n: quick.keyed_n / 10,
+            latency_secs: quick.latency_secs / 5.0,
+            first_n: 1,
             ..quick
         }
     }
@@ -160,6 +195,9 @@ impl Plan {
             keyed_n: 4_000,
             window: 1024,
             sides: Sides::Both,
+            latency_rounds: 3,
+            latency_secs: 1.0,
+            first_n: 3,
         }
     }
 }
@@ -169,13 +207,21 @@ struct Args {
     only: Vec<String>,
     server: ServerSpec,
     scaling: bool,
+    /// `--compare`: saved runs to compare this run (or `after`) with.
+    compare: Vec<String>,
+    /// `--after`: saved runs standing for "after" (nothing runs).
+    after: Vec<String>,
 }
 
 const USAGE: &str = "usage: bus-bench [--quick|--small] [--only NAME[,NAME...]] [--rounds N] \
-[--side both|bus|baseline] [--server-bin PATH] [--scaling]\n\
+[--side both|bus|baseline] [--server-bin PATH] [--scaling] \
+[--compare BEFORE.jsonl[,...] [--after AFTER.jsonl[,...]]]\n\
 scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable handler_dedupe nats_fanout_10 nats_request_p50 \
 local_pubsub_typed local_10k_subs handler_local handler_ordered_by_subject outbox_publish_rate drain_after_outage \
-outbox_1m_rss_mib; only when named: the diag_* diagnostics\n\
+outbox_1m_rss_mib latency_first_message latency_<core|outbox|powerloss|durable|request>_<500|5000> \
+(`latency` names them all); only when named: the diag_* diagnostics\n\
+--compare: the before/after table against saved JSON lines (medians of several files); \
+with --after, of saved runs only\n\
 --scaling groups (with --only): local unsubscribe idle drain request";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -185,6 +231,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut only = Vec::new();
     let mut server = ServerSpec::default();
     let mut scaling = false;
+    let mut compare = Vec::new();
+    let mut after = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -216,6 +264,16 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 server.binary = Some(v.into());
             }
             "--scaling" => scaling = true,
+            "--compare" => {
+                let v = it
+                    .next()
+                    .ok_or("--compare needs a saved run's JSON lines")?;
+                compare.extend(v.split(',').map(str::to_string));
+            }
+            "--after" => {
+                let v = it.next().ok_or("--after needs a saved run's JSON lines")?;
+                after.extend(v.split(',').map(str::to_string));
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -224,6 +282,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     if let Some(r) = rounds {
         plan.rounds = r;
         plan.drain_rounds = r;
+        plan.latency_rounds = r;
     }
     if scaling {
         if let Some(bad) = only.iter().find(|n| !scaling::GROUPS.contains(&n.as_str())) {
@@ -234,16 +293,39 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         }
     } else if let Some(bad) = only.iter().find(|n| {
         let n = n.as_str();
-        !SCENARIOS.contains(&n) && !DIAGNOSTICS.contains(&n)
+        n != "latency"
+            && !SCENARIOS.contains(&n)
+            && !LATENCY_SCENARIOS.contains(&n)
+            && !DIAGNOSTICS.contains(&n)
     }) {
         return Err(format!("unknown scenario `{bad}`\n{USAGE}"));
+    }
+    if !after.is_empty() && compare.is_empty() {
+        return Err(format!("--after needs --compare\n{USAGE}"));
     }
     Ok(Args {
         plan,
         only,
         server,
         scaling,
+        compare,
+        after,
     })
+}
+
+/// The medians of the saved runs at `paths` (JSON lines, or a whole saved stdout each); empty
+/// for no paths.
+fn read_runs(paths: &[String]) -> Result<Vec<report::Figures>, String> {
+    let mut runs = Vec::with_capacity(paths.len());
+    for p in paths {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))?;
+        let run = report::parse_jsonl(&text);
+        if run.is_empty() {
+            return Err(format!("{p} has no scenario lines"));
+        }
+        runs.push(run);
+    }
+    Ok(report::medians(&runs))
 }
 
 /// The entry point of a hidden child subcommand (a measurement that needs its own process).
@@ -273,6 +355,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let before = match read_runs(&args.compare) {
+        Ok(b) => b,
+        Err(msg) => {
+            eprintln!("bus-bench: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.after.is_empty() {
+        // Saved runs only: nothing is measured.
+        return match read_runs(&args.after) {
+            Ok(after) => {
+                print!("{}", report::compare_table(&before, &after));
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("bus-bench: {msg}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -283,12 +385,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let args_compare = args.compare.clone();
     match rt.block_on(run(args)) {
         Ok(lines) => {
             // `--scaling` prints its own table.
             if !lines.is_empty() {
                 println!();
                 print!("{}", report::table(&lines));
+            }
+            if !args_compare.is_empty() {
+                let after: Vec<report::Figures> = lines.iter().map(report::Figures::of).collect();
+                println!();
+                print!("{}", report::compare_table(&before, &after));
             }
             ExitCode::SUCCESS
         }
@@ -304,13 +412,26 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
         return scaling::run(&args.server, args.plan.rounds.min(3), &args.only).await;
     }
     let plan = args.plan;
-    let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let selected = |name: &str| {
+        args.only.is_empty()
+            || args
+                .only
+                .iter()
+                .any(|o| o == name || (o == "latency" && name.starts_with("latency_")))
+    };
     // Diagnostics run only when named: an empty `--only` does not select them.
     let named = |name: &str| args.only.iter().any(|o| o == name);
-    let needs_server = NEEDS_SERVER.iter().chain(&DIAGNOSTICS).any(|s| selected(s));
+    let needs_server = NEEDS_SERVER
+        .iter()
+        .chain(&DIAGNOSTICS)
+        .chain(&LATENCY_SCENARIOS)
+        .any(|s| selected(s));
     let spec = ServerSpec {
         jetstream: selected("jetstream_durable")
             || selected("handler_dedupe")
+            || LATENCY_RATES
+                .iter()
+                .any(|r| selected(&format!("latency_durable_{r}")))
             || named("diag_jetstream_msgid")
             || named("diag_jetstream_ceiling"),
         ..args.server.clone()
@@ -474,6 +595,42 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             emit(latency(name, &plan, plan.request_n).run(&mut s).await);
         }
     }
+    if selected("latency_first_message") {
+        let mut s = latency::FirstMessage { url: url.clone() };
+        let spec = Scenario {
+            target: Target::BusAtMost(5000.0),
+            ..latency_row("latency_first_message", &plan, plan.first_n)
+        };
+        emit(spec.run(&mut s).await);
+    }
+    for rate in LATENCY_RATES {
+        for (path, path_name) in latency::Path::ALL {
+            let name = format!("latency_{path_name}_{rate}");
+            let Some(name) = LATENCY_SCENARIOS.iter().copied().find(|n| *n == name) else {
+                continue;
+            };
+            if !selected(name) {
+                continue;
+            }
+            let n = (f64::from(rate) * plan.latency_secs).round() as usize;
+            let target = match (path, rate) {
+                (latency::Path::Core | latency::Path::Request, _) => Target::RatioAtLeast(0.90),
+                (latency::Path::Outbox, 500) => Target::RatioAndP99(0.60, 1000.0),
+                (latency::Path::Durable, 500) => Target::P99AtMost(1000.0),
+                _ => Target::Info,
+            };
+            let mut s = latency::Steady {
+                url: url.clone(),
+                path,
+                rate,
+            };
+            let spec = Scenario {
+                target,
+                ..latency_row(name, &plan, n.max(1))
+            };
+            emit(spec.run(&mut s).await);
+        }
+    }
     if selected("local_pubsub_typed") {
         let mut s = local::PubSub;
         emit(
@@ -611,6 +768,15 @@ fn latency(name: &'static str, plan: &Plan, n: usize) -> Scenario {
     }
 }
 
+/// A latency row: p50 in µs (p99 and max beside it), lower is better, its own round count, no
+/// warm-up round (each round warms its connections up with probes before the clock starts).
+fn latency_row(name: &'static str, plan: &Plan, n: usize) -> Scenario {
+    Scenario {
+        rounds: plan.latency_rounds,
+        ..latency(name, plan, n)
+    }
+}
+
 fn line(
     scenario: &'static str,
     unit: &'static str,
@@ -633,6 +799,8 @@ fn line(
         baseline: o.baseline.as_ref().ok().map(|s| s.value),
         bus_p99: o.bus.as_ref().ok().and_then(|s| s.p99),
         baseline_p99: o.baseline.as_ref().ok().and_then(|s| s.p99),
+        bus_max: o.bus.as_ref().ok().and_then(|s| s.max),
+        baseline_max: o.baseline.as_ref().ok().and_then(|s| s.max),
         baseline_old: o
             .old_baseline
             .as_ref()

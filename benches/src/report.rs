@@ -18,6 +18,12 @@ pub enum Target {
     RatioAtLeast(f64),
     /// The bus figure itself must be `<= x` (in the scenario's unit).
     BusAtMost(f64),
+    /// The bus's p99 must be `<= x` (in the scenario's unit).
+    P99AtMost(f64),
+    /// `ratio >= r` and the bus's p99 `<= x`.
+    RatioAndP99(f64, f64),
+    /// No bar: the row informs.
+    Info,
 }
 
 /// One scenario's result (or its failure).
@@ -39,6 +45,10 @@ pub struct Line {
     pub bus_p99: Option<f64>,
     /// p99 of the baseline (latency scenarios).
     pub baseline_p99: Option<f64>,
+    /// The largest latency of the bus over all rounds (latency scenarios).
+    pub bus_max: Option<f64>,
+    /// The largest latency of the baseline over all rounds (latency scenarios).
+    pub baseline_max: Option<f64>,
     /// Median figure of the previous baseline, where the scenario kept one beside a tightened
     /// baseline (same run, same rounds).
     pub baseline_old: Option<f64>,
@@ -66,11 +76,14 @@ impl Line {
         r.is_finite().then_some(r)
     }
 
-    /// Whether the target is met (`None` when not measured).
+    /// Whether the target is met (`None` when not measured, or when there is no bar).
     pub fn met(&self) -> Option<bool> {
         match self.target {
             Target::RatioAtLeast(x) => self.ratio().map(|r| r >= x),
             Target::BusAtMost(x) => self.bus.map(|b| b <= x),
+            Target::P99AtMost(x) => self.bus_p99.map(|p| p <= x),
+            Target::RatioAndP99(r, x) => Some(self.ratio()? >= r && self.bus_p99? <= x),
+            Target::Info => None,
         }
     }
 
@@ -82,22 +95,26 @@ impl Line {
             ("bus", num(self.bus)),
             ("baseline", num(self.baseline)),
             ("unit", json!(self.unit)),
-            ("ratio", num(self.ratio().map(|r| round(r, 3)))),
+            ("ratio", ratio_num(self.ratio())),
         ];
         if self.bus_p99.is_some() || self.baseline_p99.is_some() {
             fields.push(("bus_p99", num(self.bus_p99)));
             fields.push(("baseline_p99", num(self.baseline_p99)));
             fields.push((
                 "ratio_p99",
-                num(match (self.bus_p99, self.baseline_p99) {
-                    (Some(b), Some(base)) => Some(round(base / b, 3)),
+                ratio_num(match (self.bus_p99, self.baseline_p99) {
+                    (Some(b), Some(base)) => Some(base / b),
                     _ => None,
                 }),
             ));
         }
+        if self.bus_max.is_some() || self.baseline_max.is_some() {
+            fields.push(("bus_max", num(self.bus_max)));
+            fields.push(("baseline_max", num(self.baseline_max)));
+        }
         if self.baseline_old.is_some() {
             fields.push(("baseline_old", num(self.baseline_old)));
-            fields.push(("ratio_old", num(self.ratio_old().map(|r| round(r, 3)))));
+            fields.push(("ratio_old", ratio_num(self.ratio_old())));
         }
         if let Some(e) = &self.error {
             fields.push(("error", json!(e)));
@@ -114,6 +131,9 @@ impl Line {
         match self.target {
             Target::RatioAtLeast(x) => format!("ratio >= {x:.2}"),
             Target::BusAtMost(x) => format!("bus <= {x:.0} {}", self.unit),
+            Target::P99AtMost(x) => format!("p99 <= {x:.0} {}", self.unit),
+            Target::RatioAndP99(r, x) => format!("ratio >= {r:.2}, p99 <= {x:.0} {}", self.unit),
+            Target::Info => "(info)".into(),
         }
     }
 }
@@ -129,6 +149,14 @@ fn num(x: Option<f64>) -> Value {
             // Two decimals are plenty for msg/s, µs and MiB; keeps the lines short.
             json!(round(v, 2))
         }
+        _ => Value::Null,
+    }
+}
+
+/// A ratio with three decimals (`num` keeps two, which made 0.908 read 0.91).
+fn ratio_num(x: Option<f64>) -> Value {
+    match x {
+        Some(v) if v.is_finite() => json!(round(v, 3)),
         _ => Value::Null,
     }
 }
@@ -162,10 +190,11 @@ pub fn table(lines: &[Line]) -> String {
             l.ratio().map_or("-".into(), |r| format!("{r:.3}")),
             l.ratio_old().map_or("-".into(), |r| format!("{r:.3}")),
             l.target_text(),
-            match l.met() {
-                Some(true) => "yes".into(),
-                Some(false) => "NO".into(),
-                None => "error".into(),
+            match (l.met(), l.target, &l.error) {
+                (Some(true), _, _) => "yes".into(),
+                (Some(false), _, _) => "NO".into(),
+                (None, Target::Info, None) => "-".into(),
+                (None, _, _) => "error".into(),
             },
         ]);
         if l.bus_p99.is_some() || l.baseline_p99.is_some() {
@@ -184,9 +213,197 @@ pub fn table(lines: &[Line]) -> String {
                 String::new(),
             ]);
         }
+        if l.bus_max.is_some() || l.baseline_max.is_some() {
+            let r = match (l.bus_max, l.baseline_max) {
+                (Some(b), Some(base)) => format!("{:.3}", base / b),
+                _ => "-".into(),
+            };
+            rows.push([
+                "  (max of the same)".into(),
+                fmt_num(l.bus_max),
+                fmt_num(l.baseline_max),
+                l.unit.to_string(),
+                r,
+                String::new(),
+                "(info)".into(),
+                String::new(),
+            ]);
+        }
     }
-    let mut widths = [0usize; 8];
-    for row in &rows {
+    let mut out = render(&rows, &[1, 2, 4, 5]);
+    for l in lines {
+        if let Some(e) = &l.error {
+            out.push_str(&format!("{}: ERROR {e}\n", l.scenario));
+        }
+    }
+    out
+}
+
+/// One scenario's figures as read back from a report's JSON line (`--compare`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    /// The scenario name (rows are matched by it).
+    pub scenario: String,
+    /// The unit of `bus` and `baseline`.
+    pub unit: String,
+    /// The bus figure.
+    pub bus: Option<f64>,
+    /// The baseline figure.
+    pub baseline: Option<f64>,
+    /// SDK relative to the baseline, higher = better.
+    pub ratio: Option<f64>,
+    /// p99 of the bus (latency scenarios).
+    pub bus_p99: Option<f64>,
+    /// The ratio of the p99s (latency scenarios), higher = better.
+    pub ratio_p99: Option<f64>,
+}
+
+impl Figures {
+    /// The figures of a line of this run.
+    pub fn of(line: &Line) -> Figures {
+        Figures {
+            scenario: line.scenario.to_string(),
+            unit: line.unit.to_string(),
+            bus: line.bus,
+            baseline: line.baseline,
+            ratio: line.ratio(),
+            bus_p99: line.bus_p99,
+            ratio_p99: match (line.bus_p99, line.baseline_p99) {
+                (Some(b), Some(base)) => Some(base / b),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The scenario lines of a saved report: every line that is a JSON object with a `scenario`
+/// (a whole saved stdout works: the table and anything else is skipped). A scenario that
+/// appears twice keeps its last line.
+pub fn parse_jsonl(text: &str) -> Vec<Figures> {
+    let mut out: Vec<Figures> = Vec::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+            continue;
+        };
+        let Some(scenario) = v.get("scenario").and_then(Value::as_str) else {
+            continue;
+        };
+        let f = |k: &str| v.get(k).and_then(Value::as_f64);
+        let fig = Figures {
+            scenario: scenario.to_string(),
+            unit: v
+                .get("unit")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            bus: f("bus"),
+            baseline: f("baseline"),
+            ratio: f("ratio"),
+            bus_p99: f("bus_p99"),
+            ratio_p99: f("ratio_p99"),
+        };
+        out.retain(|o| o.scenario != fig.scenario);
+        out.push(fig);
+    }
+    out
+}
+
+/// Per scenario, the median of each figure over the runs that have it (scenarios in the order
+/// first seen): several alternated runs become one row each.
+pub fn medians(runs: &[Vec<Figures>]) -> Vec<Figures> {
+    let mut names: Vec<(&str, &str)> = Vec::new();
+    for f in runs.iter().flatten() {
+        if !names.iter().any(|(n, _)| *n == f.scenario) {
+            names.push((&f.scenario, &f.unit));
+        }
+    }
+    names
+        .into_iter()
+        .map(|(name, unit)| {
+            let of = |get: fn(&Figures) -> Option<f64>| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .flatten()
+                    .filter(|f| f.scenario == name)
+                    .filter_map(get)
+                    .collect();
+                (!v.is_empty()).then(|| crate::runner::median(&v))
+            };
+            Figures {
+                scenario: name.to_string(),
+                unit: unit.to_string(),
+                bus: of(|f| f.bus),
+                baseline: of(|f| f.baseline),
+                ratio: of(|f| f.ratio),
+                bus_p99: of(|f| f.bus_p99),
+                ratio_p99: of(|f| f.ratio_p99),
+            }
+        })
+        .collect()
+}
+
+/// The before/after table of `--compare`: per scenario (matched by name; one missing on a side
+/// shows `-`), the ratio and the bus figure before and after and after/before of each, and for
+/// latency rows the same of the p99. `after/before` of a ratio above 1 is better; of a bus
+/// figure it is better above 1 for msg/s and below 1 for µs and MiB.
+pub fn compare_table(before: &[Figures], after: &[Figures]) -> String {
+    let mut names: Vec<&str> = after.iter().map(|f| f.scenario.as_str()).collect();
+    for f in before {
+        if !names.contains(&f.scenario.as_str()) {
+            names.push(&f.scenario);
+        }
+    }
+    let ratio_of = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => format!("{:.3}", a / b),
+        _ => "-".into(),
+    };
+    let ratio_text = |x: Option<f64>| x.map_or("-".into(), |r| format!("{r:.3}"));
+    let mut rows: Vec<[String; 8]> = vec![[
+        "scenario".into(),
+        "ratio before".into(),
+        "ratio after".into(),
+        "after/before".into(),
+        "bus before".into(),
+        "bus after".into(),
+        "after/before".into(),
+        "unit".into(),
+    ]];
+    for name in names {
+        let b = before.iter().find(|f| f.scenario == name);
+        let a = after.iter().find(|f| f.scenario == name);
+        let get = |f: Option<&Figures>, g: fn(&Figures) -> Option<f64>| f.and_then(g);
+        let unit = a.or(b).map_or("", |f| f.unit.as_str()).to_string();
+        rows.push([
+            name.to_string(),
+            ratio_text(get(b, |f| f.ratio)),
+            ratio_text(get(a, |f| f.ratio)),
+            ratio_of(get(a, |f| f.ratio), get(b, |f| f.ratio)),
+            fmt_num(get(b, |f| f.bus)),
+            fmt_num(get(a, |f| f.bus)),
+            ratio_of(get(a, |f| f.bus), get(b, |f| f.bus)),
+            unit.clone(),
+        ]);
+        if get(a, |f| f.bus_p99).is_some() || get(b, |f| f.bus_p99).is_some() {
+            rows.push([
+                "  (p99)".into(),
+                ratio_text(get(b, |f| f.ratio_p99)),
+                ratio_text(get(a, |f| f.ratio_p99)),
+                ratio_of(get(a, |f| f.ratio_p99), get(b, |f| f.ratio_p99)),
+                fmt_num(get(b, |f| f.bus_p99)),
+                fmt_num(get(a, |f| f.bus_p99)),
+                ratio_of(get(a, |f| f.bus_p99), get(b, |f| f.bus_p99)),
+                unit,
+            ]);
+        }
+    }
+    render(&rows, &[1, 2, 3, 4, 5, 6])
+}
+
+/// Rows as aligned columns (the first row a header, underlined); `right` are the columns
+/// aligned right (numbers).
+fn render<const N: usize>(rows: &[[String; N]], right: &[usize]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
@@ -194,27 +411,21 @@ pub fn table(lines: &[Line]) -> String {
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
         for (j, (cell, w)) in row.iter().zip(widths).enumerate() {
-            // Text columns left-aligned, numbers right-aligned.
-            if matches!(j, 1 | 2 | 4 | 5) {
+            if right.contains(&j) {
                 out.push_str(&format!("{cell:>w$}"));
             } else {
                 out.push_str(&format!("{cell:<w$}"));
             }
-            if j < 7 {
+            if j + 1 < N {
                 out.push_str("  ");
             }
         }
         out.truncate(out.trim_end().len());
         out.push('\n');
         if i == 0 {
-            let total = widths.iter().sum::<usize>() + 2 * 7;
+            let total = widths.iter().sum::<usize>() + 2 * (N - 1);
             out.push_str(&"-".repeat(total));
             out.push('\n');
-        }
-    }
-    for l in lines {
-        if let Some(e) = &l.error {
-            out.push_str(&format!("{}: ERROR {e}\n", l.scenario));
         }
     }
     out
@@ -234,6 +445,8 @@ mod tests {
             baseline: Some(base),
             bus_p99: None,
             baseline_p99: None,
+            bus_max: None,
+            baseline_max: None,
             baseline_old: None,
             error: None,
         }
@@ -258,5 +471,36 @@ mod tests {
         l.baseline_old = Some(60.0);
         let v: Value = serde_json::from_str(&l.to_json()).unwrap();
         assert_eq!(v["ratio_old"], json!(1.5));
+        // Three decimals, as the README's contract shows them.
+        let v: Value = serde_json::from_str(&line(Better::Higher, 90.8, 100.0).to_json()).unwrap();
+        assert_eq!(v["ratio"], json!(0.908));
+    }
+
+    #[test]
+    fn compare_matches_rows_by_name_and_takes_medians() {
+        let run = |r: f64| {
+            format!(
+                "progress\n{{\"scenario\": \"a\", \"bus\": {}, \"baseline\": 100, \"unit\": \"msg/s\", \"ratio\": {r}}}\nscenario  bus\n",
+                r * 100.0
+            )
+        };
+        let before = medians(&[
+            parse_jsonl(&run(0.5)),
+            parse_jsonl(&run(0.7)),
+            parse_jsonl(&run(0.6)),
+        ]);
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].ratio, Some(0.6));
+        let mut after = parse_jsonl(&run(0.9));
+        after.push(Figures::of(&line(Better::Lower, 200.0, 100.0)));
+        let table = compare_table(&before, &after);
+        let a = table.lines().find(|l| l.starts_with("a ")).unwrap();
+        assert!(
+            a.contains("0.600") && a.contains("0.900") && a.contains("1.500"),
+            "{table}"
+        );
+        // Only after: shown with dashes on the before side.
+        let x = table.lines().find(|l| l.starts_with("x ")).unwrap();
+        assert!(x.contains(" - "), "{table}");
     }
 }

@@ -26,19 +26,36 @@ pub fn fail(msg: impl Into<String>) -> BoxError {
     msg.into().into()
 }
 
-/// One measured round: the headline value and, for latency scenarios, the p99 beside the p50.
+/// One measured round: the headline value and, for latency scenarios, the p99 and the max
+/// beside the p50.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     /// The headline value (msg/s, µs, MiB).
     pub value: f64,
     /// The p99, for latency scenarios.
     pub p99: Option<f64>,
+    /// The largest sample, for latency scenarios.
+    pub max: Option<f64>,
 }
 
 impl Sample {
     /// A sample with only a headline value.
     pub fn value(value: f64) -> Self {
-        Sample { value, p99: None }
+        Sample {
+            value,
+            p99: None,
+            max: None,
+        }
+    }
+
+    /// p50, p99 and max of latencies (sorted here).
+    pub fn latencies(mut lat: Vec<Duration>) -> Self {
+        lat.sort_unstable();
+        Sample {
+            value: quantile_us(&lat, 0.5),
+            p99: Some(quantile_us(&lat, 0.99)),
+            max: Some(quantile_us(&lat, 1.0)),
+        }
     }
 }
 
@@ -198,9 +215,12 @@ fn progress(name: &str, what: &str, b: Option<f64>, s: Option<f64>, o: Option<f6
 fn median_sample(samples: &[Sample]) -> Sample {
     let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
     let p99s: Vec<f64> = samples.iter().filter_map(|s| s.p99).collect();
+    // The max of a side is the worst of all its rounds, not a median.
+    let max = samples.iter().filter_map(|s| s.max).reduce(f64::max);
     Sample {
         value: median(&values),
         p99: (!p99s.is_empty()).then(|| median(&p99s)),
+        max,
     }
 }
 

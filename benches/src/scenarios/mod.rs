@@ -4,6 +4,7 @@
 pub mod dedupe;
 pub mod jetstream;
 pub mod keyed;
+pub mod latency;
 pub mod local;
 pub mod nats;
 pub mod outbox;

@@ -11,9 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::msgs::{self, PATTERN, PAYLOAD_BYTES, REQUEST_SUBJECT, SUBJECT, WARM_SUBJECT};
-use crate::runner::{
-    fail, quantile_us, rate, warm_up, within, BenchResult, Rounds, Sample, SLACK, WAIT,
-};
+use crate::runner::{fail, rate, warm_up, within, BenchResult, Rounds, Sample, SLACK, WAIT};
 use crate::sdk;
 use crate::server::Server;
 
@@ -467,12 +465,8 @@ impl Rounds for RequestDiag {
 }
 
 /// p50 (headline) and p99 of latencies, in µs.
-pub fn latency_sample(mut lat: Vec<Duration>) -> Sample {
-    lat.sort_unstable();
-    Sample {
-        value: quantile_us(&lat, 0.5),
-        p99: Some(quantile_us(&lat, 0.99)),
-    }
+pub fn latency_sample(lat: Vec<Duration>) -> Sample {
+    Sample::latencies(lat)
 }
 
 /// `drain_after_outage`: the bus queues `n` messages in its outbox while the server is down, then

@@ -35,6 +35,17 @@ use crate::broker::{ConnectionState, Refusal, SubscriptionStats};
 /// The shortest time between two probe connection attempts while the client keeps failing.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How many 1 ms waits `Connected` is held back at most for the new connection's INFO.
+const CONNECTED_WAITS: u32 = 200;
+
+/// Which connection an INFO is of: the server, and the id the server gave this client on that
+/// connection (new for every connection, a reconnect to the same server included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ConnectionId {
+    server_id: String,
+    client_id: u64,
+}
+
 /// What the event callback and the broker share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -54,6 +65,9 @@ pub(crate) struct Shared {
     pub(crate) violations: Mutex<Violations>,
     /// Why connecting fails, while it does, and what was logged about it.
     trouble: Mutex<Trouble>,
+    /// The connection whose INFO was read when `Connected` was last reported (at first the
+    /// empty INFO async-nats holds before any connection).
+    reported: Mutex<ConnectionId>,
     /// What a probe attempt needs, set once by `NatsBroker::connect`.
     probe: OnceLock<ProbeConfig>,
     /// How many messages wait to be sent (the outbox's depth), for the INFO of a reconnect.
@@ -164,6 +178,7 @@ impl Shared {
             client: Mutex::new(None),
             violations: Mutex::new(Violations::default()),
             trouble: Mutex::new(Trouble::default()),
+            reported: Mutex::new(ConnectionId::default()),
             probe: OnceLock::new(),
             queue_depth: OnceLock::new(),
         })
@@ -416,6 +431,19 @@ impl Shared {
         true
     }
 
+    /// Which connection the client's copy of the server's INFO is of, if there is a client.
+    fn connection_id(&self) -> Option<ConnectionId> {
+        self.server_info(|i| ConnectionId {
+            server_id: i.server_id.clone(),
+            client_id: i.client_id,
+        })
+    }
+
+    /// Whether `id` names another connection than the one reported last.
+    fn is_new_connection(&self, id: &ConnectionId) -> bool {
+        *self.reported.lock().unwrap_or_else(PoisonError::into_inner) != *id
+    }
+
     /// Reads the client's copy of the server's INFO, if there is a client.
     fn server_info<T>(&self, f: impl FnOnce(&async_nats::ServerInfo) -> T) -> Option<T> {
         let guard = self.client.lock().unwrap_or_else(PoisonError::into_inner);
@@ -427,25 +455,44 @@ impl Shared {
     pub(crate) fn on_event(self: &Arc<Self>, event: Event) {
         match event {
             Event::Connected => {
-                // async-nats emits `Connected` just before it stores the new server's INFO. Report
-                // the state only once that INFO (and so the server's max_payload) is known:
-                // whoever waits for `Connected` (the outbox drainer) must not send with the
-                // previous server's limit, or an oversize message would make this server close
-                // the connection instead of being refused by the SDK.
+                // async-nats emits `Connected` just before it stores the new connection's INFO.
+                // Report the state only once that INFO (and so the server's max_payload) is
+                // known: whoever waits for `Connected` (the outbox drainer) must not send with
+                // the previous server's limit, or an oversize message would make this server
+                // close the connection instead of being refused by the SDK. The INFO is the new
+                // connection's when it names another connection than the last one reported
+                // (`ConnectionId`): usually already so when this runs, since async-nats stores
+                // it right after sending the event, so the state is reported without a wait.
                 let shared = Arc::clone(self);
                 let generation = self.disconnects.load(Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let before = shared.server_info(|i| i.server_id.clone());
-                    for _ in 0..200 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        let now = shared.server_info(|i| i.server_id.clone());
-                        if now != before && shared.refresh_max_payload() {
-                            break;
+                    let mut waits = 0u32;
+                    let mut ran_out = false;
+                    let seen = loop {
+                        let now = shared.connection_id();
+                        if let Some(id) = now.as_ref().filter(|id| shared.is_new_connection(id)) {
+                            if shared.refresh_max_payload() {
+                                break Some(id.clone());
+                            }
                         }
+                        if waits == CONNECTED_WAITS {
+                            // Still the INFO of the connection reported last: a server that
+                            // sends no client id. Go on with what it says.
+                            shared.refresh_max_payload();
+                            ran_out = true;
+                            break now;
+                        }
+                        waits += 1;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    };
+                    // The mechanism the start-up test checks: `ran_out` must stay false.
+                    tracing::debug!(waits, ran_out, "NATS connection INFO read");
+                    if let Some(id) = seen {
+                        *shared
+                            .reported
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = id;
                     }
-                    // Same server id after 200 ms: a reconnect to the same server process, whose
-                    // INFO did not change.
-                    shared.refresh_max_payload();
                     if shared.disconnects.load(Ordering::Relaxed) == generation {
                         shared.on_connected();
                     }
