@@ -54,6 +54,7 @@ async fn assert_refused(broker: &NatsBroker) -> String {
 
 #[tokio::test]
 async fn token() {
+    let _serial = common::one_at_a_time().await;
     let server = NatsServer::builder().token("s3cret").start();
     assert_works(&connect(&server.url(), NatsAuth::Token("s3cret".into())).await).await;
     let why =
@@ -69,6 +70,7 @@ async fn token() {
 
 #[tokio::test]
 async fn user_and_password() {
+    let _serial = common::one_at_a_time().await;
     let server = NatsServer::builder().user_password("alice", "pw").start();
     let good = NatsAuth::UserPassword("alice".into(), "pw".into());
     assert_works(&connect(&server.url(), good).await).await;
@@ -103,6 +105,7 @@ fn nkey_server() -> NatsServer {
 
 #[tokio::test]
 async fn nkey() {
+    let _serial = common::one_at_a_time().await;
     let server = nkey_server();
     assert_works(&connect(&server.url(), NatsAuth::NKey(NKEY_SEED.into())).await).await;
     // A seed read from a file comes with its newline.
@@ -123,6 +126,7 @@ fn config_error(outcome: Result<NatsBroker, Error>) -> String {
 
 #[tokio::test]
 async fn malformed_seed_fails_connect() {
+    let _serial = common::one_at_a_time().await;
     let server = nkey_server();
     let truncated = &NKEY_SEED[..40];
     let mut flipped = NKEY_SEED.to_owned();
@@ -164,6 +168,7 @@ async fn creds_error(path: std::path::PathBuf) -> String {
 
 #[tokio::test]
 async fn bad_credentials_file_fails_connect() {
+    let _serial = common::one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let text = creds_error(dir.path().join("missing.creds")).await;
     assert!(text.contains("cannot read NATS credentials file"), "{text}");
@@ -193,6 +198,7 @@ async fn bad_credentials_file_fails_connect() {
 /// follow (about 20 here) only at DEBUG.
 #[tokio::test]
 async fn refusal_is_logged_once() {
+    let _serial = common::one_at_a_time().await;
     let (logs, _guard) = Logs::capture();
     let server = NatsServer::builder().user_password("alice", "pw").start();
     let broker = connect(
@@ -226,6 +232,7 @@ async fn refusal_is_logged_once() {
 /// connects with good credentials; times out naming `Connection refused` when nothing listens.
 #[tokio::test]
 async fn wait_for_connection() {
+    let _serial = common::one_at_a_time().await;
     let server = NatsServer::builder().user_password("alice", "pw").start();
     let started = Instant::now();
     let outcome = Bus::builder()
@@ -287,6 +294,7 @@ async fn wait_for_connection() {
 /// would wait for ever. Good credentials flush in time.
 #[tokio::test]
 async fn flush_timeout_names_the_refusal() {
+    let _serial = common::one_at_a_time().await;
     let server = NatsServer::builder().user_password("alice", "pw").start();
     let dir = tempfile::tempdir().unwrap();
     let builder = || {
@@ -374,6 +382,7 @@ async fn flush_timeout_names_the_refusal() {
 /// down, connected once a server on the same port accepts the client.
 #[tokio::test]
 async fn refusal_ends_when_the_cause_does() {
+    let _serial = common::one_at_a_time().await;
     let server = NatsServer::builder().token("s3cret").start();
     let port = server.port();
     let broker = connect(&server.url(), NatsAuth::Token("wrong".into())).await;

@@ -25,11 +25,13 @@ fn long_token() -> String {
 /// One test per line: each runs on its own thread, so the log capture holds only its clients.
 #[tokio::test]
 async fn a_connect_line_over_the_servers_limit_is_refused_at_once_default_line() {
+    let _serial = common::one_at_a_time().await;
     connect_line_over_the_limit(ServerLine::Default).await;
 }
 
 #[tokio::test]
 async fn a_connect_line_over_the_servers_limit_is_refused_at_once_current_line() {
+    let _serial = common::one_at_a_time().await;
     connect_line_over_the_limit(ServerLine::Current).await;
 }
 
@@ -123,6 +125,7 @@ async fn connect_line_over_the_limit(line: ServerLine) {
 /// on, and the client gets in once there is room.
 #[tokio::test]
 async fn a_server_error_that_may_pass_keeps_the_reconnect_loop() {
+    let _serial = common::one_at_a_time().await;
     for line in ServerLine::ALL {
         let server = NatsServer::builder()
             .line(line)

@@ -74,6 +74,7 @@ async fn assert_refused(o: NatsOptions, want: Refusal) -> String {
 
 #[tokio::test]
 async fn trusted_server() {
+    let _serial = common::one_at_a_time().await;
     let server = tls_server(false);
     let mut o = options(&server);
     o.tls_root_certificate = Some(fixture("ca.pem"));
@@ -85,6 +86,7 @@ async fn trusted_server() {
 
 #[tokio::test]
 async fn untrusted_server_is_refused() {
+    let _serial = common::one_at_a_time().await;
     let server = tls_server(false);
     // No root CA given: the test CA is not in the system roots.
     let why = assert_refused(options(&server), Refusal::Tls).await;
@@ -98,6 +100,7 @@ async fn untrusted_server_is_refused() {
 /// A client with no TLS setting against a server that requires TLS.
 #[tokio::test]
 async fn plain_client_against_tls_server() {
+    let _serial = common::one_at_a_time().await;
     let (logs, _guard) = Logs::capture();
     let server = tls_server(false);
     let why = assert_refused(plain_options(&server), Refusal::TlsRequiredByServer).await;
@@ -131,6 +134,7 @@ async fn plain_client_against_tls_server() {
 /// `require_tls` against a server without TLS.
 #[tokio::test]
 async fn require_tls_against_plain_server() {
+    let _serial = common::one_at_a_time().await;
     let (logs, _guard) = Logs::capture();
     let server = NatsServer::start();
     let why = assert_refused(options(&server), Refusal::TlsRequiredByClient).await;
@@ -152,6 +156,7 @@ async fn require_tls_against_plain_server() {
 
 #[tokio::test]
 async fn mutual_tls() {
+    let _serial = common::one_at_a_time().await;
     let server = tls_server(true);
     let mut o = options(&server);
     o.tls_root_certificate = Some(fixture("ca.pem"));
@@ -167,6 +172,7 @@ async fn mutual_tls() {
 /// disconnected (the server is unreachable, no longer refusing).
 #[tokio::test]
 async fn refusal_ends_when_the_server_is_gone() {
+    let _serial = common::one_at_a_time().await;
     let server = tls_server(false);
     let broker = NatsBroker::connect(plain_options(&server)).await.unwrap();
     wait_refused(&broker, Refusal::TlsRequiredByServer, GUARD).await;
@@ -183,6 +189,7 @@ async fn refusal_ends_when_the_server_is_gone() {
 /// `wait_for_connection` fails at the refusal with the reason, long before its timeout.
 #[tokio::test]
 async fn wait_for_connection_names_the_tls_refusal() {
+    let _serial = common::one_at_a_time().await;
     let server = tls_server(false);
     let started = Instant::now();
     let outcome = Bus::builder()
@@ -222,6 +229,7 @@ async fn wait_for_connection_names_the_tls_refusal() {
 /// Unreadable or non-PEM TLS files fail `connect`, before any attempt.
 #[tokio::test]
 async fn bad_tls_files_fail_connect() {
+    let _serial = common::one_at_a_time().await;
     let server = tls_server(true);
     let dir = tempfile::tempdir().unwrap();
     let not_pem = dir.path().join("not.pem");

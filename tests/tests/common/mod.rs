@@ -8,6 +8,15 @@ use std::time::Duration;
 
 use bus::{Broker, ConnectionState, NatsBroker, Refusal};
 
+/// One test at a time in a binary that counts log lines: a capture is per thread, but the
+/// `tracing` callsites' interest is shared by every thread of the process, and tests running
+/// beside a capture were seen to make it miss events (an ERROR line counted 0 times). Each test
+/// of such a binary holds this for its whole run.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 /// Everything `bus` logs at DEBUG and above on this thread, as text (one line per event).
 ///
 /// Tests run on tokio's current-thread runtime, so every task of the client (async-nats's
