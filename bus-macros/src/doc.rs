@@ -151,6 +151,17 @@ impl Docs {
         )
     }
 
+    /// `msg.publish_after(&bus, delay)` and `msg.publish_at(&bus, when)`: `when` says which.
+    pub fn publish_later(&self, when: &str) -> String {
+        let template = &self.template;
+        format!(
+            "Publishes this message on `{template}` to be delivered {when}: see \
+             [`Bus::publish_at`](bus::Bus::publish_at). With an outbox it waits in the outbox \
+             file until due (and survives a restart); without one, in memory.\n\n\
+             {GENERATED}"
+        )
+    }
+
     /// `msg.publish(&bus)`.
     pub fn publish(&self) -> String {
         let template = &self.template;

@@ -96,6 +96,8 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
         None => not_a_request_items(&docs),
     };
     let publish_doc = docs.publish();
+    let publish_after_doc = docs.publish_later("`delay` from now");
+    let publish_at_doc = docs.publish_later("at `when`");
     let subscribe_doc = docs.subscribe();
     let handle_doc = docs.handle();
     let registration = registration(input, attrs, &type_name, &lit);
@@ -124,9 +126,7 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
                     bus.publish(self).await
                 }
 
-                /// Publishes this message to be delivered `delay` from now: see
-                /// [`Bus::publish_at`](::bus::Bus::publish_at) (with an outbox it waits in the
-                /// outbox file until due; without one, in memory).
+                #[doc = #publish_after_doc]
                 pub async fn publish_after(
                     &self,
                     bus: &::bus::__private::Bus,
@@ -135,9 +135,7 @@ fn items(input: &Input, attrs: &Attrs, plan: &Plan) -> TokenStream {
                     bus.publish_after(self, delay).await
                 }
 
-                /// Publishes this message to be delivered at `when`: see
-                /// [`Bus::publish_at`](::bus::Bus::publish_at) (with an outbox it waits in the
-                /// outbox file until due; without one, in memory).
+                #[doc = #publish_at_doc]
                 pub async fn publish_at(
                     &self,
                     bus: &::bus::__private::Bus,
@@ -558,6 +556,8 @@ mod tests {
                 "handle",
                 "instance",
                 "publish",
+                "publish_after",
+                "publish_at",
                 "queue",
                 "request",
                 "serve",
