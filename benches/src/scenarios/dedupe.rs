@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus::{Bus, HandlerOptions, StreamConfig};
+use bus::HandlerOptions;
 use tokio::sync::Notify;
 
-use super::jetstream::{STREAM, SUBJECTS};
+use super::jetstream::{durable_buses, STREAM};
 use crate::msgs::{self, Outbound};
 use crate::runner::{fail, rate, within, BenchResult, Rounds, Sample, WAIT};
 
@@ -45,22 +45,7 @@ impl Rounds for HandlerDedupe {
 
 /// One round: msg/s of the durable handler over `n` stored messages, with or without `dedupe`.
 async fn round(url: &str, n: usize, window: usize, dedupe: bool) -> BenchResult<f64> {
-    let raw = async_nats::jetstream::new(async_nats::connect(url).await?);
-    let _ = raw.delete_stream(STREAM).await;
-    let dir = tempfile::tempdir()?;
-    let declared = StreamConfig::new(STREAM, [SUBJECTS]).storage(bus::stream::StorageType::File);
-    let publisher = Bus::builder()
-        .nats([url])
-        .outbox_path(dir.path().join("publisher.sqlite3"))
-        .stream(declared.clone())
-        .connect()
-        .await?;
-    let consumer = Bus::builder()
-        .nats([url])
-        .outbox_path(dir.path().join("consumer.sqlite3"))
-        .stream(declared)
-        .connect()
-        .await?;
+    let (publisher, consumer, raw, _dir) = durable_buses(url, true).await?;
     let mut options = HandlerOptions::named(DURABLE).durable(DURABLE);
     if dedupe {
         options = options.dedupe(Duration::from_secs(3600));

@@ -7,6 +7,8 @@
 
 use std::time::Instant;
 
+use bus::StreamConfig;
+
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
@@ -76,27 +78,11 @@ async fn bus_round(url: &str, n: usize, window: usize) -> BenchResult<f64> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use bus::{Bus, StreamConfig};
     use tokio::sync::Notify;
 
     use crate::msgs::Outbound;
 
-    let raw = jetstream::new(async_nats::connect(url).await?);
-    let _ = raw.delete_stream(STREAM).await;
-    let dir = tempfile::tempdir()?;
-    let declared = StreamConfig::new(STREAM, [SUBJECTS]).storage(bus::stream::StorageType::File);
-    let publisher = Bus::builder()
-        .nats([url])
-        .outbox_path(dir.path().join("outbox.sqlite3"))
-        .stream(declared.clone())
-        .connect()
-        .await?;
-    let consumer = Bus::builder()
-        .nats([url])
-        .no_outbox()
-        .stream(declared)
-        .connect()
-        .await?;
+    let (publisher, consumer, raw, _dir) = durable_buses(url, false).await?;
     let count = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
     let (c, d) = (count.clone(), done.clone());
@@ -213,4 +199,36 @@ async fn raw_durable(url: &str, n: usize, window: usize, msg_id: bool) -> BenchR
     let end = within(WAIT, "the raw pull consumer", counter).await???;
     let _ = publisher.delete_stream(STREAM).await;
     Ok(rate(n, start, end))
+}
+
+/// The buses of a durable scenario, on a fresh stream `STREAM` (file storage) declared by both:
+/// a publisher with its outbox on, and a consumer with an outbox of its own if `consumer_outbox`
+/// (else none); the outboxes live in the returned directory.
+/// The stream's JetStream context comes too, to delete the stream after the round.
+pub async fn durable_buses(
+    url: &str,
+    consumer_outbox: bool,
+) -> BenchResult<(
+    bus::Bus,
+    bus::Bus,
+    async_nats::jetstream::Context,
+    tempfile::TempDir,
+)> {
+    let raw = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let _ = raw.delete_stream(STREAM).await;
+    let dir = tempfile::tempdir()?;
+    let declared = StreamConfig::new(STREAM, [SUBJECTS]).storage(bus::stream::StorageType::File);
+    let publisher = bus::Bus::builder()
+        .nats([url])
+        .outbox_path(dir.path().join("publisher.sqlite3"))
+        .stream(declared.clone())
+        .connect()
+        .await?;
+    let consumer = bus::Bus::builder().nats([url]).stream(declared);
+    let consumer = if consumer_outbox {
+        consumer.outbox_path(dir.path().join("consumer.sqlite3"))
+    } else {
+        consumer.no_outbox()
+    };
+    Ok((publisher, consumer.connect().await?, raw, dir))
 }

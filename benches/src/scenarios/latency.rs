@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bus::{Bus, ConnectionState, StreamConfig};
+use bus::{Bus, ConnectionState};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -26,7 +26,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::msgs::{self, Outbound, CHANNEL, INSTANCE, PATTERN, SUBJECT, WARM};
 use crate::runner::{fail, within, BenchResult, Rounds, Sample, SLACK, WAIT};
-use crate::scenarios::jetstream::{DURABLE, STREAM, SUBJECTS};
+use crate::scenarios::jetstream::{durable_buses, DURABLE, STREAM};
 use crate::scenarios::nats::{RawRequestShape, RawRequester};
 use crate::sdk::BusRequester;
 
@@ -425,22 +425,7 @@ async fn publish_measured(
 /// confirmed by its PubAck), a consuming bus whose durable handler (default options: ack after
 /// `Ok`) stamps each arrival; as `jetstream_durable`'s bus side, at a steady rate.
 async fn bus_durable(url: &str, n: usize, rate: u32) -> BenchResult<Sample> {
-    let raw = async_nats::jetstream::new(async_nats::connect(url).await?);
-    let _ = raw.delete_stream(STREAM).await;
-    let dir = tempfile::tempdir()?;
-    let declared = StreamConfig::new(STREAM, [SUBJECTS]).storage(bus::stream::StorageType::File);
-    let publisher = Bus::builder()
-        .nats([url])
-        .outbox_path(dir.path().join("outbox.sqlite3"))
-        .stream(declared.clone())
-        .connect()
-        .await?;
-    let consumer = Bus::builder()
-        .nats([url])
-        .no_outbox()
-        .stream(declared)
-        .connect()
-        .await?;
+    let (publisher, consumer, raw, _dir) = durable_buses(url, false).await?;
     let arrivals = Arrivals::new(n);
     let a = Arc::clone(&arrivals);
     let handler = Outbound::handle(
