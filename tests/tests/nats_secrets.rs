@@ -7,11 +7,13 @@
 //! A password in the URL is taken out of it and sent as the user's password, so it also logs
 //! in (async-nats 0.35 ignores a URL's user info).
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bus::{Bus, ConnectionState, Error, NatsAuth, NatsBroker, NatsOptions, RawMessage, Refusal};
 use bus_tests::server::{free_port, NatsServer, ServerLine};
+use common::Logs;
+
+mod common;
 
 const GUARD: Duration = Duration::from_secs(20);
 const PASSWORD: &str = "S3cretPassw0rdXYZ";
@@ -20,47 +22,6 @@ const TOKEN: &str = "T0kenS3cretXYZ";
 /// A test-only user NKey seed (also in nats_auth.rs), unknown to the server here.
 const SEED: &str = "SUAGNW2DGCYJIQX57MSCXAEKIOOXFW5TUOEX6HY4HQIJ5LXLC2K573JLD4";
 const SECRETS: [&str; 4] = [PASSWORD, WRONG_PASSWORD, TOKEN, SEED];
-
-/// Everything logged at TRACE and above, by every crate, on this thread (the tests run on
-/// tokio's current-thread runtime: async-nats's tasks log here too).
-#[derive(Clone, Default)]
-struct Trace(Arc<Mutex<Vec<u8>>>);
-
-impl Trace {
-    fn capture() -> (Trace, tracing::subscriber::DefaultGuard) {
-        let trace = Trace::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(trace.clone())
-            .with_ansi(false)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-            .finish();
-        (trace, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
-    }
-}
-
-impl std::io::Write for Trace {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Trace {
-    type Writer = Trace;
-    fn make_writer(&'a self) -> Trace {
-        self.clone()
-    }
-}
 
 fn assert_no_secret(what: &str, text: &str) {
     for secret in SECRETS {
@@ -85,7 +46,8 @@ async fn wait_for(bus: &Bus, want: ConnectionState) {
 
 #[tokio::test]
 async fn no_secret_in_trace_logs_errors_or_debug_output() {
-    let (trace, _guard) = Trace::capture();
+    // Everything logged at TRACE and above, by every crate (async-nats included).
+    let (trace, _guard) = Logs::capture_at("trace");
     let mut errors = Vec::new();
     for line in ServerLine::ALL {
         let server = NatsServer::builder()

@@ -27,12 +27,17 @@ pub struct Logs(Arc<Mutex<Vec<u8>>>);
 impl Logs {
     /// Captures until the guard is dropped.
     pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        Logs::capture_at("bus=debug")
+    }
+
+    /// [`capture`](Logs::capture) of what `filter` (an `EnvFilter` directive) lets through; each
+    /// line names its target (`async_nats::…`, `bus::…`) after the level.
+    pub fn capture_at(filter: &str) -> (Logs, tracing::subscriber::DefaultGuard) {
         let logs = Logs::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(logs.clone())
             .with_ansi(false)
-            .with_target(false)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("bus=debug"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .finish();
         (logs, tracing::subscriber::set_default(subscriber))
     }
