@@ -216,6 +216,13 @@ impl InFlight {
         });
     }
 
+    /// Counts work that finishes elsewhere (not a task here) until the returned guard drops.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn hold(&self) -> impl Send + 'static {
+        self.0.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(Arc::clone(&self.0))
+    }
+
     /// Drops every task still running (their futures are cancelled); returns how many.
     pub(crate) fn abandon(&self) -> usize {
         let n = self.0.count.load(Ordering::Acquire);

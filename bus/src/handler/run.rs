@@ -46,6 +46,12 @@ pub(super) struct Run<M, F> {
     slots: Slots,
     /// With [`HandlerOptions::dedupe`]: the completions, and where outputs go.
     inbox: Option<Arc<Inbox>>,
+    /// The loop's work in flight, which deliveries settled after their commit count in.
+    #[cfg(feature = "outbox")]
+    in_flight: InFlight,
+    /// Where deliveries go once their completion is committed (see [`Settle`]).
+    #[cfg(feature = "outbox")]
+    settler: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Settled<M, F>>>,
     _type: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -70,6 +76,10 @@ impl<M: Incoming, F> Run<M, F> {
             progress_every: (options.ack_wait / 2).min(Duration::from_secs(1)),
             slots: Slots::new(options.effective_concurrency()),
             inbox,
+            #[cfg(feature = "outbox")]
+            in_flight: InFlight::default(),
+            #[cfg(feature = "outbox")]
+            settler: std::sync::OnceLock::new(),
             _type: std::marker::PhantomData,
         }
     }
@@ -94,7 +104,13 @@ where
         T: Send + 'static,
         P: FnMut(&Arc<Self>, T, bool) -> Option<Rest>,
     {
-        let run = Arc::new(self);
+        #[cfg_attr(not(feature = "outbox"), allow(unused_mut))]
+        let mut run = self;
+        #[cfg(feature = "outbox")]
+        {
+            run.in_flight = in_flight.clone();
+        }
+        let run = Arc::new(run);
         let mut reported_drops = 0;
         let mut taken = 0u32;
         let mut slice = std::time::Instant::now();
@@ -515,6 +531,12 @@ where
                 );
             }
         };
+        #[cfg(feature = "outbox")]
+        if !ordered && self.inbox.as_ref().is_some_and(|inbox| inbox.pipelines()) {
+            return self
+                .attempt_committing(message, attempts, claim, acker, slot)
+                .await;
+        }
         let id = claim.as_ref().map(ClaimGuard::id);
         loop {
             let delivered = Delivered::Durable(attempts);
@@ -531,21 +553,113 @@ where
                 }
                 Attempt::Failed(error) => error,
             };
+            if !ordered {
+                drop(slot);
+                return self.failed_durable(message, acker, attempts, error).await;
+            }
             if self.retry.exhausted(attempts) {
                 settle(acker.term().await, &message, &self.origin);
                 return self.give_up(message, attempts, error);
             }
             let wait = self.retry.backoff(attempts);
             tracing::debug!(subject = %message.subject, attempts, %error, handler = %self.origin, "handler attempt failed; will retry");
-            if !ordered {
-                drop(slot);
-                settle(acker.nak(wait).await, &message, &self.origin);
-                self.stats.did_requeue();
-                return;
-            }
             in_progress_for(&acker, wait, self.progress_every).await;
             attempts += 1;
         }
+    }
+
+    /// A durable delivery (unordered) failed its attempt: the broker delivers it again after
+    /// the retry policy's backoff, or, at the last attempt, it is terminated and dead-lettered.
+    async fn failed_durable(
+        &self,
+        message: RawMessage,
+        acker: Acker,
+        attempts: u32,
+        error: String,
+    ) {
+        if self.retry.exhausted(attempts) {
+            settle(acker.term().await, &message, &self.origin);
+            return self.give_up(message, attempts, error);
+        }
+        tracing::debug!(subject = %message.subject, attempts, %error, handler = %self.origin, "handler attempt failed; will retry");
+        settle(
+            acker.nak(self.retry.backoff(attempts)).await,
+            &message,
+            &self.origin,
+        );
+        self.stats.did_requeue();
+    }
+
+    /// The attempt of an unordered durable delivery whose inbox is in the outbox file: after
+    /// `Ok`, the completion (with what the handler published) goes to the writer thread, and
+    /// the delivery is acknowledged by the handler's settler once it is committed, so no task
+    /// waits for the commit and one wake answers a whole group commit. The slot is free
+    /// meanwhile; the delivery counts as in flight until it is settled.
+    #[cfg(feature = "outbox")]
+    async fn attempt_committing(
+        self: &Arc<Self>,
+        mut message: RawMessage,
+        attempts: u32,
+        claim: Option<ClaimGuard>,
+        acker: Acker,
+        slot: Option<Slot<'_>>,
+    ) {
+        let mut keep = Keep::default();
+        let env = match self.envelope(&mut message, &mut keep, Delivered::Durable(attempts)) {
+            Ok(env) => env,
+            Err(error) => {
+                settle(acker.term().await, &message, &self.origin);
+                return self.give_up(message, attempts, error);
+            }
+        };
+        self.metrics.attempt();
+        let id = claim.as_ref().map(ClaimGuard::id);
+        let outputs = Outputs::new(id);
+        let env = env.with_outputs(Arc::clone(&outputs));
+        let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
+        keep.restore(&mut message);
+        drop(slot);
+        if !matches!(outcome, Ok(Ok(()))) {
+            let error = self.failure(outcome).unwrap_or_default();
+            return self.failed_durable(message, acker, attempts, error).await;
+        }
+        let mut msgs = outputs.take();
+        for m in &mut msgs {
+            crate::trace::inject(&mut m.headers);
+        }
+        let Some(inbox) = self.inbox.clone() else {
+            return;
+        };
+        let id = id.map(str::to_owned);
+        let settler = self.settler();
+        let settle = Settle {
+            held: Box::new(self.in_flight.hold()),
+            run: Arc::clone(self),
+            message,
+            acker,
+            attempts,
+            claim,
+        };
+        inbox.complete_then(id.as_deref(), msgs, move |outcome| {
+            let _ = settler.send((settle, outcome));
+        });
+    }
+
+    /// The handler's settler: one task that acknowledges each delivery once its completion is
+    /// committed (or hands it back when the commit failed), started at first use.
+    #[cfg(feature = "outbox")]
+    fn settler(&self) -> tokio::sync::mpsc::UnboundedSender<Settled<M, F>> {
+        self.settler
+            .get_or_init(|| {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Settled<M, F>>();
+                tokio::spawn(async move {
+                    while let Some((settle, outcome)) = rx.recv().await {
+                        settle.settle(outcome).await;
+                    }
+                });
+                tx
+            })
+            .clone()
     }
 
     fn give_up(&self, msg: RawMessage, attempts: u32, last_error: String) {
@@ -559,6 +673,65 @@ where
             origin: self.origin.to_string(),
             failed_at: SystemTime::now(),
         });
+    }
+}
+
+/// A [`Settle`] and the outcome of its commit.
+#[cfg(feature = "outbox")]
+type Settled<M, F> = (Settle<M, F>, crate::error::Result<()>);
+
+/// A durable delivery whose handler returned `Ok`, waiting for its completion's commit.
+#[cfg(feature = "outbox")]
+struct Settle<M, F> {
+    run: Arc<Run<M, F>>,
+    message: RawMessage,
+    acker: Acker,
+    attempts: u32,
+    /// Released after the commit (a copy arriving meanwhile is a duplicate).
+    claim: Option<ClaimGuard>,
+    /// Counts the delivery in the loop's work in flight.
+    held: Box<dyn Send>,
+}
+
+#[cfg(feature = "outbox")]
+impl<M, F, Fut, E> Settle<M, F>
+where
+    M: Incoming,
+    F: Fn(Envelope<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: fmt::Display + Send + 'static,
+{
+    /// Acknowledges the delivery after its commit (`outcome`), or hands it back.
+    async fn settle(self, outcome: crate::error::Result<()>) {
+        let Settle {
+            run,
+            message,
+            acker,
+            attempts,
+            claim,
+            held,
+        } = self;
+        let error = match outcome {
+            Ok(()) => run.failure(Ok(Ok(()))),
+            Err(e) => {
+                run.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                run.metrics.failure();
+                Some(format!(
+                    "the handler returned Ok but its completion could not be committed \
+                     (nothing it published was queued): {e}"
+                ))
+            }
+        };
+        drop(claim);
+        match error {
+            None => {
+                if let Err(e) = acker.ack().await {
+                    tracing::warn!(subject = %message.subject, error = %e, handler = %run.origin, "cannot acknowledge; the message will be delivered again");
+                }
+            }
+            Some(error) => run.failed_durable(message, acker, attempts, error).await,
+        }
+        drop(held);
     }
 }
 

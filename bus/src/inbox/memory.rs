@@ -1,6 +1,9 @@
 //! [`Completions`]: the msg ids a handler finished within its window, in bounded memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 /// Most completions a handler keeps in memory (per handler): about 100 bytes each, so about
 /// 10 MB at most. Past it the oldest are forgotten before their window ends: without an outbox
@@ -11,8 +14,8 @@ pub(crate) const MEMORY_CAP: usize = 100_000;
 /// same ids in time order, evicted past the window or, oldest first, past `cap`.
 #[derive(Debug)]
 pub(crate) struct Completions {
-    at: HashMap<String, i64>,
-    order: VecDeque<(i64, String)>,
+    at: FxHashMap<Arc<str>, i64>,
+    order: VecDeque<(i64, Arc<str>)>,
     window_ms: i64,
     cap: usize,
     /// The completion time of the youngest id evicted by the cap: until it is past the window,
@@ -24,7 +27,7 @@ impl Completions {
     /// Completions within `window_ms`, at most `cap` of them.
     pub(crate) fn new(window_ms: i64, cap: usize) -> Self {
         Completions {
-            at: HashMap::new(),
+            at: FxHashMap::default(),
             order: VecDeque::new(),
             window_ms,
             cap: cap.max(1),
@@ -51,7 +54,7 @@ impl Completions {
     }
 
     /// Records that `id` was finished at `now` (unix ms).
-    pub(crate) fn insert(&mut self, id: String, now: i64) {
+    pub(crate) fn insert(&mut self, id: Arc<str>, now: i64) {
         self.prune(now);
         while self.at.len() >= self.cap {
             let Some((t, old)) = self.order.pop_front() else {
@@ -62,7 +65,7 @@ impl Completions {
                 self.evicted_upto = Some(self.evicted_upto.map_or(t, |e| e.max(t)));
             }
         }
-        self.at.insert(id.clone(), now);
+        self.at.insert(Arc::clone(&id), now);
         self.order.push_back((now, id));
     }
 

@@ -33,12 +33,12 @@ mod memory;
 #[cfg(feature = "nats")]
 mod shared;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use rustc_hash::FxHashSet;
 
 use self::memory::Completions;
 pub(crate) use self::memory::MEMORY_CAP;
@@ -83,7 +83,7 @@ impl std::fmt::Debug for Inbox {
 struct State {
     done: Completions,
     /// The msg ids being handled now.
-    running: HashSet<String>,
+    running: FxHashSet<Arc<str>>,
 }
 
 /// What [`Inbox::claim`] decided.
@@ -110,7 +110,7 @@ impl Inbox {
             window_ms,
             state: Mutex::new(State {
                 done: Completions::new(window_ms, MEMORY_CAP),
-                running: HashSet::new(),
+                running: FxHashSet::default(),
             }),
             #[cfg(feature = "outbox")]
             table: None,
@@ -131,14 +131,14 @@ impl Inbox {
         let rows = table.since(now.saturating_sub(window_ms)).await?;
         let mut done = Completions::new(window_ms, MEMORY_CAP);
         for (id, at) in rows {
-            done.insert(id, at);
+            done.insert(id.into(), at);
         }
         tracing::debug!(loaded = done.len(), "inbox loaded from the outbox file");
         Ok(Inbox {
             window_ms,
             state: Mutex::new(State {
                 done,
-                running: HashSet::new(),
+                running: FxHashSet::default(),
             }),
             table: Some(table),
             send: None,
@@ -194,7 +194,7 @@ impl Inbox {
             match state.done.contains(msg_id, now) {
                 Some(true) => return Ok(Claim::Duplicate),
                 Some(false) => {
-                    state.running.insert(msg_id.to_owned());
+                    state.running.insert(msg_id.into());
                     return Ok(Claim::Run);
                 }
                 None => {}
@@ -210,7 +210,7 @@ impl Inbox {
             }
         }
         let mut state = self.state();
-        if !state.running.insert(msg_id.to_owned()) {
+        if !state.running.insert(msg_id.into()) {
             return Ok(Claim::Duplicate);
         }
         Ok(Claim::Run)
@@ -243,9 +243,7 @@ impl Inbox {
             table
                 .commit(outputs, msg_id.map(str::to_owned), now)
                 .await?;
-            if self.completed.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-                table.prune(now.saturating_sub(self.window_ms));
-            }
+            self.committed(table, now);
             return self.done(msg_id, now).await;
         }
         if let Some(send) = &self.send {
@@ -255,6 +253,59 @@ impl Inbox {
         }
         self.completed.fetch_add(1, Ordering::Relaxed);
         self.done(msg_id, now).await
+    }
+
+    /// Whether [`complete_then`](Self::complete_then) may be used: completions in the file,
+    /// no shared store.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn pipelines(&self) -> bool {
+        #[cfg(feature = "nats")]
+        if self.shared.is_some() {
+            return false;
+        }
+        self.table.is_some()
+    }
+
+    /// [`complete`](Self::complete) without waiting (only where it [`pipelines`](Self::pipelines)):
+    /// `then` runs with the outcome on the outbox's writer thread, after a committed completion
+    /// is recorded here. A quick `then` lets one thread answer a whole group commit.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn complete_then(
+        self: &Arc<Self>,
+        msg_id: Option<&str>,
+        outputs: Vec<RawMessage>,
+        then: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        let Some(table) = &self.table else {
+            return then(Err(crate::error::Error::Config(
+                "the inbox has no outbox file".into(),
+            )));
+        };
+        let now = now_ms();
+        let inbox = Arc::clone(self);
+        let id = msg_id.map(str::to_owned);
+        table.commit_then(
+            outputs,
+            id.clone(),
+            now,
+            Box::new(move |outcome| {
+                if outcome.is_ok() {
+                    if let Some(table) = &inbox.table {
+                        inbox.committed(table, now);
+                    }
+                    inbox.done_here(id.as_deref(), now);
+                }
+                then(outcome)
+            }),
+        );
+    }
+
+    /// Counts a committed completion; every [`PRUNE_EVERY`], prunes the file's table.
+    #[cfg(feature = "outbox")]
+    fn committed(&self, table: &InboxTable, now: i64) {
+        if self.completed.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            table.prune(now.saturating_sub(self.window_ms));
+        }
     }
 
     /// Records `msg_id` as finished and no longer running, at once (no copy here sees
@@ -271,9 +322,18 @@ impl Inbox {
                 tracing::warn!(msg_id = %id, error = %e, "cannot record a completion in the shared inbox; its claim will expire");
             }
         }
-        let mut state = self.state();
-        state.running.remove(id);
-        state.done.insert(id.to_owned(), now);
+        self.done_here(Some(id), now);
         Ok(())
+    }
+
+    /// [`done`](Self::done) in this process's memory.
+    fn done_here(&self, msg_id: Option<&str>, now: i64) {
+        let Some(id) = msg_id else {
+            return;
+        };
+        let mut state = self.state();
+        // The id kept while it ran is the one kept as done.
+        let id = state.running.take(id).unwrap_or_else(|| id.into());
+        state.done.insert(id, now);
     }
 }

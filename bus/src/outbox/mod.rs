@@ -334,15 +334,41 @@ impl InboxTable {
         msg_id: Option<String>,
         at: i64,
     ) -> Result<()> {
-        for msg in &outputs {
+        let done = self.row(&outputs, msg_id, at)?;
+        self.writer.complete(outputs, done).await
+    }
+
+    /// [`commit`](Self::commit) without waiting: `then` runs on the writer thread with the
+    /// outcome (at once, here, when an output is over the size limit or the writer is gone).
+    pub(crate) fn commit_then(
+        &self,
+        outputs: Vec<RawMessage>,
+        msg_id: Option<String>,
+        at: i64,
+        then: writer::Then,
+    ) {
+        let done = match self.row(&outputs, msg_id, at) {
+            Ok(done) => done,
+            Err(e) => return then(Err(e)),
+        };
+        self.writer.complete_then(outputs, done, then);
+    }
+
+    /// The completion row of `msg_id`, after checking every output against the size limit.
+    fn row(
+        &self,
+        outputs: &[RawMessage],
+        msg_id: Option<String>,
+        at: i64,
+    ) -> Result<Option<store::InboxRow>> {
+        for msg in outputs {
             self.limit.check(msg)?;
         }
-        let done = msg_id.map(|msg_id| store::InboxRow {
+        Ok(msg_id.map(|msg_id| store::InboxRow {
             handler: Arc::clone(&self.handler),
             msg_id,
             at,
-        });
-        self.writer.complete(outputs, done).await
+        }))
     }
 
     /// The msg ids this handler finished at or after `since` (unix ms), oldest first.

@@ -379,8 +379,10 @@ impl Store {
                     multi.raw_execute()?;
                 }
             }
-            tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
-                .execute([id])?;
+            if id != self.last_id {
+                tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
+                    .execute([id])?;
+            }
             if !done.is_empty() {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR REPLACE INTO inbox (handler, msg_id, done_at) VALUES (?1, ?2, ?3)",
@@ -447,8 +449,10 @@ impl Store {
                 queue.execute(params![scheduled, id, now])?;
                 remove.execute([scheduled])?;
             }
-            tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
-                .execute([id])?;
+            if id != self.last_id {
+                tx.prepare_cached("UPDATE outbox_seq SET last = ?1")?
+                    .execute([id])?;
+            }
         }
         tx.commit()?;
         self.last_id = id;

@@ -220,11 +220,15 @@ type Op = Box<dyn FnOnce(&mut Ctx) + Send>;
 
 type Reply = oneshot::Sender<Result<()>>;
 
+/// What runs on the writer thread once a completion's transaction is decided (see
+/// [`Writer::complete_then`]): quick, it must not block.
+pub(crate) type Then = Box<dyn FnOnce(Result<()>) + Send>;
+
 enum Command {
     Enqueue(RawMessage, Reply),
     /// A handler's outputs and its inbox completion, committed together (see
-    /// [`Writer::complete`]).
-    Complete(Vec<RawMessage>, Option<InboxRow>, Reply),
+    /// [`Writer::complete_then`]).
+    Complete(Vec<RawMessage>, Option<InboxRow>, Then),
     Op(Op),
     Shutdown,
 }
@@ -332,7 +336,7 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
 struct Group {
     msgs: Vec<(RawMessage, Option<Reply>)>,
     done: Vec<InboxRow>,
-    done_replies: Vec<Reply>,
+    done_replies: Vec<Then>,
 }
 
 impl Group {
@@ -412,6 +416,13 @@ fn commit_group(ctx: &mut Ctx, group: &mut Group) {
     ctx.last_busy = std::time::Instant::now();
     let _span = tracing::trace_span!("outbox_commit", n = batch.len(), done = done.len()).entered();
     match ctx.store.insert_all(batch.iter().map(|(m, _)| m), &done) {
+        Ok(_) if batch.is_empty() => {
+            // Completions alone: nothing new for the drainer.
+            ctx.commits += 1;
+            for then in done_replies {
+                then(Ok(()));
+            }
+        }
         Ok(first) => {
             ctx.commits += 1;
             let last = first + batch.len() as i64 - 1;
@@ -439,8 +450,11 @@ fn commit_group(ctx: &mut Ctx, group: &mut Group) {
                 }
             }
             ctx.shared.notify.notify_one();
-            for reply in replies.into_iter().flatten().chain(done_replies) {
+            for reply in replies.into_iter().flatten() {
                 let _ = reply.send(Ok(()));
+            }
+            for then in done_replies {
+                then(Ok(()));
             }
         }
         Err(e) => {
@@ -448,13 +462,18 @@ fn commit_group(ctx: &mut Ctx, group: &mut Group) {
             tracing::error!(path = %path.display(), error = %e, n = batch.len(), "outbox commit failed; the messages were not queued");
             let detail = sql_detail("cannot queue the message", &e);
             let mut first = Some(e);
-            let replies = batch.into_iter().filter_map(|(_, r)| r);
-            for reply in replies.chain(done_replies) {
-                // rusqlite errors are not Clone: the first caller gets the source, all get the text.
+            // rusqlite errors are not Clone: the first caller gets the source, all get the text.
+            let mut error = || {
                 let source = first
                     .take()
                     .map(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
-                let _ = reply.send(Err(Error::outbox(&path, detail.clone(), source)));
+                Error::outbox(&path, detail.clone(), source)
+            };
+            for reply in batch.into_iter().filter_map(|(_, r)| r) {
+                let _ = reply.send(Err(error()));
+            }
+            for then in done_replies {
+                then(Err(error()));
             }
         }
     }
@@ -490,10 +509,29 @@ impl Writer {
         done: Option<InboxRow>,
     ) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Complete(outputs, done, tx))
-            .map_err(|_| self.closed())?;
+        self.complete_then(
+            outputs,
+            done,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
         rx.await.map_err(|_| self.closed())?
+    }
+
+    /// [`complete`](Self::complete) without waiting: `then` runs on the writer thread with the
+    /// outcome of the transaction (here, at once, when the writer is gone).
+    pub(crate) fn complete_then(
+        &self,
+        outputs: Vec<RawMessage>,
+        done: Option<InboxRow>,
+        then: Then,
+    ) {
+        if let Err(mpsc::SendError(Command::Complete(_, _, then))) =
+            self.tx.send(Command::Complete(outputs, done, then))
+        {
+            then(Err(self.closed()));
+        }
     }
 
     /// Runs `f` on the writer thread and returns its result; a SQLite error becomes an
