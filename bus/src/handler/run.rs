@@ -407,13 +407,8 @@ where
                         crate::trace::inject(&mut m.headers);
                     }
                     if let Err(e) = inbox.complete(id, msgs).await {
-                        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.failure();
                         keep.restore(msg);
-                        return Attempt::Failed(format!(
-                            "the handler returned Ok but its completion could not be committed \
-                             (nothing it published was queued): {e}"
-                        ));
+                        return Attempt::Failed(self.uncommitted(e));
                     }
                 }
                 outcome
@@ -662,6 +657,17 @@ where
             .clone()
     }
 
+    /// Counts an attempt whose handler returned `Ok` but whose completion could not be
+    /// committed; its error text.
+    fn uncommitted(&self, e: crate::error::Error) -> String {
+        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failure();
+        format!(
+            "the handler returned Ok but its completion could not be committed \
+             (nothing it published was queued): {e}"
+        )
+    }
+
     fn give_up(&self, msg: RawMessage, attempts: u32, last_error: String) {
         self.stats.did_dead_letter();
         self.metrics.dead_lettered();
@@ -713,14 +719,7 @@ where
         } = self;
         let error = match outcome {
             Ok(()) => run.failure(Ok(Ok(()))),
-            Err(e) => {
-                run.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                run.metrics.failure();
-                Some(format!(
-                    "the handler returned Ok but its completion could not be committed \
-                     (nothing it published was queued): {e}"
-                ))
-            }
+            Err(e) => Some(run.uncommitted(e)),
         };
         drop(claim);
         match error {
