@@ -39,6 +39,13 @@ pub trait Broker: Any + Send + Sync + 'static {
     /// use [`confirm`](Broker::confirm) for that. Refuses a message over [`max_payload`](Broker::max_payload).
     fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>>;
 
+    /// [`publish`](Broker::publish) of a message the caller keeps (the outbox keeps each row
+    /// until it is confirmed). The default sends a clone; a broker that can send from a
+    /// reference saves the copy.
+    fn publish_ref<'a>(&'a self, msg: &'a RawMessage) -> BoxFuture<'a, Result<()>> {
+        self.publish(msg.clone())
+    }
+
     /// A barrier: returns once the broker has processed every message this handle published
     /// before the call (on NATS, a round trip through the server).
     fn confirm(&self) -> BoxFuture<'_, Result<()>>;

@@ -15,13 +15,14 @@ mod jetstream;
 mod options;
 mod subscriber;
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_nats::{Client, RequestErrorKind};
+use async_nats::{Client, RequestErrorKind, Subject};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
@@ -180,38 +181,43 @@ impl NatsBroker {
     /// [`Broker::publish`] without the boxed future: what a [`Bus`](crate::Bus) calls. The only
     /// subject check of a direct publish.
     pub(crate) async fn publish_checked(&self, msg: RawMessage) -> Result<()> {
+        self.publish_from(Cow::Owned(msg)).await
+    }
+
+    /// [`publish_checked`](Self::publish_checked) of an owned message (its subject and reply
+    /// become the client's without a copy) or of a borrowed one (the outbox's rows: no copy
+    /// of the message to send it).
+    async fn publish_from(&self, msg: Cow<'_, RawMessage>) -> Result<()> {
         check_subject(&msg.subject)?;
         self.check_size(&msg)?;
+        let h = if msg.headers.is_empty() {
+            None
+        } else {
+            Some(convert::to_header_map(&msg.headers)?)
+        };
         if msg.reply.is_none() && self.js.routes_anything() {
             if let Some(stream) = self.js.target(&msg.subject).await {
                 tracing::trace!(subject = %msg.subject, stream = &*stream, "publish through JetStream");
-                let h = if msg.headers.is_empty() {
-                    None
-                } else {
-                    Some(convert::to_header_map(&msg.headers)?)
-                };
                 return self.js.publish(msg, h).await;
             }
         }
-        let RawMessage {
-            subject,
-            reply,
-            headers,
-            payload,
-        } = msg;
-        let result = match (reply, headers.is_empty()) {
-            (None, true) => self.client.publish(subject, payload).await,
-            (None, false) => {
-                let h = convert::to_header_map(&headers)?;
-                self.client.publish_with_headers(subject, h, payload).await
-            }
-            (Some(reply), true) => {
+        let (subject, reply, payload): (Subject, Option<Subject>, _) = match msg {
+            Cow::Owned(m) => (m.subject.into(), m.reply.map(Into::into), m.payload),
+            Cow::Borrowed(m) => (
+                m.subject.as_str().into(),
+                m.reply.as_deref().map(Into::into),
+                m.payload.clone(),
+            ),
+        };
+        let result = match (reply, h) {
+            (None, None) => self.client.publish(subject, payload).await,
+            (None, Some(h)) => self.client.publish_with_headers(subject, h, payload).await,
+            (Some(reply), None) => {
                 self.client
                     .publish_with_reply(subject, reply, payload)
                     .await
             }
-            (Some(reply), false) => {
-                let h = convert::to_header_map(&headers)?;
+            (Some(reply), Some(h)) => {
                 self.client
                     .publish_with_reply_and_headers(subject, reply, h, payload)
                     .await
@@ -639,6 +645,10 @@ impl Drop for NatsBroker {
 impl Broker for NatsBroker {
     fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>> {
         self.publish_checked(msg).boxed()
+    }
+
+    fn publish_ref<'a>(&'a self, msg: &'a RawMessage) -> BoxFuture<'a, Result<()>> {
+        self.publish_from(Cow::Borrowed(msg)).boxed()
     }
 
     /// An echo through the server on the confirm subject (see [`NatsBroker`]): proves it

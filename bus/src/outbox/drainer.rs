@@ -286,11 +286,11 @@ impl Drainer {
         }
     }
 
-    /// Hands the broker a copy of each row in order, up to the first it refuses: how many it
+    /// Hands the broker each row in order (by reference: the row stays until confirmed), up to the first it refuses: how many it
     /// took, and its error.
     async fn send(&self, rows: &VecDeque<Row>) -> (usize, Option<Error>) {
         for (sent, row) in rows.iter().enumerate() {
-            if let Err(e) = self.broker.publish(row.msg.clone()).await {
+            if let Err(e) = self.broker.publish_ref(&row.msg).await {
                 return (sent, Some(e));
             }
         }

@@ -1,5 +1,6 @@
 //! Publishes through JetStream: each one's PubAck kept, and awaited together by a confirmation.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
@@ -16,15 +17,23 @@ const MAX_PENDING_ACKS: usize = 65_536;
 
 impl JetStream {
     /// Sends `msg` through JetStream, keeping its ack future for the next confirmation.
-    pub(crate) async fn publish(&self, msg: RawMessage, headers: Option<HeaderMap>) -> Result<()> {
+    pub(crate) async fn publish(
+        &self,
+        msg: Cow<'_, RawMessage>,
+        headers: Option<HeaderMap>,
+    ) -> Result<()> {
         let msg_id = headers::msg_id(&msg.headers).map(str::to_owned);
-        let mut publish = jetstream::context::Publish::build().payload(msg.payload);
+        let (subject, payload) = match msg {
+            Cow::Owned(m) => (m.subject, m.payload),
+            Cow::Borrowed(m) => (m.subject.clone(), m.payload.clone()),
+        };
+        let mut publish = jetstream::context::Publish::build().payload(payload);
         if let Some(h) = headers {
             publish = publish.headers(h);
         }
         let ack = self
             .context
-            .send_publish(msg.subject.clone(), publish)
+            .send_publish(subject.clone(), publish)
             .await
             .map_err(|e| Error::nats("publish", e))?;
         let full = {
@@ -33,7 +42,7 @@ impl JetStream {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             pending.push(PendingAck {
-                subject: msg.subject,
+                subject,
                 msg_id,
                 ack,
             });
