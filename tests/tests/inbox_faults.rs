@@ -736,3 +736,68 @@ async fn completions_survive_a_restart_and_show_in_the_stats() {
     let effects = effects.lock().unwrap();
     assert_eq!(effects.len(), 80, "each message ran once");
 }
+
+/// A durable deduplicating handler acknowledges each delivery after its completion's group
+/// commit, off the handler's own task; `stop` still returns only once every delivery it ran
+/// is committed and acknowledged: the stats count all of them, the consumer has nothing
+/// unacknowledged, and the file holds every completion.
+#[tokio::test]
+async fn stop_returns_after_every_run_delivery_is_committed_and_acknowledged() {
+    let server = JsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let n = 2_000;
+    let stream = StreamConfig::new("SETTLE", ["plugin.outbound.settle.>"]);
+    let bus = publisher(&server.url(), dir.path(), vec![stream.clone()]).await;
+    let consumer = Bus::builder()
+        .nats([server.url().as_str()])
+        .outbox_path(dir.path().join("handler.sqlite3"))
+        .stream(stream)
+        .connect()
+        .await
+        .unwrap();
+    let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let all_ran = Arc::new(tokio::sync::Notify::new());
+    let (r, a) = (ran.clone(), all_ran.clone());
+    let handler = consumer
+        .handle_with(
+            Outbound::filter().channel("settle"),
+            HandlerOptions::named("inbox")
+                .durable("inbox")
+                .dedupe(Duration::from_secs(600)),
+            move |_msg| {
+                if r.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    a.notify_one();
+                }
+                async { Ok::<_, String>(()) }
+            },
+        )
+        .await
+        .unwrap();
+    for i in 0..n {
+        let mut headers = Headers::new();
+        headers.insert("Nats-Msg-Id", format!("settle-{i}"));
+        bus.publish_with_headers(&outbound("settle", "p", &i.to_string()), headers)
+            .await
+            .unwrap();
+    }
+    bus.flush().await.unwrap();
+    // Stopped as soon as the last message ran: its completion and ack are still on their way.
+    tokio::time::timeout(GUARD, all_ran.notified())
+        .await
+        .expect("every message run");
+    let stats = handler.stats().clone();
+    handler.stop().await;
+    assert_eq!(
+        stats.handled(),
+        n as u64,
+        "every run counted once committed"
+    );
+    assert_eq!(stats.failed_attempts(), 0);
+    assert!(
+        drained(&server.url(), "SETTLE").await,
+        "every delivery acknowledged when stop returned"
+    );
+    let inbox = consumer.outbox_stats().await.unwrap().unwrap().inbox;
+    assert_eq!(inbox, n as u64, "every completion in the file");
+    assert_eq!(ran.load(Ordering::Relaxed), n, "each message ran once");
+}
