@@ -134,7 +134,7 @@ where
                 .map(str::to_owned);
             let broker = broker.clone();
             let responder = responder.clone();
-            in_flight.spawn(async move {
+            let mut answer = Box::pin(async move {
                 responder
                     .answer(msg, |outcome| async move {
                         let reply = reply_message(reply_to, correlation, outcome, wire);
@@ -144,6 +144,12 @@ where
                     })
                     .await
             });
+            // Polled once here: a handler that answers without waiting is answered on this
+            // task, with no task of its own to schedule (what keeps the tail short under
+            // concurrent requests); one that waits goes on on a task of its own.
+            if answer.as_mut().now_or_never().is_none() {
+                in_flight.spawn(answer);
+            }
         }
         // Unsubscribe first (no new requests), then answer the ones in flight.
         drop(messages);
