@@ -9,7 +9,10 @@
 //!   same transaction as the messages the handler published through its envelope
 //!   ([`Envelope::publish`]), and the incoming message is acknowledged only after that commit:
 //!   a handler that fails publishes nothing, and a crash after the commit and before the ack
-//!   is answered by the inbox when the message comes again. The file is one process's (it is
+//!   is answered by the inbox when the message comes again. An unordered durable handler
+//!   does not wait for the commit on the message's task: its completion goes to the writer
+//!   thread with what to do after it, and one task per handler acknowledges every delivery of
+//!   a group commit (see [`Inbox::complete_then`]). The file is one process's (it is
 //!   locked), so the handler keeps this file's completions within the window in memory too
 //!   (loaded at start, at most [`MEMORY_CAP`]); past the cap a miss asks the file.
 //! - **In memory** otherwise (the local broker without an outbox): at most [`MEMORY_CAP`]
