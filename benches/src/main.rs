@@ -33,13 +33,14 @@ use server::{Server, ServerSpec};
 
 /// Every scenario, in run order. The names are the contract of the report. The latency rows
 /// (`--only latency` selects them all) are [`LATENCY_SCENARIOS`].
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
     "jetstream_durable",
     "handler_dedupe",
     "nats_fanout_10",
     "nats_request_p50",
+    "nats_request_p99_c10",
     "local_pubsub_typed",
     "local_10k_subs",
     "handler_local",
@@ -70,13 +71,14 @@ const LATENCY_SCENARIOS: [&str; 11] = [
 const LATENCY_RATES: [u32; 2] = [500, 5000];
 
 /// The scenarios that need a running nats-server (the diagnostics and latency rows all do).
-const NEEDS_SERVER: [&str; 7] = [
+const NEEDS_SERVER: [&str; 8] = [
     "nats_pubsub_typed",
     "nats_pubsub_durable",
     "jetstream_durable",
     "handler_dedupe",
     "nats_fanout_10",
     "nats_request_p50",
+    "nats_request_p99_c10",
     "drain_after_outage",
 ];
 
@@ -216,7 +218,7 @@ struct Args {
 const USAGE: &str = "usage: bus-bench [--quick|--small] [--only NAME[,NAME...]] [--rounds N] \
 [--side both|bus|baseline] [--server-bin PATH] [--scaling] \
 [--compare BEFORE.jsonl[,...] [--after AFTER.jsonl[,...]]]\n\
-scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable handler_dedupe nats_fanout_10 nats_request_p50 \
+scenarios: nats_pubsub_typed nats_pubsub_durable jetstream_durable handler_dedupe nats_fanout_10 nats_request_p50 nats_request_p99_c10 \
 local_pubsub_typed local_10k_subs handler_local handler_ordered_by_subject outbox_publish_rate drain_after_outage \
 outbox_1m_rss_mib latency_first_message latency_<core|outbox|powerloss|durable|request>_<500|5000> \
 (`latency` names them all); only when named: the diag_* diagnostics\n\
@@ -581,6 +583,17 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
                 .run(&mut s)
                 .await,
         );
+    }
+    if selected("nats_request_p99_c10") {
+        let mut s = nats::RequestConcurrent {
+            url: url.clone(),
+            pending_bus: None,
+        };
+        let spec = Scenario {
+            target: Target::RatioAtLeast(0.85),
+            ..latency("nats_request_p99_c10", &plan, plan.request_n)
+        };
+        emit(spec.run(&mut s).await);
     }
     for (name, headers, spawn) in [
         ("diag_request_headers", true, false),

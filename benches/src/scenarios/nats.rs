@@ -289,6 +289,87 @@ async fn raw_probe(client: &async_nats::Client, warm: &Notify) -> BenchResult<()
     Err(fail("the subscription never saw a probe"))
 }
 
+/// `nats_request_p99_c10`: [`REQUESTERS`] tasks on one connection each making requests one after
+/// the other, bus and raw rounds paired; the p99 in µs (the p50 beside it).
+pub struct RequestConcurrent {
+    /// The server URL.
+    pub url: String,
+    /// The bus side of the last paired round.
+    pub pending_bus: Option<Sample>,
+}
+
+/// The concurrent requesters of `nats_request_p99_c10`.
+pub const REQUESTERS: usize = 10;
+
+impl Rounds for RequestConcurrent {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        let raw = Arc::new(RawRequester::start(&self.url, RawRequestShape::default()).await?);
+        let bus = Arc::new(sdk::BusRequester::start(&self.url).await?);
+        let per_task = (n / REQUESTERS).max(20);
+        let raw_lat = concurrent(REQUESTERS, per_task, |i| {
+            let raw = raw.clone();
+            async move { raw.once(i).await }
+        })
+        .await?;
+        let bus_lat = concurrent(REQUESTERS, per_task, |_| {
+            let bus = bus.clone();
+            async move { bus.once().await }
+        })
+        .await?;
+        self.pending_bus = Some(p99_headline(bus_lat));
+        Ok(p99_headline(raw_lat))
+    }
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        if let Some(s) = self.pending_bus.take() {
+            return Ok(s);
+        }
+        let bus = Arc::new(sdk::BusRequester::start(&self.url).await?);
+        let lat = concurrent(REQUESTERS, (n / REQUESTERS).max(20), |_| {
+            let bus = bus.clone();
+            async move { bus.once().await }
+        })
+        .await?;
+        Ok(p99_headline(lat))
+    }
+}
+
+/// A latency sample whose headline is the p99 (the p99 and the max beside it, as every
+/// latency row has them).
+fn p99_headline(lat: Vec<Duration>) -> Sample {
+    let s = Sample::latencies(lat);
+    Sample {
+        value: s.p99.unwrap_or(s.value),
+        p99: s.p99,
+        max: s.max,
+    }
+}
+
+/// `k` tasks each making `per_task` requests one after the other; every latency, sorted.
+pub async fn concurrent<F, Fut>(k: usize, per_task: usize, make: F) -> BenchResult<Vec<Duration>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = BenchResult<Duration>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..k)
+        .map(|t| {
+            let reqs: Vec<Fut> = (0..per_task).map(|i| make(t * per_task + i)).collect();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(reqs.len());
+                for r in reqs {
+                    lat.push(r.await?);
+                }
+                Ok::<_, crate::runner::BoxError>(lat)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(k * per_task);
+    for t in futures::future::join_all(tasks).await {
+        all.extend(t??);
+    }
+    all.sort_unstable();
+    Ok(all)
+}
+
 /// `nats_request_p50`: sequential requests, latency of each; p50 and p99 in µs.
 ///
 /// Latency on a shared machine drifts by tens of percent within seconds, so one round sets up

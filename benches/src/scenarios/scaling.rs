@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::msgs::{self, Outbound, CHANNEL, INSTANCE};
 use crate::report::Line;
 use crate::runner::{fail, median, quantile_us, within, BenchResult, SLACK, WAIT};
-use crate::scenarios::nats::{RawRequestShape, RawRequester};
+use crate::scenarios::nats::{concurrent, RawRequestShape, RawRequester};
 use crate::scenarios::rss::{child_json, proc_status_mib};
 use crate::sdk::{self, BusRequester};
 use crate::server::{free_port, Server, ServerSpec};
@@ -357,20 +357,20 @@ async fn requests(url: &str, k: usize, rounds: usize) -> BenchResult<Row> {
     let raw = Arc::new(RawRequester::start(url, RawRequestShape::default()).await?);
     let (mut bus_p, mut raw_p) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        raw_p.push(
+        raw_p.push(quantiles(
             concurrent(k, per_task, |i| {
                 let raw = raw.clone();
                 async move { raw.once(i).await }
             })
             .await?,
-        );
-        bus_p.push(
+        ));
+        bus_p.push(quantiles(
             concurrent(k, per_task, |_| {
                 let bus = bus.clone();
                 async move { bus.once().await }
             })
             .await?,
-        );
+        ));
     }
     let mid = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
         median(&v.iter().map(pick).collect::<Vec<_>>())
@@ -389,30 +389,9 @@ async fn requests(url: &str, k: usize, rounds: usize) -> BenchResult<Row> {
     Ok(row)
 }
 
-/// `k` tasks each making `per_task` requests one after the other; (p50, p99) in µs.
-async fn concurrent<F, Fut>(k: usize, per_task: usize, make: F) -> BenchResult<(f64, f64)>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = BenchResult<Duration>> + Send + 'static,
-{
-    let tasks: Vec<_> = (0..k)
-        .map(|t| {
-            let reqs: Vec<Fut> = (0..per_task).map(|i| make(t * per_task + i)).collect();
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(reqs.len());
-                for r in reqs {
-                    lat.push(r.await?);
-                }
-                Ok::<_, crate::runner::BoxError>(lat)
-            })
-        })
-        .collect();
-    let mut all = Vec::with_capacity(k * per_task);
-    for t in futures::future::join_all(tasks).await {
-        all.extend(t??);
-    }
-    all.sort_unstable();
-    Ok((quantile_us(&all, 0.5), quantile_us(&all, 0.99)))
+/// (p50, p99) in µs of sorted latencies.
+fn quantiles(sorted: Vec<Duration>) -> (f64, f64) {
+    (quantile_us(&sorted, 0.5), quantile_us(&sorted, 0.99))
 }
 
 fn print_json(v: Value) {
