@@ -243,8 +243,10 @@ impl Docs {
         format!(
             "Answers the `{type_name}` requests on `{template}` that `filter` (a \
              [`{filter_name}`]) selects with `handler`, an `async` function from \
-             `Envelope<{type_name}>` to `Result<{reply}, E>`. Each request is handled on its \
-             own task, until the returned [`ServeHandle`](bus::ServeHandle) is stopped.\n\n\
+             `Envelope<{type_name}>` to `Result<{reply}, E>`, until the returned \
+             [`ServeHandle`](bus::ServeHandle) is stopped. A handler that answers without \
+             waiting is answered at once on the responder's task; one that waits goes on on a \
+             task of its own, so requests are answered concurrently.\n\n\
              A handler error reaches the requester as \
              [`Error::Remote`](bus::Error::Remote), with the error's text.\n\n{GENERATED}"
         )
