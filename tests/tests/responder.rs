@@ -197,3 +197,61 @@ async fn contradicting_request_refused_by_every_path() {
     }
     service.stop().await;
 }
+
+/// Requests whose handler waits are answered concurrently, while one whose handler does not
+/// wait is answered at once on the responder's own task: three requests meet at a barrier
+/// inside the handler (answered one after the other, the first would wait for the others
+/// forever and all three time out), and a quick request sent meanwhile is answered before the
+/// barrier opens.
+async fn waiting_handlers_answered_concurrently(bus: &Bus, label: &str) {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(3));
+    let b = barrier.clone();
+    let handle = Delegate::serve(bus, Delegate::filter().agent("meet"), move |req| {
+        let b = b.clone();
+        async move {
+            if req.task == "meet" {
+                b.wait().await;
+            }
+            Ok::<_, String>(RouteReply { accepted: true })
+        }
+    })
+    .await
+    .unwrap();
+    let ask = |task: &str| {
+        let req = Delegate {
+            agent: "meet".into(),
+            task: task.into(),
+        };
+        let bus = bus.clone();
+        async move { req.request(&bus).await }
+    };
+    let meeting: Vec<_> = (0..3).map(|_| tokio::spawn(ask("meet"))).collect();
+    let quick = ask("plan").await;
+    assert!(
+        quick
+            .unwrap_or_else(|e| panic!("{label}: the quick request: {e}"))
+            .accepted,
+        "{label}"
+    );
+    for m in meeting {
+        let reply = m.await.unwrap();
+        assert!(
+            reply
+                .unwrap_or_else(|e| panic!("{label}: a waiting request: {e}"))
+                .accepted,
+            "{label}"
+        );
+    }
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn local_waiting_handlers_answered_concurrently() {
+    waiting_handlers_answered_concurrently(&local(false).await, "local").await;
+}
+
+#[tokio::test]
+async fn nats_waiting_handlers_answered_concurrently() {
+    let server = NatsServer::start();
+    waiting_handlers_answered_concurrently(&nats(&server, false).await, "nats").await;
+}
