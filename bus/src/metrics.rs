@@ -90,68 +90,32 @@ mod imp {
     /// the handles of the others on each publish (correct, only slower).
     const TYPE_SLOTS: usize = 64;
 
+    /// The counters' and gauges' names, units and HELP texts.
+    #[rustfmt::skip]
+    const DESCRIBED: [(&str, Unit, &str); 12] = [
+        ("bus_published_total", Unit::Count, "Publishes accepted by the bus (committed to the outbox, or handed to the broker)"),
+        ("bus_confirmed_total", Unit::Count, "Outbox messages the broker confirmed"),
+        ("bus_dead_lettered_total", Unit::Count, "Messages given up on, by origin (outbox, handler:<name>)"),
+        ("bus_outbox_depth", Unit::Count, "Messages queued in the outbox, not yet confirmed"),
+        ("bus_outbox_oldest_age_seconds", Unit::Seconds, "Age of the oldest message queued in the outbox"),
+        ("bus_scheduled_total", Unit::Count, "Messages published for later (publish_at, publish_after)"),
+        ("bus_outbox_scheduled", Unit::Count, "Messages published for later waiting in the outbox, not due yet"),
+        ("bus_delivered_total", Unit::Count, "Messages received by typed subscriptions, handlers and responders"),
+        ("bus_decode_errors_total", Unit::Count, "Received payloads that did not decode as their type"),
+        ("bus_slow_consumer_drops_total", Unit::Count, "Messages the broker dropped because a subscriber fell behind"),
+        ("bus_handler_attempts_total", Unit::Count, "Handler runs on a message, retries included"),
+        ("bus_handler_failures_total", Unit::Count, "Handler runs that returned Err or panicked"),
+    ];
+
     /// Names every metric once for the recorder (its HELP text), when a bus is made.
     pub(crate) fn describe() {
-        ::metrics::describe_counter!(
-            "bus_published_total",
-            Unit::Count,
-            "Publishes accepted by the bus (committed to the outbox, or handed to the broker)"
-        );
-        ::metrics::describe_counter!(
-            "bus_confirmed_total",
-            Unit::Count,
-            "Outbox messages the broker confirmed"
-        );
-        ::metrics::describe_counter!(
-            "bus_dead_lettered_total",
-            Unit::Count,
-            "Messages given up on, by origin (outbox, handler:<name>)"
-        );
-        ::metrics::describe_gauge!(
-            "bus_outbox_depth",
-            Unit::Count,
-            "Messages queued in the outbox, not yet confirmed"
-        );
-        ::metrics::describe_gauge!(
-            "bus_outbox_oldest_age_seconds",
-            Unit::Seconds,
-            "Age of the oldest message queued in the outbox"
-        );
-        ::metrics::describe_counter!(
-            "bus_scheduled_total",
-            Unit::Count,
-            "Messages published for later (publish_at, publish_after)"
-        );
-        ::metrics::describe_gauge!(
-            "bus_outbox_scheduled",
-            Unit::Count,
-            "Messages published for later waiting in the outbox, not due yet"
-        );
-        ::metrics::describe_counter!(
-            "bus_delivered_total",
-            Unit::Count,
-            "Messages received by typed subscriptions, handlers and responders"
-        );
-        ::metrics::describe_counter!(
-            "bus_decode_errors_total",
-            Unit::Count,
-            "Received payloads that did not decode as their type"
-        );
-        ::metrics::describe_counter!(
-            "bus_slow_consumer_drops_total",
-            Unit::Count,
-            "Messages the broker dropped because a subscriber fell behind"
-        );
-        ::metrics::describe_counter!(
-            "bus_handler_attempts_total",
-            Unit::Count,
-            "Handler runs on a message, retries included"
-        );
-        ::metrics::describe_counter!(
-            "bus_handler_failures_total",
-            Unit::Count,
-            "Handler runs that returned Err or panicked"
-        );
+        for (name, unit, help) in DESCRIBED {
+            if name.ends_with("_total") {
+                ::metrics::describe_counter!(name, unit, help);
+            } else {
+                ::metrics::describe_gauge!(name, unit, help);
+            }
+        }
         ::metrics::describe_histogram!(
             "bus_request_duration_seconds",
             Unit::Seconds,
@@ -208,13 +172,13 @@ mod imp {
             }
         }
 
-        /// One raw message published ([`Bus::publish_raw`](crate::Bus::publish_raw)).
-        #[inline]
         /// One message published for later.
+        #[inline]
         pub(crate) fn scheduled(&self) {
             counter!("bus_scheduled_total").increment(1);
         }
 
+        /// One raw message published ([`Bus::publish_raw`](crate::Bus::publish_raw)).
         pub(crate) fn published_raw(&self) {
             self.raw_published
                 .get_or_init(
@@ -254,17 +218,11 @@ mod imp {
     }
 
     /// The handles of one typed subscription, handler or responder, resolved when it starts.
-    #[derive(Clone)]
+    #[derive(Debug, Clone)]
     pub(crate) struct Receive {
         delivered: Counter,
         decode_errors: Counter,
         drops: Counter,
-    }
-
-    impl std::fmt::Debug for Receive {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Receive").finish_non_exhaustive()
-        }
     }
 
     impl Receive {
@@ -294,6 +252,7 @@ mod imp {
     }
 
     /// The handles of one handler, resolved when it starts.
+    #[derive(Debug)]
     pub(crate) struct HandlerMetrics {
         pub(crate) receive: Receive,
         attempts: Counter,
@@ -301,12 +260,6 @@ mod imp {
         dead_lettered: Counter,
         duplicates: Counter,
         without_msg_id: Counter,
-    }
-
-    impl std::fmt::Debug for HandlerMetrics {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("HandlerMetrics").finish_non_exhaustive()
-        }
     }
 
     impl HandlerMetrics {
