@@ -223,15 +223,9 @@ impl Bus {
     /// What a handler or responder loop holds while it runs, and the signal that stops it;
     /// `None` once the bus is closing.
     fn track(&self) -> Result<(tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>)> {
-        let running = self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match running.as_ref() {
-            Some(tx) => Ok((tx.clone(), self.inner.closing.subscribe())),
-            None => Err(Error::Closed),
-        }
+        let running = crate::panic::lock(&self.inner.running);
+        let tx = running.as_ref().ok_or(Error::Closed)?;
+        Ok((tx.clone(), self.inner.closing.subscribe()))
     }
 
     /// Which headers typed messages carry on the wire (see [`WireHeaders`]).
@@ -283,16 +277,18 @@ impl Bus {
     /// ([`Error::InvalidHeader`], see [`Headers::check`]): the outbox checks before it queues,
     /// every broker before it sends.
     pub async fn publish_with_headers<M: Message>(&self, msg: &M, headers: Headers) -> Result<()> {
-        // The derive builds the subject token by token and checks each placeholder value as it
-        // is written (the template's literals were checked at compile time): it is not checked
-        // again here. The broker, or the outbox before queueing, checks it once.
-        self.send(self.encode(msg, headers)?, None).await?;
-        self.inner.metrics.published::<M>();
-        Ok(())
+        self.publish_due(msg, headers, None).await
     }
 
-    /// `msg` as the raw message `publish` sends, with `headers` and the policy's.
-    fn encode<M: Message>(&self, msg: &M, headers: Headers) -> Result<RawMessage> {
+    /// Publishes `msg` with `headers` and the policy's, `due` then (see `send`). The
+    /// subject is not checked here: the derive checked each placeholder value as it wrote it
+    /// (the literals at compile time), and the broker, or the outbox before queueing, checks it.
+    async fn publish_due<M: Message>(
+        &self,
+        msg: &M,
+        headers: Headers,
+        due: Option<std::time::SystemTime>,
+    ) -> Result<()> {
         let mut raw = RawMessage {
             subject: msg.subject()?,
             reply: None,
@@ -302,7 +298,9 @@ impl Bus {
         if self.inner.wire == WireHeaders::Full {
             full_headers::<M>(&mut raw.headers);
         }
-        Ok(raw)
+        self.send(raw, due).await?;
+        self.inner.metrics.published::<M>();
+        Ok(())
     }
 
     /// Publishes a typed message to be delivered `delay` from now: [`publish_at`](Bus::publish_at)
@@ -346,10 +344,7 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub async fn publish_at<M: Message>(&self, msg: &M, when: std::time::SystemTime) -> Result<()> {
-        self.send(self.encode(msg, Headers::new())?, Some(when))
-            .await?;
-        self.inner.metrics.published::<M>();
-        Ok(())
+        self.publish_due(msg, Headers::new(), Some(when)).await
     }
 
     /// Publishes raw bytes to a concrete subject, through the outbox if there is one.
@@ -385,10 +380,8 @@ impl Bus {
                 self.inner.metrics.scheduled();
                 return outbox.schedule(msg, due).await;
             }
-            return match publish_span(&msg.subject) {
-                Some(span) => outbox.enqueue(msg).instrument(span).await,
-                None => outbox.enqueue(msg).await,
-            };
+            let span = publish_span(&msg.subject);
+            return in_span(span, outbox.enqueue(msg)).await;
         }
         if let Some(due) = due {
             return self.send_later(msg, due);
@@ -399,16 +392,13 @@ impl Bus {
                 local.publish_now(msg).map(drop)
             }
             #[cfg(feature = "nats")]
-            Direct::Nats(nats) => match publish_span(&msg.subject) {
-                Some(span) => nats.publish_checked(msg).instrument(span).await,
-                None => nats.publish_checked(msg).await,
-            },
+            Direct::Nats(nats) => {
+                let span = publish_span(&msg.subject);
+                in_span(span, nats.publish_checked(msg)).await
+            }
             Direct::Other => {
-                let broker = &self.inner.broker;
-                match publish_span(&msg.subject) {
-                    Some(span) => broker.publish(msg).instrument(span).await,
-                    None => broker.publish(msg).await,
-                }
+                let span = publish_span(&msg.subject);
+                in_span(span, self.inner.broker.publish(msg)).await
             }
         }
     }
@@ -505,47 +495,33 @@ impl Bus {
             payload: codec::encode(req, M::TYPE_NAME)?,
         };
         let started = std::time::Instant::now();
-        let reply = match self
-            .inner
-            .broker
-            .request(raw, timeout)
-            .instrument(span)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) => return self.request_done::<M, _>(started, Err(e)),
-        };
-        // `Nats-Service-Error`: the error of a NATS service API endpoint (`bus::service`).
-        if let Some(message) = reply
-            .headers
-            .get(headers::ERROR)
-            .or_else(|| reply.headers.get("Nats-Service-Error"))
-        {
-            return self.request_done::<M, _>(
-                started,
-                Err(Error::Remote {
-                    subject,
-                    message: message.to_string(),
-                }),
-            );
-        }
-        let outcome = match codec::decode::<M::Reply>(&reply.payload) {
-            Ok(body) => Ok(Envelope::of_message(body, reply, Delivered::Plain, None)),
-            Err(source) => {
-                let msg_id = headers::msg_id(&reply.headers).map(str::to_string);
-                let type_name = std::any::type_name::<M::Reply>();
-                Err(Undecodable::Payload(type_name, source).into_error(reply.subject, msg_id))
+        let outcome = async {
+            let reply = self
+                .inner
+                .broker
+                .request(raw, timeout)
+                .instrument(span)
+                .await?;
+            // `Nats-Service-Error`: the error of a NATS service API endpoint (`bus::service`).
+            if let Some(message) = reply
+                .headers
+                .get(headers::ERROR)
+                .or_else(|| reply.headers.get("Nats-Service-Error"))
+            {
+                let message = message.to_string();
+                return Err(Error::Remote { subject, message });
             }
-        };
-        self.request_done::<M, _>(started, outcome)
-    }
-
-    /// Records a finished request in `bus_request_duration_seconds` (see [`crate::metrics`]).
-    fn request_done<M: Request, T>(
-        &self,
-        started: std::time::Instant,
-        outcome: Result<T>,
-    ) -> Result<T> {
+            match codec::decode::<M::Reply>(&reply.payload) {
+                Ok(body) => Ok(Envelope::of_message(body, reply, Delivered::Plain, None)),
+                Err(source) => {
+                    let msg_id = headers::msg_id(&reply.headers).map(str::to_string);
+                    let type_name = std::any::type_name::<M::Reply>();
+                    Err(Undecodable::Payload(type_name, source).into_error(reply.subject, msg_id))
+                }
+            }
+        }
+        .await;
+        // Recorded in `bus_request_duration_seconds` (see [`crate::metrics`]).
         let label = crate::metrics::request_outcome(&outcome);
         self.inner.metrics.request::<M>(started.elapsed(), label);
         outcome
@@ -857,12 +833,13 @@ impl Bus {
     pub(crate) fn start_heartbeat(&self, interval: Duration) {
         self.every(Duration::ZERO, interval, |bus| async move {
             let health = bus.health().await;
-            let raw = match (
-                health.subject(),
-                codec::encode(&health, <Health as Message>::TYPE_NAME),
-            ) {
-                (Ok(subject), Ok(payload)) => RawMessage::new(subject, payload),
-                (Err(e), _) | (_, Err(e)) => {
+            let payload = codec::encode(&health, <Health as Message>::TYPE_NAME);
+            let raw = match health
+                .subject()
+                .and_then(|s| Ok(RawMessage::new(s, payload?)))
+            {
+                Ok(raw) => raw,
+                Err(e) => {
                     tracing::warn!(error = %e, "heartbeat: cannot build the health message");
                     return;
                 }
@@ -927,11 +904,7 @@ impl Bus {
     pub async fn close_timeout(&self, timeout: Duration) -> Result<CloseReport> {
         let deadline = tokio::time::Instant::now() + timeout;
         self.inner.closing.send_replace(true);
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        crate::panic::lock(&self.inner.running).take();
         let stopped_in_time = {
             let mut all = self.inner.all_stopped.lock().await;
             // `None`: every loop dropped its sender, i.e. finished.
@@ -1008,9 +981,13 @@ fn stamp_msg_id(headers: &mut Headers) {
 /// visible share of a local publish.
 #[inline]
 fn publish_span(subject: &str) -> Option<tracing::Span> {
-    if tracing::enabled!(tracing::Level::TRACE) {
-        Some(tracing::trace_span!("publish", subject))
-    } else {
-        None
+    tracing::enabled!(tracing::Level::TRACE).then(|| tracing::trace_span!("publish", subject))
+}
+
+/// Runs `fut` in `span`, if any.
+async fn in_span<T>(span: Option<tracing::Span>, fut: impl Future<Output = T>) -> T {
+    match span {
+        Some(span) => fut.instrument(span).await,
+        None => fut.await,
     }
 }
