@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::headers::Headers;
+use crate::panic::lock;
 use crate::raw::RawMessage;
 
 /// A message a handler gave up on, as handed to the bus's dead letters.
@@ -44,10 +45,7 @@ pub(crate) struct MemoryDeadLetters {
 impl MemoryDeadLetters {
     pub(crate) fn push(&self, failed: Failed) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) as i64 + 1;
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = lock(&self.letters);
         if l.len() >= MEMORY_DEAD_LETTERS {
             l.pop_front();
             let evicted = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
@@ -59,38 +57,24 @@ impl MemoryDeadLetters {
     }
 
     pub(crate) fn list(&self) -> Vec<(i64, Failed)> {
-        self.letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+        lock(&self.letters).iter().cloned().collect()
     }
 
     pub(crate) fn take(&self, id: i64) -> Option<Failed> {
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = lock(&self.letters);
         let i = l.iter().position(|(i, _)| *i == id)?;
         l.remove(i).map(|(_, f)| f)
     }
 
     pub(crate) fn purge(&self) -> u64 {
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = lock(&self.letters);
         let n = l.len() as u64;
         l.clear();
         n
     }
 
     pub(crate) fn len(&self) -> u64 {
-        self.letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len() as u64
+        lock(&self.letters).len() as u64
     }
 }
 

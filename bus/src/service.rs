@@ -20,6 +20,7 @@ use crate::handle::Bus;
 use crate::message::{Filter, Request};
 use crate::nats::convert::from_header_map;
 use crate::nats::NatsBroker;
+use crate::panic::lock;
 use crate::raw::RawMessage;
 use crate::respond::Responder;
 use crate::stop::Running;
@@ -183,10 +184,7 @@ impl Service {
             }
             let _ = requests.stop().await;
             in_flight.wait().await;
-            parked
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(requests);
+            lock(&parked).push(requests);
         });
         Ok(Endpoint {
             what: format!("service endpoint `{}`", M::TYPE_NAME),
@@ -201,10 +199,7 @@ impl Service {
         if let Err(e) = self.service.stop().await {
             tracing::warn!(service = %self.name, error = %e, "cannot unregister the service");
         }
-        self.parked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        lock(&self.parked).clear();
     }
 }
 

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, ClientError, ConnectErrorKind, Event, ServerAddr};
@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::options::{NatsAuth, NatsOptions, DEFAULT_MAX_PAYLOAD};
 use crate::broker::{ConnectionState, Refusal, SubscriptionStats};
+use crate::panic::lock;
 
 /// The shortest time between two probe connection attempts while the client keeps failing.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -195,7 +196,7 @@ impl Shared {
     }
 
     fn trouble(&self) -> std::sync::MutexGuard<'_, Trouble> {
-        self.trouble.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.trouble)
     }
 
     /// Why the connection cannot be made, while it cannot; `None` once connected.
@@ -376,9 +377,7 @@ impl Shared {
     }
 
     pub(crate) fn violations(&self) -> std::sync::MutexGuard<'_, Violations> {
-        self.violations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.violations)
     }
 
     /// Records a permissions violation. A refused subscription that is live (the server ended
@@ -411,9 +410,7 @@ impl Shared {
     }
 
     pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Registered>> {
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.subscriptions)
     }
 
     /// Copies the server's max_payload if the client knows it (0 means "not yet").
@@ -441,12 +438,12 @@ impl Shared {
 
     /// Whether `id` names another connection than the one reported last.
     fn is_new_connection(&self, id: &ConnectionId) -> bool {
-        *self.reported.lock().unwrap_or_else(PoisonError::into_inner) != *id
+        *lock(&self.reported) != *id
     }
 
     /// Reads the client's copy of the server's INFO, if there is a client.
     fn server_info<T>(&self, f: impl FnOnce(&async_nats::ServerInfo) -> T) -> Option<T> {
-        let guard = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = lock(&self.client);
         guard.as_ref().map(|c| f(&c.server_info()))
     }
 
@@ -488,10 +485,7 @@ impl Shared {
                     // The mechanism the start-up test checks: `ran_out` must stay false.
                     tracing::debug!(waits, ran_out, "NATS connection INFO read");
                     if let Some(id) = seen {
-                        *shared
-                            .reported
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = id;
+                        *lock(&shared.reported) = id;
                     }
                     if shared.disconnects.load(Ordering::Relaxed) == generation {
                         shared.on_connected();

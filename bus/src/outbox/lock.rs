@@ -41,10 +41,11 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex};
 
 use super::io::{create_private, io_err};
 use crate::error::{Error, Result};
+use crate::panic::lock;
 
 /// The file's identity: device and inode on Unix, the canonical path elsewhere.
 #[cfg(unix)]
@@ -75,10 +76,6 @@ struct Entry {
 
 static FILES: LazyLock<Mutex<HashMap<Key, Entry>>> = LazyLock::new(Default::default);
 
-fn files() -> std::sync::MutexGuard<'static, HashMap<Key, Entry>> {
-    FILES.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The lock on one outbox file, released when dropped.
 pub(crate) struct FileLock {
     key: Key,
@@ -104,7 +101,7 @@ impl FileLock {
     /// process or another, holds it.
     pub(crate) fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
         let key = key_of(path).map_err(|e| io_err(path, "cannot read the outbox file", e))?;
-        let mut files = files();
+        let mut files = lock(&FILES);
         // `Copy` on Unix, a path elsewhere.
         #[allow(clippy::clone_on_copy)]
         let entry = match files.entry(key.clone()) {
@@ -141,7 +138,7 @@ impl FileLock {
 
 impl Drop for FileLock {
     fn drop(&mut self) {
-        let mut files = files();
+        let mut files = lock(&FILES);
         if let Some(entry) = files.get_mut(&self.key) {
             if let Some(file) = &entry.file {
                 if let Err(e) = file.unlock() {

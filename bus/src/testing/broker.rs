@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::connection::ConnectionState;
 use crate::durable::{DurableSpec, DurableSubscription};
 use crate::error::{Error, Result};
 use crate::local::LocalBroker;
+use crate::panic::lock;
 use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 
 /// Replies go to subjects under this prefix on both built-in brokers.
@@ -192,11 +193,7 @@ impl TestBroker {
 
     /// Live subscriptions with messages waiting in their buffers: pattern and count.
     pub fn buffered(&self) -> Vec<(String, u64)> {
-        let mut subs = self
-            .shared
-            .subs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut subs = lock(&self.shared.subs);
         subs.retain(|w| w.strong_count() > 0);
         subs.iter()
             .filter_map(Weak::upgrade)
@@ -235,11 +232,7 @@ impl TestBroker {
             stats: Arc::clone(stats),
             taken: AtomicU64::new(0),
         });
-        self.shared
-            .subs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::downgrade(&watched));
+        lock(&self.shared.subs).push(Arc::downgrade(&watched));
         watched
     }
 }
