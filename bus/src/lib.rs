@@ -173,6 +173,19 @@
 // The derive names `::bus::…`; inside this crate that is the crate itself (for `Health`).
 extern crate self as bus;
 
+/// Builder setters: each `fn name(arg: Type) => field = value;` is a `pub fn name(mut self,
+/// arg: Type) -> Self` that sets `self.field` to `value` and returns `self`.
+macro_rules! setters {
+    ($($(#[$attr:meta])*
+       fn $name:ident($($arg:ident: $ty:ty),*) => $($field:ident).+ = $value:expr;)*) => {$(
+        $(#[$attr])*
+        pub fn $name(mut self, $($arg: $ty),*) -> Self {
+            self.$($field).+ = $value;
+            self
+        }
+    )*};
+}
+
 // The modules from the bottom up: each imports only from modules above it in this list
 // (ARCHITECTURE.md has the map).
 pub mod broker;
