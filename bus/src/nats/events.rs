@@ -160,6 +160,14 @@ pub(crate) fn parse_violation(text: &str) -> Option<(Refused, String)> {
     Some((kind, rest[..end].to_owned()))
 }
 
+/// Bounded: a flood of refused publishes with nobody confirming keeps the latest 1024.
+fn push_bounded(list: &mut Vec<(String, String)>, violation: (String, String)) {
+    if list.len() >= 1024 {
+        list.remove(0);
+    }
+    list.push(violation);
+}
+
 /// A subscription as the event handler knows it.
 #[derive(Debug)]
 pub(crate) struct Registered {
@@ -386,12 +394,7 @@ impl Shared {
         match kind {
             Refused::Publish => {
                 tracing::error!(subject, error = %text, "NATS refused a publish: permissions violation");
-                let mut v = self.violations();
-                // Bounded: a flood of refused publishes with nobody confirming keeps the latest.
-                if v.publish.len() >= 1024 {
-                    v.publish.remove(0);
-                }
-                v.publish.push((subject, text));
+                push_bounded(&mut self.violations().publish, (subject, text));
             }
             Refused::Subscription => {
                 tracing::error!(pattern = subject, error = %text, "NATS refused a subscription: permissions violation");
@@ -400,11 +403,7 @@ impl Shared {
                         reg.stats.fail(text.clone());
                     }
                 }
-                let mut v = self.violations();
-                if v.subscribe.len() >= 1024 {
-                    v.subscribe.remove(0);
-                }
-                v.subscribe.push((subject, text));
+                push_bounded(&mut self.violations().subscribe, (subject, text));
             }
         }
     }
@@ -529,11 +528,8 @@ async fn probe(config: &ProbeConfig) -> ProbeOutcome {
         Err(e) => return ProbeOutcome::Other(e.to_string()),
     };
     match options.connect(config.urls.clone()).await {
-        // Dropping the only handle closes the probe connection.
-        Ok(client) => {
-            drop(client);
-            ProbeOutcome::Connected
-        }
+        // The only handle, dropped at once: that closes the probe connection.
+        Ok(_client) => ProbeOutcome::Connected,
         Err(e) => ProbeOutcome::Failed(e),
     }
 }
@@ -650,18 +646,26 @@ pub(crate) fn classify(
 /// 0.35 returns any `-ERR` answering its `CONNECT` (but `Authorization Violation`) as an I/O
 /// error whose source is the `ServerError`.
 fn server_error_text(e: &async_nats::ConnectError) -> Option<String> {
+    in_sources(e, |server: &async_nats::ServerError| {
+        Some(match server {
+            async_nats::ServerError::AuthorizationViolation => "Authorization Violation".to_owned(),
+            async_nats::ServerError::SlowConsumer(_) => "Slow Consumer".to_owned(),
+            async_nats::ServerError::Other(text) => {
+                text.trim_matches(|c| c == '\'' || c == ' ').to_owned()
+            }
+        })
+    })
+}
+
+/// The first text `f` finds in an error of type `T` among the sources of `e`.
+fn in_sources<T: std::error::Error + 'static>(
+    e: &async_nats::ConnectError,
+    f: impl Fn(&T) -> Option<String>,
+) -> Option<String> {
     let mut cur = std::error::Error::source(e);
     while let Some(err) = cur {
-        if let Some(server) = err.downcast_ref::<async_nats::ServerError>() {
-            return Some(match server {
-                async_nats::ServerError::AuthorizationViolation => {
-                    "Authorization Violation".to_owned()
-                }
-                async_nats::ServerError::SlowConsumer(_) => "Slow Consumer".to_owned(),
-                async_nats::ServerError::Other(text) => {
-                    text.trim_matches(|c| c == '\'' || c == ' ').to_owned()
-                }
-            });
+        if let Some(found) = err.downcast_ref::<T>().and_then(&f) {
+            return Some(found);
         }
         cur = err.source();
     }
@@ -769,19 +773,12 @@ fn credentials_size(options: Option<&NatsOptions>) -> String {
 
 /// The rustls error behind a failed attempt, if a TLS failure it was.
 fn tls_error_text(e: &async_nats::ConnectError) -> Option<String> {
-    let mut cur = std::error::Error::source(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::InvalidData {
-                return Some(
-                    io.get_ref()
-                        .map_or_else(|| io.to_string(), ToString::to_string),
-                );
-            }
-        }
-        cur = err.source();
-    }
-    None
+    in_sources(e, |io: &std::io::Error| {
+        (io.kind() == std::io::ErrorKind::InvalidData).then(|| {
+            io.get_ref()
+                .map_or_else(|| io.to_string(), ToString::to_string)
+        })
+    })
 }
 
 #[cfg(test)]
