@@ -47,6 +47,14 @@ fn attempts(v: ValueRef<'_>) -> Result<u32, String> {
     int(v, "attempts").map(|n| n.clamp(0, u32::MAX as i64) as u32)
 }
 
+/// The value read, or 0 with the reason kept in `problem` (unless it holds an earlier one).
+fn or_zero<T: Default>(read: Result<T, String>, problem: &mut Option<String>) -> T {
+    read.unwrap_or_else(|p| {
+        problem.get_or_insert(p);
+        T::default()
+    })
+}
+
 /// A query of the queue: the columns given, of the rows above `max(?1, the watermark)`, oldest
 /// first, at most `?2`.
 macro_rules! queue_page {
@@ -100,31 +108,21 @@ pub(crate) fn queued(
 
 /// One row of [`queued`]'s columns.
 fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMessage> {
-    {
-        let decoded = message_at(r, 1)?;
-        let mut problem = decoded.problem;
-        let created_at = int(r.get_ref(5)?, "created_at").unwrap_or_else(|p| {
-            problem.get_or_insert(p);
-            0
-        });
-        let attempts = attempts(r.get_ref(6)?).unwrap_or_else(|p| {
-            problem.get_or_insert(p);
-            0
-        });
-        let msg = decoded.msg;
-        Ok(QueuedMessage {
-            id: r.get(0)?,
-            subject: msg.subject,
-            reply: msg.reply,
-            headers: msg.headers,
-            payload: msg.payload,
-            created_at: from_ms(created_at),
-            attempts,
-            last_error: opt_text(r.get_ref(7)?),
-            due_at: None,
-            decode_error: problem,
-        })
-    }
+    let Decoded { msg, mut problem } = message_at(r, 1)?;
+    let created_at = or_zero(int(r.get_ref(5)?, "created_at"), &mut problem);
+    let attempts = or_zero(attempts(r.get_ref(6)?), &mut problem);
+    Ok(QueuedMessage {
+        id: r.get(0)?,
+        subject: msg.subject,
+        reply: msg.reply,
+        headers: msg.headers,
+        payload: msg.payload,
+        created_at: from_ms(created_at),
+        attempts,
+        last_error: opt_text(r.get_ref(7)?),
+        due_at: None,
+        decode_error: problem,
+    })
 }
 
 /// What the drainer needs of a queued row: its id, attempts so far, and the message.
@@ -159,10 +157,7 @@ pub(crate) fn sendable(
             }
         }
         ends.push(payloads.len());
-        let attempts = attempts(r.get_ref(1)?).unwrap_or_else(|p| {
-            decoded.problem.get_or_insert(p);
-            0
-        });
+        let attempts = or_zero(attempts(r.get_ref(1)?), &mut decoded.problem);
         Ok(Sendable {
             id: r.get(0)?,
             attempts,
@@ -266,14 +261,14 @@ pub(crate) fn scheduled(
            FROM scheduled WHERE (due_at, id) > (?1, ?2) ORDER BY due_at, id LIMIT ?3",
     )?;
     let limit = limit.min(i64::MAX as usize) as i64;
-    let mut rows = stmt.query(rusqlite::params![due, id, limit])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let mut m = queued_row(r)?;
-        m.due_at = Some(from_ms(r.get(8)?));
-        out.push(m);
-    }
-    Ok(out)
+    let rows = stmt.query_map(rusqlite::params![due, id, limit], |r| {
+        let due_at = Some(from_ms(r.get(8)?));
+        Ok(QueuedMessage {
+            due_at,
+            ..queued_row(r)?
+        })
+    })?;
+    rows.collect()
 }
 
 /// Rows in the `inbox` table (0 when the file has none yet).
@@ -315,10 +310,7 @@ pub(crate) struct Salvaged<T> {
 /// Whether SQLite says the file is damaged (`SQLITE_CORRUPT`, "database disk image is
 /// malformed"), as opposed to busy, full or unwritable.
 pub(crate) fn is_corrupt(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt)
-    )
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
 }
 
 /// Reads the queue row by row, from id `from` to `upto`, when a range scan failed on a damaged
@@ -371,10 +363,7 @@ pub(crate) const SENDABLE_COLUMNS: &str = "id, attempts, subject, reply, headers
 /// One row of [`SENDABLE_COLUMNS`] for the drainer (its payload in its own buffer).
 pub(crate) fn sendable_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sendable> {
     let mut decoded = message_at(r, 2)?;
-    let attempts = attempts(r.get_ref(1)?).unwrap_or_else(|p| {
-        decoded.problem.get_or_insert(p);
-        0
-    });
+    let attempts = or_zero(attempts(r.get_ref(1)?), &mut decoded.problem);
     Ok(Sendable {
         id: r.get(0)?,
         attempts,

@@ -409,23 +409,22 @@ impl Default for TestBusBuilder {
 }
 
 impl TestBusBuilder {
-    /// Gives the bus an outbox, in a temporary directory removed with the harness (see the
-    /// [module](self) about the paused clock).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), bus::Error> {
-    /// let t = bus::testing::TestBus::builder().outbox().start().await?;
-    /// t.broker().fail_confirms(1); // the first batch is sent again
-    /// t.bus().publish_raw(bus::RawMessage::new("a.b", "x")).await?;
-    /// t.wait_idle().await;
-    /// assert!(t.dead_letters().await?.is_empty());
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "outbox")]
-    pub fn outbox(mut self) -> Self {
-        self.outbox = true;
-        self
+    setters! {
+        /// Gives the bus an outbox, in a temporary directory removed with the harness (see the
+        /// [module](self) about the paused clock).
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), bus::Error> {
+        /// let t = bus::testing::TestBus::builder().outbox().start().await?;
+        /// t.broker().fail_confirms(1); // the first batch is sent again
+        /// t.bus().publish_raw(bus::RawMessage::new("a.b", "x")).await?;
+        /// t.wait_idle().await;
+        /// assert!(t.dead_letters().await?.is_empty());
+        /// # Ok(()) }
+        /// ```
+        #[cfg(feature = "outbox")]
+        fn outbox() => outbox = true;
     }
 
     /// Runs on the nats-server at `url` (with an outbox).
@@ -436,18 +435,13 @@ impl TestBusBuilder {
         self
     }
 
-    /// No outbox (the default on the embedded broker; on NATS, publishes then go straight to
-    /// the server).
-    pub fn no_outbox(mut self) -> Self {
-        self.outbox = false;
-        self
-    }
-
-    /// How long [`TestBus::wait_idle`] and [`TestBus::wait_for`] wait, in wall time, before they
-    /// fail the test (default [`DEFAULT_IDLE_TIMEOUT`]).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
-        self
+    setters! {
+        /// No outbox (the default on the embedded broker; on NATS, publishes then go straight to
+        /// the server).
+        fn no_outbox() => outbox = false;
+        /// How long [`TestBus::wait_idle`] and [`TestBus::wait_for`] wait, in wall time, before they
+        /// fail the test (default [`DEFAULT_IDLE_TIMEOUT`]).
+        fn idle_timeout(timeout: Duration) => idle_timeout = timeout;
     }
 
     /// Sets anything else on the underlying [`BusBuilder`]: streams, request timeout, wire
