@@ -76,10 +76,9 @@ pub struct ServiceBuilder {
 }
 
 impl ServiceBuilder {
-    /// What `$SRV.INFO` says the service does.
-    pub fn description(mut self, text: impl Into<String>) -> Self {
-        self.description = Some(text.into());
-        self
+    setters! {
+        /// What `$SRV.INFO` says the service does.
+        fn description(text: impl Into<String>) => description = Some(text.into());
     }
 
     /// Registers the service on `bus`'s NATS connection (it answers `$SRV.PING`, `$SRV.INFO`
@@ -173,13 +172,11 @@ impl Service {
         let parked = Arc::clone(&self.parked);
         let running = Running::spawn(move |mut stopped, in_flight| async move {
             loop {
-                let request = tokio::select! {
-                    _ = stopped.wait_for(|s| *s) => break,
-                    r = requests.next() => match r {
-                        Some(r) => r,
-                        None => break,
-                    },
+                let next = tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => None,
+                    r = requests.next() => r,
                 };
+                let Some(request) = next else { break };
                 in_flight.spawn(answer(request, Arc::clone(&responder)));
             }
             let _ = requests.stop().await;

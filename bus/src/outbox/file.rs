@@ -85,17 +85,16 @@ impl OutboxFile {
                 ))
             }
         }
-        let file = match Self::connect(path, false) {
+        match Self::connect(path, false) {
             Err(Error::Outbox {
                 source: Some(s), ..
-            }) if cannot_open(&*s) && !wal_path(path).exists() => {
+            }) if cannot_open(&*s) && !read::wal_path(path).exists() => {
                 // No -wal, and none can be created: nothing can be writing this file.
                 tracing::debug!(path = %path.display(), "outbox side files cannot be created; reading the file as immutable");
-                Self::connect(path, true)?
+                Self::connect(path, true)
             }
-            other => other?,
-        };
-        Ok(file)
+            other => other,
+        }
     }
 
     /// Opens the connection and checks the schema: the first read, where a missing `-shm` shows.
@@ -112,12 +111,11 @@ impl OutboxFile {
         .map_err(|e| sql_err(path, "cannot open the outbox file", e))?;
         conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")
             .map_err(|e| sql_err(path, "cannot configure the read-only connection", e))?;
-        let file = OutboxFile {
+        schema::check_current(&conn, path, "which read-only access cannot do")?;
+        Ok(OutboxFile {
             conn,
             path: path.to_path_buf(),
-        };
-        schema::check_current(&file.conn, path, "which read-only access cannot do")?;
-        Ok(file)
+        })
     }
 
     /// The file this view reads.
@@ -203,12 +201,6 @@ impl OutboxFile {
             read::dead_letter_by_id(c, id)
         })
     }
-}
-
-fn wal_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
 }
 
 /// Whether SQLite failed because it could not open or create a file (here: `-wal` or `-shm`).

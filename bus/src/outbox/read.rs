@@ -286,13 +286,18 @@ pub(crate) fn inbox_size(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// Bytes the outbox takes on disk: the file and its write-ahead log.
 pub(crate) fn file_size(path: &Path) -> u64 {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    [path, Path::new(&wal)]
+    [path, &wal_path(path)]
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// The write-ahead log beside the outbox file `path`.
+pub(crate) fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
 }
 
 /// What [`salvage`] read of a damaged range of the queue.

@@ -73,8 +73,7 @@ struct Watched {
 
 impl Watched {
     fn buffered(&self) -> u64 {
-        let buffered = self.stats.buffered_total();
-        buffered.saturating_sub(self.taken.load(Ordering::Relaxed))
+        (self.stats.buffered_total()).saturating_sub(self.taken.load(Ordering::Relaxed))
     }
 }
 
@@ -205,23 +204,21 @@ impl TestBroker {
     /// On the embedded broker, each durable consumer with messages not settled yet (waiting,
     /// out with a puller, or waiting for a redelivery): name and count. Empty on NATS.
     pub fn durables_unsettled(&self) -> Vec<(String, u64)> {
-        match &self.local {
-            Some(local) => local.durables_unsettled(),
-            None => Vec::new(),
-        }
+        self.local
+            .as_ref()
+            .map_or_else(Vec::new, |local| local.durables_unsettled())
     }
 
     /// `Err` when a fault says this operation fails.
     fn fault(&self, op: &'static str, budget: Option<&AtomicU64>) -> Result<()> {
-        if self.shared.disconnected.load(Ordering::SeqCst) {
+        // A failure budget is spent only while connected.
+        let take = |b: &AtomicU64| {
+            b.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        };
+        if self.shared.disconnected.load(Ordering::SeqCst)
+            || budget.is_some_and(|b| take(b).is_ok())
+        {
             return Err(Error::ConnectionLost { op });
-        }
-        if let Some(budget) = budget {
-            let taken =
-                budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            if taken.is_ok() {
-                return Err(Error::ConnectionLost { op });
-            }
         }
         Ok(())
     }
@@ -288,12 +285,10 @@ impl Broker for TestBroker {
         let queue = queue.map(str::to_owned);
         async move {
             let raw = self.inner.subscribe(&pattern, queue.as_deref()).await?;
-            let watched = self.watch(&raw.pattern, &raw.stats);
-            let shared = Arc::clone(&self.shared);
             let messages = Taken {
                 inner: raw.messages,
-                watched,
-                shared,
+                watched: self.watch(&raw.pattern, &raw.stats),
+                shared: Arc::clone(&self.shared),
                 take: |m| m,
             }
             .boxed();
