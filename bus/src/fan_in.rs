@@ -141,10 +141,8 @@ impl<E: Incoming> Stream for FanIn<E> {
         ) {
             return Poll::Ready(status);
         }
-        let msg = match this.raw.messages.as_mut().poll_next(cx) {
-            Poll::Ready(Some(msg)) => msg,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+        let Some(msg) = std::task::ready!(this.raw.messages.as_mut().poll_next(cx)) else {
+            return Poll::Ready(None);
         };
         Poll::Ready(Some(match E::decode_incoming(&msg.subject, &msg.payload) {
             Ok(body) => Ok(Envelope::of_message(body, msg, Delivered::Plain, None)),

@@ -134,27 +134,26 @@ impl<T> Subscription<T> {
         }
     }
 
-    /// Turns the subject/body check on or off for this subscription (it starts as the bus's
-    /// [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields) says, off by
-    /// default). On, each received message's subject is rebuilt from its decoded body and
-    /// compared with the subject it arrived on; a message that disagrees (say, published by a
-    /// peer in another language on `plugin.outbound.slack.a1` with `channel: "email"` in its
-    /// body) is an [`Error::SubjectMismatch`] item naming both, never a message.
-    ///
-    /// It costs one subject built per message; off, nothing.
-    ///
-    /// ```no_run
-    /// # use bus::{Bus, Message};
-    /// # #[derive(serde::Serialize, serde::Deserialize, Message)]
-    /// # #[subject("plugin.inbound.<channel>")]
-    /// # struct Inbound { channel: String, text: String }
-    /// # async fn run(bus: &Bus) -> Result<(), bus::Error> {
-    /// let sub = Inbound::subscribe(bus, Inbound::filter()).await?.check_subject_fields(true);
-    /// # let _ = sub; Ok(()) }
-    /// ```
-    pub fn check_subject_fields(mut self, on: bool) -> Self {
-        self.check_subject_fields = on;
-        self
+    setters! {
+        /// Turns the subject/body check on or off for this subscription (it starts as the bus's
+        /// [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields) says, off by
+        /// default). On, each received message's subject is rebuilt from its decoded body and
+        /// compared with the subject it arrived on; a message that disagrees (say, published by a
+        /// peer in another language on `plugin.outbound.slack.a1` with `channel: "email"` in its
+        /// body) is an [`Error::SubjectMismatch`] item naming both, never a message.
+        ///
+        /// It costs one subject built per message; off, nothing.
+        ///
+        /// ```no_run
+        /// # use bus::{Bus, Message};
+        /// # #[derive(serde::Serialize, serde::Deserialize, Message)]
+        /// # #[subject("plugin.inbound.<channel>")]
+        /// # struct Inbound { channel: String, text: String }
+        /// # async fn run(bus: &Bus) -> Result<(), bus::Error> {
+        /// let sub = Inbound::subscribe(bus, Inbound::filter()).await?.check_subject_fields(true);
+        /// # let _ = sub; Ok(()) }
+        /// ```
+        fn check_subject_fields(on: bool) => check_subject_fields = on;
     }
 
     /// The pattern subscribed to.
@@ -217,10 +216,8 @@ impl<T: Message> Stream for Subscription<T> {
             }
             return Poll::Ready(status);
         }
-        let (msg, acker) = match this.raw.poll_next(cx) {
-            Poll::Ready(Some(next)) => next,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+        let Some((msg, acker)) = std::task::ready!(this.raw.poll_next(cx)) else {
+            return Poll::Ready(None);
         };
         let metrics = this
             .metrics
