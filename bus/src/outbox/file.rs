@@ -88,7 +88,7 @@ impl OutboxFile {
         match Self::connect(path, false) {
             Err(Error::Outbox {
                 source: Some(s), ..
-            }) if cannot_open(&*s) && !read::wal_path(path).exists() => {
+            }) if cannot_open(&*s) && !super::io::beside(path, "-wal").exists() => {
                 // No -wal, and none can be created: nothing can be writing this file.
                 tracing::debug!(path = %path.display(), "outbox side files cannot be created; reading the file as immutable");
                 Self::connect(path, true)

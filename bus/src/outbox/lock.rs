@@ -40,10 +40,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 
-use super::io::{create_private, io_err};
+use super::io::{beside, create_private, io_err};
 use crate::error::{Error, Result};
 use crate::panic::lock;
 
@@ -51,7 +51,7 @@ use crate::panic::lock;
 #[cfg(unix)]
 type Key = (u64, u64);
 #[cfg(not(unix))]
-type Key = PathBuf;
+type Key = std::path::PathBuf;
 
 #[cfg(unix)]
 fn key_of(path: &Path) -> std::io::Result<Key> {
@@ -87,13 +87,6 @@ impl std::fmt::Debug for FileLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileLock").field("key", &self.key).finish()
     }
-}
-
-/// `<path>.lock`.
-pub(crate) fn lock_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
 }
 
 impl FileLock {
@@ -238,11 +231,8 @@ fn try_lock(file: &File, path: &Path) -> Result<bool> {
 /// be used says why (a directory, another user's file, a read-only file) instead of blaming the
 /// directory.
 fn lock_path_file(path: &Path) -> Result<Option<File>> {
-    let lock_file = lock_path(path);
-    let lock = match create_private(&lock_file, false) {
-        Ok(l) => l,
-        Err(e) => return Err(lock_file_err(&lock_file, e)),
-    };
+    let lock_file = beside(path, ".lock");
+    let lock = create_private(&lock_file, false).map_err(|e| lock_file_err(&lock_file, e))?;
     match lock.try_lock() {
         Ok(()) => Ok(Some(lock)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),

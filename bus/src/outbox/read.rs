@@ -286,18 +286,11 @@ pub(crate) fn inbox_size(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// Bytes the outbox takes on disk: the file and its write-ahead log.
 pub(crate) fn file_size(path: &Path) -> u64 {
-    [path, &wal_path(path)]
+    [path, &super::io::beside(path, "-wal")]
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
-}
-
-/// The write-ahead log beside the outbox file `path`.
-pub(crate) fn wal_path(path: &Path) -> std::path::PathBuf {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    wal.into()
 }
 
 /// What [`salvage`] read of a damaged range of the queue.
