@@ -67,10 +67,7 @@ impl MemoryDeadLetters {
     }
 
     pub(crate) fn purge(&self) -> u64 {
-        let mut l = lock(&self.letters);
-        let n = l.len() as u64;
-        l.clear();
-        n
+        lock(&self.letters).drain(..).count() as u64
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -224,10 +221,9 @@ impl DeadLetters {
     /// while the broker is unreachable: there is no queue to keep it).
     pub async fn replay(&self, id: i64) -> Result<()> {
         match &self.place {
-            Place::Store(s) => match s.replay(id).await? {
-                true => Ok(()),
-                false => Err(Error::DeadLetterNotFound(id)),
-            },
+            Place::Store(s) => (s.replay(id).await?)
+                .then_some(())
+                .ok_or(Error::DeadLetterNotFound(id)),
             Place::Memory { letters, broker } => {
                 let failed = letters.take(id).ok_or(Error::DeadLetterNotFound(id))?;
                 tracing::info!(dead_letter = id, subject = %failed.msg.subject, "dead letter replayed");

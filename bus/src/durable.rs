@@ -197,26 +197,24 @@ impl Acker {
     /// (local), else on the runtime if there is one (without, the ack wait brings the message
     /// back).
     pub(crate) fn settle_detached(mut self, kind: AckKind) {
-        if let Some(h) = self.handle.take() {
-            send_detached(&*h, kind);
-        }
+        self.detach(kind);
     }
-}
 
-fn send_detached(h: &dyn AckHandle, kind: AckKind) {
-    let mut sent = h.send(kind);
-    if (&mut sent).now_or_never().is_none() {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sent);
+    fn detach(&mut self, kind: AckKind) {
+        let Some(mut sent) = self.handle.take().map(|h| h.send(kind)) else {
+            return;
+        };
+        if (&mut sent).now_or_never().is_none() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(sent);
+            }
         }
     }
 }
 
 impl Drop for Acker {
     fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            send_detached(&*h, AckKind::Nak(Duration::ZERO));
-        }
+        self.detach(AckKind::Nak(Duration::ZERO));
     }
 }
 
@@ -319,9 +317,6 @@ impl DurableSpec {
 
     /// How long the `delivered`-th delivery may stay unsettled.
     pub(crate) fn wait_for(&self, delivered: u32) -> Duration {
-        if self.backoff.is_empty() {
-            return self.ack_wait;
-        }
         let i = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
         self.backoff
             .get(i)
