@@ -87,13 +87,11 @@ pub async fn serve(bus: &Bus) -> Result<Responder> {
     );
     let running = Running::spawn(move |mut stopped, _| async move {
         loop {
-            let msg = tokio::select! {
-                _ = stopped.wait_for(|s| *s) => break,
-                msg = sub.messages.next() => match msg {
-                    Some(msg) => msg,
-                    None => break,
-                },
+            let next = tokio::select! {
+                _ = stopped.wait_for(|s| *s) => None,
+                msg = sub.messages.next() => msg,
             };
+            let Some(msg) = next else { break };
             let Some(reply) = msg.reply else { continue };
             let mut headers = Headers::with_capacity(1);
             headers.append(crate::headers::CONTENT_TYPE, "application/json");
