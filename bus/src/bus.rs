@@ -108,17 +108,15 @@ enum Direct {
 impl Direct {
     fn of(broker: &Arc<dyn Broker>) -> Direct {
         let any: Arc<dyn Any + Send + Sync> = broker.clone();
-        let any = match any.downcast::<LocalBroker>() {
-            Ok(local) => return Direct::Local(local),
-            Err(any) => any,
-        };
-        #[cfg(feature = "nats")]
-        if let Ok(nats) = any.downcast::<NatsBroker>() {
-            return Direct::Nats(nats);
+        match any.downcast::<LocalBroker>() {
+            Ok(local) => Direct::Local(local),
+            #[cfg(feature = "nats")]
+            Err(any) => any
+                .downcast::<NatsBroker>()
+                .map_or(Direct::Other, Direct::Nats),
+            #[cfg(not(feature = "nats"))]
+            Err(_) => Direct::Other,
         }
-        #[cfg(not(feature = "nats"))]
-        drop(any);
-        Direct::Other
     }
 }
 
@@ -162,8 +160,6 @@ impl Bus {
         check_subject_fields: bool,
     ) -> Bus {
         let (running, all_stopped) = tokio::sync::mpsc::channel(1);
-        #[cfg(all(feature = "outbox", feature = "metrics"))]
-        let gauges = outbox.is_some();
         let bus = Bus {
             inner: Arc::new(Inner {
                 direct: Direct::of(&broker),
@@ -182,7 +178,7 @@ impl Bus {
             }),
         };
         #[cfg(all(feature = "outbox", feature = "metrics"))]
-        if gauges {
+        if bus.inner.outbox.is_some() {
             bus.start_outbox_gauges();
         }
         #[cfg(all(feature = "outbox", feature = "nats"))]
