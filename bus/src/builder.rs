@@ -394,38 +394,23 @@ impl BusBuilder {
 /// Waits until `bus` is connected; fails at the first refusal, or after `timeout`.
 async fn wait_connected(bus: &Bus, timeout: Duration) -> Result<()> {
     let mut state = bus.watch_state();
-    let reached = tokio::time::timeout(
-        timeout,
-        state.wait_for(|s| {
-            matches!(
-                s,
-                ConnectionState::Connected
-                    | ConnectionState::LameDuck
-                    | ConnectionState::Refused(_)
-                    | ConnectionState::Closed
-            )
-        }),
-    )
-    .await;
-    let now = match reached {
-        Ok(Ok(s)) => *s,
-        Ok(Err(_)) => ConnectionState::Closed,
-        Err(_) => {
-            let detail = bus
-                .connection_error()
-                .unwrap_or_else(|| format!("still {} after the wait", bus.state()));
-            return Err(Error::ConnectTimeout { timeout, detail });
-        }
-    };
+    let reached = state.wait_for(|s| *s != ConnectionState::Disconnected);
+    // A closed watch: the broker is gone.
+    let now = tokio::time::timeout(timeout, reached)
+        .await
+        .map(|r| r.map_or(ConnectionState::Closed, |s| *s));
+    let detail = bus.connection_error();
     match now {
-        ConnectionState::Refused(refusal) => Err(Error::ConnectionRefused {
-            refusal,
-            detail: bus
-                .connection_error()
-                .unwrap_or_else(|| refusal.to_string()),
+        Err(_) => Err(Error::ConnectTimeout {
+            timeout,
+            detail: detail.unwrap_or_else(|| format!("still {} after the wait", bus.state())),
         }),
-        ConnectionState::Closed => Err(Error::Closed),
-        _ => Ok(()),
+        Ok(ConnectionState::Refused(refusal)) => Err(Error::ConnectionRefused {
+            refusal,
+            detail: detail.unwrap_or_else(|| refusal.to_string()),
+        }),
+        Ok(ConnectionState::Closed) => Err(Error::Closed),
+        Ok(_) => Ok(()),
     }
 }
 
