@@ -121,16 +121,14 @@ impl std::fmt::Debug for NatsOptions {
 /// assert_eq!(bus::redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    match split_userinfo(url) {
-        None => url.to_owned(),
-        Some(parts) => {
-            let hidden = match parts.userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_owned(),
-            };
-            format!("{}{hidden}@{}", parts.scheme, parts.rest)
-        }
-    }
+    let Some(parts) = split_userinfo(url) else {
+        return url.to_owned();
+    };
+    let hidden = match parts.userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{}{hidden}@{}", parts.scheme, parts.rest)
 }
 
 /// A URL cut around its user info: `<scheme>` `<userinfo>@` `<rest>`.
@@ -272,12 +270,12 @@ impl NatsOptions {
                 "no NATS server URL given; call `.nats([\"nats://host:4222\"])`".into(),
             ));
         }
-        if let Err(e) = bus_subject::check_subject(&self.confirm_subject) {
-            return Err(Error::Config(format!(
-                "confirm subject {:?} is not a valid NATS subject: {e}",
-                self.confirm_subject
-            )));
-        }
+        bus_subject::check_subject(&self.confirm_subject).map_err(|e| {
+            let subject = &self.confirm_subject;
+            Error::Config(format!(
+                "confirm subject {subject:?} is not a valid NATS subject: {e}"
+            ))
+        })?;
         if self.reconnect_delay.is_zero() {
             return Err(Error::Config(
                 "reconnect_delay must be above zero, or a down server is hammered with reconnects"
