@@ -45,17 +45,10 @@ use crate::error::{Error, Result};
 /// }
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct OutboxFile {
     conn: Connection,
     path: PathBuf,
-}
-
-impl std::fmt::Debug for OutboxFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboxFile")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 impl OutboxFile {

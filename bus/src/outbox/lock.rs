@@ -77,16 +77,11 @@ struct Entry {
 static FILES: LazyLock<Mutex<HashMap<Key, Entry>>> = LazyLock::new(Default::default);
 
 /// The lock on one outbox file, released when dropped.
+#[derive(Debug)]
 pub(crate) struct FileLock {
     key: Key,
     /// `<path>.lock`, held as long as this lives.
     _path_lock: File,
-}
-
-impl std::fmt::Debug for FileLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileLock").field("key", &self.key).finish()
-    }
 }
 
 impl FileLock {

@@ -67,18 +67,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// }
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct OperatorRequests {
     conn: Connection,
     path: PathBuf,
     created_table: bool,
-}
-
-impl std::fmt::Debug for OperatorRequests {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorRequests")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 impl OperatorRequests {

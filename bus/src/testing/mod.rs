@@ -148,6 +148,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`Bus`] for tests, with a record of everything that happened on it (see the
 /// [module](self)).
+#[derive(Debug)]
 pub struct TestBus {
     bus: Bus,
     broker: Arc<TestBroker>,
@@ -156,15 +157,6 @@ pub struct TestBus {
     nats: Option<Arc<crate::nats::NatsBroker>>,
     /// The outbox's directory, removed when the harness is dropped.
     _dir: Option<tempfile::TempDir>,
-}
-
-impl std::fmt::Debug for TestBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestBus")
-            .field("bus", &self.bus)
-            .field("broker", &self.broker)
-            .finish_non_exhaustive()
-    }
 }
 
 impl TestBus {
