@@ -107,13 +107,7 @@ impl OperatorRequests {
             ));
         }
         schema::check_current(&conn, path, "and only then can requests be written into it")?;
-        let exists: bool = conn
-            .query_row(
-                "SELECT count(*) > 0 FROM sqlite_master \
-                 WHERE type = 'table' AND name = 'operator_requests'",
-                [],
-                |r| r.get(0),
-            )
+        let exists = schema::has_table(&conn, "operator_requests")
             .map_err(|e| sql_err(path, "cannot read the outbox schema", e))?;
         if !exists {
             conn.execute_batch(REQUESTS)

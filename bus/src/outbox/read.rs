@@ -16,6 +16,7 @@ use bytes::BytesMut;
 
 use super::encoding::{decode_columns, not_a_payload, Decoded};
 use super::records::{Counts, QueuedMessage};
+use super::schema::has_table;
 use crate::dead_letter::DeadLetter;
 
 /// Milliseconds since the Unix epoch as a time (negative counts as the epoch).
@@ -220,7 +221,7 @@ pub(crate) fn dead_letter_count(conn: &Connection) -> rusqlite::Result<u64> {
 /// Queue depth, `created_at` of the oldest queued row (unix ms), dead-letter count, and the
 /// scheduled messages (none in a version-3 file, which has no such table).
 pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<Counts> {
-    let (scheduled, next_due) = if super::schema::has_scheduled(conn)? {
+    let (scheduled, next_due) = if has_table(conn, "scheduled")? {
         conn.query_row("SELECT count(*), min(due_at) FROM scheduled", [], |r| {
             Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(from_ms)))
         })?
@@ -252,7 +253,7 @@ pub(crate) fn scheduled(
     after: Option<(i64, i64)>,
     limit: usize,
 ) -> rusqlite::Result<Vec<QueuedMessage>> {
-    if !super::schema::has_scheduled(conn)? {
+    if !has_table(conn, "scheduled")? {
         return Ok(Vec::new());
     }
     let (due, id) = after.unwrap_or((i64::MIN, i64::MIN));
@@ -273,12 +274,7 @@ pub(crate) fn scheduled(
 
 /// Rows in the `inbox` table (0 when the file has none yet).
 pub(crate) fn inbox_size(conn: &Connection) -> rusqlite::Result<u64> {
-    let exists: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'inbox'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    if !has_table(conn, "inbox")? {
         return Ok(0);
     }
     conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))

@@ -290,15 +290,14 @@ pub(crate) fn check_layout(conn: &Connection, path: &Path) -> Result<()> {
     check(conn, true).map_err(|why| layout_err(path, SCHEMA_VERSION, &why))
 }
 
-/// Whether the file open on `conn` has the `scheduled` table (a version-3 file a tool reads has
-/// not).
-pub(crate) fn has_scheduled(conn: &Connection) -> rusqlite::Result<bool> {
+/// Whether the file open on `conn` has the table `name` (a version-3 file a tool reads has no
+/// `scheduled`; `inbox` and `operator_requests` are created when first needed).
+pub(crate) fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'scheduled'",
-        [],
-        |r| r.get::<_, i64>(0),
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
     )
-    .map(|n| n > 0)
 }
 
 /// For a tool beside the service, which neither creates nor migrates a file: the file must be
