@@ -13,12 +13,10 @@ use crate::error::Error;
 /// exist yet).
 pub(crate) fn create_private(path: &Path, create_new: bool) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
-    o.read(true).write(true);
-    if create_new {
-        o.create_new(true);
-    } else {
-        o.create(true);
-    }
+    o.read(true)
+        .write(true)
+        .create(!create_new)
+        .create_new(create_new);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
