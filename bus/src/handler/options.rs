@@ -273,9 +273,7 @@ impl HandlerOptions {
     /// `Err` if [`ordered_by`](HandlerOptions::ordered_by) was given a key of another type
     /// than `M`, the handler's.
     pub(crate) fn check_key<M: std::any::Any>(&self) -> crate::error::Result<()> {
-        match &self.key {
-            Some(key) => key.check::<M>().map_err(crate::error::Error::Config),
-            None => Ok(()),
-        }
+        let check = |key: &KeyOf| key.check::<M>().map_err(crate::error::Error::Config);
+        self.key.as_ref().map_or(Ok(()), check)
     }
 }
