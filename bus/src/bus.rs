@@ -382,20 +382,15 @@ impl Bus {
         if let Some(due) = due {
             return self.send_later(msg, due);
         }
+        let span = publish_span(&msg.subject);
         match &self.inner.direct {
             Direct::Local(local) => {
-                let _entered = publish_span(&msg.subject).map(tracing::Span::entered);
+                let _entered = span.map(tracing::Span::entered);
                 local.publish_now(msg).map(drop)
             }
             #[cfg(feature = "nats")]
-            Direct::Nats(nats) => {
-                let span = publish_span(&msg.subject);
-                in_span(span, nats.publish_checked(msg)).await
-            }
-            Direct::Other => {
-                let span = publish_span(&msg.subject);
-                in_span(span, self.inner.broker.publish(msg)).await
-            }
+            Direct::Nats(nats) => in_span(span, nats.publish_checked(msg)).await,
+            Direct::Other => in_span(span, self.inner.broker.publish(msg)).await,
         }
     }
 
@@ -473,11 +468,9 @@ impl Bus {
         req: &M,
         timeout: Duration,
     ) -> Result<Envelope<M::Reply>> {
-        let mut headers = Headers::with_capacity(match self.inner.wire {
-            WireHeaders::Full => 5,
-            _ => 1,
-        });
-        if self.inner.wire == WireHeaders::Full {
+        let full = self.inner.wire == WireHeaders::Full;
+        let mut headers = Headers::with_capacity(if full { 5 } else { 1 });
+        if full {
             full_headers::<M>(&mut headers);
         }
         headers.append(headers::CORRELATION_ID, msg_id::new_msg_id());
