@@ -462,18 +462,14 @@ impl TestBusBuilder {
         #[allow(unused_mut)]
         let mut dir = None;
         #[cfg(feature = "outbox")]
-        {
-            if self.outbox {
-                let made = tempfile::tempdir().map_err(|e| {
-                    crate::Error::Config(format!(
-                        "cannot make the outbox's temporary directory: {e}"
-                    ))
-                })?;
-                builder = builder.outbox_path(made.path().join(OUTBOX_FILE));
-                dir = Some(made);
-            } else {
-                builder = builder.no_outbox();
-            }
+        if self.outbox {
+            let made = tempfile::tempdir().map_err(|e| {
+                crate::Error::Config(format!("cannot make the outbox's temporary directory: {e}"))
+            })?;
+            builder = builder.outbox_path(made.path().join(OUTBOX_FILE));
+            dir = Some(made);
+        } else {
+            builder = builder.no_outbox();
         }
         let mut wrapped = None;
         let mut inner = None;
