@@ -15,11 +15,8 @@
 //! [`NatsBroker::connection_error`](super::NatsBroker::connection_error) either way.
 //!
 //! # Logging
-//! One WARN when the connection is lost, one INFO when it is back (with the outage length and,
-//! on a bus with an outbox, how many messages wait in it: [`Shared::set_queue_depth`]); a
-//! refusal is logged at ERROR the first time it is seen in an outage and at DEBUG after that;
-//! the failed attempts themselves at DEBUG. (async-nats logs each of its events itself, at INFO
-//! under the target `async_nats`.)
+//! As the crate docs' "Logging" says; the INFO of a reconnect gets the outbox's depth from
+//! [`Shared::set_queue_depth`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -452,13 +449,11 @@ impl Shared {
         match event {
             Event::Connected => {
                 // async-nats emits `Connected` just before it stores the new connection's INFO.
-                // Report the state only once that INFO (and so the server's max_payload) is
-                // known: whoever waits for `Connected` (the outbox drainer) must not send with
-                // the previous server's limit, or an oversize message would make this server
-                // close the connection instead of being refused by the SDK. The INFO is the new
-                // connection's when it names another connection than the last one reported
-                // (`ConnectionId`): usually already so when this runs, since async-nats stores
-                // it right after sending the event, so the state is reported without a wait.
+                // The state is reported once that INFO (the server's max_payload) is known: the
+                // drainer, waiting for `Connected`, must not send by the previous server's limit
+                // (this server would close the connection on an oversize message the SDK should
+                // refuse). The INFO is the new one when it names another connection than the one
+                // reported last (`ConnectionId`); usually so already when this runs: no wait.
                 let shared = Arc::clone(self);
                 let generation = self.disconnects.load(Ordering::Relaxed);
                 tokio::spawn(async move {
