@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::broker::{Broker, DEFAULT_REQUEST_TIMEOUT};
+use crate::broker::Broker;
 use crate::codec;
 use crate::connection::ConnectionState;
 use crate::dead_letter::{DeadLetterSink, DeadLetters, MemoryDeadLetters};
@@ -133,15 +133,7 @@ impl fmt::Debug for Bus {
 impl Bus {
     /// A bus on the embedded in-process broker, with no outbox: no server, nothing on disk.
     pub async fn local() -> Result<Bus> {
-        Ok(Bus::from_parts(
-            None,
-            Arc::new(LocalBroker::new()),
-            #[cfg(feature = "outbox")]
-            None,
-            DEFAULT_REQUEST_TIMEOUT,
-            WireHeaders::default(),
-            false,
-        ))
+        Bus::builder().connect().await
     }
 
     /// Whether requests and subscriptions check that a body's placeholder fields agree with
