@@ -436,11 +436,9 @@ impl Bus {
 
     /// The raw subscription a filter stands for (its pattern and queue group).
     pub(crate) async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
-        let pattern = filter.pattern()?;
-        let raw = self
-            .inner
-            .broker
-            .subscribe(&pattern, filter.queue_group())
+        let broker = &self.inner.broker;
+        let raw = broker
+            .subscribe(&filter.pattern()?, filter.queue_group())
             .await?;
         self.inner.health.track(&raw.stats);
         Ok(raw)
@@ -573,10 +571,8 @@ impl Bus {
         let send: SendOutput = Arc::new(move |msg| {
             let weak = weak.clone();
             Box::pin(async move {
-                match weak.upgrade() {
-                    Some(inner) => Bus { inner }.publish_raw(msg).await,
-                    None => Err(Error::Closed),
-                }
+                let inner = weak.upgrade().ok_or(Error::Closed)?;
+                Bus { inner }.publish_raw(msg).await
             })
         });
         Ok(Inbox::in_memory(window, send))
