@@ -130,12 +130,9 @@
 //!
 //! # Shutdown and `Drop`
 //!
-//! [`Bus::close`] (or [`Bus::close_timeout`], default [`DEFAULT_CLOSE_TIMEOUT`]) is the clean
-//! way out: every handler and responder stops taking messages and finishes the ones in flight
-//! (their retries included), then the outbox is flushed, and the returned [`CloseReport`] says
-//! whether all of that finished in time and how many messages are left queued in the outbox file
-//! (the next process on the file sends them). New handlers and responders are refused afterwards
-//! with [`Error::Closed`].
+//! [`Bus::close`] (or [`Bus::close_timeout`], default [`DEFAULT_CLOSE_TIMEOUT`], which says it
+//! all) is the clean way out: handlers and responders finish what is in flight, the outbox is
+//! flushed, and the returned [`CloseReport`] says whether that was in time and what is left.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
