@@ -119,16 +119,13 @@ fn kind(v: &ValueRef<'_>) -> &'static str {
     }
 }
 
-/// Why `v` cannot be a payload (it is neither a blob nor text).
 /// Why `bytes` (what `what` names, e.g. `subject is`) are not text.
 fn not_utf8(what: &str, e: &std::str::Utf8Error, bytes: &[u8]) -> String {
-    format!(
-        "{what} not valid UTF-8 (at byte {} of {})",
-        e.valid_up_to(),
-        bytes.len()
-    )
+    let (at, len) = (e.valid_up_to(), bytes.len());
+    format!("{what} not valid UTF-8 (at byte {at} of {len})")
 }
 
+/// Why `v` cannot be a payload (it is neither a blob nor text).
 pub(crate) fn not_a_payload(v: &ValueRef<'_>) -> String {
     format!("payload is {}, not a blob", kind(v))
 }
