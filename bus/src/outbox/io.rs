@@ -26,7 +26,6 @@ pub(crate) fn create_private(path: &Path, create_new: bool) -> std::io::Result<F
     o.open(path)
 }
 
-/// Maps an I/O error on `path` to an [`Error::Outbox`] that says what to do.
 /// `path` with `suffix` appended to its file name: the `-wal` and `.lock` files beside it.
 pub(crate) fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -34,6 +33,7 @@ pub(crate) fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
     name.into()
 }
 
+/// Maps an I/O error on `path` to an [`Error::Outbox`] that says what to do.
 pub(crate) fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
     let hint = match e.kind() {
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
