@@ -432,11 +432,6 @@ impl Shared {
         })
     }
 
-    /// Whether `id` names another connection than the one reported last.
-    fn is_new_connection(&self, id: &ConnectionId) -> bool {
-        *lock(&self.reported) != *id
-    }
-
     /// Reads the client's copy of the server's INFO, if there is a client.
     fn server_info<T>(&self, f: impl FnOnce(&async_nats::ServerInfo) -> T) -> Option<T> {
         let guard = lock(&self.client);
@@ -461,7 +456,9 @@ impl Shared {
                     let mut ran_out = false;
                     let seen = loop {
                         let now = shared.connection_id();
-                        if let Some(id) = now.as_ref().filter(|id| shared.is_new_connection(id)) {
+                        // Another connection than the one reported last.
+                        let new = |id: &&ConnectionId| *lock(&shared.reported) != **id;
+                        if let Some(id) = now.as_ref().filter(new) {
                             if shared.refresh_max_payload() {
                                 break Some(id.clone());
                             }

@@ -333,7 +333,7 @@ impl Broker for TestBroker {
                 inner: durable.deliveries,
                 watched,
                 shared: Arc::clone(&self.shared),
-                take: delivered_message,
+                take: |d| &d.message,
             }
             .boxed();
             Ok(DurableSubscription {
@@ -343,11 +343,6 @@ impl Broker for TestBroker {
         }
         .boxed()
     }
-}
-
-/// The message of a durable delivery.
-fn delivered_message(d: &crate::durable::Delivery) -> &RawMessage {
-    &d.message
 }
 
 /// Counts a request open until it is answered, fails or is dropped.
