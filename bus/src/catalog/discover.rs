@@ -175,7 +175,7 @@ pub fn render_table(rows: &[(Descriptor, Vec<String>)]) -> String {
     let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|(d, who)| {
-            let fields: Vec<String> = d
+            let fields: Vec<_> = d
                 .fields
                 .iter()
                 .map(|f| format!("{}: {}", f.name, f.ty))
@@ -198,12 +198,9 @@ pub fn render_table(rows: &[(Descriptor, Vec<String>)]) -> String {
     let mut out = String::new();
     let mut line = |row: [&str; 5]| {
         let mut l = String::new();
-        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                l.push_str(c);
-            } else {
-                let _ = write!(l, "{c:<w$}  ");
-            }
+        // The last column padded too: the trim takes it off again.
+        for (c, w) in row.iter().zip(widths) {
+            let _ = write!(l, "{c:<w$}  ");
         }
         out.push_str(l.trim_end());
         out.push('\n');
