@@ -76,6 +76,19 @@ pub(crate) fn request_outcome<T>(result: &crate::error::Result<T>) -> usize {
     }
 }
 
+/// Methods that count one event: `name => field` adds 1 to the counter `field` (without the
+/// `metrics` feature, `name` does nothing).
+macro_rules! count_one {
+    ($($(#[$doc:meta])* $name:ident => $field:ident;)*) => {$(
+        $(#[$doc])*
+        #[inline]
+        pub(crate) fn $name(&self) {
+            #[cfg(feature = "metrics")]
+            self.$field.increment(1);
+        }
+    )*};
+}
+
 #[cfg(feature = "metrics")]
 mod imp {
     use std::any::TypeId;
@@ -235,14 +248,9 @@ mod imp {
             }
         }
 
-        #[inline]
-        pub(crate) fn delivered(&self) {
-            self.delivered.increment(1);
-        }
-
-        #[inline]
-        pub(crate) fn decode_error(&self) {
-            self.decode_errors.increment(1);
+        count_one! {
+            delivered => delivered;
+            decode_error => decode_errors;
         }
 
         #[inline]
@@ -279,31 +287,14 @@ mod imp {
             }
         }
 
-        #[inline]
-        pub(crate) fn attempt(&self) {
-            self.attempts.increment(1);
-        }
-
-        #[inline]
-        pub(crate) fn failure(&self) {
-            self.failures.increment(1);
-        }
-
-        #[inline]
-        pub(crate) fn dead_lettered(&self) {
-            self.dead_lettered.increment(1);
-        }
-
-        /// A deduplicating handler skipped a duplicate.
-        #[inline]
-        pub(crate) fn duplicate(&self) {
-            self.duplicates.increment(1);
-        }
-
-        /// A deduplicating handler ran a message without a msg id.
-        #[inline]
-        pub(crate) fn without_msg_id(&self) {
-            self.without_msg_id.increment(1);
+        count_one! {
+            attempt => attempts;
+            failure => failures;
+            dead_lettered => dead_lettered;
+            /// A deduplicating handler skipped a duplicate.
+            duplicate => duplicates;
+            /// A deduplicating handler ran a message without a msg id.
+            without_msg_id => without_msg_id;
         }
     }
 
@@ -367,10 +358,10 @@ mod noop {
         pub(crate) fn of<M: crate::incoming::Incoming>() -> Receive {
             Receive
         }
-        #[inline]
-        pub(crate) fn delivered(&self) {}
-        #[inline]
-        pub(crate) fn decode_error(&self) {}
+        count_one! {
+            delivered => delivered;
+            decode_error => decode_errors;
+        }
         #[inline]
         pub(crate) fn dropped(&self, _n: u64) {}
     }
@@ -387,16 +378,13 @@ mod noop {
         ) -> HandlerMetrics {
             HandlerMetrics { receive: Receive }
         }
-        #[inline]
-        pub(crate) fn attempt(&self) {}
-        #[inline]
-        pub(crate) fn failure(&self) {}
-        #[inline]
-        pub(crate) fn dead_lettered(&self) {}
-        #[inline]
-        pub(crate) fn duplicate(&self) {}
-        #[inline]
-        pub(crate) fn without_msg_id(&self) {}
+        count_one! {
+            attempt => attempts;
+            failure => failures;
+            dead_lettered => dead_lettered;
+            duplicate => duplicates;
+            without_msg_id => without_msg_id;
+        }
     }
 
     #[cfg(feature = "outbox")]
