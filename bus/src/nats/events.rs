@@ -411,12 +411,9 @@ impl Shared {
 
     /// Copies the server's max_payload if the client knows it (0 means "not yet").
     pub(crate) fn refresh_max_payload(&self) -> bool {
-        let Some(max) = self.server_info(|i| i.max_payload) else {
+        let Some(max) = self.server_info(|i| i.max_payload).filter(|&m| m > 0) else {
             return false;
         };
-        if max == 0 {
-            return false;
-        }
         let old = self.max_payload.swap(max, Ordering::Relaxed);
         if old != max {
             tracing::debug!(max_payload = max, "NATS server max_payload");
