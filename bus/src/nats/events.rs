@@ -223,30 +223,28 @@ impl Shared {
             t.ever_connected = true;
             t.down_since.take().map(|since| since.elapsed())
         };
-        let outage_ms = |o: Duration| u64::try_from(o.as_millis()).unwrap_or(u64::MAX);
+        let reconnected = |outage: Duration, queued: Option<u64>| {
+            let outage_ms = u64::try_from(outage.as_millis()).unwrap_or(u64::MAX);
+            match queued {
+                Some(queued) => tracing::info!(
+                    outage_ms,
+                    queued,
+                    "NATS reconnected after {outage:.1?}; sending the {queued} messages queued in the outbox"
+                ),
+                None => tracing::info!(outage_ms, "NATS reconnected after {outage:.1?}"),
+            }
+        };
         match (outage, self.queue_depth.get()) {
             // The depth is read off the connection's path (the outbox answers from its own
             // thread); the one INFO waits for it, a little.
             (Some(outage), Some(depth)) => {
                 let depth = (depth.0)();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(QUEUE_DEPTH_WAIT, depth).await {
-                        Ok(Some(queued)) => tracing::info!(
-                            outage_ms = outage_ms(outage),
-                            queued,
-                            "NATS reconnected after {outage:.1?}; sending the {queued} messages queued in the outbox"
-                        ),
-                        _ => tracing::info!(
-                            outage_ms = outage_ms(outage),
-                            "NATS reconnected after {outage:.1?}"
-                        ),
-                    }
+                    let queued = tokio::time::timeout(QUEUE_DEPTH_WAIT, depth).await;
+                    reconnected(outage, queued.ok().flatten());
                 });
             }
-            (Some(outage), None) => tracing::info!(
-                outage_ms = outage_ms(outage),
-                "NATS reconnected after {outage:.1?}"
-            ),
+            (Some(outage), None) => reconnected(outage, None),
             (None, _) => tracing::info!("NATS connected"),
         }
         self.state.send_replace(ConnectionState::Connected);
