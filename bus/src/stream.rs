@@ -180,29 +180,21 @@ impl StreamConfig {
 
     /// Refuses a name JetStream cannot use, or subjects that are not valid patterns.
     pub(crate) fn validate(&self) -> Result<()> {
-        let bad_name = self.name.is_empty()
-            || self
-                .name
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b"./\\*>".contains(&b));
-        if bad_name {
+        let name = &self.name;
+        let bad = |b: u8| b.is_ascii_whitespace() || b.is_ascii_control() || b"./\\*>".contains(&b);
+        if name.is_empty() || name.bytes().any(bad) {
             return Err(Error::Config(format!(
-                "invalid stream name {:?}: it must be non-empty, without `.`, `*`, `>`, `/`, `\\` or white space",
-                self.name
+                "invalid stream name {name:?}: it must be non-empty, without `.`, `*`, `>`, `/`, `\\` or white space"
             )));
         }
         if !self.existing && self.subjects.is_empty() {
             return Err(Error::Config(format!(
-                "stream {:?} has no subjects; name at least one, e.g. \"plugin.outbound.>\", or use StreamConfig::existing",
-                self.name
+                "stream {name:?} has no subjects; name at least one, e.g. \"plugin.outbound.>\", or use StreamConfig::existing"
             )));
         }
         for s in &self.subjects {
             bus_subject::check_pattern(s).map_err(|e| {
-                Error::Config(format!(
-                    "stream {:?}: invalid subject {s:?}: {e}",
-                    self.name
-                ))
+                Error::Config(format!("stream {name:?}: invalid subject {s:?}: {e}"))
             })?;
         }
         Ok(())
