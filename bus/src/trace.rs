@@ -250,11 +250,8 @@ impl TraceContext {
 
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let (trace_id, span_id, flags) = (self.trace_id, self.span_id, self.flags);
+        write!(f, "00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
     }
 }
 

@@ -404,33 +404,29 @@ fn check_nkey_seed(seed: &str) -> Result<()> {
 
 /// Why a `.creds` file cannot be used: unreadable, or not a JWT and a user seed.
 fn creds_error(path: &Path, e: &std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::InvalidData {
-        Error::Config(format!(
-            "NATS credentials file {} is not valid: {e}; it must hold a user JWT and a user \
-             NKey seed between `-----BEGIN …-----` lines, as `nsc generate creds` writes it",
-            path.display()
-        ))
+    let path = path.display();
+    Error::Config(if e.kind() == std::io::ErrorKind::InvalidData {
+        format!(
+            "NATS credentials file {path} is not valid: {e}; it must hold a user JWT and a user \
+             NKey seed between `-----BEGIN …-----` lines, as `nsc generate creds` writes it"
+        )
     } else {
-        Error::Config(format!(
-            "cannot read NATS credentials file {}: {e}; check the path and its permissions",
-            path.display()
-        ))
-    }
+        format!("cannot read NATS credentials file {path}: {e}; check the path and its permissions")
+    })
 }
 
 /// Refuses a TLS file that cannot be read, or holds no PEM block, before any connection
 /// attempt (async-nats would only fail each attempt with "TLS error").
 fn check_pem_file(what: &str, path: &Path) -> Result<()> {
+    let shown = path.display();
     let bytes = std::fs::read(path).map_err(|e| {
         Error::Config(format!(
-            "cannot read the {what} {}: {e}; check the path and its permissions",
-            path.display()
+            "cannot read the {what} {shown}: {e}; check the path and its permissions"
         ))
     })?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(Error::Config(format!(
-            "the {what} {} is not a PEM file (no `-----BEGIN` line)",
-            path.display()
+            "the {what} {shown} is not a PEM file (no `-----BEGIN` line)"
         )));
     }
     Ok(())
