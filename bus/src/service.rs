@@ -96,18 +96,18 @@ impl ServiceBuilder {
         if let Some(d) = &self.description {
             builder = builder.description(d);
         }
+        let (name, version) = (self.name, self.version);
         let service = builder
-            .start(self.name.clone(), self.version.clone())
+            .start(name.clone(), version.clone())
             .await
             .map_err(|e| {
                 Error::Config(format!(
-                    "cannot start the service {:?} (version {:?}): {e}",
-                    self.name, self.version
+                    "cannot start the service {name:?} (version {version:?}): {e}"
                 ))
             })?;
         Ok(Service {
             service,
-            name: self.name,
+            name,
             check: bus.checks_subject_fields(),
             parked: Arc::default(),
         })
