@@ -181,12 +181,8 @@ pub(crate) fn check(conn: &Connection, scheduled: bool) -> std::result::Result<(
                 .map(|()| r)
         })
         .map_err(|e| format!("cannot build the reference schema: {e}"))?;
-    let tables: &[&str] = if scheduled {
-        &["outbox", "dead_letters", "outbox_seq", "scheduled"]
-    } else {
-        &["outbox", "dead_letters", "outbox_seq"]
-    };
-    for &table in tables {
+    let tables = ["outbox", "dead_letters", "outbox_seq", "scheduled"];
+    for table in &tables[..3 + usize::from(scheduled)] {
         let want = columns(&reference, table).map_err(|e| e.to_string())?;
         let got = columns(conn, table).map_err(|e| format!("cannot read table {table}: {e}"))?;
         if got.is_empty() {
