@@ -339,7 +339,7 @@ impl BusBuilder {
         for s in &self.streams {
             s.validate()?;
         }
-        let broker: Arc<dyn Broker> = match self.backend {
+        let broker = wrap(match self.backend {
             Backend::Local => Arc::new(LocalBroker::with_options(self.local)),
             #[cfg(feature = "nats")]
             Backend::Nats => {
@@ -348,8 +348,7 @@ impl BusBuilder {
                 Arc::new(NatsBroker::connect_with_streams(opts, self.streams).await?)
             }
             Backend::Custom(broker) => broker,
-        };
-        let broker = wrap(broker);
+        });
         #[cfg(feature = "outbox")]
         let outbox = {
             let path = match self.outbox {
