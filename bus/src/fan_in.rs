@@ -37,10 +37,10 @@ impl<E: 'static> Filter for PatternFilter<E> {
 
 /// Refuses a pattern on which no variant of `E` can arrive.
 fn check_pattern<E: Messages>(pattern: &str) -> Result<()> {
-    if E::VARIANTS
+    let admitted = E::VARIANTS
         .iter()
-        .any(|v| bus_subject::pattern_admits(pattern, v.subject))
-    {
+        .any(|v| bus_subject::pattern_admits(pattern, v.subject));
+    if admitted {
         return Ok(());
     }
     Err(Error::InvalidSubject {

@@ -377,14 +377,11 @@ fn same_auth(a: &NatsAuth, b: &NatsAuth) -> bool {
 fn check_nkey_seed(seed: &str) -> Result<()> {
     let seed = seed.trim();
     let pair = nkeys::KeyPair::from_seed(seed).map_err(|e| {
+        let len = seed.len();
         let looks = if seed.starts_with('S') {
-            format!(
-                "{} characters starting with {:?}",
-                seed.len(),
-                &seed[..seed.len().min(2)]
-            )
+            format!("{len} characters starting with {:?}", &seed[..len.min(2)])
         } else {
-            format!("{} characters, not starting with `S`", seed.len())
+            format!("{len} characters, not starting with `S`")
         };
         Error::Config(format!(
             "the NKey seed is malformed ({e}; it has {looks}); a user NKey seed is 58 \

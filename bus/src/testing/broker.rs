@@ -244,11 +244,8 @@ impl Broker for TestBroker {
     fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>> {
         async move {
             self.fault("publish", Some(&self.shared.fail_publishes))?;
-            let kind = if msg.subject.starts_with(INBOX) {
-                Kind::Reply
-            } else {
-                Kind::Published
-            };
+            let reply = msg.subject.starts_with(INBOX);
+            let kind = if reply { Kind::Reply } else { Kind::Published };
             // Recorded before it is sent, so that it comes before its consumption in the record.
             let seq = self.shared.record.add(kind, &msg);
             let twice = self.shared.duplicate.load(Ordering::SeqCst) && kind == Kind::Published;
