@@ -24,13 +24,6 @@ use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 /// ends the subscription (a permissions violation), one [`Error::PermissionDenied`] item comes,
 /// then the stream ends. Dropping the subscription unsubscribes.
 ///
-/// With the subject/body check on ([`check_subject_fields`](Subscription::check_subject_fields),
-/// or for every subscription of a bus with
-/// [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields)), a message whose
-/// placeholder fields disagree with the subject it arrived on is an [`Error::SubjectMismatch`]
-/// item instead of a message. The check is off by default: a peer that builds its subjects from
-/// the same fields (every `bus` publisher does) cannot disagree, and off it costs nothing.
-///
 /// # Who gets a message
 ///
 /// Subscriptions are core NATS subscriptions (and the local broker keeps the same semantics): a
@@ -45,10 +38,14 @@ use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 /// # The subject/body check
 ///
 /// A peer that builds the subject and the body separately (another language, a hand-written
-/// client) can send a body whose placeholder fields contradict the subject. With the check on,
-/// each received message's subject is rebuilt from its body and compared; on, it costs one
-/// subject built per received message, and `serve` answers such a request with the error
-/// instead of calling the handler:
+/// client) can send a body whose placeholder fields contradict the subject. With the check on
+/// ([`check_subject_fields`](Subscription::check_subject_fields), or for every subscription of a
+/// bus [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields)), each
+/// received message's subject is rebuilt from its body and compared: one that disagrees is an
+/// [`Error::SubjectMismatch`] item instead of a message, and `serve` answers such a request with
+/// the error instead of calling the handler. It costs one subject built per received message;
+/// off (the default) nothing, and a peer that builds its subjects from the same fields (every
+/// `bus` publisher does) cannot disagree:
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
