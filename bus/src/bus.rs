@@ -634,8 +634,7 @@ impl Bus {
     {
         options.check_key::<M>()?;
         let tracked = self.track()?;
-        let durable = options.durable_name().or(filter.durable_name());
-        let source = match durable {
+        let source = match options.durable_name().or(filter.durable_name()) {
             Some(name) => {
                 let spec = options.durable_spec(name, filter.pattern()?, filter.queue_group());
                 Source::Durable(self.inner.broker.consume(&spec).await?)
