@@ -212,23 +212,16 @@ fn mismatch<M: Message>(rebuilt: Result<String>, subject: &str) -> Error {
         });
     let (field, subject_value, body_value) = match &rebuilt {
         Ok(rebuilt) => {
-            let body_tokens =
-                rebuilt
-                    .split('.')
-                    .zip(&segments)
-                    .filter_map(|(tok, seg)| match seg {
-                        Segment::Placeholder(_) => Some(tok),
-                        Segment::Literal(_) => None,
-                    });
             // The first placeholder whose tokens differ. The rebuilt subject has the
-            // template's literals, so its placeholder tokens line up with the received ones.
-            match placeholders
-                .zip(body_tokens)
-                .find(|((_, received), rebuilt)| received != rebuilt)
-            {
-                Some(((field, received), rebuilt)) => (field, received, rebuilt.to_string()),
-                None => ("", subject, rebuilt.clone()),
-            }
+            // template's literals, so its tokens line up with the received ones.
+            let mut tokens = segments.iter().zip(&received).zip(rebuilt.split('.'));
+            let first = tokens.find_map(|((seg, received), built)| match seg {
+                Segment::Placeholder(field) if *received != built => {
+                    Some((*field, *received, built.to_string()))
+                }
+                _ => None,
+            });
+            first.unwrap_or(("", subject, rebuilt.clone()))
         }
         // A body field that is not one token cannot match any subject.
         Err(Error::InvalidSubjectToken { field, value, .. }) => {
