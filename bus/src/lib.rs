@@ -69,7 +69,6 @@
 //!   [`metrics`]); off, they compile to nothing.
 //! - `opentelemetry`: trace contexts taken from and given to OpenTelemetry through
 //!   `tracing-opentelemetry` (see [`trace`]); without it they travel in span extensions.
-//!
 //! - `testing`: `bus::testing`, a harness for your own tests (a recorded bus,
 //!   quiescence, faults on demand, tokio's paused clock); for `[dev-dependencies]`.
 //!
@@ -214,10 +213,10 @@ mod stop;
 pub mod stream;
 mod subscription;
 pub mod trace;
-// Named `handle` inside the crate: the root name `bus` is the crate itself (see above).
 mod builder;
 pub mod catalog;
 mod fan_in;
+// Named `handle` inside the crate: the root name `bus` is the crate itself (see above).
 #[path = "bus.rs"]
 mod handle;
 #[cfg(feature = "nats")]
