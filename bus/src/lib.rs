@@ -185,15 +185,12 @@ macro_rules! setters {
 // The modules from the bottom up: each imports only from modules above it in this list
 // (ARCHITECTURE.md has the map).
 pub mod broker;
-mod builder;
-pub mod catalog;
 mod codec;
 mod connection;
 mod dead_letter;
 pub mod durable;
 mod envelope;
 mod error;
-mod fan_in;
 pub mod handler;
 pub mod headers;
 mod health;
@@ -217,6 +214,9 @@ pub mod stream;
 mod subscription;
 pub mod trace;
 // Named `handle` inside the crate: the root name `bus` is the crate itself (see above).
+mod builder;
+pub mod catalog;
+mod fan_in;
 #[path = "bus.rs"]
 mod handle;
 #[cfg(feature = "nats")]
