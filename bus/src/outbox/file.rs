@@ -205,12 +205,9 @@ fn cannot_open(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// `path` for a `file:` URI: `%`, `?` and `#` escaped, the rest as it is.
 fn uri_path(path: &Path) -> String {
-    let mut out = String::new();
-    for c in path.to_string_lossy().chars() {
-        match c {
-            '%' | '?' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+    // `%` first, so that the escapes it makes are not escaped again.
+    let path = path.to_string_lossy();
+    path.replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23")
 }
