@@ -258,11 +258,9 @@ impl fmt::Display for TraceContext {
 /// Up to 32 lower-case hex digits as a number.
 fn hex(digits: &[u8]) -> Option<u128> {
     digits.iter().try_fold(0u128, |n, &d| {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
+        let v = char::from(d)
+            .to_digit(16)
+            .filter(|_| !d.is_ascii_uppercase())?;
         Some((n << 4) | u128::from(v))
     })
 }

@@ -451,9 +451,8 @@ impl Shared {
                     let mut ran_out = false;
                     let seen = loop {
                         let now = shared.connection_id();
-                        // Another connection than the one reported last.
-                        let new = |id: &&ConnectionId| *lock(&shared.reported) != **id;
-                        if let Some(id) = now.as_ref().filter(new) {
+                        let unreported = |id: &&ConnectionId| *lock(&shared.reported) != **id;
+                        if let Some(id) = now.as_ref().filter(unreported) {
                             if shared.refresh_max_payload() {
                                 break Some(id.clone());
                             }
