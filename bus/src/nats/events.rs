@@ -200,22 +200,18 @@ impl Shared {
         let _ = self.probe.set(ProbeConfig { options, urls });
     }
 
-    fn trouble(&self) -> std::sync::MutexGuard<'_, Trouble> {
-        lock(&self.trouble)
-    }
-
     /// Why the connection cannot be made, while it cannot; `None` once connected.
     pub(crate) fn connection_error(&self) -> Option<String> {
         if *self.state.borrow() == ConnectionState::Connected {
             return None;
         }
-        self.trouble().error.clone()
+        lock(&self.trouble).error.clone()
     }
 
     /// The connection is up (its INFO read): ends the outage.
     fn on_connected(&self) {
         let outage = {
-            let mut t = self.trouble();
+            let mut t = lock(&self.trouble);
             t.epoch += 1;
             t.error = None;
             t.logged.clear();
@@ -252,7 +248,7 @@ impl Shared {
 
     fn on_disconnected(&self) {
         {
-            let mut t = self.trouble();
+            let mut t = lock(&self.trouble);
             t.epoch += 1;
             t.error = None;
             t.logged.clear();
@@ -270,7 +266,7 @@ impl Shared {
         match error {
             ClientError::Other(kind) if kind == "authorization violation" => {
                 let detail = authorization_detail(self.probe.get().map(|p| &p.options));
-                self.refused(&mut self.trouble(), Refusal::Authorization, detail);
+                self.refused(&mut lock(&self.trouble), Refusal::Authorization, detail);
             }
             _ => {
                 tracing::debug!(error = %error, "NATS connection attempt failed");
@@ -289,7 +285,7 @@ impl Shared {
             return;
         }
         let epoch = {
-            let mut t = self.trouble();
+            let mut t = lock(&self.trouble);
             if t.probing || t.last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
                 return;
             }
@@ -320,7 +316,7 @@ impl Shared {
     }
 
     fn on_probe(&self, epoch: u64, outcome: ProbeOutcome) {
-        let mut t = self.trouble();
+        let mut t = lock(&self.trouble);
         t.probing = false;
         let down = matches!(
             *self.state.borrow(),
