@@ -94,6 +94,19 @@ pub struct BusBuilder {
 }
 
 impl BusBuilder {
+    /// Use NATS at these server URLs (one or more members of a cluster). The outbox is on by
+    /// default; turn it off with [`no_outbox`](BusBuilder::no_outbox).
+    #[cfg(feature = "nats")]
+    pub fn nats<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.backend = Backend::Nats;
+        self.nats.urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
     setters! {
         /// Use the embedded in-process broker (the default). No outbox unless
         /// [`outbox_path`](BusBuilder::outbox_path) is set.
@@ -141,22 +154,7 @@ impl BusBuilder {
 
         /// How a subscription on the local broker buffers, and its max payload.
         fn local_options(options: LocalOptions) => local = options;
-    }
 
-    /// Use NATS at these server URLs (one or more members of a cluster). The outbox is on by
-    /// default; turn it off with [`no_outbox`](BusBuilder::no_outbox).
-    #[cfg(feature = "nats")]
-    pub fn nats<I, S>(mut self, urls: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.backend = Backend::Nats;
-        self.nats.urls = urls.into_iter().map(Into::into).collect();
-        self
-    }
-
-    setters! {
         /// Put the durable outbox (a SQLite file) in front of every publish.
         #[cfg(feature = "outbox")]
         fn outbox_path(path: impl AsRef<Path>) =>
@@ -184,16 +182,7 @@ impl BusBuilder {
         /// outbox's only: a handler's retries are its own ([`HandlerOptions::retry`](crate::HandlerOptions::retry)).
         #[cfg(feature = "outbox")]
         fn outbox_retry(policy: crate::retry::RetryPolicy) => outbox_options.retry = policy;
-    }
 
-    /// The former name of [`outbox_retry`](BusBuilder::outbox_retry), which says what it governs.
-    #[cfg(feature = "outbox")]
-    #[deprecated(note = "renamed `outbox_retry`: it governs the outbox's send attempts only")]
-    pub fn retry(self, policy: crate::retry::RetryPolicy) -> Self {
-        self.outbox_retry(policy)
-    }
-
-    setters! {
         /// Which headers typed messages carry on the wire: [`WireHeaders::Minimal`] (the default:
         /// only the ids of messages that go through the outbox, and the correlation id of requests)
         /// or [`WireHeaders::Full`] (ids, `Content-Type` and `Bus-Type` on every typed message).
@@ -202,20 +191,7 @@ impl BusBuilder {
 
         /// How long a request waits for its reply (default 5 s).
         fn request_timeout(timeout: Duration) => request_timeout = Some(timeout);
-    }
 
-    /// How many messages a subscription buffers before the subscriber counts as slow and
-    /// messages are dropped (counted and reported). Default 65,536 (local) / 262,144 (NATS).
-    pub fn subscription_capacity(mut self, capacity: usize) -> Self {
-        self.local.subscription_capacity = capacity;
-        #[cfg(feature = "nats")]
-        {
-            self.nats.subscription_capacity = Some(capacity);
-        }
-        self
-    }
-
-    setters! {
         /// Checks every received message against its subject (off by default): each subscription's
         /// messages, and the requests `serve` answers, have their subject rebuilt from the decoded
         /// body and compared with the subject they arrived on. A message whose placeholder fields
@@ -267,32 +243,7 @@ impl BusBuilder {
         /// `<prefix>.<unique id>`, so it needs publish and subscribe permission on `<prefix>.>`.
         #[cfg(feature = "nats")]
         fn confirm_subject(subject: impl Into<String>) => nats.confirm_subject = subject.into();
-    }
 
-    /// Declares a JetStream stream (repeatable; see [`StreamConfig`]). On NATS it is created or
-    /// updated to this configuration whenever the connection comes up
-    /// ([`StreamConfig::existing`]: used as found), and a publish whose subject it covers is
-    /// confirmed by its PubAck: a message the stream refuses is reported, never counted as a
-    /// success. Durable consumers run on the stream that covers their subjects. Other brokers
-    /// check the configuration and have no streams (the local broker keeps what durable
-    /// consumers need in memory).
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), bus::Error> {
-    /// use bus::StreamConfig;
-    /// let bus = bus::Bus::builder()
-    ///     .nats(["nats://127.0.0.1:4222"])
-    ///     .stream(StreamConfig::new("PLUGIN_OUTBOUND", ["plugin.outbound.>"]))
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn stream(mut self, stream: StreamConfig) -> Self {
-        self.streams.push(stream);
-        self
-    }
-
-    setters! {
         /// Makes [`connect`](BusBuilder::connect) wait up to `timeout` for the first connection,
         /// and fail if it does not come: with [`Error::ConnectionRefused`] as soon as the server
         /// refuses this client (credentials, TLS: see [`Refusal`](crate::Refusal)), with
@@ -318,6 +269,47 @@ impl BusBuilder {
         /// # Ok(()) }
         /// ```
         fn wait_for_connection(timeout: Duration) => wait_for_connection = Some(timeout);
+    }
+
+    /// How many messages a subscription buffers before the subscriber counts as slow and
+    /// messages are dropped (counted and reported). Default 65,536 (local) / 262,144 (NATS).
+    pub fn subscription_capacity(mut self, capacity: usize) -> Self {
+        self.local.subscription_capacity = capacity;
+        #[cfg(feature = "nats")]
+        {
+            self.nats.subscription_capacity = Some(capacity);
+        }
+        self
+    }
+
+    /// Declares a JetStream stream (repeatable; see [`StreamConfig`]). On NATS it is created or
+    /// updated to this configuration whenever the connection comes up
+    /// ([`StreamConfig::existing`]: used as found), and a publish whose subject it covers is
+    /// confirmed by its PubAck: a message the stream refuses is reported, never counted as a
+    /// success. Durable consumers run on the stream that covers their subjects. Other brokers
+    /// check the configuration and have no streams (the local broker keeps what durable
+    /// consumers need in memory).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), bus::Error> {
+    /// use bus::StreamConfig;
+    /// let bus = bus::Bus::builder()
+    ///     .nats(["nats://127.0.0.1:4222"])
+    ///     .stream(StreamConfig::new("PLUGIN_OUTBOUND", ["plugin.outbound.>"]))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(mut self, stream: StreamConfig) -> Self {
+        self.streams.push(stream);
+        self
+    }
+
+    /// The former name of [`outbox_retry`](BusBuilder::outbox_retry), which says what it governs.
+    #[cfg(feature = "outbox")]
+    #[deprecated(note = "renamed `outbox_retry`: it governs the outbox's send attempts only")]
+    pub fn retry(self, policy: crate::retry::RetryPolicy) -> Self {
+        self.outbox_retry(policy)
     }
 
     /// Connects. On NATS this succeeds even while the server is down (unless told to
