@@ -92,23 +92,14 @@ impl HandlerOptions {
         /// assert_eq!(options.durable_name(), Some("slack-sender"));
         /// ```
         fn durable(name: impl Into<String>) => durable = Some(name.into());
-    }
 
-    /// The durable consumer's name, in durable mode.
-    pub fn durable_name(&self) -> Option<&str> {
-        self.durable.as_deref()
-    }
-
-    setters! {
         /// Durable mode: how long a delivery may stay unacknowledged before the broker delivers it
         /// again, e.g. after the process died (default 30 s). Keep it above the handler's longest
         /// run; a handler still working sends "in progress" only in ordered mode.
         fn ack_wait(wait: Duration) => ack_wait = wait.max(Duration::from_millis(1));
-    }
 
-    // Effects once: the inbox.
+        // Effects once: the inbox.
 
-    setters! {
         /// Deduplicates by msg id: a message whose id this handler already finished within `window`
         /// is acknowledged (durable) or dropped (plain) without running the handler again, whether
         /// it comes back as a redelivery, an outbox resend or after a restart of the process (with
@@ -133,6 +124,11 @@ impl HandlerOptions {
         /// [`HandlerStats::without_msg_id`]: crate::HandlerStats::without_msg_id
         /// [`Envelope::publish`]: crate::Envelope::publish
         fn dedupe(window: Duration) => dedupe = Some(window);
+    }
+
+    /// The durable consumer's name, in durable mode.
+    pub fn durable_name(&self) -> Option<&str> {
+        self.durable.as_deref()
     }
 
     /// [`dedupe`](HandlerOptions::dedupe) shared by every instance of the handler (a queue
