@@ -401,6 +401,14 @@ impl Default for TestBusBuilder {
 }
 
 impl TestBusBuilder {
+    /// Runs on the nats-server at `url` (with an outbox).
+    #[cfg(feature = "nats")]
+    pub fn nats(mut self, url: &str) -> Self {
+        self.bus = self.bus.nats([url]);
+        self.outbox = true;
+        self
+    }
+
     setters! {
         /// Gives the bus an outbox, in a temporary directory removed with the harness (see the
         /// [module](self) about the paused clock).
@@ -417,17 +425,7 @@ impl TestBusBuilder {
         /// ```
         #[cfg(feature = "outbox")]
         fn outbox() => outbox = true;
-    }
 
-    /// Runs on the nats-server at `url` (with an outbox).
-    #[cfg(feature = "nats")]
-    pub fn nats(mut self, url: &str) -> Self {
-        self.bus = self.bus.nats([url]);
-        self.outbox = true;
-        self
-    }
-
-    setters! {
         /// No outbox (the default on the embedded broker; on NATS, publishes then go straight to
         /// the server).
         fn no_outbox() => outbox = false;
