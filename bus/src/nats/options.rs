@@ -297,11 +297,8 @@ impl NatsOptions {
 
     /// Whether the client asks for TLS itself (`require_tls` or a `tls://` URL).
     pub(crate) fn client_wants_tls(&self) -> bool {
-        self.require_tls
-            || self
-                .urls
-                .iter()
-                .any(|u| u.trim().to_ascii_lowercase().starts_with("tls://"))
+        let tls = |url: &String| url.trim().to_ascii_lowercase().starts_with("tls://");
+        self.require_tls || self.urls.iter().any(tls)
     }
 
     /// Whether any TLS file (root CA, client certificate) is configured.

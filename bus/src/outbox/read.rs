@@ -180,8 +180,7 @@ const DEAD: &str = "SELECT id, origin, queue_id, subject, reply, headers, payloa
 fn dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
     // A dead letter may be a row that could not be decoded: shown as well as it can be; its
     // `last_error` says what was wrong, and the raw values stay in the file.
-    let decoded = decode_columns(r.get_ref(3)?, r.get_ref(4)?, r.get_ref(5)?, r.get_ref(6)?);
-    let msg = decoded.msg;
+    let msg = decode_columns(r.get_ref(3)?, r.get_ref(4)?, r.get_ref(5)?, r.get_ref(6)?).msg;
     Ok(DeadLetter {
         id: r.get(0)?,
         origin: opt_text(r.get_ref(1)?).unwrap_or_default(),
