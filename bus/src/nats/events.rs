@@ -277,13 +277,11 @@ impl Shared {
 
     /// Starts a probe attempt unless one runs or one started less than [`PROBE_INTERVAL`] ago.
     fn maybe_probe(self: &Arc<Self>) {
-        let Some(config) = self.probe.get() else {
+        // Not once the broker is gone (only live subscriptions keep the client): nobody to tell.
+        let closed = *self.state.borrow() == ConnectionState::Closed;
+        let Some(config) = self.probe.get().filter(|_| !closed) else {
             return;
         };
-        // The broker is gone (only live subscriptions keep the client): nobody to tell.
-        if *self.state.borrow() == ConnectionState::Closed {
-            return;
-        }
         let epoch = {
             let mut t = lock(&self.trouble);
             if t.probing || t.last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
