@@ -736,10 +736,8 @@ impl Bus {
         let deadline = tokio::time::Instant::now() + timeout;
         #[cfg(feature = "outbox")]
         if let Some(outbox) = &self.inner.outbox {
-            return match tokio::time::timeout_at(deadline, outbox.flush()).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(self.flush_timed_out(timeout)),
-            };
+            let flushed = tokio::time::timeout_at(deadline, outbox.flush()).await;
+            return flushed.unwrap_or_else(|_| Err(self.flush_timed_out(timeout)));
         }
         loop {
             match tokio::time::timeout_at(deadline, self.inner.broker.confirm()).await {
