@@ -111,9 +111,7 @@ impl Direct {
         match any.downcast::<LocalBroker>() {
             Ok(local) => Direct::Local(local),
             #[cfg(feature = "nats")]
-            Err(any) => any
-                .downcast::<NatsBroker>()
-                .map_or(Direct::Other, Direct::Nats),
+            Err(any) => any.downcast().map_or(Direct::Other, Direct::Nats),
             #[cfg(not(feature = "nats"))]
             Err(_) => Direct::Other,
         }
