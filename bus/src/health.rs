@@ -161,10 +161,8 @@ fn default_instance() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
     let raw = format!("{host}-{}", std::process::id());
-    raw.replace(
-        |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-        "_",
-    )
+    let unsafe_char = |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    raw.replace(unsafe_char, "_")
 }
 
 pub(crate) fn now_ms() -> u64 {
