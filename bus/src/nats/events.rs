@@ -413,14 +413,6 @@ impl Shared {
         true
     }
 
-    /// Which connection the client's copy of the server's INFO is of, if there is a client.
-    fn connection_id(&self) -> Option<ConnectionId> {
-        self.server_info(|i| ConnectionId {
-            server_id: i.server_id.clone(),
-            client_id: i.client_id,
-        })
-    }
-
     /// Reads the client's copy of the server's INFO, if there is a client.
     fn server_info<T>(&self, f: impl FnOnce(&async_nats::ServerInfo) -> T) -> Option<T> {
         let guard = lock(&self.client);
@@ -444,7 +436,11 @@ impl Shared {
                     let mut waits = 0u32;
                     let mut ran_out = false;
                     let seen = loop {
-                        let now = shared.connection_id();
+                        // Which connection the client's copy of the server's INFO is of.
+                        let now = shared.server_info(|i| ConnectionId {
+                            server_id: i.server_id.clone(),
+                            client_id: i.client_id,
+                        });
                         let unreported = |id: &&ConnectionId| *lock(&shared.reported) != **id;
                         if let Some(id) = now.as_ref().filter(unreported) {
                             if shared.refresh_max_payload() {
