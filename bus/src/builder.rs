@@ -94,69 +94,6 @@ pub struct BusBuilder {
 }
 
 impl BusBuilder {
-    /// Use the embedded in-process broker (the default). No outbox unless
-    /// [`outbox_path`](BusBuilder::outbox_path) is set.
-    pub fn local(mut self) -> Self {
-        self.backend = Backend::Local;
-        self
-    }
-
-    /// This process's instance name: the `<instance>` of its heartbeat subject
-    /// `plugin.health.<instance>` (default `<host>-<pid>`). Must be one subject token.
-    pub fn instance(mut self, name: impl Into<String>) -> Self {
-        self.instance = Some(name.into());
-        self
-    }
-
-    /// Sends the [`Health`](crate::Health) snapshot on `plugin.health.<instance>` every
-    /// `interval`, directly (never queued: a stale heartbeat is worse than none), while
-    /// connected. Off by default.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), bus::Error> {
-    /// use bus::{Health, Message};
-    /// use futures::StreamExt;
-    /// let bus = bus::Bus::builder()
-    ///     .instance("planner-1")
-    ///     .heartbeat(std::time::Duration::from_millis(50))
-    ///     .connect()
-    ///     .await?;
-    /// let mut beats = Health::subscribe(&bus, Health::filter()).await?;
-    /// let beat = beats.next().await.unwrap()?;
-    /// assert_eq!(beat.instance, "planner-1");
-    /// # Ok(()) }
-    /// ```
-    pub fn heartbeat(mut self, interval: Duration) -> Self {
-        self.heartbeat = Some(interval);
-        self
-    }
-
-    /// Run on this broker: any implementation of [`Broker`], the built-in ones included (a
-    /// [`LocalBroker`] or [`NatsBroker`](crate::NatsBroker) given here is recognised and called
-    /// as fast as one the builder makes). No outbox unless
-    /// [`outbox_path`](BusBuilder::outbox_path) is set.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), bus::Error> {
-    /// use std::sync::Arc;
-    /// let broker = Arc::new(bus::LocalBroker::new());
-    /// let bus = bus::Bus::builder().broker(broker.clone()).connect().await?;
-    /// assert_eq!(bus.broker().kind(), "local");
-    /// # Ok(()) }
-    /// ```
-    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
-        self.backend = Backend::Custom(broker);
-        self
-    }
-
-    /// How a subscription on the local broker buffers, and its max payload.
-    pub fn local_options(mut self, options: LocalOptions) -> Self {
-        self.local = options;
-        self
-    }
-
     /// Use NATS at these server URLs (one or more members of a cluster). The outbox is on by
     /// default; turn it off with [`no_outbox`](BusBuilder::no_outbox).
     #[cfg(feature = "nats")]
@@ -170,68 +107,168 @@ impl BusBuilder {
         self
     }
 
-    /// Put the durable outbox (a SQLite file) in front of every publish.
-    #[cfg(feature = "outbox")]
-    pub fn outbox_path(mut self, path: impl AsRef<Path>) -> Self {
-        self.outbox = OutboxChoice::Path(path.as_ref().to_path_buf());
-        self
-    }
+    setters! {
+        /// Use the embedded in-process broker (the default). No outbox unless
+        /// [`outbox_path`](BusBuilder::outbox_path) is set.
+        fn local() => backend = Backend::Local;
+        /// This process's instance name: the `<instance>` of its heartbeat subject
+        /// `plugin.health.<instance>` (default `<host>-<pid>`). Must be one subject token.
+        fn instance(name: impl Into<String>) => instance = Some(name.into());
 
-    /// Publish straight to the broker, with no outbox. On NATS this means a message published
-    /// while the server is unreachable, or in flight when it dies, can be lost.
-    #[cfg(feature = "outbox")]
-    pub fn no_outbox(mut self) -> Self {
-        self.outbox = OutboxChoice::Off;
-        self
-    }
+        /// Sends the [`Health`](crate::Health) snapshot on `plugin.health.<instance>` every
+        /// `interval`, directly (never queued: a stale heartbeat is worse than none), while
+        /// connected. Off by default.
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), bus::Error> {
+        /// use bus::{Health, Message};
+        /// use futures::StreamExt;
+        /// let bus = bus::Bus::builder()
+        ///     .instance("planner-1")
+        ///     .heartbeat(std::time::Duration::from_millis(50))
+        ///     .connect()
+        ///     .await?;
+        /// let mut beats = Health::subscribe(&bus, Health::filter()).await?;
+        /// let beat = beats.next().await.unwrap()?;
+        /// assert_eq!(beat.instance, "planner-1");
+        /// # Ok(()) }
+        /// ```
+        fn heartbeat(interval: Duration) => heartbeat = Some(interval);
 
-    /// How much the outbox survives: a process crash (the default) or a power loss.
-    #[cfg(feature = "outbox")]
-    pub fn durability(mut self, durability: Durability) -> Self {
-        self.outbox_options.durability = durability;
-        self
-    }
+        /// Run on this broker: any implementation of [`Broker`], the built-in ones included (a
+        /// [`LocalBroker`] or [`NatsBroker`](crate::NatsBroker) given here is recognised and called
+        /// as fast as one the builder makes). No outbox unless
+        /// [`outbox_path`](BusBuilder::outbox_path) is set.
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), bus::Error> {
+        /// use std::sync::Arc;
+        /// let broker = Arc::new(bus::LocalBroker::new());
+        /// let bus = bus::Bus::builder().broker(broker.clone()).connect().await?;
+        /// assert_eq!(bus.broker().kind(), "local");
+        /// # Ok(()) }
+        /// ```
+        fn broker(broker: Arc<dyn Broker>) => backend = Backend::Custom(broker);
 
-    /// The largest message (payload plus headers) the outbox queues while the server's
-    /// max_payload is not known yet (before the first connection); default
-    /// [`DEFAULT_OUTBOX_MAX_PAYLOAD`](crate::outbox::DEFAULT_OUTBOX_MAX_PAYLOAD), 8 MiB. A
-    /// bigger one fails `publish` with [`Error::OutboxMessageTooLarge`](crate::Error::OutboxMessageTooLarge);
-    /// once connected, the server's limit applies instead (`Error::PayloadTooLarge`).
-    #[cfg(feature = "outbox")]
-    pub fn outbox_max_payload(mut self, bytes: usize) -> Self {
-        self.outbox_options.max_payload = bytes;
-        self
-    }
+        /// How a subscription on the local broker buffers, and its max payload.
+        fn local_options(options: LocalOptions) => local = options;
 
-    /// How many failed send attempts (while connected) move an outbox message to the dead
-    /// letters, and the backoff between them (default: 3 attempts, 100 ms then 400 ms). The
-    /// outbox's only: a handler's retries are its own ([`HandlerOptions::retry`](crate::HandlerOptions::retry)).
-    #[cfg(feature = "outbox")]
-    pub fn outbox_retry(mut self, policy: crate::retry::RetryPolicy) -> Self {
-        self.outbox_options.retry = policy;
-        self
-    }
+        /// Put the durable outbox (a SQLite file) in front of every publish.
+        #[cfg(feature = "outbox")]
+        fn outbox_path(path: impl AsRef<Path>) =>
+            outbox = OutboxChoice::Path(path.as_ref().to_path_buf());
 
-    /// The former name of [`outbox_retry`](BusBuilder::outbox_retry), which says what it governs.
-    #[cfg(feature = "outbox")]
-    #[deprecated(note = "renamed `outbox_retry`: it governs the outbox's send attempts only")]
-    pub fn retry(self, policy: crate::retry::RetryPolicy) -> Self {
-        self.outbox_retry(policy)
-    }
+        /// Publish straight to the broker, with no outbox. On NATS this means a message published
+        /// while the server is unreachable, or in flight when it dies, can be lost.
+        #[cfg(feature = "outbox")]
+        fn no_outbox() => outbox = OutboxChoice::Off;
 
-    /// Which headers typed messages carry on the wire: [`WireHeaders::Minimal`] (the default:
-    /// only the ids of messages that go through the outbox, and the correlation id of requests)
-    /// or [`WireHeaders::Full`] (ids, `Content-Type` and `Bus-Type` on every typed message).
-    /// See [`WireHeaders`] for why, with the measured cost.
-    pub fn wire_headers(mut self, wire_headers: WireHeaders) -> Self {
-        self.wire_headers = wire_headers;
-        self
-    }
+        /// How much the outbox survives: a process crash (the default) or a power loss.
+        #[cfg(feature = "outbox")]
+        fn durability(durability: Durability) => outbox_options.durability = durability;
 
-    /// How long a request waits for its reply (default 5 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = Some(timeout);
-        self
+        /// The largest message (payload plus headers) the outbox queues while the server's
+        /// max_payload is not known yet (before the first connection); default
+        /// [`DEFAULT_OUTBOX_MAX_PAYLOAD`](crate::outbox::DEFAULT_OUTBOX_MAX_PAYLOAD), 8 MiB. A
+        /// bigger one fails `publish` with [`Error::OutboxMessageTooLarge`](crate::Error::OutboxMessageTooLarge);
+        /// once connected, the server's limit applies instead (`Error::PayloadTooLarge`).
+        #[cfg(feature = "outbox")]
+        fn outbox_max_payload(bytes: usize) => outbox_options.max_payload = bytes;
+
+        /// How many failed send attempts (while connected) move an outbox message to the dead
+        /// letters, and the backoff between them (default: 3 attempts, 100 ms then 400 ms). The
+        /// outbox's only: a handler's retries are its own ([`HandlerOptions::retry`](crate::HandlerOptions::retry)).
+        #[cfg(feature = "outbox")]
+        fn outbox_retry(policy: crate::retry::RetryPolicy) => outbox_options.retry = policy;
+
+        /// Which headers typed messages carry on the wire: [`WireHeaders::Minimal`] (the default:
+        /// only the ids of messages that go through the outbox, and the correlation id of requests)
+        /// or [`WireHeaders::Full`] (ids, `Content-Type` and `Bus-Type` on every typed message).
+        /// See [`WireHeaders`] for why, with the measured cost.
+        fn wire_headers(wire_headers: WireHeaders) => wire_headers = wire_headers;
+
+        /// How long a request waits for its reply (default 5 s).
+        fn request_timeout(timeout: Duration) => request_timeout = Some(timeout);
+
+        /// Checks every received message against its subject (off by default): each subscription's
+        /// messages, and the requests `serve` answers, have their subject rebuilt from the decoded
+        /// body and compared with the subject they arrived on. A message whose placeholder fields
+        /// disagree (a peer published `channel: "email"` on `plugin.outbound.slack.a1`) is an
+        /// [`Error::SubjectMismatch`] item on the subscription, or an [`Error::Remote`] for the
+        /// requester, and never reaches your code as valid. One subscription can also turn it on or
+        /// off with [`Subscription::check_subject_fields`](crate::Subscription::check_subject_fields).
+        ///
+        /// It costs one subject built per received message; off, nothing.
+        fn check_subject_fields(check: bool) => check_subject_fields = check;
+
+        /// NATS: the client name shown by the server's monitoring.
+        #[cfg(feature = "nats")]
+        fn name(name: impl Into<String>) => nats.name = Some(name.into());
+        /// NATS: authenticate with a token.
+        #[cfg(feature = "nats")]
+        fn token(token: impl Into<String>) => nats.auth = NatsAuth::Token(token.into());
+        /// NATS: authenticate with a user and password.
+        #[cfg(feature = "nats")]
+        fn user_password(user: impl Into<String>, password: impl Into<String>) =>
+            nats.auth = NatsAuth::UserPassword(user.into(), password.into());
+        /// NATS: authenticate with an NKey seed (`SU…`).
+        #[cfg(feature = "nats")]
+        fn nkey(seed: impl Into<String>) => nats.auth = NatsAuth::NKey(seed.into());
+        /// NATS: authenticate with a `.creds` file (JWT and NKey seed).
+        #[cfg(feature = "nats")]
+        fn credentials_file(path: impl AsRef<Path>) =>
+            nats.auth = NatsAuth::CredentialsFile(path.as_ref().to_path_buf());
+        /// NATS: trust this root CA (PEM) for the server's certificate.
+        #[cfg(feature = "nats")]
+        fn tls_root_certificate(path: impl AsRef<Path>) =>
+            nats.tls_root_certificate = Some(path.as_ref().to_path_buf());
+        /// NATS: present this client certificate and key (PEM) for mutual TLS.
+        #[cfg(feature = "nats")]
+        fn tls_client_cert(cert: impl AsRef<Path>, key: impl AsRef<Path>) =>
+            nats.tls_client_cert = Some((cert.as_ref().to_path_buf(), key.as_ref().to_path_buf()));
+        /// NATS: refuse to connect without TLS.
+        #[cfg(feature = "nats")]
+        fn require_tls(require: bool) => nats.require_tls = require;
+        /// NATS: how long one connection attempt may take (default 5 s).
+        #[cfg(feature = "nats")]
+        fn connect_timeout(timeout: Duration) => nats.connect_timeout = timeout;
+        /// NATS: the longest wait between reconnect attempts (default 2 s); reconnects never stop.
+        #[cfg(feature = "nats")]
+        fn reconnect_delay(max: Duration) => nats.reconnect_delay = max;
+
+        /// NATS: the subject prefix of the confirmation round trip the outbox drainer makes after
+        /// each batch (default `_bus.confirm`): the client echoes a token through the server on
+        /// `<prefix>.<unique id>`, so it needs publish and subscribe permission on `<prefix>.>`.
+        #[cfg(feature = "nats")]
+        fn confirm_subject(subject: impl Into<String>) => nats.confirm_subject = subject.into();
+
+        /// Makes [`connect`](BusBuilder::connect) wait up to `timeout` for the first connection,
+        /// and fail if it does not come: with [`Error::ConnectionRefused`] as soon as the server
+        /// refuses this client (credentials, TLS: see [`Refusal`](crate::Refusal)), with
+        /// [`Error::ConnectTimeout`] (naming the last connection error, e.g. `Connection refused`)
+        /// when no connection came up in time.
+        ///
+        /// Without it (the default) `connect` returns at once and the bus connects in the
+        /// background, so a plugin can start before the NATS server; watch
+        /// [`Bus::state`](Bus::state) then.
+        ///
+        /// With several server URLs, the first refusal fails the wait even if another server
+        /// might have accepted the client: give them all the same credentials and TLS setup.
+        ///
+        /// ```no_run
+        /// # async fn run() -> Result<(), bus::Error> {
+        /// use std::time::Duration;
+        /// let bus = bus::Bus::builder()
+        ///     .nats(["nats://127.0.0.1:4222"])
+        ///     .user_password("billing", "s3cret")
+        ///     .wait_for_connection(Duration::from_secs(10))
+        ///     .connect()
+        ///     .await?; // Err(ConnectionRefused { refusal: Authorization, .. }) on a wrong password
+        /// # Ok(()) }
+        /// ```
+        fn wait_for_connection(timeout: Duration) => wait_for_connection = Some(timeout);
     }
 
     /// How many messages a subscription buffers before the subscriber counts as slow and
@@ -242,99 +279,6 @@ impl BusBuilder {
         {
             self.nats.subscription_capacity = Some(capacity);
         }
-        self
-    }
-
-    /// Checks every received message against its subject (off by default): each subscription's
-    /// messages, and the requests `serve` answers, have their subject rebuilt from the decoded
-    /// body and compared with the subject they arrived on. A message whose placeholder fields
-    /// disagree (a peer published `channel: "email"` on `plugin.outbound.slack.a1`) is an
-    /// [`Error::SubjectMismatch`] item on the subscription, or an [`Error::Remote`] for the
-    /// requester, and never reaches your code as valid. One subscription can also turn it on or
-    /// off with [`Subscription::check_subject_fields`](crate::Subscription::check_subject_fields).
-    ///
-    /// It costs one subject built per received message; off, nothing.
-    pub fn check_subject_fields(mut self, check: bool) -> Self {
-        self.check_subject_fields = check;
-        self
-    }
-
-    /// NATS: the client name shown by the server's monitoring.
-    #[cfg(feature = "nats")]
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.nats.name = Some(name.into());
-        self
-    }
-
-    /// NATS: authenticate with a token.
-    #[cfg(feature = "nats")]
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.nats.auth = NatsAuth::Token(token.into());
-        self
-    }
-
-    /// NATS: authenticate with a user and password.
-    #[cfg(feature = "nats")]
-    pub fn user_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.nats.auth = NatsAuth::UserPassword(user.into(), password.into());
-        self
-    }
-
-    /// NATS: authenticate with an NKey seed (`SU…`).
-    #[cfg(feature = "nats")]
-    pub fn nkey(mut self, seed: impl Into<String>) -> Self {
-        self.nats.auth = NatsAuth::NKey(seed.into());
-        self
-    }
-
-    /// NATS: authenticate with a `.creds` file (JWT and NKey seed).
-    #[cfg(feature = "nats")]
-    pub fn credentials_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.nats.auth = NatsAuth::CredentialsFile(path.as_ref().to_path_buf());
-        self
-    }
-
-    /// NATS: trust this root CA (PEM) for the server's certificate.
-    #[cfg(feature = "nats")]
-    pub fn tls_root_certificate(mut self, path: impl AsRef<Path>) -> Self {
-        self.nats.tls_root_certificate = Some(path.as_ref().to_path_buf());
-        self
-    }
-
-    /// NATS: present this client certificate and key (PEM) for mutual TLS.
-    #[cfg(feature = "nats")]
-    pub fn tls_client_cert(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
-        self.nats.tls_client_cert = Some((cert.as_ref().to_path_buf(), key.as_ref().to_path_buf()));
-        self
-    }
-
-    /// NATS: refuse to connect without TLS.
-    #[cfg(feature = "nats")]
-    pub fn require_tls(mut self, require: bool) -> Self {
-        self.nats.require_tls = require;
-        self
-    }
-
-    /// NATS: how long one connection attempt may take (default 5 s).
-    #[cfg(feature = "nats")]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.nats.connect_timeout = timeout;
-        self
-    }
-
-    /// NATS: the longest wait between reconnect attempts (default 2 s); reconnects never stop.
-    #[cfg(feature = "nats")]
-    pub fn reconnect_delay(mut self, max: Duration) -> Self {
-        self.nats.reconnect_delay = max;
-        self
-    }
-
-    /// NATS: the subject prefix of the confirmation round trip the outbox drainer makes after
-    /// each batch (default `_bus.confirm`): the client echoes a token through the server on
-    /// `<prefix>.<unique id>`, so it needs publish and subscribe permission on `<prefix>.>`.
-    #[cfg(feature = "nats")]
-    pub fn confirm_subject(mut self, subject: impl Into<String>) -> Self {
-        self.nats.confirm_subject = subject.into();
         self
     }
 
@@ -361,33 +305,11 @@ impl BusBuilder {
         self
     }
 
-    /// Makes [`connect`](BusBuilder::connect) wait up to `timeout` for the first connection,
-    /// and fail if it does not come: with [`Error::ConnectionRefused`] as soon as the server
-    /// refuses this client (credentials, TLS: see [`Refusal`](crate::Refusal)), with
-    /// [`Error::ConnectTimeout`] (naming the last connection error, e.g. `Connection refused`)
-    /// when no connection came up in time.
-    ///
-    /// Without it (the default) `connect` returns at once and the bus connects in the
-    /// background, so a plugin can start before the NATS server; watch
-    /// [`Bus::state`](Bus::state) then.
-    ///
-    /// With several server URLs, the first refusal fails the wait even if another server
-    /// might have accepted the client: give them all the same credentials and TLS setup.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), bus::Error> {
-    /// use std::time::Duration;
-    /// let bus = bus::Bus::builder()
-    ///     .nats(["nats://127.0.0.1:4222"])
-    ///     .user_password("billing", "s3cret")
-    ///     .wait_for_connection(Duration::from_secs(10))
-    ///     .connect()
-    ///     .await?; // Err(ConnectionRefused { refusal: Authorization, .. }) on a wrong password
-    /// # Ok(()) }
-    /// ```
-    pub fn wait_for_connection(mut self, timeout: Duration) -> Self {
-        self.wait_for_connection = Some(timeout);
-        self
+    /// The former name of [`outbox_retry`](BusBuilder::outbox_retry), which says what it governs.
+    #[cfg(feature = "outbox")]
+    #[deprecated(note = "renamed `outbox_retry`: it governs the outbox's send attempts only")]
+    pub fn retry(self, policy: crate::retry::RetryPolicy) -> Self {
+        self.outbox_retry(policy)
     }
 
     /// Connects. On NATS this succeeds even while the server is down (unless told to
@@ -409,7 +331,7 @@ impl BusBuilder {
         for s in &self.streams {
             s.validate()?;
         }
-        let broker: Arc<dyn Broker> = match self.backend {
+        let broker = wrap(match self.backend {
             Backend::Local => Arc::new(LocalBroker::with_options(self.local)),
             #[cfg(feature = "nats")]
             Backend::Nats => {
@@ -418,8 +340,7 @@ impl BusBuilder {
                 Arc::new(NatsBroker::connect_with_streams(opts, self.streams).await?)
             }
             Backend::Custom(broker) => broker,
-        };
-        let broker = wrap(broker);
+        });
         #[cfg(feature = "outbox")]
         let outbox = {
             let path = match self.outbox {
@@ -464,38 +385,23 @@ impl BusBuilder {
 /// Waits until `bus` is connected; fails at the first refusal, or after `timeout`.
 async fn wait_connected(bus: &Bus, timeout: Duration) -> Result<()> {
     let mut state = bus.watch_state();
-    let reached = tokio::time::timeout(
-        timeout,
-        state.wait_for(|s| {
-            matches!(
-                s,
-                ConnectionState::Connected
-                    | ConnectionState::LameDuck
-                    | ConnectionState::Refused(_)
-                    | ConnectionState::Closed
-            )
-        }),
-    )
-    .await;
-    let now = match reached {
-        Ok(Ok(s)) => *s,
-        Ok(Err(_)) => ConnectionState::Closed,
-        Err(_) => {
-            let detail = bus
-                .connection_error()
-                .unwrap_or_else(|| format!("still {} after the wait", bus.state()));
-            return Err(Error::ConnectTimeout { timeout, detail });
-        }
-    };
+    let reached = state.wait_for(|s| *s != ConnectionState::Disconnected);
+    // A closed watch: the broker is gone.
+    let now = tokio::time::timeout(timeout, reached)
+        .await
+        .map(|r| r.map_or(ConnectionState::Closed, |s| *s));
+    let detail = bus.connection_error();
     match now {
-        ConnectionState::Refused(refusal) => Err(Error::ConnectionRefused {
-            refusal,
-            detail: bus
-                .connection_error()
-                .unwrap_or_else(|| refusal.to_string()),
+        Err(_) => Err(Error::ConnectTimeout {
+            timeout,
+            detail: detail.unwrap_or_else(|| format!("still {} after the wait", bus.state())),
         }),
-        ConnectionState::Closed => Err(Error::Closed),
-        _ => Ok(()),
+        Ok(ConnectionState::Refused(refusal)) => Err(Error::ConnectionRefused {
+            refusal,
+            detail: detail.unwrap_or_else(|| refusal.to_string()),
+        }),
+        Ok(ConnectionState::Closed) => Err(Error::Closed),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::broker::{Broker, DEFAULT_REQUEST_TIMEOUT};
+use crate::broker::Broker;
 use crate::codec;
 use crate::connection::ConnectionState;
 use crate::dead_letter::{DeadLetterSink, DeadLetters, MemoryDeadLetters};
@@ -108,17 +108,13 @@ enum Direct {
 impl Direct {
     fn of(broker: &Arc<dyn Broker>) -> Direct {
         let any: Arc<dyn Any + Send + Sync> = broker.clone();
-        let any = match any.downcast::<LocalBroker>() {
-            Ok(local) => return Direct::Local(local),
-            Err(any) => any,
-        };
-        #[cfg(feature = "nats")]
-        if let Ok(nats) = any.downcast::<NatsBroker>() {
-            return Direct::Nats(nats);
+        match any.downcast::<LocalBroker>() {
+            Ok(local) => Direct::Local(local),
+            #[cfg(feature = "nats")]
+            Err(any) => any.downcast().map_or(Direct::Other, Direct::Nats),
+            #[cfg(not(feature = "nats"))]
+            Err(_) => Direct::Other,
         }
-        #[cfg(not(feature = "nats"))]
-        drop(any);
-        Direct::Other
     }
 }
 
@@ -135,15 +131,7 @@ impl fmt::Debug for Bus {
 impl Bus {
     /// A bus on the embedded in-process broker, with no outbox: no server, nothing on disk.
     pub async fn local() -> Result<Bus> {
-        Ok(Bus::from_parts(
-            None,
-            Arc::new(LocalBroker::new()),
-            #[cfg(feature = "outbox")]
-            None,
-            DEFAULT_REQUEST_TIMEOUT,
-            WireHeaders::default(),
-            false,
-        ))
+        Bus::builder().connect().await
     }
 
     /// Whether requests and subscriptions check that a body's placeholder fields agree with
@@ -162,8 +150,6 @@ impl Bus {
         check_subject_fields: bool,
     ) -> Bus {
         let (running, all_stopped) = tokio::sync::mpsc::channel(1);
-        #[cfg(all(feature = "outbox", feature = "metrics"))]
-        let gauges = outbox.is_some();
         let bus = Bus {
             inner: Arc::new(Inner {
                 direct: Direct::of(&broker),
@@ -182,7 +168,7 @@ impl Bus {
             }),
         };
         #[cfg(all(feature = "outbox", feature = "metrics"))]
-        if gauges {
+        if bus.inner.outbox.is_some() {
             bus.start_outbox_gauges();
         }
         #[cfg(all(feature = "outbox", feature = "nats"))]
@@ -223,15 +209,9 @@ impl Bus {
     /// What a handler or responder loop holds while it runs, and the signal that stops it;
     /// `None` once the bus is closing.
     fn track(&self) -> Result<(tokio::sync::mpsc::Sender<()>, watch::Receiver<bool>)> {
-        let running = self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match running.as_ref() {
-            Some(tx) => Ok((tx.clone(), self.inner.closing.subscribe())),
-            None => Err(Error::Closed),
-        }
+        let running = crate::panic::lock(&self.inner.running);
+        let tx = running.as_ref().ok_or(Error::Closed)?;
+        Ok((tx.clone(), self.inner.closing.subscribe()))
     }
 
     /// Which headers typed messages carry on the wire (see [`WireHeaders`]).
@@ -283,16 +263,18 @@ impl Bus {
     /// ([`Error::InvalidHeader`], see [`Headers::check`]): the outbox checks before it queues,
     /// every broker before it sends.
     pub async fn publish_with_headers<M: Message>(&self, msg: &M, headers: Headers) -> Result<()> {
-        // The derive builds the subject token by token and checks each placeholder value as it
-        // is written (the template's literals were checked at compile time): it is not checked
-        // again here. The broker, or the outbox before queueing, checks it once.
-        self.send(self.encode(msg, headers)?, None).await?;
-        self.inner.metrics.published::<M>();
-        Ok(())
+        self.publish_due(msg, headers, None).await
     }
 
-    /// `msg` as the raw message `publish` sends, with `headers` and the policy's.
-    fn encode<M: Message>(&self, msg: &M, headers: Headers) -> Result<RawMessage> {
+    /// Publishes `msg` with `headers` and the policy's, `due` then (see `send`). The
+    /// subject is not checked here: the derive checked each placeholder value as it wrote it
+    /// (the literals at compile time), and the broker, or the outbox before queueing, checks it.
+    async fn publish_due<M: Message>(
+        &self,
+        msg: &M,
+        headers: Headers,
+        due: Option<std::time::SystemTime>,
+    ) -> Result<()> {
         let mut raw = RawMessage {
             subject: msg.subject()?,
             reply: None,
@@ -302,7 +284,9 @@ impl Bus {
         if self.inner.wire == WireHeaders::Full {
             full_headers::<M>(&mut raw.headers);
         }
-        Ok(raw)
+        self.send(raw, due).await?;
+        self.inner.metrics.published::<M>();
+        Ok(())
     }
 
     /// Publishes a typed message to be delivered `delay` from now: [`publish_at`](Bus::publish_at)
@@ -346,10 +330,7 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub async fn publish_at<M: Message>(&self, msg: &M, when: std::time::SystemTime) -> Result<()> {
-        self.send(self.encode(msg, Headers::new())?, Some(when))
-            .await?;
-        self.inner.metrics.published::<M>();
-        Ok(())
+        self.publish_due(msg, Headers::new(), Some(when)).await
     }
 
     /// Publishes raw bytes to a concrete subject, through the outbox if there is one.
@@ -385,31 +366,21 @@ impl Bus {
                 self.inner.metrics.scheduled();
                 return outbox.schedule(msg, due).await;
             }
-            return match publish_span(&msg.subject) {
-                Some(span) => outbox.enqueue(msg).instrument(span).await,
-                None => outbox.enqueue(msg).await,
-            };
+            let span = publish_span(&msg.subject);
+            return in_span(span, outbox.enqueue(msg)).await;
         }
         if let Some(due) = due {
             return self.send_later(msg, due);
         }
+        let span = publish_span(&msg.subject);
         match &self.inner.direct {
             Direct::Local(local) => {
-                let _entered = publish_span(&msg.subject).map(tracing::Span::entered);
+                let _entered = span.map(tracing::Span::entered);
                 local.publish_now(msg).map(drop)
             }
             #[cfg(feature = "nats")]
-            Direct::Nats(nats) => match publish_span(&msg.subject) {
-                Some(span) => nats.publish_checked(msg).instrument(span).await,
-                None => nats.publish_checked(msg).await,
-            },
-            Direct::Other => {
-                let broker = &self.inner.broker;
-                match publish_span(&msg.subject) {
-                    Some(span) => broker.publish(msg).instrument(span).await,
-                    None => broker.publish(msg).await,
-                }
-            }
+            Direct::Nats(nats) => in_span(span, nats.publish_checked(msg)).await,
+            Direct::Other => in_span(span, self.inner.broker.publish(msg)).await,
         }
     }
 
@@ -463,11 +434,9 @@ impl Bus {
 
     /// The raw subscription a filter stands for (its pattern and queue group).
     pub(crate) async fn subscribe_raw(&self, filter: &impl Filter) -> Result<RawSubscription> {
-        let pattern = filter.pattern()?;
-        let raw = self
-            .inner
-            .broker
-            .subscribe(&pattern, filter.queue_group())
+        let broker = &self.inner.broker;
+        let raw = broker
+            .subscribe(&filter.pattern()?, filter.queue_group())
             .await?;
         self.inner.health.track(&raw.stats);
         Ok(raw)
@@ -487,11 +456,9 @@ impl Bus {
         req: &M,
         timeout: Duration,
     ) -> Result<Envelope<M::Reply>> {
-        let mut headers = Headers::with_capacity(match self.inner.wire {
-            WireHeaders::Full => 5,
-            _ => 1,
-        });
-        if self.inner.wire == WireHeaders::Full {
+        let full = self.inner.wire == WireHeaders::Full;
+        let mut headers = Headers::with_capacity(if full { 5 } else { 1 });
+        if full {
             full_headers::<M>(&mut headers);
         }
         headers.append(headers::CORRELATION_ID, msg_id::new_msg_id());
@@ -505,47 +472,33 @@ impl Bus {
             payload: codec::encode(req, M::TYPE_NAME)?,
         };
         let started = std::time::Instant::now();
-        let reply = match self
-            .inner
-            .broker
-            .request(raw, timeout)
-            .instrument(span)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) => return self.request_done::<M, _>(started, Err(e)),
-        };
-        // `Nats-Service-Error`: the error of a NATS service API endpoint (`bus::service`).
-        if let Some(message) = reply
-            .headers
-            .get(headers::ERROR)
-            .or_else(|| reply.headers.get("Nats-Service-Error"))
-        {
-            return self.request_done::<M, _>(
-                started,
-                Err(Error::Remote {
-                    subject,
-                    message: message.to_string(),
-                }),
-            );
-        }
-        let outcome = match codec::decode::<M::Reply>(&reply.payload) {
-            Ok(body) => Ok(Envelope::of_message(body, reply, Delivered::Plain, None)),
-            Err(source) => {
-                let msg_id = headers::msg_id(&reply.headers).map(str::to_string);
-                let type_name = std::any::type_name::<M::Reply>();
-                Err(Undecodable::Payload(type_name, source).into_error(reply.subject, msg_id))
+        let outcome = async {
+            let reply = self
+                .inner
+                .broker
+                .request(raw, timeout)
+                .instrument(span)
+                .await?;
+            // `Nats-Service-Error`: the error of a NATS service API endpoint (`bus::service`).
+            if let Some(message) = reply
+                .headers
+                .get(headers::ERROR)
+                .or_else(|| reply.headers.get("Nats-Service-Error"))
+            {
+                let message = message.to_string();
+                return Err(Error::Remote { subject, message });
             }
-        };
-        self.request_done::<M, _>(started, outcome)
-    }
-
-    /// Records a finished request in `bus_request_duration_seconds` (see [`crate::metrics`]).
-    fn request_done<M: Request, T>(
-        &self,
-        started: std::time::Instant,
-        outcome: Result<T>,
-    ) -> Result<T> {
+            match codec::decode::<M::Reply>(&reply.payload) {
+                Ok(body) => Ok(Envelope::of_message(body, reply, Delivered::Plain, None)),
+                Err(source) => {
+                    let msg_id = headers::msg_id(&reply.headers).map(str::to_string);
+                    let type_name = std::any::type_name::<M::Reply>();
+                    Err(Undecodable::Payload(type_name, source).into_error(reply.subject, msg_id))
+                }
+            }
+        }
+        .await;
+        // Recorded in `bus_request_duration_seconds` (see [`crate::metrics`]).
         let label = crate::metrics::request_outcome(&outcome);
         self.inner.metrics.request::<M>(started.elapsed(), label);
         outcome
@@ -616,10 +569,8 @@ impl Bus {
         let send: SendOutput = Arc::new(move |msg| {
             let weak = weak.clone();
             Box::pin(async move {
-                match weak.upgrade() {
-                    Some(inner) => Bus { inner }.publish_raw(msg).await,
-                    None => Err(Error::Closed),
-                }
+                let inner = weak.upgrade().ok_or(Error::Closed)?;
+                Bus { inner }.publish_raw(msg).await
             })
         });
         Ok(Inbox::in_memory(window, send))
@@ -681,8 +632,7 @@ impl Bus {
     {
         options.check_key::<M>()?;
         let tracked = self.track()?;
-        let durable = options.durable_name().or(filter.durable_name());
-        let source = match durable {
+        let source = match options.durable_name().or(filter.durable_name()) {
             Some(name) => {
                 let spec = options.durable_spec(name, filter.pattern()?, filter.queue_group());
                 Source::Durable(self.inner.broker.consume(&spec).await?)
@@ -784,10 +734,8 @@ impl Bus {
         let deadline = tokio::time::Instant::now() + timeout;
         #[cfg(feature = "outbox")]
         if let Some(outbox) = &self.inner.outbox {
-            return match tokio::time::timeout_at(deadline, outbox.flush()).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(self.flush_timed_out(timeout)),
-            };
+            let flushed = tokio::time::timeout_at(deadline, outbox.flush()).await;
+            return flushed.unwrap_or_else(|_| Err(self.flush_timed_out(timeout)));
         }
         loop {
             match tokio::time::timeout_at(deadline, self.inner.broker.confirm()).await {
@@ -857,12 +805,13 @@ impl Bus {
     pub(crate) fn start_heartbeat(&self, interval: Duration) {
         self.every(Duration::ZERO, interval, |bus| async move {
             let health = bus.health().await;
-            let raw = match (
-                health.subject(),
-                codec::encode(&health, <Health as Message>::TYPE_NAME),
-            ) {
-                (Ok(subject), Ok(payload)) => RawMessage::new(subject, payload),
-                (Err(e), _) | (_, Err(e)) => {
+            let payload = codec::encode(&health, <Health as Message>::TYPE_NAME);
+            let raw = match health
+                .subject()
+                .and_then(|s| Ok(RawMessage::new(s, payload?)))
+            {
+                Ok(raw) => raw,
+                Err(e) => {
                     tracing::warn!(error = %e, "heartbeat: cannot build the health message");
                     return;
                 }
@@ -927,11 +876,7 @@ impl Bus {
     pub async fn close_timeout(&self, timeout: Duration) -> Result<CloseReport> {
         let deadline = tokio::time::Instant::now() + timeout;
         self.inner.closing.send_replace(true);
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        crate::panic::lock(&self.inner.running).take();
         let stopped_in_time = {
             let mut all = self.inner.all_stopped.lock().await;
             // `None`: every loop dropped its sender, i.e. finished.
@@ -1008,9 +953,13 @@ fn stamp_msg_id(headers: &mut Headers) {
 /// visible share of a local publish.
 #[inline]
 fn publish_span(subject: &str) -> Option<tracing::Span> {
-    if tracing::enabled!(tracing::Level::TRACE) {
-        Some(tracing::trace_span!("publish", subject))
-    } else {
-        None
+    tracing::enabled!(tracing::Level::TRACE).then(|| tracing::trace_span!("publish", subject))
+}
+
+/// Runs `fut` in `span`, if any.
+async fn in_span<T>(span: Option<tracing::Span>, fut: impl Future<Output = T>) -> T {
+    match span {
+        Some(span) => fut.instrument(span).await,
+        None => fut.await,
     }
 }

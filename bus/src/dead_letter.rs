@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::headers::Headers;
+use crate::panic::lock;
 use crate::raw::RawMessage;
 
 /// A message a handler gave up on, as handed to the bus's dead letters.
@@ -44,10 +45,7 @@ pub(crate) struct MemoryDeadLetters {
 impl MemoryDeadLetters {
     pub(crate) fn push(&self, failed: Failed) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) as i64 + 1;
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = lock(&self.letters);
         if l.len() >= MEMORY_DEAD_LETTERS {
             l.pop_front();
             let evicted = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
@@ -59,38 +57,21 @@ impl MemoryDeadLetters {
     }
 
     pub(crate) fn list(&self) -> Vec<(i64, Failed)> {
-        self.letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+        lock(&self.letters).iter().cloned().collect()
     }
 
     pub(crate) fn take(&self, id: i64) -> Option<Failed> {
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = lock(&self.letters);
         let i = l.iter().position(|(i, _)| *i == id)?;
         l.remove(i).map(|(_, f)| f)
     }
 
     pub(crate) fn purge(&self) -> u64 {
-        let mut l = self
-            .letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = l.len() as u64;
-        l.clear();
-        n
+        lock(&self.letters).drain(..).count() as u64
     }
 
     pub(crate) fn len(&self) -> u64 {
-        self.letters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len() as u64
+        lock(&self.letters).len() as u64
     }
 }
 
@@ -240,10 +221,9 @@ impl DeadLetters {
     /// while the broker is unreachable: there is no queue to keep it).
     pub async fn replay(&self, id: i64) -> Result<()> {
         match &self.place {
-            Place::Store(s) => match s.replay(id).await? {
-                true => Ok(()),
-                false => Err(Error::DeadLetterNotFound(id)),
-            },
+            Place::Store(s) => (s.replay(id).await?)
+                .then_some(())
+                .ok_or(Error::DeadLetterNotFound(id)),
             Place::Memory { letters, broker } => {
                 let failed = letters.take(id).ok_or(Error::DeadLetterNotFound(id))?;
                 tracing::info!(dead_letter = id, subject = %failed.msg.subject, "dead letter replayed");

@@ -197,26 +197,24 @@ impl Acker {
     /// (local), else on the runtime if there is one (without, the ack wait brings the message
     /// back).
     pub(crate) fn settle_detached(mut self, kind: AckKind) {
-        if let Some(h) = self.handle.take() {
-            send_detached(&*h, kind);
-        }
+        self.detach(kind);
     }
-}
 
-fn send_detached(h: &dyn AckHandle, kind: AckKind) {
-    let mut sent = h.send(kind);
-    if (&mut sent).now_or_never().is_none() {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sent);
+    fn detach(&mut self, kind: AckKind) {
+        let Some(mut sent) = self.handle.take().map(|h| h.send(kind)) else {
+            return;
+        };
+        if (&mut sent).now_or_never().is_none() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(sent);
+            }
         }
     }
 }
 
 impl Drop for Acker {
     fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            send_detached(&*h, AckKind::Nak(Duration::ZERO));
-        }
+        self.detach(AckKind::Nak(Duration::ZERO));
     }
 }
 
@@ -301,47 +299,24 @@ impl DurableSpec {
         }
     }
 
-    /// Sets the queue group.
-    pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.queue = Some(queue.into());
-        self
-    }
-
-    /// Sets the ack wait (at least 1 ms).
-    pub fn ack_wait(mut self, wait: Duration) -> Self {
-        self.ack_wait = wait.max(Duration::from_millis(1));
-        self
-    }
-
-    /// Sets the most deliveries of one message (0 counts as 1).
-    pub fn max_deliver(mut self, n: u32) -> Self {
-        self.max_deliver = Some(n.max(1));
-        self
-    }
-
-    /// Sets the waits before redeliveries after ack wait expiries.
-    pub fn backoff(mut self, waits: impl IntoIterator<Item = Duration>) -> Self {
-        self.backoff = waits.into_iter().collect();
-        self
-    }
-
-    /// Sets the most unsettled deliveries at once (0 counts as 1).
-    pub fn max_ack_pending(mut self, n: usize) -> Self {
-        self.max_ack_pending = n.max(1);
-        self
-    }
-
-    /// Sets how many messages a puller asks for ahead (0 counts as 1).
-    pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = n.max(1);
-        self
+    setters! {
+        /// Sets the queue group.
+        fn queue(queue: impl Into<String>) => queue = Some(queue.into());
+        /// Sets the ack wait (at least 1 ms).
+        fn ack_wait(wait: Duration) => ack_wait = wait.max(Duration::from_millis(1));
+        /// Sets the most deliveries of one message (0 counts as 1).
+        fn max_deliver(n: u32) => max_deliver = Some(n.max(1));
+        /// Sets the waits before redeliveries after ack wait expiries.
+        fn backoff(waits: impl IntoIterator<Item = Duration>) =>
+            backoff = waits.into_iter().collect();
+        /// Sets the most unsettled deliveries at once (0 counts as 1).
+        fn max_ack_pending(n: usize) => max_ack_pending = n.max(1);
+        /// Sets how many messages a puller asks for ahead (0 counts as 1).
+        fn prefetch(n: usize) => prefetch = n.max(1);
     }
 
     /// How long the `delivered`-th delivery may stay unsettled.
     pub(crate) fn wait_for(&self, delivered: u32) -> Duration {
-        if self.backoff.is_empty() {
-            return self.ack_wait;
-        }
         let i = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
         self.backoff
             .get(i)

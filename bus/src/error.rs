@@ -411,9 +411,8 @@ impl Rejection {
         }
     }
 
-    /// The same rejection, naming the refused message by its `Nats-Msg-Id`.
-    pub fn with_msg_id(mut self, msg_id: Option<String>) -> Self {
-        self.msg_id = msg_id;
-        self
+    setters! {
+        /// The same rejection, naming the refused message by its `Nats-Msg-Id`.
+        fn with_msg_id(msg_id: Option<String>) => msg_id = msg_id;
     }
 }

@@ -35,13 +35,16 @@ impl<E: 'static> Filter for PatternFilter<E> {
     }
 }
 
-/// Refuses a pattern on which no variant of `E` can arrive.
-fn check_pattern<E: Messages>(pattern: &str) -> Result<()> {
-    if E::VARIANTS
+/// `pattern` as a filter of `E`; refused if no variant of `E` can arrive on it.
+fn filter_of<E: Messages>(pattern: &str) -> Result<PatternFilter<E>> {
+    let admitted = E::VARIANTS
         .iter()
-        .any(|v| bus_subject::pattern_admits(pattern, v.subject))
-    {
-        return Ok(());
+        .any(|v| bus_subject::pattern_admits(pattern, v.subject));
+    if admitted {
+        return Ok(PatternFilter {
+            pattern: pattern.to_owned(),
+            _type: PhantomData,
+        });
     }
     Err(Error::InvalidSubject {
         subject: pattern.to_owned(),
@@ -56,13 +59,7 @@ fn check_pattern<E: Messages>(pattern: &str) -> Result<()> {
 /// What the generated `subscribe(&bus, pattern)` of a [`Messages`] enum calls.
 #[doc(hidden)]
 pub async fn subscribe<E: Messages + Incoming>(bus: &Bus, pattern: &str) -> Result<FanIn<E>> {
-    check_pattern::<E>(pattern)?;
-    let raw = bus
-        .subscribe_raw(&PatternFilter::<E> {
-            pattern: pattern.to_owned(),
-            _type: PhantomData,
-        })
-        .await?;
+    let raw = bus.subscribe_raw(&filter_of::<E>(pattern)?).await?;
     Ok(FanIn {
         raw,
         reported_failure: false,
@@ -82,16 +79,9 @@ where
     Fut: Future<Output = std::result::Result<(), Er>> + Send + 'static,
     Er: fmt::Display + Send + 'static,
 {
-    check_pattern::<E>(pattern)?;
-    bus.start_handler::<E, F, Fut, Er>(
-        &PatternFilter::<E> {
-            pattern: pattern.to_owned(),
-            _type: PhantomData,
-        },
-        HandlerOptions::default(),
-        handler,
-    )
-    .await
+    let filter = filter_of::<E>(pattern)?;
+    bus.start_handler::<E, F, Fut, Er>(&filter, HandlerOptions::default(), handler)
+        .await
 }
 
 /// The stream of a [`Messages`] subscription: `Result<Envelope<E>>` items, one per message.
@@ -141,10 +131,8 @@ impl<E: Incoming> Stream for FanIn<E> {
         ) {
             return Poll::Ready(status);
         }
-        let msg = match this.raw.messages.as_mut().poll_next(cx) {
-            Poll::Ready(Some(msg)) => msg,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+        let Some(msg) = std::task::ready!(this.raw.messages.as_mut().poll_next(cx)) else {
+            return Poll::Ready(None);
         };
         Poll::Ready(Some(match E::decode_incoming(&msg.subject, &msg.payload) {
             Ok(body) => Ok(Envelope::of_message(body, msg, Delivered::Plain, None)),

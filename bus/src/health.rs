@@ -2,12 +2,13 @@
 //! (`docs/design.md`, "Operations"), sent directly on an interval, never queued: a stale heartbeat
 //! delivered after an outage would say the opposite of the truth.
 
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Mutex, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::broker::SubscriptionStats;
+use crate::panic::lock;
 
 /// One instance's health, as [`Bus::health`](crate::Bus::health) returns it and the heartbeat
 /// sends it. Any plugin can watch every instance with `Health::subscribe(&bus, Health::filter())`.
@@ -99,10 +100,7 @@ impl Tracker {
     }
 
     pub(crate) fn track(&self, stats: &std::sync::Arc<SubscriptionStats>) {
-        let mut subs = self
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut subs = lock(&self.subscriptions);
         // Pruned only when the list is full (before it would grow): amortized O(1) per
         // subscribe, where pruning on every subscribe made many subscriptions quadratic.
         if subs.len() == subs.capacity() {
@@ -112,16 +110,11 @@ impl Tracker {
     }
 
     pub(crate) fn track_handler(&self, stats: &std::sync::Arc<crate::handler::HandlerStats>) {
-        self.handlers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(std::sync::Arc::clone(stats));
+        lock(&self.handlers).push(std::sync::Arc::clone(stats));
     }
 
     pub(crate) fn handler_failures(&self) -> u64 {
-        self.handlers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.handlers)
             .iter()
             .map(|h| h.failed_attempts())
             .sum()
@@ -130,22 +123,15 @@ impl Tracker {
     /// Messages every handler has taken and not finished (retries waiting included).
     #[cfg(feature = "testing")]
     pub(crate) fn handlers_in_flight(&self) -> u64 {
-        self.handlers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|h| h.in_flight())
-            .sum()
+        lock(&self.handlers).iter().map(|h| h.in_flight()).sum()
     }
 
     /// Makes the next `n` attempts of the handlers named `name` fail; how many handlers that is.
     #[cfg(feature = "testing")]
     pub(crate) fn fail_next_attempts(&self, name: &str, n: u64) -> usize {
-        let handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
-        let named = handlers
+        lock(&self.handlers)
             .iter()
-            .filter(|h| h.faults.name.get().map(String::as_str) == Some(name));
-        named
+            .filter(|h| h.faults.name.get().map(String::as_str) == Some(name))
             .map(|h| {
                 h.faults
                     .fail_next
@@ -155,9 +141,7 @@ impl Tracker {
     }
 
     pub(crate) fn drops(&self) -> u64 {
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.subscriptions)
             .iter()
             .filter_map(Weak::upgrade)
             .map(|s| s.dropped())
@@ -177,15 +161,8 @@ fn default_instance() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
     let raw = format!("{host}-{}", std::process::id());
-    raw.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    let unsafe_char = |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    raw.replace(unsafe_char, "_")
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -138,11 +138,10 @@ pub fn decode_messages<E: Messages>(
 /// The templates of `E`'s variants, for error messages.
 #[doc(hidden)]
 pub fn templates<E: Messages>() -> String {
-    let all: Vec<String> = E::VARIANTS
+    let all = E::VARIANTS
         .iter()
-        .map(|v| format!("`{}` ({})", v.subject, v.type_name))
-        .collect();
-    all.join(", ")
+        .map(|v| format!("`{}` ({})", v.subject, v.type_name));
+    all.collect::<Vec<_>>().join(", ")
 }
 
 impl Undecodable {
@@ -186,11 +185,8 @@ pub(crate) fn check_subject_fields<M: Message>(body: &M, subject: &str) -> Resul
 /// Why `subject` and the body's subject (`rebuilt`) differ.
 #[cold]
 fn mismatch<M: Message>(rebuilt: Result<String>, subject: &str) -> Error {
-    let segments = match parse_template(M::SUBJECT) {
-        Ok(t) => t.segments,
-        // The derive accepted the template, so this does not happen; say so rather than panic.
-        Err(_) => Vec::new(),
-    };
+    // The derive accepted the template, so it parses; no segments rather than a panic if not.
+    let segments = parse_template(M::SUBJECT).map_or_else(|_| Vec::new(), |t| t.segments);
     let received: Vec<&str> = subject.split('.').collect();
     let fits = received.len() == segments.len()
         && segments
@@ -216,23 +212,16 @@ fn mismatch<M: Message>(rebuilt: Result<String>, subject: &str) -> Error {
         });
     let (field, subject_value, body_value) = match &rebuilt {
         Ok(rebuilt) => {
-            let body_tokens =
-                rebuilt
-                    .split('.')
-                    .zip(&segments)
-                    .filter_map(|(tok, seg)| match seg {
-                        Segment::Placeholder(_) => Some(tok),
-                        Segment::Literal(_) => None,
-                    });
             // The first placeholder whose tokens differ. The rebuilt subject has the
-            // template's literals, so its placeholder tokens line up with the received ones.
-            match placeholders
-                .zip(body_tokens)
-                .find(|((_, received), rebuilt)| received != rebuilt)
-            {
-                Some(((field, received), rebuilt)) => (field, received, rebuilt.to_string()),
-                None => ("", subject, rebuilt.clone()),
-            }
+            // template's literals, so its tokens line up with the received ones.
+            let mut tokens = segments.iter().zip(&received).zip(rebuilt.split('.'));
+            let first = tokens.find_map(|((seg, received), built)| match seg {
+                Segment::Placeholder(field) if *received != built => {
+                    Some((*field, *received, built.to_string()))
+                }
+                _ => None,
+            });
+            first.unwrap_or(("", subject, rebuilt.clone()))
         }
         // A body field that is not one token cannot match any subject.
         Err(Error::InvalidSubjectToken { field, value, .. }) => {

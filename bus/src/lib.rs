@@ -69,7 +69,6 @@
 //!   [`metrics`]); off, they compile to nothing.
 //! - `opentelemetry`: trace contexts taken from and given to OpenTelemetry through
 //!   `tracing-opentelemetry` (see [`trace`]); without it they travel in span extensions.
-//!
 //! - `testing`: `bus::testing`, a harness for your own tests (a recorded bus,
 //!   quiescence, faults on demand, tokio's paused clock); for `[dev-dependencies]`.
 //!
@@ -130,12 +129,9 @@
 //!
 //! # Shutdown and `Drop`
 //!
-//! [`Bus::close`] (or [`Bus::close_timeout`], default [`DEFAULT_CLOSE_TIMEOUT`]) is the clean
-//! way out: every handler and responder stops taking messages and finishes the ones in flight
-//! (their retries included), then the outbox is flushed, and the returned [`CloseReport`] says
-//! whether all of that finished in time and how many messages are left queued in the outbox file
-//! (the next process on the file sends them). New handlers and responders are refused afterwards
-//! with [`Error::Closed`].
+//! [`Bus::close`] (or [`Bus::close_timeout`], default [`DEFAULT_CLOSE_TIMEOUT`], which says it
+//! all) is the clean way out: handlers and responders finish what is in flight, the outbox is
+//! flushed, and the returned [`CloseReport`] says whether that was in time and what is left.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -172,6 +168,19 @@
 
 // The derive names `::bus::…`; inside this crate that is the crate itself (for `Health`).
 extern crate self as bus;
+
+/// Builder setters: each `fn name(arg: Type) => field = value;` is a `pub fn name(mut self,
+/// arg: Type) -> Self` that sets `self.field` to `value` and returns `self`.
+macro_rules! setters {
+    ($($(#[$attr:meta])*
+       fn $name:ident($($arg:ident: $ty:ty),*) => $($field:ident).+ = $value:expr;)*) => {$(
+        $(#[$attr])*
+        pub fn $name(mut self, $($arg: $ty),*) -> Self {
+            self.$($field).+ = $value;
+            self
+        }
+    )*};
+}
 
 // The modules from the bottom up: each imports only from modules above it in this list
 // (ARCHITECTURE.md has the map).

@@ -76,6 +76,19 @@ pub(crate) fn request_outcome<T>(result: &crate::error::Result<T>) -> usize {
     }
 }
 
+/// Methods that count one event: `name => field` adds 1 to the counter `field` (without the
+/// `metrics` feature, `name` does nothing).
+macro_rules! count_one {
+    ($($(#[$doc:meta])* $name:ident => $field:ident;)*) => {$(
+        $(#[$doc])*
+        #[inline]
+        pub(crate) fn $name(&self) {
+            #[cfg(feature = "metrics")]
+            self.$field.increment(1);
+        }
+    )*};
+}
+
 #[cfg(feature = "metrics")]
 mod imp {
     use std::any::TypeId;
@@ -90,68 +103,32 @@ mod imp {
     /// the handles of the others on each publish (correct, only slower).
     const TYPE_SLOTS: usize = 64;
 
+    /// The counters' and gauges' names, units and HELP texts.
+    #[rustfmt::skip]
+    const DESCRIBED: [(&str, Unit, &str); 12] = [
+        ("bus_published_total", Unit::Count, "Publishes accepted by the bus (committed to the outbox, or handed to the broker)"),
+        ("bus_confirmed_total", Unit::Count, "Outbox messages the broker confirmed"),
+        ("bus_dead_lettered_total", Unit::Count, "Messages given up on, by origin (outbox, handler:<name>)"),
+        ("bus_outbox_depth", Unit::Count, "Messages queued in the outbox, not yet confirmed"),
+        ("bus_outbox_oldest_age_seconds", Unit::Seconds, "Age of the oldest message queued in the outbox"),
+        ("bus_scheduled_total", Unit::Count, "Messages published for later (publish_at, publish_after)"),
+        ("bus_outbox_scheduled", Unit::Count, "Messages published for later waiting in the outbox, not due yet"),
+        ("bus_delivered_total", Unit::Count, "Messages received by typed subscriptions, handlers and responders"),
+        ("bus_decode_errors_total", Unit::Count, "Received payloads that did not decode as their type"),
+        ("bus_slow_consumer_drops_total", Unit::Count, "Messages the broker dropped because a subscriber fell behind"),
+        ("bus_handler_attempts_total", Unit::Count, "Handler runs on a message, retries included"),
+        ("bus_handler_failures_total", Unit::Count, "Handler runs that returned Err or panicked"),
+    ];
+
     /// Names every metric once for the recorder (its HELP text), when a bus is made.
     pub(crate) fn describe() {
-        ::metrics::describe_counter!(
-            "bus_published_total",
-            Unit::Count,
-            "Publishes accepted by the bus (committed to the outbox, or handed to the broker)"
-        );
-        ::metrics::describe_counter!(
-            "bus_confirmed_total",
-            Unit::Count,
-            "Outbox messages the broker confirmed"
-        );
-        ::metrics::describe_counter!(
-            "bus_dead_lettered_total",
-            Unit::Count,
-            "Messages given up on, by origin (outbox, handler:<name>)"
-        );
-        ::metrics::describe_gauge!(
-            "bus_outbox_depth",
-            Unit::Count,
-            "Messages queued in the outbox, not yet confirmed"
-        );
-        ::metrics::describe_gauge!(
-            "bus_outbox_oldest_age_seconds",
-            Unit::Seconds,
-            "Age of the oldest message queued in the outbox"
-        );
-        ::metrics::describe_counter!(
-            "bus_scheduled_total",
-            Unit::Count,
-            "Messages published for later (publish_at, publish_after)"
-        );
-        ::metrics::describe_gauge!(
-            "bus_outbox_scheduled",
-            Unit::Count,
-            "Messages published for later waiting in the outbox, not due yet"
-        );
-        ::metrics::describe_counter!(
-            "bus_delivered_total",
-            Unit::Count,
-            "Messages received by typed subscriptions, handlers and responders"
-        );
-        ::metrics::describe_counter!(
-            "bus_decode_errors_total",
-            Unit::Count,
-            "Received payloads that did not decode as their type"
-        );
-        ::metrics::describe_counter!(
-            "bus_slow_consumer_drops_total",
-            Unit::Count,
-            "Messages the broker dropped because a subscriber fell behind"
-        );
-        ::metrics::describe_counter!(
-            "bus_handler_attempts_total",
-            Unit::Count,
-            "Handler runs on a message, retries included"
-        );
-        ::metrics::describe_counter!(
-            "bus_handler_failures_total",
-            Unit::Count,
-            "Handler runs that returned Err or panicked"
-        );
+        for (name, unit, help) in DESCRIBED {
+            if name.ends_with("_total") {
+                ::metrics::describe_counter!(name, unit, help);
+            } else {
+                ::metrics::describe_gauge!(name, unit, help);
+            }
+        }
         ::metrics::describe_histogram!(
             "bus_request_duration_seconds",
             Unit::Seconds,
@@ -169,13 +146,6 @@ mod imp {
         raw_published: OnceLock<Counter>,
         /// The `bus_request_duration_seconds` handles of each request type, one per outcome.
         requests: [OnceLock<(TypeId, [Histogram; 4])>; TYPE_SLOTS],
-    }
-
-    impl std::fmt::Debug for BusMetrics {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            let types = self.published.iter().filter(|s| s.get().is_some()).count();
-            f.debug_struct("BusMetrics").field("types", &types).finish()
-        }
     }
 
     impl BusMetrics {
@@ -208,13 +178,13 @@ mod imp {
             }
         }
 
-        /// One raw message published ([`Bus::publish_raw`](crate::Bus::publish_raw)).
-        #[inline]
         /// One message published for later.
+        #[inline]
         pub(crate) fn scheduled(&self) {
             counter!("bus_scheduled_total").increment(1);
         }
 
+        /// One raw message published ([`Bus::publish_raw`](crate::Bus::publish_raw)).
         pub(crate) fn published_raw(&self) {
             self.raw_published
                 .get_or_init(
@@ -254,17 +224,11 @@ mod imp {
     }
 
     /// The handles of one typed subscription, handler or responder, resolved when it starts.
-    #[derive(Clone)]
+    #[derive(Debug, Clone)]
     pub(crate) struct Receive {
         delivered: Counter,
         decode_errors: Counter,
         drops: Counter,
-    }
-
-    impl std::fmt::Debug for Receive {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Receive").finish_non_exhaustive()
-        }
     }
 
     impl Receive {
@@ -277,14 +241,9 @@ mod imp {
             }
         }
 
-        #[inline]
-        pub(crate) fn delivered(&self) {
-            self.delivered.increment(1);
-        }
-
-        #[inline]
-        pub(crate) fn decode_error(&self) {
-            self.decode_errors.increment(1);
+        count_one! {
+            delivered => delivered;
+            decode_error => decode_errors;
         }
 
         #[inline]
@@ -294,6 +253,7 @@ mod imp {
     }
 
     /// The handles of one handler, resolved when it starts.
+    #[derive(Debug)]
     pub(crate) struct HandlerMetrics {
         pub(crate) receive: Receive,
         attempts: Counter,
@@ -301,12 +261,6 @@ mod imp {
         dead_lettered: Counter,
         duplicates: Counter,
         without_msg_id: Counter,
-    }
-
-    impl std::fmt::Debug for HandlerMetrics {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("HandlerMetrics").finish_non_exhaustive()
-        }
     }
 
     impl HandlerMetrics {
@@ -326,31 +280,14 @@ mod imp {
             }
         }
 
-        #[inline]
-        pub(crate) fn attempt(&self) {
-            self.attempts.increment(1);
-        }
-
-        #[inline]
-        pub(crate) fn failure(&self) {
-            self.failures.increment(1);
-        }
-
-        #[inline]
-        pub(crate) fn dead_lettered(&self) {
-            self.dead_lettered.increment(1);
-        }
-
-        /// A deduplicating handler skipped a duplicate.
-        #[inline]
-        pub(crate) fn duplicate(&self) {
-            self.duplicates.increment(1);
-        }
-
-        /// A deduplicating handler ran a message without a msg id.
-        #[inline]
-        pub(crate) fn without_msg_id(&self) {
-            self.without_msg_id.increment(1);
+        count_one! {
+            attempt => attempts;
+            failure => failures;
+            dead_lettered => dead_lettered;
+            /// A deduplicating handler skipped a duplicate.
+            duplicate => duplicates;
+            /// A deduplicating handler ran a message without a msg id.
+            without_msg_id => without_msg_id;
         }
     }
 
@@ -390,7 +327,6 @@ mod noop {
 
     use crate::message::Message;
 
-    #[derive(Debug)]
     pub(crate) struct BusMetrics;
 
     impl BusMetrics {
@@ -414,10 +350,10 @@ mod noop {
         pub(crate) fn of<M: crate::incoming::Incoming>() -> Receive {
             Receive
         }
-        #[inline]
-        pub(crate) fn delivered(&self) {}
-        #[inline]
-        pub(crate) fn decode_error(&self) {}
+        count_one! {
+            delivered => delivered;
+            decode_error => decode_errors;
+        }
         #[inline]
         pub(crate) fn dropped(&self, _n: u64) {}
     }
@@ -434,16 +370,13 @@ mod noop {
         ) -> HandlerMetrics {
             HandlerMetrics { receive: Receive }
         }
-        #[inline]
-        pub(crate) fn attempt(&self) {}
-        #[inline]
-        pub(crate) fn failure(&self) {}
-        #[inline]
-        pub(crate) fn dead_lettered(&self) {}
-        #[inline]
-        pub(crate) fn duplicate(&self) {}
-        #[inline]
-        pub(crate) fn without_msg_id(&self) {}
+        count_one! {
+            attempt => attempts;
+            failure => failures;
+            dead_lettered => dead_lettered;
+            duplicate => duplicates;
+            without_msg_id => without_msg_id;
+        }
     }
 
     #[cfg(feature = "outbox")]

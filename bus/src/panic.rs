@@ -15,3 +15,10 @@ pub(crate) fn message(panic: &(dyn Any + Send)) -> &str {
 pub(crate) fn describe(panic: &(dyn Any + Send)) -> String {
     format!("the handler panicked: {}", message(panic))
 }
+
+/// Locks `mutex` even if a panic poisoned it: the data is used as the panicking holder left it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -64,34 +64,17 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Sets the attempts made before the message is dead-lettered (0 counts as 1).
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
-
-    /// Sets the wait after the first failed attempt.
-    pub fn base(mut self, base: Duration) -> Self {
-        self.base = base;
-        self
-    }
-
-    /// Sets the longest wait between two attempts.
-    pub fn cap(mut self, cap: Duration) -> Self {
-        self.cap = cap;
-        self
-    }
-
-    /// Sets the factor by which each further failure multiplies the wait (below 1 counts as 1).
-    pub fn multiplier(mut self, multiplier: f64) -> Self {
-        self.multiplier = multiplier;
-        self
-    }
-
-    /// Sets the fraction of each wait taken off at random (clamped to 0..=1).
-    pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter;
-        self
+    setters! {
+        /// Sets the attempts made before the message is dead-lettered (0 counts as 1).
+        fn max_attempts(n: u32) => max_attempts = n;
+        /// Sets the wait after the first failed attempt.
+        fn base(base: Duration) => base = base;
+        /// Sets the longest wait between two attempts.
+        fn cap(cap: Duration) => cap = cap;
+        /// Sets the factor by which each further failure multiplies the wait (below 1 counts as 1).
+        fn multiplier(multiplier: f64) => multiplier = multiplier;
+        /// Sets the fraction of each wait taken off at random (clamped to 0..=1).
+        fn jitter(jitter: f64) => jitter = jitter;
     }
 
     /// Whether a message that failed `attempts` times is out of attempts (to be dead-lettered).

@@ -20,6 +20,7 @@ use crate::handle::Bus;
 use crate::message::{Filter, Request};
 use crate::nats::convert::from_header_map;
 use crate::nats::NatsBroker;
+use crate::panic::lock;
 use crate::raw::RawMessage;
 use crate::respond::Responder;
 use crate::stop::Running;
@@ -75,10 +76,9 @@ pub struct ServiceBuilder {
 }
 
 impl ServiceBuilder {
-    /// What `$SRV.INFO` says the service does.
-    pub fn description(mut self, text: impl Into<String>) -> Self {
-        self.description = Some(text.into());
-        self
+    setters! {
+        /// What `$SRV.INFO` says the service does.
+        fn description(text: impl Into<String>) => description = Some(text.into());
     }
 
     /// Registers the service on `bus`'s NATS connection (it answers `$SRV.PING`, `$SRV.INFO`
@@ -96,18 +96,18 @@ impl ServiceBuilder {
         if let Some(d) = &self.description {
             builder = builder.description(d);
         }
+        let (name, version) = (self.name, self.version);
         let service = builder
-            .start(self.name.clone(), self.version.clone())
+            .start(name.clone(), version.clone())
             .await
             .map_err(|e| {
                 Error::Config(format!(
-                    "cannot start the service {:?} (version {:?}): {e}",
-                    self.name, self.version
+                    "cannot start the service {name:?} (version {version:?}): {e}"
                 ))
             })?;
         Ok(Service {
             service,
-            name: self.name,
+            name,
             check: bus.checks_subject_fields(),
             parked: Arc::default(),
         })
@@ -172,21 +172,16 @@ impl Service {
         let parked = Arc::clone(&self.parked);
         let running = Running::spawn(move |mut stopped, in_flight| async move {
             loop {
-                let request = tokio::select! {
-                    _ = stopped.wait_for(|s| *s) => break,
-                    r = requests.next() => match r {
-                        Some(r) => r,
-                        None => break,
-                    },
+                let next = tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => None,
+                    r = requests.next() => r,
                 };
+                let Some(request) = next else { break };
                 in_flight.spawn(answer(request, Arc::clone(&responder)));
             }
             let _ = requests.stop().await;
             in_flight.wait().await;
-            parked
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(requests);
+            lock(&parked).push(requests);
         });
         Ok(Endpoint {
             what: format!("service endpoint `{}`", M::TYPE_NAME),
@@ -201,10 +196,7 @@ impl Service {
         if let Err(e) = self.service.stop().await {
             tracing::warn!(service = %self.name, error = %e, "cannot unregister the service");
         }
-        self.parked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        lock(&self.parked).clear();
     }
 }
 

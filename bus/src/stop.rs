@@ -155,18 +155,10 @@ impl Drop for StopSignal {
 /// (a lock to insert, one to report completion, one to reap): a task costs one spawn and two
 /// atomic operations, which matters for a responder that spawns one per request. A task that
 /// does not finish at once also waits for [`abandon`](InFlight::abandon) (a bounded stop).
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct InFlight(Arc<InFlightState>);
 
-impl std::fmt::Debug for InFlight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InFlight")
-            .field("count", &self.0.count.load(Ordering::Relaxed))
-            .finish()
-    }
-}
-
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct InFlightState {
     count: AtomicUsize,
     idle: Notify,

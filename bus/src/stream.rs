@@ -120,47 +120,22 @@ impl StreamConfig {
         }
     }
 
-    /// Messages older than this are deleted.
-    pub fn max_age(mut self, age: Duration) -> Self {
-        self.max_age = Some(age);
-        self
-    }
-
-    /// At most this many messages are kept.
-    pub fn max_messages(mut self, n: u64) -> Self {
-        self.max_messages = Some(n);
-        self
-    }
-
-    /// At most this many bytes are kept.
-    pub fn max_bytes(mut self, n: u64) -> Self {
-        self.max_bytes = Some(n);
-        self
-    }
-
-    /// What happens to a new message at a limit (default [`DiscardPolicy::Old`]).
-    pub fn discard(mut self, discard: DiscardPolicy) -> Self {
-        self.discard = discard;
-        self
-    }
-
-    /// Copies kept in a cluster (default 1; 3 survives the loss of one node). 0 counts as 1.
-    pub fn replicas(mut self, n: usize) -> Self {
-        self.replicas = n.max(1);
-        self
-    }
-
-    /// Disk or memory (default [`StorageType::File`]).
-    pub fn storage(mut self, storage: StorageType) -> Self {
-        self.storage = storage;
-        self
-    }
-
-    /// How long the stream remembers a `Nats-Msg-Id` to drop a resend of the same message
-    /// (default: the server's, 2 minutes).
-    pub fn duplicate_window(mut self, window: Duration) -> Self {
-        self.duplicate_window = Some(window);
-        self
+    setters! {
+        /// Messages older than this are deleted.
+        fn max_age(age: Duration) => max_age = Some(age);
+        /// At most this many messages are kept.
+        fn max_messages(n: u64) => max_messages = Some(n);
+        /// At most this many bytes are kept.
+        fn max_bytes(n: u64) => max_bytes = Some(n);
+        /// What happens to a new message at a limit (default [`DiscardPolicy::Old`]).
+        fn discard(discard: DiscardPolicy) => discard = discard;
+        /// Copies kept in a cluster (default 1; 3 survives the loss of one node). 0 counts as 1.
+        fn replicas(n: usize) => replicas = n.max(1);
+        /// Disk or memory (default [`StorageType::File`]).
+        fn storage(storage: StorageType) => storage = storage;
+        /// How long the stream remembers a `Nats-Msg-Id` to drop a resend of the same message
+        /// (default: the server's, 2 minutes).
+        fn duplicate_window(window: Duration) => duplicate_window = Some(window);
     }
 
     /// The stream's name.
@@ -205,29 +180,21 @@ impl StreamConfig {
 
     /// Refuses a name JetStream cannot use, or subjects that are not valid patterns.
     pub(crate) fn validate(&self) -> Result<()> {
-        let bad_name = self.name.is_empty()
-            || self
-                .name
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b"./\\*>".contains(&b));
-        if bad_name {
+        let name = &self.name;
+        let bad = |b: u8| b.is_ascii_whitespace() || b.is_ascii_control() || b"./\\*>".contains(&b);
+        if name.is_empty() || name.bytes().any(bad) {
             return Err(Error::Config(format!(
-                "invalid stream name {:?}: it must be non-empty, without `.`, `*`, `>`, `/`, `\\` or white space",
-                self.name
+                "invalid stream name {name:?}: it must be non-empty, without `.`, `*`, `>`, `/`, `\\` or white space"
             )));
         }
         if !self.existing && self.subjects.is_empty() {
             return Err(Error::Config(format!(
-                "stream {:?} has no subjects; name at least one, e.g. \"plugin.outbound.>\", or use StreamConfig::existing",
-                self.name
+                "stream {name:?} has no subjects; name at least one, e.g. \"plugin.outbound.>\", or use StreamConfig::existing"
             )));
         }
         for s in &self.subjects {
             bus_subject::check_pattern(s).map_err(|e| {
-                Error::Config(format!(
-                    "stream {:?}: invalid subject {s:?}: {e}",
-                    self.name
-                ))
+                Error::Config(format!("stream {name:?}: invalid subject {s:?}: {e}"))
             })?;
         }
         Ok(())

@@ -24,13 +24,6 @@ use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 /// ends the subscription (a permissions violation), one [`Error::PermissionDenied`] item comes,
 /// then the stream ends. Dropping the subscription unsubscribes.
 ///
-/// With the subject/body check on ([`check_subject_fields`](Subscription::check_subject_fields),
-/// or for every subscription of a bus with
-/// [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields)), a message whose
-/// placeholder fields disagree with the subject it arrived on is an [`Error::SubjectMismatch`]
-/// item instead of a message. The check is off by default: a peer that builds its subjects from
-/// the same fields (every `bus` publisher does) cannot disagree, and off it costs nothing.
-///
 /// # Who gets a message
 ///
 /// Subscriptions are core NATS subscriptions (and the local broker keeps the same semantics): a
@@ -45,10 +38,14 @@ use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 /// # The subject/body check
 ///
 /// A peer that builds the subject and the body separately (another language, a hand-written
-/// client) can send a body whose placeholder fields contradict the subject. With the check on,
-/// each received message's subject is rebuilt from its body and compared; on, it costs one
-/// subject built per received message, and `serve` answers such a request with the error
-/// instead of calling the handler:
+/// client) can send a body whose placeholder fields contradict the subject. With the check on
+/// ([`check_subject_fields`](Subscription::check_subject_fields), or for every subscription of a
+/// bus [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields)), each
+/// received message's subject is rebuilt from its body and compared: one that disagrees is an
+/// [`Error::SubjectMismatch`] item instead of a message, and `serve` answers such a request with
+/// the error instead of calling the handler. It costs one subject built per received message;
+/// off (the default) nothing, and a peer that builds its subjects from the same fields (every
+/// `bus` publisher does) cannot disagree:
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -134,27 +131,26 @@ impl<T> Subscription<T> {
         }
     }
 
-    /// Turns the subject/body check on or off for this subscription (it starts as the bus's
-    /// [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields) says, off by
-    /// default). On, each received message's subject is rebuilt from its decoded body and
-    /// compared with the subject it arrived on; a message that disagrees (say, published by a
-    /// peer in another language on `plugin.outbound.slack.a1` with `channel: "email"` in its
-    /// body) is an [`Error::SubjectMismatch`] item naming both, never a message.
-    ///
-    /// It costs one subject built per message; off, nothing.
-    ///
-    /// ```no_run
-    /// # use bus::{Bus, Message};
-    /// # #[derive(serde::Serialize, serde::Deserialize, Message)]
-    /// # #[subject("plugin.inbound.<channel>")]
-    /// # struct Inbound { channel: String, text: String }
-    /// # async fn run(bus: &Bus) -> Result<(), bus::Error> {
-    /// let sub = Inbound::subscribe(bus, Inbound::filter()).await?.check_subject_fields(true);
-    /// # let _ = sub; Ok(()) }
-    /// ```
-    pub fn check_subject_fields(mut self, on: bool) -> Self {
-        self.check_subject_fields = on;
-        self
+    setters! {
+        /// Turns the subject/body check on or off for this subscription (it starts as the bus's
+        /// [`BusBuilder::check_subject_fields`](crate::BusBuilder::check_subject_fields) says, off by
+        /// default). On, each received message's subject is rebuilt from its decoded body and
+        /// compared with the subject it arrived on; a message that disagrees (say, published by a
+        /// peer in another language on `plugin.outbound.slack.a1` with `channel: "email"` in its
+        /// body) is an [`Error::SubjectMismatch`] item naming both, never a message.
+        ///
+        /// It costs one subject built per message; off, nothing.
+        ///
+        /// ```no_run
+        /// # use bus::{Bus, Message};
+        /// # #[derive(serde::Serialize, serde::Deserialize, Message)]
+        /// # #[subject("plugin.inbound.<channel>")]
+        /// # struct Inbound { channel: String, text: String }
+        /// # async fn run(bus: &Bus) -> Result<(), bus::Error> {
+        /// let sub = Inbound::subscribe(bus, Inbound::filter()).await?.check_subject_fields(true);
+        /// # let _ = sub; Ok(()) }
+        /// ```
+        fn check_subject_fields(on: bool) => check_subject_fields = on;
     }
 
     /// The pattern subscribed to.
@@ -217,10 +213,8 @@ impl<T: Message> Stream for Subscription<T> {
             }
             return Poll::Ready(status);
         }
-        let (msg, acker) = match this.raw.poll_next(cx) {
-            Poll::Ready(Some(next)) => next,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+        let Some((msg, acker)) = std::task::ready!(this.raw.poll_next(cx)) else {
+            return Poll::Ready(None);
         };
         let metrics = this
             .metrics

@@ -240,13 +240,9 @@ impl TraceContext {
             let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>() else {
                 return false;
             };
-            match registry.span(id) {
-                Some(span) => {
-                    span.extensions_mut().replace(Carried(self));
-                    true
-                }
-                None => false,
-            }
+            let span = registry.span(id);
+            span.map(|s| s.extensions_mut().replace(Carried(self)))
+                .is_some()
         })
         .unwrap_or(false)
     }
@@ -254,22 +250,17 @@ impl TraceContext {
 
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let (trace_id, span_id, flags) = (self.trace_id, self.span_id, self.flags);
+        write!(f, "00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
     }
 }
 
 /// Up to 32 lower-case hex digits as a number.
 fn hex(digits: &[u8]) -> Option<u128> {
     digits.iter().try_fold(0u128, |n, &d| {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
+        let v = char::from(d)
+            .to_digit(16)
+            .filter(|_| !d.is_ascii_uppercase())?;
         Some((n << 4) | u128::from(v))
     })
 }
@@ -292,10 +283,9 @@ fn random_id() -> u64 {
 #[inline]
 pub(crate) fn inject(headers: &mut Headers) {
     // Outside any span (the usual hot path) this is one check of the current dispatcher.
-    if tracing::dispatcher::get_default(|d| d.current_span().id().is_none()) {
-        return;
-    }
-    if headers.get(TRACEPARENT).is_some() {
+    if tracing::dispatcher::get_default(|d| d.current_span().id().is_none())
+        || headers.get(TRACEPARENT).is_some()
+    {
         return;
     }
     if let Some(cx) = TraceContext::current() {
@@ -367,16 +357,12 @@ fn traced_span(
         Receive::Serve => span!("serve", "server", "process"),
         Receive::Subscription => span!("receive", "consumer", "receive"),
     };
-    set_remote_parent(&span, remote);
-    Some(span)
-}
-
-/// Makes `remote` the parent of `span`: in OpenTelemetry (with the feature), and as the
-/// extension (a child context: same trace, a span id of its own).
-fn set_remote_parent(span: &Span, remote: TraceContext) {
+    // `remote` is the parent: in OpenTelemetry (with the feature), and as the extension (a
+    // child context: same trace, a span id of its own).
     #[cfg(feature = "opentelemetry")]
-    otel::set_parent(span, remote);
-    remote.child().attach(span);
+    otel::set_parent(&span, remote);
+    remote.child().attach(&span);
+    Some(span)
 }
 
 /// The span of a request of type `template` to `subject`: an INFO client span when the request

@@ -73,14 +73,12 @@ pub fn asyncapi_of(descriptors: &[Descriptor], title: &str) -> Value {
         let message_ref = json!([{ "$ref": format!("#/channels/{key}/messages/{key}") }]);
         match &d.reply {
             None => {
-                operations.insert(
-                    format!("publish{key}"),
-                    json!({ "action": "send", "channel": channel_ref, "messages": message_ref }),
-                );
-                operations.insert(
-                    format!("subscribe{key}"),
-                    json!({ "action": "receive", "channel": channel_ref, "messages": message_ref }),
-                );
+                for (op, action) in [("publish", "send"), ("subscribe", "receive")] {
+                    operations.insert(
+                        format!("{op}{key}"),
+                        json!({ "action": action, "channel": channel_ref, "messages": message_ref }),
+                    );
+                }
             }
             Some(reply) => {
                 let reply_key = format!("{key}Reply");
@@ -108,14 +106,12 @@ pub fn asyncapi_of(descriptors: &[Descriptor], title: &str) -> Value {
                     "channel": { "$ref": format!("#/channels/{reply_key}") },
                     "messages": [{ "$ref": format!("#/channels/{reply_key}/messages/{reply_key}") }],
                 });
-                operations.insert(
-                    format!("request{key}"),
-                    json!({ "action": "send", "channel": channel_ref, "messages": message_ref, "reply": reply }),
-                );
-                operations.insert(
-                    format!("serve{key}"),
-                    json!({ "action": "receive", "channel": channel_ref, "messages": message_ref, "reply": reply }),
-                );
+                for (op, action) in [("request", "send"), ("serve", "receive")] {
+                    operations.insert(
+                        format!("{op}{key}"),
+                        json!({ "action": action, "channel": channel_ref, "messages": message_ref, "reply": reply }),
+                    );
+                }
             }
         }
     }

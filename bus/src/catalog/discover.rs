@@ -87,13 +87,11 @@ pub async fn serve(bus: &Bus) -> Result<Responder> {
     );
     let running = Running::spawn(move |mut stopped, _| async move {
         loop {
-            let msg = tokio::select! {
-                _ = stopped.wait_for(|s| *s) => break,
-                msg = sub.messages.next() => match msg {
-                    Some(msg) => msg,
-                    None => break,
-                },
+            let next = tokio::select! {
+                _ = stopped.wait_for(|s| *s) => None,
+                msg = sub.messages.next() => msg,
             };
+            let Some(msg) = next else { break };
             let Some(reply) = msg.reply else { continue };
             let mut headers = Headers::with_capacity(1);
             headers.append(crate::headers::CONTENT_TYPE, "application/json");
@@ -177,7 +175,7 @@ pub fn render_table(rows: &[(Descriptor, Vec<String>)]) -> String {
     let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|(d, who)| {
-            let fields: Vec<String> = d
+            let fields: Vec<_> = d
                 .fields
                 .iter()
                 .map(|f| format!("{}: {}", f.name, f.ty))
@@ -200,12 +198,9 @@ pub fn render_table(rows: &[(Descriptor, Vec<String>)]) -> String {
     let mut out = String::new();
     let mut line = |row: [&str; 5]| {
         let mut l = String::new();
-        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                l.push_str(c);
-            } else {
-                let _ = write!(l, "{c:<w$}  ");
-            }
+        // The last column padded too: the trim takes it off again.
+        for (c, w) in row.iter().zip(widths) {
+            let _ = write!(l, "{c:<w$}  ");
         }
         out.push_str(l.trim_end());
         out.push('\n');

@@ -64,11 +64,11 @@ impl Descriptor {
     }
 
     fn of(r: &Registration) -> Descriptor {
-        let placeholders = match bus_subject::parse_template(r.template) {
-            Ok(t) => t.placeholders().map(str::to_owned).collect(),
-            // The derive accepted the template: this does not happen.
-            Err(_) => Vec::new(),
-        };
+        // The derive accepted the template: it parses.
+        let placeholders = bus_subject::parse_template(r.template).map_or_else(
+            |_| Vec::new(),
+            |t| t.placeholders().map(str::to_owned).collect(),
+        );
         Descriptor {
             type_name: r.type_name.to_owned(),
             rust_path: format!("{}::{}", r.module_path, r.type_name),

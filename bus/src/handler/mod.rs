@@ -138,19 +138,11 @@ use crate::stop::{Running, StopSignal};
 /// A running handler (from `T::handle` / [`Bus::handle`](crate::Bus::handle)).
 ///
 /// Dropping it leaves it running until the bus closes; [`stop`](Handler::stop) ends it cleanly.
+#[derive(Debug)]
 pub struct Handler {
     name: String,
     stats: Arc<HandlerStats>,
     running: Running,
-}
-
-impl fmt::Debug for Handler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handler")
-            .field("name", &self.name)
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Handler {

@@ -65,88 +65,70 @@ impl HandlerOptions {
         self.name.as_deref()
     }
 
-    /// At most this many messages in the handler at once (default [`DEFAULT_CONCURRENCY`];
-    /// 0 counts as 1).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
-        self
-    }
+    setters! {
+        /// At most this many messages in the handler at once (default [`DEFAULT_CONCURRENCY`];
+        /// 0 counts as 1).
+        fn concurrency(n: usize) => concurrency = n.max(1);
+        /// Ordered processing: one message at a time, each finished (retries included) before the
+        /// next starts. Implies a concurrency of 1.
+        fn ordered(ordered: bool) => ordered = ordered;
+        /// How failed attempts are retried (default: 3 attempts, 100 ms then 400 ms).
+        fn retry(retry: RetryPolicy) => retry = retry;
 
-    /// Ordered processing: one message at a time, each finished (retries included) before the
-    /// next starts. Implies a concurrency of 1.
-    pub fn ordered(mut self, ordered: bool) -> Self {
-        self.ordered = ordered;
-        self
-    }
+        /// Durable mode: the handler takes its messages from the durable consumer `name` (see
+        /// [`durable`](crate::durable)), so messages published while it was down are handled when
+        /// it comes back, and with a queue group several instances share one consumer.
+        ///
+        /// A message is acknowledged after `Ok`; after `Err` (or a panic) it is refused with the
+        /// retry policy's backoff and the broker delivers it again; the delivery count is the
+        /// attempt count, so after `max_attempts` deliveries it is terminated and dead-lettered
+        /// (`max_deliver` is `max_attempts`). A payload that does not decode is terminated and
+        /// dead-lettered at once. In [ordered](HandlerOptions::ordered) mode the retries are made
+        /// in place (telling the broker the message is in progress), so nothing overtakes it.
+        ///
+        /// ```
+        /// use bus::HandlerOptions;
+        /// let options = HandlerOptions::named("slack-sender").durable("slack-sender");
+        /// assert_eq!(options.durable_name(), Some("slack-sender"));
+        /// ```
+        fn durable(name: impl Into<String>) => durable = Some(name.into());
 
-    /// How failed attempts are retried (default: 3 attempts, 100 ms then 400 ms).
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
+        /// Durable mode: how long a delivery may stay unacknowledged before the broker delivers it
+        /// again, e.g. after the process died (default 30 s). Keep it above the handler's longest
+        /// run; a handler still working sends "in progress" only in ordered mode.
+        fn ack_wait(wait: Duration) => ack_wait = wait.max(Duration::from_millis(1));
 
-    /// Durable mode: the handler takes its messages from the durable consumer `name` (see
-    /// [`durable`](crate::durable)), so messages published while it was down are handled when
-    /// it comes back, and with a queue group several instances share one consumer.
-    ///
-    /// A message is acknowledged after `Ok`; after `Err` (or a panic) it is refused with the
-    /// retry policy's backoff and the broker delivers it again; the delivery count is the
-    /// attempt count, so after `max_attempts` deliveries it is terminated and dead-lettered
-    /// (`max_deliver` is `max_attempts`). A payload that does not decode is terminated and
-    /// dead-lettered at once. In [ordered](HandlerOptions::ordered) mode the retries are made
-    /// in place (telling the broker the message is in progress), so nothing overtakes it.
-    ///
-    /// ```
-    /// use bus::HandlerOptions;
-    /// let options = HandlerOptions::named("slack-sender").durable("slack-sender");
-    /// assert_eq!(options.durable_name(), Some("slack-sender"));
-    /// ```
-    pub fn durable(mut self, name: impl Into<String>) -> Self {
-        self.durable = Some(name.into());
-        self
+        // Effects once: the inbox.
+
+        /// Deduplicates by msg id: a message whose id this handler already finished within `window`
+        /// is acknowledged (durable) or dropped (plain) without running the handler again, whether
+        /// it comes back as a redelivery, an outbox resend or after a restart of the process (with
+        /// an outbox file), and counted in [`HandlerStats::duplicates_skipped`]. Messages without a
+        /// msg id are handled as without `dedupe` and counted in
+        /// [`HandlerStats::without_msg_id`]. Inside the handler, [`Envelope::publish`] queues
+        /// messages in the same transaction as the completion (consume and produce as one step).
+        ///
+        /// Completions live in the outbox file's `inbox` table when the bus has an outbox (every
+        /// NATS bus by default), pruned past `window`; otherwise in memory, at most 100,000 per
+        /// handler, forgotten at a restart. The handler's name is the key: two handlers with one
+        /// name share completions. See the [`inbox`](crate::handler#effects-once-the-inbox) notes.
+        ///
+        /// ```
+        /// use std::time::Duration;
+        /// use bus::HandlerOptions;
+        /// let options = HandlerOptions::named("billing").dedupe(Duration::from_secs(24 * 3600));
+        /// assert_eq!(options.dedupe_window(), Some(Duration::from_secs(24 * 3600)));
+        /// ```
+        ///
+        /// [`HandlerStats::duplicates_skipped`]: crate::HandlerStats::duplicates_skipped
+        /// [`HandlerStats::without_msg_id`]: crate::HandlerStats::without_msg_id
+        /// [`Envelope::publish`]: crate::Envelope::publish
+        fn dedupe(window: Duration) => dedupe = Some(window);
     }
 
     /// The durable consumer's name, in durable mode.
     pub fn durable_name(&self) -> Option<&str> {
         self.durable.as_deref()
-    }
-
-    /// Durable mode: how long a delivery may stay unacknowledged before the broker delivers it
-    /// again, e.g. after the process died (default 30 s). Keep it above the handler's longest
-    /// run; a handler still working sends "in progress" only in ordered mode.
-    pub fn ack_wait(mut self, wait: Duration) -> Self {
-        self.ack_wait = wait.max(Duration::from_millis(1));
-        self
-    }
-
-    // Effects once: the inbox.
-
-    /// Deduplicates by msg id: a message whose id this handler already finished within `window`
-    /// is acknowledged (durable) or dropped (plain) without running the handler again, whether
-    /// it comes back as a redelivery, an outbox resend or after a restart of the process (with
-    /// an outbox file), and counted in [`HandlerStats::duplicates_skipped`]. Messages without a
-    /// msg id are handled as without `dedupe` and counted in
-    /// [`HandlerStats::without_msg_id`]. Inside the handler, [`Envelope::publish`] queues
-    /// messages in the same transaction as the completion (consume and produce as one step).
-    ///
-    /// Completions live in the outbox file's `inbox` table when the bus has an outbox (every
-    /// NATS bus by default), pruned past `window`; otherwise in memory, at most 100,000 per
-    /// handler, forgotten at a restart. The handler's name is the key: two handlers with one
-    /// name share completions. See the [`inbox`](crate::handler#effects-once-the-inbox) notes.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use bus::HandlerOptions;
-    /// let options = HandlerOptions::named("billing").dedupe(Duration::from_secs(24 * 3600));
-    /// assert_eq!(options.dedupe_window(), Some(Duration::from_secs(24 * 3600)));
-    /// ```
-    ///
-    /// [`HandlerStats::duplicates_skipped`]: crate::HandlerStats::duplicates_skipped
-    /// [`HandlerStats::without_msg_id`]: crate::HandlerStats::without_msg_id
-    /// [`Envelope::publish`]: crate::Envelope::publish
-    pub fn dedupe(mut self, window: Duration) -> Self {
-        self.dedupe = Some(window);
-        self
     }
 
     /// [`dedupe`](HandlerOptions::dedupe) shared by every instance of the handler (a queue
@@ -231,32 +213,31 @@ impl HandlerOptions {
 
 // Order per key.
 impl HandlerOptions {
-    /// Order per subject: messages on the same concrete subject (e.g. one
-    /// `plugin.outbound.<channel>.<instance>`) are handled strictly in the order they arrive,
-    /// each finished, retries included, before the next of its subject starts; messages on
-    /// different subjects run concurrently, up to the [`concurrency`](HandlerOptions::concurrency).
-    ///
-    /// A failed attempt is retried in place after its backoff (its subject's later messages
-    /// wait; others go on, the failed one holding no slot while it waits). On a durable
-    /// consumer the broker is told the message is in progress meanwhile, so it is not
-    /// delivered again and nothing of its subject overtakes it; `max_deliver` is then unlimited,
-    /// as in [ordered](HandlerOptions::ordered) mode, and the retry policy's `max_attempts`
-    /// still dead-letters it. Messages waiting behind a busy subject are taken from the
-    /// subscription (at most four per slot, up to 512) and wait in memory; on a durable
-    /// consumer each waits within its ack wait, so keep [`ack_wait`](HandlerOptions::ack_wait)
-    /// above what a subject's backlog takes. [`Handler::stop`](crate::Handler::stop) handles
-    /// the messages already waiting in a lane before it returns. Keys are 64-bit hashes: two
-    /// subjects with the same hash share a lane (in order, only less parallel).
-    /// [`ordered(true)`](HandlerOptions::ordered) wins over this (one message at a time).
-    ///
-    /// ```
-    /// use bus::HandlerOptions;
-    /// let options = HandlerOptions::named("sender").concurrency(32).ordered_by_subject();
-    /// # let _ = options;
-    /// ```
-    pub fn ordered_by_subject(mut self) -> Self {
-        self.key = Some(KeyOf::Subject);
-        self
+    setters! {
+        /// Order per subject: messages on the same concrete subject (e.g. one
+        /// `plugin.outbound.<channel>.<instance>`) are handled strictly in the order they arrive,
+        /// each finished, retries included, before the next of its subject starts; messages on
+        /// different subjects run concurrently, up to the [`concurrency`](HandlerOptions::concurrency).
+        ///
+        /// A failed attempt is retried in place after its backoff (its subject's later messages
+        /// wait; others go on, the failed one holding no slot while it waits). On a durable
+        /// consumer the broker is told the message is in progress meanwhile, so it is not
+        /// delivered again and nothing of its subject overtakes it; `max_deliver` is then unlimited,
+        /// as in [ordered](HandlerOptions::ordered) mode, and the retry policy's `max_attempts`
+        /// still dead-letters it. Messages waiting behind a busy subject are taken from the
+        /// subscription (at most four per slot, up to 512) and wait in memory; on a durable
+        /// consumer each waits within its ack wait, so keep [`ack_wait`](HandlerOptions::ack_wait)
+        /// above what a subject's backlog takes. [`Handler::stop`](crate::Handler::stop) handles
+        /// the messages already waiting in a lane before it returns. Keys are 64-bit hashes: two
+        /// subjects with the same hash share a lane (in order, only less parallel).
+        /// [`ordered(true)`](HandlerOptions::ordered) wins over this (one message at a time).
+        ///
+        /// ```
+        /// use bus::HandlerOptions;
+        /// let options = HandlerOptions::named("sender").concurrency(32).ordered_by_subject();
+        /// # let _ = options;
+        /// ```
+        fn ordered_by_subject() => key = Some(KeyOf::Subject);
     }
 
     /// Order per key: as [`ordered_by_subject`](HandlerOptions::ordered_by_subject), with the
@@ -288,9 +269,7 @@ impl HandlerOptions {
     /// `Err` if [`ordered_by`](HandlerOptions::ordered_by) was given a key of another type
     /// than `M`, the handler's.
     pub(crate) fn check_key<M: std::any::Any>(&self) -> crate::error::Result<()> {
-        match &self.key {
-            Some(key) => key.check::<M>().map_err(crate::error::Error::Config),
-            None => Ok(()),
-        }
+        let check = |key: &KeyOf| key.check::<M>().map_err(crate::error::Error::Config);
+        self.key.as_ref().map_or(Ok(()), check)
     }
 }

@@ -15,15 +15,12 @@
 //! [`NatsBroker::connection_error`](super::NatsBroker::connection_error) either way.
 //!
 //! # Logging
-//! One WARN when the connection is lost, one INFO when it is back (with the outage length and,
-//! on a bus with an outbox, how many messages wait in it: [`Shared::set_queue_depth`]); a
-//! refusal is logged at ERROR the first time it is seen in an outage and at DEBUG after that;
-//! the failed attempts themselves at DEBUG. (async-nats logs each of its events itself, at INFO
-//! under the target `async_nats`.)
+//! As the crate docs' "Logging" says; the INFO of a reconnect gets the outbox's depth from
+//! [`Shared::set_queue_depth`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, ClientError, ConnectErrorKind, Event, ServerAddr};
@@ -31,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::options::{NatsAuth, NatsOptions, DEFAULT_MAX_PAYLOAD};
 use crate::broker::{ConnectionState, Refusal, SubscriptionStats};
+use crate::panic::lock;
 
 /// The shortest time between two probe connection attempts while the client keeps failing.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -159,6 +157,14 @@ pub(crate) fn parse_violation(text: &str) -> Option<(Refused, String)> {
     Some((kind, rest[..end].to_owned()))
 }
 
+/// Bounded: a flood of refused publishes with nobody confirming keeps the latest 1024.
+fn push_bounded(list: &mut Vec<(String, String)>, violation: (String, String)) {
+    if list.len() >= 1024 {
+        list.remove(0);
+    }
+    list.push(violation);
+}
+
 /// A subscription as the event handler knows it.
 #[derive(Debug)]
 pub(crate) struct Registered {
@@ -194,22 +200,18 @@ impl Shared {
         let _ = self.probe.set(ProbeConfig { options, urls });
     }
 
-    fn trouble(&self) -> std::sync::MutexGuard<'_, Trouble> {
-        self.trouble.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Why the connection cannot be made, while it cannot; `None` once connected.
     pub(crate) fn connection_error(&self) -> Option<String> {
         if *self.state.borrow() == ConnectionState::Connected {
             return None;
         }
-        self.trouble().error.clone()
+        lock(&self.trouble).error.clone()
     }
 
     /// The connection is up (its INFO read): ends the outage.
     fn on_connected(&self) {
         let outage = {
-            let mut t = self.trouble();
+            let mut t = lock(&self.trouble);
             t.epoch += 1;
             t.error = None;
             t.logged.clear();
@@ -217,30 +219,28 @@ impl Shared {
             t.ever_connected = true;
             t.down_since.take().map(|since| since.elapsed())
         };
-        let outage_ms = |o: Duration| u64::try_from(o.as_millis()).unwrap_or(u64::MAX);
+        let reconnected = |outage: Duration, queued: Option<u64>| {
+            let outage_ms = u64::try_from(outage.as_millis()).unwrap_or(u64::MAX);
+            match queued {
+                Some(queued) => tracing::info!(
+                    outage_ms,
+                    queued,
+                    "NATS reconnected after {outage:.1?}; sending the {queued} messages queued in the outbox"
+                ),
+                None => tracing::info!(outage_ms, "NATS reconnected after {outage:.1?}"),
+            }
+        };
         match (outage, self.queue_depth.get()) {
             // The depth is read off the connection's path (the outbox answers from its own
             // thread); the one INFO waits for it, a little.
             (Some(outage), Some(depth)) => {
                 let depth = (depth.0)();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(QUEUE_DEPTH_WAIT, depth).await {
-                        Ok(Some(queued)) => tracing::info!(
-                            outage_ms = outage_ms(outage),
-                            queued,
-                            "NATS reconnected after {outage:.1?}; sending the {queued} messages queued in the outbox"
-                        ),
-                        _ => tracing::info!(
-                            outage_ms = outage_ms(outage),
-                            "NATS reconnected after {outage:.1?}"
-                        ),
-                    }
+                    let queued = tokio::time::timeout(QUEUE_DEPTH_WAIT, depth).await;
+                    reconnected(outage, queued.ok().flatten());
                 });
             }
-            (Some(outage), None) => tracing::info!(
-                outage_ms = outage_ms(outage),
-                "NATS reconnected after {outage:.1?}"
-            ),
+            (Some(outage), None) => reconnected(outage, None),
             (None, _) => tracing::info!("NATS connected"),
         }
         self.state.send_replace(ConnectionState::Connected);
@@ -248,7 +248,7 @@ impl Shared {
 
     fn on_disconnected(&self) {
         {
-            let mut t = self.trouble();
+            let mut t = lock(&self.trouble);
             t.epoch += 1;
             t.error = None;
             t.logged.clear();
@@ -266,7 +266,7 @@ impl Shared {
         match error {
             ClientError::Other(kind) if kind == "authorization violation" => {
                 let detail = authorization_detail(self.probe.get().map(|p| &p.options));
-                self.refused(&mut self.trouble(), Refusal::Authorization, detail);
+                self.refused(&mut lock(&self.trouble), Refusal::Authorization, detail);
             }
             _ => {
                 tracing::debug!(error = %error, "NATS connection attempt failed");
@@ -277,15 +277,13 @@ impl Shared {
 
     /// Starts a probe attempt unless one runs or one started less than [`PROBE_INTERVAL`] ago.
     fn maybe_probe(self: &Arc<Self>) {
-        let Some(config) = self.probe.get() else {
+        // Not once the broker is gone (only live subscriptions keep the client): nobody to tell.
+        let closed = *self.state.borrow() == ConnectionState::Closed;
+        let Some(config) = self.probe.get().filter(|_| !closed) else {
             return;
         };
-        // The broker is gone (only live subscriptions keep the client): nobody to tell.
-        if *self.state.borrow() == ConnectionState::Closed {
-            return;
-        }
         let epoch = {
-            let mut t = self.trouble();
+            let mut t = lock(&self.trouble);
             if t.probing || t.last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
                 return;
             }
@@ -316,7 +314,7 @@ impl Shared {
     }
 
     fn on_probe(&self, epoch: u64, outcome: ProbeOutcome) {
-        let mut t = self.trouble();
+        let mut t = lock(&self.trouble);
         t.probing = false;
         let down = matches!(
             *self.state.borrow(),
@@ -376,9 +374,7 @@ impl Shared {
     }
 
     pub(crate) fn violations(&self) -> std::sync::MutexGuard<'_, Violations> {
-        self.violations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.violations)
     }
 
     /// Records a permissions violation. A refused subscription that is live (the server ended
@@ -387,12 +383,7 @@ impl Shared {
         match kind {
             Refused::Publish => {
                 tracing::error!(subject, error = %text, "NATS refused a publish: permissions violation");
-                let mut v = self.violations();
-                // Bounded: a flood of refused publishes with nobody confirming keeps the latest.
-                if v.publish.len() >= 1024 {
-                    v.publish.remove(0);
-                }
-                v.publish.push((subject, text));
+                push_bounded(&mut self.violations().publish, (subject, text));
             }
             Refused::Subscription => {
                 tracing::error!(pattern = subject, error = %text, "NATS refused a subscription: permissions violation");
@@ -401,29 +392,20 @@ impl Shared {
                         reg.stats.fail(text.clone());
                     }
                 }
-                let mut v = self.violations();
-                if v.subscribe.len() >= 1024 {
-                    v.subscribe.remove(0);
-                }
-                v.subscribe.push((subject, text));
+                push_bounded(&mut self.violations().subscribe, (subject, text));
             }
         }
     }
 
     pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Registered>> {
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.subscriptions)
     }
 
     /// Copies the server's max_payload if the client knows it (0 means "not yet").
     pub(crate) fn refresh_max_payload(&self) -> bool {
-        let Some(max) = self.server_info(|i| i.max_payload) else {
+        let Some(max) = self.server_info(|i| i.max_payload).filter(|&m| m > 0) else {
             return false;
         };
-        if max == 0 {
-            return false;
-        }
         let old = self.max_payload.swap(max, Ordering::Relaxed);
         if old != max {
             tracing::debug!(max_payload = max, "NATS server max_payload");
@@ -431,22 +413,9 @@ impl Shared {
         true
     }
 
-    /// Which connection the client's copy of the server's INFO is of, if there is a client.
-    fn connection_id(&self) -> Option<ConnectionId> {
-        self.server_info(|i| ConnectionId {
-            server_id: i.server_id.clone(),
-            client_id: i.client_id,
-        })
-    }
-
-    /// Whether `id` names another connection than the one reported last.
-    fn is_new_connection(&self, id: &ConnectionId) -> bool {
-        *self.reported.lock().unwrap_or_else(PoisonError::into_inner) != *id
-    }
-
     /// Reads the client's copy of the server's INFO, if there is a client.
     fn server_info<T>(&self, f: impl FnOnce(&async_nats::ServerInfo) -> T) -> Option<T> {
-        let guard = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = lock(&self.client);
         guard.as_ref().map(|c| f(&c.server_info()))
     }
 
@@ -456,21 +425,24 @@ impl Shared {
         match event {
             Event::Connected => {
                 // async-nats emits `Connected` just before it stores the new connection's INFO.
-                // Report the state only once that INFO (and so the server's max_payload) is
-                // known: whoever waits for `Connected` (the outbox drainer) must not send with
-                // the previous server's limit, or an oversize message would make this server
-                // close the connection instead of being refused by the SDK. The INFO is the new
-                // connection's when it names another connection than the last one reported
-                // (`ConnectionId`): usually already so when this runs, since async-nats stores
-                // it right after sending the event, so the state is reported without a wait.
+                // The state is reported once that INFO (the server's max_payload) is known: the
+                // drainer, waiting for `Connected`, must not send by the previous server's limit
+                // (this server would close the connection on an oversize message the SDK should
+                // refuse). The INFO is the new one when it names another connection than the one
+                // reported last (`ConnectionId`); usually so already when this runs: no wait.
                 let shared = Arc::clone(self);
                 let generation = self.disconnects.load(Ordering::Relaxed);
                 tokio::spawn(async move {
                     let mut waits = 0u32;
                     let mut ran_out = false;
                     let seen = loop {
-                        let now = shared.connection_id();
-                        if let Some(id) = now.as_ref().filter(|id| shared.is_new_connection(id)) {
+                        // Which connection the client's copy of the server's INFO is of.
+                        let now = shared.server_info(|i| ConnectionId {
+                            server_id: i.server_id.clone(),
+                            client_id: i.client_id,
+                        });
+                        let unreported = |id: &&ConnectionId| *lock(&shared.reported) != **id;
+                        if let Some(id) = now.as_ref().filter(unreported) {
                             if shared.refresh_max_payload() {
                                 break Some(id.clone());
                             }
@@ -488,10 +460,7 @@ impl Shared {
                     // The mechanism the start-up test checks: `ran_out` must stay false.
                     tracing::debug!(waits, ran_out, "NATS connection INFO read");
                     if let Some(id) = seen {
-                        *shared
-                            .reported
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = id;
+                        *lock(&shared.reported) = id;
                     }
                     if shared.disconnects.load(Ordering::Relaxed) == generation {
                         shared.on_connected();
@@ -535,11 +504,8 @@ async fn probe(config: &ProbeConfig) -> ProbeOutcome {
         Err(e) => return ProbeOutcome::Other(e.to_string()),
     };
     match options.connect(config.urls.clone()).await {
-        // Dropping the only handle closes the probe connection.
-        Ok(client) => {
-            drop(client);
-            ProbeOutcome::Connected
-        }
+        // The only handle, dropped at once: that closes the probe connection.
+        Ok(_client) => ProbeOutcome::Connected,
         Err(e) => ProbeOutcome::Failed(e),
     }
 }
@@ -656,18 +622,26 @@ pub(crate) fn classify(
 /// 0.35 returns any `-ERR` answering its `CONNECT` (but `Authorization Violation`) as an I/O
 /// error whose source is the `ServerError`.
 fn server_error_text(e: &async_nats::ConnectError) -> Option<String> {
+    in_sources(e, |server: &async_nats::ServerError| {
+        Some(match server {
+            async_nats::ServerError::AuthorizationViolation => "Authorization Violation".to_owned(),
+            async_nats::ServerError::SlowConsumer(_) => "Slow Consumer".to_owned(),
+            async_nats::ServerError::Other(text) => {
+                text.trim_matches(|c| c == '\'' || c == ' ').to_owned()
+            }
+        })
+    })
+}
+
+/// The first text `f` finds in an error of type `T` among the sources of `e`.
+fn in_sources<T: std::error::Error + 'static>(
+    e: &async_nats::ConnectError,
+    f: impl Fn(&T) -> Option<String>,
+) -> Option<String> {
     let mut cur = std::error::Error::source(e);
     while let Some(err) = cur {
-        if let Some(server) = err.downcast_ref::<async_nats::ServerError>() {
-            return Some(match server {
-                async_nats::ServerError::AuthorizationViolation => {
-                    "Authorization Violation".to_owned()
-                }
-                async_nats::ServerError::SlowConsumer(_) => "Slow Consumer".to_owned(),
-                async_nats::ServerError::Other(text) => {
-                    text.trim_matches(|c| c == '\'' || c == ' ').to_owned()
-                }
-            });
+        if let Some(found) = err.downcast_ref::<T>().and_then(&f) {
+            return Some(found);
         }
         cur = err.source();
     }
@@ -775,19 +749,12 @@ fn credentials_size(options: Option<&NatsOptions>) -> String {
 
 /// The rustls error behind a failed attempt, if a TLS failure it was.
 fn tls_error_text(e: &async_nats::ConnectError) -> Option<String> {
-    let mut cur = std::error::Error::source(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::InvalidData {
-                return Some(
-                    io.get_ref()
-                        .map_or_else(|| io.to_string(), ToString::to_string),
-                );
-            }
-        }
-        cur = err.source();
-    }
-    None
+    in_sources(e, |io: &std::io::Error| {
+        (io.kind() == std::io::ErrorKind::InvalidData).then(|| {
+            io.get_ref()
+                .map_or_else(|| io.to_string(), ToString::to_string)
+        })
+    })
 }
 
 #[cfg(test)]

@@ -121,16 +121,14 @@ impl std::fmt::Debug for NatsOptions {
 /// assert_eq!(bus::redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    match split_userinfo(url) {
-        None => url.to_owned(),
-        Some(parts) => {
-            let hidden = match parts.userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_owned(),
-            };
-            format!("{}{hidden}@{}", parts.scheme, parts.rest)
-        }
-    }
+    let Some(parts) = split_userinfo(url) else {
+        return url.to_owned();
+    };
+    let hidden = match parts.userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{}{hidden}@{}", parts.scheme, parts.rest)
 }
 
 /// A URL cut around its user info: `<scheme>` `<userinfo>@` `<rest>`.
@@ -272,12 +270,12 @@ impl NatsOptions {
                 "no NATS server URL given; call `.nats([\"nats://host:4222\"])`".into(),
             ));
         }
-        if let Err(e) = bus_subject::check_subject(&self.confirm_subject) {
-            return Err(Error::Config(format!(
-                "confirm subject {:?} is not a valid NATS subject: {e}",
-                self.confirm_subject
-            )));
-        }
+        bus_subject::check_subject(&self.confirm_subject).map_err(|e| {
+            let subject = &self.confirm_subject;
+            Error::Config(format!(
+                "confirm subject {subject:?} is not a valid NATS subject: {e}"
+            ))
+        })?;
         if self.reconnect_delay.is_zero() {
             return Err(Error::Config(
                 "reconnect_delay must be above zero, or a down server is hammered with reconnects"
@@ -299,11 +297,8 @@ impl NatsOptions {
 
     /// Whether the client asks for TLS itself (`require_tls` or a `tls://` URL).
     pub(crate) fn client_wants_tls(&self) -> bool {
-        self.require_tls
-            || self
-                .urls
-                .iter()
-                .any(|u| u.trim().to_ascii_lowercase().starts_with("tls://"))
+        let tls = |url: &String| url.trim().to_ascii_lowercase().starts_with("tls://");
+        self.require_tls || self.urls.iter().any(tls)
     }
 
     /// Whether any TLS file (root CA, client certificate) is configured.
@@ -379,14 +374,11 @@ fn same_auth(a: &NatsAuth, b: &NatsAuth) -> bool {
 fn check_nkey_seed(seed: &str) -> Result<()> {
     let seed = seed.trim();
     let pair = nkeys::KeyPair::from_seed(seed).map_err(|e| {
+        let len = seed.len();
         let looks = if seed.starts_with('S') {
-            format!(
-                "{} characters starting with {:?}",
-                seed.len(),
-                &seed[..seed.len().min(2)]
-            )
+            format!("{len} characters starting with {:?}", &seed[..len.min(2)])
         } else {
-            format!("{} characters, not starting with `S`", seed.len())
+            format!("{len} characters, not starting with `S`")
         };
         Error::Config(format!(
             "the NKey seed is malformed ({e}; it has {looks}); a user NKey seed is 58 \
@@ -406,33 +398,29 @@ fn check_nkey_seed(seed: &str) -> Result<()> {
 
 /// Why a `.creds` file cannot be used: unreadable, or not a JWT and a user seed.
 fn creds_error(path: &Path, e: &std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::InvalidData {
-        Error::Config(format!(
-            "NATS credentials file {} is not valid: {e}; it must hold a user JWT and a user \
-             NKey seed between `-----BEGIN …-----` lines, as `nsc generate creds` writes it",
-            path.display()
-        ))
+    let path = path.display();
+    Error::Config(if e.kind() == std::io::ErrorKind::InvalidData {
+        format!(
+            "NATS credentials file {path} is not valid: {e}; it must hold a user JWT and a user \
+             NKey seed between `-----BEGIN …-----` lines, as `nsc generate creds` writes it"
+        )
     } else {
-        Error::Config(format!(
-            "cannot read NATS credentials file {}: {e}; check the path and its permissions",
-            path.display()
-        ))
-    }
+        format!("cannot read NATS credentials file {path}: {e}; check the path and its permissions")
+    })
 }
 
 /// Refuses a TLS file that cannot be read, or holds no PEM block, before any connection
 /// attempt (async-nats would only fail each attempt with "TLS error").
 fn check_pem_file(what: &str, path: &Path) -> Result<()> {
+    let shown = path.display();
     let bytes = std::fs::read(path).map_err(|e| {
         Error::Config(format!(
-            "cannot read the {what} {}: {e}; check the path and its permissions",
-            path.display()
+            "cannot read the {what} {shown}: {e}; check the path and its permissions"
         ))
     })?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(Error::Config(format!(
-            "the {what} {} is not a PEM file (no `-----BEGIN` line)",
-            path.display()
+            "the {what} {shown} is not a PEM file (no `-----BEGIN` line)"
         )));
     }
     Ok(())

@@ -14,8 +14,7 @@ pub(super) type SharedSubscriber = Arc<std::sync::Mutex<Option<async_nats::Subsc
 pub(super) fn lock_sub(
     sub: &SharedSubscriber,
 ) -> std::sync::MutexGuard<'_, Option<async_nats::Subscriber>> {
-    sub.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::panic::lock(sub)
 }
 
 /// The next message of the shared subscriber; `None` once it was taken out or ended.

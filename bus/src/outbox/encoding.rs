@@ -43,12 +43,10 @@ pub(crate) fn json_text(json: &[u8]) -> ToSqlOutput<'_> {
 
 /// The name as a `'static` string when it is one of ours, so reading does not allocate it.
 pub(crate) fn known_name(name: &str) -> Cow<'static, str> {
-    for k in KNOWN_NAMES {
-        if k == name {
-            return Cow::Borrowed(k);
-        }
+    match KNOWN_NAMES.into_iter().find(|k| *k == name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.to_owned()),
     }
-    Cow::Owned(name.to_owned())
 }
 
 /// A header name as read, one of ours without an allocation (see [`known_name`]).
@@ -96,13 +94,7 @@ impl<'de> Deserialize<'de> for Read {
 /// The inverse of [`encode_headers`]. Accepts any JSON of that shape (white space, every
 /// escape), as an operator's `json_set` may write it; refuses anything else with the reason.
 pub(crate) fn decode_headers(text: &[u8]) -> Result<Headers, String> {
-    let text = std::str::from_utf8(text).map_err(|e| {
-        format!(
-            "headers are not valid UTF-8 (at byte {} of {})",
-            e.valid_up_to(),
-            text.len()
-        )
-    })?;
+    let text = std::str::from_utf8(text).map_err(|e| not_utf8("headers are", &e, text))?;
     serde_json::from_str::<Read>(text)
         .map(|r| r.0)
         .map_err(|e| format!("headers are not a JSON array of [name, value] pairs: {e}"))
@@ -127,6 +119,12 @@ fn kind(v: &ValueRef<'_>) -> &'static str {
     }
 }
 
+/// Why `bytes` (what `what` names, e.g. `subject is`) are not text.
+fn not_utf8(what: &str, e: &std::str::Utf8Error, bytes: &[u8]) -> String {
+    let (at, len) = (e.valid_up_to(), bytes.len());
+    format!("{what} not valid UTF-8 (at byte {at} of {len})")
+}
+
 /// Why `v` cannot be a payload (it is neither a blob nor text).
 pub(crate) fn not_a_payload(v: &ValueRef<'_>) -> String {
     format!("payload is {}, not a blob", kind(v))
@@ -136,14 +134,8 @@ pub(crate) fn not_a_payload(v: &ValueRef<'_>) -> String {
 fn text<'a>(v: ValueRef<'a>, column: &str) -> Result<&'a str, (String, Cow<'a, str>)> {
     match v {
         ValueRef::Text(b) | ValueRef::Blob(b) => std::str::from_utf8(b).map_err(|e| {
-            (
-                format!(
-                    "{column} is not valid UTF-8 (at byte {} of {})",
-                    e.valid_up_to(),
-                    b.len()
-                ),
-                String::from_utf8_lossy(b),
-            )
+            let why = not_utf8(&format!("{column} is"), &e, b);
+            (why, String::from_utf8_lossy(b))
         }),
         other => Err((
             format!("{column} is {}, not text", kind(&other)),
@@ -163,22 +155,17 @@ pub(crate) fn decode_columns(
     let mut note = |p: String| {
         problem.get_or_insert(p);
     };
-    let subject = match text(subject, "subject") {
+    let mut string = |v, column| match text(v, column) {
         Ok(s) => s.to_owned(),
         Err((why, lossy)) => {
             note(why);
             lossy.into_owned()
         }
     };
+    let subject = string(subject, "subject");
     let reply = match reply {
         ValueRef::Null => None,
-        v => match text(v, "reply") {
-            Ok(s) => Some(s.to_owned()),
-            Err((why, lossy)) => {
-                note(why);
-                Some(lossy.into_owned())
-            }
-        },
+        v => Some(string(v, "reply")),
     };
     let headers = match headers {
         ValueRef::Text(b) | ValueRef::Blob(b) => decode_headers(b).unwrap_or_else(|why| {

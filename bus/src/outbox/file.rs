@@ -45,17 +45,10 @@ use crate::error::{Error, Result};
 /// }
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct OutboxFile {
     conn: Connection,
     path: PathBuf,
-}
-
-impl std::fmt::Debug for OutboxFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboxFile")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 impl OutboxFile {
@@ -85,17 +78,16 @@ impl OutboxFile {
                 ))
             }
         }
-        let file = match Self::connect(path, false) {
+        match Self::connect(path, false) {
             Err(Error::Outbox {
                 source: Some(s), ..
-            }) if cannot_open(&*s) && !wal_path(path).exists() => {
+            }) if cannot_open(&*s) && !super::io::beside(path, "-wal").exists() => {
                 // No -wal, and none can be created: nothing can be writing this file.
                 tracing::debug!(path = %path.display(), "outbox side files cannot be created; reading the file as immutable");
-                Self::connect(path, true)?
+                Self::connect(path, true)
             }
-            other => other?,
-        };
-        Ok(file)
+            other => other,
+        }
     }
 
     /// Opens the connection and checks the schema: the first read, where a missing `-shm` shows.
@@ -112,12 +104,11 @@ impl OutboxFile {
         .map_err(|e| sql_err(path, "cannot open the outbox file", e))?;
         conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")
             .map_err(|e| sql_err(path, "cannot configure the read-only connection", e))?;
-        let file = OutboxFile {
+        schema::check_current(&conn, path, "which read-only access cannot do")?;
+        Ok(OutboxFile {
             conn,
             path: path.to_path_buf(),
-        };
-        schema::check_current(&file.conn, path, "which read-only access cannot do")?;
-        Ok(file)
+        })
     }
 
     /// The file this view reads.
@@ -205,12 +196,6 @@ impl OutboxFile {
     }
 }
 
-fn wal_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
-}
-
 /// Whether SQLite failed because it could not open or create a file (here: `-wal` or `-shm`).
 fn cannot_open(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<rusqlite::Error>()
@@ -220,12 +205,9 @@ fn cannot_open(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// `path` for a `file:` URI: `%`, `?` and `#` escaped, the rest as it is.
 fn uri_path(path: &Path) -> String {
-    let mut out = String::new();
-    for c in path.to_string_lossy().chars() {
-        match c {
-            '%' | '?' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+    // `%` first, so that the escapes it makes are not escaped again.
+    let path = path.to_string_lossy();
+    path.replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23")
 }

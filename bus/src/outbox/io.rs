@@ -13,12 +13,10 @@ use crate::error::Error;
 /// exist yet).
 pub(crate) fn create_private(path: &Path, create_new: bool) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
-    o.read(true).write(true);
-    if create_new {
-        o.create_new(true);
-    } else {
-        o.create(true);
-    }
+    o.read(true)
+        .write(true)
+        .create(!create_new)
+        .create_new(create_new);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -26,6 +24,13 @@ pub(crate) fn create_private(path: &Path, create_new: bool) -> std::io::Result<F
         o.mode(0o600);
     }
     o.open(path)
+}
+
+/// `path` with `suffix` appended to its file name: the `-wal` and `.lock` files beside it.
+pub(crate) fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// Maps an I/O error on `path` to an [`Error::Outbox`] that says what to do.

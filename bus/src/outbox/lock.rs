@@ -40,17 +40,18 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::path::Path;
+use std::sync::{LazyLock, Mutex};
 
-use super::io::{create_private, io_err};
+use super::io::{beside, create_private, io_err};
 use crate::error::{Error, Result};
+use crate::panic::lock;
 
 /// The file's identity: device and inode on Unix, the canonical path elsewhere.
 #[cfg(unix)]
 type Key = (u64, u64);
 #[cfg(not(unix))]
-type Key = PathBuf;
+type Key = std::path::PathBuf;
 
 #[cfg(unix)]
 fn key_of(path: &Path) -> std::io::Result<Key> {
@@ -75,28 +76,12 @@ struct Entry {
 
 static FILES: LazyLock<Mutex<HashMap<Key, Entry>>> = LazyLock::new(Default::default);
 
-fn files() -> std::sync::MutexGuard<'static, HashMap<Key, Entry>> {
-    FILES.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The lock on one outbox file, released when dropped.
+#[derive(Debug)]
 pub(crate) struct FileLock {
     key: Key,
     /// `<path>.lock`, held as long as this lives.
     _path_lock: File,
-}
-
-impl std::fmt::Debug for FileLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileLock").field("key", &self.key).finish()
-    }
-}
-
-/// `<path>.lock`.
-pub(crate) fn lock_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
 }
 
 impl FileLock {
@@ -104,7 +89,7 @@ impl FileLock {
     /// process or another, holds it.
     pub(crate) fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
         let key = key_of(path).map_err(|e| io_err(path, "cannot read the outbox file", e))?;
-        let mut files = files();
+        let mut files = lock(&FILES);
         // `Copy` on Unix, a path elsewhere.
         #[allow(clippy::clone_on_copy)]
         let entry = match files.entry(key.clone()) {
@@ -141,7 +126,7 @@ impl FileLock {
 
 impl Drop for FileLock {
     fn drop(&mut self) {
-        let mut files = files();
+        let mut files = lock(&FILES);
         if let Some(entry) = files.get_mut(&self.key) {
             if let Some(file) = &entry.file {
                 if let Err(e) = file.unlock() {
@@ -241,11 +226,8 @@ fn try_lock(file: &File, path: &Path) -> Result<bool> {
 /// be used says why (a directory, another user's file, a read-only file) instead of blaming the
 /// directory.
 fn lock_path_file(path: &Path) -> Result<Option<File>> {
-    let lock_file = lock_path(path);
-    let lock = match create_private(&lock_file, false) {
-        Ok(l) => l,
-        Err(e) => return Err(lock_file_err(&lock_file, e)),
-    };
+    let lock_file = beside(path, ".lock");
+    let lock = create_private(&lock_file, false).map_err(|e| lock_file_err(&lock_file, e))?;
     match lock.try_lock() {
         Ok(()) => Ok(Some(lock)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),

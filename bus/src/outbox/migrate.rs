@@ -182,10 +182,7 @@ fn undecodable(blob: &[u8]) -> RawMessage {
 }
 
 fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], &'static str> {
-    if rest.len() < n {
-        return Err("truncated");
-    }
-    let (head, tail) = rest.split_at(n);
+    let (head, tail) = rest.split_at_checked(n).ok_or("truncated")?;
     *rest = tail;
     Ok(head)
 }

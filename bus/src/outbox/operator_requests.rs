@@ -1,20 +1,15 @@
 //! Operator requests: replays and purges of dead letters asked through the outbox file itself,
-//! and run by the process that holds it.
+//! and run by the process that holds it ([`OperatorRequests`] says how a tool asks).
 //!
-//! A tool beside a running service (the `bus` CLI) must not open the outbox as its owner: the
-//! file is locked, and a second drainer would send the queue twice. It writes a request row
-//! into `operator_requests` instead, through an ordinary SQLite connection with a busy timeout
-//! (WAL lets it write beside the owner's connection; it never takes the `.lock`), and waits for
-//! the row's `done_at`. The owner's writer thread looks for pending rows every
-//! [`POLL`] (one indexed `SELECT`, no write lock when there is nothing to do), busy or idle, and
-//! runs them with the code of [`DeadLetters`](crate::DeadLetters) (`Store::with_replays`: same
-//! SQL, the drainer told), marking each row done with its outcome in the same transaction: a
-//! request is run exactly once, and a crash leaves it pending for the next owner. A row the tool
-//! withdraws (deletes) before the owner's transaction starts is never run.
-//!
-//! When no process holds the file, the tool may run its requests itself
-//! ([`OperatorRequests::run_unowned`]): it opens the outbox as its owner (the lock, the same
-//! checks and migration) without a drainer, runs every pending request and closes it.
+//! A tool must not open the outbox as its owner while a service holds it (the file is locked,
+//! and a second drainer would send the queue twice), so it writes a row and waits for its
+//! `done_at`. The owner's writer thread polls every [`POLL`] (one indexed `SELECT`, no write
+//! lock when there is nothing to do), busy or idle, and runs the rows with the code of
+//! [`DeadLetters`](crate::DeadLetters) (`Store::with_replays`: same SQL, the drainer told),
+//! marking each done with its outcome in the same transaction: run exactly once, a crash leaves
+//! it pending for the next owner, and a row the tool withdraws (deletes) before that transaction
+//! starts is never run. With no owner, the tool may run them itself
+//! ([`OperatorRequests::run_unowned`]: the outbox opened as its owner, without a drainer).
 //!
 //! Why this table needs no schema version of its own: it is an addition that no existing query
 //! reads, and `schema::check` only compares the queue tables, so a build without this
@@ -67,18 +62,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// }
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct OperatorRequests {
     conn: Connection,
     path: PathBuf,
     created_table: bool,
-}
-
-impl std::fmt::Debug for OperatorRequests {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorRequests")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 impl OperatorRequests {
@@ -114,13 +102,7 @@ impl OperatorRequests {
             ));
         }
         schema::check_current(&conn, path, "and only then can requests be written into it")?;
-        let exists: bool = conn
-            .query_row(
-                "SELECT count(*) > 0 FROM sqlite_master \
-                 WHERE type = 'table' AND name = 'operator_requests'",
-                [],
-                |r| r.get(0),
-            )
+        let exists = schema::has_table(&conn, "operator_requests")
             .map_err(|e| sql_err(path, "cannot read the outbox schema", e))?;
         if !exists {
             conn.execute_batch(REQUESTS)

@@ -16,6 +16,7 @@ use bytes::BytesMut;
 
 use super::encoding::{decode_columns, not_a_payload, Decoded};
 use super::records::{Counts, QueuedMessage};
+use super::schema::has_table;
 use crate::dead_letter::DeadLetter;
 
 /// Milliseconds since the Unix epoch as a time (negative counts as the epoch).
@@ -45,6 +46,14 @@ fn opt_text(v: ValueRef<'_>) -> Option<String> {
 /// An attempt count as stored (clamped into `u32`), or why it is not one.
 fn attempts(v: ValueRef<'_>) -> Result<u32, String> {
     int(v, "attempts").map(|n| n.clamp(0, u32::MAX as i64) as u32)
+}
+
+/// The value read, or 0 with the reason kept in `problem` (unless it holds an earlier one).
+fn or_zero<T: Default>(read: Result<T, String>, problem: &mut Option<String>) -> T {
+    read.unwrap_or_else(|p| {
+        problem.get_or_insert(p);
+        T::default()
+    })
 }
 
 /// A query of the queue: the columns given, of the rows above `max(?1, the watermark)`, oldest
@@ -100,31 +109,21 @@ pub(crate) fn queued(
 
 /// One row of [`queued`]'s columns.
 fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMessage> {
-    {
-        let decoded = message_at(r, 1)?;
-        let mut problem = decoded.problem;
-        let created_at = int(r.get_ref(5)?, "created_at").unwrap_or_else(|p| {
-            problem.get_or_insert(p);
-            0
-        });
-        let attempts = attempts(r.get_ref(6)?).unwrap_or_else(|p| {
-            problem.get_or_insert(p);
-            0
-        });
-        let msg = decoded.msg;
-        Ok(QueuedMessage {
-            id: r.get(0)?,
-            subject: msg.subject,
-            reply: msg.reply,
-            headers: msg.headers,
-            payload: msg.payload,
-            created_at: from_ms(created_at),
-            attempts,
-            last_error: opt_text(r.get_ref(7)?),
-            due_at: None,
-            decode_error: problem,
-        })
-    }
+    let Decoded { msg, mut problem } = message_at(r, 1)?;
+    let created_at = or_zero(int(r.get_ref(5)?, "created_at"), &mut problem);
+    let attempts = or_zero(attempts(r.get_ref(6)?), &mut problem);
+    Ok(QueuedMessage {
+        id: r.get(0)?,
+        subject: msg.subject,
+        reply: msg.reply,
+        headers: msg.headers,
+        payload: msg.payload,
+        created_at: from_ms(created_at),
+        attempts,
+        last_error: opt_text(r.get_ref(7)?),
+        due_at: None,
+        decode_error: problem,
+    })
 }
 
 /// What the drainer needs of a queued row: its id, attempts so far, and the message.
@@ -159,10 +158,7 @@ pub(crate) fn sendable(
             }
         }
         ends.push(payloads.len());
-        let attempts = attempts(r.get_ref(1)?).unwrap_or_else(|p| {
-            decoded.problem.get_or_insert(p);
-            0
-        });
+        let attempts = or_zero(attempts(r.get_ref(1)?), &mut decoded.problem);
         Ok(Sendable {
             id: r.get(0)?,
             attempts,
@@ -184,8 +180,7 @@ const DEAD: &str = "SELECT id, origin, queue_id, subject, reply, headers, payloa
 fn dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
     // A dead letter may be a row that could not be decoded: shown as well as it can be; its
     // `last_error` says what was wrong, and the raw values stay in the file.
-    let decoded = decode_columns(r.get_ref(3)?, r.get_ref(4)?, r.get_ref(5)?, r.get_ref(6)?);
-    let msg = decoded.msg;
+    let msg = decode_columns(r.get_ref(3)?, r.get_ref(4)?, r.get_ref(5)?, r.get_ref(6)?).msg;
     Ok(DeadLetter {
         id: r.get(0)?,
         origin: opt_text(r.get_ref(1)?).unwrap_or_default(),
@@ -225,7 +220,7 @@ pub(crate) fn dead_letter_count(conn: &Connection) -> rusqlite::Result<u64> {
 /// Queue depth, `created_at` of the oldest queued row (unix ms), dead-letter count, and the
 /// scheduled messages (none in a version-3 file, which has no such table).
 pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<Counts> {
-    let (scheduled, next_due) = if super::schema::has_scheduled(conn)? {
+    let (scheduled, next_due) = if has_table(conn, "scheduled")? {
         conn.query_row("SELECT count(*), min(due_at) FROM scheduled", [], |r| {
             Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(from_ms)))
         })?
@@ -257,7 +252,7 @@ pub(crate) fn scheduled(
     after: Option<(i64, i64)>,
     limit: usize,
 ) -> rusqlite::Result<Vec<QueuedMessage>> {
-    if !super::schema::has_scheduled(conn)? {
+    if !has_table(conn, "scheduled")? {
         return Ok(Vec::new());
     }
     let (due, id) = after.unwrap_or((i64::MIN, i64::MIN));
@@ -266,24 +261,19 @@ pub(crate) fn scheduled(
            FROM scheduled WHERE (due_at, id) > (?1, ?2) ORDER BY due_at, id LIMIT ?3",
     )?;
     let limit = limit.min(i64::MAX as usize) as i64;
-    let mut rows = stmt.query(rusqlite::params![due, id, limit])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let mut m = queued_row(r)?;
-        m.due_at = Some(from_ms(r.get(8)?));
-        out.push(m);
-    }
-    Ok(out)
+    let rows = stmt.query_map(rusqlite::params![due, id, limit], |r| {
+        let due_at = Some(from_ms(r.get(8)?));
+        Ok(QueuedMessage {
+            due_at,
+            ..queued_row(r)?
+        })
+    })?;
+    rows.collect()
 }
 
 /// Rows in the `inbox` table (0 when the file has none yet).
 pub(crate) fn inbox_size(conn: &Connection) -> rusqlite::Result<u64> {
-    let exists: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'inbox'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    if !has_table(conn, "inbox")? {
         return Ok(0);
     }
     conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
@@ -291,9 +281,7 @@ pub(crate) fn inbox_size(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// Bytes the outbox takes on disk: the file and its write-ahead log.
 pub(crate) fn file_size(path: &Path) -> u64 {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    [path, Path::new(&wal)]
+    [path, &super::io::beside(path, "-wal")]
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
@@ -315,10 +303,7 @@ pub(crate) struct Salvaged<T> {
 /// Whether SQLite says the file is damaged (`SQLITE_CORRUPT`, "database disk image is
 /// malformed"), as opposed to busy, full or unwritable.
 pub(crate) fn is_corrupt(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt)
-    )
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
 }
 
 /// Reads the queue row by row, from id `from` to `upto`, when a range scan failed on a damaged
@@ -371,10 +356,7 @@ pub(crate) const SENDABLE_COLUMNS: &str = "id, attempts, subject, reply, headers
 /// One row of [`SENDABLE_COLUMNS`] for the drainer (its payload in its own buffer).
 pub(crate) fn sendable_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sendable> {
     let mut decoded = message_at(r, 2)?;
-    let attempts = attempts(r.get_ref(1)?).unwrap_or_else(|p| {
-        decoded.problem.get_or_insert(p);
-        0
-    });
+    let attempts = or_zero(attempts(r.get_ref(1)?), &mut decoded.problem);
     Ok(Sendable {
         id: r.get(0)?,
         attempts,

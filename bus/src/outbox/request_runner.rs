@@ -146,43 +146,31 @@ fn run_one(
     dead_letter: Option<i64>,
     done: &mut Processed,
 ) -> rusqlite::Result<(String, Option<i64>)> {
-    let Some(id) = dead_letter else {
-        done.other += 1;
-        return Ok(("refused: dead_letter_id is not an integer".into(), None));
-    };
-    match op {
-        Some("replay") => match r.replay(id)? {
-            Some(queue_id) => {
-                done.replayed += 1;
-                Ok((REPLAYED.into(), Some(queue_id)))
-            }
-            None => {
-                done.other += 1;
-                Ok((NOT_FOUND.into(), None))
-            }
+    let not_found = || NOT_FOUND.to_owned();
+    let (count, result, queue_id) = match (op, dead_letter) {
+        (_, None) => {
+            let why = "refused: dead_letter_id is not an integer".to_owned();
+            (&mut done.other, why, None)
+        }
+        (Some("replay"), Some(id)) => match r.replay(id)? {
+            Some(queue_id) => (&mut done.replayed, REPLAYED.to_owned(), Some(queue_id)),
+            None => (&mut done.other, not_found(), None),
         },
-        Some("purge") => {
-            let n =
-                r.tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
-                    .execute([id])?;
-            if n == 0 {
-                done.other += 1;
-                Ok((NOT_FOUND.into(), None))
-            } else {
-                done.purged += 1;
-                Ok((PURGED.into(), None))
+        (Some("purge"), Some(id)) => {
+            let delete = "DELETE FROM dead_letters WHERE id = ?1";
+            match r.tx.prepare_cached(delete)?.execute([id])? {
+                0 => (&mut done.other, not_found(), None),
+                _ => (&mut done.purged, PURGED.to_owned(), None),
             }
         }
-        other => {
-            done.other += 1;
-            Ok((
-                format!(
-                    "refused: unknown operation {:?} (this bus {} runs replay and purge)",
-                    other.unwrap_or(""),
-                    env!("CARGO_PKG_VERSION")
-                ),
-                None,
-            ))
+        (other, Some(_)) => {
+            let (other, version) = (other.unwrap_or(""), env!("CARGO_PKG_VERSION"));
+            let why = format!(
+                "refused: unknown operation {other:?} (this bus {version} runs replay and purge)"
+            );
+            (&mut done.other, why, None)
         }
-    }
+    };
+    *count += 1;
+    Ok((result, queue_id))
 }

@@ -181,12 +181,8 @@ pub(crate) fn check(conn: &Connection, scheduled: bool) -> std::result::Result<(
                 .map(|()| r)
         })
         .map_err(|e| format!("cannot build the reference schema: {e}"))?;
-    let tables: &[&str] = if scheduled {
-        &["outbox", "dead_letters", "outbox_seq", "scheduled"]
-    } else {
-        &["outbox", "dead_letters", "outbox_seq"]
-    };
-    for &table in tables {
+    let tables = ["outbox", "dead_letters", "outbox_seq", "scheduled"];
+    for table in &tables[..3 + usize::from(scheduled)] {
         let want = columns(&reference, table).map_err(|e| e.to_string())?;
         let got = columns(conn, table).map_err(|e| format!("cannot read table {table}: {e}"))?;
         if got.is_empty() {
@@ -290,15 +286,14 @@ pub(crate) fn check_layout(conn: &Connection, path: &Path) -> Result<()> {
     check(conn, true).map_err(|why| layout_err(path, SCHEMA_VERSION, &why))
 }
 
-/// Whether the file open on `conn` has the `scheduled` table (a version-3 file a tool reads has
-/// not).
-pub(crate) fn has_scheduled(conn: &Connection) -> rusqlite::Result<bool> {
+/// Whether the file open on `conn` has the table `name` (a version-3 file a tool reads has no
+/// `scheduled`; `inbox` and `operator_requests` are created when first needed).
+pub(crate) fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'scheduled'",
-        [],
-        |r| r.get::<_, i64>(0),
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
     )
-    .map(|n| n > 0)
 }
 
 /// For a tool beside the service, which neither creates nor migrates a file: the file must be

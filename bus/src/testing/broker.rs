@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::connection::ConnectionState;
 use crate::durable::{DurableSpec, DurableSubscription};
 use crate::error::{Error, Result};
 use crate::local::LocalBroker;
+use crate::panic::lock;
 use crate::raw::{RawMessage, RawSubscription, SubscriptionStats};
 
 /// Replies go to subjects under this prefix on both built-in brokers.
@@ -72,8 +73,7 @@ struct Watched {
 
 impl Watched {
     fn buffered(&self) -> u64 {
-        let buffered = self.stats.buffered_total();
-        buffered.saturating_sub(self.taken.load(Ordering::Relaxed))
+        (self.stats.buffered_total()).saturating_sub(self.taken.load(Ordering::Relaxed))
     }
 }
 
@@ -192,11 +192,7 @@ impl TestBroker {
 
     /// Live subscriptions with messages waiting in their buffers: pattern and count.
     pub fn buffered(&self) -> Vec<(String, u64)> {
-        let mut subs = self
-            .shared
-            .subs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut subs = lock(&self.shared.subs);
         subs.retain(|w| w.strong_count() > 0);
         subs.iter()
             .filter_map(Weak::upgrade)
@@ -208,23 +204,21 @@ impl TestBroker {
     /// On the embedded broker, each durable consumer with messages not settled yet (waiting,
     /// out with a puller, or waiting for a redelivery): name and count. Empty on NATS.
     pub fn durables_unsettled(&self) -> Vec<(String, u64)> {
-        match &self.local {
-            Some(local) => local.durables_unsettled(),
-            None => Vec::new(),
-        }
+        self.local
+            .as_ref()
+            .map_or_else(Vec::new, |local| local.durables_unsettled())
     }
 
     /// `Err` when a fault says this operation fails.
     fn fault(&self, op: &'static str, budget: Option<&AtomicU64>) -> Result<()> {
-        if self.shared.disconnected.load(Ordering::SeqCst) {
+        // A failure budget is spent only while connected.
+        let take = |b: &AtomicU64| {
+            b.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        };
+        if self.shared.disconnected.load(Ordering::SeqCst)
+            || budget.is_some_and(|b| take(b).is_ok())
+        {
             return Err(Error::ConnectionLost { op });
-        }
-        if let Some(budget) = budget {
-            let taken =
-                budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            if taken.is_ok() {
-                return Err(Error::ConnectionLost { op });
-            }
         }
         Ok(())
     }
@@ -235,11 +229,7 @@ impl TestBroker {
             stats: Arc::clone(stats),
             taken: AtomicU64::new(0),
         });
-        self.shared
-            .subs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::downgrade(&watched));
+        lock(&self.shared.subs).push(Arc::downgrade(&watched));
         watched
     }
 }
@@ -254,11 +244,8 @@ impl Broker for TestBroker {
     fn publish(&self, msg: RawMessage) -> BoxFuture<'_, Result<()>> {
         async move {
             self.fault("publish", Some(&self.shared.fail_publishes))?;
-            let kind = if msg.subject.starts_with(INBOX) {
-                Kind::Reply
-            } else {
-                Kind::Published
-            };
+            let reply = msg.subject.starts_with(INBOX);
+            let kind = if reply { Kind::Reply } else { Kind::Published };
             // Recorded before it is sent, so that it comes before its consumption in the record.
             let seq = self.shared.record.add(kind, &msg);
             let twice = self.shared.duplicate.load(Ordering::SeqCst) && kind == Kind::Published;
@@ -295,12 +282,10 @@ impl Broker for TestBroker {
         let queue = queue.map(str::to_owned);
         async move {
             let raw = self.inner.subscribe(&pattern, queue.as_deref()).await?;
-            let watched = self.watch(&raw.pattern, &raw.stats);
-            let shared = Arc::clone(&self.shared);
             let messages = Taken {
                 inner: raw.messages,
-                watched,
-                shared,
+                watched: self.watch(&raw.pattern, &raw.stats),
+                shared: Arc::clone(&self.shared),
                 take: |m| m,
             }
             .boxed();
@@ -345,7 +330,7 @@ impl Broker for TestBroker {
                 inner: durable.deliveries,
                 watched,
                 shared: Arc::clone(&self.shared),
-                take: delivered_message,
+                take: |d| &d.message,
             }
             .boxed();
             Ok(DurableSubscription {
@@ -355,11 +340,6 @@ impl Broker for TestBroker {
         }
         .boxed()
     }
-}
-
-/// The message of a durable delivery.
-fn delivered_message(d: &crate::durable::Delivery) -> &RawMessage {
-    &d.message
 }
 
 /// Counts a request open until it is answered, fails or is dropped.

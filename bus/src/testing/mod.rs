@@ -148,6 +148,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`Bus`] for tests, with a record of everything that happened on it (see the
 /// [module](self)).
+#[derive(Debug)]
 pub struct TestBus {
     bus: Bus,
     broker: Arc<TestBroker>,
@@ -156,15 +157,6 @@ pub struct TestBus {
     nats: Option<Arc<crate::nats::NatsBroker>>,
     /// The outbox's directory, removed when the harness is dropped.
     _dir: Option<tempfile::TempDir>,
-}
-
-impl std::fmt::Debug for TestBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestBus")
-            .field("bus", &self.bus)
-            .field("broker", &self.broker)
-            .finish_non_exhaustive()
-    }
 }
 
 impl TestBus {
@@ -409,25 +401,6 @@ impl Default for TestBusBuilder {
 }
 
 impl TestBusBuilder {
-    /// Gives the bus an outbox, in a temporary directory removed with the harness (see the
-    /// [module](self) about the paused clock).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), bus::Error> {
-    /// let t = bus::testing::TestBus::builder().outbox().start().await?;
-    /// t.broker().fail_confirms(1); // the first batch is sent again
-    /// t.bus().publish_raw(bus::RawMessage::new("a.b", "x")).await?;
-    /// t.wait_idle().await;
-    /// assert!(t.dead_letters().await?.is_empty());
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "outbox")]
-    pub fn outbox(mut self) -> Self {
-        self.outbox = true;
-        self
-    }
-
     /// Runs on the nats-server at `url` (with an outbox).
     #[cfg(feature = "nats")]
     pub fn nats(mut self, url: &str) -> Self {
@@ -436,18 +409,29 @@ impl TestBusBuilder {
         self
     }
 
-    /// No outbox (the default on the embedded broker; on NATS, publishes then go straight to
-    /// the server).
-    pub fn no_outbox(mut self) -> Self {
-        self.outbox = false;
-        self
-    }
+    setters! {
+        /// Gives the bus an outbox, in a temporary directory removed with the harness (see the
+        /// [module](self) about the paused clock).
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), bus::Error> {
+        /// let t = bus::testing::TestBus::builder().outbox().start().await?;
+        /// t.broker().fail_confirms(1); // the first batch is sent again
+        /// t.bus().publish_raw(bus::RawMessage::new("a.b", "x")).await?;
+        /// t.wait_idle().await;
+        /// assert!(t.dead_letters().await?.is_empty());
+        /// # Ok(()) }
+        /// ```
+        #[cfg(feature = "outbox")]
+        fn outbox() => outbox = true;
 
-    /// How long [`TestBus::wait_idle`] and [`TestBus::wait_for`] wait, in wall time, before they
-    /// fail the test (default [`DEFAULT_IDLE_TIMEOUT`]).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
-        self
+        /// No outbox (the default on the embedded broker; on NATS, publishes then go straight to
+        /// the server).
+        fn no_outbox() => outbox = false;
+        /// How long [`TestBus::wait_idle`] and [`TestBus::wait_for`] wait, in wall time, before they
+        /// fail the test (default [`DEFAULT_IDLE_TIMEOUT`]).
+        fn idle_timeout(timeout: Duration) => idle_timeout = timeout;
     }
 
     /// Sets anything else on the underlying [`BusBuilder`]: streams, request timeout, wire
@@ -476,18 +460,14 @@ impl TestBusBuilder {
         #[allow(unused_mut)]
         let mut dir = None;
         #[cfg(feature = "outbox")]
-        {
-            if self.outbox {
-                let made = tempfile::tempdir().map_err(|e| {
-                    crate::Error::Config(format!(
-                        "cannot make the outbox's temporary directory: {e}"
-                    ))
-                })?;
-                builder = builder.outbox_path(made.path().join(OUTBOX_FILE));
-                dir = Some(made);
-            } else {
-                builder = builder.no_outbox();
-            }
+        if self.outbox {
+            let made = tempfile::tempdir().map_err(|e| {
+                crate::Error::Config(format!("cannot make the outbox's temporary directory: {e}"))
+            })?;
+            builder = builder.outbox_path(made.path().join(OUTBOX_FILE));
+            dir = Some(made);
+        } else {
+            builder = builder.no_outbox();
         }
         let mut wrapped = None;
         let mut inner = None;

@@ -1,12 +1,13 @@
 //! The record of a [`TestBus`](super::TestBus): every message published, consumed, requested and
 //! answered, in the order the broker saw them.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
 use crate::headers::{self, Headers};
 use crate::message::Message;
+use crate::panic::lock;
 use crate::raw::RawMessage;
 
 /// What happened to a [`Record`]'s message.
@@ -87,13 +88,9 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    fn lock(&self) -> MutexGuard<'_, Vec<Record>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Adds an entry; returns its `seq`.
     pub(crate) fn add(&self, kind: Kind, msg: &RawMessage) -> u64 {
-        let mut entries = self.lock();
+        let mut entries = lock(&self.entries);
         let seq = entries.len() as u64;
         entries.push(Record {
             seq,
@@ -108,7 +105,7 @@ impl Recorder {
 
     /// Takes entry `seq` back out (its send failed); the later ones move up.
     pub(crate) fn retract(&self, seq: u64) {
-        let mut entries = self.lock();
+        let mut entries = lock(&self.entries);
         if let Some(at) = entries.iter().rposition(|r| r.seq == seq) {
             entries.remove(at);
             for r in &mut entries[at..] {
@@ -118,11 +115,11 @@ impl Recorder {
     }
 
     pub(crate) fn all(&self) -> Vec<Record> {
-        self.lock().clone()
+        lock(&self.entries).clone()
     }
 
     pub(crate) fn of<M: Message>(&self, kind: Kind) -> Vec<Recorded<M>> {
-        self.lock()
+        lock(&self.entries)
             .iter()
             .filter(|r| r.kind == kind)
             .filter_map(|r| {
