@@ -658,7 +658,8 @@ impl Bus {
     }
 
     /// Answers requests of type `M` that `filter` selects with `handler`, until the returned
-    /// handle is stopped or the bus closes. Each request is handled on its own task.
+    /// handle is stopped or the bus closes. A handler that answers without waiting is answered
+    /// on the responder's task; one that waits goes on on a task of its own.
     ///
     /// A handler error is sent back as a `Bus-Error` header and surfaces at the requester as
     /// [`Error::Remote`].

@@ -374,9 +374,10 @@ fn same_auth(a: &NatsAuth, b: &NatsAuth) -> bool {
 fn check_nkey_seed(seed: &str) -> Result<()> {
     let seed = seed.trim();
     let pair = nkeys::KeyPair::from_seed(seed).map_err(|e| {
-        let len = seed.len();
+        let len = seed.chars().count();
         let looks = if seed.starts_with('S') {
-            format!("{len} characters starting with {:?}", &seed[..len.min(2)])
+            let start: String = seed.chars().take(2).collect();
+            format!("{len} characters starting with {start:?}")
         } else {
             format!("{len} characters, not starting with `S`")
         };
@@ -463,6 +464,17 @@ mod tests {
         assert!(o.validate().is_ok());
         o.confirm_subject = "a.*".into();
         assert!(matches!(o.validate(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn a_malformed_seed_with_a_wide_character_is_an_error_not_a_panic() {
+        let Err(Error::Config(text)) = check_nkey_seed("Sé and more") else {
+            panic!("a malformed seed is a config error");
+        };
+        assert!(
+            text.contains("11 characters starting with \"Sé\""),
+            "{text}"
+        );
     }
 
     /// Test-only keys (never use them anywhere else).
