@@ -347,6 +347,8 @@ mod noop {
     pub(crate) struct Receive;
 
     impl Receive {
+        // The same signature as with metrics on, where `M` names the series.
+        #[allow(clippy::extra_unused_type_parameters)]
         pub(crate) fn of<M: crate::incoming::Incoming>() -> Receive {
             Receive
         }
@@ -364,6 +366,7 @@ mod noop {
     }
 
     impl HandlerMetrics {
+        #[allow(clippy::extra_unused_type_parameters)]
         pub(crate) fn of<M: crate::incoming::Incoming>(
             _name: &str,
             _origin: &str,

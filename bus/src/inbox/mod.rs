@@ -58,7 +58,10 @@ use crate::raw::RawMessage;
 pub(crate) type SendOutput =
     Arc<dyn Fn(RawMessage) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
-/// Completions between two prunes of the file's table.
+/// The least completions between two prunes of the file's table. A prune scans the handler's
+/// rows (the table has no index by time: see `outbox::schema::INBOX`), so it also waits for a
+/// quarter of the window: the table holds at most about 1.25 windows of completions, and each
+/// completion pays for a few rows of scanning.
 #[cfg(feature = "outbox")]
 const PRUNE_EVERY: u64 = 4096;
 
@@ -70,6 +73,9 @@ pub(crate) struct Inbox {
     table: Option<InboxTable>,
     send: Option<SendOutput>,
     completed: AtomicU64,
+    /// Not before this (unix ms) is the file's table pruned again.
+    #[cfg(feature = "outbox")]
+    next_prune: std::sync::atomic::AtomicI64,
     #[cfg(feature = "nats")]
     shared: Option<Arc<SharedStore>>,
 }
@@ -119,6 +125,8 @@ impl Inbox {
             table: None,
             send: Some(send),
             completed: AtomicU64::new(0),
+            #[cfg(feature = "outbox")]
+            next_prune: Default::default(),
             #[cfg(feature = "nats")]
             shared: None,
         }
@@ -146,6 +154,7 @@ impl Inbox {
             table: Some(table),
             send: None,
             completed: AtomicU64::new(0),
+            next_prune: (now + (window_ms / 4).max(1)).into(),
             #[cfg(feature = "nats")]
             shared: None,
         })
@@ -303,12 +312,20 @@ impl Inbox {
         );
     }
 
-    /// Counts a committed completion; every [`PRUNE_EVERY`], prunes the file's table.
+    /// Counts a committed completion; every [`PRUNE_EVERY`], prunes the file's table if a
+    /// quarter of the window passed since the last prune.
     #[cfg(feature = "outbox")]
     fn committed(&self, table: &InboxTable, now: i64) {
-        if self.completed.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            table.prune(now.saturating_sub(self.window_ms));
+        if self.completed.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY != PRUNE_EVERY - 1
+            || now < self.next_prune.load(Ordering::Relaxed)
+        {
+            return;
         }
+        self.next_prune.store(
+            now.saturating_add((self.window_ms / 4).max(1)),
+            Ordering::Relaxed,
+        );
+        table.prune(now.saturating_sub(self.window_ms));
     }
 
     /// Records `msg_id` as finished and no longer running, at once (no copy here sees

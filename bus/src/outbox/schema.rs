@@ -138,6 +138,11 @@ CREATE INDEX IF NOT EXISTS operator_requests_pending
 /// handler published through its envelope (see [`inbox`](crate::inbox)), and pruned past the
 /// handler's window. Like `operator_requests`, not part of the checked layout and created at
 /// open if missing, so a file with or without it is still a version-3 file.
+///
+/// One b-tree, no index on `done_at`: a completion is one insert (an index by time doubled
+/// the inbox's cost per message), and pruning scans the handler's rows instead, seldom enough
+/// that the scan costs a few rows per completion (see `inbox::Inbox`). The index an earlier
+/// version made is dropped.
 pub(crate) const INBOX: &str = "
 CREATE TABLE IF NOT EXISTS inbox (
     handler TEXT    NOT NULL,
@@ -145,7 +150,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     done_at INTEGER NOT NULL,
     PRIMARY KEY (handler, msg_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS inbox_done ON inbox (handler, done_at);
+DROP INDEX IF EXISTS inbox_done;
 ";
 
 /// The column layout of a table: name, declared type, NOT NULL, primary key position.

@@ -1106,3 +1106,50 @@ async fn scheduled_messages_wait_in_the_file_until_due_and_flush_does_not_wait()
         .next_due
         .is_some_and(|d| d >= late - Duration::from_millis(1)));
 }
+
+/// The inbox table, which has no index by time, is pruned past its handler's window by a scan
+/// that waits for enough completions and a quarter of the window: completions past the window
+/// go, those within it stay, and a prune at open removes what aged meanwhile.
+#[tokio::test]
+async fn inbox_completions_past_the_window_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&path, &broker).await.unwrap();
+    let window = Duration::from_secs(2);
+    let inbox = crate::inbox::Inbox::in_file(window, outbox.inbox_table("h"))
+        .await
+        .unwrap();
+    // Concurrent, so that they share group commits and take a small part of the window.
+    let complete = |prefix: &'static str, n: usize| {
+        let inbox = &inbox;
+        async move {
+            let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+            let all = ids.iter().map(|id| inbox.complete(Some(id), Vec::new()));
+            for r in futures::future::join_all(all).await {
+                r.unwrap();
+            }
+        }
+    };
+    let inbox_rows = || async { outbox.stats().await.unwrap().inbox };
+    complete("old", 100).await;
+    // Fewer completions than a prune waits for: nothing pruned yet.
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    complete("young", 3_000).await;
+    assert_eq!(inbox_rows().await, 3_100);
+    // The 4,096th completion prunes (a quarter of the window has passed since open).
+    complete("more", 996).await;
+    let after = inbox_rows().await;
+    assert_eq!(
+        after, 3_996,
+        "the 100 past the window pruned, the young kept"
+    );
+    drop(inbox);
+    // At open: everything aged past the window meanwhile.
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    let again = crate::inbox::Inbox::in_file(window, outbox.inbox_table("h"))
+        .await
+        .unwrap();
+    drop(again);
+    assert_eq!(inbox_rows().await, 0);
+}
