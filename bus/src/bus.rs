@@ -128,6 +128,17 @@ impl fmt::Debug for Bus {
     }
 }
 
+/// Awaits `$fut` in `$span`, if any. A macro, not an `async fn`: a helper future would hold
+/// the publish's future a second time (and copy it), in every publish.
+macro_rules! in_span {
+    ($span:expr, $fut:expr) => {
+        match $span {
+            Some(span) => $fut.instrument(span).await,
+            None => $fut.await,
+        }
+    };
+}
+
 impl Bus {
     /// A bus on the embedded in-process broker, with no outbox: no server, nothing on disk.
     pub async fn local() -> Result<Bus> {
@@ -263,18 +274,16 @@ impl Bus {
     /// ([`Error::InvalidHeader`], see [`Headers::check`]): the outbox checks before it queues,
     /// every broker before it sends.
     pub async fn publish_with_headers<M: Message>(&self, msg: &M, headers: Headers) -> Result<()> {
-        self.publish_due(msg, headers, None).await
+        self.send(self.encode(msg, headers)?, None).await?;
+        self.inner.metrics.published::<M>();
+        Ok(())
     }
 
-    /// Publishes `msg` with `headers` and the policy's, `due` then (see `send`). The
-    /// subject is not checked here: the derive checked each placeholder value as it wrote it
-    /// (the literals at compile time), and the broker, or the outbox before queueing, checks it.
-    async fn publish_due<M: Message>(
-        &self,
-        msg: &M,
-        headers: Headers,
-        due: Option<std::time::SystemTime>,
-    ) -> Result<()> {
+    /// `msg` as the raw message a publish sends, with `headers` and the policy's. Not async (a
+    /// publish's future stays small: it is moved on every publish). The subject is not checked
+    /// here: the derive checked each placeholder value as it wrote it (the literals at compile
+    /// time), and the broker, or the outbox before queueing, checks it.
+    fn encode<M: Message>(&self, msg: &M, headers: Headers) -> Result<RawMessage> {
         let mut raw = RawMessage {
             subject: msg.subject()?,
             reply: None,
@@ -284,9 +293,7 @@ impl Bus {
         if self.inner.wire == WireHeaders::Full {
             full_headers::<M>(&mut raw.headers);
         }
-        self.send(raw, due).await?;
-        self.inner.metrics.published::<M>();
-        Ok(())
+        Ok(raw)
     }
 
     /// Publishes a typed message to be delivered `delay` from now: [`publish_at`](Bus::publish_at)
@@ -330,7 +337,10 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub async fn publish_at<M: Message>(&self, msg: &M, when: std::time::SystemTime) -> Result<()> {
-        self.publish_due(msg, Headers::new(), Some(when)).await
+        self.send(self.encode(msg, Headers::new())?, Some(when))
+            .await?;
+        self.inner.metrics.published::<M>();
+        Ok(())
     }
 
     /// Publishes raw bytes to a concrete subject, through the outbox if there is one.
@@ -364,10 +374,12 @@ impl Bus {
             }
             if let Some(due) = due {
                 self.inner.metrics.scheduled();
-                return outbox.schedule(msg, due).await;
+                // Boxed: its state stays out of every publish's future (which is moved, and
+                // copied, on each publish).
+                return Box::pin(outbox.schedule(msg, due)).await;
             }
             let span = publish_span(&msg.subject);
-            return in_span(span, outbox.enqueue(msg)).await;
+            return in_span!(span, outbox.enqueue(msg));
         }
         if let Some(due) = due {
             return self.send_later(msg, due);
@@ -379,8 +391,8 @@ impl Bus {
                 local.publish_now(msg).map(drop)
             }
             #[cfg(feature = "nats")]
-            Direct::Nats(nats) => in_span(span, nats.publish_checked(msg)).await,
-            Direct::Other => in_span(span, self.inner.broker.publish(msg)).await,
+            Direct::Nats(nats) => in_span!(span, nats.publish_checked(msg)),
+            Direct::Other => in_span!(span, self.inner.broker.publish(msg)),
         }
     }
 
@@ -955,12 +967,4 @@ fn stamp_msg_id(headers: &mut Headers) {
 #[inline]
 fn publish_span(subject: &str) -> Option<tracing::Span> {
     tracing::enabled!(tracing::Level::TRACE).then(|| tracing::trace_span!("publish", subject))
-}
-
-/// Runs `fut` in `span`, if any.
-async fn in_span<T>(span: Option<tracing::Span>, fut: impl Future<Output = T>) -> T {
-    match span {
-        Some(span) => fut.instrument(span).await,
-        None => fut.await,
-    }
 }
