@@ -167,7 +167,7 @@ struct InFlightState {
 }
 
 /// Counts its task as finished when dropped (also when the task panicked or was cancelled).
-struct InFlightGuard(Arc<InFlightState>);
+pub(crate) struct InFlightGuard(Arc<InFlightState>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
@@ -210,7 +210,7 @@ impl InFlight {
 
     /// Counts work that finishes elsewhere (not a task here) until the returned guard drops.
     #[cfg(feature = "outbox")]
-    pub(crate) fn hold(&self) -> impl Send + 'static {
+    pub(crate) fn hold(&self) -> InFlightGuard {
         self.0.count.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(Arc::clone(&self.0))
     }

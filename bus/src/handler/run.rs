@@ -398,14 +398,8 @@ where
         let outcome = match &self.inbox {
             None => AssertUnwindSafe((self.handler)(env)).catch_unwind().await,
             Some(inbox) => {
-                let outputs = Outputs::new(id);
-                let env = env.with_outputs(Arc::clone(&outputs));
-                let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
+                let (outcome, msgs) = self.run_collecting(env, id).await;
                 if let Ok(Ok(())) = &outcome {
-                    let mut msgs = outputs.take();
-                    for m in &mut msgs {
-                        crate::trace::inject(&mut m.headers);
-                    }
                     if let Err(e) = inbox.complete(id, msgs).await {
                         keep.restore(msg);
                         return Attempt::Failed(self.uncommitted(e));
@@ -421,6 +415,27 @@ where
                 Attempt::Failed(error)
             }
         }
+    }
+
+    /// Runs the handler on `env`, collecting what it publishes through it (their msg ids
+    /// derive from `id`, the incoming message's); after `Ok`, the outputs, each with the trace
+    /// context.
+    async fn run_collecting(
+        &self,
+        env: Envelope<M>,
+        id: Option<&str>,
+    ) -> (std::thread::Result<Result<(), E>>, Vec<RawMessage>) {
+        let outputs = Outputs::new(id);
+        let env = env.with_outputs(Arc::clone(&outputs));
+        let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
+        let mut msgs = match &outcome {
+            Ok(Ok(())) => outputs.take(),
+            _ => Vec::new(),
+        };
+        for m in &mut msgs {
+            crate::trace::inject(&mut m.headers);
+        }
+        (outcome, msgs)
     }
 
     /// The envelope of one attempt: `msg` decoded (again for each attempt: the handler owns
@@ -527,9 +542,9 @@ where
             }
         };
         #[cfg(feature = "outbox")]
-        if !ordered && self.inbox.as_ref().is_some_and(|inbox| inbox.pipelines()) {
+        if let Some(inbox) = self.inbox.as_ref().filter(|i| !ordered && i.pipelines()) {
             return self
-                .attempt_committing(message, attempts, claim, acker, slot)
+                .attempt_committing(inbox, message, attempts, claim, acker, slot)
                 .await;
         }
         let id = claim.as_ref().map(ClaimGuard::id);
@@ -593,6 +608,7 @@ where
     #[cfg(feature = "outbox")]
     async fn attempt_committing(
         self: &Arc<Self>,
+        inbox: &Arc<Inbox>,
         mut message: RawMessage,
         attempts: u32,
         claim: Option<ClaimGuard>,
@@ -609,26 +625,17 @@ where
         };
         self.metrics.attempt();
         let id = claim.as_ref().map(ClaimGuard::id);
-        let outputs = Outputs::new(id);
-        let env = env.with_outputs(Arc::clone(&outputs));
-        let outcome = AssertUnwindSafe((self.handler)(env)).catch_unwind().await;
+        let (outcome, msgs) = self.run_collecting(env, id).await;
         keep.restore(&mut message);
         drop(slot);
         if !matches!(outcome, Ok(Ok(()))) {
             let error = self.failure(outcome).unwrap_or_default();
             return self.failed_durable(message, acker, attempts, error).await;
         }
-        let mut msgs = outputs.take();
-        for m in &mut msgs {
-            crate::trace::inject(&mut m.headers);
-        }
-        let Some(inbox) = self.inbox.clone() else {
-            return;
-        };
         let id = id.map(str::to_owned);
         let settler = self.settler();
         let settle = Settle {
-            held: Box::new(self.in_flight.hold()),
+            held: self.in_flight.hold(),
             run: Arc::clone(self),
             message,
             acker,
@@ -696,7 +703,7 @@ struct Settle<M, F> {
     /// Released after the commit (a copy arriving meanwhile is a duplicate).
     claim: Option<ClaimGuard>,
     /// Counts the delivery in the loop's work in flight.
-    held: Box<dyn Send>,
+    held: crate::stop::InFlightGuard,
 }
 
 #[cfg(feature = "outbox")]

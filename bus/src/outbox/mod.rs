@@ -334,8 +334,16 @@ impl InboxTable {
         msg_id: Option<String>,
         at: i64,
     ) -> Result<()> {
-        let done = self.row(&outputs, msg_id, at)?;
-        self.writer.complete(outputs, done).await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commit_then(
+            outputs,
+            msg_id,
+            at,
+            Box::new(move |outcome| {
+                let _ = tx.send(outcome);
+            }),
+        );
+        rx.await.unwrap_or_else(|_| Err(self.writer.closed()))
     }
 
     /// [`commit`](Self::commit) without waiting: `then` runs on the writer thread with the
@@ -351,7 +359,7 @@ impl InboxTable {
             Ok(done) => done,
             Err(e) => return then(Err(e)),
         };
-        self.writer.complete_then(outputs, done, then);
+        self.writer.complete(outputs, done, then);
     }
 
     /// The completion row of `msg_id`, after checking every output against the size limit.

@@ -221,13 +221,13 @@ type Op = Box<dyn FnOnce(&mut Ctx) + Send>;
 type Reply = oneshot::Sender<Result<()>>;
 
 /// What runs on the writer thread once a completion's transaction is decided (see
-/// [`Writer::complete_then`]): quick, it must not block.
+/// [`Writer::complete`]): quick, it must not block.
 pub(crate) type Then = Box<dyn FnOnce(Result<()>) + Send>;
 
 enum Command {
     Enqueue(RawMessage, Reply),
     /// A handler's outputs and its inbox completion, committed together (see
-    /// [`Writer::complete_then`]).
+    /// [`Writer::complete`]).
     Complete(Vec<RawMessage>, Option<InboxRow>, Then),
     Op(Op),
     Shutdown,
@@ -484,7 +484,7 @@ impl Writer {
         &self.path
     }
 
-    fn closed(&self) -> Error {
+    pub(crate) fn closed(&self) -> Error {
         Error::outbox(
             self.path.as_path(),
             "the outbox is closed (its Bus was dropped)",
@@ -502,31 +502,9 @@ impl Writer {
     }
 
     /// Queues a handler's `outputs` and records its inbox completion `done` in one
-    /// transaction; returns once it is committed (all of it, or, on `Err`, none of it).
-    pub(crate) async fn complete(
-        &self,
-        outputs: Vec<RawMessage>,
-        done: Option<InboxRow>,
-    ) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.complete_then(
-            outputs,
-            done,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.await.map_err(|_| self.closed())?
-    }
-
-    /// [`complete`](Self::complete) without waiting: `then` runs on the writer thread with the
-    /// outcome of the transaction (here, at once, when the writer is gone).
-    pub(crate) fn complete_then(
-        &self,
-        outputs: Vec<RawMessage>,
-        done: Option<InboxRow>,
-        then: Then,
-    ) {
+    /// transaction (all of it, or, on `Err`, none of it); `then` runs on the writer thread with
+    /// the outcome (here, at once, when the writer is gone).
+    pub(crate) fn complete(&self, outputs: Vec<RawMessage>, done: Option<InboxRow>, then: Then) {
         if let Err(mpsc::SendError(Command::Complete(_, _, then))) =
             self.tx.send(Command::Complete(outputs, done, then))
         {
