@@ -50,7 +50,9 @@ async fn heartbeats_are_typed_and_current() {
             .unwrap()
             .unwrap();
         assert_eq!(beat.subject(), "plugin.health.planner-1");
-        if beat.handler_failures == 1 {
+        // A beat sent while the message was delivered but not yet confirmed still counts it in
+        // the outbox: wait for one that has both the failure and the emptied outbox.
+        if beat.handler_failures == 1 && beat.outbox_depth == 0 {
             break beat;
         }
     };
