@@ -164,6 +164,7 @@ use crate::broker::{Broker, ConnectionState, RawMessage};
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 
+mod checkpoint;
 mod dead_letters;
 mod drainer;
 mod encoding;

@@ -30,6 +30,16 @@ pub enum Durability {
     PowerLoss,
 }
 
+impl Durability {
+    /// SQLite's `synchronous` level for this durability.
+    pub(crate) fn synchronous(self) -> &'static str {
+        match self {
+            Durability::ProcessCrash => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        }
+    }
+}
+
 /// A queued message as the drainer sees it. The row keeps its message for as long as it is
 /// queued: each send attempt hands the broker a copy (the trait takes it by value), so a batch
 /// that has to go again is still here, and so is what the dead-letter log names.
@@ -187,10 +197,7 @@ impl Store {
                 None,
             ));
         }
-        let sync = match durability {
-            Durability::ProcessCrash => "NORMAL",
-            Durability::PowerLoss => "FULL",
-        };
+        let sync = durability.synchronous();
         self.conn
             .execute_batch(&format!(
                 "PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;"
@@ -501,6 +508,18 @@ impl Store {
             tx.commit()?;
         }
         Ok(page)
+    }
+
+    /// Sets SQLite's automatic checkpoint (run by the committing connection) to `pages` of log:
+    /// the bound for when the background checkpoints fall behind. A failure keeps the default
+    /// (1,000 pages), which is only slower.
+    pub(crate) fn backstop_checkpoints(&self, pages: u32) {
+        if let Err(e) = self
+            .conn
+            .execute_batch(&format!("PRAGMA wal_autocheckpoint={pages};"))
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot set the outbox's automatic checkpoint");
+        }
     }
 
     /// Records that every row up to `last` is confirmed or dead-lettered: one single-row update

@@ -590,6 +590,53 @@ async fn power_loss_durability_syncs_every_commit() {
     assert_eq!(synchronous(&default).await, 1, "NORMAL");
 }
 
+/// The write-ahead log is copied back into the file by the checkpoint thread, not by the
+/// writer's commits: after a burst of publishes the background has checkpointed, the log is
+/// fully copied, and the writer's own automatic checkpoint is only the high backstop.
+#[tokio::test]
+async fn the_log_is_checkpointed_off_the_writer_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::new(ConnectionState::Connected);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    // About 2,000 pages of log (the fake broker's max_payload is 1 KiB): twice SQLite's default
+    // threshold, half the backstop.
+    let body = "x".repeat(900);
+    let all = (0..8_000).map(|i| outbox.enqueue(msg(&format!("a.{i}"), body.clone())));
+    for r in futures::future::join_all(all).await {
+        r.unwrap();
+    }
+    let state = || {
+        outbox.writer.call("test", |ctx| {
+            let auto: i64 = ctx
+                .store
+                .conn
+                .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?;
+            let runs = ctx.checkpoint.as_ref().map_or(0, |c| c.runs());
+            Ok((auto, runs))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (auto, runs) = loop {
+        let (auto, runs) = state().await.unwrap();
+        if runs > 0 || std::time::Instant::now() > deadline {
+            break (auto, runs);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(auto, i64::from(checkpoint::BACKSTOP_PAGES));
+    assert!(runs > 0, "the checkpoint thread never ran");
+    // Once writes stop, the log is copied whole: a passive checkpoint finds nothing left.
+    flush(&outbox).await;
+    tokio::time::sleep(checkpoint::INTERVAL * 3).await;
+    let conn = rusqlite::Connection::open(dir.path().join("o.db")).unwrap();
+    let (log, copied): (i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(copied, log, "frames left uncopied");
+}
+
 /// The connection's `PRAGMA synchronous` (1 = NORMAL, 2 = FULL).
 async fn synchronous(outbox: &Outbox) -> i64 {
     outbox

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch, Notify};
 
+use super::checkpoint::{Checkpointer, BACKSTOP_PAGES};
 use super::io::{sql_detail, sql_err};
 use super::store::{Durability, InboxRow, Row, Store, Watermarks};
 use crate::broker::RawMessage;
@@ -80,6 +81,10 @@ impl Shared {
 
 /// What the writer thread owns besides the connection.
 pub(crate) struct Ctx {
+    /// The background checkpoints (declared first: it stops before the store closes).
+    pub(crate) checkpoint: Option<Checkpointer>,
+    /// The connection's `total_changes` when the checkpointer was last told of writes.
+    pub(crate) changes: u64,
     pub(crate) store: Store,
     pub(crate) shared: Arc<Shared>,
     /// The highest committed queue id.
@@ -107,6 +112,17 @@ const TIDY_THRESHOLD: i64 = 64 * 1024;
 const MAX_UNDELETED: i64 = 256 * 1024;
 
 impl Ctx {
+    /// Tells the checkpointer if anything was written since it was last told.
+    fn after_writes(&mut self) {
+        if let Some(checkpoint) = &self.checkpoint {
+            let changes = self.store.conn.total_changes();
+            if changes != self.changes {
+                self.changes = changes;
+                checkpoint.wrote();
+            }
+        }
+    }
+
     /// Records that every row up to `last` is confirmed or dead-lettered. Nobody awaits this: a
     /// failure is logged and the watermark moved with the next batch (until then a restarted
     /// process would send these again, same msg ids).
@@ -283,9 +299,16 @@ pub(crate) async fn spawn(path: PathBuf, durability: Durability) -> Result<Start
             if ready_tx.send(Ok((committed_rx, w))).is_err() {
                 return;
             }
+            // Checkpoints on a thread of their own; the writer's own only as a backstop.
+            let checkpoint = Checkpointer::start(&thread_path, durability);
+            if checkpoint.is_some() {
+                store.backstop_checkpoints(BACKSTOP_PAGES);
+            }
             run(
                 rx,
                 Ctx {
+                    checkpoint,
+                    changes: 0,
                     store,
                     shared: thread_shared,
                     committed: committed_tx,
@@ -348,6 +371,7 @@ impl Group {
 fn run(rx: mpsc::Receiver<Command>, mut ctx: Ctx) {
     let mut group = Group::default();
     loop {
+        ctx.after_writes();
         // Replays and purges asked through the file, every 500 ms, busy or idle.
         if let Some(last) = ctx.requests.poll(&mut ctx.store) {
             ctx.committed.send_replace(last);
