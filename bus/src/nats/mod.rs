@@ -198,7 +198,9 @@ impl NatsBroker {
         if msg.reply.is_none() && self.js.routes_anything() {
             if let Some(stream) = self.js.target(&msg.subject).await {
                 tracing::trace!(subject = %msg.subject, stream = &*stream, "publish through JetStream");
-                return self.js.publish(msg, h).await;
+                // Boxed: its future is 2 KiB, which every publish's future (local and outbox
+                // ones too) would otherwise carry and move on each call.
+                return Box::pin(self.js.publish(msg, h)).await;
             }
         }
         let (subject, reply, payload): (Subject, Option<Subject>, _) = match msg {
