@@ -637,6 +637,33 @@ async fn the_log_is_checkpointed_off_the_writer_thread() {
     assert_eq!(copied, log, "frames left uncopied");
 }
 
+/// Under a sustained burst the background checkpoints may never find the log idle, so it is
+/// never started over; the writer's own checkpoint then bounds it. The log file never grows
+/// far past that bound, however much is written.
+#[tokio::test]
+async fn the_log_stays_bounded_under_a_sustained_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = FakeBroker::build(ConnectionState::Connected, false);
+    let outbox = open(&dir.path().join("o.db"), &broker).await.unwrap();
+    let wal = dir.path().join("o.db-wal");
+    let body = "x".repeat(900);
+    let mut largest = 0;
+    // 48 MiB of rows, in windows of 2,000 publishes in flight.
+    for round in 0..24 {
+        let all = (0..2_000).map(|i| outbox.enqueue(msg(&format!("a.{round}.{i}"), body.clone())));
+        for r in futures::future::join_all(all).await {
+            r.unwrap();
+        }
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    flush(&outbox).await;
+    let bound = u64::from(checkpoint::BACKSTOP_PAGES) * 4096;
+    assert!(
+        largest < bound * 2,
+        "the log grew to {largest} bytes (the writer's backstop is {bound})"
+    );
+}
+
 /// The connection's `PRAGMA synchronous` (1 = NORMAL, 2 = FULL).
 async fn synchronous(outbox: &Outbox) -> i64 {
     outbox
