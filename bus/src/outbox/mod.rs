@@ -32,7 +32,9 @@
 //!   a hard link is refused too; a file with several hard links is refused at open. A damaged
 //!   file is refused at open, and a page that goes bad while running turns its rows into dead
 //!   letters (`integrity`). Free space is given back when the queue is empty and idle
-//!   (`reclaim`). A file of schema version 2 (bus
+//!   (`reclaim`). The write-ahead log is copied back into the file on a thread of its own
+//!   (`checkpoint`), so that a publish never waits for a checkpoint's syncs; under a sustained
+//!   flood the log grows to about 16 MiB before the writer checkpoints it itself. A file of schema version 2 (bus
 //!   before the readable schema) is migrated on open, in one transaction, keeping every queued
 //!   row and dead letter.
 //!
