@@ -65,17 +65,13 @@ impl OutboxFile {
     /// or filesystem) no writer can run either, and the file is read as it is.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<OutboxFile> {
         let path = path.as_ref();
+        let fix = "give the path of the outbox file (its outbox_path)";
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                return Err(Error::outbox(path, "not a file; give the path of the outbox file (its outbox_path)", None))
-            }
+            Ok(_) => return Err(Error::outbox(path, format!("not a file; {fix}"), None)),
             Err(e) => {
-                return Err(Error::outbox(
-                    path,
-                    format!("cannot read the outbox file: {e}; give the path of the outbox file (its outbox_path)"),
-                    Some(Box::new(e)),
-                ))
+                let detail = format!("cannot read the outbox file: {e}; {fix}");
+                return Err(Error::outbox(path, detail, Some(Box::new(e))));
             }
         }
         match Self::connect(path, false) {
