@@ -153,11 +153,10 @@ impl OutboxFile {
     pub fn queued(&self, limit: usize, after: Option<i64>) -> Result<Vec<QueuedMessage>> {
         // A damaged page fails a range scan as a whole: then read row by row, so that a
         // listing of a damaged file shows every row that can still be read (salvage).
+        let after = after.unwrap_or(0);
         self.snapshot("cannot read the outbox queue", |c| {
-            match read::queued(c, after.unwrap_or(0), limit) {
-                Err(e) if read::is_corrupt(&e) => {
-                    read::queued_salvaged(c, after.unwrap_or(0), limit)
-                }
+            match read::queued(c, after, limit) {
+                Err(e) if read::is_corrupt(&e) => read::queued_salvaged(c, after, limit),
                 other => other,
             }
         })
