@@ -104,38 +104,30 @@ impl<const N: usize> FilterParts<N> {
     pub fn set<T: SubjectToken + ?Sized>(&mut self, index: usize, field: &'static str, value: &T) {
         let mut s = String::new();
         value.write_token(&mut s);
-        if let Err(e) = check_token(&s) {
-            self.error.get_or_insert(Error::InvalidSubjectToken {
-                field,
-                value: s,
-                reason: e.reason(),
-            });
-            return;
-        }
-        self.values[index] = Some(s);
+        self.values[index] = self.checked(field, s);
     }
 
     /// Sets the queue group.
     pub fn set_queue(&mut self, name: &str) {
-        self.queue = self.checked_name("queue", name);
+        self.queue = self.checked("queue", name.to_owned());
     }
 
     /// Sets the durable consumer's name.
     pub fn set_durable(&mut self, name: &str) {
-        self.durable = self.checked_name("durable", name);
+        self.durable = self.checked("durable", name.to_owned());
     }
 
-    /// `name` if it is one token, else `None` and the error kept for when the filter is used.
-    fn checked_name(&mut self, field: &'static str, name: &str) -> Option<String> {
-        if let Err(e) = check_token(name) {
-            self.error.get_or_insert(Error::InvalidSubjectToken {
-                field,
-                value: name.to_string(),
-                reason: e.reason(),
-            });
-            return None;
-        }
-        Some(name.to_string())
+    /// `value` if it is one token, else `None` and the error kept for when the filter is used.
+    fn checked(&mut self, field: &'static str, value: String) -> Option<String> {
+        let Err(e) = check_token(&value) else {
+            return Some(value);
+        };
+        self.error.get_or_insert(Error::InvalidSubjectToken {
+            field,
+            value,
+            reason: e.reason(),
+        });
+        None
     }
 
     /// The durable consumer's name.

@@ -203,47 +203,6 @@ impl BusBuilder {
         /// It costs one subject built per received message; off, nothing.
         fn check_subject_fields(check: bool) => check_subject_fields = check;
 
-        /// NATS: the client name shown by the server's monitoring.
-        #[cfg(feature = "nats")]
-        fn name(name: impl Into<String>) => nats.name = Some(name.into());
-        /// NATS: authenticate with a token.
-        #[cfg(feature = "nats")]
-        fn token(token: impl Into<String>) => nats.auth = NatsAuth::Token(token.into());
-        /// NATS: authenticate with a user and password.
-        #[cfg(feature = "nats")]
-        fn user_password(user: impl Into<String>, password: impl Into<String>) =>
-            nats.auth = NatsAuth::UserPassword(user.into(), password.into());
-        /// NATS: authenticate with an NKey seed (`SU…`).
-        #[cfg(feature = "nats")]
-        fn nkey(seed: impl Into<String>) => nats.auth = NatsAuth::NKey(seed.into());
-        /// NATS: authenticate with a `.creds` file (JWT and NKey seed).
-        #[cfg(feature = "nats")]
-        fn credentials_file(path: impl AsRef<Path>) =>
-            nats.auth = NatsAuth::CredentialsFile(path.as_ref().to_path_buf());
-        /// NATS: trust this root CA (PEM) for the server's certificate.
-        #[cfg(feature = "nats")]
-        fn tls_root_certificate(path: impl AsRef<Path>) =>
-            nats.tls_root_certificate = Some(path.as_ref().to_path_buf());
-        /// NATS: present this client certificate and key (PEM) for mutual TLS.
-        #[cfg(feature = "nats")]
-        fn tls_client_cert(cert: impl AsRef<Path>, key: impl AsRef<Path>) =>
-            nats.tls_client_cert = Some((cert.as_ref().to_path_buf(), key.as_ref().to_path_buf()));
-        /// NATS: refuse to connect without TLS.
-        #[cfg(feature = "nats")]
-        fn require_tls(require: bool) => nats.require_tls = require;
-        /// NATS: how long one connection attempt may take (default 5 s).
-        #[cfg(feature = "nats")]
-        fn connect_timeout(timeout: Duration) => nats.connect_timeout = timeout;
-        /// NATS: the longest wait between reconnect attempts (default 2 s); reconnects never stop.
-        #[cfg(feature = "nats")]
-        fn reconnect_delay(max: Duration) => nats.reconnect_delay = max;
-
-        /// NATS: the subject prefix of the confirmation round trip the outbox drainer makes after
-        /// each batch (default `_bus.confirm`): the client echoes a token through the server on
-        /// `<prefix>.<unique id>`, so it needs publish and subscribe permission on `<prefix>.>`.
-        #[cfg(feature = "nats")]
-        fn confirm_subject(subject: impl Into<String>) => nats.confirm_subject = subject.into();
-
         /// Makes [`connect`](BusBuilder::connect) wait up to `timeout` for the first connection,
         /// and fail if it does not come: with [`Error::ConnectionRefused`] as soon as the server
         /// refuses this client (credentials, TLS: see [`Refusal`](crate::Refusal)), with
@@ -379,6 +338,42 @@ impl BusBuilder {
             bus.start_heartbeat(interval);
         }
         Ok(bus)
+    }
+}
+
+/// The options of the NATS backend.
+#[cfg(feature = "nats")]
+impl BusBuilder {
+    setters! {
+        /// NATS: the client name shown by the server's monitoring.
+        fn name(name: impl Into<String>) => nats.name = Some(name.into());
+        /// NATS: authenticate with a token.
+        fn token(token: impl Into<String>) => nats.auth = NatsAuth::Token(token.into());
+        /// NATS: authenticate with a user and password.
+        fn user_password(user: impl Into<String>, password: impl Into<String>) =>
+            nats.auth = NatsAuth::UserPassword(user.into(), password.into());
+        /// NATS: authenticate with an NKey seed (`SU…`).
+        fn nkey(seed: impl Into<String>) => nats.auth = NatsAuth::NKey(seed.into());
+        /// NATS: authenticate with a `.creds` file (JWT and NKey seed).
+        fn credentials_file(path: impl AsRef<Path>) =>
+            nats.auth = NatsAuth::CredentialsFile(path.as_ref().to_path_buf());
+        /// NATS: trust this root CA (PEM) for the server's certificate.
+        fn tls_root_certificate(path: impl AsRef<Path>) =>
+            nats.tls_root_certificate = Some(path.as_ref().to_path_buf());
+        /// NATS: present this client certificate and key (PEM) for mutual TLS.
+        fn tls_client_cert(cert: impl AsRef<Path>, key: impl AsRef<Path>) =>
+            nats.tls_client_cert = Some((cert.as_ref().to_path_buf(), key.as_ref().to_path_buf()));
+        /// NATS: refuse to connect without TLS.
+        fn require_tls(require: bool) => nats.require_tls = require;
+        /// NATS: how long one connection attempt may take (default 5 s).
+        fn connect_timeout(timeout: Duration) => nats.connect_timeout = timeout;
+        /// NATS: the longest wait between reconnect attempts (default 2 s); reconnects never stop.
+        fn reconnect_delay(max: Duration) => nats.reconnect_delay = max;
+
+        /// NATS: the subject prefix of the confirmation round trip the outbox drainer makes after
+        /// each batch (default `_bus.confirm`): the client echoes a token through the server on
+        /// `<prefix>.<unique id>`, so it needs publish and subscribe permission on `<prefix>.>`.
+        fn confirm_subject(subject: impl Into<String>) => nats.confirm_subject = subject.into();
     }
 }
 

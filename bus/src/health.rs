@@ -129,14 +129,11 @@ impl Tracker {
     /// Makes the next `n` attempts of the handlers named `name` fail; how many handlers that is.
     #[cfg(feature = "testing")]
     pub(crate) fn fail_next_attempts(&self, name: &str, n: u64) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
         lock(&self.handlers)
             .iter()
             .filter(|h| h.faults.name.get().map(String::as_str) == Some(name))
-            .map(|h| {
-                h.faults
-                    .fail_next
-                    .store(n, std::sync::atomic::Ordering::SeqCst)
-            })
+            .map(|h| h.faults.fail_next.store(n, SeqCst))
             .count()
     }
 

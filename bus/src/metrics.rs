@@ -367,10 +367,7 @@ mod noop {
 
     impl HandlerMetrics {
         #[allow(clippy::extra_unused_type_parameters)]
-        pub(crate) fn of<M: crate::incoming::Incoming>(
-            _name: &str,
-            _origin: &str,
-        ) -> HandlerMetrics {
+        pub(crate) fn of<M: crate::incoming::Incoming>(_: &str, _: &str) -> HandlerMetrics {
             HandlerMetrics { receive: Receive }
         }
         count_one! {
@@ -390,11 +387,5 @@ mod noop {
     pub(crate) fn outbox_dead_lettered() {}
 
     #[cfg(feature = "outbox")]
-    pub(crate) fn outbox_gauges(
-        _outbox: &str,
-        _depth: u64,
-        _oldest_age: Option<Duration>,
-        _scheduled: u64,
-    ) {
-    }
+    pub(crate) fn outbox_gauges(_: &str, _: u64, _: Option<Duration>, _: u64) {}
 }

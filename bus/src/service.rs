@@ -147,12 +147,10 @@ impl Service {
         E: fmt::Display + Send + 'static,
     {
         let pattern = filter.pattern()?;
+        let reply = std::any::type_name::<M::Reply>().to_owned();
         let metadata = HashMap::from([
             ("bus.template".to_owned(), M::SUBJECT.to_owned()),
-            (
-                "bus.reply".to_owned(),
-                std::any::type_name::<M::Reply>().to_owned(),
-            ),
+            ("bus.reply".to_owned(), reply),
         ]);
         let mut builder = self
             .service

@@ -794,34 +794,24 @@ mod tests {
         let corrupt = "received corrupt message of type InvalidContentType";
         let untrusted = "invalid peer certificate: UnknownIssuer";
         let auth = async_nats::ConnectError::from(ConnectErrorKind::AuthorizationViolation);
+        let tls = |text| io(InvalidData, text);
+        let refused = io(ConnectionRefused, "Connection refused");
         let cases = [
             (&auth, &plain, Some(Refusal::Authorization)),
-            (
-                &io(InvalidData, untrusted),
-                &plain,
-                Some(Refusal::TlsRequiredByServer),
-            ),
-            (&io(InvalidData, untrusted), &require, Some(Refusal::Tls)),
-            (&io(InvalidData, untrusted), &with_ca, Some(Refusal::Tls)),
-            (
-                &io(InvalidData, corrupt),
-                &require,
-                Some(Refusal::TlsRequiredByClient),
-            ),
-            (
-                &io(InvalidData, corrupt),
-                &tls_url,
-                Some(Refusal::TlsRequiredByClient),
-            ),
-            (&io(ConnectionRefused, "Connection refused"), &require, None),
-            (&io(ConnectionRefused, "Connection refused"), &plain, None),
+            (&tls(untrusted), &plain, Some(Refusal::TlsRequiredByServer)),
+            (&tls(untrusted), &require, Some(Refusal::Tls)),
+            (&tls(untrusted), &with_ca, Some(Refusal::Tls)),
+            (&tls(corrupt), &require, Some(Refusal::TlsRequiredByClient)),
+            (&tls(corrupt), &tls_url, Some(Refusal::TlsRequiredByClient)),
+            (&refused, &require, None),
+            (&refused, &plain, None),
         ];
         for (e, options, want) in cases {
             let (got, detail) = classify(e, Some(options));
             assert_eq!(got, want, "{e} with {:?}", options.urls);
             assert!(!detail.is_empty());
         }
-        let (_, detail) = classify(&io(ConnectionRefused, "Connection refused"), Some(&plain));
+        let (_, detail) = classify(&refused, Some(&plain));
         assert!(detail.contains("Connection refused"), "{detail}");
         let mut long_token = plain.clone();
         long_token.auth = NatsAuth::Token("x".repeat(5000));

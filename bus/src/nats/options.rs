@@ -567,28 +567,24 @@ mod tests {
             .unwrap();
         assert!(matches!(&o.auth, NatsAuth::Token(t) if t == "T0ken"));
         assert!(!format!("{o:?}").contains("T0ken"));
-        let mixed = NatsOptions::new(["nats://a:S3cret@a:4222", "nats://a:0ther@b:4222"]);
-        match mixed.with_url_credentials() {
-            Err(Error::Config(text)) => {
-                assert!(text.contains("different credentials"), "{text}");
-                assert!(
-                    !text.contains("S3cret") && !text.contains("0ther"),
-                    "{text}"
-                );
-            }
+        let config_error = |o: NatsOptions| match o.with_url_credentials() {
+            Err(Error::Config(text)) => text,
             other => panic!("{other:?}"),
-        }
+        };
+        let mixed = NatsOptions::new(["nats://a:S3cret@a:4222", "nats://a:0ther@b:4222"]);
+        let text = config_error(mixed);
+        assert!(text.contains("different credentials"), "{text}");
+        assert!(
+            !text.contains("S3cret") && !text.contains("0ther"),
+            "{text}"
+        );
         let mut both = NatsOptions::new(["nats://a:S3cret@a:4222"]);
         both.auth = NatsAuth::Token("T0ken".into());
-        match both.with_url_credentials() {
-            Err(Error::Config(text)) => {
-                assert!(
-                    !text.contains("S3cret") && !text.contains("T0ken"),
-                    "{text}"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        let text = config_error(both);
+        assert!(
+            !text.contains("S3cret") && !text.contains("T0ken"),
+            "{text}"
+        );
         let mut nkey = NatsOptions::new(["nats://a:4222"]);
         nkey.auth = NatsAuth::NKey(USER_SEED.into());
         let shown = format!("{nkey:?}");

@@ -302,19 +302,21 @@ mod tests {
 
     #[test]
     fn columns_that_are_not_a_message_say_why_and_keep_what_they_can() {
+        let (null, s, no_headers) = (ValueRef::Null, ValueRef::Text(b"s"), ValueRef::Text(b"[]"));
+        let (empty, three) = (ValueRef::Blob(b""), ValueRef::Integer(3));
         let ok = decode_columns(
             ValueRef::Text(b"a.b"),
-            ValueRef::Null,
-            ValueRef::Text(b"[]"),
+            null,
+            no_headers,
             ValueRef::Blob(b"p"),
         );
         assert_eq!(ok.problem, None);
         assert_eq!(ok.msg, RawMessage::new("a.b", "p"));
         let bad = decode_columns(
             ValueRef::Blob(b"a.\xff"),
-            ValueRef::Integer(3),
+            three,
             ValueRef::Text(b"[["),
-            ValueRef::Null,
+            null,
         );
         assert_eq!(
             bad.problem.as_deref(),
@@ -322,42 +324,10 @@ mod tests {
         );
         assert_eq!(bad.msg.subject, "a.\u{fffd}");
         for (cols, why) in [
-            (
-                [
-                    ValueRef::Text(b"s"),
-                    ValueRef::Integer(3),
-                    ValueRef::Text(b"[]"),
-                    ValueRef::Blob(b""),
-                ],
-                "reply is an integer",
-            ),
-            (
-                [
-                    ValueRef::Text(b"s"),
-                    ValueRef::Null,
-                    ValueRef::Null,
-                    ValueRef::Blob(b""),
-                ],
-                "headers are NULL",
-            ),
-            (
-                [
-                    ValueRef::Text(b"s"),
-                    ValueRef::Null,
-                    ValueRef::Text(b"[]"),
-                    ValueRef::Null,
-                ],
-                "payload is NULL",
-            ),
-            (
-                [
-                    ValueRef::Null,
-                    ValueRef::Null,
-                    ValueRef::Text(b"[]"),
-                    ValueRef::Blob(b""),
-                ],
-                "subject is NULL",
-            ),
+            ([s, three, no_headers, empty], "reply is an integer"),
+            ([s, null, null, empty], "headers are NULL"),
+            ([s, null, no_headers, null], "payload is NULL"),
+            ([null, null, no_headers, empty], "subject is NULL"),
         ] {
             let [s, r, h, p] = cols;
             let d = decode_columns(s, r, h, p);

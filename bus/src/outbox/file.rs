@@ -65,17 +65,13 @@ impl OutboxFile {
     /// or filesystem) no writer can run either, and the file is read as it is.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<OutboxFile> {
         let path = path.as_ref();
+        let fix = "give the path of the outbox file (its outbox_path)";
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                return Err(Error::outbox(path, "not a file; give the path of the outbox file (its outbox_path)", None))
-            }
+            Ok(_) => return Err(Error::outbox(path, format!("not a file; {fix}"), None)),
             Err(e) => {
-                return Err(Error::outbox(
-                    path,
-                    format!("cannot read the outbox file: {e}; give the path of the outbox file (its outbox_path)"),
-                    Some(Box::new(e)),
-                ))
+                let detail = format!("cannot read the outbox file: {e}; {fix}");
+                return Err(Error::outbox(path, detail, Some(Box::new(e))));
             }
         }
         match Self::connect(path, false) {
@@ -157,11 +153,10 @@ impl OutboxFile {
     pub fn queued(&self, limit: usize, after: Option<i64>) -> Result<Vec<QueuedMessage>> {
         // A damaged page fails a range scan as a whole: then read row by row, so that a
         // listing of a damaged file shows every row that can still be read (salvage).
+        let after = after.unwrap_or(0);
         self.snapshot("cannot read the outbox queue", |c| {
-            match read::queued(c, after.unwrap_or(0), limit) {
-                Err(e) if read::is_corrupt(&e) => {
-                    read::queued_salvaged(c, after.unwrap_or(0), limit)
-                }
+            match read::queued(c, after, limit) {
+                Err(e) if read::is_corrupt(&e) => read::queued_salvaged(c, after, limit),
                 other => other,
             }
         })

@@ -251,18 +251,16 @@ fn lock_file_err(lock_file: &Path, e: std::io::Error) -> Error {
         ),
         Some(_) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             let owner = owner_hint(lock_file);
-            if owner.is_empty() {
-                format!(
-                    "the outbox lock file exists but this process may not open it for writing \
-                     ({e}); make it writable by this process (chmod u+w), or delete it while no \
-                     process uses the outbox"
-                )
-            } else {
-                format!(
-                    "the outbox lock file exists but this process may not open it for writing \
-                     ({e}){owner}"
-                )
-            }
+            let fix = match owner.as_str() {
+                "" => {
+                    "; make it writable by this process (chmod u+w), or delete it while no \
+                       process uses the outbox"
+                }
+                owner => owner,
+            };
+            format!(
+                "the outbox lock file exists but this process may not open it for writing ({e}){fix}"
+            )
         }
         _ => return io_err(lock_file, "cannot create the outbox lock file", e),
     };

@@ -163,14 +163,8 @@ impl OperatorRequests {
 
     /// The requests with ids in `ids`, oldest first.
     pub fn requests(&self, ids: RangeInclusive<i64>) -> Result<Vec<OperatorRequest>> {
-        let run = || -> rusqlite::Result<Vec<OperatorRequest>> {
-            let mut stmt = self
-                .conn
-                .prepare_cached(&format!("{COLUMNS} WHERE id BETWEEN ?1 AND ?2 ORDER BY id"))?;
-            let rows = stmt.query_map([*ids.start(), *ids.end()], request)?;
-            rows.collect()
-        };
-        run().map_err(|e| sql_err(&self.path, "cannot read the operator requests", e))
+        let range = [*ids.start(), *ids.end()];
+        self.select("WHERE id BETWEEN ?1 AND ?2 ORDER BY id", range)
     }
 
     /// How many of the requests with ids in `ids` the owner has run.
@@ -186,14 +180,16 @@ impl OperatorRequests {
 
     /// The latest `limit` requests, newest first (answered ones are kept for 7 days).
     pub fn recent(&self, limit: usize) -> Result<Vec<OperatorRequest>> {
-        let run = || -> rusqlite::Result<Vec<OperatorRequest>> {
-            let mut stmt = self
-                .conn
-                .prepare_cached(&format!("{COLUMNS} ORDER BY id DESC LIMIT ?1"))?;
-            let rows = stmt.query_map([limit.min(i64::MAX as usize) as i64], request)?;
-            rows.collect()
-        };
-        run().map_err(|e| sql_err(&self.path, "cannot read the operator requests", e))
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.select("ORDER BY id DESC LIMIT ?1", [limit])
+    }
+
+    /// The requests that `tail` (what follows [`COLUMNS`]) selects.
+    fn select(&self, tail: &str, params: impl rusqlite::Params) -> Result<Vec<OperatorRequest>> {
+        self.conn
+            .prepare_cached(&format!("{COLUMNS} {tail}"))
+            .and_then(|mut stmt| stmt.query_map(params, request)?.collect())
+            .map_err(|e| sql_err(&self.path, "cannot read the operator requests", e))
     }
 
     /// Deletes the requests with ids in `ids` that the owner has not run yet; returns how many.

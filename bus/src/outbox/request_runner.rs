@@ -111,16 +111,15 @@ pub(crate) fn process(store: &mut Store, limit: usize) -> rusqlite::Result<Proce
         // Read again inside the transaction: a row withdrawn meanwhile is not run.
         let rows = {
             let mut stmt = r.tx.prepare_cached(PENDING)?;
-            let rows = stmt.query_map(
-                [limit.saturating_add(1).min(i64::MAX as usize) as i64],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        text(row.get_ref(1)?),
-                        row.get_ref(2)?.as_i64().ok(),
-                    ))
-                },
-            )?;
+            // One more than is run: whether more are pending.
+            let fetch = limit.saturating_add(1).min(i64::MAX as usize) as i64;
+            let rows = stmt.query_map([fetch], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    text(row.get_ref(1)?),
+                    row.get_ref(2)?.as_i64().ok(),
+                ))
+            })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
         let mut done = Processed {

@@ -266,18 +266,11 @@ pub(crate) fn found(conn: &Connection, path: &Path) -> Result<Found> {
         .map_err(|e| sql_err(path, "cannot read the outbox schema version", e))?;
     match version {
         0 => {
-            let tables: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-                    [],
-                    |r| r.get(0),
-                )
+            let any_table = "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table'";
+            let tables: bool = conn
+                .query_row(any_table, [], |r| r.get(0))
                 .map_err(|e| sql_err(path, "cannot read the outbox schema", e))?;
-            Ok(if tables > 0 {
-                Found::Foreign
-            } else {
-                Found::Empty
-            })
+            Ok(if tables { Found::Foreign } else { Found::Empty })
         }
         2 => Ok(Found::V2),
         3 => Ok(Found::V3),

@@ -455,20 +455,18 @@ impl TestBusBuilder {
 
     /// Connects the bus and starts recording.
     pub async fn start(self) -> Result<TestBus> {
-        #[allow(unused_mut)]
-        let mut builder = self.bus;
-        #[allow(unused_mut)]
-        let mut dir = None;
         #[cfg(feature = "outbox")]
-        if self.outbox {
+        let (builder, dir) = if self.outbox {
             let made = tempfile::tempdir().map_err(|e| {
                 crate::Error::Config(format!("cannot make the outbox's temporary directory: {e}"))
             })?;
-            builder = builder.outbox_path(made.path().join(OUTBOX_FILE));
-            dir = Some(made);
+            let path = made.path().join(OUTBOX_FILE);
+            (self.bus.outbox_path(path), Some(made))
         } else {
-            builder = builder.no_outbox();
-        }
+            (self.bus.no_outbox(), None)
+        };
+        #[cfg(not(feature = "outbox"))]
+        let (builder, dir) = (self.bus, None);
         let mut wrapped = None;
         let mut inner = None;
         let bus = builder
