@@ -189,7 +189,7 @@ impl Headers {
     }
 
     /// All entries as stored, for conversions that avoid copying `'static` names and values.
-    #[cfg(feature = "nats")]
+    #[cfg(any(feature = "nats", test))]
     pub(crate) fn entries(&self) -> &[(Cow<'static, str>, Cow<'static, str>)] {
         &self.entries
     }

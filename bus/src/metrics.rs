@@ -95,7 +95,9 @@ mod imp {
     use std::sync::OnceLock;
     use std::time::Duration;
 
-    use ::metrics::{counter, gauge, histogram, Counter, Histogram, Unit};
+    #[cfg(feature = "outbox")]
+    use ::metrics::gauge;
+    use ::metrics::{counter, histogram, Counter, Histogram, Unit};
 
     use crate::message::Message;
 

@@ -191,6 +191,7 @@ impl Shared {
     }
 
     /// Gives the reconnect INFO the depth of the queue in front of this connection (once).
+    #[cfg_attr(not(feature = "outbox"), allow(dead_code))]
     pub(crate) fn set_queue_depth(&self, depth: QueueDepth) {
         let _ = self.queue_depth.set(DepthProbe(depth));
     }

@@ -714,6 +714,7 @@ impl NatsBroker {
 
     /// Makes the INFO of a reconnect say how many messages wait in `depth`'s queue (the
     /// outbox of the bus on this connection).
+    #[cfg_attr(not(feature = "outbox"), allow(dead_code))]
     pub(crate) fn set_queue_depth(&self, depth: QueueDepth) {
         self.shared.set_queue_depth(depth);
     }
