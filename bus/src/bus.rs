@@ -809,7 +809,7 @@ impl Bus {
             handler_failures: t.handler_failures(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_ms: t.uptime_ms(),
-            at_ms: crate::health::now_ms(),
+            at_ms: crate::clock::now_ms().max(0) as u64,
         }
     }
 

@@ -3,7 +3,7 @@
 //! delivered after an outage would say the opposite of the truth.
 
 use std::sync::{Mutex, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -160,11 +160,4 @@ fn default_instance() -> String {
     let raw = format!("{host}-{}", std::process::id());
     let unsafe_char = |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_');
     raw.replace(unsafe_char, "_")
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

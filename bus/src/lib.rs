@@ -185,6 +185,7 @@ macro_rules! setters {
 // The modules from the bottom up: each imports only from modules above it in this list
 // (ARCHITECTURE.md has the map).
 pub mod broker;
+mod clock;
 mod codec;
 mod connection;
 mod dead_letter;

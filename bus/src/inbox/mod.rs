@@ -49,6 +49,7 @@ pub(crate) use self::memory::MEMORY_CAP;
 use self::shared::SharedClaim;
 #[cfg(feature = "nats")]
 pub(crate) use self::shared::SharedStore;
+use crate::clock::now_ms;
 use crate::error::Result;
 #[cfg(feature = "outbox")]
 use crate::outbox::InboxTable;
@@ -102,13 +103,6 @@ pub(crate) enum Claim {
     Run,
     /// Finished within the window, or running now: skip it.
     Duplicate,
-}
-
-/// Now in unix ms.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Inbox {

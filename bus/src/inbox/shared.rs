@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
 
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 
 /// How often a copy waiting for another instance's claim looks again.
@@ -73,12 +74,6 @@ fn key(msg_id: &str) -> String {
         k.push_str(&format!("{b:02x}"));
     }
     k
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl SharedStore {

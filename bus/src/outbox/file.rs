@@ -172,7 +172,7 @@ impl OutboxFile {
         limit: usize,
         after: Option<(std::time::SystemTime, i64)>,
     ) -> Result<Vec<QueuedMessage>> {
-        let after = after.map(|(due, id)| (super::io::unix_ms(due), id));
+        let after = after.map(|(due, id)| (crate::clock::unix_ms(due), id));
         self.snapshot("cannot read the scheduled messages", |c| {
             read::scheduled(c, after, limit)
         })

@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use rusqlite::ErrorCode;
 
-use super::io::{now_ms, sql_err};
+use super::io::sql_err;
 use super::read::{self, SENDABLE_COLUMNS};
 use super::schema::ORIGIN_OUTBOX;
 use super::store::{dead_letter, Failure, Page, Row, Store};
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 
 /// How long the check at open may read the file before it stops (and the open goes on).

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::ErrorCode;
 
@@ -73,23 +73,7 @@ pub(crate) fn sql_detail(what: &str, e: &rusqlite::Error) -> String {
     format!("{what}: {e}{hint}")
 }
 
-/// Milliseconds since the Unix epoch (`created_at`, `failed_at`).
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// `at` in milliseconds since the Unix epoch (0 before it, rounded up to the next
-/// millisecond: a message due at `at` is never released before it).
-pub(crate) fn unix_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64)
-        .unwrap_or(0)
-}
-
 /// How old a row created at `created_ms` is now.
 pub(crate) fn age_of(created_ms: i64) -> Duration {
-    Duration::from_millis((now_ms() - created_ms).max(0) as u64)
+    Duration::from_millis((crate::clock::now_ms() - created_ms).max(0) as u64)
 }

@@ -11,9 +11,9 @@
 use rusqlite::{params, Connection};
 
 use super::encoding::{encode_headers, json_text, known_name};
-use super::io::now_ms;
 use super::schema::{ORIGIN_OUTBOX, SCHEDULED, TABLES, VIEWS};
 use crate::broker::RawMessage;
+use crate::clock::now_ms;
 use crate::headers::Headers;
 
 /// What a migration carried over.

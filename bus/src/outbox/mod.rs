@@ -487,7 +487,7 @@ impl Outbox {
     /// committed. A message over the size limit is refused first and never stored.
     pub(crate) async fn schedule(&self, msg: RawMessage, due: std::time::SystemTime) -> Result<()> {
         self.limit.check(&msg)?;
-        let due_at = io::unix_ms(due);
+        let due_at = crate::clock::unix_ms(due);
         self.writer
             .call("cannot schedule the message", move |ctx| {
                 ctx.schedule(&msg, due_at)

@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags};
 
-use super::io::{now_ms, sql_err};
+use super::io::sql_err;
 use super::request_rows::{request, OperatorRequest, RequestOp, COLUMNS};
 use super::request_runner::{process, CHUNK};
 use super::schema::{self, REQUESTS};
 use super::store::{Durability, Store};
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 
 /// How long a tool's connection waits for the owner's write transaction to end.

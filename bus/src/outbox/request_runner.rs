@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, OptionalExtension};
 
-use super::io::now_ms;
 use super::request_rows::{text, NOT_FOUND, PURGED, REPLAYED};
 use super::store::{ReplayTx, Store};
+use crate::clock::now_ms;
 
 /// How often the owner looks for pending requests.
 pub(crate) const POLL: Duration = Duration::from_millis(500);

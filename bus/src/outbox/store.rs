@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags};
 
 use super::encoding::{encode_headers, json_text};
-use super::io::{create_private, io_err, now_ms, sql_err};
+use super::io::{create_private, io_err, sql_err};
 use super::lock::{refuse_hard_links, FileLock};
 use super::records::OutboxStats;
 use super::schema::{
@@ -16,6 +16,7 @@ use super::schema::{
 };
 use super::{migrate, read};
 use crate::broker::RawMessage;
+use crate::clock::now_ms;
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
 

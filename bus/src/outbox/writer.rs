@@ -152,7 +152,7 @@ impl Ctx {
     /// (which finds them in SQLite, as replayed dead letters). Called between commands; a
     /// failure is logged and tried again a second later (the messages stay scheduled).
     fn release_due(&mut self) {
-        let now = super::io::now_ms();
+        let now = crate::clock::now_ms();
         if self.next_due.is_none_or(|due| due > now) {
             return;
         }
@@ -182,7 +182,7 @@ impl Ctx {
         let requests = self.requests.wait();
         match self.next_due {
             Some(due) => requests.min(std::time::Duration::from_millis(
-                (due - super::io::now_ms()).max(0) as u64,
+                (due - crate::clock::now_ms()).max(0) as u64,
             )),
             None => requests,
         }
