@@ -41,10 +41,8 @@ pub(crate) fn queue(capacity: usize) -> (Sender, Receiver) {
             shared: shared.clone(),
         },
         Receiver {
-            step: (shared.capacity / 64).clamp(1, 64),
             shared,
             taken: VecDeque::new(),
-            unsubtracted: 0,
         },
     )
 }
@@ -125,10 +123,6 @@ pub(crate) struct Receiver {
     shared: Arc<Shared>,
     /// The batch taken from the shared queue, handed out one by one without a lock.
     taken: VecDeque<RawMessage>,
-    /// Messages handed out and not yet counted down from `pending` (see `pop`).
-    unsubtracted: usize,
-    /// At most this many wait to be counted down: a 64th of the capacity, 1 to 64.
-    step: usize,
 }
 
 /// A batch buffer larger than this many slots is given back to this size once the flood is
@@ -165,17 +159,7 @@ impl Receiver {
 
     fn pop(&mut self) -> Option<RawMessage> {
         let msg = self.taken.pop_front()?;
-        // `pending` shares its cache line with the lock the publisher takes on every push:
-        // counted down once per message, the line would travel between the two cores twice
-        // per message. It is counted down in steps instead, and exactly once the batch is
-        // out, so a publisher sees the buffer full at most `step - 1` messages early.
-        self.unsubtracted += 1;
-        if self.unsubtracted >= self.step || self.taken.is_empty() {
-            self.shared
-                .pending
-                .fetch_sub(self.unsubtracted, Ordering::AcqRel);
-            self.unsubtracted = 0;
-        }
+        self.shared.pending.fetch_sub(1, Ordering::AcqRel);
         Some(msg)
     }
 }
@@ -253,31 +237,6 @@ mod tests {
             .collect();
         assert_eq!(got, ["a.1", "a.2", "a.3"]);
         assert!(poll(&mut rx).is_pending());
-    }
-
-    /// A large buffer counts taken messages down in steps of a 64th of its capacity: while a
-    /// batch is being taken, room comes back at most one step late, and all of it once the
-    /// batch is out.
-    #[test]
-    fn room_comes_back_in_steps_and_whole_after_the_batch() {
-        let (tx, mut rx) = queue(1024);
-        for i in 0..1024 {
-            tx.try_push(msg(i)).unwrap();
-        }
-        assert!(matches!(tx.try_push(msg(9)), Err(PushError::Full(_))));
-        for _ in 0..100 {
-            assert!(matches!(poll(&mut rx), Poll::Ready(Some(_))));
-        }
-        // 100 taken, counted down in steps of 16: room for 96 of them.
-        for i in 0..96 {
-            tx.try_push(msg(i)).unwrap();
-        }
-        assert!(matches!(tx.try_push(msg(9)), Err(PushError::Full(_))));
-        // The rest of the first batch taken: every place is counted down.
-        for _ in 0..924 {
-            assert!(matches!(poll(&mut rx), Poll::Ready(Some(_))));
-        }
-        assert_eq!(rx.shared.pending.load(Ordering::Acquire), 96);
     }
 
     #[test]
