@@ -9,9 +9,9 @@
 //!
 //! Here a second connection, on this thread, runs `PRAGMA wal_checkpoint(PASSIVE)`: it never
 //! blocks the writer, which goes on appending to the log while the frames before are copied.
-//! It runs after writes, at most once per [`INTERVAL`], and repeats a short pass while frames
-//! were added meanwhile, so that the log is usually fully copied and starts over at the next
-//! commit. The writer's own automatic checkpoint stays on with a higher threshold
+//! It runs [`INTERVAL`] after the first write since the last one, and repeats a short pass
+//! while frames were added meanwhile, so that the log is usually fully copied and starts over
+//! at the next commit. The writer's own automatic checkpoint stays on with a higher threshold
 //! ([`BACKSTOP_PAGES`]): it bounds the log when this thread cannot keep up (or a reader holds
 //! old frames), and then finds most of the work done.
 
@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::store::Durability;
 use crate::panic::lock;
 
-/// The shortest time between two checkpoints while writes go on.
+/// How long after a write the checkpoint runs: the writes meanwhile are copied together.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(200);
 
 /// The writer's own automatic checkpoint threshold, in pages of log (16 MiB of 4 KiB pages):
@@ -120,35 +120,9 @@ impl Drop for Checkpointer {
 }
 
 fn run(conn: &Connection, shared: &Shared, path: &Path) {
-    let mut last: Option<Instant> = None;
     let mut failing = false;
-    loop {
-        // Wait for a write, then until INTERVAL after the last checkpoint; stop at once if asked.
-        {
-            let mut stop = lock(&shared.stop);
-            loop {
-                if *stop {
-                    return;
-                }
-                let due = last.map_or(Duration::ZERO, |l| INTERVAL.saturating_sub(l.elapsed()));
-                if shared.dirty.load(Ordering::Acquire) && due.is_zero() {
-                    break;
-                }
-                stop = if shared.dirty.load(Ordering::Acquire) {
-                    shared
-                        .bell
-                        .wait_timeout(stop, due)
-                        .map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard)
-                } else {
-                    shared
-                        .bell
-                        .wait(stop)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                };
-            }
-        }
+    while wait_for_writes(shared) {
         shared.dirty.store(false, Ordering::Release);
-        last = Some(Instant::now());
         match checkpoint(conn) {
             Ok(()) if failing => {
                 failing = false;
@@ -163,6 +137,30 @@ fn run(conn: &Connection, shared: &Shared, path: &Path) {
         }
         shared.runs.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+/// Waits for a write, then [`INTERVAL`] more, so that a lone publish never shares its moment
+/// with a checkpoint and the writes meanwhile are copied together. `false` once asked to stop.
+fn wait_for_writes(shared: &Shared) -> bool {
+    let mut stop = lock(&shared.stop);
+    while !*stop && !shared.dirty.load(Ordering::Acquire) {
+        stop = shared
+            .bell
+            .wait(stop)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    let until = Instant::now() + INTERVAL;
+    while !*stop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        stop = shared
+            .bell
+            .wait_timeout(stop, left)
+            .map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard);
+    }
+    false
 }
 
 /// Up to [`PASSES`] passive checkpoints, until the whole log is copied.
