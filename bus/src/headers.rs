@@ -38,6 +38,16 @@ pub(crate) const KNOWN_NAMES: [&str; 7] = [
     TRACEPARENT,
 ];
 
+/// The name as a `'static` string when it is one of [`KNOWN_NAMES`], so a name received or
+/// read back is not allocated.
+#[cfg(any(feature = "nats", feature = "outbox"))]
+pub(crate) fn known_name(name: &str) -> Cow<'static, str> {
+    match KNOWN_NAMES.into_iter().find(|k| *k == name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
 /// The message id in `headers`: [`MSG_ID`], or [`LEGACY_MSG_ID`] from an older peer.
 pub(crate) fn msg_id(headers: &Headers) -> Option<&str> {
     headers.get(MSG_ID).or_else(|| headers.get(LEGACY_MSG_ID))

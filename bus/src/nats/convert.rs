@@ -62,11 +62,7 @@ fn invalid(name: &str, reason: &'static str) -> Error {
 pub(crate) fn from_header_map(map: &HeaderMap) -> Headers {
     let mut headers = Headers::with_capacity(map.iter().map(|(_, v)| v.len()).sum());
     for (name, values) in map.iter() {
-        let name: &str = name.as_ref();
-        let name: Cow<'static, str> = match names::KNOWN_NAMES.iter().find(|k| **k == name) {
-            Some(known) => Cow::Borrowed(known),
-            None => Cow::Owned(name.to_owned()),
-        };
+        let name = names::known_name(name.as_ref());
         for value in values {
             let value: Cow<'static, str> = match value.as_str() {
                 names::MSGPACK => Cow::Borrowed(names::MSGPACK),

@@ -19,7 +19,7 @@ use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
 
 use crate::broker::RawMessage;
-use crate::headers::{Headers, KNOWN_NAMES};
+use crate::headers::{known_name, Headers};
 
 /// The headers as JSON: an array of `[name, value]` arrays, in order.
 struct Pairs<'a>(&'a Headers);
@@ -39,14 +39,6 @@ pub(crate) fn encode_headers(headers: &Headers, out: &mut Vec<u8>) {
 /// Binds JSON text written by [`encode_headers`] as a TEXT value (it is UTF-8 by construction).
 pub(crate) fn json_text(json: &[u8]) -> ToSqlOutput<'_> {
     ToSqlOutput::Borrowed(ValueRef::Text(json))
-}
-
-/// The name as a `'static` string when it is one of ours, so reading does not allocate it.
-pub(crate) fn known_name(name: &str) -> Cow<'static, str> {
-    match KNOWN_NAMES.into_iter().find(|k| *k == name) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(name.to_owned()),
-    }
 }
 
 /// A header name as read, one of ours without an allocation (see [`known_name`]).

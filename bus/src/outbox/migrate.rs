@@ -10,10 +10,11 @@
 
 use rusqlite::{params, Connection};
 
-use super::encoding::{encode_headers, json_text, known_name};
+use super::encoding::{encode_headers, json_text};
 use super::schema::{ORIGIN_OUTBOX, SCHEDULED, TABLES, VIEWS};
 use crate::broker::RawMessage;
 use crate::clock::now_ms;
+use crate::headers::known_name;
 use crate::headers::Headers;
 
 /// What a migration carried over.
