@@ -235,6 +235,9 @@ impl Drainer {
         while !rows.is_empty() {
             self.wait_connected().await;
             let (sent, refused) = self.send(rows).await;
+            // Nothing may block between the sends and `confirm`: the connection task they woke
+            // waits in this worker's LIFO slot (not stealable by the other worker) until this
+            // task parks, so a blocking pause here delays every message of the batch by as much.
             if sent > 0 {
                 match self.broker.confirm().await {
                     Ok(()) if self.connection_changed() => {
