@@ -14,8 +14,7 @@ use super::encoding::{encode_headers, json_text};
 use super::schema::{ORIGIN_OUTBOX, SCHEDULED, TABLES, VIEWS};
 use crate::broker::RawMessage;
 use crate::clock::now_ms;
-use crate::headers::known_name;
-use crate::headers::Headers;
+use crate::headers::{known_name, Headers};
 
 /// What a migration carried over.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -34,9 +34,9 @@
 //!   letters (`integrity`). Free space is given back when the queue is empty and idle
 //!   (`reclaim`). The write-ahead log is copied back into the file on a thread of its own
 //!   (`checkpoint`), so that a publish never waits for a checkpoint's syncs; under a sustained
-//!   flood the log grows to about 16 MiB before the writer checkpoints it itself. A file of schema version 2 (bus
-//!   before the readable schema) is migrated on open, in one transaction, keeping every queued
-//!   row and dead letter.
+//!   flood the log grows to about 16 MiB before the writer checkpoints it itself. A file of
+//!   schema version 2 (bus before the readable schema) is migrated on open, in one
+//!   transaction, keeping every queued row and dead letter.
 //!
 //! # The file, for operators
 //!
