@@ -21,6 +21,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// The server's idle heartbeat on a pull: two missed ones (4 s) mean the pull is gone (the
 /// server holding it died, or the consumer moved): the puller starts again.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Silence on a pull (no message, no heartbeat) after which its requests count as gone.
+const PULL_SILENCE: Duration = PULL_HEARTBEAT
+    .saturating_mul(2)
+    .saturating_add(Duration::from_millis(500));
 
 /// The longest wait before a puller that failed starts again.
 const PULL_RETRY_CAP: Duration = Duration::from_secs(2);
@@ -250,29 +254,36 @@ impl AckHandle for NatsAck {
     }
 }
 
-/// The delivery count in a JetStream ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.…`
-/// (9 tokens), or with domain and account hash first (12 or more tokens, servers since 2.9).
-/// Per delivery, so read over the bytes (`str::split` searches for each dot, about 2 k
-/// instructions per delivery here).
-fn ack_delivered(reply: &str) -> Option<u32> {
-    ack_token(reply, 0)?.parse().ok()
-}
-
-/// The stream sequence in a JetStream ack subject (the token after the delivery count).
-fn ack_stream_seq(reply: &str) -> Option<u64> {
-    ack_token(reply, 1)?.parse().ok()
-}
-
-/// The token `offset` places after the delivery count of a JetStream ack subject.
-fn ack_token(reply: &str, offset: usize) -> Option<&str> {
+/// The delivery count and the stream sequence in a JetStream ack subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…` (9 tokens), or with domain and
+/// account hash first (12 or more tokens, servers since 2.9). `None` if it is neither form or
+/// the count does not read; the sequence is `None` alone if only it does not read.
+///
+/// Per delivery, so one pass over the bytes (`str::split` searching for each dot, twice, cost
+/// about 3.7 k instructions per delivery).
+fn ack_numbers(reply: &str) -> Option<(u32, Option<u64>)> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
-    let dot = |b: &u8| *b == b'.';
-    let at = match rest.as_bytes().iter().filter(|b| dot(b)).count() + 1 {
+    // Where the first 7 tokens start (both forms' numbers lie within them), and how many
+    // tokens there are.
+    let mut starts = [0usize; 7];
+    let mut tokens = 1;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'.' {
+            if let Some(s) = starts.get_mut(tokens) {
+                *s = i + 1;
+            }
+            tokens += 1;
+        }
+    }
+    let at = match tokens {
         7 => 2,
         n if n >= 9 => 4,
         _ => return None,
     };
-    rest.split('.').nth(at + offset)
+    // Token `k` (k + 1 < 7 <= tokens) ends where token `k + 1` starts, before its dot.
+    let token = |k: usize| &rest[starts[k]..starts[k + 1] - 1];
+    let delivered = token(at).parse().ok()?;
+    Some((delivered, token(at + 1).parse().ok()))
 }
 
 /// A message on a puller's inbox as a [`Delivery`], if it is one (not a status message).
@@ -282,11 +293,11 @@ fn delivery(
     mut msg: async_nats::Message,
 ) -> Option<Delivery> {
     let reply = msg.reply.take()?;
-    let Some(delivered) = ack_delivered(reply.as_str()) else {
+    let Some((delivered, stream_seq)) = ack_numbers(reply.as_str()) else {
         tracing::warn!(subject = %msg.subject, reply = %reply, "JetStream delivery without a readable ack subject; skipped");
         return None;
     };
-    let progress = ack_stream_seq(reply.as_str()).map(|seq| {
+    let progress = stream_seq.map(|seq| {
         lock_progress(progress).delivered(seq);
         (seq, Arc::clone(progress))
     });
@@ -432,6 +443,11 @@ impl Puller {
         let mut recreate = false;
         let mut retry_at = tokio::time::Instant::now();
         let mut retry_wait = Duration::from_millis(50);
+        // One timer for the whole run: a message only moves `heard`, and the timer, when it
+        // fires early, is set again to `heard + PULL_SILENCE` (a timer made per message cost a
+        // timer-wheel insert and removal each).
+        let silence = tokio::time::sleep_until(heard + PULL_SILENCE);
+        tokio::pin!(silence);
         loop {
             let connected = *state.borrow() == ConnectionState::Connected;
             if connected && recreate && tokio::time::Instant::now() >= retry_at {
@@ -466,7 +482,6 @@ impl Puller {
                     }
                 }
             }
-            let silent_since = heard + PULL_HEARTBEAT * 2 + Duration::from_millis(500);
             tokio::select! {
                 biased;
                 () = self.tx.closed() => return,
@@ -491,13 +506,19 @@ impl Puller {
                         heard = tokio::time::Instant::now();
                     }
                 }
-                () = tokio::time::sleep_until(silent_since), if self.outstanding > 0 && connected => {
+                () = &mut silence, if self.outstanding > 0 && connected => {
+                    if heard + PULL_SILENCE > tokio::time::Instant::now() {
+                        // Heard from since the timer was set.
+                        silence.as_mut().reset(heard + PULL_SILENCE);
+                        continue;
+                    }
                     tracing::debug!(durable = %self.spec.name, "no heartbeat from the durable pull; asking again");
                     self.outstanding = 0;
                     recreate = true;
                     heard = tokio::time::Instant::now();
                 }
-                () = tokio::time::sleep_until(retry_at), if recreate && connected => {}
+                // In a block: the timer is made only when the branch is on and polled.
+                () = async { tokio::time::sleep_until(retry_at).await }, if recreate && connected => {}
             }
         }
     }
@@ -596,29 +617,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delivery_count_is_read_from_both_ack_subject_forms() {
+    fn delivery_count_and_stream_seq_are_read_from_both_ack_subject_forms() {
         assert_eq!(
-            ack_delivered("$JS.ACK.S.C.3.10.9.1700000000000000000.0"),
-            Some(3)
+            ack_numbers("$JS.ACK.S.C.3.10.9.1700000000000000000.0"),
+            Some((3, Some(10)))
         );
         assert_eq!(
-            ack_delivered("$JS.ACK.hub.HASH.S.C.2.10.9.1700000000000000000.0.tok"),
-            Some(2)
+            ack_numbers("$JS.ACK.hub.HASH.S.C.2.11.9.1700000000000000000.0.tok"),
+            Some((2, Some(11)))
         );
         assert_eq!(
-            ack_delivered("$JS.ACK._.HASH.S.C.7.1.1.1700000000000000000.5"),
-            Some(7)
+            ack_numbers("$JS.ACK._.HASH.S.C.7.1.1.1700000000000000000.5"),
+            Some((7, Some(1)))
         );
         assert_eq!(
-            ack_stream_seq("$JS.ACK.S.C.3.10.9.1700000000000000000.0"),
-            Some(10)
+            ack_numbers("$JS.ACK.hub.HASH.S.C.2.x.9.1700000000000000000.0"),
+            Some((2, None))
         );
         assert_eq!(
-            ack_stream_seq("$JS.ACK.hub.HASH.S.C.2.11.9.1700000000000000000.0.tok"),
-            Some(11)
+            ack_numbers("$JS.ACK.S.C.x.10.9.1700000000000000000.0"),
+            None
         );
-        assert_eq!(ack_delivered("_INBOX.x"), None);
-        assert_eq!(ack_delivered("$JS.ACK.S.C"), None);
+        assert_eq!(ack_numbers("_INBOX.x"), None);
+        assert_eq!(ack_numbers("$JS.ACK.S.C"), None);
+        assert_eq!(ack_numbers("$JS.ACK.S.C.3.10.9.1700000000000000000"), None);
+        assert_eq!(ack_numbers("$JS.ACK......."), None);
     }
 
     /// A consumer made again starts at the oldest delivery still open, else after the last
