@@ -17,6 +17,7 @@
 
 mod hand_outbox;
 mod msgs;
+mod probe;
 mod report;
 mod runner;
 mod scenarios;
@@ -95,9 +96,12 @@ const FANOUT: usize = 10;
 /// `diag_jetstream_msgid`: `jetstream_durable`'s raw baseline with a `Nats-Msg-Id` per message
 /// ("bus") vs without: what the id the bus must send costs by itself. `diag_jetstream_ceiling`:
 /// `jetstream_durable`'s bus side vs that raw baseline with the id.
+/// `diag_outbox_steps`: `latency_outbox_500`'s bus side split into steps by the outbox's trace
+/// points (printed per round); its headline is sent -> arrived against raw publish -> arrived.
 /// `diag_request_headers`, `diag_request_spawn`: raw request/reply with the bus's headers, or
 /// answered on a task per request as `Bus::serve` does ("bus"), vs plain raw.
-const DIAGNOSTICS: [&str; 8] = [
+const DIAGNOSTICS: [&str; 9] = [
+    "diag_outbox_steps",
     "diag_pubsub_bytes",
     "diag_raw_headers",
     "diag_durable_noid",
@@ -643,6 +647,19 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             };
             emit(spec.run(&mut s).await);
         }
+    }
+    if named("diag_outbox_steps") {
+        let rate = 500;
+        let n = (f64::from(rate) * plan.latency_secs).round() as usize;
+        let mut s = latency::OutboxSteps {
+            url: url.clone(),
+            rate,
+        };
+        let spec = Scenario {
+            target: Target::Info,
+            ..latency_row("diag_outbox_steps", &plan, n.max(1))
+        };
+        emit(spec.run(&mut s).await);
     }
     if selected("local_pubsub_typed") {
         let mut s = local::PubSub;

@@ -400,6 +400,19 @@ async fn publish_measured(
     n: usize,
     rate: u32,
 ) -> BenchResult<Sample> {
+    let (_, lat) = publish_timed(publisher, rx, n, rate, || {}).await?;
+    Ok(Sample::latencies(lat))
+}
+
+/// [`publish_measured`]'s run: when each message was published and its latency; `before` is
+/// called once the publisher is warm, right before the first measured publish.
+async fn publish_timed(
+    publisher: &Bus,
+    rx: &Receiver,
+    n: usize,
+    rate: u32,
+    before: impl FnOnce(),
+) -> BenchResult<(Vec<Instant>, Vec<Duration>)> {
     let mut state = publisher.watch_state();
     within(
         WAIT,
@@ -410,6 +423,7 @@ async fn publish_measured(
     let probe = msgs::outbound(WARM);
     rx.warm(|| async { Ok(probe.publish(publisher).await?) })
         .await?;
+    before();
     let run = steady(n, rate, |seq| async move {
         let msg = numbered(seq);
         msg.publish(publisher).await?;
@@ -418,7 +432,7 @@ async fn publish_measured(
     .await?;
     let lat = rx.arrivals.all(&run.sent).await?;
     publisher.flush().await?;
-    Ok(Sample::latencies(lat))
+    Ok((run.sent, lat))
 }
 
 /// The durable path: a publishing bus with its outbox on and the stream declared (each message
@@ -448,4 +462,114 @@ async fn bus_durable(url: &str, n: usize, rate: u32) -> BenchResult<Sample> {
     handler.stop().await;
     let _ = raw.delete_stream(STREAM).await;
     sample
+}
+
+/// `diag_outbox_steps`: `latency_outbox_<rate>`'s bus side split into steps by the outbox's
+/// own trace points (see [`crate::probe`]): publish -> writer thread (the group commit
+/// starts), the commit, -> drainer (it takes the rows), the send, and sent -> arrived. The
+/// headline is sent -> arrived against raw async-nats's publish -> arrived in the same round:
+/// how the part after the outbox compares with a raw publish. Each round prints every step's
+/// p50 / p99 on stderr.
+pub struct OutboxSteps {
+    /// The server URL.
+    pub url: String,
+    /// Messages per second.
+    pub rate: u32,
+}
+
+impl Rounds for OutboxSteps {
+    async fn baseline(&mut self, n: usize) -> BenchResult<Sample> {
+        raw_pubsub(&self.url, n, self.rate).await
+    }
+
+    async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
+        let (_sub_bus, rx) = Receiver::bus(&self.url, n).await?;
+        let dir = tempfile::tempdir()?;
+        let publisher = Bus::builder()
+            .nats([self.url.as_str()])
+            .outbox_path(dir.path().join("outbox.sqlite3"))
+            .connect()
+            .await?;
+        let timed = publish_timed(&publisher, &rx, n, self.rate, crate::probe::start).await;
+        let stamps = crate::probe::stop();
+        let (sent, lat) = timed?;
+        let steps = Steps::of(&sent, &lat, &stamps)?;
+        eprintln!("{steps}");
+        Ok(Sample::latencies(
+            steps.0.last().map(|s| s.1.clone()).unwrap_or_default(),
+        ))
+    }
+}
+
+/// The steps of each message that passed every trace point: name and durations.
+struct Steps(Vec<(&'static str, Vec<Duration>)>);
+
+impl Steps {
+    /// Pairs each message (sent at `sent[i]`, delivered `lat[i]` later) with the stamps of its
+    /// row: the measured messages are the rows committed from the first publish on, in order.
+    fn of(
+        sent: &[Instant],
+        lat: &[Duration],
+        stamps: &[crate::probe::Stamp],
+    ) -> BenchResult<Steps> {
+        use crate::probe::Point;
+        let first_sent = sent
+            .first()
+            .copied()
+            .ok_or_else(|| fail("no message was sent"))?;
+        let base = stamps
+            .iter()
+            .find(|s| s.point == Point::Committed && s.at >= first_sent)
+            .map(|s| s.first_id)
+            .ok_or_else(|| fail("the probe saw no commit (is the outbox on?)"))?;
+        let names = [
+            "publish->writer",
+            "commit",
+            "->drainer",
+            "send",
+            "sent->arrived",
+        ];
+        let mut steps: Vec<(&'static str, Vec<Duration>)> = names
+            .iter()
+            .map(|n| (*n, Vec::with_capacity(sent.len())))
+            .collect();
+        let find = |point: Point, id: i64| stamps.iter().find(|s| s.point == point && s.covers(id));
+        for (i, (t0, l)) in sent.iter().zip(lat).enumerate() {
+            let id = base + i as i64;
+            let (Some(committed), Some(taken), Some(handed)) = (
+                find(Point::Committed, id),
+                find(Point::Taken, id),
+                find(Point::Sent, id),
+            ) else {
+                continue;
+            };
+            let Some(group) = stamps
+                .iter()
+                .filter(|s| s.point == Point::GroupStart && s.at <= committed.at)
+                .next_back()
+            else {
+                continue;
+            };
+            let times = [*t0, group.at, committed.at, taken.at, handed.at, *t0 + *l];
+            for (step, w) in steps.iter_mut().zip(times.windows(2)) {
+                step.1.push(w[1].saturating_duration_since(w[0]));
+            }
+        }
+        if steps[0].1.is_empty() {
+            return Err(fail("no measured message passed every trace point"));
+        }
+        Ok(Steps(steps))
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.first().map_or(0, |s| s.1.len());
+        write!(f, "  diag_outbox_steps: {n} messages, p50 / p99 us:")?;
+        for (name, d) in &self.0 {
+            let s = Sample::latencies(d.clone());
+            write!(f, "  {name} {:.0} / {:.0}", s.value, s.p99.unwrap_or(0.0))?;
+        }
+        Ok(())
+    }
 }

@@ -235,6 +235,7 @@ impl Drainer {
         while !rows.is_empty() {
             self.wait_connected().await;
             let (sent, refused) = self.send(rows).await;
+            tracing::trace!(name: "outbox_sent", first_id = rows.front().map_or(0, |r| r.id), n = sent);
             // Nothing may block between the sends and `confirm`: the connection task they woke
             // waits in this worker's LIFO slot (not stealable by the other worker) until this
             // task parks, so a blocking pause here delays every message of the batch by as much.

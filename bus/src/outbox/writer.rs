@@ -449,6 +449,7 @@ fn commit_group(ctx: &mut Ctx, group: &mut Group) {
         }
         Ok(first) => {
             ctx.commits += 1;
+            tracing::trace!(name: "outbox_committed", first_id = first, n = batch.len());
             let last = first + batch.len() as i64 - 1;
             ctx.committed.send_replace(last);
             let mut replies = Vec::with_capacity(batch.len());
