@@ -545,8 +545,7 @@ impl Steps {
             };
             let Some(group) = stamps
                 .iter()
-                .filter(|s| s.point == Point::GroupStart && s.at <= committed.at)
-                .next_back()
+                .rfind(|s| s.point == Point::GroupStart && s.at <= committed.at)
             else {
                 continue;
             };
