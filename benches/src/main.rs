@@ -629,7 +629,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
             if !selected(name) {
                 continue;
             }
-            let n = (f64::from(rate) * plan.latency_secs).round() as usize;
+            let n = steady_n(&plan, rate);
             let target = match (path, rate) {
                 (latency::Path::Core | latency::Path::Request, _) => Target::RatioAtLeast(0.90),
                 (latency::Path::Outbox, 500) => Target::RatioAndP99(0.60, 1000.0),
@@ -650,7 +650,7 @@ async fn run(args: Args) -> BenchResult<Vec<Line>> {
     }
     if named("diag_outbox_steps") {
         let rate = 500;
-        let n = (f64::from(rate) * plan.latency_secs).round() as usize;
+        let n = steady_n(&plan, rate);
         let mut s = latency::OutboxSteps {
             url: url.clone(),
             rate,
@@ -800,6 +800,11 @@ fn latency(name: &'static str, plan: &Plan, n: usize) -> Scenario {
 
 /// A latency row: p50 in µs (p99 and max beside it), lower is better, its own round count, no
 /// warm-up round (each round warms its connections up with probes before the clock starts).
+/// Messages per round of a steady-rate row at `rate` msg/s.
+fn steady_n(plan: &Plan, rate: u32) -> usize {
+    (f64::from(rate) * plan.latency_secs).round() as usize
+}
+
 fn latency_row(name: &'static str, plan: &Plan, n: usize) -> Scenario {
     Scenario {
         rounds: plan.latency_rounds,

@@ -93,8 +93,8 @@ impl Visit for Fields {
 }
 
 fn stamp(point: Point, fields: Fields) {
-    let at = Instant::now();
     if ON.load(Ordering::Relaxed) {
+        let at = Instant::now();
         STAMPS
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -379,17 +379,23 @@ async fn raw_pubsub(url: &str, n: usize, rate: u32) -> BenchResult<Sample> {
 async fn bus_pubsub(url: &str, path: Path, n: usize, rate: u32) -> BenchResult<Sample> {
     let (_sub_bus, rx) = Receiver::bus(url, n).await?;
     let dir = tempfile::tempdir()?;
+    let publisher = publisher(url, path, dir.path()).await?;
+    publish_measured(&publisher, &rx, n, rate).await
+}
+
+/// The publishing bus of a pub/sub row on `path` (core, outbox, outbox with `PowerLoss`), its
+/// outbox file in `dir`.
+async fn publisher(url: &str, path: Path, dir: &std::path::Path) -> BenchResult<Bus> {
     let builder = Bus::builder().nats([url]);
-    let publisher = match path {
+    Ok(match path {
         Path::Core => builder.no_outbox(),
         Path::PowerLoss => builder
-            .outbox_path(dir.path().join("outbox.sqlite3"))
+            .outbox_path(dir.join("outbox.sqlite3"))
             .durability(bus::Durability::PowerLoss),
-        _ => builder.outbox_path(dir.path().join("outbox.sqlite3")),
+        _ => builder.outbox_path(dir.join("outbox.sqlite3")),
     }
     .connect()
-    .await?;
-    publish_measured(&publisher, &rx, n, rate).await
+    .await?)
 }
 
 /// Probes through `publisher` until `rx` sees one, then publishes `n` numbered messages at
@@ -485,11 +491,7 @@ impl Rounds for OutboxSteps {
     async fn bus(&mut self, n: usize) -> BenchResult<Sample> {
         let (_sub_bus, rx) = Receiver::bus(&self.url, n).await?;
         let dir = tempfile::tempdir()?;
-        let publisher = Bus::builder()
-            .nats([self.url.as_str()])
-            .outbox_path(dir.path().join("outbox.sqlite3"))
-            .connect()
-            .await?;
+        let publisher = publisher(&self.url, Path::Outbox, dir.path()).await?;
         let timed = publish_timed(&publisher, &rx, n, self.rate, crate::probe::start).await;
         let stamps = crate::probe::stop();
         let (sent, lat) = timed?;
